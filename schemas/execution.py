@@ -1,0 +1,260 @@
+"""What one execution is: the request a producer sends and the result it gets back.
+
+These models are the public contract shared by the producer, the worker and any
+scheduler written in another language, so field names never change silently and
+every request is validated here, before anything reaches Docker or Redis.
+Unknown fields are refused rather than ignored: a misspelt ``timout_seconds``
+must not quietly run a job without a time limit.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+import re
+import uuid
+from datetime import datetime
+from typing import Annotated, Literal
+
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
+
+EXECUTION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
+DEFAULT_OUTPUT_LIMIT = 1024 * 1024  # bytes per stream
+MAX_OUTPUT_LIMIT = 1024 * 1024 * 1024
+
+ExecutionId = Annotated[str, StringConstraints(pattern=EXECUTION_ID_PATTERN)]
+
+
+def new_execution_id() -> str:
+    return uuid.uuid4().hex
+
+
+def _no_nul(value: str, what: str) -> str:
+    # Docker and the kernel cut strings at NUL; refusing them here keeps what runs
+    # identical to what was asked for.
+    if "\x00" in value:
+        raise ValueError(f"{what} must not contain NUL bytes")
+    return value
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
+_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
+
+
+def parse_size(value: int | str) -> int:
+    """Bytes from an int or a docker-style size string (``256m``, ``1g``, ``512KiB``)."""
+    if isinstance(value, bool):
+        raise ValueError("size must be a number of bytes or a string like '256m'")
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    if isinstance(value, str):
+        m = _SIZE_RE.match(value)
+        if m:
+            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
+    raise ValueError("size must be a number of bytes or a string like '256m'")
+
+
+class EngineSpec(_Model):
+    """What to run: the image and how to start it, as ``docker run`` would."""
+
+    image: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512)]
+    entrypoint: list[str] | None = None
+    cmd: list[str] | None = None
+    env: dict[str, str] = Field(default_factory=dict)
+    working_dir: str | None = None
+
+    @field_validator("image")
+    @classmethod
+    def _image(cls, v: str) -> str:
+        if any(c.isspace() for c in v):
+            raise ValueError("image must not contain whitespace")
+        return _no_nul(v, "image")
+
+    @field_validator("entrypoint", "cmd")
+    @classmethod
+    def _argv(cls, v: list[str] | None) -> list[str] | None:
+        for arg in v or ():
+            _no_nul(arg, "arguments")
+        return v
+
+    @field_validator("env")
+    @classmethod
+    def _env(cls, v: dict[str, str]) -> dict[str, str]:
+        for key, value in v.items():
+            if not key or "=" in key:
+                raise ValueError(f"environment variable name {key!r} is empty or contains '='")
+            _no_nul(key, "environment names")
+            _no_nul(value, "environment values")
+        return v
+
+    @field_validator("working_dir")
+    @classmethod
+    def _working_dir(cls, v: str | None) -> str | None:
+        if v is not None and not v.startswith("/"):
+            raise ValueError("working_dir must be an absolute path")
+        return v if v is None else _no_nul(v, "working_dir")
+
+
+class GpuRequest(_Model):
+    """GPUs by count or by device index. NVIDIA goes through Docker device requests;
+    ``amd``/``intel`` map the vendor's device nodes (``/dev/kfd``+``/dev/dri``, ``/dev/dri``)."""
+
+    vendor: Literal["nvidia", "amd", "intel"] = "nvidia"
+    count: int | None = Field(default=None, ge=-1, description="-1 means all GPUs")
+    device_ids: list[str] | None = None
+
+    @model_validator(mode="after")
+    def _one_of(self) -> GpuRequest:
+        if (self.count is None) == (self.device_ids is None):
+            raise ValueError("give exactly one of count or device_ids")
+        if self.count == 0:
+            raise ValueError("count must be -1 (all) or at least 1")
+        return self
+
+
+class Resources(_Model):
+    """Limits that become real cgroup limits: cpus in cores, memory in bytes."""
+
+    cpus: float | None = Field(default=None, gt=0, le=1024)
+    memory: int | None = Field(default=None, ge=6 * 1024 * 1024, description="bytes; '256m' accepted")
+    pids: int | None = Field(default=None, ge=1)
+    gpus: GpuRequest | None = None
+
+    @field_validator("cpus")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("cpus must be a finite number")
+        return v
+
+    @field_validator("memory", mode="before")
+    @classmethod
+    def _memory(cls, v: object) -> object:
+        return v if v is None else parse_size(v)  # type: ignore[arg-type]
+
+
+class Mount(_Model):
+    """A host path bound into the container; the worker's policy decides which are allowed."""
+
+    source: Annotated[str, StringConstraints(min_length=1)]
+    target: Annotated[str, StringConstraints(min_length=1)]
+    read_only: bool = True
+
+    @field_validator("source", "target")
+    @classmethod
+    def _absolute(cls, v: str) -> str:
+        if not v.startswith("/"):
+            raise ValueError("must be an absolute path")
+        return _no_nul(v, "mount paths")
+
+
+class ExecutionRequest(_Model):
+    """One execution: the unit a producer enqueues and a worker runs exactly once."""
+
+    execution_id: ExecutionId = Field(default_factory=new_execution_id)
+    job_id: str | None = Field(default=None, max_length=256)
+    engine: EngineSpec
+    resources: Resources = Field(default_factory=Resources)
+    mounts: list[Mount] = Field(default_factory=list)
+    network: Literal["none", "bridge"] = "none"
+    timeout_seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+    output_limit_bytes: int = Field(default=DEFAULT_OUTPUT_LIMIT, ge=0, le=MAX_OUTPUT_LIMIT)
+    pull_policy: Literal["if_not_present", "always", "never"] = "if_not_present"
+    retries: int = Field(default=0, ge=0, le=10, description="re-runs allowed after a lost worker")
+
+    @field_validator("timeout_seconds")
+    @classmethod
+    def _finite(cls, v: float | None) -> float | None:
+        if v is not None and not math.isfinite(v):
+            raise ValueError("timeout_seconds must be a finite number")
+        return v
+
+
+class ExecutionStatus(str, enum.Enum):
+    """How an execution ended. Exactly one per accepted execution."""
+
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    ERROR = "error"
+    LOST = "lost"
+
+
+class ExecutionState(str, enum.Enum):
+    """Every state an execution passes through, as published on the events topic."""
+
+    SCHEDULED = "scheduled"
+    QUEUED = "queued"
+    PULLING = "pulling"
+    RUNNING = "running"
+    SUCCEEDED = "succeeded"
+    FAILED = "failed"
+    TIMED_OUT = "timed_out"
+    CANCELLED = "cancelled"
+    REJECTED = "rejected"
+    ERROR = "error"
+    LOST = "lost"
+
+    @property
+    def final(self) -> bool:
+        return self.value in _FINAL
+
+
+_FINAL = {s.value for s in ExecutionStatus}
+
+
+class ExecutionResult(BaseModel):
+    """What an execution produced. A non-zero exit is a result, not an executor error."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    execution_id: str
+    status: ExecutionStatus
+    exit_code: int | None = None
+    stdout: str = ""
+    stderr: str = ""
+    stdout_truncated: bool = False
+    stderr_truncated: bool = False
+    oom_killed: bool = False
+    error_code: str | None = None
+    error_msg: str | None = None
+    container_id: str | None = None
+    started_at: datetime | None = None
+    finished_at: datetime | None = None
+
+    @property
+    def duration_seconds(self) -> float | None:
+        if self.started_at and self.finished_at:
+            return (self.finished_at - self.started_at).total_seconds()
+        return None
+
+
+class LogStreamRequest(_Model):
+    execution_id: ExecutionId
+    tail: bool = True
+    follow: bool = False
+
+
+class LogEntry(BaseModel):
+    """One chunk of output (normally one line, newline kept) from one stream."""
+
+    model_config = ConfigDict(frozen=True)
+
+    stream: Literal["stdout", "stderr"]
+    ts: float
+    data: str

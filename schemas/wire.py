@@ -1,0 +1,130 @@
+"""The Redis wire contract: key names and the JSON documents written to them.
+
+Anything that can speak Redis (another language's scheduler, ``redis-cli``) may
+read or write these, so the shapes are plain JSON and documented in the README.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from .execution import ExecutionResult, ExecutionState, ExecutionStatus, LogEntry
+
+DEFAULT_PREFIX = "dockrq"
+DEFAULT_QUEUE = "dockrq"
+JOB_FUNCTION = "worker.jobs.execute"
+CANCEL_MESSAGE = "cancel"
+
+
+@dataclass(frozen=True)
+class Keys:
+    """Key and channel names under one prefix; the only place they are spelled."""
+
+    prefix: str = DEFAULT_PREFIX
+
+    def outcome(self, execution_id: str) -> str:
+        return f"{self.prefix}:exec:{execution_id}:outcome"
+
+    def logs_channel(self, execution_id: str) -> str:
+        return f"{self.prefix}:exec:{execution_id}:logs"
+
+    def log_stream(self, execution_id: str) -> str:
+        return f"{self.prefix}:exec:{execution_id}:log"
+
+    def cancel_flag(self, execution_id: str) -> str:
+        return f"{self.prefix}:exec:{execution_id}:cancel"
+
+    def control_channel(self, execution_id: str) -> str:
+        return f"{self.prefix}:exec:{execution_id}:control"
+
+    @property
+    def events(self) -> str:
+        return f"{self.prefix}:events"
+
+
+class OutcomeError(BaseModel):
+    code: str
+    message: str
+
+
+class Outcome(BaseModel):
+    """The one element of ``P:exec:ID:outcome``: how the execution ended."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    execution_id: str
+    status: ExecutionStatus
+    result: ExecutionResult | None = None
+    error: OutcomeError | None = None
+
+    @classmethod
+    def from_result(cls, result: ExecutionResult) -> Outcome:
+        error = None
+        if result.status in (ExecutionStatus.ERROR, ExecutionStatus.LOST) or result.error_code:
+            error = OutcomeError(code=result.error_code or result.status.value, message=result.error_msg or "")
+        return cls(execution_id=result.execution_id, status=result.status, result=result, error=error)
+
+    @classmethod
+    def failure(cls, execution_id: str, status: ExecutionStatus, code: str, message: str) -> Outcome:
+        """An outcome with no container result: rejected, cancelled before start, lost."""
+        return cls(execution_id=execution_id, status=status, error=OutcomeError(code=code, message=message))
+
+    @property
+    def exit_code(self) -> int | None:
+        return self.result.exit_code if self.result else None
+
+
+class LogBatch(BaseModel):
+    """One message on ``P:exec:ID:logs`` and one entry of the ``P:exec:ID:log`` stream.
+
+    ``seq`` is the number of entries sent before this batch, so entry *i* of the
+    batch has sequence ``seq + i``; a reader that has seen up to N skips what is
+    below N. The last batch has ``eof`` true, no entries and ``seq`` = total.
+    """
+
+    seq: int = Field(ge=0)
+    entries: list[LogEntry] = Field(default_factory=list)
+    eof: bool = False
+
+    def to_json(self) -> str:
+        if self.eof:
+            return self.model_dump_json(include={"seq", "eof"})
+        return self.model_dump_json(include={"seq", "entries"})
+
+
+class Event(BaseModel):
+    """A state change on ``P:events``."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    execution_id: str
+    status: ExecutionState
+    ts: float = Field(default_factory=time.time)
+    worker: str | None = None
+
+
+def describe_validation_error(exc: ValidationError) -> str:
+    """One readable line naming each bad field, e.g. ``engine.image: Field required``."""
+    parts = []
+    for err in exc.errors(include_url=False):
+        loc = ".".join(str(p) for p in err.get("loc", ())) or "request"
+        msg = err.get("msg", "invalid")
+        parts.append(f"{loc}: {msg}")
+    return "; ".join(parts)
+
+
+def as_json_object(payload: Any) -> Any:
+    """Accept a request given as a dict, a model or a JSON string (for non-Python producers)."""
+    if isinstance(payload, BaseModel):
+        return payload.model_dump(mode="json")
+    if isinstance(payload, (bytes, bytearray)):
+        payload = payload.decode("utf-8", errors="replace")
+    if isinstance(payload, str):
+        import json
+
+        return json.loads(payload)
+    return payload

@@ -1,0 +1,71 @@
+#!/usr/bin/env bash
+# Idempotent machine setup for dockrq on Debian (run as root): installs what is
+# missing, starts dockerd and redis-server when none answers, builds the venv and
+# the local test image. A second run changes nothing and takes a few seconds.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ROOT=$PWD
+REDIS_PORT=${DOCKRQ_REDIS_PORT:-6379}
+log() { printf '[setup] %s\n' "$*" >&2; }
+
+# --- Debian packages -------------------------------------------------------
+need=()
+command -v dockerd >/dev/null || need+=(docker.io)
+command -v redis-server >/dev/null || need+=(redis-server)
+dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
+command -v docker-compose >/dev/null || need+=(docker-compose)
+command -v openssl >/dev/null || need+=(openssl)
+if [ ${#need[@]} -gt 0 ]; then
+  log "installing ${need[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq "${need[@]}" >/dev/null
+fi
+
+# --- dockerd ---------------------------------------------------------------
+if ! docker info >/dev/null 2>&1; then
+  log "starting dockerd"
+  mkdir -p /var/log
+  nohup dockerd >/var/log/dockrq-dockerd.log 2>&1 </dev/null &
+  for _ in $(seq 1 120); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
+  docker info >/dev/null 2>&1 || { log "dockerd did not come up; see /var/log/dockrq-dockerd.log"; exit 1; }
+fi
+
+# --- redis-server ----------------------------------------------------------
+if ! redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1; then
+  log "starting redis-server on port $REDIS_PORT"
+  redis-server --daemonize yes --port "$REDIS_PORT" --bind 127.0.0.1 --save "" --appendonly no \
+    --logfile /var/log/dockrq-redis.log
+  for _ in $(seq 1 50); do redis-cli -p "$REDIS_PORT" ping >/dev/null 2>&1 && break; sleep 0.1; done
+fi
+
+# --- Python venv -----------------------------------------------------------
+stamp=.venv/.setup-stamp
+want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  log "installing the project into .venv"
+  python3 -m venv .venv
+  .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
+  # pip's notes about absent local mirrors are noise here; real failures still stop the script
+  .venv/bin/pip install -q -e '.[test,dashboard]' 2> >(grep -vE '^WARNING: Location|BuildBackendWarning' >&2)
+  echo "$want" > "$stamp"
+fi
+
+# --- local test image (no registry needed) ---------------------------------
+IMAGE=${DOCKRQ_TEST_IMAGE:-dockrq-test/busybox:latest}
+if ! docker image inspect "$IMAGE" >/dev/null 2>&1; then
+  log "building $IMAGE"
+  ctx=$(mktemp -d)
+  cp /bin/busybox "$ctx/busybox"
+  cat > "$ctx/Dockerfile" <<'DOCKERFILE'
+FROM scratch
+COPY busybox /bin/busybox
+# busybox --list names busybox itself: skip it so the binary is not linked onto itself
+RUN ["/bin/busybox", "sh", "-c", "for a in $(/bin/busybox --list); do [ \"$a\" = busybox ] || /bin/busybox ln -s busybox /bin/$a; done; /bin/busybox mkdir -p /tmp /etc /root && /bin/busybox chmod 1777 /tmp"]
+ENV PATH=/bin
+CMD ["sh"]
+DOCKERFILE
+  docker build -q -t "$IMAGE" "$ctx" >/dev/null 2>"$ctx/build.log" || { cat "$ctx/build.log" >&2; exit 1; }
+  rm -rf "$ctx"
+fi
+log "ready: docker $(docker version -f '{{.Server.Version}}'), redis on :$REDIS_PORT, image $IMAGE"
