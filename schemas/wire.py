@@ -19,6 +19,17 @@ DEFAULT_QUEUE = "dockrq"
 JOB_FUNCTION = "worker.jobs.execute"
 CANCEL_MESSAGE = "cancel"
 
+# First writer wins: the worker, a producer cancelling a queued job and the reaper
+# may race to end one execution, and the outcome list must hold exactly one element.
+# KEYS[1] outcome list; ARGV[1] outcome JSON; ARGV[2] retention seconds. Returns 1 if written.
+WRITE_OUTCOME_LUA = """
+if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
+redis.call('RPUSH', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+return 1
+"""
+DEFAULT_RETENTION_SECONDS = 24 * 3600
+
 
 @dataclass(frozen=True)
 class Keys:

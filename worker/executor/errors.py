@@ -1,0 +1,68 @@
+"""Typed errors of the Docker executor.
+
+Callers branch on the type, not on message text. Each error that ends an
+execution carries the ``code`` written to the outcome (``error.code``), so the
+mapping from a Docker failure to what a producer sees lives in one place.
+"""
+
+from __future__ import annotations
+
+
+class ExecutorError(Exception):
+    """Base of every error the executor raises on purpose."""
+
+    code = "executor_error"
+
+
+class DockerUnavailableError(ExecutorError):
+    """No Docker client could be built, or the daemon does not answer."""
+
+    code = "docker_unavailable"
+
+
+class ExecutionNotFound(ExecutorError, KeyError):
+    code = "not_found"
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0]) if self.args else "execution not found"
+
+
+class ExecutionAlreadyStarted(ExecutorError):
+    code = "already_started"
+
+
+class ExecutionAlreadyFinished(ExecutorError):
+    code = "already_finished"
+
+
+class RequestRejected(ExecutorError, ValueError):
+    """The request is invalid or breaks the executor's policy; it never reached Docker."""
+
+    code = "invalid_request"
+
+
+class MountNotAllowed(RequestRejected):
+    code = "mount_not_allowed"
+
+
+class StartError(ExecutorError):
+    """Starting failed after the execution was accepted: it is recorded as finished
+    with status ``error`` and this code, so ``wait()`` still gives its result."""
+
+
+class ImagePullError(StartError):
+    code = "image_pull"
+
+
+class ContainerCreateError(StartError):
+    code = "container_create"
+
+
+class GpuUnavailableError(StartError):
+    code = "gpu_unavailable"
+
+
+class DaemonError(StartError):
+    """The daemon failed or went away in the middle of an execution."""
+
+    code = "daemon_error"
