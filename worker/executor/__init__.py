@@ -1,0 +1,52 @@
+"""The Docker executor: the Python form of the seed's Go package.
+
+Knows Docker, knows nothing of Redis or rq: usable on its own.
+
+    from worker.executor import new_executor
+    ex = new_executor("node-a")
+    result = ex.run({"engine": {"image": "busybox", "cmd": ["echo", "hi"]}})
+"""
+
+from .errors import (
+    ContainerCreateError,
+    DaemonError,
+    DaemonRestarted,
+    DockerUnavailableError,
+    ExecutionAlreadyFinished,
+    ExecutionAlreadyStarted,
+    ExecutionNotFound,
+    ExecutorError,
+    GpuUnavailableError,
+    ImagePullError,
+    MountNotAllowed,
+    RequestRejected,
+    StartError,
+)
+from .executor import CleanupError, CleanupReport, DockerExecutor, ExecutionInfo, new_executor
+from .output import LogStream
+from .types import LABEL_EXECUTION, LABEL_EXECUTOR, ExecutorPolicy
+
+__all__ = [
+    "LABEL_EXECUTION",
+    "LABEL_EXECUTOR",
+    "CleanupError",
+    "CleanupReport",
+    "ContainerCreateError",
+    "DaemonError",
+    "DaemonRestarted",
+    "DockerExecutor",
+    "DockerUnavailableError",
+    "ExecutionAlreadyFinished",
+    "ExecutionAlreadyStarted",
+    "ExecutionInfo",
+    "ExecutionNotFound",
+    "ExecutorError",
+    "ExecutorPolicy",
+    "GpuUnavailableError",
+    "ImagePullError",
+    "LogStream",
+    "MountNotAllowed",
+    "RequestRejected",
+    "StartError",
+    "new_executor",
+]

@@ -66,3 +66,9 @@ class DaemonError(StartError):
     """The daemon failed or went away in the middle of an execution."""
 
     code = "daemon_error"
+
+
+class DaemonRestarted(DaemonError):
+    """dockerd restarted under a running execution and its container did not survive."""
+
+    code = "daemon_restarted"

@@ -1,0 +1,188 @@
+"""A thin layer over docker-py's low-level APIClient, shaped for the executor.
+
+It owns the few places where docker-py's defaults are wrong for long-running
+jobs: the attach socket must have no read timeout (a quiet container would
+otherwise look dead after 60 s), ``wait`` must block without a timeout, pulls
+get a deadline of their own, and daemon failures become the executor's typed
+errors. Everything else is docker-py as documented.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from typing import Any
+
+import docker
+import requests
+from docker.errors import APIError, DockerException, ImageNotFound, NotFound
+from docker.utils.socket import frames_iter
+
+from .errors import ContainerCreateError, DaemonError, DockerUnavailableError, GpuUnavailableError, ImagePullError
+from .types import LABEL_EXECUTOR, ContainerSpec, image_reference
+
+log = logging.getLogger(__name__)
+
+_STREAM_NAMES = {1: "stdout", 2: "stderr"}
+DAEMON_ERRORS = (DockerException, requests.exceptions.RequestException, ConnectionError, OSError)
+
+
+class DockerClient:
+    def __init__(self, api: docker.APIClient | None = None, *, pull_timeout: float = 300.0) -> None:
+        try:
+            self.api = api or docker.APIClient(**docker.utils.kwargs_from_env(), version="auto")
+        except DockerException as exc:
+            raise DockerUnavailableError(f"cannot create a Docker client: {exc}") from exc
+        self.pull_timeout = pull_timeout
+
+    def close(self) -> None:
+        self.api.close()
+
+    def ping(self) -> bool:
+        try:
+            return bool(self.api.ping())
+        except DAEMON_ERRORS:
+            return False
+
+    # -- images ----------------------------------------------------------------
+    def ensure_image(self, image: str, policy: str) -> None:
+        """Make ``image`` present according to the pull policy, within the pull deadline."""
+        if policy != "always":
+            try:
+                self.api.inspect_image(image)
+                return
+            except ImageNotFound:
+                if policy == "never":
+                    raise ImagePullError(f"image {image!r} is not present and pull_policy is 'never'") from None
+            except DAEMON_ERRORS as exc:
+                raise DaemonError(f"inspecting image {image!r} failed: {exc}") from exc
+        self._pull(image)
+
+    def _pull(self, image: str) -> None:
+        repo, tag = image_reference(image)
+        deadline = time.monotonic() + self.pull_timeout
+        try:
+            for message in self.api.pull(repo, tag=tag, stream=True, decode=True):
+                if "error" in message:
+                    raise ImagePullError(f"pulling {image!r} failed: {message['error']}")
+                if time.monotonic() > deadline:
+                    raise ImagePullError(f"pulling {image!r} took longer than {self.pull_timeout:g} s")
+        except ImagePullError:
+            raise
+        except DAEMON_ERRORS as exc:
+            raise ImagePullError(f"pulling {image!r} failed: {_explain(exc)}") from exc
+
+    # -- containers --------------------------------------------------------------
+    def create(self, spec: ContainerSpec) -> tuple[str, bool]:
+        """Container id and whether it was created now (False: it already existed)."""
+        try:
+            host_config = self.api.create_host_config(**spec.host_config)
+            created = self.api.create_container(
+                spec.image, name=spec.name, host_config=host_config, **spec.create
+            )
+            return created["Id"], True
+        except APIError as exc:
+            if exc.status_code == 409:
+                existing = self.find(spec.name)
+                if existing is not None:
+                    return existing["Id"], False
+            raise _create_error(exc) from exc
+        except DockerException as exc:
+            raise ContainerCreateError(f"creating the container failed: {exc}") from exc
+        except DAEMON_ERRORS as exc:
+            raise DaemonError(f"creating the container failed: {_explain(exc)}") from exc
+
+    def find(self, name: str) -> dict[str, Any] | None:
+        try:
+            return self.api.inspect_container(name)
+        except NotFound:
+            return None
+
+    def attach(self, container_id: str, *, logs: bool) -> tuple[Iterator[tuple[str, bytes]], Any]:
+        """Live (stream, chunk) frames of a container, stdout and stderr kept apart.
+
+        Attach before start: nothing is missed and no log replay is needed. The
+        socket has no read timeout, so a container that is silent for an hour is
+        still followed. Returns the frames and the socket (to close early).
+        """
+        params = {"stdout": 1, "stderr": 1, "stream": 1, "logs": 1 if logs else 0}
+        sock = self.api.attach_socket(container_id, params=params)
+        self.api._disable_socket_timeout(sock)
+        frames = ((_STREAM_NAMES.get(sid, "stdout"), data) for sid, data in frames_iter(sock, tty=False))
+        return frames, sock
+
+    def start(self, container_id: str) -> None:
+        try:
+            self.api.start(container_id)
+        except APIError as exc:
+            raise _create_error(exc) from exc
+        except DAEMON_ERRORS as exc:
+            raise DaemonError(f"starting the container failed: {_explain(exc)}") from exc
+
+    def wait(self, container_id: str) -> int:
+        """Block until the container stops; its exit code. No timeout on purpose:
+        time limits are the handler's, not the HTTP client's."""
+        result = self.api.wait(container_id, timeout=None)
+        return int(result.get("StatusCode", -1))
+
+    def inspect(self, container_id: str) -> dict[str, Any]:
+        return self.api.inspect_container(container_id)
+
+    def stop(self, container_id: str, grace: float) -> None:
+        """SIGTERM, ``grace`` seconds, then SIGKILL (docker stop)."""
+        try:
+            self.api.stop(container_id, timeout=max(0, int(round(grace))))
+        except NotFound:
+            pass
+
+    def remove(self, container_id: str) -> None:
+        try:
+            self.api.remove_container(container_id, force=True, v=True)
+        except NotFound:
+            pass
+        except APIError as exc:
+            if exc.status_code != 409:  # 409: removal already in progress
+                raise
+
+    def labelled_containers(self, labels: dict[str, str]) -> list[dict[str, Any]]:
+        filters = {"label": [f"{k}={v}" for k, v in labels.items()]}
+        return self.api.containers(all=True, filters=filters)
+
+    def remove_labelled(self, executor_id: str) -> tuple[list[str], list[str], list[str], list[str]]:
+        """Remove every container, network and volume of one executor.
+
+        Returns (containers, networks, volumes, errors)."""
+        label = f"{LABEL_EXECUTOR}={executor_id}"
+        removed: tuple[list[str], list[str], list[str]] = ([], [], [])
+        errors: list[str] = []
+        for c in self.labelled_containers({LABEL_EXECUTOR: executor_id}):
+            try:
+                self.remove(c["Id"])
+                removed[0].append(c["Id"])
+            except DAEMON_ERRORS as exc:
+                errors.append(f"container {c['Id'][:12]}: {exc}")
+        for n in self.api.networks(filters={"label": [label]}):
+            try:
+                self.api.remove_network(n["Id"])
+                removed[1].append(n["Id"])
+            except DAEMON_ERRORS as exc:
+                errors.append(f"network {n['Id'][:12]}: {exc}")
+        for v in (self.api.volumes(filters={"label": label}) or {}).get("Volumes") or []:
+            try:
+                self.api.remove_volume(v["Name"], force=True)
+                removed[2].append(v["Name"])
+            except DAEMON_ERRORS as exc:
+                errors.append(f"volume {v['Name']}: {exc}")
+        return removed[0], removed[1], removed[2], errors
+
+
+def _explain(exc: BaseException) -> str:
+    return str(exc).strip() or type(exc).__name__
+
+
+def _create_error(exc: APIError) -> Exception:
+    text = _explain(exc)
+    if "could not select device driver" in text:
+        return GpuUnavailableError(f"resources.gpus: this Docker daemon cannot provide GPUs ({text})")
+    return ContainerCreateError(f"the daemon refused the container: {text}")

@@ -1,0 +1,265 @@
+"""One execution's life, from pull to removal, owned by one handler.
+
+The seed tied an execution to its caller's context and read output only after
+the container ended; here the execution lives in its own threads (an attach
+reader and a supervisor), output is read while the container runs, time limits
+are the request's own, and the result is classified only after wait *and*
+inspect: the exit code comes from wait, OOM from inspect, cancel and timeout
+from what this handler itself asked for.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from concurrent.futures import Future
+from datetime import datetime, timezone
+from typing import Any
+
+from schemas import ExecutionRequest, ExecutionResult, ExecutionState, ExecutionStatus
+
+from .client import DAEMON_ERRORS, DockerClient
+from .errors import DaemonError, DaemonRestarted, ExecutionAlreadyFinished, StartError
+from .output import OutputLog
+from .types import ContainerSpec
+
+log = logging.getLogger(__name__)
+
+# How long a supervisor waits for dockerd to come back before giving up on an
+# execution whose wait was cut by a daemon restart.
+DAEMON_RECOVERY_SECONDS = 60.0
+# After the container stops, its output is drained within this time at most.
+DRAIN_SECONDS = 30.0
+
+
+def _now() -> datetime:
+    return datetime.now(timezone.utc)
+
+
+class ExecutionHandler:
+    def __init__(self, request: ExecutionRequest, client: DockerClient, *, grace: float, keep: bool) -> None:
+        self.request = request
+        self.execution_id = request.execution_id
+        self.output = OutputLog(request.output_limit_bytes)
+        self.state = ExecutionState.QUEUED
+        self.container_id: str | None = None
+        self.adopted = False
+        self.started_at: datetime | None = None
+        self.finished_at: datetime | None = None
+        self.finished_monotonic: float | None = None
+        self.done: Future[ExecutionResult] = Future()
+
+        self._client = client
+        self._grace = grace
+        self._keep = keep
+        self._lock = threading.Lock()
+        self._running = False
+        self._stop_reason: ExecutionStatus | None = None
+        self._timer: threading.Timer | None = None
+        self._reader: threading.Thread | None = None
+        self._sock: Any = None
+
+    @property
+    def finished(self) -> bool:
+        return self.done.done()
+
+    # -- start ----------------------------------------------------------------
+    def launch(self, spec: ContainerSpec) -> None:
+        """Pull, create (or adopt), attach, start. Synchronous so start() can raise
+        the typed error; on failure the execution is finished with status error."""
+        try:
+            self.state = ExecutionState.PULLING
+            self._client.ensure_image(self.request.engine.image, self.request.pull_policy)
+            self.container_id, created = self._client.create(spec)
+            must_start = created
+            if not created:
+                must_start = self._adopt()
+            frames, self._sock = self._client.attach(self.container_id, logs=not created)
+            self._reader = threading.Thread(
+                target=self._read, args=(frames,), name=f"dockrq-out-{self.execution_id}", daemon=True
+            )
+            self._reader.start()
+            with self._lock:
+                cancelled_early = self._stop_reason is not None
+            if cancelled_early:
+                self._end_before_running(self._result(ExecutionStatus.CANCELLED))
+                return
+            if must_start:
+                self._client.start(self.container_id)
+        except StartError as exc:
+            self._fail(exc)
+            raise
+        except DAEMON_ERRORS as exc:
+            err = DaemonError(f"the Docker daemon failed during start: {exc}")
+            self._fail(err)
+            raise err from exc
+
+        self.started_at = _now()
+        with self._lock:
+            self._running = True
+            self.state = ExecutionState.RUNNING
+            stop_now = self._stop_reason is not None
+        if self.request.timeout_seconds is not None:
+            self._timer = threading.Timer(self.request.timeout_seconds, self._stop, args=(ExecutionStatus.TIMED_OUT,))
+            self._timer.daemon = True
+            self._timer.start()
+        threading.Thread(target=self._supervise, name=f"dockrq-exec-{self.execution_id}", daemon=True).start()
+        if stop_now:
+            self._stop(self._stop_reason or ExecutionStatus.CANCELLED)
+
+    def _adopt(self) -> bool:
+        """A container of this execution already exists (a predecessor created it):
+        follow it instead of starting a twin. Returns whether it still needs a start."""
+        self.adopted = True
+        status = self._client.inspect(self.container_id)["State"]["Status"]
+        log.info("execution %s: adopting existing container %s (%s)", self.execution_id, self.container_id[:12], status)
+        return status == "created"
+
+    # -- stop -----------------------------------------------------------------
+    def cancel(self, grace: float | None = None) -> None:
+        if self.finished:
+            raise ExecutionAlreadyFinished(f"execution {self.execution_id} has already finished")
+        self._stop(ExecutionStatus.CANCELLED, grace)
+
+    def _stop(self, reason: ExecutionStatus, grace: float | None = None) -> None:
+        """First reason wins; the container is stopped (SIGTERM, grace, SIGKILL) off
+        the caller's thread so cancel() returns at once."""
+        with self._lock:
+            if self.finished:
+                return
+            if self._stop_reason is None:
+                self._stop_reason = reason
+            running = self._running
+        if running and self.container_id:
+            grace = self._grace if grace is None else grace
+            threading.Thread(target=self._stop_container, args=(grace,), daemon=True).start()
+
+    def _stop_container(self, grace: float) -> None:
+        try:
+            self._client.stop(self.container_id, grace)
+        except DAEMON_ERRORS as exc:
+            log.warning("execution %s: stopping container failed: %s", self.execution_id, exc)
+
+    # -- run ------------------------------------------------------------------
+    def _read(self, frames) -> None:
+        try:
+            for stream, data in frames:
+                self.output.append(stream, data)
+        except DAEMON_ERRORS as exc:
+            if not self.finished:
+                log.debug("execution %s: output stream ended: %s", self.execution_id, exc)
+
+    def _supervise(self) -> None:
+        try:
+            exit_code, error = self._wait_surviving_daemon()
+            self._drain()
+            result = self._classify(exit_code, error)
+        except Exception as exc:  # never leave a waiter hanging
+            log.exception("execution %s: supervisor failed", self.execution_id)
+            self._drain()
+            result = self._result(ExecutionStatus.ERROR, error_code=DaemonError.code, error_msg=str(exc))
+        self._remove_container()
+        self._finish(result)
+
+    def _wait_surviving_daemon(self) -> tuple[int | None, DaemonError | None]:
+        """Exit code of the container. If dockerd restarts meanwhile, wait for it to
+        return and follow the container if it survived (live-restore)."""
+        while True:
+            try:
+                return self._client.wait(self.container_id), None
+            except DAEMON_ERRORS as exc:
+                log.warning("execution %s: lost the daemon while waiting: %s", self.execution_id, exc)
+            deadline = time.monotonic() + DAEMON_RECOVERY_SECONDS
+            while not self._client.ping():
+                if time.monotonic() > deadline:
+                    return None, DaemonError("the Docker daemon did not come back")
+                time.sleep(0.5)
+            try:
+                state = self._client.inspect(self.container_id)["State"]
+            except DAEMON_ERRORS:
+                state = None
+            if state is None:
+                return None, DaemonRestarted("the Docker daemon restarted and the container is gone")
+            if not state.get("Running"):
+                if self._stop_reason is None and state.get("ExitCode") in (None, 255, 137, 143):
+                    # killed by the restart, not by its own doing
+                    return None, DaemonRestarted("the Docker daemon restarted and stopped the container")
+                return int(state.get("ExitCode", -1)), None
+
+    def _drain(self) -> None:
+        if self._reader is not None:
+            self._reader.join(DRAIN_SECONDS)
+        self._close_socket()
+        self.output.close()
+
+    def _close_socket(self) -> None:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            try:
+                sock.close()
+            except OSError:
+                pass
+
+    def _classify(self, exit_code: int | None, error: DaemonError | None) -> ExecutionResult:
+        oom = False
+        if self.container_id and error is None:
+            try:
+                oom = bool(self._client.inspect(self.container_id)["State"].get("OOMKilled"))
+            except DAEMON_ERRORS as exc:
+                log.warning("execution %s: inspect after exit failed: %s", self.execution_id, exc)
+        reason = self._stop_reason
+        if reason is not None:
+            return self._result(reason, exit_code=exit_code, oom_killed=oom)
+        if error is not None:
+            return self._result(ExecutionStatus.ERROR, exit_code=exit_code, error_code=error.code, error_msg=str(error))
+        status = ExecutionStatus.SUCCEEDED if exit_code == 0 and not oom else ExecutionStatus.FAILED
+        return self._result(status, exit_code=exit_code, oom_killed=oom)
+
+    def _result(self, status: ExecutionStatus, **fields: Any) -> ExecutionResult:
+        return ExecutionResult(
+            execution_id=self.execution_id,
+            status=status,
+            stdout=self.output.text("stdout"),
+            stderr=self.output.text("stderr"),
+            stdout_truncated=self.output.truncated("stdout"),
+            stderr_truncated=self.output.truncated("stderr"),
+            container_id=self.container_id,
+            started_at=self.started_at,
+            finished_at=_now(),
+            **fields,
+        )
+
+    # -- end ------------------------------------------------------------------
+    def _fail(self, exc: StartError) -> None:
+        self._end_before_running(self._result(ExecutionStatus.ERROR, error_code=exc.code, error_msg=str(exc)))
+
+    def _end_before_running(self, result: ExecutionResult) -> None:
+        """The container never ran (start failed or cancel came first): nothing to drain."""
+        self._close_socket()
+        if self._reader is not None:
+            self._reader.join(2)
+        self.output.close()
+        self._remove_container()
+        self._finish(result)
+
+    def _remove_container(self) -> None:
+        if self._keep or not self.container_id:
+            return
+        try:
+            self._client.remove(self.container_id)
+        except DAEMON_ERRORS as exc:
+            log.warning("execution %s: removing container failed (the reaper will retry): %s", self.execution_id, exc)
+
+    def _finish(self, result: ExecutionResult) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+        with self._lock:
+            if self.done.done():
+                return
+            self.state = ExecutionState(result.status.value)
+            self.finished_at = result.finished_at
+            self.finished_monotonic = time.monotonic()
+            self.done.set_result(result)
+
+

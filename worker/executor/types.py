@@ -1,0 +1,159 @@
+"""From an execution request to the exact container the daemon is asked to create.
+
+Pure functions over the request, the executor id and the policy: no Docker call
+is made here, so every safety rule (no privilege, no network by default, mounts
+only below allowed roots, real cgroup limits) is unit-tested without a daemon.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from docker.types import DeviceRequest, LogConfig
+
+from schemas import ExecutionRequest, GpuRequest
+
+from .errors import GpuUnavailableError, MountNotAllowed
+
+LABEL_EXECUTOR = "dockrq.executor"
+LABEL_EXECUTION = "dockrq.execution"
+LABEL_JOB = "dockrq.job"
+LABEL_CREATED = "dockrq.created"
+
+# Docker keeps a copy of the output on disk for `docker logs` and for adoption
+# after a worker restart; rotation keeps a flood from filling the disk.
+_LOG_MAX_SIZE = "16m"
+
+_NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
+
+
+@dataclass(frozen=True)
+class ExecutorPolicy:
+    """What the operator allows on this node, whatever a request asks for."""
+
+    allowed_mount_roots: tuple[str, ...] = ()
+    allow_bridge_network: bool = True
+
+
+@dataclass(frozen=True)
+class ContainerSpec:
+    """Arguments of ``APIClient.create_container`` plus ``create_host_config``."""
+
+    name: str
+    image: str
+    labels: dict[str, str]
+    create: dict[str, Any] = field(default_factory=dict)
+    host_config: dict[str, Any] = field(default_factory=dict)
+
+
+def executor_labels(executor_id: str) -> dict[str, str]:
+    return {LABEL_EXECUTOR: executor_id}
+
+
+def container_name(executor_id: str, execution_id: str) -> str:
+    """Deterministic, so a second create of the same execution collides (409) and
+    the leftover container is adopted instead of a twin being started."""
+    return _NAME_UNSAFE.sub("-", f"dockrq-{executor_id}-{execution_id}")
+
+
+def image_reference(image: str) -> tuple[str, str]:
+    """Repository and tag (``latest`` when none given), as ``docker pull`` reads them."""
+    from docker.utils import parse_repository_tag
+
+    repo, tag = parse_repository_tag(image)
+    if tag is None:
+        return repo, "latest"
+    return repo, tag
+
+
+def check_mounts(request: ExecutionRequest, policy: ExecutorPolicy) -> None:
+    """Refuse any bind mount whose real host path is not below an allowed root.
+
+    Paths are resolved (symlinks, ``..``) before comparing, so ``/allowed/../etc``
+    or a symlink pointing out of the root is refused too.
+    """
+    roots = [os.path.realpath(r) for r in policy.allowed_mount_roots]
+    for i, mount in enumerate(request.mounts):
+        real = os.path.realpath(mount.source)
+        if not any(real == root or real.startswith(root.rstrip("/") + "/") for root in roots):
+            allowed = ", ".join(policy.allowed_mount_roots) or "none"
+            raise MountNotAllowed(
+                f"mounts.{i}.source: {mount.source!r} is not below an allowed mount root (allowed: {allowed})"
+            )
+
+
+def _gpu_host_config(gpus: GpuRequest) -> dict[str, Any]:
+    if gpus.vendor == "nvidia":
+        request = DeviceRequest(
+            driver="nvidia",
+            count=gpus.count if gpus.device_ids is None else 0,
+            device_ids=gpus.device_ids or [],
+            capabilities=[["gpu"]],
+        )
+        return {"device_requests": [request]}
+    # AMD (ROCm) needs the KFD compute node and the DRI render nodes; Intel only DRI.
+    nodes = ["/dev/kfd"] if gpus.vendor == "amd" else []
+    if gpus.device_ids is None:
+        nodes.append("/dev/dri")
+    else:
+        nodes += [f"/dev/dri/renderD{128 + int(i)}" if str(i).isdigit() else str(i) for i in gpus.device_ids]
+    missing = [n for n in nodes if not os.path.exists(n)]
+    if missing:
+        raise GpuUnavailableError(f"resources.gpus: {gpus.vendor} GPU device nodes missing on this host: {', '.join(missing)}")
+    return {"devices": [f"{n}:{n}:rwm" for n in nodes], "group_add": ["video"]}
+
+
+def build_container_spec(request: ExecutionRequest, executor_id: str, policy: ExecutorPolicy) -> ContainerSpec:
+    """Raises MountNotAllowed / RequestRejected-family errors before Docker is touched."""
+    check_mounts(request, policy)
+    if request.network == "bridge" and not policy.allow_bridge_network:
+        from .errors import RequestRejected
+
+        raise RequestRejected("network: 'bridge' is not allowed on this worker")
+
+    engine, res = request.engine, request.resources
+    labels = {
+        LABEL_EXECUTOR: executor_id,
+        LABEL_EXECUTION: request.execution_id,
+        LABEL_CREATED: f"{time.time():.3f}",
+    }
+    if request.job_id:
+        labels[LABEL_JOB] = request.job_id
+
+    host_config: dict[str, Any] = {
+        "network_mode": request.network,
+        "privileged": False,
+        "security_opt": ["no-new-privileges"],
+        "log_config": LogConfig(type="json-file", config={"max-size": _LOG_MAX_SIZE, "max-file": "1"}),
+        "binds": [f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in request.mounts] or None,
+    }
+    if res.cpus is not None:
+        host_config["nano_cpus"] = int(res.cpus * 1e9)
+    if res.memory is not None:
+        host_config["mem_limit"] = res.memory
+        host_config["memswap_limit"] = res.memory  # no swap: the limit is the limit
+    if res.pids is not None:
+        host_config["pids_limit"] = res.pids
+    if res.gpus is not None:
+        host_config.update(_gpu_host_config(res.gpus))
+
+    create: dict[str, Any] = {
+        "command": engine.cmd,
+        "entrypoint": engine.entrypoint,
+        "environment": dict(engine.env) or None,
+        "working_dir": engine.working_dir,
+        "labels": labels,
+        "stdin_open": False,
+        "tty": False,  # no TTY: stdout and stderr stay two streams
+    }
+    return ContainerSpec(
+        name=container_name(executor_id, request.execution_id),
+        image=engine.image,
+        labels=labels,
+        create=create,
+        host_config=host_config,
+    )
