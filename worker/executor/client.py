@@ -10,6 +10,8 @@ errors. Everything else is docker-py as documented.
 from __future__ import annotations
 
 import logging
+import socket
+import struct
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -17,7 +19,6 @@ from typing import Any
 import docker
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
-from docker.utils.socket import frames_iter
 
 from .errors import ContainerCreateError, DaemonError, DockerUnavailableError, GpuUnavailableError, ImagePullError
 from .types import LABEL_EXECUTOR, ContainerSpec, image_reference
@@ -25,6 +26,8 @@ from .types import LABEL_EXECUTOR, ContainerSpec, image_reference
 log = logging.getLogger(__name__)
 
 _STREAM_NAMES = {1: "stdout", 2: "stderr"}
+_HEADER = struct.Struct(">BxxxL")
+_CHUNK = 64 * 1024
 DAEMON_ERRORS = (DockerException, requests.exceptions.RequestException, ConnectionError, OSError)
 
 
@@ -99,18 +102,21 @@ class DockerClient:
         except NotFound:
             return None
 
-    def attach(self, container_id: str, *, logs: bool) -> tuple[Iterator[tuple[str, bytes]], Any]:
-        """Live (stream, chunk) frames of a container, stdout and stderr kept apart.
+    def attach(self, container_id: str, *, logs: bool) -> Attached:
+        """Live output of a container, stdout and stderr kept apart.
 
-        Attach before start: nothing is missed and no log replay is needed. The
-        socket has no read timeout, so a container that is silent for an hour is
-        still followed. Returns the frames and the socket (to close early).
+        Attach before start and nothing is missed without a log replay; attach
+        with ``logs`` to an adopted container and its history comes first. Frames
+        are read through the HTTP response's own buffer (docker-py reads the raw
+        socket and so drops whatever the header parser buffered after the
+        headers, i.e. the start of a replay), and with no read timeout, so a
+        container silent for an hour is still followed.
         """
         params = {"stdout": 1, "stderr": 1, "stream": 1, "logs": 1 if logs else 0}
-        sock = self.api.attach_socket(container_id, params=params)
-        self.api._disable_socket_timeout(sock)
-        frames = ((_STREAM_NAMES.get(sid, "stdout"), data) for sid, data in frames_iter(sock, tty=False))
-        return frames, sock
+        url = self.api._url("/containers/{0}/attach", container_id)
+        response = self.api.post(url, params=params, headers={"Connection": "Upgrade", "Upgrade": "tcp"}, stream=True)
+        self.api._raise_for_status(response)
+        return Attached(response)
 
     def start(self, container_id: str) -> None:
         try:
@@ -175,6 +181,46 @@ class DockerClient:
             except DAEMON_ERRORS as exc:
                 errors.append(f"volume {v['Name']}: {exc}")
         return removed[0], removed[1], removed[2], errors
+
+
+class Attached:
+    """An attach connection: the demultiplexed frames and a way to cut it."""
+
+    def __init__(self, response: requests.Response) -> None:
+        self._response = response
+        self._fp = response.raw._fp.fp  # the buffered reader the headers were parsed from
+        self._sock = getattr(self._fp.raw, "_sock", None)
+        if self._sock is not None:
+            self._sock.settimeout(None)
+
+    def frames(self) -> Iterator[tuple[str, bytes]]:
+        """(stream name, chunk) in arrival order, per Docker's stdcopy framing:
+        an 8-byte header (stream id, 3 zero bytes, big-endian length), then data."""
+        fp = self._fp
+        while True:
+            header = fp.read(8)
+            if header is None or len(header) < 8:
+                return
+            stream_id, length = _HEADER.unpack(header)
+            name = _STREAM_NAMES.get(stream_id, "stdout")
+            while length > 0:
+                chunk = fp.read1(min(length, _CHUNK))
+                if not chunk:
+                    return
+                length -= len(chunk)
+                yield name, chunk
+
+    def close(self) -> None:
+        """Unblock a reader stuck in recv, then release the connection."""
+        if self._sock is not None:
+            try:
+                self._sock.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+        try:
+            self._response.close()
+        except OSError:
+            pass
 
 
 def _explain(exc: BaseException) -> str:

@@ -19,7 +19,7 @@ from typing import Any
 
 from schemas import ExecutionRequest, ExecutionResult, ExecutionState, ExecutionStatus
 
-from .client import DAEMON_ERRORS, DockerClient
+from .client import DAEMON_ERRORS, Attached, DockerClient
 from .errors import DaemonError, DaemonRestarted, ExecutionAlreadyFinished, StartError
 from .output import OutputLog
 from .types import ContainerSpec
@@ -58,7 +58,7 @@ class ExecutionHandler:
         self._stop_reason: ExecutionStatus | None = None
         self._timer: threading.Timer | None = None
         self._reader: threading.Thread | None = None
-        self._sock: Any = None
+        self._attached: Attached | None = None
 
     @property
     def finished(self) -> bool:
@@ -75,9 +75,9 @@ class ExecutionHandler:
             must_start = created
             if not created:
                 must_start = self._adopt()
-            frames, self._sock = self._client.attach(self.container_id, logs=not created)
+            self._attached = self._client.attach(self.container_id, logs=not created)
             self._reader = threading.Thread(
-                target=self._read, args=(frames,), name=f"dockrq-out-{self.execution_id}", daemon=True
+                target=self._read, args=(self._attached.frames(),), name=f"dockrq-out-{self.execution_id}", daemon=True
             )
             self._reader.start()
             with self._lock:
@@ -190,16 +190,13 @@ class ExecutionHandler:
     def _drain(self) -> None:
         if self._reader is not None:
             self._reader.join(DRAIN_SECONDS)
-        self._close_socket()
+        self._detach()
         self.output.close()
 
-    def _close_socket(self) -> None:
-        sock, self._sock = self._sock, None
-        if sock is not None:
-            try:
-                sock.close()
-            except OSError:
-                pass
+    def _detach(self) -> None:
+        attached, self._attached = self._attached, None
+        if attached is not None:
+            attached.close()
 
     def _classify(self, exit_code: int | None, error: DaemonError | None) -> ExecutionResult:
         oom = False
@@ -236,7 +233,7 @@ class ExecutionHandler:
 
     def _end_before_running(self, result: ExecutionResult) -> None:
         """The container never ran (start failed or cancel came first): nothing to drain."""
-        self._close_socket()
+        self._detach()
         if self._reader is not None:
             self._reader.join(2)
         self.output.close()
