@@ -33,6 +33,7 @@ from .errors import (
     RequestRejected,
 )
 from .handler import ExecutionHandler
+from .oom import OomWatcher
 from .output import LogStream
 from .types import ExecutorPolicy, build_container_spec
 
@@ -88,6 +89,7 @@ class DockerExecutor:
         self.keep_containers = keep_containers
         self._handlers: dict[str, ExecutionHandler] = {}
         self._lock = threading.Lock()
+        self._oom = OomWatcher(self.client, executor_id)
 
     # -- seed API -------------------------------------------------------------
     def is_installed(self) -> bool:
@@ -110,7 +112,9 @@ class DockerExecutor:
                 if existing.finished:
                     raise ExecutionAlreadyFinished(f"execution {request.execution_id} has already finished")
                 raise ExecutionAlreadyStarted(f"execution {request.execution_id} is already started")
-            handler = ExecutionHandler(request, self.client, grace=self.stop_grace_seconds, keep=self.keep_containers)
+            handler = ExecutionHandler(
+                request, self.client, grace=self.stop_grace_seconds, keep=self.keep_containers, oom=self._oom
+            )
             self._handlers[request.execution_id] = handler
         handler.launch(spec)
 
@@ -198,6 +202,7 @@ class DockerExecutor:
             return list(self._handlers)
 
     def close(self) -> None:
+        self._oom.close()
         self.client.close()
 
     # -- internals ----------------------------------------------------------------

@@ -21,6 +21,7 @@ from schemas import ExecutionRequest, ExecutionResult, ExecutionState, Execution
 
 from .client import DAEMON_ERRORS, Attached, DockerClient
 from .errors import DaemonError, DaemonRestarted, ExecutionAlreadyFinished, StartError
+from .oom import OomWatcher
 from .output import OutputLog
 from .types import ContainerSpec
 
@@ -38,7 +39,9 @@ def _now() -> datetime:
 
 
 class ExecutionHandler:
-    def __init__(self, request: ExecutionRequest, client: DockerClient, *, grace: float, keep: bool) -> None:
+    def __init__(
+        self, request: ExecutionRequest, client: DockerClient, *, grace: float, keep: bool, oom: OomWatcher
+    ) -> None:
         self.request = request
         self.execution_id = request.execution_id
         self.output = OutputLog(request.output_limit_bytes)
@@ -53,6 +56,7 @@ class ExecutionHandler:
         self._client = client
         self._grace = grace
         self._keep = keep
+        self._oom = oom
         self._lock = threading.Lock()
         self._running = False
         self._stop_reason: ExecutionStatus | None = None
@@ -205,6 +209,8 @@ class ExecutionHandler:
                 oom = bool(self._client.inspect(self.container_id)["State"].get("OOMKilled"))
             except DAEMON_ERRORS as exc:
                 log.warning("execution %s: inspect after exit failed: %s", self.execution_id, exc)
+            # Only a SIGKILL can be the OOM killer: then give its event a moment to arrive.
+            oom = oom or self._oom.saw(self.container_id, wait=1.0 if exit_code == 137 else 0.0)
         reason = self._stop_reason
         if reason is not None:
             return self._result(reason, exit_code=exit_code, oom_killed=oom)
