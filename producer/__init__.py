@@ -1,0 +1,27 @@
+"""The producer side of dockrq: submit executions to rq, wait for their outcome,
+follow their logs, cancel them. Depends on ``schemas`` only, never on ``worker``."""
+
+from .client import DEFAULT_REDIS_URL, CancelResult, Producer, parse_request
+from .describe import describe
+from .errors import (
+    DuplicateExecution,
+    ExecutionAlreadyFinished,
+    ExecutionNotFound,
+    InvalidRequest,
+    ProducerError,
+)
+from .status import ExecutionStatusView
+
+__all__ = [
+    "DEFAULT_REDIS_URL",
+    "CancelResult",
+    "DuplicateExecution",
+    "ExecutionAlreadyFinished",
+    "ExecutionNotFound",
+    "ExecutionStatusView",
+    "InvalidRequest",
+    "Producer",
+    "ProducerError",
+    "describe",
+    "parse_request",
+]

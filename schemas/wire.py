@@ -46,6 +46,10 @@ class Keys:
     def log_stream(self, execution_id: str) -> str:
         return f"{self.prefix}:exec:{execution_id}:log"
 
+    def claim(self, execution_id: str) -> str:
+        """Set NX by the producer that submits this id, so two submits never both enqueue it."""
+        return f"{self.prefix}:exec:{execution_id}:claimed"
+
     def cancel_flag(self, execution_id: str) -> str:
         return f"{self.prefix}:exec:{execution_id}:cancel"
 

@@ -1,0 +1,399 @@
+"""``dockrq``: submit executions and follow them from a shell, like ``docker run``.
+
+Exit codes (``submit`` attached and ``wait``; the other commands return 0 or 1):
+
+===  =====================================================================
+ N   the container's own exit code (succeeded, failed, OOM-killed)
+124  the execution hit its ``--timeout`` (as ``timeout(1)``)
+125  dockrq itself failed: request rejected, image pull/create/daemon
+     error, worker lost, invalid request, unknown or duplicate id, Redis
+     unreachable (as ``docker run``)
+130  the execution was cancelled (Ctrl-C on an attached submit cancels it)
+ 75  ``wait --timeout`` elapsed while the execution still runs (EX_TEMPFAIL)
+  1  any error of ``logs``, ``cancel``, ``status``, ``ls``
+  2  bad command line (click's usage errors)
+===  =====================================================================
+
+Errors are one line on stderr, never a traceback. ``--json`` (before or after
+the command name) switches every command's output to JSON for scripts.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from typing import Any, NoReturn
+
+import click
+import redis
+from rich.console import Console
+from rich.table import Table
+
+from schemas import (
+    DEFAULT_PREFIX,
+    DEFAULT_QUEUE,
+    DEFAULT_RETENTION_SECONDS,
+    ExecutionStatus,
+    LogEntry,
+    Outcome,
+    parse_size,
+)
+
+from .client import DEFAULT_REDIS_URL, Producer
+from .connections import redact_url
+from .errors import ExecutionAlreadyFinished, InvalidRequest, ProducerError
+from .status import ExecutionStatusView
+
+EXIT_ERROR = 1
+EXIT_WAIT_TIMEOUT = 75
+EXIT_TIMED_OUT = 124
+EXIT_DOCKRQ_FAILED = 125
+EXIT_CANCELLED = 130
+
+
+def exit_code_for(outcome: Outcome) -> int:
+    """The shell exit code an attached run reports for this outcome (table in the module doc)."""
+    if outcome.status in (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED) and outcome.exit_code is not None:
+        return outcome.exit_code & 0xFF
+    if outcome.status is ExecutionStatus.TIMED_OUT:
+        return EXIT_TIMED_OUT
+    if outcome.status is ExecutionStatus.CANCELLED:
+        return EXIT_CANCELLED
+    return EXIT_DOCKRQ_FAILED
+
+
+@dataclass
+class Settings:
+    """Global options, and the producer built from them on first use."""
+
+    redis_url: str
+    prefix: str
+    queue: str
+    retention_seconds: int
+    as_json: bool = False
+    _producer: Producer | None = field(default=None, repr=False)
+
+    def producer(self) -> Producer:
+        if self._producer is None:
+            self._producer = Producer(
+                self.redis_url, queue=self.queue, prefix=self.prefix, retention_seconds=self.retention_seconds
+            )
+            click.get_current_context().call_on_close(self._producer.close)
+        return self._producer
+
+
+def fail(message: str, code: int) -> NoReturn:
+    click.echo(f"dockrq: {message}", err=True)
+    raise click.exceptions.Exit(code)
+
+
+class DockrqCommand(click.Command):
+    """Turns expected failures into one line on stderr and the command's failure exit code."""
+
+    def __init__(self, *args: Any, failure_code: int = EXIT_ERROR, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.failure_code = failure_code
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ProducerError as exc:
+            prefix = "invalid request: " if isinstance(exc, InvalidRequest) else ""
+            fail(f"{prefix}{exc}", self.failure_code)
+        except (redis.ConnectionError, redis.TimeoutError) as exc:
+            url = redact_url(ctx.find_object(Settings).redis_url)
+            fail(f"cannot reach Redis at {url}: {exc}", self.failure_code)
+        except redis.RedisError as exc:
+            fail(f"Redis error: {exc}", self.failure_code)
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(EXIT_CANCELLED) from None
+
+
+def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
+    if value:
+        ctx.find_object(Settings).as_json = True
+
+
+json_option = click.option(
+    "--json", is_flag=True, expose_value=False, callback=_set_json, help="Machine-readable JSON output."
+)
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.option("--redis-url", envvar="DOCKRQ_REDIS_URL", default=DEFAULT_REDIS_URL, show_default=True,
+              help="Redis URL (redis://, rediss:// for TLS; user and password may be in it). Env DOCKRQ_REDIS_URL.")
+@click.option("--prefix", envvar="DOCKRQ_PREFIX", default=DEFAULT_PREFIX, show_default=True,
+              help="Key prefix of the wire contract. Env DOCKRQ_PREFIX.")
+@click.option("--queue", envvar="DOCKRQ_QUEUE", default=DEFAULT_QUEUE, show_default=True,
+              help="rq queue. Env DOCKRQ_QUEUE.")
+@click.option("--retention", "retention_seconds", envvar="DOCKRQ_RETENTION_SECONDS", type=click.IntRange(min=1),
+              default=DEFAULT_RETENTION_SECONDS, show_default=True,
+              help="Seconds outcomes, flags and claims are kept. Env DOCKRQ_RETENTION_SECONDS.")
+@click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
+@click.pass_context
+def cli(ctx: click.Context, redis_url: str, prefix: str, queue: str, retention_seconds: int, as_json: bool) -> None:
+    """Run containers through a Redis queue of dockrq workers."""
+    ctx.obj = Settings(redis_url, prefix, queue, retention_seconds, as_json)
+
+
+cli.command_class = DockrqCommand
+pass_settings = click.make_pass_decorator(Settings)
+
+
+# -- output helpers ----------------------------------------------------------
+
+
+def _write_entry(entry: LogEntry, as_json: bool) -> None:
+    """Container output verbatim (stdout to stdout, stderr to stderr), or one JSON line per entry."""
+    if as_json:
+        sys.stdout.write(entry.model_dump_json() + "\n")
+        stream = sys.stdout
+    else:
+        stream = sys.stderr if entry.stream == "stderr" else sys.stdout
+        stream.write(entry.data)
+    stream.flush()
+
+
+def _report(outcome: Outcome, settings: Settings, *, summary: bool) -> int:
+    """Print how the execution ended and return the exit code for it."""
+    if settings.as_json:
+        click.echo(outcome.model_dump_json())
+    elif outcome.result is None or outcome.status not in (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED):
+        error = outcome.error
+        detail = "no detail" if error is None else error.message or error.code
+        if error is not None and error.code != outcome.status.value and error.message:
+            detail = f"{error.code}: {error.message}"
+        click.echo(f"dockrq: execution {outcome.execution_id} {outcome.status.value}: {detail}", err=True)
+    else:
+        if outcome.result.oom_killed:
+            click.echo(f"dockrq: execution {outcome.execution_id} was killed: out of memory", err=True)
+        if summary:
+            click.echo(f"{outcome.status.value} (exit {outcome.exit_code})")
+    return exit_code_for(outcome)
+
+
+def _ago(when: datetime | None) -> str:
+    return _span((datetime.now(timezone.utc) - when).total_seconds()) if when else "-"
+
+
+def _span(seconds: float | None) -> str:
+    if seconds is None:
+        return "-"
+    if seconds < 60:
+        return f"{seconds:.1f}s"
+    minutes, secs = divmod(int(seconds), 60)
+    if minutes < 60:
+        return f"{minutes}m{secs:02d}s"
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours < 48 else f"{hours // 24}d"
+
+
+# -- commands ----------------------------------------------------------------
+
+
+def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
+    """``-e K=V`` sets K; ``-e K`` passes K from this environment (skipped if unset), as docker does."""
+    env = {}
+    for item in values:
+        name, sep, value = item.partition("=")
+        if sep:
+            env[name] = value
+        elif name in os.environ:
+            env[name] = os.environ[name]
+    return env
+
+
+def _build_request(image: str, cmd: tuple[str, ...], options: dict[str, Any]) -> dict[str, Any]:
+    """The request as a plain dict holding only what was given, so the schema's defaults apply."""
+    engine: dict[str, Any] = {"image": image, "env": _env_pairs(options["env"])}
+    if cmd:
+        engine["cmd"] = list(cmd)
+    if options["entrypoint"] is not None:
+        engine["entrypoint"] = [options["entrypoint"]] if options["entrypoint"] else []
+    if options["workdir"]:
+        engine["working_dir"] = options["workdir"]
+    resources = {k: options[k] for k in ("cpus", "memory", "pids") if options[k] is not None}
+    request: dict[str, Any] = {"engine": engine, "resources": resources}
+    plain = {
+        "execution_id": "execution_id",
+        "timeout": "timeout_seconds",
+        "network": "network",
+        "pull": "pull_policy",
+        "retries": "retries",
+    }
+    request.update({field: options[opt] for opt, field in plain.items() if options[opt] is not None})
+    if options["output_limit"] is not None:
+        try:
+            request["output_limit_bytes"] = parse_size(options["output_limit"])
+        except ValueError as exc:
+            raise InvalidRequest(f"output_limit_bytes: {exc}") from None
+    return request
+
+
+@cli.command(context_settings={"allow_interspersed_args": False}, failure_code=EXIT_DOCKRQ_FAILED)
+@click.option("--id", "execution_id", help="Execution id ([A-Za-z0-9_-]{1,64}); generated if absent.")
+@click.option("--queue", "queue_name", help="rq queue for this execution (default: the global --queue).")
+@click.option("-e", "--env", multiple=True, metavar="K=V", help="Environment variable; repeatable.")
+@click.option("-w", "--workdir", help="Working directory inside the container.")
+@click.option("--entrypoint", help="Overwrite the image's entrypoint.")
+@click.option("--cpus", type=float, help="CPU limit in cores.")
+@click.option("--memory", help="Memory limit, e.g. 256m.")
+@click.option("--pids", type=int, help="Process count limit.")
+@click.option("--timeout", type=float, help="Seconds before the container is stopped (outcome timed_out).")
+@click.option("--network", type=click.Choice(["none", "bridge"]), help="Network (default none).")
+@click.option("--output-limit", help="Bytes kept per stream in the result, e.g. 1m.")
+@click.option("--pull", type=click.Choice(["always", "if_not_present", "never"]), help="Image pull policy.")
+@click.option("--retries", type=int, help="Re-runs allowed after a lost worker.")
+@click.option("-d", "--detach", is_flag=True, help="Print the execution id and return at once.")
+@json_option
+@click.argument("image")
+@click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
+@pass_settings
+def submit(
+    settings: Settings, image: str, cmd: tuple[str, ...], queue_name: str | None, detach: bool, **options: Any
+) -> None:
+    """Run IMAGE [CMD...] on a worker; stay attached to its output and exit with its exit code."""
+    producer = settings.producer()
+    execution_id = producer.submit(_build_request(image, cmd, options), queue=queue_name)
+    if detach:
+        click.echo(f'{{"execution_id": "{execution_id}"}}' if settings.as_json else execution_id)
+        return
+    try:
+        if not settings.as_json:
+            for entry in producer.logs(execution_id, tail=True, follow=True):
+                _write_entry(entry, as_json=False)
+        outcome = producer.wait(execution_id)
+    except KeyboardInterrupt:
+        _cancel_after_interrupt(producer, execution_id)
+    raise click.exceptions.Exit(_report(outcome, settings, summary=False))
+
+
+def _cancel_after_interrupt(producer: Producer, execution_id: str) -> NoReturn:
+    try:
+        producer.cancel(execution_id)
+        message = f"cancelled execution {execution_id}"
+    except ExecutionAlreadyFinished as exc:
+        message = f"interrupted; {exc}"
+    fail(message, EXIT_CANCELLED)
+
+
+@cli.command(failure_code=EXIT_DOCKRQ_FAILED)
+@click.option("--timeout", type=float, help="Give up after this many seconds (exit 75).")
+@json_option
+@click.argument("execution_id")
+@pass_settings
+def wait(settings: Settings, execution_id: str, timeout: float | None) -> None:
+    """Wait for an execution to end; exit with its exit code."""
+    try:
+        outcome = settings.producer().wait(execution_id, timeout=timeout)
+    except TimeoutError:
+        fail(f"execution {execution_id} still running after {timeout:g}s", EXIT_WAIT_TIMEOUT)
+    raise click.exceptions.Exit(_report(outcome, settings, summary=True))
+
+
+class _Tail(click.ParamType):
+    name = "N|all"
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> bool | int:
+        if value in (True, "all"):
+            return True
+        try:
+            n = int(value)
+        except (TypeError, ValueError):
+            self.fail(f"{value!r} is not a number of lines or 'all'", param, ctx)
+        if n < 0:
+            self.fail("must be >= 0", param, ctx)
+        return n
+
+
+@cli.command()
+@click.option("-f", "--follow", is_flag=True, help="Keep streaming until the execution ends.")
+@click.option("--tail", type=_Tail(), default="all", show_default=True, help="Last N entries of the history.")
+@json_option
+@click.argument("execution_id")
+@pass_settings
+def logs(settings: Settings, execution_id: str, follow: bool, tail: bool | int) -> None:
+    """Print an execution's output (stdout to stdout, stderr to stderr)."""
+    for entry in settings.producer().logs(execution_id, tail=tail, follow=follow):
+        _write_entry(entry, settings.as_json)
+
+
+@cli.command()
+@json_option
+@click.argument("execution_id")
+@pass_settings
+def cancel(settings: Settings, execution_id: str) -> None:
+    """Cancel an execution: queued or scheduled ones never start, running ones are stopped."""
+    result = settings.producer().cancel(execution_id)
+    if settings.as_json:
+        click.echo(f'{{"execution_id": "{execution_id}", "result": "{result}"}}')
+    elif result == "cancelled":
+        click.echo(f"cancelled {execution_id}")
+    else:
+        click.echo(f"cancel requested for {execution_id}; its worker is stopping it")
+
+
+@cli.command()
+@json_option
+@click.argument("execution_id")
+@pass_settings
+def status(settings: Settings, execution_id: str) -> None:
+    """Show where an execution is, or how it ended."""
+    view = settings.producer().status(execution_id)
+    if settings.as_json:
+        click.echo(view.model_dump_json())
+        return
+    table = Table.grid(padding=(0, 2))
+    for name, value in _status_rows(view):
+        table.add_row(f"[bold]{name}[/]", value)
+    Console().print(table)
+
+
+def _status_rows(view: ExecutionStatusView) -> list[tuple[str, str]]:
+    outcome = view.outcome
+    rows = [
+        ("id", view.execution_id),
+        ("state", view.state.value),
+        ("queue", view.queue or "-"),
+        ("image", view.image or "-"),
+        ("worker", view.worker or "-"),
+        ("container", view.container_id or "-"),
+        ("enqueued", _ago(view.enqueued_at) + " ago" if view.enqueued_at else "-"),
+        ("duration", _span(view.duration_seconds)),
+    ]
+    if outcome is not None and outcome.exit_code is not None:
+        rows.append(("exit code", str(outcome.exit_code)))
+    if outcome is not None and outcome.result is not None and outcome.result.oom_killed:
+        rows.append(("oom killed", "yes"))
+    if outcome is not None and outcome.error is not None:
+        rows.append(("error", f"{outcome.error.code}: {outcome.error.message}"))
+    return rows
+
+
+@cli.command(name="ls")
+@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@json_option
+@pass_settings
+def list_executions(settings: Settings, limit: int) -> None:
+    """List recent executions of the queue, newest first."""
+    views = settings.producer().list_recent(limit)
+    if settings.as_json:
+        click.echo("[" + ",".join(v.model_dump_json() for v in views) + "]")
+        return
+    table = Table(box=None, header_style="bold")
+    for column in ("ID", "STATUS", "IMAGE", "WORKER", "DURATION", "AGE"):
+        table.add_column(column, no_wrap=column in ("ID", "STATUS"))
+    for v in views:
+        table.add_row(
+            v.execution_id, v.state.value, v.image or "-", v.worker or "-", _span(v.duration_seconds),
+            _ago(v.enqueued_at),
+        )
+    Console().print(table)
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point of the ``dockrq`` script."""
+    cli.main(args=argv, prog_name="dockrq")
+

@@ -1,0 +1,418 @@
+"""The producer: puts execution requests on rq queues and follows them through Redis.
+
+Everything here speaks the wire contract of ``schemas`` and nothing else, so a
+producer never needs the worker's code: jobs are enqueued by function *name*
+with rq's JSON serializer, and results come back on plain Redis keys.
+
+Duplicate ids: ``SET P:exec:ID:claimed NX`` inside a MULTI that also checks
+that neither an rq job nor an outcome exists for the id. Only one of two
+concurrent submits can win the SET, and the winner alone enqueues; the checks
+cover ids whose claim has expired while the job or its outcome lives on.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from collections import Counter
+from collections.abc import Iterable, Iterator
+from datetime import datetime, timedelta, timezone
+from typing import Any, Literal
+
+import redis
+from pydantic import ValidationError
+from redis.backoff import ExponentialWithJitterBackoff
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from schemas import (
+    CANCEL_MESSAGE,
+    DEFAULT_PREFIX,
+    DEFAULT_QUEUE,
+    DEFAULT_RETENTION_SECONDS,
+    JOB_FUNCTION,
+    WRITE_OUTCOME_LUA,
+    Event,
+    ExecutionRequest,
+    ExecutionState,
+    ExecutionStatus,
+    Keys,
+    LogEntry,
+    Outcome,
+    as_json_object,
+)
+
+from .connections import BLOCK_SLICE_SECONDS, blocking_twin, clients_from_url
+from .describe import describe
+from .errors import DuplicateExecution, ExecutionAlreadyFinished, ExecutionNotFound, InvalidRequest
+from .logs import LogReader
+from .status import ExecutionStatusView, build_view
+
+log = logging.getLogger(__name__)
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+# rq's own job timeout must not fire before the worker's: the worker enforces
+# timeout_seconds on the container, and also pulls the image and stops the
+# container (grace period) inside the same rq job.
+JOB_TIMEOUT_MARGIN_SECONDS = 300
+NO_RQ_TIMEOUT = -1  # rq: never kill the work horse; the request has no time limit
+# How long an id may have a claim but no rq job before a waiter calls it gone
+# (the claim-then-enqueue window is milliseconds).
+VANISH_GRACE_SECONDS = 3.0
+
+CancelResult = Literal["cancelled", "signalled"]
+_CANCELLABLE_IN_RQ = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED}
+_RECONNECT = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
+
+
+def parse_request(request: ExecutionRequest | dict[str, Any] | str | bytes) -> ExecutionRequest:
+    """A validated request from a model, a dict or a JSON document, or InvalidRequest naming the field."""
+    if isinstance(request, ExecutionRequest):
+        return request
+    try:
+        return ExecutionRequest.model_validate(as_json_object(request))
+    except ValidationError as exc:
+        raise InvalidRequest.from_validation_error(exc) from None
+    except json.JSONDecodeError as exc:
+        raise InvalidRequest(f"request: not a JSON document: {exc}") from None
+
+
+class Producer:
+    """Submit, wait for, follow and cancel executions. One instance per process is plenty;
+    it is safe to share between threads (redis-py pools its connections)."""
+
+    def __init__(
+        self,
+        redis_url: str = DEFAULT_REDIS_URL,
+        queue: str = DEFAULT_QUEUE,
+        prefix: str = DEFAULT_PREFIX,
+        connection: redis.Redis | None = None,
+        *,
+        retention_seconds: int = DEFAULT_RETENTION_SECONDS,
+    ) -> None:
+        if connection is None:
+            self._client, self._blocking = clients_from_url(redis_url)
+        else:
+            self._client, self._blocking = connection, blocking_twin(connection)
+        self._owns_client = connection is None
+        self.redis_url = redis_url
+        self.queue = queue
+        self.keys = Keys(prefix)
+        self.retention_seconds = int(retention_seconds)
+        self._queues: dict[str, Queue] = {}
+
+    # -- lifecycle -----------------------------------------------------------
+
+    def close(self) -> None:
+        self._blocking.close()
+        if self._owns_client:
+            self._client.close()
+
+    def __enter__(self) -> Producer:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @property
+    def connection(self) -> redis.Redis:
+        """The non-blocking client (also rq's connection)."""
+        return self._client
+
+    def rq_queue(self, name: str | None = None) -> Queue:
+        """The rq queue ``name`` (default: this producer's), with the JSON serializer."""
+        name = name or self.queue
+        if name not in self._queues:
+            self._queues[name] = Queue(name, connection=self._client, serializer=JSONSerializer)
+        return self._queues[name]
+
+    # -- submit --------------------------------------------------------------
+
+    def submit(
+        self,
+        request: ExecutionRequest | dict[str, Any] | str | bytes,
+        *,
+        queue: str | None = None,
+        at: datetime | None = None,
+        delay: timedelta | None = None,
+    ) -> str:
+        """Enqueue one execution (or schedule it ``at`` a time / after a ``delay``); returns its id.
+
+        Raises InvalidRequest (nothing enqueued) or DuplicateExecution.
+        """
+        req = parse_request(request)
+        if at is not None and delay is not None:
+            raise ValueError("give at or delay, not both")
+        when = datetime.now(timezone.utc) + delay if delay is not None else at
+        rq_queue = self.rq_queue(queue)
+        self._claim([req.execution_id], rq_queue.name)
+        try:
+            with self._client.pipeline() as pipe:
+                spec = self._job_spec(req, scheduled=when is not None)
+                if when is None:
+                    rq_queue.enqueue_call(**spec, pipeline=pipe)
+                else:
+                    job = rq_queue.create_job(**spec, status=JobStatus.SCHEDULED)
+                    rq_queue.schedule_job(job, when, pipeline=pipe)
+                self._publish_event(pipe, req.execution_id, spec["meta"]["status"])
+                pipe.execute()
+        except BaseException:
+            self._release_claims([req.execution_id])
+            raise
+        return req.execution_id
+
+    def submit_many(
+        self, requests: Iterable[ExecutionRequest | dict[str, Any] | str | bytes], *, queue: str | None = None
+    ) -> list[str]:
+        """Enqueue many executions in one round trip for the claims and one MULTI for the jobs.
+
+        All or nothing: an invalid request (InvalidRequest names its index and
+        field) or a duplicate id (DuplicateExecution lists them) enqueues none.
+        """
+        reqs = []
+        for index, request in enumerate(requests):
+            try:
+                reqs.append(parse_request(request))
+            except InvalidRequest as exc:
+                raise InvalidRequest(f"requests[{index}]: {exc}") from None
+        ids = [r.execution_id for r in reqs]
+        repeated = [i for i, n in Counter(ids).items() if n > 1]
+        if repeated:
+            raise DuplicateExecution(repeated)
+        if not reqs:
+            return []
+        rq_queue = self.rq_queue(queue)
+        self._claim(ids, rq_queue.name)
+        try:
+            with self._client.pipeline() as pipe:
+                rq_queue.enqueue_many([Queue.prepare_data(**self._job_spec(r)) for r in reqs], pipeline=pipe)
+                for execution_id in ids:
+                    self._publish_event(pipe, execution_id, ExecutionState.QUEUED.value)
+                pipe.execute()
+        except BaseException:
+            self._release_claims(ids)
+            raise
+        return ids
+
+    def _job_spec(self, req: ExecutionRequest, *, scheduled: bool = False) -> dict[str, Any]:
+        """Keyword arguments shared by rq's enqueue_call, create_job and prepare_data."""
+        if req.timeout_seconds is None:
+            timeout = NO_RQ_TIMEOUT
+        else:
+            timeout = math.ceil(req.timeout_seconds) + JOB_TIMEOUT_MARGIN_SECONDS
+        status = ExecutionState.SCHEDULED if scheduled else ExecutionState.QUEUED
+        return {
+            "func": JOB_FUNCTION,
+            "args": (req.model_dump(mode="json"),),
+            "timeout": timeout,
+            # The rq job lives as long as the outcome, so status() keeps its meta.
+            "result_ttl": self.retention_seconds,
+            "failure_ttl": self.retention_seconds,
+            "description": describe(req),
+            "job_id": req.execution_id,
+            "meta": {"execution_id": req.execution_id, "image": req.engine.image, "status": status.value},
+        }
+
+    def _claim(self, ids: list[str], queue_name: str) -> None:
+        with self._client.pipeline(transaction=True) as pipe:
+            for execution_id in ids:
+                pipe.set(self.keys.claim(execution_id), queue_name, nx=True, ex=self.retention_seconds)
+                pipe.exists(Job.key_for(execution_id), self.keys.outcome(execution_id))
+            replies = pipe.execute()
+        won, existing = replies[0::2], replies[1::2]
+        taken = [i for i, w, e in zip(ids, won, existing, strict=True) if not w or e]
+        if taken:
+            # A claim won for an id whose job or outcome exists stays: it names that execution.
+            self._release_claims([i for i, w, e in zip(ids, won, existing, strict=True) if w and not e])
+            raise DuplicateExecution(taken)
+
+    def _release_claims(self, ids: list[str]) -> None:
+        if not ids:
+            return
+        try:
+            self._client.delete(*(self.keys.claim(i) for i in ids))
+        except redis.RedisError as exc:  # the claim expires with the retention time anyway
+            log.warning("could not release claims of %d execution(s): %s", len(ids), exc)
+
+    def _publish_event(self, pipe: redis.client.Pipeline, execution_id: str, status: str) -> None:
+        pipe.publish(self.keys.events, Event(execution_id=execution_id, status=status).model_dump_json())
+
+    # -- reading -------------------------------------------------------------
+
+    def _outcome(self, execution_id: str) -> Outcome | None:
+        raw = self._client.lindex(self.keys.outcome(execution_id), 0)
+        return Outcome.model_validate_json(raw) if raw is not None else None
+
+    def _fetch_job(self, execution_id: str) -> Job | None:
+        return Job.fetch_many([execution_id], connection=self._client, serializer=JSONSerializer)[0]
+
+    def _presence(self, execution_id: str) -> tuple[bool, bool, bool]:
+        """Whether an outcome, an rq job and a claim exist for the id, in one round trip."""
+        with self._client.pipeline(transaction=False) as pipe:
+            pipe.exists(self.keys.outcome(execution_id))
+            pipe.exists(Job.key_for(execution_id))
+            pipe.exists(self.keys.claim(execution_id))
+            outcome, job, claim = (bool(n) for n in pipe.execute())
+        return outcome, job, claim
+
+    def _require_known(self, execution_id: str) -> None:
+        if not any(self._presence(execution_id)):
+            raise ExecutionNotFound(execution_id)
+
+    def wait(self, execution_id: str, timeout: float | None = None) -> Outcome:
+        """The outcome, once the execution has ended (at once if it already has).
+
+        Non-destructive, so any number of waiters get it. Raises TimeoutError
+        after ``timeout`` seconds, ExecutionNotFound for an unknown id or one
+        whose rq job disappears without an outcome. Redis outages while waiting
+        are retried with backoff.
+        """
+        key = self.keys.outcome(execution_id)
+        outcome = self._outcome(execution_id)
+        if outcome is not None:
+            return outcome
+        self._require_known(execution_id)
+        deadline = None if timeout is None else time.monotonic() + timeout
+        missing_since: float | None = None
+        failures = 0
+        while True:
+            remaining = None if deadline is None else deadline - time.monotonic()
+            if remaining is not None and remaining <= 0:
+                raise TimeoutError(f"execution {execution_id} still running after {timeout}s")
+            block = BLOCK_SLICE_SECONDS if remaining is None else max(min(BLOCK_SLICE_SECONDS, remaining), 0.01)
+            try:
+                raw = self._blocking.blmove(key, key, block, "RIGHT", "LEFT")
+                if raw is not None:
+                    return Outcome.model_validate_json(raw)
+                has_outcome, has_job, _ = self._presence(execution_id)
+                failures = 0
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                failures += 1
+                pause = _RECONNECT.compute(failures)
+                log.warning("waiting for %s: Redis error (%s); retrying in %.1fs", execution_id, exc, pause)
+                time.sleep(pause)
+                continue
+            if has_outcome or has_job:
+                missing_since = None
+            elif missing_since is None:
+                missing_since = time.monotonic()
+            elif time.monotonic() - missing_since > VANISH_GRACE_SECONDS:
+                raise ExecutionNotFound(execution_id, "execution vanished (no rq job and no outcome)")
+
+    def logs(self, execution_id: str, tail: bool | int = True, follow: bool = True) -> Iterator[LogEntry]:
+        """The execution's log entries: history (all, none or the last ``tail``), then live if ``follow``.
+
+        No gap and no duplicate; ends at the final batch, or when the execution
+        has ended without one. Raises ExecutionNotFound for an unknown id.
+        """
+        if not self._client.exists(self.keys.log_stream(execution_id)):
+            self._require_known(execution_id)
+        reader = LogReader(
+            self._client,
+            self._blocking,
+            self.keys.log_stream(execution_id),
+            self.keys.logs_channel(execution_id),
+            tail=tail,
+            follow=follow,
+            is_over=lambda: self._is_over(execution_id),
+        )
+        return iter(reader)
+
+    def _is_over(self, execution_id: str) -> bool:
+        """Ended, or gone: a follower asks only after an idle second, long after enqueueing."""
+        outcome, job, _ = self._presence(execution_id)
+        return outcome or not job
+
+    def status(self, execution_id: str) -> ExecutionStatusView:
+        """Where the execution is: the outcome if it ended, else what rq and the worker's meta say."""
+        outcome = self._outcome(execution_id)
+        job = self._fetch_job(execution_id)
+        if outcome is None and job is None and not self._client.exists(self.keys.claim(execution_id)):
+            raise ExecutionNotFound(execution_id)
+        return build_view(execution_id, job, outcome)
+
+    def list_recent(self, limit: int = 50, queues: Iterable[str] | None = None) -> list[ExecutionStatusView]:
+        """The newest executions of the queues (default: this producer's), newest first.
+
+        Reads rq's queue and registries (queued, scheduled, started, finished,
+        failed, canceled) without cleaning them: listing must not change state.
+        """
+        ids: dict[str, None] = {}
+        for name in queues or [self.queue]:
+            q = self.rq_queue(name)
+            ids.update(dict.fromkeys(reversed(q.get_job_ids(offset=-limit))))
+            for registry in (
+                q.started_job_registry,
+                q.scheduled_job_registry,
+                q.finished_job_registry,
+                q.failed_job_registry,
+                q.canceled_job_registry,
+            ):
+                ids.update(dict.fromkeys(registry.get_job_ids(0, limit - 1, desc=True, cleanup=False)))
+        jobs = [j for j in Job.fetch_many(list(ids), connection=self._client, serializer=JSONSerializer) if j]
+        with self._client.pipeline(transaction=False) as pipe:
+            for job in jobs:
+                pipe.lindex(self.keys.outcome(job.id), 0)
+            raw_outcomes = pipe.execute()
+        views = [
+            build_view(job.id, job, Outcome.model_validate_json(raw) if raw else None)
+            for job, raw in zip(jobs, raw_outcomes, strict=True)
+        ]
+        epoch = datetime.min.replace(tzinfo=timezone.utc)
+        views.sort(key=lambda v: v.enqueued_at or epoch, reverse=True)
+        return views[:limit]
+
+    # -- cancel --------------------------------------------------------------
+
+    def cancel(self, execution_id: str) -> CancelResult:
+        """Cancel an execution.
+
+        Queued or scheduled: the rq job is cancelled and a ``cancelled`` outcome
+        written, in one transaction that aborts if a worker takes the job
+        meanwhile ("cancelled"). Running (or about to be enqueued): the worker is
+        told through the flag and the control channel ("signalled"). The flag is
+        set in every case so a worker that dequeues the job concurrently sees it.
+        Raises ExecutionAlreadyFinished or ExecutionNotFound.
+        """
+        outcome_key = self.keys.outcome(execution_id)
+        job_key = Job.key_for(execution_id)
+        with self._client.pipeline() as pipe:
+            while True:
+                try:
+                    pipe.watch(outcome_key, job_key)
+                    return self._cancel_watched(pipe, execution_id)
+                except redis.WatchError:
+                    continue
+
+    def _cancel_watched(self, pipe: redis.client.Pipeline, execution_id: str) -> CancelResult:
+        outcome = self._outcome(execution_id)
+        if outcome is not None:
+            raise ExecutionAlreadyFinished(execution_id, outcome.status.value)
+        job = self._fetch_job(execution_id)
+        if job is None and not self._client.exists(self.keys.claim(execution_id)):
+            raise ExecutionNotFound(execution_id)
+        rq_status = job.get_status(refresh=False) if job is not None else None
+        if rq_status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
+            raise ExecutionAlreadyFinished(execution_id, f"rq job {rq_status.value}")
+        pipe.multi()
+        pipe.set(self.keys.cancel_flag(execution_id), "1", ex=self.retention_seconds)
+        pipe.publish(self.keys.control_channel(execution_id), CANCEL_MESSAGE)
+        if job is None or rq_status not in _CANCELLABLE_IN_RQ:
+            pipe.execute()
+            return "signalled"
+        job.cancel(pipeline=pipe)
+        job.meta["status"] = ExecutionState.CANCELLED.value
+        pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
+        pipe.expire(job.key, self.retention_seconds)  # rq keeps cancelled jobs forever otherwise
+        cancelled = Outcome.failure(
+            execution_id, ExecutionStatus.CANCELLED, "cancelled", f"cancelled while {rq_status.value}, before it started"
+        )
+        pipe.eval(
+            WRITE_OUTCOME_LUA, 1, self.keys.outcome(execution_id), cancelled.model_dump_json(), self.retention_seconds
+        )
+        self._publish_event(pipe, execution_id, ExecutionState.CANCELLED.value)
+        pipe.execute()
+        return "cancelled"

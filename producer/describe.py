@@ -1,0 +1,56 @@
+"""A ``docker run``-like line for an execution request.
+
+rq-dashboard shows an rq job's description verbatim, so this is what operators
+read there. Environment values are replaced by ``***``: requests routinely carry
+tokens and the dashboard must not leak them. Arguments are shell-quoted, so the
+line can be pasted into a shell (with the real values filled in).
+"""
+
+from __future__ import annotations
+
+import shlex
+
+from schemas import ExecutionRequest
+
+HIDDEN = "***"
+_SIZE_SUFFIXES = (("g", 1024**3), ("m", 1024**2), ("k", 1024))
+
+
+def format_size(size: int) -> str:
+    """Bytes as docker writes them (``256m``) when that is exact, else plain bytes."""
+    for suffix, unit in _SIZE_SUFFIXES:
+        if size >= unit and size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else str(value)
+
+
+def describe(request: ExecutionRequest) -> str:
+    engine, res = request.engine, request.resources
+    q = shlex.quote
+    words = ["docker", "run", "--rm"]
+    words += [f"-e {q(name)}={HIDDEN}" for name in engine.env]
+    if engine.working_dir:
+        words.append(f"-w {q(engine.working_dir)}")
+    # docker's --entrypoint takes one word; the rest of a list entrypoint runs as leading args.
+    entrypoint = engine.entrypoint or []
+    if entrypoint:
+        words.append(f"--entrypoint {q(entrypoint[0])}")
+    if res.cpus is not None:
+        words.append(f"--cpus {_number(res.cpus)}")
+    if res.memory is not None:
+        words.append(f"--memory {format_size(res.memory)}")
+    if res.pids is not None:
+        words.append(f"--pids-limit {res.pids}")
+    if res.gpus is not None:
+        gpus = "all" if res.gpus.count == -1 else (res.gpus.count or f"device={','.join(res.gpus.device_ids or [])}")
+        words.append(f"--gpus {q(str(gpus))}")
+    for mount in request.mounts:
+        words.append(f"-v {q(f'{mount.source}:{mount.target}' + (':ro' if mount.read_only else ''))}")
+    words.append(f"--network {request.network}")
+    words.append(q(engine.image))
+    words += [q(arg) for arg in [*entrypoint[1:], *(engine.cmd or [])]]
+    return " ".join(words)

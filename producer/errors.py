@@ -1,0 +1,53 @@
+"""Errors the producer raises for things a caller can act on.
+
+They share one base so a caller (or the CLI) can tell "dockrq said no" from a
+bug or a Redis outage with a single ``except ProducerError``. Redis errors are
+left as redis-py raises them: callers already know how to handle those.
+"""
+
+from __future__ import annotations
+
+from pydantic import ValidationError
+
+from schemas import describe_validation_error
+
+
+class ProducerError(Exception):
+    """Base of every error the producer raises on purpose."""
+
+
+class InvalidRequest(ProducerError, ValueError):
+    """The request does not validate; nothing was enqueued. The message names each bad field."""
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+
+    @classmethod
+    def from_validation_error(cls, exc: ValidationError) -> InvalidRequest:
+        return cls(describe_validation_error(exc))
+
+
+class DuplicateExecution(ProducerError):
+    """The execution id is already in use (queued, running, or ended within the retention time)."""
+
+    def __init__(self, execution_ids: str | list[str]) -> None:
+        ids = [execution_ids] if isinstance(execution_ids, str) else list(execution_ids)
+        self.execution_ids = ids
+        super().__init__(f"execution id already in use: {', '.join(ids)}")
+
+
+class ExecutionNotFound(ProducerError, LookupError):
+    """No outcome, no rq job and no claim exist for this id (never submitted, expired or deleted)."""
+
+    def __init__(self, execution_id: str, detail: str = "no such execution") -> None:
+        self.execution_id = execution_id
+        super().__init__(f"{detail}: {execution_id}")
+
+
+class ExecutionAlreadyFinished(ProducerError):
+    """The execution has ended already, so there is nothing left to cancel."""
+
+    def __init__(self, execution_id: str, status: str) -> None:
+        self.execution_id = execution_id
+        self.status = status
+        super().__init__(f"execution {execution_id} already ended: {status}")

@@ -1,0 +1,197 @@
+"""Reading one execution's log: history from the capped stream, then live pub/sub.
+
+The worker appends every batch to the stream ``P:exec:ID:log`` and publishes
+the same batch on ``P:exec:ID:logs``. Pub/sub alone loses whatever was sent
+before we subscribed; the stream alone would mean polling. So a follower
+subscribes first, reads the stream, then takes live messages, and the batch
+``seq`` (entries sent before the batch) turns the overlap into exact
+deduplication. A live batch that starts past what we have means messages were
+missed (slow consumer, reconnect): the stream is read again from the last id
+we saw. Entries the stream no longer holds (it is capped) are skipped over, so
+a reader never stalls on a gap that cannot be filled.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from redis.client import PubSub
+
+from schemas import LogBatch, LogEntry
+
+from .connections import BLOCK_SLICE_SECONDS, BLOCKING_SOCKET_TIMEOUT
+
+log = logging.getLogger(__name__)
+
+BATCH_FIELD = "batch"  # the stream entry field that holds LogBatch.to_json()
+_PAGE = 500
+_RECONNECT = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
+
+
+def _batch_of(fields: dict[bytes, bytes]) -> LogBatch:
+    return LogBatch.model_validate_json(fields[BATCH_FIELD.encode()])
+
+
+@dataclass
+class LogCursor:
+    """How far a reader has got: the next entry ``seq`` it wants and the last stream id it read."""
+
+    next_seq: int = 0
+    last_id: bytes = b"0-0"
+    eof: bool = False
+
+    def take(self, batch: LogBatch, *, skip_gap: bool) -> list[LogEntry] | None:
+        """The entries of ``batch`` not yet seen, or None when it starts past ``next_seq``.
+
+        With ``skip_gap`` the missing entries are given up on (they are gone from
+        the stream) and the batch is taken as it is.
+        """
+        if batch.seq > self.next_seq:
+            if not skip_gap:
+                return None
+            log.debug("log gap: entries %d..%d are gone", self.next_seq, batch.seq - 1)
+            self.next_seq = batch.seq
+        fresh = batch.entries[self.next_seq - batch.seq :]
+        self.next_seq += len(fresh)
+        if batch.eof:
+            self.eof = True
+        return fresh
+
+
+class LogReader:
+    """Iterates the entries of one execution; ``tail`` and ``follow`` as in ``docker logs``.
+
+    ``tail``: True for the whole history, False or 0 for none, N for the last N
+    entries. ``follow``: keep reading live until the eof batch, or until
+    ``is_over()`` says the execution ended without one (rejected, cancelled
+    before start, worker lost), so a follower never hangs.
+    """
+
+    def __init__(
+        self,
+        client: redis.Redis,
+        blocking: redis.Redis,
+        stream_key: str,
+        channel: str,
+        *,
+        tail: bool | int = True,
+        follow: bool = True,
+        is_over: Callable[[], bool],
+        slice_seconds: float = BLOCK_SLICE_SECONDS,
+    ) -> None:
+        self._client = client
+        self._blocking = blocking
+        self._stream = stream_key
+        self._channel = channel
+        self._tail = _entries_wanted(tail)
+        self._follow = follow
+        self._is_over = is_over
+        self._slice = slice_seconds
+        self.cursor = LogCursor()
+
+    def __iter__(self) -> Iterator[LogEntry]:
+        pubsub = self._subscribe() if self._follow else None
+        try:
+            yield from self._history()
+            if pubsub is not None and not self.cursor.eof:
+                yield from self._live(pubsub)
+        finally:
+            if pubsub is not None:
+                pubsub.close()
+
+    # -- history -----------------------------------------------------------
+
+    def _history(self) -> Iterator[LogEntry]:
+        wanted = self._tail
+        if wanted is None:
+            yield from self._catch_up()
+            return
+        newest_first: list[tuple[bytes, LogBatch]] = []
+        have = 0
+        upper = "+"
+        while True:
+            page = self._client.xrevrange(self._stream, upper, "-", count=_PAGE if wanted else 1)
+            for entry_id, fields in page:
+                newest_first.append((entry_id, _batch_of(fields)))
+                have += len(newest_first[-1][1].entries)
+            if not page or have >= wanted or len(page) < _PAGE:
+                break
+            upper = "(" + page[-1][0].decode()
+        if not newest_first:
+            return
+        newest_id, newest = newest_first[0]
+        total = newest.seq + len(newest.entries)
+        self.cursor.next_seq = max(0, total - wanted)
+        for _, batch in reversed(newest_first):
+            yield from self.cursor.take(batch, skip_gap=True) or ()
+        self.cursor.last_id = newest_id
+
+    def _catch_up(self) -> Iterator[LogEntry]:
+        """Everything the stream holds after the last id read, deduplicated by seq."""
+        while not self.cursor.eof:
+            page = self._client.xrange(self._stream, "(" + self.cursor.last_id.decode(), "+", count=_PAGE)
+            for entry_id, fields in page:
+                self.cursor.last_id = entry_id
+                yield from self.cursor.take(_batch_of(fields), skip_gap=True) or ()
+                if self.cursor.eof:
+                    return
+            if len(page) < _PAGE:
+                return
+
+    # -- live --------------------------------------------------------------
+
+    def _subscribe(self) -> PubSub:
+        """Subscribe and wait for Redis to confirm, so nothing published after the history read is lost."""
+        pubsub = self._blocking.pubsub()
+        pubsub.subscribe(self._channel)
+        deadline = time.monotonic() + BLOCKING_SOCKET_TIMEOUT
+        while time.monotonic() < deadline:
+            message = pubsub.get_message(timeout=self._slice)
+            if message is not None and message["type"] == "subscribe":
+                return pubsub
+        pubsub.close()
+        raise redis.TimeoutError(f"no subscribe confirmation for {self._channel}")
+
+    def _live(self, pubsub: PubSub) -> Iterator[LogEntry]:
+        failures = 0
+        while not self.cursor.eof:
+            try:
+                message = pubsub.get_message(timeout=self._slice)
+                if message is None:
+                    if self._is_over():
+                        # Ended: whatever was written before the outcome is in the stream.
+                        yield from self._catch_up()
+                        return
+                    continue
+                failures = 0
+                if message["type"] != "message":
+                    continue
+                batch = LogBatch.model_validate_json(message["data"])
+                fresh = self.cursor.take(batch, skip_gap=False)
+                if fresh is None:
+                    yield from self._catch_up()
+                    fresh = self.cursor.take(batch, skip_gap=True) or []
+                yield from fresh
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                # PubSub reconnects and resubscribes on its next read; what was
+                # published meanwhile is recovered from the stream by the gap check.
+                failures += 1
+                delay = _RECONNECT.compute(failures)
+                log.warning("log follow: Redis error (%s); retrying in %.1fs", exc, delay)
+                time.sleep(delay)
+
+
+def _entries_wanted(tail: bool | int) -> int | None:
+    """None for the whole history, else how many of the last entries to replay."""
+    if tail is True:
+        return None
+    if tail is False:
+        return 0
+    if isinstance(tail, int) and tail >= 0:
+        return tail
+    raise ValueError(f"tail must be True, False or a number of entries >= 0, not {tail!r}")

@@ -1,0 +1,209 @@
+"""Log following against fakeredis: history then live, no gap, no duplicate, always ends.
+
+A small writer plays the worker's part of the contract: every batch is XADDed
+to ``P:exec:ID:log`` (field ``batch``) and published on ``P:exec:ID:logs``.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+
+import pytest
+import redis
+
+from producer import ExecutionNotFound, Producer
+from schemas import ExecutionStatus, Keys, LogBatch, LogEntry, Outcome
+
+KEYS = Keys("p")
+
+
+@pytest.fixture
+def producer(fake_redis):
+    with Producer(connection=fake_redis, queue="q", prefix="p") as p:
+        yield p
+
+
+class Writer:
+    """The worker side of one execution's log, with knobs to lose or repeat messages."""
+
+    def __init__(self, r: redis.Redis, execution_id: str) -> None:
+        self.r = r
+        self.execution_id = execution_id
+        self.seq = 0
+        self.sent: list[LogBatch] = []
+
+    def batch(self, *data: str, stream: str = "stdout", xadd: bool = True, publish: bool = True) -> LogBatch:
+        entries = [LogEntry(stream=stream, ts=time.time(), data=d) for d in data]
+        batch = LogBatch(seq=self.seq, entries=entries)
+        self.seq += len(entries)
+        self.send(batch, xadd=xadd, publish=publish)
+        return batch
+
+    def eof(self, *, xadd: bool = True, publish: bool = True) -> None:
+        self.send(LogBatch(seq=self.seq, eof=True), xadd=xadd, publish=publish)
+
+    def send(self, batch: LogBatch, *, xadd: bool = True, publish: bool = True) -> None:
+        payload = batch.to_json()
+        if xadd:
+            self.r.xadd(KEYS.log_stream(self.execution_id), {"batch": payload})
+        if publish:
+            self.r.publish(KEYS.logs_channel(self.execution_id), payload)
+        self.sent.append(batch)
+
+    def after_subscribe(self, script: Callable[[], None]) -> threading.Thread:
+        """Run ``script`` in a thread once a follower has subscribed, as a running worker would."""
+
+        def run() -> None:
+            channel = KEYS.logs_channel(self.execution_id)
+            deadline = time.monotonic() + 5
+            while self.r.pubsub_numsub(channel)[0][1] == 0 and time.monotonic() < deadline:
+                time.sleep(0.01)
+            script()
+
+        thread = threading.Thread(target=run, daemon=True)
+        thread.start()
+        return thread
+
+
+def _data(entries) -> list[str]:
+    return [e.data for e in entries]
+
+
+@pytest.fixture
+def running(producer, fake_redis):
+    """A submitted execution and its log writer."""
+    producer.submit({"execution_id": "ex", "engine": {"image": "busybox"}})
+    return Writer(fake_redis, "ex")
+
+
+def test_history_without_follow(producer, running):
+    running.batch("a\n", "b\n")
+    running.batch("oops\n", stream="stderr")
+    running.batch("c\n")
+    entries = list(producer.logs("ex", follow=False))
+    assert _data(entries) == ["a\n", "b\n", "oops\n", "c\n"]
+    assert [e.stream for e in entries] == ["stdout", "stdout", "stderr", "stdout"]
+
+
+def test_follow_ends_at_an_eof_already_in_history(producer, running):
+    running.batch("a\n")
+    running.eof()
+    started = time.monotonic()
+    assert _data(producer.logs("ex", follow=True)) == ["a\n"]
+    assert time.monotonic() - started < 0.5
+
+
+def test_overlapping_batches_are_deduplicated_by_seq(producer, running):
+    running.batch("a", "b")
+    running.send(LogBatch.model_validate({"seq": 1, "entries": [{"stream": "stdout", "ts": 0, "data": "b"},
+                                                                {"stream": "stdout", "ts": 0, "data": "c"}]}))
+    running.seq = 3
+    running.eof()
+    assert _data(producer.logs("ex")) == ["a", "b", "c"]
+
+
+@pytest.mark.parametrize(
+    ("tail", "expected"),
+    [(True, list("0123456789")), (4, list("6789")), (5, list("56789")), (100, list("0123456789")), (0, []),
+     (False, [])],
+)
+def test_tail(producer, running, tail, expected):
+    for chunk in ("012", "345", "678", "9"):
+        running.batch(*chunk)
+    running.eof()
+    assert _data(producer.logs("ex", tail=tail, follow=False)) == expected
+    assert _data(producer.logs("ex", tail=tail, follow=True)) == expected
+
+
+def test_tail_must_be_a_count(producer, running):
+    with pytest.raises(ValueError):
+        list(producer.logs("ex", tail=-1))
+
+
+def test_trimmed_history_starts_where_the_stream_does(producer, running):
+    running.batch("lost", xadd=False, publish=False)  # capped away before we came
+    running.batch("kept")
+    running.eof()
+    assert _data(producer.logs("ex")) == ["kept"]
+
+
+def test_live_follow_gets_history_then_live_exactly_once(producer, running):
+    running.batch("h1\n", "h2\n")
+
+    def worker():
+        # Published after our subscribe although already in the stream we read: must not repeat.
+        running.send(running.sent[0], xadd=False)
+        running.batch("l1\n")
+        running.batch("l2\n", stream="stderr")
+        running.eof()
+
+    running.after_subscribe(worker)
+    assert _data(producer.logs("ex")) == ["h1\n", "h2\n", "l1\n", "l2\n"]
+
+
+def test_a_missed_live_message_is_recovered_from_the_stream(producer, running):
+    def worker():
+        running.batch("one\n")
+        running.batch("two\n", publish=False)  # never reaches us live
+        running.batch("three\n")
+        running.eof()
+
+    running.after_subscribe(worker)
+    assert _data(producer.logs("ex")) == ["one\n", "two\n", "three\n"]
+
+
+def test_a_gap_the_stream_cannot_fill_is_skipped(producer, running):
+    def worker():
+        running.batch("one\n")
+        running.batch("gone\n", xadd=False, publish=False)
+        running.batch("three\n", xadd=False)
+        running.eof(xadd=False)
+
+    running.after_subscribe(worker)
+    assert _data(producer.logs("ex")) == ["one\n", "three\n"]
+
+
+def test_follow_stops_when_the_outcome_exists_without_eof(producer, running, fake_redis):
+    running.batch("partial\n")
+    outcome = Outcome.failure("ex", ExecutionStatus.LOST, "worker_lost", "worker died")
+    fake_redis.rpush(KEYS.outcome("ex"), outcome.model_dump_json())
+    started = time.monotonic()
+    assert _data(producer.logs("ex")) == ["partial\n"]
+    assert time.monotonic() - started < 3
+
+
+def test_follow_stops_when_the_job_disappears(producer, running, fake_redis):
+    running.batch("partial\n")
+    fake_redis.delete("rq:job:ex")
+    assert _data(producer.logs("ex")) == ["partial\n"]
+
+
+def test_follow_survives_a_dropped_connection(producer, running, monkeypatch):
+    real = redis.client.PubSub.get_message
+    dropped = []
+
+    def flaky(self, *args, **kwargs):
+        message = real(self, *args, **kwargs)
+        if message is not None and message["type"] == "message" and not dropped:
+            dropped.append(message)
+            raise redis.ConnectionError("connection reset")  # the message is lost with it
+        return message
+
+    monkeypatch.setattr(redis.client.PubSub, "get_message", flaky)
+
+    def worker():
+        running.batch("one\n")
+        time.sleep(0.2)
+        running.batch("two\n")
+        running.eof()
+
+    running.after_subscribe(worker)
+    assert _data(producer.logs("ex")) == ["one\n", "two\n"]
+    assert dropped
+
+
+def test_logs_of_an_unknown_execution(producer):
+    with pytest.raises(ExecutionNotFound):
+        producer.logs("nobody")
