@@ -14,6 +14,7 @@ import threading
 import time
 from collections.abc import Sequence
 from concurrent.futures import Future, InvalidStateError
+from concurrent.futures import wait as futures_wait
 from concurrent.futures import TimeoutError as FutureTimeout
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -173,6 +174,9 @@ class DockerExecutor:
                     handler.cancel(0)
                 except ExecutionAlreadyFinished:
                     pass
+        # Let in-flight handlers finish their own removal, so the sweep below does
+        # not race them and nothing labelled is left when cleanup returns.
+        futures_wait([h.done for h in handlers], timeout=self.stop_grace_seconds + 30)
         report = CleanupReport()
         try:
             report.containers, report.networks, report.volumes, report.errors = self.client.remove_labelled(

@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 DAEMON_RECOVERY_SECONDS = 60.0
 # After the container stops, its output is drained within this time at most.
 DRAIN_SECONDS = 30.0
+OOM_EVENT_WAIT = 3.0
 
 
 def _now() -> datetime:
@@ -209,8 +210,10 @@ class ExecutionHandler:
                 oom = bool(self._client.inspect(self.container_id)["State"].get("OOMKilled"))
             except DAEMON_ERRORS as exc:
                 log.warning("execution %s: inspect after exit failed: %s", self.execution_id, exc)
-            # Only a SIGKILL can be the OOM killer: then give its event a moment to arrive.
-            oom = oom or self._oom.saw(self.container_id, wait=1.0 if exit_code == 137 else 0.0)
+            # Only a SIGKILL we did not send can be the OOM killer's: then give its
+            # event a moment to arrive (a busy daemon delivers it late).
+            suspect = exit_code == 137 and self._stop_reason is None
+            oom = oom or self._oom.saw(self.container_id, wait=OOM_EVENT_WAIT if suspect else 0.0)
         reason = self._stop_reason
         if reason is not None:
             return self._result(reason, exit_code=exit_code, oom_killed=oom)
