@@ -68,3 +68,94 @@ def fake_redis():
     client = fakeredis.FakeRedis(server=server)
     yield client
     client.close()
+
+
+
+# -- dockrq-worker processes (worker integration tests) ---------------------------
+
+
+class WorkerProcess:
+    """One ``dockrq-worker`` subprocess; its output goes to a file the test can read."""
+
+    def __init__(self, popen, log_path, queue, prefix, executor_id):
+        self.popen, self.log_path = popen, log_path
+        self.queue, self.prefix, self.executor_id = queue, prefix, executor_id
+
+    @property
+    def pid(self) -> int:
+        return self.popen.pid
+
+    def output(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def signal(self, signum) -> None:
+        self.popen.send_signal(signum)
+
+    def wait(self, timeout: float) -> int:
+        return self.popen.wait(timeout)
+
+    def kill(self) -> None:
+        """SIGKILL the worker and everything it started (rq's scheduler, a pool's workers)."""
+        import signal
+
+        try:
+            os.killpg(self.popen.pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+        self.popen.wait(10)
+
+
+@pytest.fixture
+def spawn_worker(redis_url, unique, docker_client, tmp_path):
+    """Start ``dockrq-worker`` subprocesses on this test's own queue, prefix and executor id.
+
+    ``spawn(*extra_args, ready=True)`` returns a WorkerProcess once rq lists it
+    on the queue. At teardown every process group is SIGKILLed and every
+    container labelled with the test's executor id is removed, whatever the test did.
+    """
+    import subprocess
+    import sys
+    import time
+    from pathlib import Path
+
+    import redis
+    from rq import Queue, Worker
+
+    queue, prefix, executor_id = f"q-{unique}", f"p-{unique}", f"test-{unique}"
+    entry = Path(sys.executable).with_name("dockrq-worker")
+    base = [str(entry)] if entry.exists() else [sys.executable, "-m", "worker.cli"]
+    client = redis.Redis.from_url(redis_url)
+    started: list[WorkerProcess] = []
+
+    def listening() -> int:
+        return len(Worker.all(queue=Queue(queue, connection=client)))
+
+    def spawn(*extra: str, ready: bool = True, stop_grace: float = 1.0, env: dict | None = None) -> WorkerProcess:
+        log_path = tmp_path / f"worker-{len(started)}.log"
+        args = [
+            *base, "--redis-url", redis_url, "-q", queue, "--prefix", prefix,
+            "--executor-id", executor_id, "--stop-grace", str(stop_grace), *extra,
+        ]
+        before = listening()
+        with open(log_path, "wb") as out:
+            popen = subprocess.Popen(
+                args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                env={**os.environ, **(env or {})}, start_new_session=True,
+            )
+        proc = WorkerProcess(popen, log_path, queue, prefix, executor_id)
+        started.append(proc)
+        deadline = time.monotonic() + 20
+        while ready and listening() <= before:
+            if popen.poll() is not None or time.monotonic() > deadline:
+                pytest.fail(f"dockrq-worker did not start:\n{proc.output()}")
+            time.sleep(0.05)
+        return proc
+
+    spawn.queue, spawn.prefix, spawn.executor_id = queue, prefix, executor_id
+    yield spawn
+
+    for proc in started:
+        proc.kill()
+    client.close()
+    for container in docker_client.containers.list(all=True, filters={"label": f"dockrq.executor={executor_id}"}):
+        container.remove(force=True)

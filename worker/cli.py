@@ -1,0 +1,198 @@
+"""``dockrq-worker``: run rq workers for dockrq, clean up this node, check the setup.
+
+``dockrq-worker`` alone (or ``dockrq-worker run``) runs a worker; settings come
+from ``DOCKRQ_*`` environment variables, flags override them. Failures are one
+line on stderr and a non-zero exit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+import sys
+import uuid
+from collections.abc import Callable
+from typing import Any
+
+import click
+import redis
+from rq.serializers import JSONSerializer
+from rq.worker_pool import WorkerPool
+
+from worker.executor import CleanupError, DockerUnavailableError, ExecutorError, new_executor
+
+from . import doctor
+from .rq_worker import DockrqWorker
+from .runtime import WorkerRuntime, install
+from .settings import SettingsError, WorkerSettings
+
+LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    """Options every subcommand shares; None means 'not given' (the environment decides)."""
+    for decorator in reversed(
+        [
+            click.option("--redis-url", help="Redis URL (env DOCKRQ_REDIS_URL; default redis://127.0.0.1:6379/0)."),
+            click.option("--prefix", help="Key prefix of the wire contract (env DOCKRQ_PREFIX; default dockrq)."),
+            click.option("--executor-id", help="Label of this node's containers (env DOCKRQ_EXECUTOR_ID; default hostname)."),
+            click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Default INFO."),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed(
+        [
+            click.option(
+                "-q", "--queue", "queues", multiple=True,
+                help="Queue to work on; repeat for several, highest priority first (env DOCKRQ_QUEUES, comma list).",
+            ),
+            click.option("--name", help="rq worker name (default <executor id>.<pid>.<random>)."),
+            click.option("--burst", is_flag=True, default=None, help="Quit once the queues are empty."),
+            click.option("--pool", type=click.IntRange(min=1), help="Run N workers with rq's WorkerPool."),
+            click.option(
+                "--stop-grace", "stop_grace_seconds", type=click.FloatRange(min=0),
+                help="Seconds between SIGTERM and SIGKILL when a container is stopped (env DOCKRQ_STOP_GRACE_SECONDS).",
+            ),
+        ]
+    ):
+        fn = decorator(fn)
+    return fn
+
+
+def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
+    @functools.wraps(fn)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return fn(*args, **kwargs)
+        except (SettingsError, DockerUnavailableError, ExecutorError) as exc:
+            raise click.ClickException(str(exc)) from None
+        except redis.RedisError as exc:
+            raise click.ClickException(f"Redis: {exc}") from None
+
+    return wrapper
+
+
+def _options(ctx: click.Context, given: dict[str, Any]) -> dict[str, Any]:
+    """The group's options overridden by the subcommand's (those actually given)."""
+    merged = dict(ctx.obj or {})
+    merged.update({k: v for k, v in given.items() if v is not None and v != ()})
+    return merged
+
+
+def _settings(opts: dict[str, Any]) -> WorkerSettings:
+    fields = ("redis_url", "queues", "prefix", "executor_id", "stop_grace_seconds")
+    return WorkerSettings.load(**{f: opts.get(f) for f in fields})
+
+
+def _setup_logging(level: str | None) -> str:
+    level = (level or os.environ.get("DOCKRQ_LOG_LEVEL") or "INFO").upper()
+    # One root handler: rq sees it and does not add its own, so all lines share a format.
+    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    return level
+
+
+@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@_settings_options
+@_run_options
+@click.pass_context
+def main(ctx: click.Context, **given: Any) -> None:
+    """Run dockrq executions from Redis queues (the default command is `run`)."""
+    ctx.obj = {k: v for k, v in given.items() if v is not None and v != ()}
+    if ctx.invoked_subcommand is None:
+        ctx.invoke(run)
+
+
+@main.command()
+@_settings_options
+@_run_options
+@click.pass_context
+@_one_line_errors
+def run(ctx: click.Context, **given: Any) -> None:
+    """Run a worker (or --pool N workers) until SIGTERM.
+
+    SIGTERM lets the current execution finish, then exits; a second SIGTERM
+    cancels it, writes its outcome and exits.
+    """
+    opts = _options(ctx, given)
+    settings = _settings(opts)
+    level = _setup_logging(opts.get("log_level"))
+    connection = redis.Redis.from_url(settings.redis_url)
+    _require(doctor.check_redis(settings))
+    _require(doctor.check_docker(settings))
+    runtime = install(WorkerRuntime(settings))
+    pool = opts.get("pool") or 1
+    if pool > 1:
+        if opts.get("name"):
+            raise click.UsageError("--name cannot be used with --pool (rq names pool workers)")
+        # Each pool process makes its own executor (Docker client) after the fork.
+        WorkerPool(
+            list(settings.queues), connection=connection, num_workers=pool,
+            worker_class=DockrqWorker, serializer=JSONSerializer,
+        ).start(burst=bool(opts.get("burst")), logging_level=level)
+        return
+    name = opts.get("name") or f"{settings.executor_id}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
+    worker = DockrqWorker(list(settings.queues), name=name, connection=connection)
+    worker.work(burst=bool(opts.get("burst")), with_scheduler=True, logging_level=level)
+
+
+@main.command()
+@_settings_options
+@click.pass_context
+@_one_line_errors
+def cleanup(ctx: click.Context, **given: Any) -> None:
+    """Remove this node's dockrq containers, networks and volumes (label dockrq.executor=<executor id>).
+
+    Running executions of this node are stopped too: use it when no worker runs here.
+    """
+    settings = _settings(_options(ctx, given))
+    _setup_logging(_options(ctx, given).get("log_level") or "WARNING")
+    executor = new_executor(settings.executor_id)
+    try:
+        report = executor.cleanup()
+    except CleanupError as exc:
+        _print_removed(exc.report)
+        raise click.ClickException(str(exc)) from None
+    finally:
+        executor.close()
+    _print_removed(report)
+
+
+def _print_removed(report: Any) -> None:
+    for kind in ("containers", "networks", "volumes"):
+        names = getattr(report, kind)
+        click.echo(f"removed {len(names)} {kind}" + (": " + " ".join(n[:12] for n in names) if names else ""))
+
+
+@main.command(name="doctor")
+@_settings_options
+@click.option("--image", help="Also run `true` in this image through the executor.")
+@click.pass_context
+def doctor_command(ctx: click.Context, image: str | None, **given: Any) -> None:
+    """Check that Redis and Docker are usable by a worker; exit 1 if not."""
+    try:
+        settings = _settings(_options(ctx, given))
+    except SettingsError as exc:
+        raise click.ClickException(str(exc)) from None
+    _setup_logging(_options(ctx, given).get("log_level") or "WARNING")
+    checks = [doctor.check_redis(settings), doctor.check_docker(settings)]
+    if image and checks[-1].ok:
+        checks.append(doctor.check_container(settings, image))
+    for check in checks:
+        click.echo(check.line())
+    if not all(c.ok for c in checks):
+        sys.exit(1)
+
+
+def _require(check: doctor.Check) -> None:
+    if not check.ok:
+        raise click.ClickException(f"{check.name}: {check.detail}")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

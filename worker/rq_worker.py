@@ -1,0 +1,58 @@
+"""The rq worker class that runs dockrq executions.
+
+A non-forking ``SimpleWorker``: containers already isolate the work, so a
+work horse per job would only add a fork and a fresh Docker client to every
+execution. What forking workers get from their monitoring parent -- heartbeats
+while the job runs, ``stop-job`` killing the horse -- is provided here through
+the runtime instead; rq's signal handling (SIGTERM: finish the current job;
+second SIGTERM: ``SystemExit`` in the job) is kept as is and the job function
+turns it into a stopped container and a written outcome.
+"""
+
+from __future__ import annotations
+
+import signal
+from typing import Any
+
+from rq.serializers import JSONSerializer
+from rq.worker import SimpleWorker
+
+from . import runtime as runtime_module
+
+
+class DockrqWorker(SimpleWorker):
+    """SimpleWorker + the dockrq runtime; JSON serializer unless told otherwise."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        if kwargs.get("serializer") is None:
+            kwargs["serializer"] = JSONSerializer
+        super().__init__(*args, **kwargs)
+        # rq logs job descriptions at INFO; a description made by something other
+        # than the dockrq producer is the call string, with environment values in it.
+        self.log_job_description = False
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        runtime = runtime_module.current()
+        runtime.executor  # noqa: B018 - fail before registering if Docker is unreachable
+        runtime.worker = self
+        super().bootstrap(*args, **kwargs)
+
+    def teardown(self) -> None:
+        try:
+            super().teardown()
+        finally:
+            runtime = runtime_module.current()
+            if runtime.worker is self:
+                runtime.worker = None
+                runtime.close()
+
+    def heartbeat_current_job(self) -> None:
+        """What a forking worker's parent does while it waits for the horse."""
+        execution = self.execution
+        if execution is not None:
+            self.maintain_heartbeats(execution.job, execution)
+
+    def kill_horse(self, sig: signal.Signals = signal.SIGKILL) -> None:
+        """rq's stop-job / stop-execution: there is no horse; stop the container instead."""
+        if self._stopped_job_id:
+            runtime_module.current().stop_by_rq(self._stopped_job_id)

@@ -1,0 +1,97 @@
+"""How one worker process is configured: environment first, CLI flags override.
+
+A worker is usually started by a process manager (compose, systemd, k8s) where
+environment variables are the natural knob; flags exist for humans. Both end up
+in one validated, immutable object so nothing downstream reads ``os.environ``.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+from collections.abc import Mapping
+from typing import Annotated, Any
+
+from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+
+from schemas import DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_RETENTION_SECONDS, describe_validation_error
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+DEFAULT_LOG_STREAM_MAXLEN = 10_000
+DEFAULT_STOP_GRACE_SECONDS = 10.0
+
+# Environment variable -> settings field. The only place env names are spelled.
+ENV_VARS: dict[str, str] = {
+    "DOCKRQ_REDIS_URL": "redis_url",
+    "DOCKRQ_QUEUES": "queues",
+    "DOCKRQ_PREFIX": "prefix",
+    "DOCKRQ_RETENTION_SECONDS": "retention_seconds",
+    "DOCKRQ_EXECUTOR_ID": "executor_id",
+    "DOCKRQ_STOP_GRACE_SECONDS": "stop_grace_seconds",
+    "DOCKRQ_ALLOWED_MOUNT_ROOTS": "allowed_mount_roots",
+    "DOCKRQ_LOG_STREAM_MAXLEN": "log_stream_maxlen",
+}
+
+Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
+
+
+class SettingsError(ValueError):
+    """A setting from the environment or the command line is invalid (one readable line)."""
+
+
+def _split_list(value: Any) -> Any:
+    # "a, b,,c" from the environment; lists from Python callers pass through.
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+class WorkerSettings(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    redis_url: Name = DEFAULT_REDIS_URL
+    queues: tuple[Name, ...] = Field(default=(DEFAULT_QUEUE,), min_length=1, description="priority order")
+    prefix: Name = DEFAULT_PREFIX
+    retention_seconds: int = Field(default=DEFAULT_RETENTION_SECONDS, ge=1)
+    executor_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = Field(
+        default_factory=lambda: socket.gethostname()[:64] or "dockrq"
+    )
+    stop_grace_seconds: float = Field(default=DEFAULT_STOP_GRACE_SECONDS, ge=0, le=3600)
+    allowed_mount_roots: tuple[str, ...] = ()
+    log_stream_maxlen: int = Field(default=DEFAULT_LOG_STREAM_MAXLEN, ge=1)
+
+    @field_validator("queues", "allowed_mount_roots", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _split_list(value)
+
+    @field_validator("allowed_mount_roots")
+    @classmethod
+    def _absolute(cls, roots: tuple[str, ...]) -> tuple[str, ...]:
+        for root in roots:
+            if not root.startswith("/"):
+                raise ValueError(f"mount root {root!r} must be an absolute path")
+        return roots
+
+    @classmethod
+    def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> WorkerSettings:
+        """Settings from ``environ`` (default ``os.environ``), then ``overrides`` that are not None.
+
+        Raises SettingsError naming the variable or flag that is wrong.
+        """
+        environ = os.environ if environ is None else environ
+        values: dict[str, Any] = {
+            field: environ[var] for var, field in ENV_VARS.items() if environ.get(var, "").strip() != ""
+        }
+        values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
+        try:
+            return cls.model_validate(values)
+        except ValidationError as exc:
+            raise SettingsError(_with_env_names(describe_validation_error(exc))) from None
+
+
+def _with_env_names(message: str) -> str:
+    # Operators set DOCKRQ_* variables, so name those alongside the field.
+    for var, field in ENV_VARS.items():
+        message = message.replace(f"{field}:", f"{field} ({var}):", 1)
+    return message
