@@ -12,6 +12,7 @@ Exit codes (``submit`` attached and ``wait``; the other commands return 0 or 1):
  75  ``wait --timeout`` elapsed while the execution still runs (EX_TEMPFAIL)
   1  any error of ``logs``, ``cancel``, ``status``, ``ls``
   2  bad command line (click's usage errors)
+141  the output pipe was closed (``dockrq logs ID | head``)
 ===  =====================================================================
 
 Errors are one line on stderr, never a traceback. ``--json`` (before or after
@@ -20,8 +21,10 @@ the command name) switches every command's output to JSON for scripts.
 
 from __future__ import annotations
 
+import json
 import os
 import sys
+from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, NoReturn
@@ -51,6 +54,7 @@ EXIT_WAIT_TIMEOUT = 75
 EXIT_TIMED_OUT = 124
 EXIT_DOCKRQ_FAILED = 125
 EXIT_CANCELLED = 130
+EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
 
 
 def exit_code_for(outcome: Outcome) -> int:
@@ -109,6 +113,12 @@ class DockrqCommand(click.Command):
             fail(f"Redis error: {exc}", self.failure_code)
         except KeyboardInterrupt:
             raise click.exceptions.Exit(EXIT_CANCELLED) from None
+        except BrokenPipeError:
+            # The reader went away (``dockrq logs ID | head``): stop quietly like
+            # shell tools, and keep the interpreter's final flush from failing too.
+            with suppress(OSError, ValueError):
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            raise click.exceptions.Exit(EXIT_BROKEN_PIPE) from None
 
 
 def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
@@ -258,7 +268,7 @@ def submit(
     producer = settings.producer()
     execution_id = producer.submit(_build_request(image, cmd, options), queue=queue_name)
     if detach:
-        click.echo(f'{{"execution_id": "{execution_id}"}}' if settings.as_json else execution_id)
+        click.echo(json.dumps({"execution_id": execution_id}) if settings.as_json else execution_id)
         return
     try:
         if not settings.as_json:
@@ -328,7 +338,7 @@ def cancel(settings: Settings, execution_id: str) -> None:
     """Cancel an execution: queued or scheduled ones never start, running ones are stopped."""
     result = settings.producer().cancel(execution_id)
     if settings.as_json:
-        click.echo(f'{{"execution_id": "{execution_id}", "result": "{result}"}}')
+        click.echo(json.dumps({"execution_id": execution_id, "result": result}))
     elif result == "cancelled":
         click.echo(f"cancelled {execution_id}")
     else:

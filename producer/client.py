@@ -15,6 +15,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
@@ -25,6 +26,7 @@ import redis
 from pydantic import ValidationError
 from redis.backoff import ExponentialWithJitterBackoff
 from rq import Queue
+from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
@@ -33,6 +35,7 @@ from schemas import (
     DEFAULT_PREFIX,
     DEFAULT_QUEUE,
     DEFAULT_RETENTION_SECONDS,
+    EXECUTION_ID_PATTERN,
     JOB_FUNCTION,
     WRITE_OUTCOME_LUA,
     Event,
@@ -64,6 +67,7 @@ NO_RQ_TIMEOUT = -1  # rq: never kill the work horse; the request has no time lim
 VANISH_GRACE_SECONDS = 3.0
 
 CancelResult = Literal["cancelled", "signalled"]
+_ID_RE = re.compile(EXECUTION_ID_PATTERN)
 _CANCELLABLE_IN_RQ = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED}
 _RECONNECT = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
 
@@ -242,6 +246,12 @@ class Producer:
 
     # -- reading -------------------------------------------------------------
 
+    @staticmethod
+    def _check_id(execution_id: str) -> None:
+        """Refuse what cannot be an id up front: rq reads ``a:b`` as job ``a``."""
+        if not isinstance(execution_id, str) or not _ID_RE.match(execution_id):
+            raise ExecutionNotFound(str(execution_id), "not an execution id")
+
     def _outcome(self, execution_id: str) -> Outcome | None:
         raw = self._client.lindex(self.keys.outcome(execution_id), 0)
         return Outcome.model_validate_json(raw) if raw is not None else None
@@ -270,6 +280,7 @@ class Producer:
         whose rq job disappears without an outcome. Redis outages while waiting
         are retried with backoff.
         """
+        self._check_id(execution_id)
         key = self.keys.outcome(execution_id)
         outcome = self._outcome(execution_id)
         if outcome is not None:
@@ -308,6 +319,7 @@ class Producer:
         No gap and no duplicate; ends at the final batch, or when the execution
         has ended without one. Raises ExecutionNotFound for an unknown id.
         """
+        self._check_id(execution_id)
         if not self._client.exists(self.keys.log_stream(execution_id)):
             self._require_known(execution_id)
         reader = LogReader(
@@ -328,6 +340,7 @@ class Producer:
 
     def status(self, execution_id: str) -> ExecutionStatusView:
         """Where the execution is: the outcome if it ended, else what rq and the worker's meta say."""
+        self._check_id(execution_id)
         outcome = self._outcome(execution_id)
         job = self._fetch_job(execution_id)
         if outcome is None and job is None and not self._client.exists(self.keys.claim(execution_id)):
@@ -377,6 +390,7 @@ class Producer:
         set in every case so a worker that dequeues the job concurrently sees it.
         Raises ExecutionAlreadyFinished or ExecutionNotFound.
         """
+        self._check_id(execution_id)
         outcome_key = self.keys.outcome(execution_id)
         job_key = Job.key_for(execution_id)
         with self._client.pipeline() as pipe:
@@ -384,8 +398,9 @@ class Producer:
                 try:
                     pipe.watch(outcome_key, job_key)
                     return self._cancel_watched(pipe, execution_id)
-                except redis.WatchError:
-                    continue
+                except (redis.WatchError, InvalidJobOperation):
+                    # Changed under us (a worker took it, another cancel won): look again.
+                    pipe.reset()
 
     def _cancel_watched(self, pipe: redis.client.Pipeline, execution_id: str) -> CancelResult:
         outcome = self._outcome(execution_id)

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 BATCH_FIELD = "batch"  # the stream entry field that holds LogBatch.to_json()
 _PAGE = 500
+GAP_RECHECK_SECONDS = 0.05
 _RECONNECT = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
 
 
@@ -173,10 +174,15 @@ class LogReader:
                     continue
                 batch = LogBatch.model_validate_json(message["data"])
                 fresh = self.cursor.take(batch, skip_gap=False)
-                if fresh is None:
+                # Missed messages: read them from the stream; look twice, since a
+                # writer may publish a batch a moment before its XADD lands.
+                for pause in (0.0, GAP_RECHECK_SECONDS):
+                    if fresh is not None:
+                        break
+                    time.sleep(pause)
                     yield from self._catch_up()
-                    fresh = self.cursor.take(batch, skip_gap=True) or []
-                yield from fresh
+                    fresh = self.cursor.take(batch, skip_gap=False)
+                yield from fresh if fresh is not None else self.cursor.take(batch, skip_gap=True) or ()
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 # PubSub reconnects and resubscribes on its next read; what was
                 # published meanwhile is recovered from the stream by the gap check.

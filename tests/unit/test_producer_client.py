@@ -398,3 +398,11 @@ def test_list_recent_newest_first_across_registries(producer, fake_redis):
     assert [v.execution_id for v in views] == ["new", "sched", "old"]
     assert [v.state.value for v in views] == ["queued", "scheduled", "succeeded"]
     assert [v.execution_id for v in producer.list_recent(limit=1)] == ["new"]
+
+
+@pytest.mark.parametrize("method", ["status", "cancel", "wait", "logs"])
+def test_a_malformed_id_never_reaches_another_execution(producer, method):
+    producer.submit(_request("a"))
+    # rq would read "a:b" as job "a"; the producer refuses it instead of answering for "a".
+    with pytest.raises(ExecutionNotFound, match="not an execution id"):
+        getattr(producer, method)("a:b")
