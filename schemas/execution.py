@@ -60,7 +60,7 @@ def parse_size(value: int | str) -> int:
         return value
     if isinstance(value, float) and value.is_integer():
         return int(value)
-    if isinstance(value, str):
+    if isinstance(value, str) and len(value) <= 32:
         m = _SIZE_RE.match(value)
         if m:
             return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
@@ -114,7 +114,9 @@ class GpuRequest(_Model):
 
     vendor: Literal["nvidia", "amd", "intel"] = "nvidia"
     count: int | None = Field(default=None, ge=-1, description="-1 means all GPUs")
-    device_ids: list[str] | None = None
+    device_ids: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]] | None = Field(
+        default=None, min_length=1
+    )
 
     @model_validator(mode="after")
     def _one_of(self) -> GpuRequest:
@@ -122,13 +124,17 @@ class GpuRequest(_Model):
             raise ValueError("give exactly one of count or device_ids")
         if self.count == 0:
             raise ValueError("count must be -1 (all) or at least 1")
+        # AMD/Intel ids index DRI render nodes; anything else would name a host device.
+        if self.vendor != "nvidia" and self.device_ids and not all(i.isdigit() for i in self.device_ids):
+            raise ValueError(f"device_ids for {self.vendor} are render node indexes (0, 1, ...)")
         return self
 
 
 class Resources(_Model):
     """Limits that become real cgroup limits: cpus in cores, memory in bytes."""
 
-    cpus: float | None = Field(default=None, gt=0, le=1024)
+    # Docker's smallest CPU quota is 0.01 core; below it a limit would be refused or lost.
+    cpus: float | None = Field(default=None, ge=0.01, le=1024)
     memory: int | None = Field(default=None, ge=6 * 1024 * 1024, description="bytes; '256m' accepted")
     pids: int | None = Field(default=None, ge=1)
     gpus: GpuRequest | None = None
@@ -158,6 +164,8 @@ class Mount(_Model):
     def _absolute(cls, v: str) -> str:
         if not v.startswith("/"):
             raise ValueError("must be an absolute path")
+        if ":" in v:  # Docker's bind syntax is source:target:mode
+            raise ValueError("must not contain ':'")
         return _no_nul(v, "mount paths")
 
 
@@ -165,7 +173,7 @@ class ExecutionRequest(_Model):
     """One execution: the unit a producer enqueues and a worker runs exactly once."""
 
     execution_id: ExecutionId = Field(default_factory=new_execution_id)
-    job_id: str | None = Field(default=None, max_length=256)
+    job_id: Annotated[str, StringConstraints(pattern=r"^[^\x00]{1,256}$")] | None = None
     engine: EngineSpec
     resources: Resources = Field(default_factory=Resources)
     mounts: list[Mount] = Field(default_factory=list)

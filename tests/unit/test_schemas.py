@@ -172,14 +172,6 @@ def test_memory_refused(bad):
     assert locs == {"resources.memory"}
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=OverflowError,
-    reason="BUG: parse_size() does int(float(digits) * unit); a size string of ~309+ digits "
-    "(or ~296 digits + 't') makes float() return inf and int(inf) raises OverflowError, "
-    "which pydantic does not wrap, so validation escapes as OverflowError instead of "
-    "ValidationError (DockerExecutor._validate then does not turn it into RequestRejected).",
-)
 @pytest.mark.parametrize("huge", ["9" * 400, "1" * 300 + "t"])
 def test_memory_absurdly_long_size_string_is_a_validation_error(huge):
     rejected(with_resources(memory=huge))

@@ -21,7 +21,7 @@ import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from .errors import ContainerCreateError, DaemonError, DockerUnavailableError, GpuUnavailableError, ImagePullError
-from .types import LABEL_EXECUTOR, ContainerSpec, image_reference
+from .types import LABEL_EXECUTION, LABEL_EXECUTOR, ContainerSpec, image_reference
 
 log = logging.getLogger(__name__)
 
@@ -89,7 +89,12 @@ class DockerClient:
             if exc.status_code == 409:
                 existing = self.find(spec.name)
                 if existing is not None:
-                    return existing["Id"], False
+                    labels = existing["Config"].get("Labels") or {}
+                    if all(labels.get(k) == spec.labels[k] for k in (LABEL_EXECUTOR, LABEL_EXECUTION)):
+                        return existing["Id"], False
+                    raise ContainerCreateError(
+                        f"container name {spec.name!r} is taken by another execution's container"
+                    ) from exc
             raise _create_error(exc) from exc
         except DockerException as exc:
             raise ContainerCreateError(f"creating the container failed: {exc}") from exc

@@ -7,6 +7,7 @@ only below allowed roots, real cgroup limits) is unit-tested without a daemon.
 
 from __future__ import annotations
 
+import hashlib
 import os
 import re
 import time
@@ -57,7 +58,10 @@ def executor_labels(executor_id: str) -> dict[str, str]:
 def container_name(executor_id: str, execution_id: str) -> str:
     """Deterministic, so a second create of the same execution collides (409) and
     the leftover container is adopted instead of a twin being started."""
-    return _NAME_UNSAFE.sub("-", f"dockrq-{executor_id}-{execution_id}")
+    # The digest keeps names distinct where sanitizing or the '-' joint would not
+    # ("a-b" + "c" vs "a" + "b-c", "node/1" vs "node:1").
+    digest = hashlib.sha1(f"{executor_id}\0{execution_id}".encode()).hexdigest()[:8]
+    return _NAME_UNSAFE.sub("-", f"dockrq-{executor_id}-{execution_id}-{digest}")
 
 
 def image_reference(image: str) -> tuple[str, str]:
@@ -70,13 +74,15 @@ def image_reference(image: str) -> tuple[str, str]:
     return repo, tag
 
 
-def check_mounts(request: ExecutionRequest, policy: ExecutorPolicy) -> None:
-    """Refuse any bind mount whose real host path is not below an allowed root.
+def checked_binds(request: ExecutionRequest, policy: ExecutorPolicy) -> list[str]:
+    """Bind strings for the mounts, each below an allowed root, or MountNotAllowed.
 
     Paths are resolved (symlinks, ``..``) before comparing, so ``/allowed/../etc``
-    or a symlink pointing out of the root is refused too.
+    or a symlink pointing out of the root is refused; and the *resolved* path is
+    what Docker is given, so swapping a symlink after the check changes nothing.
     """
     roots = [os.path.realpath(r) for r in policy.allowed_mount_roots]
+    binds = []
     for i, mount in enumerate(request.mounts):
         real = os.path.realpath(mount.source)
         if not any(real == root or real.startswith(root.rstrip("/") + "/") for root in roots):
@@ -84,6 +90,8 @@ def check_mounts(request: ExecutionRequest, policy: ExecutorPolicy) -> None:
             raise MountNotAllowed(
                 f"mounts.{i}.source: {mount.source!r} is not below an allowed mount root (allowed: {allowed})"
             )
+        binds.append(f"{real}:{mount.target}:{'ro' if mount.read_only else 'rw'}")
+    return binds
 
 
 def _gpu_host_config(gpus: GpuRequest) -> dict[str, Any]:
@@ -100,7 +108,7 @@ def _gpu_host_config(gpus: GpuRequest) -> dict[str, Any]:
     if gpus.device_ids is None:
         nodes.append("/dev/dri")
     else:
-        nodes += [f"/dev/dri/renderD{128 + int(i)}" if str(i).isdigit() else str(i) for i in gpus.device_ids]
+        nodes += [f"/dev/dri/renderD{128 + int(i)}" for i in gpus.device_ids]  # digits: checked by the schema
     missing = [n for n in nodes if not os.path.exists(n)]
     if missing:
         raise GpuUnavailableError(f"resources.gpus: {gpus.vendor} GPU device nodes missing on this host: {', '.join(missing)}")
@@ -109,7 +117,7 @@ def _gpu_host_config(gpus: GpuRequest) -> dict[str, Any]:
 
 def build_container_spec(request: ExecutionRequest, executor_id: str, policy: ExecutorPolicy) -> ContainerSpec:
     """Raises MountNotAllowed / RequestRejected-family errors before Docker is touched."""
-    check_mounts(request, policy)
+    binds = checked_binds(request, policy)
     if request.network == "bridge" and not policy.allow_bridge_network:
         from .errors import RequestRejected
 
@@ -129,10 +137,10 @@ def build_container_spec(request: ExecutionRequest, executor_id: str, policy: Ex
         "privileged": False,
         "security_opt": ["no-new-privileges"],
         "log_config": LogConfig(type="json-file", config={"max-size": _LOG_MAX_SIZE, "max-file": "1"}),
-        "binds": [f"{m.source}:{m.target}:{'ro' if m.read_only else 'rw'}" for m in request.mounts] or None,
+        "binds": binds or None,
     }
     if res.cpus is not None:
-        host_config["nano_cpus"] = int(res.cpus * 1e9)
+        host_config["nano_cpus"] = round(res.cpus * 1e9)
     if res.memory is not None:
         host_config["mem_limit"] = res.memory
         host_config["memswap_limit"] = res.memory  # no swap: the limit is the limit
