@@ -172,9 +172,12 @@ def _report(outcome: Outcome, settings: Settings, *, summary: bool) -> int:
         click.echo(outcome.model_dump_json())
     elif outcome.result is None or outcome.status not in (ExecutionStatus.SUCCEEDED, ExecutionStatus.FAILED):
         error = outcome.error
-        detail = "no detail" if error is None else error.message or error.code
-        if error is not None and error.code != outcome.status.value and error.message:
+        if error is None:
+            detail = "no detail" if outcome.exit_code is None else f"container exit code {outcome.exit_code}"
+        elif error.code != outcome.status.value and error.message:
             detail = f"{error.code}: {error.message}"
+        else:
+            detail = error.message or error.code
         click.echo(f"dockrq: execution {outcome.execution_id} {outcome.status.value}: {detail}", err=True)
     else:
         if outcome.result.oom_killed:
@@ -182,6 +185,11 @@ def _report(outcome: Outcome, settings: Settings, *, summary: bool) -> int:
         if summary:
             click.echo(f"{outcome.status.value} (exit {outcome.exit_code})")
     return exit_code_for(outcome)
+
+
+def _console() -> Console:
+    """Rich output; unbounded width when piped, so scripts and ``grep`` see whole ids and images."""
+    return Console() if sys.stdout.isatty() else Console(width=10_000)
 
 
 def _ago(when: datetime | None) -> str:
@@ -358,7 +366,7 @@ def status(settings: Settings, execution_id: str) -> None:
     table = Table.grid(padding=(0, 2))
     for name, value in _status_rows(view):
         table.add_row(f"[bold]{name}[/]", value)
-    Console().print(table)
+    _console().print(table)
 
 
 def _status_rows(view: ExecutionStatusView) -> list[tuple[str, str]]:
@@ -400,7 +408,7 @@ def list_executions(settings: Settings, limit: int) -> None:
             v.execution_id, v.state.value, v.image or "-", v.worker or "-", _span(v.duration_seconds),
             _ago(v.enqueued_at),
         )
-    Console().print(table)
+    _console().print(table)
 
 
 def main(argv: list[str] | None = None) -> None:
