@@ -102,7 +102,7 @@ class Producer:
         else:
             self._client, self._blocking = connection, blocking_twin(connection)
         self._owns_client = connection is None
-        self.redis_url = redis_url
+        self.redis_url: str | None = redis_url if connection is None else None
         self.queue = queue
         self.keys = Keys(prefix)
         self.retention_seconds = int(retention_seconds)

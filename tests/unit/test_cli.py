@@ -14,6 +14,7 @@ from rq.serializers import JSONSerializer
 import producer.cli as cli_module
 from producer import Producer
 from producer.cli import cli, exit_code_for
+from producer.connections import redact_url
 from schemas import ExecutionResult, ExecutionStatus, Keys, LogBatch, LogEntry, Outcome
 
 KEYS = Keys("p")
@@ -238,3 +239,16 @@ def test_status_and_ls(fake_producer):
     assert [(v["execution_id"], v["state"]) for v in listed] == [("s2", "queued"), ("s1", "succeeded")]
     table = run("ls", "--limit", "1").stdout
     assert "s2" in table and "alpine:3" in table and "s1" not in table
+
+
+@pytest.mark.parametrize(
+    ("url", "shown"),
+    [
+        ("redis://127.0.0.1:6379/0", "redis://127.0.0.1:6379/0"),
+        ("redis://:pw@h:6379/1", "redis://:***@h:6379/1"),
+        ("rediss://user:pw@h/0", "rediss://user:***@h/0"),
+        ("redis://user:pw@[::1]:6380", "redis://user:***@[::1]:6380"),
+    ],
+)
+def test_redis_urls_are_shown_without_password(url, shown):
+    assert redact_url(url) == shown
