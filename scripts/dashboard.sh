@@ -1,0 +1,25 @@
+#!/usr/bin/env bash
+# Start rq-dashboard on dockrq's Redis, reading jobs with rq's JSON serializer.
+#
+#   scripts/dashboard.sh                 # http://127.0.0.1:9181
+#   DOCKRQ_DASHBOARD_PORT=9300 scripts/dashboard.sh --username admin --password s3cret
+#
+# Env: DOCKRQ_REDIS_URL (default redis://127.0.0.1:6379/0), DOCKRQ_DASHBOARD_PORT
+# (9181), DOCKRQ_DASHBOARD_BIND (127.0.0.1: the dashboard can delete and requeue
+# jobs, so it is not exposed unless asked). Extra arguments go to rq-dashboard.
+set -euo pipefail
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+
+bin=$ROOT/.venv/bin/rq-dashboard
+[ -x "$bin" ] || bin=$(command -v rq-dashboard || true)
+if [ -z "$bin" ]; then
+  echo "dashboard.sh: rq-dashboard is not installed (pip install 'dockrq[dashboard]', or run scripts/setup.sh)" >&2
+  exit 1
+fi
+
+# The URL goes through the environment, not argv, so a password never shows in ps.
+export RQ_DASHBOARD_REDIS_URL=${DOCKRQ_REDIS_URL:-redis://127.0.0.1:6379/0}
+exec "$bin" --json \
+  --bind "${DOCKRQ_DASHBOARD_BIND:-127.0.0.1}" \
+  --port "${DOCKRQ_DASHBOARD_PORT:-9181}" \
+  "$@"
