@@ -1,5 +1,7 @@
 #!/usr/bin/env bash
-# Start rq-dashboard on dockrq's Redis, reading jobs with rq's JSON serializer.
+# Start rq-dashboard on dockrq's Redis, reading jobs with rq's JSON serializer
+# (worker/dashboard.py extends --json to the workers page and keeps job
+# arguments, which hold environment values, off it).
 #
 #   scripts/dashboard.sh                 # http://127.0.0.1:9181
 #   DOCKRQ_DASHBOARD_PORT=9300 scripts/dashboard.sh --username admin --password s3cret
@@ -19,7 +21,7 @@ fi
 
 # The URL goes through the environment, not argv, so a password never shows in ps.
 export RQ_DASHBOARD_REDIS_URL=${DOCKRQ_REDIS_URL:-redis://127.0.0.1:6379/0}
-exec "$bin" --json \
+exec "$bin" --json --config worker.dashboard \
   --bind "${DOCKRQ_DASHBOARD_BIND:-127.0.0.1}" \
   --port "${DOCKRQ_DASHBOARD_PORT:-9181}" \
   "$@"

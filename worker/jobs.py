@@ -373,17 +373,24 @@ def _is_shutdown(exc: BaseException) -> bool:
 @contextmanager
 def _signals_deferred() -> Iterator[None]:
     """While the container is being stopped and the outcome written, a further
-    SIGTERM/SIGINT (impatient operator) or rq's SIGALRM must not cut that short."""
+    SIGTERM/SIGINT (impatient operator) or rq's SIGALRM must not cut that short.
+
+    A deferred SIGTERM/SIGINT is delivered to rq's handler afterwards, so a stop
+    request is never lost; a deferred SIGALRM is dropped (the job is ending anyway).
+    """
     if threading.current_thread() is not threading.main_thread():
         yield
         return
     pending: list[int] = []
-    saved = {sig: signal.signal(sig, lambda signum, _frame: pending.append(signum))
-             for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)}
+    saved = {
+        sig: signal.signal(sig, lambda signum, _frame: pending.append(signum))
+        for sig in (signal.SIGTERM, signal.SIGINT, signal.SIGALRM)
+    }
     try:
         yield
     finally:
         for sig, handler in saved.items():
             signal.signal(sig, handler)
-        if pending:
-            log.warning("signals %s arrived while finishing an execution; already stopping", sorted(set(pending)))
+        for sig in dict.fromkeys(p for p in pending if p != signal.SIGALRM):
+            log.warning("delivering %s received while finishing an execution", signal.Signals(sig).name)
+            signal.raise_signal(sig)

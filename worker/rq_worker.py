@@ -11,6 +11,7 @@ turns it into a stopped container and a written outcome.
 
 from __future__ import annotations
 
+import logging
 import signal
 from typing import Any
 
@@ -18,6 +19,20 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from . import runtime as runtime_module
+
+
+class _NoJobArguments(logging.Filter):
+    """rq attaches a failed job's arguments to its error record (``extra``); a
+    structured log handler would print them, and they hold environment values."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        for name in ("arguments", "kwargs"):
+            if hasattr(record, name):
+                setattr(record, name, "<hidden>")
+        return True
+
+
+_no_job_arguments = _NoJobArguments()
 
 
 class DockrqWorker(SimpleWorker):
@@ -30,6 +45,7 @@ class DockrqWorker(SimpleWorker):
         # rq logs job descriptions at INFO; a description made by something other
         # than the dockrq producer is the call string, with environment values in it.
         self.log_job_description = False
+        self.log.addFilter(_no_job_arguments)  # idempotent: one filter object
 
     def bootstrap(self, *args: Any, **kwargs: Any) -> None:
         runtime = runtime_module.current()

@@ -47,7 +47,7 @@ def test_compose_config_has_redis_worker_dashboard():
     assert "container_name" not in worker and "ports:" not in worker
     assert "DOCKRQ_REDIS_URL: redis://redis:6379/0" in worker
     assert "condition: service_healthy" in worker
-    assert "- --json" in svc["dashboard"] and "9181" in svc["dashboard"]
+    assert "- --json" in svc["dashboard"] and "- worker.dashboard" in svc["dashboard"]
 
 
 def test_dockerfile_installs_the_console_scripts():

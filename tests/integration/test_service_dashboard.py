@@ -49,7 +49,14 @@ def dashboard(redis_url, tmp_path):
             if proc.poll() is not None or time.monotonic() > deadline:
                 pytest.fail("rq-dashboard did not come up:\n" + (tmp_path / "dashboard.log").read_text())
             time.sleep(0.2)
-    yield lambda path: json.loads(urllib.request.urlopen(f"{base}{path}", timeout=10).read())
+
+    def get(path: str):
+        try:
+            return json.loads(urllib.request.urlopen(f"{base}{path}", timeout=10).read())
+        except urllib.error.HTTPError as exc:
+            pytest.fail(f"{path}: {exc}\n" + (tmp_path / "dashboard.log").read_text()[-3000:])
+
+    yield get
     os.killpg(proc.pid, signal.SIGTERM)
     proc.wait(10)
     log.close()
@@ -81,10 +88,8 @@ def test_dashboard_json_endpoints_list_dockrq_jobs(dashboard, spawn_worker, redi
     meta = json.loads(job["metadata"])
     assert (job["status"], meta["status"], meta["image"]) == ("finished", "succeeded", test_image)
     assert meta["worker"].startswith(spawn_worker.executor_id) and meta["container_id"]
-    # Idle workers only: rq-dashboard 0.9 reads a busy worker's current job with
-    # pickle whatever --json says, and answers 500 (upstream limitation).
     workers = dashboard("/data/workers.json")["workers"]
-    assert [w["state"] for w in workers if w["queues"] == [spawn_worker.queue]] == ["idle"]
+    assert [w["current_job"] for w in workers if w["queues"] == [spawn_worker.queue]] == ["idle"]
 
     submit("dash-long", "sleep", "30")
     deadline = time.monotonic() + 20
@@ -94,7 +99,11 @@ def test_dashboard_json_endpoints_list_dockrq_jobs(dashboard, spawn_worker, redi
     assert dashboard("/data/job/dash-long.json")["status"] == "started"
     started = dashboard(f"/data/jobs/{spawn_worker.queue}/started/10/asc/1.json")["jobs"]
     assert [j["id"] for j in started] == ["dash-long"]
+    # rq-dashboard 0.9 alone answers 500 here (it reads busy workers' jobs with pickle)
+    busy = [w for w in dashboard("/data/workers.json")["workers"] if w["queues"] == [spawn_worker.queue]]
+    assert [(w["state"], w["current_job"]["job_id"]) for w in busy] == [("busy", "dash-long")]
+    assert busy[0]["current_job"]["call_string"] == busy[0]["current_job"]["description"]
     for path in ("/data/queues.json", f"/data/jobs/{spawn_worker.queue}/finished/10/asc/1.json",
-                 f"/data/jobs/{spawn_worker.queue}/started/10/asc/1.json",
+                 f"/data/jobs/{spawn_worker.queue}/started/10/asc/1.json", "/data/workers.json",
                  "/data/job/dash-ok.json", "/data/job/dash-long.json"):
         assert SECRET not in json.dumps(dashboard(path)), path

@@ -64,9 +64,9 @@ class FakeExecutor:
     exits by itself right after (with ``exit_code``) or runs until cancelled.
     """
 
-    def __init__(self, lines=(), exit_code=0, finish=True, start_error=None, start_delay=0.0):
+    def __init__(self, lines=(), exit_code=0, finish=True, start_error=None, start_delay=0.0, stop_delay=0.05):
         self.lines, self.exit_code, self.finish, self.start_error = list(lines), exit_code, finish, start_error
-        self.start_delay = start_delay
+        self.start_delay, self.stop_delay = start_delay, stop_delay
         self.calls: list[tuple[str, Any]] = []
         self.done: dict[str, Future[ExecutionResult]] = {}
         self.output: dict[str, OutputLog] = {}
@@ -109,7 +109,7 @@ class FakeExecutor:
             raise ExecutionNotFound(eid)
         if self.done[eid].done():
             raise ExecutionAlreadyFinished(eid)
-        threading.Timer(0.05, self._end, args=(eid, ExecutionStatus.CANCELLED), kwargs={"exit_code": 143}).start()
+        threading.Timer(self.stop_delay, self._end, args=(eid, ExecutionStatus.CANCELLED), kwargs={"exit_code": 143}).start()
 
     def get_log_stream(self, request):
         from worker.executor.output import LogStream
@@ -335,6 +335,22 @@ def test_cold_shutdown_stops_the_container_writes_cancelled_and_exits(fake_redis
     assert got.result is not None and got.result.container_id == "c0ffee"
 
 
+def test_sigterm_while_finishing_is_deferred_not_lost(fake_redis, make_runtime, caplog):
+    received = []
+    previous = signal.signal(signal.SIGTERM, lambda signum, frame: received.append(time.monotonic()))
+    try:
+        ex = FakeExecutor(finish=False, stop_delay=0.6)
+        threading.Timer(1.2, os.kill, args=(os.getpid(), signal.SIGTERM)).start()  # during the stop
+        with pytest.raises(JobTimeoutException), UnixSignalDeathPenalty(1, JobTimeoutException):
+            ExecutionRun(make_runtime(ex), None, request()).run()
+        finished = time.monotonic()
+    finally:
+        signal.signal(signal.SIGTERM, previous)
+    assert outcome(fake_redis).status == ExecutionStatus.TIMED_OUT
+    assert len(received) == 1 and received[0] <= finished  # delivered once, after the outcome
+    assert "delivering SIGTERM received while finishing an execution" in caplog.text
+
+
 def test_env_values_never_reach_the_logs(fake_redis, make_runtime, caplog):
     caplog.set_level("DEBUG")
     ExecutionRun(make_runtime(FakeExecutor()), None, request()).run()
@@ -399,7 +415,7 @@ def test_worker_heartbeats_during_a_long_execution(fake_redis, installed, monkey
     assert len(beats) >= 3 and set(beats) == {"h1"}
 
 
-def test_rq_stop_job_command_cancels_the_container(fake_redis, installed):
+def test_rq_stop_job_command_cancels_the_container(fake_redis, installed, caplog):
     ex = FakeExecutor(finish=False)
     installed(ex)
     _job(fake_redis, request("s1"), "s1")
@@ -414,6 +430,9 @@ def test_rq_stop_job_command_cancels_the_container(fake_redis, installed):
     assert Job.fetch("s1", connection=fake_redis, serializer=JSONSerializer).get_status() == JobStatus.STOPPED
     got = outcome(fake_redis, "s1")
     assert (got.status, got.error.code) == (ExecutionStatus.CANCELLED, "stopped")
+    # rq logs the stopped job's exception with its arguments attached: they are hidden
+    with_args = [r for r in caplog.records if hasattr(r, "arguments")]
+    assert with_args and {r.arguments for r in with_args} == {"<hidden>"}
 
 
 def test_stopped_execution_raises_for_rq(fake_redis, make_runtime):
