@@ -1,0 +1,77 @@
+"""dockrq-worker processes driven by producer.Producer: the two sides of the wire contract agree."""
+
+from __future__ import annotations
+
+import threading
+import time
+from datetime import timedelta
+
+import pytest
+
+from producer import Producer
+from schemas import ExecutionStatus
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture
+def producer(redis_url, spawn_worker):
+    p = Producer(redis_url=redis_url, queue=spawn_worker.queue, prefix=spawn_worker.prefix)
+    yield p
+    p.close()
+
+
+def req(image, eid, *cmd, **fields):
+    return {"execution_id": eid, "engine": {"image": image, "cmd": list(cmd)}, **fields}
+
+
+def test_logs_follow_live_then_outcome(producer, spawn_worker, test_image):
+    spawn_worker()
+    eid = producer.submit(req(test_image, "follow", "sh", "-c", "for i in 1 2 3; do echo $i; sleep 0.3; done"))
+    seen: list[tuple[float, str]] = []
+    for entry in producer.logs(eid, follow=True):
+        seen.append((time.monotonic(), entry.data))
+    assert "".join(d for _, d in seen) == "1\n2\n3\n"
+    assert seen[-1][0] - seen[0][0] > 0.4  # they came while it ran, not at the end
+    outcome = producer.wait(eid, timeout=10)
+    assert outcome.status == ExecutionStatus.SUCCEEDED
+    assert producer.status(eid).state.value == "succeeded"
+
+
+def test_producer_cancels_running_and_queued(producer, spawn_worker, test_image, docker_client):
+    queued = producer.submit(req(test_image, "never-runs", "echo", "no"))
+    producer.cancel(queued)
+    assert producer.wait(queued, timeout=5).status == ExecutionStatus.CANCELLED
+    worker = spawn_worker()
+    running = producer.submit(req(test_image, "runs", "sleep", "300"))
+    deadline = time.monotonic() + 30
+    while producer.status(running).state.value != "running":
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    producer.cancel(running)
+    assert producer.wait(running, timeout=10).status == ExecutionStatus.CANCELLED
+    assert producer.wait(queued, timeout=1).result is None  # never reached a container
+    assert not docker_client.containers.list(all=True, filters={"label": f"dockrq.executor={worker.executor_id}"})
+
+
+def test_scheduled_execution_runs_at_its_time(producer, spawn_worker, test_image):
+    spawn_worker()
+    submitted = time.monotonic()
+    eid = producer.submit(req(test_image, "later", "echo", "late"), delay=timedelta(seconds=2))
+    outcome = producer.wait(eid, timeout=30)
+    assert outcome.status == ExecutionStatus.SUCCEEDED and outcome.result.stdout == "late\n"
+    assert time.monotonic() - submitted >= 2
+
+
+def test_three_waiters_and_a_late_follower(producer, spawn_worker, test_image):
+    spawn_worker()
+    eid = producer.submit(req(test_image, "shared", "sh", "-c", "seq 1 500; sleep 0.5"))
+    got = []
+    waiters = [threading.Thread(target=lambda: got.append(producer.wait(eid, timeout=30))) for _ in range(3)]
+    for t in waiters:
+        t.start()
+    for t in waiters:
+        t.join()
+    assert [o.status for o in got] == [ExecutionStatus.SUCCEEDED] * 3
+    late = "".join(e.data for e in producer.logs(eid, follow=True))
+    assert late == "".join(f"{i}\n" for i in range(1, 501))
