@@ -62,10 +62,11 @@ def dashboard(redis_url, tmp_path):
     log.close()
 
 
-def test_dashboard_json_endpoints_list_dockrq_jobs(dashboard, spawn_worker, redis_client, test_image):
+def test_dashboard_json_endpoints_list_dockrq_jobs(dashboard, spawn_worker, redis_client, test_image, unique):
     spawn_worker()
     queue = Queue(spawn_worker.queue, connection=redis_client, serializer=JSONSerializer)
     keys = Keys(spawn_worker.prefix)
+    ok_id, long_id = f"dash-ok-{unique}", f"dash-long-{unique}"  # rq job ids are global to the database
 
     def submit(eid, *cmd):
         queue.enqueue_call(
@@ -75,35 +76,35 @@ def test_dashboard_json_endpoints_list_dockrq_jobs(dashboard, spawn_worker, redi
             meta={"execution_id": eid, "image": test_image, "status": "queued"},
         )
 
-    submit("dash-ok", "true")
-    key = keys.outcome("dash-ok")
+    submit(ok_id, "true")
+    key = keys.outcome(ok_id)
     assert Outcome.model_validate_json(redis_client.blmove(key, key, 30, "RIGHT", "LEFT")).status.value == "succeeded"
 
     queues = {q["name"]: q for q in dashboard("/data/queues.json")["queues"]}
     assert spawn_worker.queue in queues
     finished = dashboard(f"/data/jobs/{spawn_worker.queue}/finished/10/asc/1.json")["jobs"]
-    assert [j["id"] for j in finished] == ["dash-ok"]
+    assert [j["id"] for j in finished] == [ok_id]
     assert finished[0]["description"].startswith("docker run -e TOKEN=***")
-    job = dashboard("/data/job/dash-ok.json")
+    job = dashboard(f"/data/job/{ok_id}.json")
     meta = json.loads(job["metadata"])
     assert (job["status"], meta["status"], meta["image"]) == ("finished", "succeeded", test_image)
     assert meta["worker"].startswith(spawn_worker.executor_id) and meta["container_id"]
     workers = dashboard("/data/workers.json")["workers"]
     assert [w["current_job"] for w in workers if w["queues"] == [spawn_worker.queue]] == ["idle"]
 
-    submit("dash-long", "sleep", "30")
+    submit(long_id, "sleep", "30")
     deadline = time.monotonic() + 20
-    while json.loads(dashboard("/data/job/dash-long.json")["metadata"])["status"] != "running":
+    while json.loads(dashboard(f"/data/job/{long_id}.json")["metadata"])["status"] != "running":
         assert time.monotonic() < deadline, "the long job never showed as running"
         time.sleep(0.2)
-    assert dashboard("/data/job/dash-long.json")["status"] == "started"
+    assert dashboard(f"/data/job/{long_id}.json")["status"] == "started"
     started = dashboard(f"/data/jobs/{spawn_worker.queue}/started/10/asc/1.json")["jobs"]
-    assert [j["id"] for j in started] == ["dash-long"]
+    assert [j["id"] for j in started] == [long_id]
     # rq-dashboard 0.9 alone answers 500 here (it reads busy workers' jobs with pickle)
     busy = [w for w in dashboard("/data/workers.json")["workers"] if w["queues"] == [spawn_worker.queue]]
-    assert [(w["state"], w["current_job"]["job_id"]) for w in busy] == [("busy", "dash-long")]
+    assert [(w["state"], w["current_job"]["job_id"]) for w in busy] == [("busy", long_id)]
     assert busy[0]["current_job"]["call_string"] == busy[0]["current_job"]["description"]
     for path in ("/data/queues.json", f"/data/jobs/{spawn_worker.queue}/finished/10/asc/1.json",
                  f"/data/jobs/{spawn_worker.queue}/started/10/asc/1.json", "/data/workers.json",
-                 "/data/job/dash-ok.json", "/data/job/dash-long.json"):
+                 f"/data/job/{ok_id}.json", f"/data/job/{long_id}.json"):
         assert SECRET not in json.dumps(dashboard(path)), path

@@ -23,55 +23,66 @@ SECRET = "s3cr3t-value-never-logged"
 
 
 @pytest.fixture
-def wire(redis_client, spawn_worker, test_image):
-    return Wire(redis_client, spawn_worker.queue, Keys(spawn_worker.prefix), test_image)
+def wire(redis_client, spawn_worker, test_image, unique):
+    return Wire(redis_client, spawn_worker.queue, Keys(spawn_worker.prefix), test_image, unique)
 
 
 class Wire:
-    """What a producer does, spoken directly in rq and Redis (independent of producer/)."""
+    """What a producer does, spoken directly in rq and Redis (independent of producer/).
 
-    def __init__(self, redis, queue, keys, image):
-        self.redis, self.keys, self.image = redis, keys, image
+    Tests name executions briefly; ``id(name)`` makes the real id unique to the
+    test, since rq job ids share one keyspace whatever the dockrq prefix.
+    """
+
+    def __init__(self, redis, queue, keys, image, token):
+        self.redis, self.keys, self.image, self.token = redis, keys, image, token
         self.queue = Queue(queue, connection=redis, serializer=JSONSerializer)
 
-    def submit(self, eid, *cmd, rq_timeout=-1, **fields):
-        payload = {"execution_id": eid, "engine": {"image": self.image, "cmd": list(cmd), "env": {"TOKEN": SECRET}}}
-        payload.update(fields)
-        return self.submit_raw(eid, payload, rq_timeout=rq_timeout)
+    def id(self, name: str) -> str:
+        return f"{name}-{self.token}"
 
-    def submit_raw(self, eid, payload, rq_timeout=-1):
+    def submit(self, name, *cmd, rq_timeout=-1, **fields):
+        payload = {"engine": {"image": self.image, "cmd": list(cmd), "env": {"TOKEN": SECRET}}, **fields}
+        return self.submit_raw(name, payload, rq_timeout=rq_timeout)
+
+    def submit_raw(self, name, payload, rq_timeout=-1):
+        eid = self.id(name)
         return self.queue.enqueue_call(
-            JOB_FUNCTION, args=(payload,), job_id=eid, timeout=rq_timeout,
+            JOB_FUNCTION, args=({"execution_id": eid, **payload},), job_id=eid, timeout=rq_timeout,
             description=f"docker run {self.image} ...", meta={"execution_id": eid, "status": "queued"},
         )
 
-    def outcome(self, eid, timeout=60.0) -> Outcome:
-        key = self.keys.outcome(eid)
+    def outcome(self, name, timeout=60.0) -> Outcome:
+        key = self.keys.outcome(self.id(name))
         raw = self.redis.blmove(key, key, timeout, "RIGHT", "LEFT")
-        assert raw is not None, f"no outcome for {eid} within {timeout}s"
+        assert raw is not None, f"no outcome for {name} within {timeout}s"
         return Outcome.model_validate_json(raw)
 
-    def cancel(self, eid):
-        self.redis.set(self.keys.cancel_flag(eid), 1)
-        self.redis.publish(self.keys.control_channel(eid), CANCEL_MESSAGE)
+    def cancel(self, name):
+        self.redis.set(self.keys.cancel_flag(self.id(name)), 1)
+        self.redis.publish(self.keys.control_channel(self.id(name)), CANCEL_MESSAGE)
 
-    def replay(self, eid) -> list[LogBatch]:
-        return [LogBatch.model_validate_json(f[b"batch"]) for _, f in self.redis.xrange(self.keys.log_stream(eid))]
+    def replay(self, name) -> list[LogBatch]:
+        entries = self.redis.xrange(self.keys.log_stream(self.id(name)))
+        return [LogBatch.model_validate_json(f[b"batch"]) for _, f in entries]
 
-    def meta(self, eid) -> dict:
-        return Job.fetch(eid, connection=self.redis, serializer=JSONSerializer).get_meta(refresh=True)
+    def job(self, name) -> Job:
+        return Job.fetch(self.id(name), connection=self.redis, serializer=JSONSerializer)
 
-    def wait_job(self, eid, status, timeout=10.0):
-        job = Job.fetch(eid, connection=self.redis, serializer=JSONSerializer)
+    def meta(self, name) -> dict:
+        return self.job(name).get_meta(refresh=True)
+
+    def wait_job(self, name, status, timeout=10.0):
+        job = self.job(name)
         deadline = time.monotonic() + timeout
         while job.get_status(refresh=True) != status:
-            assert time.monotonic() < deadline, f"rq job {eid} is {job.get_status()}, not {status}"
+            assert time.monotonic() < deadline, f"rq job {name} is {job.get_status()}, not {status}"
             time.sleep(0.05)
 
-    def wait_status(self, eid, status, timeout=30.0):
+    def wait_status(self, name, status, timeout=30.0):
         deadline = time.monotonic() + timeout
-        while self.meta(eid).get("status") != status:
-            assert time.monotonic() < deadline, f"{eid} never reached {status}: {self.meta(eid)}"
+        while self.meta(name).get("status") != status:
+            assert time.monotonic() < deadline, f"{name} never reached {status}: {self.meta(name)}"
             time.sleep(0.05)
 
 
@@ -82,7 +93,7 @@ def containers(docker_client, executor_id):
 def test_submit_live_logs_outcome_events_meta(wire, spawn_worker, redis_client, docker_client):
     worker = spawn_worker()
     logs = redis_client.pubsub(ignore_subscribe_messages=True)
-    logs.subscribe(wire.keys.logs_channel("e2e"))
+    logs.subscribe(wire.keys.logs_channel(wire.id("e2e")))
     events = redis_client.pubsub(ignore_subscribe_messages=True)
     events.subscribe(wire.keys.events)
     time.sleep(0.1)
@@ -129,9 +140,8 @@ def test_twenty_executions_over_two_workers_each_run_once(wire, spawn_worker, do
         eid: (ExecutionStatus.SUCCEEDED, f"{i}\n") for i, eid in enumerate(ids)
     }
     for eid in ids:
-        assert wire.redis.llen(wire.keys.outcome(eid)) == 1
-        job = Job.fetch(eid, connection=wire.redis, serializer=JSONSerializer)
-        assert len(job.results()) == 1  # rq ran it once
+        assert wire.redis.llen(wire.keys.outcome(wire.id(eid))) == 1
+        assert len(wire.job(eid).results()) == 1  # rq ran it once
     ran_on = {wire.meta(eid)["worker"] for eid in ids}
     assert len(ran_on) == 2, ran_on  # both workers took a share
     assert not containers(docker_client, workers[0].executor_id)
@@ -152,7 +162,7 @@ def test_cancel_running_execution_via_control_channel(wire, spawn_worker, docker
 
 def test_rejected_request_reaches_no_container(wire, spawn_worker, docker_client):
     worker = spawn_worker()
-    wire.submit_raw("bad", {"execution_id": "bad", "engine": {"image": wire.image}, "resources": {"memory": "lots"}})
+    wire.submit_raw("bad", {"engine": {"image": wire.image}, "resources": {"memory": "lots"}})
     got = wire.outcome("bad")
     assert got.status == ExecutionStatus.REJECTED and got.error.code == "invalid_request"
     assert got.error.message.startswith("resources.memory")
@@ -192,7 +202,7 @@ def test_second_sigterm_cancels_writes_outcome_and_exits(wire, spawn_worker, doc
     assert (got.status, got.error.code) == (ExecutionStatus.CANCELLED, "worker_shutdown")
     assert not containers(docker_client, worker.executor_id)
     assert "interrupted (SystemExit); stopping its container" in worker.output()
-    assert Job.fetch("stuck", connection=wire.redis, serializer=JSONSerializer).get_status() == JobStatus.FAILED
+    assert wire.job("stuck").get_status() == JobStatus.FAILED
 
 
 def test_pool_runs_several_workers(wire, spawn_worker, docker_client):

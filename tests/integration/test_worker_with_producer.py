@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import threading
+import uuid
 import time
 from datetime import timedelta
 
@@ -21,7 +22,9 @@ def producer(redis_url, spawn_worker):
     p.close()
 
 
-def req(image, eid, *cmd, **fields):
+def req(image, name, *cmd, **fields):
+    # rq job ids share one keyspace whatever the prefix: make each test's ids its own
+    eid = f"{name}-{uuid.uuid4().hex[:8]}"
     return {"execution_id": eid, "engine": {"image": image, "cmd": list(cmd)}, **fields}
 
 
