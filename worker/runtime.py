@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager, suppress
 from typing import TYPE_CHECKING, Any, Protocol
@@ -20,17 +20,15 @@ from typing import TYPE_CHECKING, Any, Protocol
 import redis
 
 from schemas import CANCEL_MESSAGE, Keys
+from worker.executor import ExecutorError, new_executor
 
-from worker.executor.errors import ExecutorError
-
+from .channels import ExecutionChannels
 from .settings import WorkerSettings
 
 if TYPE_CHECKING:
     from rq.job import Job
 
     from worker.executor import DockerExecutor
-
-    from .channels import ExecutionChannels
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +59,7 @@ class ControlListener:
     # How long the listener thread blocks per read: bounds how long close() takes.
     poll_seconds = 0.25
 
-    def __init__(self, connection: redis.Redis, keys: Keys, on_cancel: Any) -> None:
+    def __init__(self, connection: redis.Redis, keys: Keys, on_cancel: Callable[[str], None]) -> None:
         self._on_cancel = on_cancel
         self._prefix, self._suffix = keys.control_channel("\0").split("\0")
         self._pubsub = connection.pubsub(ignore_subscribe_messages=True)
@@ -125,8 +123,6 @@ class WorkerRuntime:
         """The process's one executor, made on first use. Raises DockerUnavailableError."""
         with self._lock:
             if self._executor is None:
-                from worker.executor import new_executor
-
                 s = self.settings
                 self._executor = new_executor(
                     s.executor_id,
@@ -152,8 +148,6 @@ class WorkerRuntime:
         return self._threads.submit(fn, *args)
 
     def channels(self, execution_id: str, job: Job | None) -> ExecutionChannels:
-        from .channels import ExecutionChannels
-
         s = self.settings
         return ExecutionChannels(
             job.connection if job is not None else self.connection,
