@@ -415,6 +415,28 @@ def test_worker_heartbeats_during_a_long_execution(fake_redis, installed, monkey
     assert len(beats) >= 3 and set(beats) == {"h1"}
 
 
+def test_worker_heartbeats_refresh_rq_registries(fake_redis, installed, caplog):
+    from rq.registry import StartedJobRegistry
+
+    ex = FakeExecutor(finish=False)
+    installed(ex)
+    _job(fake_redis, request("h2"), "h2")
+    scores = []
+
+    def watch():
+        _wait_for(lambda: ex.started() == ["h2"])
+        registry = StartedJobRegistry("q", connection=fake_redis)
+        for _ in range(2):
+            scores.append(max(score for _, score in fake_redis.zrange(registry.key, 0, -1, withscores=True)))
+            time.sleep(1.1)  # scores have a one-second resolution
+        ex._end("h2", ExecutionStatus.SUCCEEDED, exit_code=0)
+
+    threading.Thread(target=watch, daemon=True).start()
+    DockrqWorker(["q"], connection=fake_redis).work(burst=True)
+    assert scores[1] > scores[0]  # the execution's expiry moved on while it ran
+    assert "heartbeat failed" not in caplog.text
+
+
 def test_rq_stop_job_command_cancels_the_container(fake_redis, installed, caplog):
     ex = FakeExecutor(finish=False)
     installed(ex)
