@@ -46,8 +46,11 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   log "installing the project into .venv"
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
-  # pip's notes about absent local mirrors are noise here; real failures still stop the script
-  .venv/bin/pip install -q -e '.[test,dashboard]' 2> >(grep -vE '^WARNING: Location|BuildBackendWarning' >&2)
+  # pip's output is noise when it works; shown in full when it does not
+  if ! .venv/bin/pip install -q -e '.[test,dashboard]' >.venv/pip-install.log 2>&1; then
+    cat .venv/pip-install.log >&2
+    exit 1
+  fi
   echo "$want" > "$stamp"
 fi
 
