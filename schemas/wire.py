@@ -56,6 +56,10 @@ class Keys:
     def control_channel(self, execution_id: str) -> str:
         return f"{self.prefix}:exec:{execution_id}:control"
 
+    def reap_lock(self, execution_id: str) -> str:
+        """SET NX PX by the worker that reaps or adopts the execution of a dead worker."""
+        return f"{self.prefix}:exec:{execution_id}:reaping"
+
     @property
     def events(self) -> str:
         return f"{self.prefix}:events"
@@ -122,18 +126,38 @@ class Event(BaseModel):
     worker: str | None = None
 
 
+# Error messages end up in outcomes, logs and terminals: a hostile request with
+# 100 000 bad list items or a megabyte-long unknown key must not make them huge.
+MAX_DESCRIBED_ERRORS = 10
+MAX_LOC_PART = 64
+MAX_MESSAGE = 200
+
+
+def _short(value: Any, limit: int) -> str:
+    text = str(value)
+    if not text.isprintable():
+        text = repr(text)[1:-1]  # NUL, newlines, escapes: shown escaped, on one line
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """One readable line naming each bad field, e.g. ``engine.image: Field required``."""
     parts = []
-    for err in exc.errors(include_url=False):
-        loc = ".".join(str(p) for p in err.get("loc", ())) or "request"
-        msg = err.get("msg", "invalid")
-        parts.append(f"{loc}: {msg}")
+    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    for err in errors[:MAX_DESCRIBED_ERRORS]:
+        loc = ".".join(_short(p, MAX_LOC_PART) for p in err.get("loc", ())) or "request"
+        parts.append(f"{loc}: {_short(err.get('msg', 'invalid'), MAX_MESSAGE)}")
+    if len(errors) > MAX_DESCRIBED_ERRORS:
+        parts.append(f"{len(errors) - MAX_DESCRIBED_ERRORS} more errors: not listed")
     return "; ".join(parts)
 
 
 def as_json_object(payload: Any) -> Any:
-    """Accept a request given as a dict, a model or a JSON string (for non-Python producers)."""
+    """Accept a request given as a dict, a model or a JSON string (for non-Python producers).
+
+    A string that is not JSON raises ``json.JSONDecodeError`` (a ValueError),
+    also when it nests too deeply for the parser.
+    """
     if isinstance(payload, BaseModel):
         return payload.model_dump(mode="json")
     if isinstance(payload, (bytes, bytearray)):
@@ -141,5 +165,8 @@ def as_json_object(payload: Any) -> Any:
     if isinstance(payload, str):
         import json
 
-        return json.loads(payload)
+        try:
+            return json.loads(payload)
+        except RecursionError:
+            raise json.JSONDecodeError("nested too deeply", payload, 0) from None
     return payload

@@ -59,10 +59,45 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 "--stop-grace", "stop_grace_seconds", type=click.FloatRange(min=0),
                 help="Seconds between SIGTERM and SIGKILL when a container is stopped (env DOCKRQ_STOP_GRACE_SECONDS).",
             ),
+            *_POLICY_OPTIONS,
         ]
     ):
         fn = decorator(fn)
     return fn
+
+
+# What requests may ask for (worker/policy.py). Sizes take '1g'; 'none' lifts a limit.
+_POLICY_OPTIONS = [
+    click.option("--max-memory", help="Largest memory limit a request may ask for (env DOCKRQ_MAX_MEMORY; default 8g)."),
+    click.option("--max-cpus", help="Largest CPU limit in cores (env DOCKRQ_MAX_CPUS; default none)."),
+    click.option("--max-pids", help="Largest process limit (env DOCKRQ_MAX_PIDS; default 4096)."),
+    click.option(
+        "--max-timeout", "max_timeout_seconds",
+        help="Longest timeout_seconds; also the limit of requests without one (env DOCKRQ_MAX_TIMEOUT_SECONDS; default 86400).",
+    ),
+    click.option(
+        "--max-output", "max_output_bytes",
+        help="Largest output_limit_bytes per stream (env DOCKRQ_MAX_OUTPUT_BYTES; default 16m).",
+    ),
+    click.option(
+        "--allow-image", "allowed_images", multiple=True, metavar="PATTERN",
+        help="Image glob allowed to run, e.g. 'registry.local/team/*'; repeatable (env DOCKRQ_ALLOWED_IMAGES, comma list; default '*').",
+    ),
+    click.option(
+        "--allow-mount-root", "allowed_mount_roots", multiple=True, metavar="PATH",
+        help="Host path below which bind mounts are allowed; repeatable (env DOCKRQ_ALLOWED_MOUNT_ROOTS; default none).",
+    ),
+    click.option(
+        "--allow-bridge/--no-bridge", "allow_bridge", default=None,
+        help="Whether requests may use the 'bridge' network (env DOCKRQ_ALLOW_BRIDGE; default no).",
+    ),
+    click.option("--default-memory", help="Memory limit of requests that give none (env DOCKRQ_DEFAULT_MEMORY; default 1g)."),
+    click.option("--default-pids", help="Process limit of requests that give none (env DOCKRQ_DEFAULT_PIDS; default 512)."),
+]
+_POLICY_FIELDS = (
+    "max_memory", "max_cpus", "max_pids", "max_timeout_seconds", "max_output_bytes", "allowed_images",
+    "allowed_mount_roots", "allow_bridge", "default_memory", "default_pids",
+)
 
 
 def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -86,7 +121,7 @@ def _options(ctx: click.Context, given: dict[str, Any]) -> dict[str, Any]:
 
 
 def _settings(opts: dict[str, Any]) -> WorkerSettings:
-    fields = ("redis_url", "queues", "prefix", "executor_id", "stop_grace_seconds")
+    fields = ("redis_url", "queues", "prefix", "executor_id", "stop_grace_seconds", *_POLICY_FIELDS)
     return WorkerSettings.load(**{f: opts.get(f) for f in fields})
 
 
@@ -126,6 +161,7 @@ def run(ctx: click.Context, **given: Any) -> None:
     _require(doctor.check_redis(settings))
     _require(doctor.check_docker(settings))
     runtime = install(WorkerRuntime(settings))
+    logging.getLogger(__name__).info("policy: %s", settings.policy.describe())
     pool = opts.get("pool") or 1
     if pool > 1:
         if opts.get("name"):

@@ -111,6 +111,10 @@ class ExecutionRun:
             return self._end(
                 Outcome.failure(execution_id, ExecutionStatus.CANCELLED, "cancelled", "cancelled before it started")
             )
+        try:  # the operator's limits (worker/policy.py); fills in the default caps
+            request = self.runtime.settings.policy.check(request)
+        except RequestRejected as exc:
+            return self._end(Outcome.failure(execution_id, ExecutionStatus.REJECTED, exc.code, str(exc)))
         return self._run(request)
 
     def _parse(self) -> tuple[str | None, ExecutionRequest | None, str | None]:

@@ -19,6 +19,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from . import runtime as runtime_module
+from .rq_job import DockrqJob
 
 
 class _NoJobArguments(logging.Filter):
@@ -37,6 +38,8 @@ _no_job_arguments = _NoJobArguments()
 
 class DockrqWorker(SimpleWorker):
     """SimpleWorker + the dockrq runtime; JSON serializer unless told otherwise."""
+
+    job_class = DockrqJob  # runs worker.jobs.execute(request) and nothing else
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("serializer") is None:

@@ -126,7 +126,8 @@ class WorkerRuntime:
                 s = self.settings
                 self._executor = new_executor(
                     s.executor_id,
-                    allowed_mount_roots=s.allowed_mount_roots,
+                    allowed_mount_roots=s.policy.allowed_mount_roots,
+                    allow_bridge_network=s.policy.allow_bridge,
                     stop_grace_seconds=s.stop_grace_seconds,
                 )
             return self._executor

@@ -16,6 +16,8 @@ from pydantic import BaseModel, ConfigDict, Field, StringConstraints, Validation
 
 from schemas import DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_RETENTION_SECONDS, describe_validation_error
 
+from .policy import POLICY_ENV_VARS, WorkerPolicy
+
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_LOG_STREAM_MAXLEN = 10_000
 DEFAULT_STOP_GRACE_SECONDS = 10.0
@@ -28,8 +30,9 @@ ENV_VARS: dict[str, str] = {
     "DOCKRQ_RETENTION_SECONDS": "retention_seconds",
     "DOCKRQ_EXECUTOR_ID": "executor_id",
     "DOCKRQ_STOP_GRACE_SECONDS": "stop_grace_seconds",
-    "DOCKRQ_ALLOWED_MOUNT_ROOTS": "allowed_mount_roots",
     "DOCKRQ_LOG_STREAM_MAXLEN": "log_stream_maxlen",
+    # What requests may ask for (worker/policy.py): DOCKRQ_MAX_MEMORY, DOCKRQ_ALLOWED_MOUNT_ROOTS, ...
+    **{var: f"policy.{field}" for field, var in POLICY_ENV_VARS.items()},
 }
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
@@ -57,21 +60,17 @@ class WorkerSettings(BaseModel):
         default_factory=lambda: socket.gethostname()[:64] or "dockrq"
     )
     stop_grace_seconds: float = Field(default=DEFAULT_STOP_GRACE_SECONDS, ge=0, le=3600)
-    allowed_mount_roots: tuple[str, ...] = ()
     log_stream_maxlen: int = Field(default=DEFAULT_LOG_STREAM_MAXLEN, ge=1)
+    policy: WorkerPolicy = Field(default_factory=WorkerPolicy)
 
-    @field_validator("queues", "allowed_mount_roots", mode="before")
+    @field_validator("queues", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
 
-    @field_validator("allowed_mount_roots")
-    @classmethod
-    def _absolute(cls, roots: tuple[str, ...]) -> tuple[str, ...]:
-        for root in roots:
-            if not root.startswith("/"):
-                raise ValueError(f"mount root {root!r} must be an absolute path")
-        return roots
+    @property
+    def allowed_mount_roots(self) -> tuple[str, ...]:
+        return self.policy.allowed_mount_roots
 
     @classmethod
     def load(cls, environ: Mapping[str, str] | None = None, **overrides: Any) -> WorkerSettings:
@@ -84,6 +83,11 @@ class WorkerSettings(BaseModel):
             field: environ[var] for var, field in ENV_VARS.items() if environ.get(var, "").strip() != ""
         }
         values.update({k: v for k, v in overrides.items() if v is not None and v != ()})
+        # Policy fields may be given flat (``max_memory="1g"``, as the CLI does) or as "policy.max_memory".
+        policy = {k.removeprefix("policy."): values.pop(k) for k in list(values) if k.startswith("policy.")}
+        policy.update({k: values.pop(k) for k in list(values) if k in WorkerPolicy.model_fields})
+        if policy:
+            values["policy"] = policy
         try:
             return cls.model_validate(values)
         except ValidationError as exc:

@@ -1,0 +1,333 @@
+"""The worker's policy (worker/policy.py): operator limits, safe defaults, and the
+rq job guard (worker/rq_job.py) that lets a worker run worker.jobs.execute only.
+fakeredis, no Docker."""
+
+from __future__ import annotations
+
+import json
+import re
+from concurrent.futures import Future
+from typing import Any
+
+import pytest
+from click.testing import CliRunner
+from rq import Queue
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from schemas import ExecutionRequest, ExecutionResult, ExecutionStatus, Keys, Outcome
+from worker import cli, doctor, runtime as runtime_module
+from worker.executor import ExecutionNotFound, MountNotAllowed
+from worker.jobs import ExecutionRun
+from worker.policy import GiB, MiB, PolicyViolation, WorkerPolicy, image_allowed
+from worker.rq_worker import DockrqWorker
+from worker.runtime import WorkerRuntime
+from worker.settings import SettingsError, WorkerSettings
+
+pytest.importorskip("lupa", reason="fakeredis needs lupa (fakeredis[lua]) to run the outcome script")
+
+KEYS = Keys("t")
+
+
+def req(**fields: Any) -> ExecutionRequest:
+    engine = fields.pop("engine", {"image": "dockrq-test/busybox:latest", "cmd": ["true"]})
+    return ExecutionRequest.model_validate({"execution_id": "e1", "engine": engine, **fields})
+
+
+# -- defaults --------------------------------------------------------------------
+
+
+def test_safe_defaults_fill_in_what_the_request_left_out():
+    policy = WorkerPolicy()
+    assert (policy.allow_bridge, policy.allowed_mount_roots, policy.allowed_images) == (False, (), ("*",))
+    checked = policy.check(req())
+    assert (checked.resources.memory, checked.resources.pids, checked.timeout_seconds) == (1 * GiB, 512, 86400)
+    assert checked.resources.cpus is None and checked.output_limit_bytes == 1 * MiB
+
+
+def test_values_within_the_limits_are_kept():
+    asked = req(resources={"memory": "2g", "pids": 100, "cpus": 1.5}, timeout_seconds=60, output_limit_bytes=4 * MiB)
+    assert WorkerPolicy(max_cpus=2).check(asked) == asked
+
+
+def test_defaults_can_be_switched_off_and_never_exceed_the_limit():
+    off = WorkerPolicy(default_memory="none", default_pids="none", max_timeout_seconds="none")
+    assert off.check(req()) == req()
+    tight = WorkerPolicy(max_memory="512m", max_pids=64)
+    assert (tight.default_memory, tight.default_pids) == (512 * MiB, 64)
+
+
+# -- limits ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("policy", "fields", "message"),
+    [
+        (
+            {"max_memory": "1g"}, {"resources": {"memory": "2g"}},
+            "resources.memory: 2147483648 is above this worker's limit 1073741824 (DOCKRQ_MAX_MEMORY)",
+        ),
+        ({"max_cpus": 2}, {"resources": {"cpus": 2.5}}, "resources.cpus: 2.5 is above this worker's limit 2 (DOCKRQ_MAX_CPUS)"),
+        ({}, {"resources": {"pids": 5000}}, "resources.pids: 5000 is above this worker's limit 4096 (DOCKRQ_MAX_PIDS)"),
+        (
+            {"max_timeout_seconds": 60}, {"timeout_seconds": 61},
+            "timeout_seconds: 61 is above this worker's limit 60 (DOCKRQ_MAX_TIMEOUT_SECONDS)",
+        ),
+        (
+            {}, {"output_limit_bytes": 32 * MiB},
+            "output_limit_bytes: 33554432 is above this worker's limit 16777216 (DOCKRQ_MAX_OUTPUT_BYTES)",
+        ),
+        ({}, {"network": "bridge"}, "network: 'bridge' is not allowed on this worker (DOCKRQ_ALLOW_BRIDGE)"),
+        (
+            {"allowed_images": "dockrq-test/*"}, {"engine": {"image": "busybox"}},
+            "engine.image: 'busybox' is not allowed on this worker (allowed: dockrq-test/*) (DOCKRQ_ALLOWED_IMAGES)",
+        ),
+    ],
+)
+def test_a_request_over_a_limit_is_refused_naming_field_limit_and_setting(policy, fields, message):
+    with pytest.raises(PolicyViolation) as info:
+        WorkerPolicy(**policy).check(req(**fields))
+    assert str(info.value) == message and info.value.code == "policy_violation"
+
+
+def test_every_violation_is_named_at_once():
+    with pytest.raises(PolicyViolation) as info:
+        WorkerPolicy(max_memory="1g").check(req(resources={"memory": "2g", "pids": 9999}, network="bridge"))
+    fields = [part.split(":")[0] for part in str(info.value).split("; ")]
+    assert fields == ["resources.memory", "resources.pids", "network"]
+
+
+def test_bridge_when_the_operator_allows_it():
+    assert WorkerPolicy(allow_bridge=True).check(req(network="bridge")).network == "bridge"
+    assert WorkerPolicy(allow_bridge=True).executor_policy.allow_bridge_network
+
+
+def test_mounts_only_below_allowed_roots(tmp_path):
+    (tmp_path / "data").mkdir()
+    (tmp_path / "data" / "escape").symlink_to("/etc")
+    policy = WorkerPolicy(allowed_mount_roots=(str(tmp_path / "data"),))
+    ok = req(mounts=[{"source": str(tmp_path / "data"), "target": "/data"}])
+    assert policy.check(ok).mounts == ok.mounts
+    for source in ("/etc", str(tmp_path / "data" / "escape"), f"{tmp_path}/data/../../etc"):
+        with pytest.raises(MountNotAllowed, match=r"^mounts\.0\.source: .* \(DOCKRQ_ALLOWED_MOUNT_ROOTS\)$"):
+            policy.check(req(mounts=[{"source": source, "target": "/x"}]))
+    with pytest.raises(MountNotAllowed, match="allowed: none"):
+        WorkerPolicy().check(ok)
+
+
+def test_long_paths_make_short_messages():
+    with pytest.raises(MountNotAllowed) as info:
+        WorkerPolicy().check(req(mounts=[{"source": "/" + "a" * 100_000, "target": "/x"}]))
+    assert len(str(info.value)) <= 400
+
+
+@pytest.mark.parametrize(
+    ("image", "patterns", "allowed"),
+    [
+        ("dockrq-test/busybox", ("dockrq-test/*",), True),
+        ("dockrq-test/busybox:latest", ("dockrq-test/*",), True),
+        ("busybox", ("dockrq-test/*",), False),
+        ("busybox:1.36", ("busybox",), True),  # no tag in the pattern: every tag
+        ("busybox@sha256:abcd", ("busybox",), True),
+        ("busybox", ("busybox:latest",), True),  # no tag in the image: latest
+        ("busybox:1.36", ("busybox:latest",), False),
+        ("busybox@sha256:abcd", ("busybox:latest",), False),
+        ("busyboxx", ("busybox",), False),
+        ("registry.local:5000/team/app:v1", ("registry.local:5000/team/*",), True),
+        ("registry.local:5000/other/app", ("registry.local:5000/team/*",), False),
+        ("docker.io/library/busybox", ("busybox",), False),  # no registry normalisation: name it as used
+        ("anything/at:all", ("*",), True),
+    ],
+)
+def test_image_patterns(image, patterns, allowed):
+    assert image_allowed(image, patterns) is allowed
+
+
+# -- settings: environment and flags ------------------------------------------------------
+
+
+def test_policy_from_the_environment():
+    env = {
+        "DOCKRQ_MAX_MEMORY": "2g", "DOCKRQ_MAX_CPUS": "4", "DOCKRQ_MAX_PIDS": "1000",
+        "DOCKRQ_MAX_TIMEOUT_SECONDS": "3600", "DOCKRQ_MAX_OUTPUT_BYTES": "4m",
+        "DOCKRQ_ALLOWED_IMAGES": "dockrq-test/*, registry.local/*", "DOCKRQ_ALLOWED_MOUNT_ROOTS": "/data,/scratch",
+        "DOCKRQ_ALLOW_BRIDGE": "true", "DOCKRQ_DEFAULT_MEMORY": "256m", "DOCKRQ_DEFAULT_PIDS": "100",
+    }
+    p = WorkerSettings.load(env).policy
+    assert p == WorkerPolicy(
+        max_memory=2 * GiB, max_cpus=4, max_pids=1000, max_timeout_seconds=3600, max_output_bytes=4 * MiB,
+        allowed_images=("dockrq-test/*", "registry.local/*"), allowed_mount_roots=("/data", "/scratch"),
+        allow_bridge=True, default_memory=256 * MiB, default_pids=100,
+    )
+    assert WorkerSettings.load(env).allowed_mount_roots == ("/data", "/scratch")
+    lifted = WorkerSettings.load({"DOCKRQ_MAX_MEMORY": "none", "DOCKRQ_MAX_PIDS": "unlimited"}).policy
+    assert (lifted.max_memory, lifted.max_pids) == (None, None)
+
+
+@pytest.mark.parametrize(
+    ("env", "named"),
+    [
+        ({"DOCKRQ_MAX_MEMORY": "lots"}, "DOCKRQ_MAX_MEMORY"),
+        ({"DOCKRQ_MAX_MEMORY": "1k"}, "DOCKRQ_MAX_MEMORY"),
+        ({"DOCKRQ_MAX_CPUS": "-1"}, "DOCKRQ_MAX_CPUS"),
+        ({"DOCKRQ_MAX_PIDS": "0"}, "DOCKRQ_MAX_PIDS"),
+        ({"DOCKRQ_ALLOW_BRIDGE": "perhaps"}, "DOCKRQ_ALLOW_BRIDGE"),
+        ({"DOCKRQ_ALLOWED_IMAGES": " , "}, "DOCKRQ_ALLOWED_IMAGES"),
+        ({"DOCKRQ_DEFAULT_PIDS": "many"}, "DOCKRQ_DEFAULT_PIDS"),
+    ],
+)
+def test_bad_policy_setting_names_the_variable(env, named):
+    with pytest.raises(SettingsError, match=named):
+        WorkerSettings.load(env)
+
+
+def test_worker_flags_override_the_environment(monkeypatch):
+    monkeypatch.setattr(doctor, "check_redis", lambda s: doctor.Check("redis", True, "fake"))
+    monkeypatch.setattr(doctor, "check_docker", lambda s: doctor.Check("docker", True, "fake"))
+    installed: list[WorkerRuntime] = []
+    monkeypatch.setattr(cli, "install", lambda rt: installed.append(rt) or rt)
+
+    class NoWork:
+        def __init__(self, *args, **kwargs):
+            pass
+
+        def work(self, **kwargs):
+            pass
+
+    monkeypatch.setattr(cli, "DockrqWorker", NoWork)
+    monkeypatch.setenv("DOCKRQ_MAX_MEMORY", "2g")
+    monkeypatch.setenv("DOCKRQ_ALLOWED_IMAGES", "from-env/*")
+    result = CliRunner().invoke(cli.main, [
+        "run", "--max-memory", "4g", "--max-cpus", "2", "--max-pids", "64", "--max-timeout", "60",
+        "--max-output", "2m", "--allow-image", "a/*", "--allow-image", "b", "--allow-mount-root", "/srv",
+        "--allow-bridge", "--default-memory", "128m", "--default-pids", "32",
+    ])
+    assert result.exit_code == 0, result.output
+    assert installed[0].settings.policy == WorkerPolicy(
+        max_memory=4 * GiB, max_cpus=2, max_pids=64, max_timeout_seconds=60, max_output_bytes=2 * MiB,
+        allowed_images=("a/*", "b"), allowed_mount_roots=("/srv",), allow_bridge=True,
+        default_memory=128 * MiB, default_pids=32,
+    )
+    bad = CliRunner().invoke(cli.main, ["run", "--max-memory", "huge"])
+    assert bad.exit_code == 1 and "DOCKRQ_MAX_MEMORY" in bad.output and "Traceback" not in bad.output
+
+
+# -- the job function applies it ------------------------------------------------------------
+
+
+class RecordingExecutor:
+    """Starts nothing; records what would have been started, 'exits 0' at once."""
+
+    def __init__(self) -> None:
+        self.started: list[ExecutionRequest] = []
+
+    def start(self, request: ExecutionRequest) -> None:
+        self.started.append(request)
+
+    def wait(self, execution_id: str) -> Future:
+        future: Future = Future()
+        future.set_result(ExecutionResult(execution_id=execution_id, status=ExecutionStatus.SUCCEEDED, exit_code=0))
+        return future
+
+    def get_log_stream(self, request):
+        raise ExecutionNotFound(request.execution_id)
+
+    def info(self, execution_id):
+        raise ExecutionNotFound(execution_id)
+
+    def cancel(self, execution_id, grace_seconds=None):
+        raise ExecutionNotFound(execution_id)
+
+    def forget(self, execution_id):
+        pass
+
+
+@pytest.fixture
+def runtime_with(fake_redis):
+    made: list[WorkerRuntime] = []
+
+    def make(executor, **policy):
+        settings = WorkerSettings.load({}, prefix="t", executor_id="node-t", retention_seconds=60, **policy)
+        rt = WorkerRuntime(settings, executor=executor, connection=fake_redis)
+        made.append(rt)
+        return rt
+
+    yield make
+    for rt in made:
+        rt.close()
+
+
+def _outcome(redis, eid) -> Outcome:
+    raw = redis.lrange(KEYS.outcome(eid), 0, -1)
+    assert len(raw) == 1, raw
+    return Outcome.model_validate_json(raw[0])
+
+
+def test_job_function_rejects_over_the_limit_without_starting(fake_redis, runtime_with):
+    ex = RecordingExecutor()
+    payload = {"execution_id": "big", "engine": {"image": "busybox"}, "resources": {"memory": "2g"}}
+    assert ExecutionRun(runtime_with(ex, max_memory="1g"), None, payload).run()["status"] == "rejected"
+    got = _outcome(fake_redis, "big")
+    assert (got.status, got.error.code) == (ExecutionStatus.REJECTED, "policy_violation")
+    assert got.error.message == "resources.memory: 2147483648 is above this worker's limit 1073741824 (DOCKRQ_MAX_MEMORY)"
+    assert ex.started == []
+
+
+def test_job_function_starts_with_the_defaults_applied(fake_redis, runtime_with):
+    ex = RecordingExecutor()
+    payload = {"execution_id": "small", "engine": {"image": "busybox"}}
+    assert ExecutionRun(runtime_with(ex, default_memory="64m"), None, payload).run()["status"] == "succeeded"
+    (started,) = ex.started
+    assert (started.resources.memory, started.resources.pids, started.timeout_seconds) == (64 * MiB, 512, 86400)
+
+
+# -- the rq job guard ---------------------------------------------------------------------
+
+
+@pytest.fixture
+def installed_runtime(runtime_with):
+    previous = runtime_module._current
+    ex = RecordingExecutor()
+    runtime_module.install(runtime_with(ex))
+    yield ex
+    runtime_module._current = previous
+
+
+def _enqueue(redis, job_id, **raw_fields):
+    job = Queue("q", connection=redis, serializer=JSONSerializer).enqueue_call(
+        "worker.jobs.execute", args=({"engine": {"image": "busybox"}},), job_id=job_id
+    )
+    if raw_fields:
+        redis.hset(job.key, mapping=raw_fields)
+    return job
+
+
+def test_worker_runs_nothing_but_the_dockrq_job_function(fake_redis, installed_runtime, tmp_path):
+    marker = tmp_path / "pwned"
+    hostile = {
+        "os-system": {"data": json.dumps(["os.system", None, [f"touch {marker}"], {}])},
+        "pathlib": {"data": json.dumps(["pathlib.Path.touch", None, [str(marker)], {}])},
+        "kwargs": {"data": json.dumps(["worker.jobs.execute", None, [{}], {"x": 1}])},
+        "two-args": {"data": json.dumps(["worker.jobs.execute", None, [{}, {}], {}])},
+        "instance": {"data": json.dumps(["touch", str(marker), [], {}])},
+        "pickle": {"data": b"\x80\x05\x95garbage-pickle\x94."},
+        "not-utf8": {"data": b"\xff\xfe\xfd"},
+        "not-a-list": {"data": json.dumps({"func": "os.system"})},
+        "deep": {"data": "[" * 100_000 + "]" * 100_000},
+        "callback": {"success_callback_name": "os.abort", "failure_callback_name": "os.abort"},
+    }
+    for job_id, fields in hostile.items():
+        _enqueue(fake_redis, job_id, **fields)
+    _enqueue(fake_redis, "fine")
+
+    DockrqWorker(["q"], connection=fake_redis, name="w-guard").work(burst=True)
+
+    assert not marker.exists()
+    for job_id in hostile:
+        got = _outcome(fake_redis, job_id)
+        assert (got.status, got.error.code) == (ExecutionStatus.REJECTED, "invalid_request"), job_id
+        assert got.error.message.startswith("rq job: "), (job_id, got.error.message)
+        assert Job.fetch(job_id, connection=fake_redis, serializer=JSONSerializer).get_status() == JobStatus.FAILED
+    assert re.search("function 'os.system' is not worker.jobs.execute", _outcome(fake_redis, "os-system").error.message)
+    assert [r.execution_id for r in installed_runtime.started] == ["fine"]
+    assert _outcome(fake_redis, "fine").status == ExecutionStatus.SUCCEEDED

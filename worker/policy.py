@@ -1,0 +1,257 @@
+"""What the operator allows on this worker, whatever a request asks for.
+
+A request that validates against the wire schema can still ask for more than
+this node should give: 64 GiB of memory, an image nobody vetted, the host
+network bridge, a bind mount of ``/``. ``WorkerPolicy.check`` refuses those
+before anything reaches Docker -- the outcome is ``rejected`` and its message
+names the field, the limit and the setting that sets it -- and fills in the
+safe defaults (memory and pids caps, a time limit) a request left out.
+
+The defaults are safe on a shared host: no network bridge, every container
+capped at 1 GiB of memory and 512 processes unless it asks (and may ask up to
+8 GiB / 4096), at most 24 h, at most 16 MiB of output kept per stream. Any
+limit can be lifted with ``none``.
+"""
+
+from __future__ import annotations
+
+import fnmatch
+import math
+from typing import Annotated, Any
+
+from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
+
+from schemas import ExecutionRequest, parse_size
+from worker.executor import MountNotAllowed, RequestRejected
+from worker.executor.types import ExecutorPolicy, checked_binds
+
+KiB, MiB, GiB = 1024, 1024**2, 1024**3
+
+DEFAULT_MAX_MEMORY = 8 * GiB
+DEFAULT_MEMORY = 1 * GiB
+DEFAULT_MAX_PIDS = 4096
+DEFAULT_PIDS = 512
+DEFAULT_MAX_TIMEOUT_SECONDS = 24 * 3600.0
+DEFAULT_MAX_OUTPUT_BYTES = 16 * MiB
+# Docker refuses a memory limit below 6 MiB.
+MIN_MEMORY = 6 * MiB
+
+# Policy field -> environment variable; worker.settings adds these to its own.
+POLICY_ENV_VARS: dict[str, str] = {
+    "max_memory": "DOCKRQ_MAX_MEMORY",
+    "max_cpus": "DOCKRQ_MAX_CPUS",
+    "max_pids": "DOCKRQ_MAX_PIDS",
+    "max_timeout_seconds": "DOCKRQ_MAX_TIMEOUT_SECONDS",
+    "max_output_bytes": "DOCKRQ_MAX_OUTPUT_BYTES",
+    "allowed_images": "DOCKRQ_ALLOWED_IMAGES",
+    "allowed_mount_roots": "DOCKRQ_ALLOWED_MOUNT_ROOTS",
+    "allow_bridge": "DOCKRQ_ALLOW_BRIDGE",
+    "default_memory": "DOCKRQ_DEFAULT_MEMORY",
+    "default_pids": "DOCKRQ_DEFAULT_PIDS",
+}
+
+_UNLIMITED = {"none", "unlimited", "off"}
+
+
+class PolicyViolation(RequestRejected):
+    """The request is valid but asks for more than this worker allows."""
+
+    code = "policy_violation"
+
+
+def _unlimited(value: Any) -> Any:
+    if isinstance(value, str) and value.strip().lower() in _UNLIMITED:
+        return None
+    return value
+
+
+def _size(value: Any) -> Any:
+    value = _unlimited(value)
+    return value if value is None else parse_size(value)
+
+
+def _list(value: Any) -> Any:
+    if isinstance(value, str):
+        return tuple(part.strip() for part in value.split(",") if part.strip())
+    return value
+
+
+Size = Annotated[Annotated[int, Field(ge=0)] | None, BeforeValidator(_size)]
+MemorySize = Annotated[Annotated[int, Field(ge=MIN_MEMORY)] | None, BeforeValidator(_size)]
+Count = Annotated[Annotated[int, Field(ge=1)] | None, BeforeValidator(_unlimited)]
+Positive = Annotated[Annotated[float, Field(gt=0)] | None, BeforeValidator(_unlimited)]
+
+
+def image_allowed(image: str, patterns: tuple[str, ...]) -> bool:
+    """Whether ``image`` matches one of the fnmatch ``patterns``.
+
+    A pattern is compared with the reference as given, with its ``repo:tag``
+    form (``latest`` when no tag is given) and with the bare repository, so
+    ``busybox`` allows every busybox tag, ``busybox:1.36`` only that tag, and
+    ``registry.local/team/*`` everything below that path (``*`` crosses ``/``).
+    """
+    repo_tag, digest, _ = image.partition("@")
+    last = repo_tag.rsplit("/", 1)[-1]  # a registry's ':port' is not a tag
+    if ":" in last:
+        repo = repo_tag[: len(repo_tag) - len(last)] + last.split(":", 1)[0]
+        candidates = {image, repo_tag, repo}
+    else:
+        repo = repo_tag
+        candidates = {image, repo} if digest else {image, repo, f"{repo}:latest"}
+    return any(fnmatch.fnmatchcase(c, p) for p in patterns for c in candidates)
+
+
+class WorkerPolicy(BaseModel):
+    """The operator's limits for one worker. ``None`` means no limit / no default."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    max_memory: MemorySize = DEFAULT_MAX_MEMORY
+    max_cpus: Positive = None
+    max_pids: Count = DEFAULT_MAX_PIDS
+    max_timeout_seconds: Positive = DEFAULT_MAX_TIMEOUT_SECONDS
+    max_output_bytes: Size = DEFAULT_MAX_OUTPUT_BYTES
+    allowed_images: tuple[str, ...] = ("*",)
+    allowed_mount_roots: tuple[str, ...] = ()
+    allow_bridge: bool = False
+    default_memory: MemorySize = DEFAULT_MEMORY
+    default_pids: Count = DEFAULT_PIDS
+
+    @field_validator("allowed_images", "allowed_mount_roots", mode="before")
+    @classmethod
+    def _lists(cls, value: Any) -> Any:
+        return _list(value)
+
+    @field_validator("allowed_images")
+    @classmethod
+    def _patterns(cls, patterns: tuple[str, ...]) -> tuple[str, ...]:
+        if not patterns:
+            raise ValueError("give at least one image pattern ('*' allows every image)")
+        for pattern in patterns:
+            if any(c.isspace() or c == "\x00" for c in pattern):
+                raise ValueError(f"image pattern {pattern!r} must not contain whitespace")
+        return patterns
+
+    @field_validator("allowed_mount_roots")
+    @classmethod
+    def _absolute(cls, roots: tuple[str, ...]) -> tuple[str, ...]:
+        for root in roots:
+            if not root.startswith("/"):
+                raise ValueError(f"mount root {root!r} must be an absolute path")
+        return roots
+
+    @field_validator("max_cpus", "max_timeout_seconds")
+    @classmethod
+    def _finite(cls, value: float | None) -> float | None:
+        if value is not None and not math.isfinite(value):
+            raise ValueError("must be a finite number (or 'none' for no limit)")
+        return value
+
+    @model_validator(mode="after")
+    def _defaults_within_limits(self) -> WorkerPolicy:
+        # A default above the limit would reject every request that relies on it:
+        # the limit wins (DOCKRQ_MAX_MEMORY=512m alone gives 512m containers).
+        updates = {}
+        if self.default_memory is not None and self.max_memory is not None and self.default_memory > self.max_memory:
+            updates["default_memory"] = self.max_memory
+        if self.default_pids is not None and self.max_pids is not None and self.default_pids > self.max_pids:
+            updates["default_pids"] = self.max_pids
+        for name, value in updates.items():
+            object.__setattr__(self, name, value)
+        return self
+
+    @property
+    def executor_policy(self) -> ExecutorPolicy:
+        """What the executor enforces again when it builds the container."""
+        return ExecutorPolicy(self.allowed_mount_roots, self.allow_bridge)
+
+    # -- the check -------------------------------------------------------------
+
+    def check(self, request: ExecutionRequest) -> ExecutionRequest:
+        """The request with this worker's defaults filled in, or PolicyViolation /
+        MountNotAllowed naming every field over its limit. Makes no Docker call."""
+        problems: list[str] = []
+
+        def over(field: str, value: float, limit: float | None, setting: str) -> None:
+            if limit is not None and value > limit:
+                problems.append(
+                    f"{field}: {_number(value)} is above this worker's limit {_number(limit)} ({POLICY_ENV_VARS[setting]})"
+                )
+
+        res = request.resources
+        if res.memory is not None:
+            over("resources.memory", res.memory, self.max_memory, "max_memory")
+        if res.cpus is not None:
+            over("resources.cpus", res.cpus, self.max_cpus, "max_cpus")
+        if res.pids is not None:
+            over("resources.pids", res.pids, self.max_pids, "max_pids")
+        if request.timeout_seconds is not None:
+            over("timeout_seconds", request.timeout_seconds, self.max_timeout_seconds, "max_timeout_seconds")
+        over("output_limit_bytes", request.output_limit_bytes, self.max_output_bytes, "max_output_bytes")
+        if not image_allowed(request.engine.image, self.allowed_images):
+            problems.append(
+                f"engine.image: {request.engine.image!r} is not allowed on this worker "
+                f"(allowed: {', '.join(self.allowed_images)}) ({POLICY_ENV_VARS['allowed_images']})"
+            )
+        if request.network == "bridge" and not self.allow_bridge:
+            problems.append(f"network: 'bridge' is not allowed on this worker ({POLICY_ENV_VARS['allow_bridge']})")
+        mounts_refused = False
+        if request.mounts:
+            try:
+                checked_binds(request, self.executor_policy)
+            except MountNotAllowed as exc:
+                mounts_refused = True
+                problems.append(f"{exc} ({POLICY_ENV_VARS['allowed_mount_roots']})")
+        if problems:
+            error = MountNotAllowed if mounts_refused and len(problems) == 1 else PolicyViolation
+            raise error("; ".join(_clip(p) for p in problems))
+        return self._with_defaults(request)
+
+    def _with_defaults(self, request: ExecutionRequest) -> ExecutionRequest:
+        res = request.resources
+        resources: dict[str, Any] = {}
+        if res.memory is None and self.default_memory is not None:
+            resources["memory"] = self.default_memory
+        if res.pids is None and self.default_pids is not None:
+            resources["pids"] = self.default_pids
+        update: dict[str, Any] = {}
+        if resources:
+            update["resources"] = res.model_copy(update=resources)
+        if request.timeout_seconds is None and self.max_timeout_seconds is not None:
+            update["timeout_seconds"] = self.max_timeout_seconds
+        return request.model_copy(update=update) if update else request
+
+    def describe(self) -> str:
+        """One line for the worker's start-up log."""
+
+        def show(value: Any, size: bool = False) -> str:
+            if value is None:
+                return "none"
+            return _size_text(value) if size else _number(value)
+
+        return (
+            f"memory {show(self.default_memory, True)} default / {show(self.max_memory, True)} max, "
+            f"pids {show(self.default_pids)} default / {show(self.max_pids)} max, "
+            f"cpus max {show(self.max_cpus)}, timeout max {show(self.max_timeout_seconds)} s, "
+            f"output max {show(self.max_output_bytes, True)} per stream, "
+            f"images {','.join(self.allowed_images)}, "
+            f"mount roots {','.join(self.allowed_mount_roots) or 'none'}, "
+            f"bridge {'allowed' if self.allow_bridge else 'refused'}"
+        )
+
+
+def _clip(problem: str, limit: int = 400) -> str:
+    # A mount path has no length limit in the schema; the outcome message must stay small.
+    return problem if len(problem) <= limit else problem[: limit - 3] + "..."
+
+
+def _number(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:g}"
+
+
+def _size_text(size: int) -> str:
+    for suffix, unit in (("g", GiB), ("m", MiB), ("k", KiB)):
+        if size >= unit and size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
+
