@@ -6,6 +6,7 @@ read or write these, so the shapes are plain JSON and documented in the README.
 
 from __future__ import annotations
 
+import re
 import time
 from dataclasses import dataclass
 from typing import Any
@@ -133,6 +134,9 @@ MAX_LOC_PART = 64
 MAX_MESSAGE = 200
 
 
+_PLAIN_NAME = re.compile(r"^[A-Za-z0-9_-]+$")
+
+
 def _short(value: Any, limit: int) -> str:
     text = str(value)
     if not text.isprintable():
@@ -140,12 +144,19 @@ def _short(value: Any, limit: int) -> str:
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 
+def _loc_part(part: Any) -> str:
+    # Field names and list indexes as they are; any other key (an unknown field
+    # called ":" or "a b", an env name with a newline) quoted, so it reads as one name.
+    text = str(part)
+    return _short(text if isinstance(part, int) or _PLAIN_NAME.match(text) else repr(text), MAX_LOC_PART)
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """One readable line naming each bad field, e.g. ``engine.image: Field required``."""
     parts = []
     errors = exc.errors(include_url=False, include_input=False, include_context=False)
     for err in errors[:MAX_DESCRIBED_ERRORS]:
-        loc = ".".join(_short(p, MAX_LOC_PART) for p in err.get("loc", ())) or "request"
+        loc = ".".join(_loc_part(p) for p in err.get("loc", ())) or "request"
         parts.append(f"{loc}: {_short(err.get('msg', 'invalid'), MAX_MESSAGE)}")
     if len(errors) > MAX_DESCRIBED_ERRORS:
         parts.append(f"{len(errors) - MAX_DESCRIBED_ERRORS} more errors: not listed")
