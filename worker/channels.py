@@ -112,6 +112,11 @@ class ExecutionChannels:
     def entries_sent(self) -> int:
         return self._sent
 
+    def resume_logs(self, entries_sent: int) -> None:
+        """Continue a log that another worker started (adoption): ``seq`` goes on from ``entries_sent``."""
+        with self._log_lock:
+            self._sent = max(self._sent, entries_sent)
+
     def send_logs(self, entries: Sequence[LogEntry], *, keep_trying: threading.Event | None = None) -> bool:
         """Ship one batch to the live topic and the replay stream, in one round trip.
 

@@ -19,6 +19,7 @@ from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
 from . import runtime as runtime_module
+from .resilience import ResilientWorker
 from .rq_job import DockrqJob
 
 
@@ -36,8 +37,12 @@ class _NoJobArguments(logging.Filter):
 _no_job_arguments = _NoJobArguments()
 
 
-class DockrqWorker(SimpleWorker):
-    """SimpleWorker + the dockrq runtime; JSON serializer unless told otherwise."""
+class DockrqWorker(ResilientWorker, SimpleWorker):
+    """SimpleWorker + the dockrq runtime; JSON serializer unless told otherwise.
+
+    ResilientWorker adds the heartbeat thread, the reaper (adoption of a dead
+    predecessor's containers included) and the Redis/Docker outage handling.
+    """
 
     job_class = DockrqJob  # runs worker.jobs.execute(request) and nothing else
 

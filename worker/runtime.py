@@ -96,8 +96,9 @@ class ControlListener:
 class WorkerRuntime:
     """Per-process state shared by every execution this process runs."""
 
-    # How often a waiting execution refreshes rq's heartbeats and re-reads its cancel flag.
-    heartbeat_interval = 10.0
+    # How often a waiting execution refreshes rq's heartbeats and re-reads its cancel flag
+    # (settings.heartbeat_seconds).
+    heartbeat_interval: float
 
     def __init__(
         self,
@@ -107,6 +108,7 @@ class WorkerRuntime:
         connection: redis.Redis | None = None,
     ) -> None:
         self.settings = settings
+        self.heartbeat_interval = settings.heartbeat_seconds
         self.keys = Keys(settings.prefix)
         self.worker: WorkerHooks | None = None
         self._executor = executor

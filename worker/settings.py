@@ -12,7 +12,15 @@ import socket
 from collections.abc import Mapping
 from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from schemas import DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_RETENTION_SECONDS, describe_validation_error
 
@@ -21,6 +29,10 @@ from .policy import POLICY_ENV_VARS, WorkerPolicy
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_LOG_STREAM_MAXLEN = 10_000
 DEFAULT_STOP_GRACE_SECONDS = 10.0
+DEFAULT_HEARTBEAT_SECONDS = 10.0
+DEFAULT_REAP_AFTER_SECONDS = 30.0
+DEFAULT_REAP_INTERVAL_SECONDS = 10.0
+DEFAULT_ORPHAN_GRACE_SECONDS = 60.0
 
 # Environment variable -> settings field. The only place env names are spelled.
 ENV_VARS: dict[str, str] = {
@@ -31,6 +43,11 @@ ENV_VARS: dict[str, str] = {
     "DOCKRQ_EXECUTOR_ID": "executor_id",
     "DOCKRQ_STOP_GRACE_SECONDS": "stop_grace_seconds",
     "DOCKRQ_LOG_STREAM_MAXLEN": "log_stream_maxlen",
+    # Faults survived (worker/resilience.py, worker/reaper.py)
+    "DOCKRQ_HEARTBEAT_SECONDS": "heartbeat_seconds",
+    "DOCKRQ_REAP_AFTER_SECONDS": "reap_after_seconds",
+    "DOCKRQ_REAP_INTERVAL_SECONDS": "reap_interval_seconds",
+    "DOCKRQ_ORPHAN_GRACE_SECONDS": "orphan_grace_seconds",
     # What requests may ask for (worker/policy.py): DOCKRQ_MAX_MEMORY, DOCKRQ_ALLOWED_MOUNT_ROOTS, ...
     **{var: f"policy.{field}" for field, var in POLICY_ENV_VARS.items()},
 }
@@ -62,11 +79,27 @@ class WorkerSettings(BaseModel):
     stop_grace_seconds: float = Field(default=DEFAULT_STOP_GRACE_SECONDS, ge=0, le=3600)
     log_stream_maxlen: int = Field(default=DEFAULT_LOG_STREAM_MAXLEN, ge=1)
     policy: WorkerPolicy = Field(default_factory=WorkerPolicy)
+    # A worker refreshes its rq heartbeat this often; one silent for reap_after_seconds is dead,
+    # and every worker's reaper (each reap_interval_seconds) adopts or ends its executions.
+    heartbeat_seconds: float = Field(default=DEFAULT_HEARTBEAT_SECONDS, ge=0.1, le=300)
+    reap_after_seconds: float = Field(default=DEFAULT_REAP_AFTER_SECONDS, ge=0.5, le=3600)
+    reap_interval_seconds: float = Field(default=DEFAULT_REAP_INTERVAL_SECONDS, ge=0.1, le=3600)
+    # Containers younger than this are never removed as orphans (they may be being created).
+    orphan_grace_seconds: float = Field(default=DEFAULT_ORPHAN_GRACE_SECONDS, ge=0, le=86400)
 
     @field_validator("queues", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _split_list(value)
+
+    @model_validator(mode="after")
+    def _reap_after_heartbeats(self) -> WorkerSettings:
+        if self.reap_after_seconds < 2 * self.heartbeat_seconds:
+            raise ValueError(
+                f"reap_after_seconds ({self.reap_after_seconds:g}) must be at least twice heartbeat_seconds "
+                f"({self.heartbeat_seconds:g}): a live worker would be taken for dead"
+            )
+        return self
 
     @property
     def allowed_mount_roots(self) -> tuple[str, ...]:

@@ -1,0 +1,259 @@
+"""How a dockrq worker outlives faults: Redis restarts, dockerd restarts, dead siblings.
+
+``ResilientWorker`` is mixed into :class:`worker.rq_worker.DockrqWorker`:
+
+- **Heartbeats from a thread**, every ``heartbeat_seconds``, busy or idle: the
+  rq worker hash, the current job's started entry, and those of adopted
+  executions. A worker is judged dead only when its process is (see
+  worker.liveness), never because its main thread was busy stopping a
+  container or writing an outcome. rq's own started-entry TTL is shortened
+  to ``2 * reap_after + heartbeat`` (``get_heartbeat_ttl``), so rq's
+  abandoned-job cleanup cannot leave a job "started" for minutes either.
+- **The reaper** (worker.reaper) runs in its own thread and once before rq's
+  registry maintenance, so a dead worker's job is adopted or reaped by dockrq
+  before rq would fail it without an outcome.
+- **Redis outages**: rq's loop only survives connection errors while waiting
+  on the queue; anywhere else (suspension check, maintenance, state and
+  heartbeat writes, job bookkeeping) it quits the worker. Here those calls
+  wait out the outage instead, and a job whose rq bookkeeping was cut by the
+  outage is settled once Redis is back (finished if its outcome is written,
+  back on the queue if it never ran).
+- **Docker outages**: no job is taken off the queue while the daemon does not
+  answer; the worker waits for it (heartbeating) and serves again once it is back.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from typing import TYPE_CHECKING, Any
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from rq.job import JobStatus
+from rq.utils import as_text, now, parse_composite_key
+
+from schemas import ExecutionStatus, Outcome
+
+from . import runtime as runtime_module
+from . import settle
+from .liveness import identity, rq_heartbeat_ttl
+from .reaper import Reaper
+
+if TYPE_CHECKING:
+    from rq.job import Job
+    from rq.queue import Queue
+
+log = logging.getLogger(__name__)
+
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
+_BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.25)
+
+
+class Heartbeat(threading.Thread):
+    """Keeps the worker (and what it runs) visibly alive while the process lives."""
+
+    def __init__(self, worker: Any, reaper: Reaper, interval: float) -> None:
+        super().__init__(name="dockrq-heartbeat", daemon=True)
+        self.worker = worker
+        self.reaper = reaper
+        self.interval = interval
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        failing = False
+        while not self._halt.wait(self.interval):
+            try:
+                if self.worker.executions:
+                    self.worker.heartbeat_current_job()
+                else:
+                    self.worker.heartbeat(raise_errors=True)
+                self.reaper.adoptions.keep_alive()
+                failing = False
+            except _REDIS_DOWN as exc:
+                if not failing:
+                    log.warning("heartbeat: Redis unreachable (%s); still trying", exc)
+                failing = True
+            except Exception:  # noqa: BLE001 - the heartbeat must keep going
+                log.exception("heartbeat failed")
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
+
+
+class ResilientWorker:
+    """Mixin for an rq BaseWorker subclass (before it in the bases)."""
+
+    _reaper: Reaper | None = None
+    _beats: Heartbeat | None = None
+    _performed_job_id: str | None = None
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        settings = runtime_module.current().settings
+        # rq's worker-hash TTL while busy is job_monitoring_interval + 60.
+        kwargs.setdefault("job_monitoring_interval", max(1, int(settings.heartbeat_seconds)))
+        super().__init__(*args, **kwargs)
+
+    @property
+    def reaper(self) -> Reaper | None:
+        return self._reaper
+
+    # -- identity and liveness -----------------------------------------------------
+
+    def serialize(self) -> dict:
+        data = super().serialize()
+        data.update(identity(runtime_module.current().settings.executor_id))
+        return data
+
+    def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
+        return rq_heartbeat_ttl(runtime_module.current().settings)
+
+    def bootstrap(self, *args: Any, **kwargs: Any) -> None:
+        super().bootstrap(*args, **kwargs)
+        runtime = runtime_module.current()
+        self._reaper = Reaper(self, runtime)
+        self._beats = Heartbeat(self, self._reaper, runtime.settings.heartbeat_seconds)
+        self._beats.start()
+        self._reaper.start()  # its first pass runs now: a restarted worker adopts at once
+
+    def teardown(self) -> None:
+        interrupted: BaseException | None = None
+        if self._reaper is not None:
+            self._reaper.stop()
+            adoptions = self._reaper.adoptions
+            try:
+                if adoptions.active():
+                    self.log.info("Worker %s: waiting for %d adopted execution(s)", self.name, len(adoptions.active()))
+                adoptions.wait()
+            except BaseException as exc:  # second SIGTERM: stop them, write their outcomes
+                interrupted = exc
+                adoptions.shut_down(runtime_module.current().settings.stop_grace_seconds + 30)
+        if self._beats is not None:
+            self._beats.stop()
+        try:
+            super().teardown()
+        except _REDIS_DOWN as exc:
+            self.log.warning("Worker %s: could not register its death (%s); its heartbeat will age out", self.name, exc)
+        if interrupted is not None:
+            raise interrupted
+
+    def clean_registries(self) -> None:
+        if self._reaper is not None:
+            self._reaper.run_once()  # before rq can call a dead worker's job abandoned
+        super().clean_registries()
+
+    # -- Redis outages ---------------------------------------------------------------
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None, raise_errors: bool = False) -> None:
+        if pipeline is not None or raise_errors:
+            return super().heartbeat(timeout, pipeline=pipeline)
+        try:
+            super().heartbeat(timeout)
+        except _REDIS_DOWN as exc:
+            self.log.debug("Worker %s: heartbeat failed: %s", self.name, exc)
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        if pipeline is not None:
+            return super().set_state(state, pipeline=pipeline)
+        try:
+            super().set_state(state)
+        except _REDIS_DOWN as exc:
+            self._state = state
+            self.log.debug("Worker %s: state %s not saved: %s", self.name, state, exc)
+
+    def check_for_suspension(self, burst: bool) -> None:
+        failures = 0
+        while True:
+            try:
+                return super().check_for_suspension(burst)
+            except _REDIS_DOWN as exc:
+                failures += 1
+                pause = _BACKOFF.compute(failures)
+                self.log.error("Worker %s: Redis unreachable (%s); retrying in %.1fs", self.name, exc, pause)
+                time.sleep(pause)
+
+    def run_maintenance_tasks(self) -> None:
+        try:
+            super().run_maintenance_tasks()
+        except _REDIS_DOWN as exc:
+            self.last_cleaned_at = now()
+            self.log.warning("Worker %s: maintenance skipped, Redis unreachable: %s", self.name, exc)
+
+    def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
+        self._performed_job_id = job.id
+        return super().perform_job(job, queue, execution)
+
+    def execute_job(self, job: Job, queue: Queue) -> None:
+        self._performed_job_id = None
+        try:
+            super().execute_job(job, queue)
+        except _REDIS_DOWN as exc:
+            self.log.error("Worker %s: Redis failed around job %s (%s); settling it once Redis is back", self.name, job.id, exc)
+            self._wait_for_redis()
+            self._settle_after_outage(job, queue)
+
+    def _wait_for_redis(self) -> None:
+        failures = 0
+        while True:
+            try:
+                self.connection.ping()
+                return
+            except _REDIS_DOWN:
+                failures += 1
+                time.sleep(_BACKOFF.compute(failures))
+
+    def _settle_after_outage(self, job: Job, queue: Queue) -> None:
+        """The job's rq bookkeeping was cut short by a Redis outage: finish it from its outcome."""
+        conn = self.connection
+        keys = runtime_module.current().keys
+        entries = [parse_composite_key(as_text(e)) for e in conn.zrange(queue.started_job_registry.key, 0, -1)]
+        executions = [
+            e for e in list(self.executions.values()) if e.job_id == job.id
+        ] or [settle.rq_execution(conn, j, x, self.name) for j, x in entries if j == job.id]
+        execution = executions[0] if executions else None
+        raw = conn.lindex(keys.outcome(job.id), 0)
+        status = job.get_status(refresh=True)
+        if raw is not None:
+            outcome = Outcome.model_validate_json(raw)
+            if status == JobStatus.STARTED and execution is not None:
+                summary = {"execution_id": job.id, "status": outcome.status.value, "exit_code": outcome.exit_code}
+                settle.finish(self, job, queue, execution, summary)
+        elif self._performed_job_id != job.id and status in (JobStatus.STARTED, JobStatus.QUEUED):
+            with conn.pipeline() as pipe:
+                pipe.lrem(queue.intermediate_queue_key, 1, job.id)
+                pipe.execute()
+            settle.requeue(conn, job, queue, execution, {})
+            self.log.warning("Worker %s: job %s never ran; put back on its queue", self.name, job.id)
+        elif status == JobStatus.STARTED and execution is not None:
+            channels = runtime_module.current().channels(job.id, job)
+            channels.finish(
+                Outcome.failure(job.id, ExecutionStatus.ERROR, "redis_unavailable", "Redis was unreachable for too long")
+            )
+            settle.fail(self, job, queue, execution, "dockrq: Redis was unreachable while the job ended")
+        for e in executions:
+            self.executions.pop(e.id, None)
+        self.set_state("idle")
+
+    # -- Docker outages ---------------------------------------------------------------
+
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        self._wait_for_docker()
+        return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
+
+    def _wait_for_docker(self) -> None:
+        try:
+            executor = runtime_module.current().executor
+        except Exception:  # noqa: BLE001 - no client at all: the job will say so
+            return
+        is_installed = getattr(executor, "is_installed", None)
+        if is_installed is None or is_installed():
+            return
+        self.log.warning("Worker %s: the Docker daemon does not answer; taking no job until it does", self.name)
+        failures = 0
+        while not is_installed():
+            failures += 1
+            time.sleep(_BACKOFF.compute(failures))
+            self.heartbeat()
+        self.log.info("Worker %s: the Docker daemon is back", self.name)
