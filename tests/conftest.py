@@ -159,3 +159,38 @@ def spawn_worker(redis_url, unique, docker_client, tmp_path):
     client.close()
     for container in docker_client.containers.list(all=True, filters={"label": f"dockrq.executor={executor_id}"}):
         container.remove(force=True)
+
+
+# -- rq-dashboard in process (its Flask test client), as scripts/dashboard.sh configures it ----
+
+
+@pytest.fixture
+def dashboard_json():
+    """``open(redis_url)`` -> ``get(path)`` returning the JSON of an rq-dashboard endpoint.
+
+    The app is built like ``rq-dashboard --json --config worker.dashboard``; the
+    serializer setting is global to rq_dashboard and restored at teardown.
+    """
+    pytest.importorskip("rq_dashboard")
+    from rq.serializers import JSONSerializer
+    from rq_dashboard import web
+    from rq_dashboard.cli import make_flask_app
+
+    saved = web.config.serializer
+
+    def open_dashboard(url: str):
+        app = make_flask_app("worker.dashboard", None, None, "")
+        app.config["RQ_DASHBOARD_REDIS_URL"] = url
+        web.config.serializer = JSONSerializer
+        web.setup_rq_connection(app)
+        client = app.test_client()
+
+        def get(path: str):
+            response = client.get(f"/0{path}")
+            assert response.status_code == 200, (path, response.status_code, response.data[:2000])
+            return response.get_json()
+
+        return get
+
+    yield open_dashboard
+    web.config.serializer = saved
