@@ -12,11 +12,13 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from typing import Any
 
 import docker
+import docker.auth
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
@@ -49,8 +51,10 @@ class DockerClient:
             return False
 
     # -- images ----------------------------------------------------------------
-    def ensure_image(self, image: str, policy: str) -> None:
-        """Make ``image`` present according to the pull policy, within the pull deadline."""
+    def ensure_image(self, image: str, policy: str, handle: PullHandle | None = None) -> None:
+        """Make ``image`` present according to the pull policy, within the pull deadline.
+
+        ``handle.abort()`` from another thread ends a pull in progress (ImagePullError)."""
         if policy != "always":
             try:
                 self.api.inspect_image(image)
@@ -60,13 +64,44 @@ class DockerClient:
                     raise ImagePullError(f"image {image!r} is not present and pull_policy is 'never'") from None
             except DAEMON_ERRORS as exc:
                 raise DaemonError(f"inspecting image {image!r} failed: {exc}") from exc
-        self._pull(image)
+        self._pull(image, handle)
 
-    def _pull(self, image: str) -> None:
+    def _pull(self, image: str, handle: PullHandle | None = None) -> None:
+        # The daemon may hold the response headers back until the registry answers, so
+        # the request itself can block: it runs in a thread the caller stops waiting for
+        # when the execution is stopped or the pull deadline passes.
+        handle = handle or PullHandle()
+        deadline = time.monotonic() + self.pull_timeout
+        failure: list[BaseException] = []
+
+        def pull() -> None:
+            try:
+                self._pull_now(image, handle)
+            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
+                failure.append(exc)
+            finally:
+                handle.done.set()
+
+        threading.Thread(target=pull, name="dockrq-pull", daemon=True).start()
+        while not handle.done.wait(0.1):
+            if handle.aborted:
+                raise ImagePullError(f"pulling {image!r} was cut short: the execution was stopped")
+            if time.monotonic() > deadline + 1:
+                handle.abort()
+                raise ImagePullError(f"pulling {image!r} took longer than {self.pull_timeout:g} s")
+        if failure:
+            raise failure[0]
+        if handle.aborted:
+            raise ImagePullError(f"pulling {image!r} was cut short: the execution was stopped")
+
+    def _pull_now(self, image: str, handle: PullHandle | None) -> None:
         repo, tag = image_reference(image)
         deadline = time.monotonic() + self.pull_timeout
         try:
-            for message in self.api.pull(repo, tag=tag, stream=True, decode=True):
+            response = self._start_pull(repo, tag)
+            if handle is not None:
+                handle.attach(response)
+            for message in self.api._stream_helper(response, decode=True):
                 if "error" in message:
                     raise ImagePullError(f"pulling {image!r} failed: {message['error']}")
                 if time.monotonic() > deadline:
@@ -75,6 +110,20 @@ class DockerClient:
             raise
         except DAEMON_ERRORS as exc:
             raise ImagePullError(f"pulling {image!r} failed: {_explain(exc)}") from exc
+
+    def _start_pull(self, repo: str, tag: str) -> requests.Response:
+        """``APIClient.pull(stream=True)`` minus the generator, so the response can be cut from another thread."""
+        registry, _ = docker.auth.resolve_repository_name(repo)
+        headers = {}
+        header = docker.auth.get_config_header(self.api, registry)
+        if header:
+            headers["X-Registry-Auth"] = header
+        response = self.api._post(
+            self.api._url("/images/create"), params={"fromImage": repo, "tag": tag}, headers=headers,
+            stream=True, timeout=None,
+        )
+        self.api._raise_for_status(response)
+        return response
 
     # -- containers --------------------------------------------------------------
     def create(self, spec: ContainerSpec) -> tuple[str, bool]:
@@ -186,6 +235,47 @@ class DockerClient:
             except DAEMON_ERRORS as exc:
                 errors.append(f"volume {v['Name']}: {exc}")
         return removed[0], removed[1], removed[2], errors
+
+
+class PullHandle:
+    """A pull in progress that another thread may cut short (a cancel while pulling)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._response: requests.Response | None = None
+        self.aborted = False
+        self.done = threading.Event()
+
+    def attach(self, response: requests.Response) -> None:
+        with self._lock:
+            self._response = response
+            aborted = self.aborted
+        if aborted:
+            _cut(response)
+
+    def abort(self) -> None:
+        with self._lock:
+            self.aborted = True
+            response = self._response
+        if response is not None:
+            _cut(response)
+
+
+def _cut(response: requests.Response) -> None:
+    """Unblock a reader stuck in recv on ``response``, then release it."""
+    try:
+        sock = getattr(response.raw._fp.fp.raw, "_sock", None)
+    except AttributeError:
+        sock = None
+    if sock is not None:
+        try:
+            sock.shutdown(socket.SHUT_RDWR)
+        except OSError:
+            pass
+    try:
+        response.close()
+    except OSError:
+        pass
 
 
 class Attached:

@@ -19,7 +19,7 @@ from typing import Any
 
 from schemas import ExecutionRequest, ExecutionResult, ExecutionState, ExecutionStatus
 
-from .client import DAEMON_ERRORS, Attached, DockerClient
+from .client import DAEMON_ERRORS, Attached, DockerClient, PullHandle
 from .errors import DaemonError, DaemonRestarted, ExecutionAlreadyFinished, StartError
 from .oom import OomWatcher
 from .output import OutputLog
@@ -64,6 +64,7 @@ class ExecutionHandler:
         self._timer: threading.Timer | None = None
         self._reader: threading.Thread | None = None
         self._attached: Attached | None = None
+        self._pull = PullHandle()
 
     @property
     def finished(self) -> bool:
@@ -75,7 +76,7 @@ class ExecutionHandler:
         the typed error; on failure the execution is finished with status error."""
         try:
             self.state = ExecutionState.PULLING
-            self._client.ensure_image(self.request.engine.image, self.request.pull_policy)
+            self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
             self.container_id, created = self._client.create(spec)
             must_start = created
             if not created:
@@ -136,6 +137,9 @@ class ExecutionHandler:
             if self._stop_reason is None:
                 self._stop_reason = reason
             running = self._running
+            pulling = self.state == ExecutionState.PULLING
+        if pulling:
+            self._pull.abort()  # a cancel does not wait for a slow (or hung) pull
         if running and self.container_id:
             grace = self._grace if grace is None else grace
             threading.Thread(target=self._stop_container, args=(grace,), daemon=True).start()
@@ -238,6 +242,9 @@ class ExecutionHandler:
 
     # -- end ------------------------------------------------------------------
     def _fail(self, exc: StartError) -> None:
+        if self._stop_reason is not None and self._pull.aborted:
+            self._end_before_running(self._result(self._stop_reason))  # cancelled while pulling
+            return
         self._end_before_running(self._result(ExecutionStatus.ERROR, error_code=exc.code, error_msg=str(exc)))
 
     def _end_before_running(self, result: ExecutionResult) -> None:

@@ -1,0 +1,286 @@
+"""Faults survived: a worker SIGKILLed mid-execution, orphan containers, shutdown while pulling.
+
+Real ``dockrq-worker`` processes, real Redis, real dockerd. Workers run with
+short heartbeat/reap settings (seconds instead of tens of seconds) so each
+scenario ends quickly; the rules are the same as with the defaults.
+"""
+
+from __future__ import annotations
+
+import signal
+import socket
+import threading
+import time
+
+import pytest
+from rq.job import Job, JobStatus
+from rq.registry import FailedJobRegistry, StartedJobRegistry
+from rq.serializers import JSONSerializer
+
+from producer import Producer
+from schemas import ExecutionStatus, Keys, LogBatch
+
+pytestmark = pytest.mark.integration
+
+FAST = {
+    "DOCKRQ_HEARTBEAT_SECONDS": "0.5",
+    "DOCKRQ_REAP_AFTER_SECONDS": "2",
+    "DOCKRQ_REAP_INTERVAL_SECONDS": "0.5",
+    "DOCKRQ_ORPHAN_GRACE_SECONDS": "3",
+}
+
+
+@pytest.fixture
+def producer(redis_url, spawn_worker):
+    with Producer(redis_url, queue=spawn_worker.queue, prefix=spawn_worker.prefix) as p:
+        yield p
+
+
+@pytest.fixture
+def other_node(spawn_worker, docker_client):
+    """Spawn a worker with another executor id on the same daemon (a second node's worker)."""
+    ids = []
+
+    def spawn(**kw):
+        node = f"{spawn_worker.executor_id}-b{len(ids)}"
+        ids.append(node)
+        return spawn_worker("--executor-id", node, env=FAST, **kw)
+
+    yield spawn
+    for node in ids:
+        for c in docker_client.containers.list(all=True, filters={"label": f"dockrq.executor={node}"}):
+            c.remove(force=True)
+
+
+def _request(unique, name, *cmd, **fields):
+    return {
+        "execution_id": f"{name}-{unique}",
+        "engine": {"image": "dockrq-test/busybox:latest", "cmd": list(cmd)},
+        **fields,
+    }
+
+
+def _wait(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _containers(docker_client, execution_id):
+    return docker_client.containers.list(all=True, filters={"label": f"dockrq.execution={execution_id}"})
+
+
+def _replay(redis_client, prefix, execution_id) -> list[LogBatch]:
+    entries = redis_client.xrange(Keys(prefix).log_stream(execution_id))
+    return [LogBatch.model_validate_json(f[b"batch"]) for _, f in entries]
+
+
+def _rq_status(redis_client, execution_id) -> str:
+    return Job.fetch(execution_id, connection=redis_client, serializer=JSONSerializer).get_status(refresh=True).value
+
+
+def _meta(redis_client, execution_id) -> dict:
+    return Job.fetch(execution_id, connection=redis_client, serializer=JSONSerializer).get_meta(refresh=True)
+
+
+def _started_ids(redis_client, queue):
+    return StartedJobRegistry(queue, connection=redis_client).get_job_ids(cleanup=False)
+
+
+# -- SIGKILL mid-execution, same node: the restarted worker adopts ---------------------------------
+
+
+def test_restarted_worker_adopts_the_running_container(
+    spawn_worker, producer, redis_client, docker_client, unique
+):
+    first = spawn_worker(env=FAST)
+    script = "for i in $(seq 1 12); do echo line $i; echo err $i >&2; sleep 0.4; done; exit 7"
+    eid = producer.submit(_request(unique, "adopt", "sh", "-c", script))
+    followed: list[tuple[str, str]] = []
+    follower = threading.Thread(
+        target=lambda: followed.extend((e.stream, e.data) for e in producer.logs(eid, follow=True)), daemon=True
+    )
+    follower.start()
+    _wait(lambda: sum(len(b.entries) for b in _replay(redis_client, spawn_worker.prefix, eid)) >= 4, 20, "first logs")
+    (container,) = _containers(docker_client, eid)
+
+    first.kill()  # SIGKILL: no outcome, no cleanup, the container keeps running
+    container.reload()
+    assert container.status == "running"
+    assert _rq_status(redis_client, eid) == "started"
+    second = spawn_worker(env=FAST)
+
+    got = producer.wait(eid, timeout=40)
+    follower.join(10)
+    assert (got.status, got.exit_code) == (ExecutionStatus.FAILED, 7)
+    assert got.result.container_id == container.id  # followed, never started twice
+    assert got.result.stdout == "".join(f"line {i}\n" for i in range(1, 13))
+    assert got.result.stderr == "".join(f"err {i}\n" for i in range(1, 13))
+    # The log stream continues where the dead worker stopped: no gap, no duplicate.
+    batches = _replay(redis_client, spawn_worker.prefix, eid)
+    entries = [(e.stream, e.data) for b in batches for e in b.entries]
+    assert "".join(d for s, d in entries if s == "stdout") == got.result.stdout
+    assert "".join(d for s, d in entries if s == "stderr") == got.result.stderr
+    seqs = [b.seq for b in batches]
+    assert seqs == [sum(len(b.entries) for b in batches[:i]) for i in range(len(batches))]
+    assert batches[-1].eof and sum(1 for b in batches if b.eof) == 1
+    assert followed == entries
+    # rq agrees (once the adopter has settled the job): finished, nothing left to call abandoned.
+    _wait(lambda: _rq_status(redis_client, eid) == JobStatus.FINISHED.value, 10, "rq job finished")
+    assert eid not in _started_ids(redis_client, spawn_worker.queue)
+    assert eid not in FailedJobRegistry(spawn_worker.queue, connection=redis_client).get_job_ids(cleanup=False)
+    assert "adopting container" in second.output()
+    assert not _containers(docker_client, eid)
+    # The adopter still serves its queue.
+    after = producer.submit(_request(unique, "after-adopt", "echo", "ok"))
+    assert producer.wait(after, timeout=30).status == ExecutionStatus.SUCCEEDED
+
+
+# -- SIGKILL mid-execution, another node's reaper --------------------------------------------------
+
+
+def test_reaper_stops_the_container_and_writes_lost(spawn_worker, other_node, producer, redis_client, docker_client, unique):
+    doomed = spawn_worker(env=FAST)
+    eid = producer.submit(_request(unique, "lost", "sleep", "300"))
+    _wait(lambda: producer.status(eid).state == "running", 20, "running")
+    other_node()  # shares the daemon, not the executor id: it must not adopt, it reaps
+
+    killed_at = time.monotonic()
+    doomed.kill()
+    got = producer.wait(eid, timeout=40)
+    assert time.monotonic() - killed_at < 30
+    assert (got.status, got.error.code) == (ExecutionStatus.LOST, "worker_lost")
+    assert "died while running" in got.error.message
+    _wait(lambda: not _containers(docker_client, eid), 10, "container removed")
+    assert _rq_status(redis_client, eid) == JobStatus.FAILED.value
+    assert eid not in _started_ids(redis_client, spawn_worker.queue)
+    assert redis_client.llen(Keys(spawn_worker.prefix).outcome(eid)) == 1
+
+
+def test_reaper_reenqueues_when_the_request_allows_retries(
+    spawn_worker, other_node, producer, redis_client, docker_client, unique
+):
+    doomed = spawn_worker(env=FAST)
+    eid = producer.submit(_request(unique, "retry", "sh", "-c", "sleep 3; echo finished", retries=1))
+    _wait(lambda: producer.status(eid).state == "running", 20, "running")
+    (first_container,) = _containers(docker_client, eid)
+    other_node()
+
+    doomed.kill()
+    got = producer.wait(eid, timeout=60)
+    assert (got.status, got.result.stdout) == (ExecutionStatus.SUCCEEDED, "finished\n")
+    assert got.result.container_id != first_container.id  # a second, fresh run
+    assert _rq_status(redis_client, eid) == JobStatus.FINISHED.value
+    meta = _meta(redis_client, eid)
+    assert meta["attempts"] == 2 and meta["lost_worker"].startswith(spawn_worker.executor_id)
+    assert not _containers(docker_client, eid)
+
+
+def test_reaper_writes_lost_once_retries_are_used_up(
+    spawn_worker, other_node, producer, redis_client, docker_client, unique
+):
+    doomed = spawn_worker(env=FAST)
+    eid = producer.submit(_request(unique, "twice", "sleep", "300", retries=1))
+    _wait(lambda: producer.status(eid).state == "running", 20, "running")
+    second = other_node()  # reaps it, puts it back on the queue, and runs the retry itself...
+    doomed.kill()
+    _wait(lambda: (_meta(redis_client, eid).get("attempts") == 2
+                   and producer.status(eid).state == "running"), 40, "second attempt running")
+    third = other_node()
+    second.kill()  # ...and dies too: no retry left
+    got = producer.wait(eid, timeout=40)
+    assert (got.status, got.error.code) == (ExecutionStatus.LOST, "worker_lost")
+    _wait(lambda: not _containers(docker_client, eid), 10, "container removed")
+    _wait(lambda: _rq_status(redis_client, eid) == JobStatus.FAILED.value, 10, "rq job failed")
+    assert third.popen.poll() is None
+
+
+# -- orphan containers -------------------------------------------------------------------------------
+
+
+def test_orphan_sweep_removes_unowned_containers_and_spares_owned_ones(
+    spawn_worker, other_node, producer, redis_client, docker_client, test_image, unique
+):
+    owner = spawn_worker(env=FAST)
+    running = producer.submit(_request(unique, "owned", "sleep", "300"))
+    _wait(lambda: producer.status(running).state == "running", 20, "running")
+    keys = Keys(spawn_worker.prefix)
+
+    def orphan(execution_id, executor):
+        return docker_client.containers.run(
+            test_image, ["sleep", "300"], detach=True,
+            labels={"dockrq.executor": executor, "dockrq.execution": execution_id, "dockrq.created": f"{time.time():.3f}"},
+        )
+
+    # An execution that has ended (its outcome is written) but whose container was left behind.
+    ended = f"ended-{unique}"
+    redis_client.rpush(keys.outcome(ended), '{"execution_id": "%s", "status": "succeeded"}' % ended)
+    redis_client.expire(keys.outcome(ended), 600)
+    leftover = orphan(ended, "gone-node")
+    # A container no one in this Redis knows about: another deployment's, left alone.
+    stranger = orphan(f"stranger-{unique}", "elsewhere")
+    try:
+        sweeper = other_node()
+        _wait(lambda: not _containers(docker_client, ended), 20, "leftover container removed")
+        time.sleep(2)  # several more passes
+        stranger.reload()
+        assert stranger.status == "running"
+        (owned,) = _containers(docker_client, running)
+        assert owned.status == "running"
+        assert "removing orphan container" in sweeper.output()
+        assert leftover.id[:12] in sweeper.output()
+    finally:
+        stranger.remove(force=True)
+        producer.cancel(running)
+    assert producer.wait(running, timeout=20).status == ExecutionStatus.CANCELLED
+    assert owner.popen.poll() is None
+
+
+# -- shutdown while the image is still being pulled -----------------------------------------------
+
+
+@pytest.fixture
+def silent_registry():
+    """A 'registry' that accepts connections and never answers: a pull that hangs."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    conns = []
+    stop = threading.Event()
+
+    def accept():
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                conns.append(server.accept()[0])
+            except OSError:
+                continue
+
+    t = threading.Thread(target=accept, daemon=True)
+    t.start()
+    yield f"127.0.0.1:{server.getsockname()[1]}"
+    stop.set()
+    t.join(2)
+    for c in conns:
+        c.close()
+    server.close()
+
+
+def test_second_sigterm_while_pulling_writes_outcome_and_leaves_nothing(
+    spawn_worker, producer, redis_client, docker_client, silent_registry, unique
+):
+    worker = spawn_worker(env=FAST)
+    request = _request(unique, "pulling", "true")
+    request["engine"]["image"] = f"{silent_registry}/dockrq-test/never:latest"
+    eid = producer.submit(request)
+    _wait(lambda: producer.status(eid).state == "pulling", 20, "pulling")
+    worker.signal(signal.SIGTERM)
+    time.sleep(1.5)  # rq ignores a second signal within 1 s of the first
+    assert worker.popen.poll() is None  # warm shutdown waits for the execution
+    worker.signal(signal.SIGTERM)
+    assert worker.wait(20) is not None
+    got = producer.wait(eid, timeout=1)
+    assert (got.status, got.error.code) == (ExecutionStatus.CANCELLED, "worker_shutdown")
+    assert not _containers(docker_client, eid)
+    assert _rq_status(redis_client, eid) == JobStatus.FAILED.value
