@@ -40,6 +40,23 @@ class DockerClient:
         except DockerException as exc:
             raise DockerUnavailableError(f"cannot create a Docker client: {exc}") from exc
         self.pull_timeout = pull_timeout
+        # Images this client has seen present (inspected or pulled): an execution of
+        # one of them skips the inspect. If one is removed meanwhile, create says so
+        # (ImageMissing) and the handler makes it present again and retries.
+        self._present: set[str] = set()
+        # When the daemon last answered a request (any status): see answered_within.
+        self._answered_at = float("-inf")
+        hooks = getattr(self.api, "hooks", None)
+        if isinstance(hooks, dict):  # a requests Session (docker.APIClient is one)
+            hooks.setdefault("response", []).append(self._on_response)
+
+    def _on_response(self, response: requests.Response, *args: Any, **kwargs: Any) -> None:
+        self._answered_at = time.monotonic()
+
+    def answered_within(self, seconds: float) -> bool:
+        """Whether the daemon answered a request of this client in the last ``seconds``:
+        as good as a ping that would have been made then, at no cost."""
+        return time.monotonic() - self._answered_at < seconds
 
     def close(self) -> None:
         self.api.close()
@@ -56,8 +73,11 @@ class DockerClient:
 
         ``handle.abort()`` from another thread ends a pull in progress (ImagePullError)."""
         if policy != "always":
+            if image in self._present:
+                return
             try:
                 self.api.inspect_image(image)
+                self._present.add(image)
                 return
             except ImageNotFound:
                 if policy == "never":
@@ -65,6 +85,7 @@ class DockerClient:
             except DAEMON_ERRORS as exc:
                 raise DaemonError(f"inspecting image {image!r} failed: {exc}") from exc
         self._pull(image, handle)
+        self._present.add(image)
 
     def _pull(self, image: str, handle: PullHandle | None = None) -> None:
         # The daemon may hold the response headers back until the registry answers, so
@@ -134,6 +155,9 @@ class DockerClient:
                 spec.image, name=spec.name, host_config=host_config, **spec.create
             )
             return created["Id"], True
+        except ImageNotFound as exc:
+            self._present.discard(spec.image)
+            raise ImageMissing(f"the daemon refused the container: {_explain(exc)}") from exc
         except APIError as exc:
             if exc.status_code == 409:
                 existing = self.find(spec.name)
@@ -316,6 +340,10 @@ class Attached:
             self._response.close()
         except OSError:
             pass
+
+
+class ImageMissing(ContainerCreateError):
+    """The image is not there (removed since it was last seen): make it present and create again."""
 
 
 def _explain(exc: BaseException) -> str:

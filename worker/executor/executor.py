@@ -97,6 +97,11 @@ class DockerExecutor:
         """Whether the Docker daemon answers; never raises."""
         return self.client.ping()
 
+    def answered_within(self, seconds: float) -> bool:
+        """Whether the daemon answered one of this executor's requests in the last
+        ``seconds`` (no request is made: a cheap stand-in for a fresh is_installed)."""
+        return self.client.answered_within(seconds)
+
     def start(self, request: ExecutionRequest | dict[str, Any]) -> None:
         """Start an execution; returns once its container runs.
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from schemas import ExecutionRequest, ExecutionResult, ExecutionState, ExecutionStatus
 
-from .client import DAEMON_ERRORS, Attached, DockerClient, PullHandle
+from .client import DAEMON_ERRORS, Attached, DockerClient, ImageMissing, PullHandle
 from .errors import DaemonError, DaemonRestarted, ExecutionAlreadyFinished, StartError
 from .oom import OomWatcher
 from .output import OutputLog
@@ -77,7 +77,11 @@ class ExecutionHandler:
         try:
             self.state = ExecutionState.PULLING
             self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
-            self.container_id, created = self._client.create(spec)
+            try:
+                self.container_id, created = self._client.create(spec)
+            except ImageMissing:  # removed since the client last saw it: once more, per the pull policy
+                self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
+                self.container_id, created = self._client.create(spec)
             must_start = created
             if not created:
                 must_start = self._adopt()
