@@ -61,6 +61,7 @@ class ExecutionChannels:
         self._write_outcome = connection.register_script(WRITE_OUTCOME_LUA)
         self._log_lock = threading.Lock()
         self._sent = 0  # log entries shipped so far: the next batch's seq
+        self._logs_stalled = False
         self._eof = False
 
     # -- start-of-run checks -------------------------------------------------
@@ -130,13 +131,25 @@ class ExecutionChannels:
                 return False
             batch = LogBatch(seq=self._sent, entries=list(entries))
             retry = Retry(LOG_RETRY_BACKOFF, retries=-1)
-            retry.call_with_retry(
-                lambda: self._ship(batch),
-                lambda exc: log.warning("execution %s: log batch not shipped yet: %s", self.execution_id, exc),
-                is_retryable=lambda _exc: keep_trying is None or keep_trying.is_set(),
-            )
+            try:
+                retry.call_with_retry(
+                    lambda: self._ship(batch),
+                    self._log_not_shipped,
+                    is_retryable=lambda _exc: keep_trying is None or keep_trying.is_set(),
+                )
+            finally:
+                self._logs_stalled = False
             self._sent += len(entries)
             return True
+
+    def _log_not_shipped(self, exc: Exception) -> None:
+        self._logs_stalled = True
+        log.warning("execution %s: log batch not shipped yet: %s", self.execution_id, exc)
+
+    @property
+    def logs_stalled(self) -> bool:
+        """A log batch is waiting for Redis to come back (the shipper is not idle, it is blocked)."""
+        return self._logs_stalled
 
     def send_eof(self) -> None:
         """The last log message, ``{"seq": total, "eof": true}``; later batches are dropped."""

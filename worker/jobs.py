@@ -63,6 +63,8 @@ LOG_BATCH_ENTRIES = 500
 LOG_BATCH_WAIT_SECONDS = 0.05
 # After the result, the log shipper may keep going while it makes progress; give up after this idle time.
 LOG_DRAIN_IDLE_SECONDS = 5.0
+# ... but while a batch waits for Redis to come back, it keeps waiting (as long as the outcome would).
+LOG_DRAIN_STALLED_SECONDS = 600.0
 
 
 class ExecutionStopped(Exception):
@@ -355,9 +357,11 @@ class LogShipper(threading.Thread):
     def drain(self) -> None:
         """Wait for the remaining logs while they still move; then stop."""
         last, idle_since = self.channels.entries_sent, time.monotonic()
+        give_up = idle_since + LOG_DRAIN_STALLED_SECONDS
         while self.is_alive() and time.monotonic() - idle_since < LOG_DRAIN_IDLE_SECONDS:
             self.join(0.2)
-            if self.channels.entries_sent != last:
+            stalled = getattr(self.channels, "logs_stalled", False) and time.monotonic() < give_up
+            if self.channels.entries_sent != last or stalled:
                 last, idle_since = self.channels.entries_sent, time.monotonic()
         if self.is_alive():
             log.warning("execution %s: log stream did not end; closing it", self.execution_id)

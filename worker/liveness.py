@@ -63,14 +63,20 @@ def identity(executor_id: str) -> dict[str, str]:
     return {FIELD_EXECUTOR: executor_id, FIELD_PID_NS: pid_namespace()}
 
 
+# rq's own TTL for a started entry of a job without timeout (rq.defaults.DEFAULT_WORKER_TTL).
+RQ_MIN_TTL = 420
+
+
 def rq_heartbeat_ttl(settings: WorkerSettings) -> int:
     """TTL of a started job's entry in rq's StartedJobRegistry between two heartbeats.
 
-    rq treats an entry past its TTL as abandoned (failed, no outcome, container
-    left running); the reaper acts after ``reap_after_seconds``, so rq's own
-    cleanup only ever sees what no dockrq worker was alive to reap.
+    rq treats an entry past its TTL as abandoned: failed, no outcome, container
+    left running. The reaper does not wait for that (it judges the owner's
+    heartbeat after ``reap_after_seconds``), so this TTL is only rq's backstop
+    for when no dockrq worker is alive; it stays long so that a Redis outage
+    of a few minutes cannot get a live worker's job failed by rq's cleanup.
     """
-    return int(math.ceil(2 * settings.reap_after_seconds + settings.heartbeat_seconds))
+    return max(RQ_MIN_TTL, int(math.ceil(2 * settings.reap_after_seconds + settings.heartbeat_seconds)))
 
 
 @dataclass(frozen=True)

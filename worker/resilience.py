@@ -6,9 +6,9 @@
   rq worker hash, the current job's started entry, and those of adopted
   executions. A worker is judged dead only when its process is (see
   worker.liveness), never because its main thread was busy stopping a
-  container or writing an outcome. rq's own started-entry TTL is shortened
-  to ``2 * reap_after + heartbeat`` (``get_heartbeat_ttl``), so rq's
-  abandoned-job cleanup cannot leave a job "started" for minutes either.
+  container or writing an outcome. rq's own started-entry TTL stays long
+  (``get_heartbeat_ttl``): the reaper, not rq's abandoned-job cleanup, ends
+  a dead worker's job, within ``reap_after_seconds``.
 - **The reaper** (worker.reaper) runs in its own thread and once before rq's
   registry maintenance, so a dead worker's job is adopted or reaped by dockrq
   before rq would fail it without an outcome.

@@ -1,0 +1,147 @@
+"""Faults survived: Redis restarted mid-execution.
+
+A throwaway redis-server of the test's own (free port, append-only file in
+the test's directory, like the compose file's Redis) is SIGKILLed while an
+execution runs and started again on the same port. The container ends while
+Redis is down; its outcome is written once Redis is back, the waiter and the
+log follower that were blocked on Redis reconnect and get everything, and the
+workers (busy and idle) carry on serving.
+"""
+
+from __future__ import annotations
+
+import shutil
+import signal
+import socket
+import subprocess
+import threading
+import time
+
+import pytest
+import redis
+from rq import Queue, Worker
+from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
+
+from producer import Producer
+from schemas import ExecutionStatus
+
+pytestmark = pytest.mark.integration
+
+FAST = {
+    "DOCKRQ_HEARTBEAT_SECONDS": "0.5",
+    "DOCKRQ_REAP_AFTER_SECONDS": "2",
+    "DOCKRQ_REAP_INTERVAL_SECONDS": "0.5",
+}
+
+
+class RedisServer:
+    """A redis-server process on a fixed port that can be killed and started again."""
+
+    def __init__(self, directory) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.dir = directory
+        self.proc: subprocess.Popen | None = None
+        self.url = f"redis://127.0.0.1:{self.port}/0"
+
+    def start(self) -> None:
+        self.proc = subprocess.Popen(
+            [
+                shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
+                "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir),
+            ],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        client = redis.Redis(port=self.port)
+        deadline = time.monotonic() + 10
+        while True:
+            try:
+                client.ping()
+                break
+            except redis.ConnectionError:
+                assert time.monotonic() < deadline, "redis-server did not start"
+                time.sleep(0.05)
+        client.close()
+
+    def kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGKILL)
+            self.proc.wait(10)
+
+
+@pytest.fixture
+def own_redis(tmp_path):
+    server = RedisServer(tmp_path)
+    server.start()
+    yield server
+    server.kill()
+
+
+def _wait(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def test_redis_restart_mid_execution(own_redis, spawn_worker, unique, test_image):
+    client = redis.Redis.from_url(own_redis.url)
+    queue = Queue(spawn_worker.queue, connection=client)
+    busy = spawn_worker("--redis-url", own_redis.url, ready=False, env=FAST)
+    idle = spawn_worker("--redis-url", own_redis.url, ready=False, env=FAST)
+    third = spawn_worker("--redis-url", own_redis.url, ready=False, env=FAST)  # idle through the outage
+    _wait(lambda: len(Worker.all(queue=queue)) == 3, 20, "three workers listening")
+    producer = Producer(own_redis.url, queue=spawn_worker.queue, prefix=spawn_worker.prefix)
+    eid = producer.submit({
+        "execution_id": f"through-{unique}",
+        "engine": {"image": test_image, "cmd": ["sh", "-c", "echo before; sleep 3; echo after >&2"]},
+    })
+    quiet = producer.submit({  # ends without output: its outcome write itself waits for Redis
+        "execution_id": f"quiet-{unique}", "engine": {"image": test_image, "cmd": ["sh", "-c", "sleep 3; exit 3"]},
+    })
+    waited: list = []
+    followed: list = []
+    waiter = threading.Thread(target=lambda: waited.append(producer.wait(eid, timeout=120)), daemon=True)
+    follower = threading.Thread(
+        target=lambda: followed.extend((e.stream, e.data) for e in producer.logs(eid, follow=True)), daemon=True
+    )
+    waiter.start()
+    follower.start()
+    _wait(lambda: ("stdout", "before\n") in followed, 30, "the first log line")
+    _wait(lambda: producer.status(quiet).state == "running", 30, "the second execution running")
+
+    own_redis.kill()  # mid-execution; the container ends while Redis is away (after 3 s)
+    time.sleep(10)
+    assert waited == []
+    back_at = time.time()
+    own_redis.start()
+
+    waiter.join(60)
+    follower.join(30)
+    assert not waiter.is_alive() and not follower.is_alive()
+    (got,) = waited
+    assert (got.status, got.result.stdout, got.result.stderr) == (ExecutionStatus.SUCCEEDED, "before\n", "after\n")
+    assert followed == [("stdout", "before\n"), ("stderr", "after\n")]
+    job = Job.fetch(eid, connection=client, serializer=JSONSerializer)
+    _wait(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, "rq job finished")
+    # The execution ended while Redis was away; what it produced was kept and written on its return.
+    assert got.result.finished_at.timestamp() < back_at
+    assert "not shipped yet" in busy.output() + idle.output() + third.output()
+    late = producer.wait(quiet, timeout=30)
+    assert (late.status, late.exit_code) == (ExecutionStatus.FAILED, 3)
+    assert late.result.finished_at.timestamp() < back_at
+    assert Job.fetch(quiet, connection=client, serializer=JSONSerializer).get_status(refresh=True) == JobStatus.FINISHED
+
+    # Every worker is still there, and they serve again.
+    assert [w.popen.poll() for w in (busy, idle, third)] == [None, None, None]
+    ids = [
+        producer.submit({"execution_id": f"after-{i}-{unique}", "engine": {"image": test_image, "cmd": ["echo", str(i)]}})
+        for i in range(4)
+    ]
+    assert [producer.wait(i, timeout=60).status for i in ids] == [ExecutionStatus.SUCCEEDED] * 4
+    ran_on = {Job.fetch(i, connection=client, serializer=JSONSerializer).get_meta()["worker"] for i in ids}
+    assert len(ran_on) >= 1
+    producer.close()
+    client.close()
