@@ -15,6 +15,7 @@ import logging
 import signal
 from typing import Any
 
+import redis
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
@@ -69,6 +70,21 @@ class DockrqWorker(ResilientWorker, SimpleWorker):
             if runtime.worker is self:
                 runtime.worker = None
                 runtime.close()
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None, raise_errors: bool = False) -> None:
+        """rq's heartbeat is three commands (HSET, EXPIRE, EXPIRE) sent one by one, and rq
+        heartbeats three times between two jobs: here each is one pipeline, one round trip.
+        A Redis outage is ridden out as ResilientWorker does (raised only with ``raise_errors``)."""
+        if pipeline is not None:
+            return super().heartbeat(timeout, pipeline=pipeline)
+        with self.connection.pipeline() as pipe:
+            super().heartbeat(timeout, pipeline=pipe)
+            try:
+                pipe.execute()
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if raise_errors:
+                    raise
+                self.log.debug("Worker %s: heartbeat failed: %s", self.name, exc)
 
     def heartbeat_current_job(self) -> None:
         """What a forking worker's parent does while it waits for the horse."""
