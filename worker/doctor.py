@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 import redis
 
-from schemas import ExecutionRequest, ExecutionStatus
+from schemas import ExecutionRequest, ExecutionStatus, Keys
 from worker.executor import DockerUnavailableError, ExecutorError, new_executor
 
 from .settings import WorkerSettings
@@ -48,16 +48,34 @@ def check_redis(settings: WorkerSettings) -> Check:
     target = redis_target(connection)
     try:
         version = str(connection.info("server").get("redis_version", "0"))
+        numbers = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
+        if numbers < MIN_REDIS_VERSION:
+            return Check("redis", False, f"{target}: Redis {version} is too old; 6.2 or newer is needed (BLMOVE)")
+        problem = _control_subscription_problem(connection, settings)
     except redis.AuthenticationError as exc:
         return Check("redis", False, f"{target}: authentication failed ({exc})")
     except redis.RedisError as exc:
         return Check("redis", False, f"{target}: not reachable ({exc})")
     finally:
         connection.close()
-    numbers = tuple(int(p) for p in version.split(".")[:2] if p.isdigit())
-    if numbers < MIN_REDIS_VERSION:
-        return Check("redis", False, f"{target}: Redis {version} is too old; 6.2 or newer is needed (BLMOVE)")
+    if problem:
+        return Check("redis", False, f"{target}: {problem}")
     return Check("redis", True, f"{target}: Redis {version}")
+
+
+def _control_subscription_problem(connection: redis.Redis, settings: WorkerSettings) -> str | None:
+    """A worker hears cancels through one PSUBSCRIBE; an ACL user may lack it (Redis
+    allows a pattern subscription only when that very pattern is in the user's channels)."""
+    pattern = Keys(settings.prefix).control_channel("*")
+    pubsub = connection.pubsub()
+    try:
+        pubsub.psubscribe(pattern)
+        pubsub.get_message(timeout=5)
+    except redis.exceptions.NoPermissionError:
+        return f"the Redis user may not PSUBSCRIBE {pattern} (cancels would not reach the worker): add '&{pattern}' to its ACL"
+    finally:
+        pubsub.close()
+    return None
 
 
 def check_docker(settings: WorkerSettings) -> Check:

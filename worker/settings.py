@@ -69,7 +69,8 @@ def _split_list(value: Any) -> Any:
 class WorkerSettings(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
-    redis_url: Name = DEFAULT_REDIS_URL
+    # rediss:// URLs carry a user, a password and CA/cert file paths: far beyond a name's length
+    redis_url: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=4096)] = DEFAULT_REDIS_URL
     queues: tuple[Name, ...] = Field(default=(DEFAULT_QUEUE,), min_length=1, description="priority order")
     prefix: Name = DEFAULT_PREFIX
     retention_seconds: int = Field(default=DEFAULT_RETENTION_SECONDS, ge=1)

@@ -61,7 +61,8 @@ class TlsRedis:
 def tls_redis(tmp_path_factory):
     if shutil.which("openssl") is None or shutil.which("redis-server") is None:
         pytest.fail("openssl and redis-server are needed (scripts/setup.sh installs them)")
-    d = tmp_path_factory.mktemp("tls")
+    # a long path on purpose: real URLs with a user, a password and file paths are long
+    d = tmp_path_factory.mktemp("tls-certificates-of-a-throwaway-test-ca-kept-only-for-this-test-module")
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
              "-days", "1", "-subj", "/CN=dockrq throwaway test CA", cwd=d)
     _openssl("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr",
@@ -133,6 +134,7 @@ def test_worker_producer_cli_and_dashboard_over_tls_with_an_acl_user(
     tls_redis, tls_worker, spawn_worker, test_image, unique, dashboard_json
 ):
     url = tls_redis.url()
+    assert len(url) > 160
     # the server really is TLS-only and password-protected
     with pytest.raises(redis.ConnectionError):
         redis.Redis(port=tls_redis.port, socket_timeout=2).ping()
@@ -165,7 +167,7 @@ def test_worker_producer_cli_and_dashboard_over_tls_with_an_acl_user(
     assert f"tls-cli-{unique}" in listed.stdout and f"tls-py-{unique}" in listed.stdout
 
     # the worker's own checks
-    doctor = _run(str(BIN / "dockrq-worker"), "doctor", "--redis-url", url)
+    doctor = _run(str(BIN / "dockrq-worker"), "doctor", "--redis-url", url, "--prefix", spawn_worker.prefix)
     assert doctor.stdout.startswith(f"ok    redis     rediss://127.0.0.1:{tls_redis.port}/0: Redis "), doctor.stdout
     assert PASSWORD not in doctor.stdout + doctor.stderr
 
@@ -199,3 +201,13 @@ def test_wrong_credentials_or_certificate_are_one_clear_line(tls_redis, spawn_wo
     # the ACL user may not touch keys outside rq's and dockrq's
     with pytest.raises(redis.exceptions.NoPermissionError):
         tls_redis.client().set("elsewhere", 1)
+
+    # a user whose ACL lacks the control channels' pattern: the worker says so instead of missing cancels
+    admin = redis.Redis.from_url(tls_redis.url(user="", password=ADMIN_PASSWORD))
+    admin.execute_command("ACL", "SETUSER", "nocancel", "on", ">nocancel-pw", "~rq:*", "~p-*", "&rq:*", "&p-*", "+@all")
+    admin.close()
+    url = tls_redis.url(user="nocancel", password="nocancel-pw")
+    worker = _run(str(BIN / "dockrq-worker"), "--redis-url", url, "--prefix", spawn_worker.prefix, "--burst", timeout=60)
+    pattern = f"{spawn_worker.prefix}:exec:*:control"
+    assert worker.returncode == 1 and worker.stderr.count("\n") == 1, worker.stderr
+    assert f"the Redis user may not PSUBSCRIBE {pattern}" in worker.stderr and f"add '&{pattern}' to its ACL" in worker.stderr
