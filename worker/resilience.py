@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 
 _REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError)
 _BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.25)
+# Before taking a job the daemon must answer; an answer this recent counts (see _wait_for_docker).
+DOCKER_FRESH_SECONDS = 1.0
 
 
 class Heartbeat(threading.Thread):
@@ -246,6 +248,11 @@ class ResilientWorker:
         try:
             executor = runtime_module.current().executor
         except Exception:  # noqa: BLE001 - no client at all: the job will say so
+            return
+        # The daemon answered a moment ago (the last job's remove, usually): that is the
+        # ping's answer already, and saves a daemon round trip per job.
+        answered_within = getattr(executor, "answered_within", None)
+        if answered_within is not None and answered_within(DOCKER_FRESH_SECONDS):
             return
         is_installed = getattr(executor, "is_installed", None)
         if is_installed is None or is_installed():

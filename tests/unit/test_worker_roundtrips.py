@@ -39,3 +39,30 @@ def test_a_heartbeat_rides_out_a_redis_outage_unless_asked_to_raise(worker, monk
     worker.heartbeat()  # logged, not raised: the worker keeps going
     with pytest.raises(redis.ConnectionError):
         worker.heartbeat(raise_errors=True)
+
+
+class _Daemon:
+    """What the worker asks the executor before taking a job."""
+
+    def __init__(self, answered_recently: bool) -> None:
+        self.answered_recently = answered_recently
+        self.pings = 0
+
+    def answered_within(self, seconds: float) -> bool:
+        return self.answered_recently
+
+    def is_installed(self) -> bool:
+        self.pings += 1
+        return True
+
+
+@pytest.mark.parametrize(("recent", "pings"), [(True, 0), (False, 1)])
+def test_no_ping_before_a_job_when_the_daemon_just_answered(worker, monkeypatch, recent, pings):
+    from worker import runtime as runtime_module
+    from worker.runtime import WorkerRuntime
+    from worker.settings import WorkerSettings
+
+    daemon = _Daemon(recent)
+    monkeypatch.setattr(runtime_module, "_current", WorkerRuntime(WorkerSettings.load({}), executor=daemon))
+    worker._wait_for_docker()
+    assert daemon.pings == pings
