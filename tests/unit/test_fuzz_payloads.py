@@ -329,3 +329,30 @@ def test_producer_lookups_of_odd_ids_say_not_found(producer, execution_id):
     for call in (producer.status, producer.cancel, lambda i: producer.wait(i, timeout=0.01), producer.logs):
         with pytest.raises(ExecutionNotFound):
             call(execution_id)
+
+
+# -- the worst cases, named ------------------------------------------------------------------------
+
+
+def test_validation_messages_stay_short_whatever_the_request(world, producer):
+    redis, rt, executor = world
+    redis.flushall()
+    many_bad = {**VALID, "engine": {**VALID["engine"], "cmd": [1] * 200_000}, "x" * 100_000: 1}
+    with pytest.raises(InvalidRequest) as info:
+        producer.submit(many_bad)
+    message = str(info.value)
+    assert message.startswith("engine.cmd.0: Input should be a valid string; engine.cmd.1: ")
+    assert message.endswith("199991 more errors: not listed") and len(message) < 2000
+
+    ExecutionRun(rt, None, many_bad).run()
+    (raw,) = redis.lrange(KEYS.outcome("fz-ok"), 0, -1)
+    assert Outcome.model_validate_json(raw).error.message == message
+
+
+def test_json_nested_too_deeply_is_an_invalid_request_not_a_crash(world, producer):
+    deep = "[" * 200_000 + "]" * 200_000
+    with pytest.raises(InvalidRequest, match="^request: not a JSON document: nested too deeply"):
+        producer.submit(deep)
+    redis, rt, executor = world
+    summary = ExecutionRun(rt, None, deep).run()
+    assert summary == {"execution_id": None, "status": "rejected", "exit_code": None}
