@@ -17,10 +17,12 @@ Two guards keep a live worker from being taken for dead:
   heartbeat_seconds`` of it (NTP).
 
 A worker on the same host and in the same PID namespace (a restarted worker,
-a sibling in a ``--pool``) is judged at once by its PID: if that process is
-gone (or a zombie, or is this very process under another name) it is dead.
+a sibling in a ``--pool``) can be judged at once by its PID: if that process
+is gone (or a zombie, or is this very process under another name) it is dead.
 This is what lets a restarted worker adopt its predecessor's containers
-without waiting for the heartbeat to age.
+without waiting for the heartbeat to age. Only a worker that would adopt (same
+executor id) uses it; others wait for the heartbeat to age, so a restarting
+worker gets the first chance to adopt rather than see its containers stopped.
 """
 
 from __future__ import annotations
@@ -137,12 +139,15 @@ class Liveness:
             (seconds, micros), info = pipe.execute()
         return seconds + micros / 1e6, float(info.get("uptime_in_seconds", 0))
 
-    def is_dead(self, state: WorkerState, now: float, uptime: float) -> bool:
+    def is_dead(self, state: WorkerState, now: float, uptime: float, *, by_pid: bool = True) -> bool:
+        """Whether ``state``'s worker is gone. ``by_pid=False`` ignores the same-host PID check:
+        a reaper that would stop (not adopt) the owner's containers waits for the heartbeat
+        to age, which gives a restarting owner the time to adopt them first."""
         if state.name == self.worker_name:
             return False
         if state.died:
             return True
-        local = self._local_verdict(state)
+        local = self._local_verdict(state) if by_pid else None
         if local is not None:
             return local
         if uptime < self.reap_after:

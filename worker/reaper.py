@@ -208,7 +208,9 @@ class Reaper:
         states = self.liveness.states(owners)
         for (job_id, execution_id), owner in zip(entries, owners, strict=True):
             state = states.get(owner)
-            if state is None or not self.liveness.is_dead(state, now, uptime):
+            # Only a would-be adopter (same executor id) may judge by PID at once.
+            adopter = state is not None and state.executor_id == self.settings.executor_id
+            if state is None or not self.liveness.is_dead(state, now, uptime, by_pid=adopter):
                 continue
             self._reap(queue, job_id, execution_id, state, docker, report)
 
@@ -362,7 +364,7 @@ class Reaper:
                 continue  # not this deployment's: another prefix or queue set, a standalone executor
             elif status == JobStatus.STARTED.value:
                 state = states.get(owner)
-                if state is None or self.liveness.is_dead(state, now, uptime):
+                if state is None or self.liveness.is_dead(state, now, uptime, by_pid=False):
                     continue  # the started-jobs pass adopts or reaps it
                 if state.executor_id and executor and state.executor_id != executor:
                     self._sweep_one(docker, c, execution_id, f"its execution now runs on {state.executor_id}", report)
