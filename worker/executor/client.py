@@ -40,6 +40,11 @@ class DockerClient:
         except DockerException as exc:
             raise DockerUnavailableError(f"cannot create a Docker client: {exc}") from exc
         self.pull_timeout = pull_timeout
+        if str(getattr(self.api, "base_url", "")).startswith("http+docker://"):
+            # A local socket (unix, npipe, ssh): no HTTP proxy or netrc entry applies to it,
+            # yet requests would look for them in the whole environment on every call
+            # (a third of the client-side CPU of a Docker call, measured).
+            self.api.trust_env = False
         # Images this client has seen present (inspected or pulled): an execution of
         # one of them skips the inspect. If one is removed meanwhile, create says so
         # (ImageMissing) and the handler makes it present again and retries.
