@@ -72,6 +72,27 @@ class DockerClient:
         except DAEMON_ERRORS:
             return False
 
+    def accepts_connections(self) -> bool:
+        """Whether the daemon answers on a *new* connection.
+
+        A dockerd that is shutting down closes its API listener first and then
+        stops the containers, still answering on connections already open (a
+        pending wait returns the stopped container's exit code): only a fresh
+        connection tells that the daemon is going away.
+        """
+        if getattr(self.api, "base_url", None) != _env_base_url():
+            return self.ping()  # a client made elsewhere: its own connection is all we know
+        try:
+            fresh = docker.APIClient(**docker.utils.kwargs_from_env(), version=self.api.api_version, timeout=5)
+        except DAEMON_ERRORS:
+            return False
+        try:
+            return bool(fresh.ping())
+        except DAEMON_ERRORS:
+            return False
+        finally:
+            fresh.close()
+
     # -- images ----------------------------------------------------------------
     def ensure_image(self, image: str, policy: str, handle: PullHandle | None = None) -> None:
         """Make ``image`` present according to the pull policy, within the pull deadline.
@@ -349,6 +370,14 @@ class Attached:
 
 class ImageMissing(ContainerCreateError):
     """The image is not there (removed since it was last seen): make it present and create again."""
+
+
+def _env_base_url() -> str | None:
+    """The base URL docker-py gives a client made from the environment (as DockerClient() is)."""
+    try:
+        return docker.APIClient(**docker.utils.kwargs_from_env(), version="1.41").base_url
+    except DAEMON_ERRORS:
+        return None
 
 
 def _explain(exc: BaseException) -> str:

@@ -180,7 +180,10 @@ class ExecutionHandler:
         return and follow the container if it survived (live-restore)."""
         while True:
             try:
-                return self._client.wait(self.container_id), None
+                exit_code = self._client.wait(self.container_id)
+                if not self._stopped_by_daemon_shutdown(exit_code):
+                    return exit_code, None
+                log.warning("execution %s: the Docker daemon is shutting down and stopped the container", self.execution_id)
             except DAEMON_ERRORS as exc:
                 log.warning("execution %s: lost the daemon while waiting: %s", self.execution_id, exc)
             deadline = time.monotonic() + DAEMON_RECOVERY_SECONDS
@@ -199,6 +202,14 @@ class ExecutionHandler:
                     # killed by the restart, not by its own doing
                     return None, DaemonRestarted("the Docker daemon restarted and stopped the container")
                 return int(state.get("ExitCode", -1)), None
+
+    def _stopped_by_daemon_shutdown(self, exit_code: int) -> bool:
+        """A signal death nobody here asked for, while the daemon stops taking connections:
+        dockerd is going down (without live-restore it stops every container first)."""
+        if exit_code < 128 or self._stop_reason is not None:
+            return False
+        accepts = getattr(self._client, "accepts_connections", None)
+        return accepts is not None and not accepts()
 
     def _drain(self) -> None:
         if self._reader is not None:
