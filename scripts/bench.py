@@ -492,6 +492,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         TimeElapsedColumn(), console=console, transient=False,
     )
     started = time.time()
+    load_before = os.getloadavg()
     try:
         with progress:
             # -- throughput and latency: raw vs dockrq, alternating rounds --
@@ -574,6 +575,8 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "wake_samples": args.wake_samples, "image": args.image, "seconds": round(time.time() - started, 1),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "machine": _machine(),
+        # other work on the machine skews every figure: the 1-minute load average around the run
+        "loadavg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
     }
     return result
 
@@ -627,6 +630,9 @@ def render(result: dict[str, Any], console: Console) -> None:
     other.add_row("worker RSS baseline / peak",
                   f"{d['rss']['worker_baseline_rss_mb']:.1f} / {d['rss']['worker_peak_rss_mb']:.1f} MB "
                   f"({d['rss']['output_bytes'] >> 20} MiB written)")
+    run = result["run"]
+    other.add_row("machine", f"{run['machine'].get('cpus')} CPUs, docker {run['machine'].get('docker')}, "
+                  f"redis {run['machine'].get('redis')}; load {run['loadavg_1m'][0]} -> {run['loadavg_1m'][1]}")
     console.print(other)
 
     targets = Table(title="targets (issue 5)")
@@ -657,7 +663,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     defaults = {
         # full run / quick run
-        "samples": (60, 8), "rounds": (3, 1), "log_lines": (200_000, 20_000), "log_rounds": (3, 1),
+        "samples": (60, 8), "rounds": (6, 1), "log_lines": (200_000, 20_000), "log_rounds": (3, 1),
         "rss_bytes": (1 << 30, 64 << 20), "enqueue": (20_000, 2_000), "enqueue_batch": (1_000, 1_000),
         "wake_samples": (200, 30),
     }
