@@ -125,7 +125,9 @@ class WorkerSlot:
         self.name = ""
         self.starts = 0
         self.killed_on_purpose = False
+        self.restarting = False
         self.crashes = 0
+        self.refusals = 0
 
     def start(self) -> None:
         s = self.session
@@ -144,6 +146,13 @@ class WorkerSlot:
         log.close()
         self.starts += 1
         self.killed_on_purpose = False
+
+    def was_serving(self) -> bool:
+        path = self.session.tmp / f"worker-{self.index}-r{self.starts - 1}.log"
+        try:
+            return "Listening on" in path.read_text(errors="replace")
+        except OSError:
+            return False
 
     def log_tail(self) -> str:
         path = self.session.tmp / f"worker-{self.index}-r{self.starts - 1}.log"
@@ -238,6 +247,7 @@ class Report:
     orphan_containers: int = 0
     worker_kills: int = 0
     worker_crashes: int = 0
+    worker_start_refusals: int = 0
     redis_restarts: int = 0
     dockerd_restarts: int = 0
     recover_seconds: dict[str, float | None] = field(default_factory=dict)
@@ -245,7 +255,7 @@ class Report:
 
     @property
     def ok(self) -> bool:
-        return not (self.duplicates or self.hung_waiters or self.orphan_containers or self.missing)
+        return not (self.duplicates or self.hung_waiters or self.orphan_containers or self.missing or self.worker_crashes)
 
 
 class Session:
@@ -402,7 +412,7 @@ class Session:
 
         def after() -> None:
             time.sleep(delay)
-            slot.start()
+            self.restart(slot)
             deadline = time.monotonic() + 120
             pending = set(owned)
             while pending and time.monotonic() < deadline:
@@ -415,6 +425,23 @@ class Session:
                 self.recoveries["worker_kill"].append(round(time.monotonic() - killed_at, 2))
 
         threading.Thread(target=after, daemon=True).start()
+
+    def restart(self, slot: WorkerSlot) -> None:
+        """Start the slot's worker again once Redis and dockerd answer (as a process manager with backoff)."""
+        slot.restarting = True
+        try:
+            deadline = time.monotonic() + 120
+            while time.monotonic() < deadline:
+                try:
+                    self.client.ping()
+                    if docker_up():
+                        break
+                except redis.RedisError:
+                    pass
+                time.sleep(0.5)
+            slot.start()
+        finally:
+            slot.restarting = False
 
     def restart_redis(self) -> None:
         say(f"SIGKILL redis-server; down for {self.args.redis_down:g}s")
@@ -460,15 +487,17 @@ class Session:
                 self.kill_one()
                 next_kill = time.monotonic() + self.rng.uniform(*self.args.kill_every)
             for slot in self.slots:
-                if not slot.alive() and not slot.killed_on_purpose:
-                    slot.crashes += 1
-                    tail = slot.log_tail()
-                    say(f"worker {slot.name} exited on its own (code {slot.proc.returncode}: {tail}); restarting it")
-                    slot.start()
+                if not slot.alive() and not slot.killed_on_purpose and not slot.restarting:
+                    if slot.was_serving():
+                        slot.crashes += 1
+                        say(f"worker {slot.name} CRASHED (code {slot.proc.returncode}: {slot.log_tail()})")
+                    else:  # refused to start: Redis or Docker was away (a process manager retries)
+                        slot.refusals += 1
+                    threading.Thread(target=self.restart, args=(slot,), daemon=True).start()
             time.sleep(0.2)
         for slot in self.slots:
-            if not slot.alive():
-                slot.start()
+            if not slot.alive() and not slot.restarting:
+                self.restart(slot)
         self.settle()
         self.report.duration_seconds = round(time.monotonic() - began, 1)
         return self.report
@@ -505,6 +534,7 @@ class Session:
         r.orphan_containers = len(left)
         self.stop_monitor.set()
         r.worker_crashes = sum(s.crashes for s in self.slots)
+        r.worker_start_refusals = sum(s.refusals for s in self.slots)
         r.recover_seconds = {
             "worker_kill_max": max(self.recoveries["worker_kill"], default=None),
             "redis_restart": next(iter(self.recoveries["redis_restart"]), None),
