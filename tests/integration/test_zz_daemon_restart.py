@@ -92,6 +92,11 @@ def test_dockerd_restart_mid_execution(restartable_dockerd, spawn_worker, redis_
             time.sleep(0.1)
 
         stop_dockerd()
+        # Submitted while the daemon is away: it waits (in the queue or in its start) and runs once it is back.
+        meanwhile = producer.submit({
+            "execution_id": f"while-dockerd-down-{unique}", "engine": {"image": test_image, "cmd": ["echo", "later"]},
+        })
+        time.sleep(2)
         start_dockerd()
 
         got = producer.wait(eid, timeout=120)
@@ -99,6 +104,9 @@ def test_dockerd_restart_mid_execution(restartable_dockerd, spawn_worker, redis_
         assert got.error.code == "daemon_restarted", got.error
         assert got.result.stdout == "started\n"
         assert worker.popen.poll() is None
+
+        waited = producer.wait(meanwhile, timeout=90)
+        assert (waited.status, waited.result.stdout) == (ExecutionStatus.SUCCEEDED, "later\n")
 
         # The worker (its Docker client and OOM watcher) serves again.
         again = producer.submit({"execution_id": f"after-dockerd-{unique}", "engine": {"image": test_image, "cmd": ["echo", "back"]}})

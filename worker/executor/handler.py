@@ -17,6 +17,8 @@ from concurrent.futures import Future
 from datetime import datetime, timezone
 from typing import Any
 
+import requests
+
 from schemas import ExecutionRequest, ExecutionResult, ExecutionState, ExecutionStatus
 
 from .client import DAEMON_ERRORS, Attached, DockerClient, ImageMissing, PullHandle
@@ -33,6 +35,17 @@ DAEMON_RECOVERY_SECONDS = 60.0
 # After the container stops, its output is drained within this time at most.
 DRAIN_SECONDS = 30.0
 OOM_EVENT_WAIT = 3.0
+
+
+def _lost_connection(exc: BaseException | None) -> bool:
+    """Whether ``exc`` (or what caused it) is the daemon's connection failing, not a refusal."""
+    seen: set[int] = set()
+    while exc is not None and id(exc) not in seen:
+        seen.add(id(exc))
+        if isinstance(exc, (requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError)):
+            return True
+        exc = exc.__cause__ or exc.__context__
+    return False
 
 
 def _now() -> datetime:
@@ -65,6 +78,8 @@ class ExecutionHandler:
         self._reader: threading.Thread | None = None
         self._attached: Attached | None = None
         self._pull = PullHandle()
+        self._created_here = False
+        self._waiting_for_daemon = False
 
     @property
     def finished(self) -> bool:
@@ -73,38 +88,79 @@ class ExecutionHandler:
     # -- start ----------------------------------------------------------------
     def launch(self, spec: ContainerSpec) -> None:
         """Pull, create (or adopt), attach, start. Synchronous so start() can raise
-        the typed error; on failure the execution is finished with status error."""
-        try:
-            self.state = ExecutionState.PULLING
-            self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
-            try:
-                self.container_id, created = self._client.create(spec)
-            except ImageMissing:  # removed since the client last saw it: once more, per the pull policy
-                self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
-                self.container_id, created = self._client.create(spec)
-            must_start = created
-            if not created:
-                must_start = self._adopt()
-            self._attached = self._client.attach(self.container_id, logs=not created)
-            self._reader = threading.Thread(
-                target=self._read, args=(self._attached.frames(),), name=f"dockrq-out-{self.execution_id}", daemon=True
-            )
-            self._reader.start()
-            with self._lock:
-                cancelled_early = self._stop_reason is not None
-            if cancelled_early:
-                self._end_before_running(self._result(ExecutionStatus.CANCELLED))
-                return
-            if must_start:
-                self._client.start(self.container_id)
-        except StartError as exc:
-            self._fail(exc)
-            raise
-        except DAEMON_ERRORS as exc:
-            err = DaemonError(f"the Docker daemon failed during start: {exc}")
-            self._fail(err)
-            raise err from exc
+        the typed error; on failure the execution is finished with status error.
 
+        If the daemon goes away meanwhile (restart, upgrade), the start waits for it
+        to come back (``DAEMON_RECOVERY_SECONDS``) and is made again: an execution
+        taken while dockerd restarts runs once it is back instead of failing.
+        """
+        give_up = time.monotonic() + DAEMON_RECOVERY_SECONDS
+        while True:
+            try:
+                if not self._start_container(spec):
+                    return  # cancelled before it ran
+                break
+            except (StartError, *DAEMON_ERRORS) as exc:
+                if self._daemon_came_back(exc, give_up):
+                    log.warning("execution %s: the Docker daemon went away during start; starting again", self.execution_id)
+                    self._detach()
+                    if self._reader is not None:
+                        self._reader.join(2)
+                        self._reader = None
+                    continue
+                if isinstance(exc, StartError):
+                    self._fail(exc)
+                    raise
+                err = DaemonError(f"the Docker daemon failed during start: {exc}")
+                self._fail(err)
+                raise err from exc
+        self._running_now()
+
+    def _daemon_came_back(self, exc: BaseException, give_up: float) -> bool:
+        """After a failed start: was it the daemon's connection, and is the daemon back (in time)?"""
+        if self._stop_reason is not None or time.monotonic() > give_up or not _lost_connection(exc):
+            return False
+        self._waiting_for_daemon = True
+        try:
+            while not self._client.ping():
+                if self._stop_reason is not None or time.monotonic() > give_up:
+                    return False
+                time.sleep(0.5)
+            return self._stop_reason is None
+        finally:
+            self._waiting_for_daemon = False
+
+    def _start_container(self, spec: ContainerSpec) -> bool:
+        """One attempt at pull, create (or adopt), attach, start; False if cancelled first."""
+        self.state = ExecutionState.PULLING
+        self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
+        try:
+            self.container_id, created = self._client.create(spec)
+        except ImageMissing:  # removed since the client last saw it: once more, per the pull policy
+            self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
+            self.container_id, created = self._client.create(spec)
+        must_start = created
+        if created:
+            self._created_here = True
+        elif self._created_here:  # our own, from an attempt cut by the daemon going away
+            must_start = self._client.inspect(self.container_id)["State"]["Status"] == "created"
+        else:
+            must_start = self._adopt()
+        self._attached = self._client.attach(self.container_id, logs=not created)
+        self._reader = threading.Thread(
+            target=self._read, args=(self._attached.frames(),), name=f"dockrq-out-{self.execution_id}", daemon=True
+        )
+        self._reader.start()
+        with self._lock:
+            cancelled_early = self._stop_reason is not None
+        if cancelled_early:
+            self._end_before_running(self._result(ExecutionStatus.CANCELLED))
+            return False
+        if must_start:
+            self._client.start(self.container_id)
+        return True
+
+    def _running_now(self) -> None:
         self.started_at = _now()
         with self._lock:
             self._running = True
@@ -257,8 +313,8 @@ class ExecutionHandler:
 
     # -- end ------------------------------------------------------------------
     def _fail(self, exc: StartError) -> None:
-        if self._stop_reason is not None and self._pull.aborted:
-            self._end_before_running(self._result(self._stop_reason))  # cancelled while pulling
+        if self._stop_reason is not None and (self._pull.aborted or self._waiting_for_daemon):
+            self._end_before_running(self._result(self._stop_reason))  # cancelled while pulling / waiting
             return
         self._end_before_running(self._result(ExecutionStatus.ERROR, error_code=exc.code, error_msg=str(exc)))
 
