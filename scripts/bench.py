@@ -158,6 +158,7 @@ class Bench:
             redis_url=args.redis_url, queue=self.queue, prefix=self.prefix, retention_seconds=RETENTION
         )
         self.workers: list[subprocess.Popen[bytes]] = []
+        self._raw_clients: list[docker.APIClient] = []
         self.log_dir = Path(args.log_dir) if args.log_dir else None
         self._seq = 0
         self._seq_lock = threading.Lock()
@@ -187,12 +188,9 @@ class Bench:
         return time.perf_counter() - t0
 
     def run_raw(self, concurrency: int, count: int, tick: Callable[[], None]) -> tuple[list[float], float]:
-        clients = [docker.APIClient(version="auto") for _ in range(concurrency)]
-        try:
-            return self._closed_loop(concurrency, count, lambda i: self.raw_one(clients[i]), tick)
-        finally:
-            for c in clients:
-                c.close()
+        while len(self._raw_clients) < concurrency:  # one client per thread, kept across rounds
+            self._raw_clients.append(docker.APIClient(version="auto"))
+        return self._closed_loop(concurrency, count, lambda i: self.raw_one(self._raw_clients[i]), tick)
 
     # -- dockrq end to end -----------------------------------------------------
 
@@ -472,6 +470,8 @@ class Bench:
             if members:
                 self.redis.srem(set_key, *members)
         self.producer.close()
+        for client in self._raw_clients:
+            client.close()
         self.docker.close()
         self.redis.close()
         return {"containers_removed": removed, "redis_keys_removed": keys}
@@ -484,9 +484,8 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     bench = Bench(args, console)
     raw: dict[int, tuple[list[float], float]] = {c: ([], 0.0) for c in CONCURRENCY}
     ours: dict[int, tuple[list[float], float]] = {c: ([], 0.0) for c in CONCURRENCY}
+    rounds_of: dict[int, list[dict[str, Any]]] = {c: [] for c in CONCURRENCY}
     result: dict[str, Any] = {}
-    samples, rounds = args.samples, args.rounds
-    per_round = max(1, samples // rounds)
     progress = Progress(
         SpinnerColumn(), TextColumn("[bold]{task.description:<34}"), BarColumn(), MofNCompleteColumn(),
         TimeElapsedColumn(), console=console, transient=False,
@@ -503,11 +502,16 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
                 # warm both paths (first container, connection pools, worker imports)
                 bench.run_raw(c, c, lambda: progress.advance(task))
                 bench.run_dockrq(c, c, lambda: progress.advance(task))
+                rounds, per_round = plan_rounds(args.samples, c, args.rounds)
                 progress.update(task, description=f"c={c}: raw vs dockrq", total=2 * per_round * rounds, completed=0)
-                for _ in range(rounds):
+                for _ in range(rounds):  # short alternating rounds: noise on the machine hits both alike
+                    pair = {}
                     for name, target, fn in (("raw", raw, bench.run_raw), ("dockrq", ours, bench.run_dockrq)):
                         lat, elapsed = fn(c, per_round, lambda: progress.advance(task))
                         target[c] = (target[c][0] + lat, target[c][1] + elapsed)
+                        pair[name] = {"p50_ms": round(pct(lat, 50) * 1000, 2), "per_s": round(len(lat) / elapsed, 3),
+                                      "latencies_ms": [round(x * 1000, 1) for x in lat]}
+                    rounds_of[c].append(pair)
                 progress.update(task, description=f"c={c}: raw vs dockrq done")
 
             # -- log throughput (workers: 4 now running) --
@@ -538,9 +542,13 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     for c in CONCURRENCY:
         r, o = figures(*raw[c]), figures(*ours[c])
         ratio = o["throughput_per_s"] / r["throughput_per_s"] if r["throughput_per_s"] else float("nan")
+        paired = [x["dockrq"]["p50_ms"] - x["raw"]["p50_ms"] for x in rounds_of[c]]
         per_c[str(c)] = {"raw": r, "dockrq": o, "throughput_ratio": round(ratio, 3),
                          "overhead_p50_ms": round(o["p50_ms"] - r["p50_ms"], 2),
-                         "overhead_p95_ms": round(o["p95_ms"] - r["p95_ms"], 2)}
+                         "overhead_p95_ms": round(o["p95_ms"] - r["p95_ms"], 2),
+                         # median over rounds of (dockrq round p50 - raw round p50): less exposed to drifting noise
+                         "overhead_p50_paired_ms": round(statistics.median(paired), 2),
+                         "rounds": rounds_of[c]}
         result[f"raw_c{c}_per_s"] = r["throughput_per_s"]
         result[f"dockrq_c{c}_per_s"] = o["throughput_per_s"]
         result[f"raw_c{c}_p50_ms"], result[f"raw_c{c}_p95_ms"] = r["p50_ms"], r["p95_ms"]
@@ -548,6 +556,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         result[f"throughput_ratio_c{c}"] = round(ratio, 3)
     result["overhead_p50_ms"] = per_c["1"]["overhead_p50_ms"]
     result["overhead_p95_ms"] = per_c["1"]["overhead_p95_ms"]
+    result["overhead_p50_paired_ms"] = per_c["1"]["overhead_p50_paired_ms"]
     result["enqueue_per_s"] = enqueue["enqueue_per_s"]
     result["wake_p50_ms"] = wake["wake_p50_ms"]
     result["wake_p95_ms"] = wake["wake_p95_ms"]
@@ -570,7 +579,8 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "enqueue": enqueue, "wake": wake, "cleanup": cleaned,
     }
     result["run"] = {
-        "token": bench.token, "quick": args.quick, "samples_per_concurrency": per_round * rounds, "rounds": rounds,
+        "token": bench.token, "quick": args.quick, "samples_per_concurrency": {c: len(raw[c][0]) for c in CONCURRENCY},
+        "rounds": {c: len(rounds_of[c]) for c in CONCURRENCY},
         "log_lines": args.log_lines, "rss_bytes": args.rss_bytes, "enqueue": args.enqueue,
         "wake_samples": args.wake_samples, "image": args.image, "seconds": round(time.time() - started, 1),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
@@ -579,6 +589,15 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
         "loadavg_1m": [round(load_before[0], 2), round(os.getloadavg()[0], 2)],
     }
     return result
+
+
+def plan_rounds(samples: int, concurrency: int, rounds: int | None) -> tuple[int, int]:
+    """(rounds, executions per round) for one concurrency level: by default rounds of
+    four executions per client thread, so raw and dockrq alternate every second or so."""
+    if rounds is None:
+        rounds = max(1, samples // (4 * concurrency))
+    rounds = max(1, min(rounds, samples))
+    return rounds, max(1, samples // rounds)
 
 
 def _met(value: float, op: str, bound: float) -> bool:
@@ -606,14 +625,16 @@ def render(result: dict[str, Any], console: Console) -> None:
     per_c = result["details"]["concurrency"]
     table = Table(title="raw Docker vs dockrq (submit -> outcome seen by a waiter)")
     for col in ("concurrency", "raw /s", "raw p50 ms", "raw p95 ms", "dockrq /s", "dockrq p50 ms",
-                "dockrq p95 ms", "ratio", "overhead p50 ms"):
+                "dockrq p95 ms", "ratio", "overhead p50 ms", "paired"):
         table.add_column(col, justify="right")
     for c, row in per_c.items():
         r, o = row["raw"], row["dockrq"]
         table.add_row(c, f"{r['throughput_per_s']:.2f}", f"{r['p50_ms']:.1f}", f"{r['p95_ms']:.1f}",
                       f"{o['throughput_per_s']:.2f}", f"{o['p50_ms']:.1f}", f"{o['p95_ms']:.1f}",
-                      f"{row['throughput_ratio']:.3f}", f"{row['overhead_p50_ms']:.1f}")
+                      f"{row['throughput_ratio']:.3f}", f"{row['overhead_p50_ms']:.1f}",
+                      f"{row['overhead_p50_paired_ms']:.1f}")
     console.print(table)
+    console.print("paired: median over the alternating rounds of (dockrq p50 - raw p50)", style="dim")
 
     d = result["details"]
     other = Table(title="other figures")
@@ -652,7 +673,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--redis-url", default=DEFAULT_REDIS_URL, help=f"Redis for the run (default {DEFAULT_REDIS_URL})")
     p.add_argument("--image", default=DEFAULT_IMAGE)
     p.add_argument("--samples", type=int, help="executions per concurrency level, raw and dockrq each")
-    p.add_argument("--rounds", type=int, help="alternating raw/dockrq rounds per concurrency level")
+    p.add_argument("--rounds", type=int, help="alternating raw/dockrq rounds per concurrency level "
+                   "(default: rounds of 4 executions per client thread)")
     p.add_argument("--log-lines", type=int, help="lines printed by the log container")
     p.add_argument("--log-rounds", type=int, help="log runs (raw and dockrq each); the median rate counts")
     p.add_argument("--rss-bytes", type=parse_size, help="bytes written by the RSS container (default 1g; --quick 64m)")
@@ -663,14 +685,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     args = p.parse_args(argv)
     defaults = {
         # full run / quick run
-        "samples": (60, 8), "rounds": (6, 1), "log_lines": (200_000, 20_000), "log_rounds": (3, 1),
+        "samples": (60, 8), "log_lines": (200_000, 20_000), "log_rounds": (3, 1),
         "rss_bytes": (1 << 30, 64 << 20), "enqueue": (20_000, 2_000), "enqueue_batch": (1_000, 1_000),
         "wake_samples": (200, 30),
     }
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:
             setattr(args, name, quick if args.quick else full)
-    args.rounds = max(1, min(args.rounds, args.samples))
     return args
 
 

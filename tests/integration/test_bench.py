@@ -43,7 +43,7 @@ def test_quick_bench_reports_every_figure_and_cleans_up(tmp_path, redis_url, red
     assert "targets (issue 5)" in proc.stdout  # the readable table
 
     result = json.loads(out.read_text())
-    for key in REQUIRED + POSITIVE + ["duplicated_lines", "overhead_p95_ms", "raw_lost_lines"]:
+    for key in REQUIRED + POSITIVE + ["duplicated_lines", "overhead_p95_ms", "overhead_p50_paired_ms", "raw_lost_lines"]:
         assert key in result, key
         assert isinstance(result[key], (int, float)) and math.isfinite(result[key]), (key, result[key])
     for key in POSITIVE:
@@ -55,6 +55,7 @@ def test_quick_bench_reports_every_figure_and_cleans_up(tmp_path, redis_url, red
     assert set(per_c) == {"1", "2", "4"}
     for row in per_c.values():
         assert row["raw"]["n"] == row["dockrq"]["n"] == 3
+        assert sum(len(r["dockrq"]["latencies_ms"]) for r in row["rounds"]) == 3
         assert row["raw"]["p95_ms"] >= row["raw"]["p50_ms"] > 0
     assert result["details"]["enqueue"]["queue_length"] == 200 + 100  # + the warm-up batch
     assert set(result["targets"]) >= set(REQUIRED)
