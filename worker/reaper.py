@@ -150,6 +150,9 @@ class Reaper:
                 log.warning("reaper: Redis unreachable (%s); retrying every %gs", exc, self.settings.reap_interval_seconds)
             self._failing = True
             return None
+        except DAEMON_ERRORS as exc:  # the daemon went away mid-pass
+            log.warning("reaper: Docker daemon unreachable (%s); next pass", exc)
+            return None
         except Exception:  # noqa: BLE001 - one bad pass must not end the thread
             log.exception("reaper: pass failed")
             return None
@@ -231,7 +234,13 @@ class Reaper:
             outcome, _ = channels.ended_or_cancelled()
             if docker is None and outcome is None:
                 return  # cannot tell whether its container runs here: next pass
-            containers = self._containers_of(docker, job_id) if docker is not None else []
+            try:
+                containers = self._containers_of(docker, job_id) if docker is not None else []
+            except DAEMON_ERRORS as exc:
+                if outcome is None:
+                    log.warning("reaper: cannot list %s's containers (%s); next pass", job_id, exc)
+                    return
+                docker, containers = None, []
             if outcome is not None:
                 self._remove(docker, containers, report)
                 settle.finish(self.worker, job, queue, execution, _summary(outcome))

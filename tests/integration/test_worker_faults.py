@@ -284,3 +284,31 @@ def test_second_sigterm_while_pulling_writes_outcome_and_leaves_nothing(
     assert (got.status, got.error.code) == (ExecutionStatus.CANCELLED, "worker_shutdown")
     assert not _containers(docker_client, eid)
     assert _rq_status(redis_client, eid) == JobStatus.FAILED.value
+
+
+def test_shutdown_of_an_adopter_ends_what_it_adopted(spawn_worker, producer, redis_client, docker_client, unique):
+    first = spawn_worker(env=FAST)
+    finishing = producer.submit(_request(unique, "adopted-finish", "sh", "-c", "sleep 3; echo done"))
+    stuck = producer.submit(_request(unique, "adopted-stuck", "sleep", "300"))
+    second = spawn_worker(env=FAST)  # takes the second execution while the first worker has the first
+    _wait(lambda: producer.status(finishing).state == "running" and producer.status(stuck).state == "running", 20, "both running")
+    owners = {_meta(redis_client, e)["worker"] for e in (finishing, stuck)}
+    assert len(owners) == 2
+    first.kill()
+    second.kill()
+    adopter = spawn_worker(env=FAST)  # same executor id: adopts both
+    _wait(lambda: adopter.output().count("adopting container") == 2, 20, "both adopted")
+
+    adopter.signal(signal.SIGTERM)  # warm: the adopted executions are its current work
+    time.sleep(1.5)
+    assert adopter.popen.poll() is None
+    assert producer.wait(finishing, timeout=20).result.stdout == "done\n"  # ran to its end meanwhile
+    assert adopter.popen.poll() is None  # still waiting for the other one
+    adopter.signal(signal.SIGTERM)  # cold: stop it, write its outcome, exit
+    adopter.wait(30)
+    got = producer.wait(stuck, timeout=1)
+    assert (got.status, got.error.code) == (ExecutionStatus.CANCELLED, "worker_shutdown")
+    assert not _containers(docker_client, stuck) and not _containers(docker_client, finishing)
+    assert _rq_status(redis_client, finishing) == JobStatus.FINISHED.value
+    assert _rq_status(redis_client, stuck) in (JobStatus.FINISHED.value, JobStatus.FAILED.value)
+    assert stuck not in _started_ids(redis_client, spawn_worker.queue)
