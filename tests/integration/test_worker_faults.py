@@ -312,3 +312,31 @@ def test_shutdown_of_an_adopter_ends_what_it_adopted(spawn_worker, producer, red
     assert _rq_status(redis_client, finishing) == JobStatus.FINISHED.value
     assert _rq_status(redis_client, stuck) in (JobStatus.FINISHED.value, JobStatus.FAILED.value)
     assert stuck not in _started_ids(redis_client, spawn_worker.queue)
+
+
+def test_a_job_dequeued_by_a_worker_that_died_before_starting_it_runs(spawn_worker, producer, redis_client, unique):
+    eid = producer.submit(_request(unique, "stuck", "echo", "ran"))
+    queue = producer.rq_queue()
+    # What a worker killed between rq's BLMOVE and the job's start leaves: the id in the intermediate list only.
+    assert redis_client.lmove(queue.key, queue.intermediate_queue_key, "LEFT", "RIGHT") == eid.encode()
+    worker = spawn_worker(env=FAST)
+    got = producer.wait(eid, timeout=30)
+    assert (got.status, got.result.stdout) == (ExecutionStatus.SUCCEEDED, "ran\n")
+    assert "died before starting it; re-enqueued" in worker.output()
+    assert redis_client.lrange(queue.intermediate_queue_key, 0, -1) == []
+
+
+def test_a_job_rq_failed_without_an_outcome_gets_a_lost_one(spawn_worker, producer, redis_client, unique):
+    eid = producer.submit(_request(unique, "abandoned", "echo", "never"))
+    queue = producer.rq_queue()
+    job = queue.fetch_job(eid)
+    # What rq's own abandoned/stuck-job cleanup does when it gets there first: FAILED, no outcome.
+    queue.remove(job)
+    with redis_client.pipeline() as pipe:
+        job.set_status(JobStatus.FAILED, pipeline=pipe)
+        queue.failed_job_registry.add(job, exc_string="AbandonedJobError", pipeline=pipe)
+        pipe.execute()
+    spawn_worker(env=FAST)
+    got = producer.wait(eid, timeout=20)
+    assert (got.status, got.error.code) == (ExecutionStatus.LOST, "worker_lost")
+    assert "no outcome was written" in got.error.message
