@@ -21,11 +21,15 @@ What it does:
    on the machine, so run it on a machine of your own).
 5. Every execution has a waiter blocked on its outcome from the start.
 
-It prints: submitted, outcomes (by status), duplicates (ran more often than
-the reaper allowed, or two containers of one execution at once), lost, hung
-waiters, orphan containers, seconds to recover from each fault, and exits 1
-if there are duplicates, hung waiters or orphans, or an execution without an
-outcome.
+It prints: submitted, outcomes (by status and error code), duplicates (ran
+more often than the reaper allowed by re-enqueueing, or two containers of one
+execution running at once), reruns (re-runs the request's ``retries`` allowed
+after its worker was lost, the previous container stopped first), lost, hung
+waiters, orphan containers, how many executions were adopted or re-enqueued,
+and seconds to recover: per worker kill, until every execution the dead
+worker held was adopted, re-enqueued or ended; per Redis/dockerd restart,
+until an execution succeeded after it. It exits 1 if there are duplicates,
+hung waiters, orphans, crashed workers, or an execution without an outcome.
 """
 
 from __future__ import annotations
@@ -245,6 +249,8 @@ class Report:
     lost: int = 0
     hung_waiters: int = 0
     orphan_containers: int = 0
+    adopted: int = 0
+    requeued_by_reaper: int = 0
     worker_kills: int = 0
     worker_crashes: int = 0
     worker_start_refusals: int = 0
@@ -533,6 +539,9 @@ class Session:
             time.sleep(0.5)
         r.orphan_containers = len(left)
         self.stop_monitor.set()
+        logs = "".join(p.read_text(errors="replace") for p in self.tmp.glob("worker-*.log"))
+        r.adopted = logs.count("adopting container")
+        r.requeued_by_reaper = logs.count("lost; re-enqueued")
         r.worker_crashes = sum(s.crashes for s in self.slots)
         r.worker_start_refusals = sum(s.refusals for s in self.slots)
         r.recover_seconds = {
