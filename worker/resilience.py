@@ -183,6 +183,20 @@ class ResilientWorker:
             self.last_cleaned_at = now()
             self.log.warning("Worker %s: maintenance skipped, Redis unreachable: %s", self.name, exc)
 
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Any) -> None:
+        """rq's success bookkeeping, retried once Redis is back (rq would otherwise fail a job
+        whose outcome says it succeeded, or leave it started)."""
+        failures = 0
+        while True:
+            try:
+                return super().handle_job_success(job, queue, started_job_registry, execution)
+            except _REDIS_DOWN as exc:
+                failures += 1
+                self.log.warning("Worker %s: recording job %s as finished failed (%s); retrying", self.name, job.id, exc)
+                if failures > 1:
+                    time.sleep(_BACKOFF.compute(failures))
+                self._wait_for_redis()
+
     def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
         self._performed_job_id = job.id
         return super().perform_job(job, queue, execution)
