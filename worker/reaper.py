@@ -253,6 +253,8 @@ class Reaper:
                 and c.get("State") in _LIVE_CONTAINER_STATES
             ]
             if mine:
+                if getattr(self.worker, "_stop_requested", False):
+                    return  # shutting down: leave it to the next worker of this node (or a reaper)
                 self.adoptions.adopt(job, queue, execution, mine[0])
                 report.adopted.append(job_id)
                 return
