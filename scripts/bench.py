@@ -45,6 +45,7 @@ from typing import Any
 import docker
 import psutil
 import redis
+import requests
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
@@ -446,15 +447,40 @@ class Bench:
     # -- cleanup -------------------------------------------------------------------------
 
     def cleanup(self) -> dict[str, int]:
-        self.stop_workers()
+        """Workers, then containers, then Redis keys; each part runs whatever the others did,
+        and the Docker and Redis parts retry for a while (a daemon restarting, say)."""
+        report = {"containers_removed": 0, "redis_keys_removed": 0}
+        try:
+            self.stop_workers()
+        finally:
+            try:
+                report["containers_removed"] = _retrying(self._remove_containers)
+            except Exception as exc:  # noqa: BLE001 - say so, and still clean Redis
+                self.console.print(f"[red]bench: containers not removed ({exc}); label {BENCH_LABEL}={self.token}, "
+                                   f"dockrq.executor={self.executor_id}")
+            try:
+                report["redis_keys_removed"] = _retrying(self._remove_keys)
+            except Exception as exc:  # noqa: BLE001
+                self.console.print(f"[red]bench: Redis keys *{self.token}* not removed ({exc})")
+            for client in (self.producer, *self._raw_clients, self.docker, self.redis):
+                try:
+                    client.close()
+                except Exception:  # noqa: BLE001 - closing is best effort
+                    pass
+        return report
+
+    def _remove_containers(self) -> int:
         removed = 0
         for label in (f"{BENCH_LABEL}={self.token}", f"dockrq.executor={self.executor_id}"):
             for c in self.docker.containers(all=True, filters={"label": label}):
                 try:
                     self.docker.remove_container(c["Id"], force=True)
                     removed += 1
-                except docker.errors.APIError:
+                except docker.errors.NotFound:
                     pass
+        return removed
+
+    def _remove_keys(self) -> int:
         keys = 0
         batch: list[bytes] = []
         for key in self.redis.scan_iter(match=f"*{self.token}*", count=1000):
@@ -469,12 +495,18 @@ class Bench:
             members = [m for m in self.redis.smembers(set_key) if self.token.encode() in m]
             if members:
                 self.redis.srem(set_key, *members)
-        self.producer.close()
-        for client in self._raw_clients:
-            client.close()
-        self.docker.close()
-        self.redis.close()
-        return {"containers_removed": removed, "redis_keys_removed": keys}
+        return keys
+
+
+def _retrying(fn: Callable[[], int], seconds: float = 60.0) -> int:
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            return fn()
+        except (docker.errors.DockerException, requests.exceptions.RequestException, redis.RedisError):
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(1.0)
 
 
 # -- the run -------------------------------------------------------------------------------
