@@ -309,8 +309,9 @@ class Bench:
     # -- wake latency ----------------------------------------------------------------
 
     def run_wake(self, samples: int, tick: Callable[[], None]) -> dict[str, Any]:
-        """A thread blocks in Producer.wait; the outcome is written with WRITE_OUTCOME_LUA:
-        the time from just before the write to the waiter having the Outcome."""
+        """A thread blocks in Producer.wait; the outcome is written with WRITE_OUTCOME_LUA,
+        stamped with time.time() just before the write (in its error message): the waiter's
+        clock when wait() returns, minus the stamp it finds in the outcome."""
         write = self.redis.register_script(WRITE_OUTCOME_LUA)
         keys = self.producer.keys
         wakes: list[float] = []
@@ -323,8 +324,9 @@ class Bench:
 
             def waiter(eid: str = eid) -> None:
                 try:
-                    self.producer.wait(eid, timeout=30)
-                    got.append(time.time())
+                    outcome = self.producer.wait(eid, timeout=30)
+                    woke = time.time()
+                    got.append(woke - float(outcome.error.message))
                 except BaseException as exc:  # noqa: BLE001 - reported below
                     errors.append(exc)
 
@@ -334,13 +336,12 @@ class Bench:
                 time.sleep(random.uniform(0.98, 1.02))
             else:
                 time.sleep(random.uniform(0.01, 0.04))
-            outcome = Outcome.failure(eid, ExecutionStatus.CANCELLED, "bench", "wake latency probe")
-            stamp = time.time()
-            write(keys=[keys.outcome(eid)], args=[outcome.model_dump_json(), RETENTION])
+            stamped = Outcome.failure(eid, ExecutionStatus.CANCELLED, "bench", repr(time.time()))
+            write(keys=[keys.outcome(eid)], args=[stamped.model_dump_json(), RETENTION])
             thread.join(35)
             if errors or not got:
                 raise RuntimeError(f"wake probe {eid} failed: {errors}")
-            wakes.append(got[0] - stamp)
+            wakes.append(got[0])
             tick()
         return {
             "samples": len(wakes),
