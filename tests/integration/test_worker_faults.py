@@ -153,7 +153,7 @@ def test_reaper_stops_the_container_and_writes_lost(spawn_worker, other_node, pr
     assert (got.status, got.error.code) == (ExecutionStatus.LOST, "worker_lost")
     assert "died while running" in got.error.message
     _wait(lambda: not _containers(docker_client, eid), 10, "container removed")
-    assert _rq_status(redis_client, eid) == JobStatus.FAILED.value
+    _wait(lambda: _rq_status(redis_client, eid) == JobStatus.FAILED.value, 10, "rq job failed")
     assert eid not in _started_ids(redis_client, spawn_worker.queue)
     assert redis_client.llen(Keys(spawn_worker.prefix).outcome(eid)) == 1
 
@@ -171,7 +171,7 @@ def test_reaper_reenqueues_when_the_request_allows_retries(
     got = producer.wait(eid, timeout=60)
     assert (got.status, got.result.stdout) == (ExecutionStatus.SUCCEEDED, "finished\n")
     assert got.result.container_id != first_container.id  # a second, fresh run
-    assert _rq_status(redis_client, eid) == JobStatus.FINISHED.value
+    _wait(lambda: _rq_status(redis_client, eid) == JobStatus.FINISHED.value, 10, "rq job finished")
     meta = _meta(redis_client, eid)
     assert meta["attempts"] == 2 and meta["lost_worker"].startswith(spawn_worker.executor_id)
     assert not _containers(docker_client, eid)
