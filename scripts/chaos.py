@@ -40,7 +40,6 @@ import os
 import random
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -64,6 +63,7 @@ from rq.utils import as_text, parse_composite_key  # noqa: E402
 
 from producer import Producer  # noqa: E402
 from schemas import Keys, Outcome  # noqa: E402
+from scripts.faults import RedisServer, docker_up, ensure_dockerd, restart_dockerd  # noqa: E402
 
 IMAGE = os.environ.get("DOCKRQ_TEST_IMAGE", "dockrq-test/busybox:latest")
 WORKER_ENV = {
@@ -72,7 +72,6 @@ WORKER_ENV = {
     "DOCKRQ_REAP_INTERVAL_SECONDS": "1",
     "DOCKRQ_ORPHAN_GRACE_SECONDS": "5",
 }
-DOCKERD_START = "nohup dockerd >/var/log/dockrq-dockerd.log 2>&1 </dev/null &"  # as scripts/setup.sh
 SLEEPS = (0.2, 0.5, 1.0, 1.5, 2.0, 3.0)
 
 
@@ -81,41 +80,6 @@ def say(message: str) -> None:
 
 
 # -- the moving parts ---------------------------------------------------------------------------------
-
-
-class RedisServer:
-    def __init__(self, directory: Path) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.dir = directory
-        self.proc: subprocess.Popen | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir),
-            ],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
-        )
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.RedisError:
-                if time.monotonic() > deadline:
-                    raise RuntimeError("redis-server did not start") from None
-                time.sleep(0.05)
-        client.close()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
 
 
 class WorkerSlot:
@@ -188,43 +152,6 @@ class WorkerSlot:
             self.proc.wait(timeout)
         except subprocess.TimeoutExpired:
             self.kill()
-
-
-def docker_up() -> bool:
-    try:
-        return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
-    except subprocess.TimeoutExpired:
-        return False
-
-
-def restart_dockerd() -> float:
-    """Stop dockerd (SIGTERM, as ``kill`` does) and start it as scripts/setup.sh does; seconds it was away."""
-    pids = [int(p) for p in subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True).stdout.split()]
-    down = time.monotonic()
-    for pid in pids:
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + 60
-    while any(os.path.exists(f"/proc/{pid}") for pid in pids):
-        if time.monotonic() > deadline:
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        time.sleep(0.2)
-    ensure_dockerd()
-    return time.monotonic() - down
-
-
-def ensure_dockerd(timeout: float = 120) -> None:
-    if docker_up():
-        return
-    subprocess.run(DOCKERD_START, shell=True, check=True)
-    deadline = time.monotonic() + timeout
-    while not docker_up():
-        if time.monotonic() > deadline:
-            raise RuntimeError("dockerd did not come back; see /var/log/dockrq-dockerd.log")
-        time.sleep(0.5)
 
 
 # -- the session --------------------------------------------------------------------------------------

@@ -10,10 +10,6 @@ workers (busy and idle) carry on serving.
 
 from __future__ import annotations
 
-import shutil
-import signal
-import socket
-import subprocess
 import threading
 import time
 
@@ -25,6 +21,7 @@ from rq.serializers import JSONSerializer
 
 from producer import Producer
 from schemas import ExecutionStatus
+from scripts.faults import RedisServer
 
 pytestmark = pytest.mark.integration
 
@@ -33,42 +30,6 @@ FAST = {
     "DOCKRQ_REAP_AFTER_SECONDS": "2",
     "DOCKRQ_REAP_INTERVAL_SECONDS": "0.5",
 }
-
-
-class RedisServer:
-    """A redis-server process on a fixed port that can be killed and started again."""
-
-    def __init__(self, directory) -> None:
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.dir = directory
-        self.proc: subprocess.Popen | None = None
-        self.url = f"redis://127.0.0.1:{self.port}/0"
-
-    def start(self) -> None:
-        self.proc = subprocess.Popen(
-            [
-                shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir),
-            ],
-            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-        )
-        client = redis.Redis(port=self.port)
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                client.ping()
-                break
-            except redis.ConnectionError:
-                assert time.monotonic() < deadline, "redis-server did not start"
-                time.sleep(0.05)
-        client.close()
-
-    def kill(self) -> None:
-        if self.proc is not None and self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGKILL)
-            self.proc.wait(10)
 
 
 @pytest.fixture
@@ -132,7 +93,8 @@ def test_redis_restart_mid_execution(own_redis, spawn_worker, unique, test_image
     late = producer.wait(quiet, timeout=30)
     assert (late.status, late.exit_code) == (ExecutionStatus.FAILED, 3)
     assert late.result.finished_at.timestamp() < back_at
-    assert Job.fetch(quiet, connection=client, serializer=JSONSerializer).get_status(refresh=True) == JobStatus.FINISHED
+    quiet_job = Job.fetch(quiet, connection=client, serializer=JSONSerializer)
+    _wait(lambda: quiet_job.get_status(refresh=True) == JobStatus.FINISHED, 20, "rq job finished")  # follows the outcome
 
     # Every worker is still there, and they serve again.
     assert [w.popen.poll() for w in (busy, idle, third)] == [None, None, None]

@@ -15,8 +15,6 @@ parallel with other tests.
 
 from __future__ import annotations
 
-import os
-import signal
 import subprocess
 import time
 
@@ -24,6 +22,7 @@ import pytest
 
 from producer import Producer
 from schemas import ExecutionStatus
+from scripts.faults import docker_up, ensure_dockerd, stop_dockerd
 
 pytestmark = [pytest.mark.integration, pytest.mark.daemon_restart]
 
@@ -33,50 +32,13 @@ FAST = {
     "DOCKRQ_REAP_INTERVAL_SECONDS": "0.5",
     "DOCKRQ_ORPHAN_GRACE_SECONDS": "3",
 }
-DOCKERD_START = "nohup dockerd >/var/log/dockrq-dockerd.log 2>&1 </dev/null &"  # as scripts/setup.sh
-
-
-def _docker_up() -> bool:
-    return subprocess.run(["docker", "info"], capture_output=True, timeout=30).returncode == 0
-
-
-def _dockerd_pids() -> list[int]:
-    out = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True)
-    return [int(p) for p in out.stdout.split()]
-
-
-def stop_dockerd(timeout: float = 60) -> None:
-    pids = _dockerd_pids()
-    for pid in pids:
-        os.kill(pid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout
-    while any(os.path.exists(f"/proc/{pid}") for pid in pids):
-        if time.monotonic() > deadline:
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
-        time.sleep(0.2)
-
-
-def start_dockerd(timeout: float = 90) -> None:
-    if _docker_up():
-        return
-    subprocess.run(DOCKERD_START, shell=True, check=True)
-    deadline = time.monotonic() + timeout
-    while not _docker_up():
-        assert time.monotonic() < deadline, "dockerd did not come back; see /var/log/dockrq-dockerd.log"
-        time.sleep(0.5)
-
-
 @pytest.fixture
 def restartable_dockerd():
-    assert _docker_up(), "dockerd must be running (scripts/setup.sh)"
+    assert docker_up(), "dockerd must be running (scripts/setup.sh)"
     try:
         yield
     finally:
-        start_dockerd()  # whatever happened, the machine keeps its daemon
+        ensure_dockerd()  # whatever happened, the machine keeps its daemon
 
 
 def test_dockerd_restart_mid_execution(restartable_dockerd, spawn_worker, redis_url, test_image, unique):
@@ -97,7 +59,7 @@ def test_dockerd_restart_mid_execution(restartable_dockerd, spawn_worker, redis_
             "execution_id": f"while-dockerd-down-{unique}", "engine": {"image": test_image, "cmd": ["echo", "later"]},
         })
         time.sleep(2)
-        start_dockerd()
+        ensure_dockerd()
 
         got = producer.wait(eid, timeout=120)
         assert got.status == ExecutionStatus.ERROR, got
