@@ -7,6 +7,14 @@ import os
 import uuid
 
 import pytest
+from hypothesis import settings
+
+# The suite is a gate: the same examples every run, so a red build is a real
+# regression and can be re-run. `HYPOTHESIS_PROFILE=explore` searches afresh each run;
+# whatever it finds goes back into the tests as an @example.
+settings.register_profile("ci", derandomize=True, print_blob=True)
+settings.register_profile("explore", derandomize=False, print_blob=True)
+settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 TEST_IMAGE = os.environ.get("DOCKRQ_TEST_IMAGE", "dockrq-test/busybox:latest")
 # A database of its own so the suite never touches data on the default one.

@@ -39,7 +39,7 @@ ID_RE = re.compile(r"^[A-Za-z0-9_-]{1,64}$")
 # A rejection names what is wrong first: "engine.image: ...", "request: ...", "rq job: ...".
 NAMES_A_FIELD = re.compile(r"^\S.{0,400}?: ")
 REJECTION_CODES = {"invalid_request", "policy_violation", "mount_not_allowed"}
-FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck), derandomize=False)
+FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
 
 
 # -- strategies -----------------------------------------------------------------------------

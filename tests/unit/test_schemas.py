@@ -11,7 +11,7 @@ import re
 from typing import Any
 
 import pytest
-from hypothesis import HealthCheck, given, settings
+from hypothesis import HealthCheck, example, given, settings
 from hypothesis import strategies as st
 from pydantic import ValidationError
 
@@ -30,6 +30,7 @@ from schemas import (
     describe_validation_error,
     parse_size,
 )
+from schemas.wire import MAX_DESCRIBED_ERRORS
 
 MiB = 1024**2
 GiB = 1024**3
@@ -609,14 +610,33 @@ def _mutated_valid_request(draw) -> dict[str, Any]:
     return data
 
 
+def _assert_names_each_field(exc: ValidationError) -> None:
+    """The description is one bounded line that names every reported field.
+
+    Field names are checked where they are plain (``engine.image``, ``mounts.0``);
+    a hostile key such as ``"; "`` is quoted by the describer, so the text can't be
+    split on separators, only searched.
+    """
+    text = describe_validation_error(exc)
+    errors = exc.errors()
+    assert text and "\n" not in text and len(text) < 4096
+    assert text.count(": ") >= min(len(errors), MAX_DESCRIBED_ERRORS)
+    for err in errors[:MAX_DESCRIBED_ERRORS]:
+        parts = [str(p) for p in err["loc"]]
+        if parts and all(re.fullmatch(r"[A-Za-z0-9_-]{1,64}", p) for p in parts):
+            assert ".".join(parts) + ": " in text
+    if len(errors) > MAX_DESCRIBED_ERRORS:
+        assert text.endswith("more errors: not listed")
+
+
 @settings(max_examples=200, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@example({"engine": {"image": "busybox", "; ": {}}})  # an unknown key that looks like a separator
 @given(st.one_of(_arbitrary_request, _mutated_valid_request(), _mutated_valid_request(), _json))
 def test_any_json_validates_or_raises_validation_error(data):
     try:
         req = ExecutionRequest.model_validate(data)
     except ValidationError as exc:
-        text = describe_validation_error(exc)
-        assert text and all(": " in part for part in text.split("; "))
+        _assert_names_each_field(exc)
         return
     # Whatever validated is a usable request that survives the wire unchanged.
     assert isinstance(req, ExecutionRequest)
