@@ -18,9 +18,11 @@ from .execution import (
 )
 from .wire import (
     CANCEL_MESSAGE,
+    DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_PREFIX,
     DEFAULT_QUEUE,
     DEFAULT_RETENTION_SECONDS,
+    JOB_FRAMING_BYTES,
     JOB_FUNCTION,
     WRITE_OUTCOME_LUA,
     Event,
@@ -30,16 +32,19 @@ from .wire import (
     OutcomeError,
     as_json_object,
     describe_validation_error,
+    request_size,
 )
 
 __all__ = [
     "CANCEL_MESSAGE",
+    "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_OUTPUT_LIMIT",
     "DEFAULT_PREFIX",
     "DEFAULT_QUEUE",
     "DEFAULT_RETENTION_SECONDS",
     "WRITE_OUTCOME_LUA",
     "EXECUTION_ID_PATTERN",
+    "JOB_FRAMING_BYTES",
     "JOB_FUNCTION",
     "EngineSpec",
     "Event",
@@ -60,4 +65,5 @@ __all__ = [
     "describe_validation_error",
     "new_execution_id",
     "parse_size",
+    "request_size",
 ]

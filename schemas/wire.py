@@ -6,6 +6,7 @@ read or write these, so the shapes are plain JSON and documented in the README.
 
 from __future__ import annotations
 
+import json
 import re
 import time
 from dataclasses import dataclass
@@ -30,6 +31,20 @@ redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
 return 1
 """
 DEFAULT_RETENTION_SECONDS = 24 * 3600
+
+# A request is copied whole into Redis and into every worker that takes it, so it
+# is bounded: a producer refuses a larger one (``Producer(max_request_bytes=)``)
+# and a worker rejects a larger one unread (``DOCKRQ_MAX_REQUEST_BYTES``). Measured
+# as its JSON in the rq job (``request_size``); a worker measures the whole job
+# data, the request plus rq's framing of the call, and allows that framing on top.
+DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+JOB_FRAMING_BYTES = 1024
+
+
+def request_size(request: Any) -> int:
+    """Bytes of ``request`` (a JSON-ready object) in an rq job: its JSON as rq's
+    JSONSerializer writes it (``json.dumps`` defaults, ASCII only, so one byte a character)."""
+    return len(json.dumps(request))
 
 
 @dataclass(frozen=True)
@@ -174,8 +189,6 @@ def as_json_object(payload: Any) -> Any:
     if isinstance(payload, (bytes, bytearray)):
         payload = payload.decode("utf-8", errors="replace")
     if isinstance(payload, str):
-        import json
-
         try:
             return json.loads(payload)
         except RecursionError:

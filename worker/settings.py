@@ -14,6 +14,7 @@ from typing import Annotated, Any
 
 from pydantic import (
     BaseModel,
+    BeforeValidator,
     ConfigDict,
     Field,
     StringConstraints,
@@ -22,7 +23,14 @@ from pydantic import (
     model_validator,
 )
 
-from schemas import DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_RETENTION_SECONDS, describe_validation_error
+from schemas import (
+    DEFAULT_MAX_REQUEST_BYTES,
+    DEFAULT_PREFIX,
+    DEFAULT_QUEUE,
+    DEFAULT_RETENTION_SECONDS,
+    describe_validation_error,
+    parse_size,
+)
 
 from .policy import POLICY_ENV_VARS, WorkerPolicy
 
@@ -33,6 +41,7 @@ DEFAULT_HEARTBEAT_SECONDS = 10.0
 DEFAULT_REAP_AFTER_SECONDS = 30.0
 DEFAULT_REAP_INTERVAL_SECONDS = 10.0
 DEFAULT_ORPHAN_GRACE_SECONDS = 60.0
+DEFAULT_OUTCOME_RETRY_SECONDS = 600.0
 
 # Environment variable -> settings field. The only place env names are spelled.
 ENV_VARS: dict[str, str] = {
@@ -43,11 +52,13 @@ ENV_VARS: dict[str, str] = {
     "DOCKRQ_EXECUTOR_ID": "executor_id",
     "DOCKRQ_STOP_GRACE_SECONDS": "stop_grace_seconds",
     "DOCKRQ_LOG_STREAM_MAXLEN": "log_stream_maxlen",
+    "DOCKRQ_MAX_REQUEST_BYTES": "max_request_bytes",
     # Faults survived (worker/resilience.py, worker/reaper.py)
     "DOCKRQ_HEARTBEAT_SECONDS": "heartbeat_seconds",
     "DOCKRQ_REAP_AFTER_SECONDS": "reap_after_seconds",
     "DOCKRQ_REAP_INTERVAL_SECONDS": "reap_interval_seconds",
     "DOCKRQ_ORPHAN_GRACE_SECONDS": "orphan_grace_seconds",
+    "DOCKRQ_OUTCOME_RETRY_SECONDS": "outcome_retry_seconds",
     # What requests may ask for (worker/policy.py): DOCKRQ_MAX_MEMORY, DOCKRQ_ALLOWED_MOUNT_ROOTS, ...
     **{var: f"policy.{field}" for field, var in POLICY_ENV_VARS.items()},
 }
@@ -79,6 +90,8 @@ class WorkerSettings(BaseModel):
     )
     stop_grace_seconds: float = Field(default=DEFAULT_STOP_GRACE_SECONDS, ge=0, le=3600)
     log_stream_maxlen: int = Field(default=DEFAULT_LOG_STREAM_MAXLEN, ge=1)
+    # rq job data larger than this (the request plus its rq framing) is rejected unread (worker/rq_job.py).
+    max_request_bytes: Annotated[int, BeforeValidator(parse_size)] = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
     policy: WorkerPolicy = Field(default_factory=WorkerPolicy)
     # A worker refreshes its rq heartbeat this often; one silent for reap_after_seconds is dead,
     # and every worker's reaper (each reap_interval_seconds) adopts or ends its executions.
@@ -87,6 +100,9 @@ class WorkerSettings(BaseModel):
     reap_interval_seconds: float = Field(default=DEFAULT_REAP_INTERVAL_SECONDS, ge=0.1, le=3600)
     # Containers younger than this are never removed as orphans (they may be being created).
     orphan_grace_seconds: float = Field(default=DEFAULT_ORPHAN_GRACE_SECONDS, ge=0, le=86400)
+    # An ended execution whose outcome Redis does not take for this long (unreachable) gives up;
+    # the worker then writes error/redis_unavailable once Redis is back (worker/resilience.py).
+    outcome_retry_seconds: float = Field(default=DEFAULT_OUTCOME_RETRY_SECONDS, ge=0.5, le=86400)
 
     @field_validator("queues", mode="before")
     @classmethod
