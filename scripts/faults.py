@@ -20,11 +20,12 @@ DOCKERD_START = "nohup dockerd >/var/log/dockrq-dockerd.log 2>&1 </dev/null &"  
 class RedisServer:
     """redis-server on a free port of its own, append-only file in ``directory``."""
 
-    def __init__(self, directory: Path | str) -> None:
+    def __init__(self, directory: Path | str, *, durable: bool = True) -> None:
         with socket.socket() as s:
             s.bind(("127.0.0.1", 0))
             self.port = s.getsockname()[1]
         self.dir = directory
+        self.durable = durable
         self.proc: subprocess.Popen | None = None
         self.url = f"redis://127.0.0.1:{self.port}/0"
 
@@ -32,7 +33,8 @@ class RedisServer:
         self.proc = subprocess.Popen(
             [
                 shutil.which("redis-server") or "redis-server", "--port", str(self.port), "--bind", "127.0.0.1",
-                "--save", "", "--appendonly", "yes", "--appendfsync", "always", "--dir", str(self.dir),
+                "--save", "", "--appendonly", "yes" if self.durable else "no", "--appendfsync", "always",
+                "--dir", str(self.dir),
             ],
             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True,
         )

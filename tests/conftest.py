@@ -17,8 +17,9 @@ settings.register_profile("explore", derandomize=False, print_blob=True)
 settings.load_profile(os.environ.get("HYPOTHESIS_PROFILE", "ci"))
 
 TEST_IMAGE = os.environ.get("DOCKRQ_TEST_IMAGE", "dockrq-test/busybox:latest")
-# A database of its own so the suite never touches data on the default one.
-TEST_REDIS_URL = os.environ.get("DOCKRQ_TEST_REDIS_URL", "redis://127.0.0.1:6379/9")
+# Unset: the session starts a redis-server of its own, so two test runs on one
+# machine (or a demo on :6379) never see each other's queues and workers.
+TEST_REDIS_URL = os.environ.get("DOCKRQ_TEST_REDIS_URL")
 
 
 @pytest.fixture
@@ -33,17 +34,29 @@ def unique() -> str:
 
 
 @pytest.fixture(scope="session")
-def redis_url() -> str:
+def redis_url(tmp_path_factory):
     import redis
 
-    client = redis.Redis.from_url(TEST_REDIS_URL)
+    if TEST_REDIS_URL:
+        client = redis.Redis.from_url(TEST_REDIS_URL)
+        try:
+            client.ping()
+        except redis.RedisError as exc:  # pragma: no cover - environment problem
+            pytest.fail(f"real Redis needed at {TEST_REDIS_URL}: {exc}")
+        client.flushdb()
+        client.close()
+        yield TEST_REDIS_URL
+        return
+
+    from scripts.faults import RedisServer
+
+    server = RedisServer(tmp_path_factory.mktemp("redis"), durable=False)
     try:
-        client.ping()
-    except redis.RedisError as exc:  # pragma: no cover - environment problem
-        pytest.fail(f"real Redis needed at {TEST_REDIS_URL} (run scripts/setup.sh): {exc}")
-    client.flushdb()
-    client.close()
-    return TEST_REDIS_URL
+        server.start()
+    except (OSError, RuntimeError) as exc:  # pragma: no cover - environment problem
+        pytest.fail(f"redis-server is needed on PATH (run scripts/setup.sh): {exc}")
+    yield server.url
+    server.kill()
 
 
 @pytest.fixture
