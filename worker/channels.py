@@ -11,14 +11,19 @@ from __future__ import annotations
 
 import logging
 import threading
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+import time
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.backoff import ExponentialWithJitterBackoff
+from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
 from schemas import WRITE_OUTCOME_LUA, Event, ExecutionState, Keys, LogBatch, LogEntry, Outcome
+
+from .settings import DEFAULT_OUTCOME_RETRY_SECONDS
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -27,10 +32,15 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Redis hiccups (restart, failover) are retried with capped, jittered backoff;
-# ~10 minutes in all before the outcome write gives up and says so in the log.
-OUTCOME_RETRY = Retry(ExponentialWithJitterBackoff(cap=5.0, base=0.05), retries=130)
+# Redis hiccups (restart, failover) are retried with capped, jittered backoff until
+# Redis has been unreachable for ``outcome_retry_seconds`` (DOCKRQ_OUTCOME_RETRY_SECONDS):
+# then the outcome write gives up and raises, and the worker settles the job once
+# Redis is back (worker/resilience.py).
+OUTCOME_RETRY_BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.05)
 LOG_RETRY_BACKOFF = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
+_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
+
+T = TypeVar("T")
 
 
 class ExecutionChannels:
@@ -50,6 +60,7 @@ class ExecutionChannels:
         retention_seconds: int,
         log_stream_maxlen: int,
         job: Job | None = None,
+        outcome_retry_seconds: float = DEFAULT_OUTCOME_RETRY_SECONDS,
     ) -> None:
         self.connection = connection
         self.keys = keys
@@ -58,6 +69,11 @@ class ExecutionChannels:
         self.retention_seconds = int(retention_seconds)
         self.log_stream_maxlen = log_stream_maxlen
         self.job = job
+        self.outcome_retry_seconds = outcome_retry_seconds
+        # Since when this execution's writes have found Redis unreachable (None: it answers).
+        # One clock for the log batches, the eof and the outcome, so an ending waits for
+        # Redis about outcome_retry_seconds in all, not that long for each of them.
+        self._down_since: float | None = None
         self._write_outcome = connection.register_script(WRITE_OUTCOME_LUA)
         self._log_lock = threading.Lock()
         self._sent = 0  # log entries shipped so far: the next batch's seq
@@ -107,6 +123,40 @@ class ExecutionChannels:
             # Job.save_meta() without its own round trip: same field, same serializer.
             pipe.hset(self.job.key, "meta", self.job.serializer.dumps(self.job.meta))
 
+    # -- Redis outages ----------------------------------------------------------
+
+    def _unreachable(self) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+
+    def _retry_left(self) -> float:
+        """Seconds the writes of the end may still wait for Redis."""
+        down_since = self._down_since
+        return self.outcome_retry_seconds - (0.0 if down_since is None else time.monotonic() - down_since)
+
+    @property
+    def gave_up(self) -> bool:
+        """Redis has been unreachable for outcome_retry_seconds: the writes of the end stop waiting."""
+        return self._retry_left() <= 0
+
+    def _with_retry(self, call: Callable[[], T], on_error: Callable[[Exception], None]) -> T:
+        """``call()``, retried with backoff while Redis is unreachable; raises its last error
+        once Redis has been unreachable for outcome_retry_seconds."""
+        failures = 0
+        while True:
+            try:
+                result = call()
+            except _REDIS_DOWN as exc:
+                self._unreachable()
+                if self.gave_up:
+                    raise
+                failures += 1
+                on_error(exc)
+                time.sleep(max(0.0, min(OUTCOME_RETRY_BACKOFF.compute(failures), self._retry_left())))
+            else:
+                self._down_since = None
+                return result
+
     # -- logs ----------------------------------------------------------------
 
     @property
@@ -139,17 +189,20 @@ class ExecutionChannels:
                 )
             finally:
                 self._logs_stalled = False
+            self._down_since = None
             self._sent += len(entries)
             return True
 
     def _log_not_shipped(self, exc: Exception) -> None:
         self._logs_stalled = True
+        self._unreachable()
         log.warning("execution %s: log batch not shipped yet: %s", self.execution_id, exc)
 
     @property
     def logs_stalled(self) -> bool:
-        """A log batch is waiting for Redis to come back (the shipper is not idle, it is blocked)."""
-        return self._logs_stalled
+        """A log batch is waiting for Redis to come back (the shipper is not idle, it is blocked),
+        and Redis has not been unreachable for outcome_retry_seconds yet."""
+        return self._logs_stalled and not self.gave_up
 
     def send_eof(self) -> None:
         """The last log message, ``{"seq": total, "eof": true}``; later batches are dropped."""
@@ -159,7 +212,7 @@ class ExecutionChannels:
             self._eof = True
             batch = LogBatch(seq=self._sent, eof=True)
         try:
-            OUTCOME_RETRY.call_with_retry(lambda: self._ship(batch), lambda exc: None)
+            self._with_retry(lambda: self._ship(batch), lambda exc: None)
         except Exception as exc:  # noqa: BLE001 - the outcome still matters more than eof
             log.error("execution %s: could not send log eof: %s", self.execution_id, exc)
 
@@ -179,9 +232,9 @@ class ExecutionChannels:
 
         Retries through Redis outages with the outcome kept in memory. Returns
         True when this call's outcome is the one stored. Raises the last Redis
-        error if Redis stayed away for the whole retry budget.
+        error once Redis has been unreachable for outcome_retry_seconds.
         """
-        written = OUTCOME_RETRY.call_with_retry(
+        written = self._with_retry(
             lambda: self._store_outcome(outcome.model_dump_json()),
             lambda exc: log.warning("execution %s: outcome not written yet: %s", self.execution_id, exc),
         )

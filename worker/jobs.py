@@ -21,6 +21,8 @@ from contextlib import contextmanager, suppress
 from typing import Any
 
 from pydantic import ValidationError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import get_current_job
 from rq.job import Job
 from rq.timeouts import JobTimeoutException
@@ -61,10 +63,9 @@ START_DRAIN_SECONDS = 30.0
 # Log batches: at most this many entries, waiting at most this long for the first one.
 LOG_BATCH_ENTRIES = 500
 LOG_BATCH_WAIT_SECONDS = 0.05
-# After the result, the log shipper may keep going while it makes progress; give up after this idle time.
+# After the result, the log shipper may keep going while it makes progress; give up after this idle time
+# (but while a batch waits for Redis to come back, it keeps waiting, as long as the outcome would).
 LOG_DRAIN_IDLE_SECONDS = 5.0
-# ... but while a batch waits for Redis to come back, it keeps waiting (as long as the outcome would).
-LOG_DRAIN_STALLED_SECONDS = 600.0
 
 
 class ExecutionStopped(Exception):
@@ -90,6 +91,7 @@ class ExecutionRun:
         self._started = threading.Event()  # executor.start() returned (or raised)
         self._stopped_by_rq = False
         self._finished = False
+        self._outcome_abandoned = False  # Redis stayed away for outcome_retry_seconds
         self._shipper: LogShipper | None = None
 
     # -- entry -----------------------------------------------------------------
@@ -160,8 +162,9 @@ class ExecutionRun:
                 summary = self._end(Outcome.from_result(result))
         except BaseException as exc:
             # rq's timeout (SIGALRM), cold shutdown (SystemExit), Ctrl-C, a Redis
-            # failure... whatever it is, the container stops and the outcome is written.
-            if not self._finished:
+            # failure... whatever it is, the container stops and the outcome is written
+            # (unless writing it is what failed: the worker settles the job once Redis is back).
+            if not self._finished and not self._outcome_abandoned:
                 with _signals_deferred():
                     self._end(self._stop_for(executor, exc))
             raise
@@ -307,7 +310,17 @@ class ExecutionRun:
             self._shipper.drain()
         self.channels.send_eof()
         result = outcome.result
-        written = self.channels.finish(outcome, container_id=result.container_id if result else None)
+        try:
+            written = self.channels.finish(outcome, container_id=result.container_id if result else None)
+        except (RedisConnectionError, RedisTimeoutError):
+            self._outcome_abandoned = True
+            self.runtime.forget(self.execution_id)
+            log.error(
+                "execution %s: its %s outcome is not written, Redis has been unreachable for %g s "
+                "(DOCKRQ_OUTCOME_RETRY_SECONDS); the worker records error/redis_unavailable once Redis is back",
+                self.execution_id, outcome.status.value, self.channels.outcome_retry_seconds,
+            )
+            raise
         self._finished = True
         self.runtime.forget(self.execution_id)
         if written:
@@ -357,10 +370,11 @@ class LogShipper(threading.Thread):
     def drain(self) -> None:
         """Wait for the remaining logs while they still move; then stop."""
         last, idle_since = self.channels.entries_sent, time.monotonic()
-        give_up = idle_since + LOG_DRAIN_STALLED_SECONDS
         while self.is_alive() and time.monotonic() - idle_since < LOG_DRAIN_IDLE_SECONDS:
             self.join(0.2)
-            stalled = getattr(self.channels, "logs_stalled", False) and time.monotonic() < give_up
+            if getattr(self.channels, "gave_up", False):
+                break  # Redis has been unreachable for outcome_retry_seconds: the outcome gives up too
+            stalled = getattr(self.channels, "logs_stalled", False)  # a batch waits for Redis
             if self.channels.entries_sent != last or stalled:
                 last, idle_since = self.channels.entries_sent, time.monotonic()
         if self.is_alive():

@@ -243,10 +243,12 @@ class ResilientWorker:
             settle.requeue(conn, job, queue, execution, {})
             self.log.warning("Worker %s: job %s never ran; put back on its queue", self.name, job.id)
         elif status == JobStatus.STARTED and execution is not None:
+            # It ran, but its outcome could not be written while Redis was away (channels.finish gave up).
             channels = runtime_module.current().channels(job.id, job)
-            channels.finish(
+            if channels.finish(
                 Outcome.failure(job.id, ExecutionStatus.ERROR, "redis_unavailable", "Redis was unreachable for too long")
-            )
+            ):
+                self.log.error("Worker %s: execution %s ended error/redis_unavailable", self.name, job.id)
             settle.fail(self, job, queue, execution, "dockrq: Redis was unreachable while the job ended")
         for e in executions:
             self.executions.pop(e.id, None)

@@ -160,6 +160,7 @@ class WorkerRuntime:
             retention_seconds=s.retention_seconds,
             log_stream_maxlen=s.log_stream_maxlen,
             job=job,
+            outcome_retry_seconds=s.outcome_retry_seconds,
         )
 
     # -- running executions --------------------------------------------------

@@ -5,7 +5,9 @@ the test's directory, like the compose file's Redis) is SIGKILLed while an
 execution runs and started again on the same port. The container ends while
 Redis is down; its outcome is written once Redis is back, the waiter and the
 log follower that were blocked on Redis reconnect and get everything, and the
-workers (busy and idle) carry on serving.
+workers (busy and idle) carry on serving. Kept away longer than the worker's
+DOCKRQ_OUTCOME_RETRY_SECONDS, Redis gets one error/redis_unavailable outcome on
+its return instead, and the worker serves again.
 """
 
 from __future__ import annotations
@@ -105,5 +107,48 @@ def test_redis_restart_mid_execution(own_redis, spawn_worker, unique, test_image
     assert [producer.wait(i, timeout=60).status for i in ids] == [ExecutionStatus.SUCCEEDED] * 4
     ran_on = {Job.fetch(i, connection=client, serializer=JSONSerializer).get_meta()["worker"] for i in ids}
     assert len(ran_on) >= 1
+    producer.close()
+    client.close()
+
+
+def test_redis_away_beyond_the_outcome_retry_budget(own_redis, spawn_worker, unique, test_image, docker_client):
+    """The execution ends while Redis is down, and Redis stays down longer than the worker's
+    DOCKRQ_OUTCOME_RETRY_SECONDS: the job gives up on its outcome, the worker waits for Redis
+    and then records error/redis_unavailable (once), and serves again."""
+    client = redis.Redis.from_url(own_redis.url)
+    queue = Queue(spawn_worker.queue, connection=client)
+    worker = spawn_worker("--redis-url", own_redis.url, ready=False, env={**FAST, "DOCKRQ_OUTCOME_RETRY_SECONDS": "2"})
+    _wait(lambda: len(Worker.all(queue=queue)) == 1, 20, "the worker listening")
+    producer = Producer(own_redis.url, queue=spawn_worker.queue, prefix=spawn_worker.prefix)
+    eid = producer.submit({
+        "execution_id": f"beyond-{unique}",
+        "engine": {"image": test_image, "cmd": ["sh", "-c", "echo before; sleep 2; echo after; exit 4"]},
+    })
+    waited: list = []
+    waiter = threading.Thread(target=lambda: waited.append(producer.wait(eid, timeout=60)), daemon=True)
+    waiter.start()
+    _wait(lambda: producer.status(eid).state == "running", 30, "the execution running")
+
+    own_redis.kill()  # the container ends 2 s later, with Redis away for good (as far as the budget goes)
+    _wait(lambda: "settling it once Redis is back" in worker.output(), 30, "the worker giving up on the outcome")
+    label = f"dockrq.execution={eid}"
+    _wait(lambda: not docker_client.containers.list(all=True, filters={"label": label}), 10, "the container removed")
+    assert waited == [] and worker.popen.poll() is None
+    own_redis.start()
+
+    waiter.join(30)
+    assert not waiter.is_alive()
+    (got,) = waited
+    assert got.status == ExecutionStatus.ERROR
+    assert (got.error.code, got.result) == ("redis_unavailable", None)
+    assert client.llen(f"{spawn_worker.prefix}:exec:{eid}:outcome") == 1
+    assert producer.wait(eid, timeout=5) == got  # every later waiter gets the same one
+    job = Job.fetch(eid, connection=client, serializer=JSONSerializer)
+    _wait(lambda: job.get_status(refresh=True) == JobStatus.FAILED, 20, "rq job failed")
+
+    # The worker is still there, and serves again.
+    assert worker.popen.poll() is None
+    after = producer.submit({"execution_id": f"after-{unique}", "engine": {"image": test_image, "cmd": ["echo", "ok"]}})
+    assert producer.wait(after, timeout=30).status == ExecutionStatus.SUCCEEDED
     producer.close()
     client.close()

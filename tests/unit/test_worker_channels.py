@@ -96,6 +96,57 @@ def test_outcome_survives_redis_hiccups(fake_redis, monkeypatch):
     assert fake_redis.llen(KEYS.outcome("e1")) == 1
 
 
+def _redis_down(*_args, **_kwargs):
+    import redis
+
+    raise redis.ConnectionError("Connection refused")
+
+
+def test_outcome_gives_up_once_redis_has_been_unreachable_for_the_budget(fake_redis, monkeypatch):
+    import redis
+
+    ch = channels(fake_redis, outcome_retry_seconds=0.5)
+    monkeypatch.setattr(ch, "_write_outcome", _redis_down)
+    began = time.monotonic()
+    with pytest.raises(redis.ConnectionError):
+        ch.finish(Outcome.failure("e1", ExecutionStatus.SUCCEEDED, "x", "y"))
+    assert 0.5 <= time.monotonic() - began < 1.5  # the budget, not the 5 s backoff cap beyond it
+    assert ch.gave_up
+    assert fake_redis.llen(KEYS.outcome("e1")) == 0
+
+
+def test_eof_and_outcome_share_one_budget(fake_redis, monkeypatch):
+    # Each retrying write of the end on its own budget would make the end wait for Redis
+    # several times over; one clock, from the first write that found it unreachable.
+    import redis
+
+    ch = channels(fake_redis, outcome_retry_seconds=0.5)
+    monkeypatch.setattr(ch, "_ship", _redis_down)
+    monkeypatch.setattr(ch, "_write_outcome", _redis_down)
+    began = time.monotonic()
+    ch.send_eof()  # gives up after the budget, logged, not raised
+    with pytest.raises(redis.ConnectionError):
+        ch.finish(Outcome.failure("e1", ExecutionStatus.SUCCEEDED, "x", "y"))
+    assert time.monotonic() - began < 1.5
+
+
+def test_redis_answering_again_restarts_the_budget(fake_redis, monkeypatch):
+    ch = channels(fake_redis, outcome_retry_seconds=0.4)
+    real_ship = ch._ship
+    down_until = time.monotonic() + 0.3
+
+    def flaky(batch):
+        if time.monotonic() < down_until:
+            _redis_down()
+        return real_ship(batch)
+
+    monkeypatch.setattr(ch, "_ship", flaky)
+    assert ch.send_logs(entries(1))  # unreachable for 0.3 s of 0.4, then shipped
+    assert not ch.gave_up
+    time.sleep(0.2)  # the earlier outage does not count against the outcome
+    assert ch.finish(Outcome.failure("e1", ExecutionStatus.SUCCEEDED, "x", "y"))
+
+
 def test_final_event_only_from_the_winner(fake_redis):
     pubsub = fake_redis.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(KEYS.events)

@@ -307,6 +307,39 @@ def test_cancel_during_start_is_applied_once_started(fake_redis, make_runtime):
     assert ExecutionRun(rt, None, request()).run()["status"] == "cancelled"
 
 
+def test_outcome_given_up_after_the_redis_budget_is_left_to_the_worker(fake_redis, monkeypatch, caplog):
+    # Redis unreachable at the end for longer than outcome_retry_seconds: the job function
+    # raises the Redis error (rq's worker settles the job once Redis is back) after one try
+    # of the budget, not a second one through the interruption path.
+    import redis
+
+    from worker.channels import ExecutionChannels
+
+    attempts = []
+
+    def down(self, payload):
+        attempts.append(time.monotonic())
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(ExecutionChannels, "_store_outcome", down)
+    monkeypatch.setattr(ExecutionChannels, "_ship", lambda self, batch: down(self, batch))
+    ex = FakeExecutor(exit_code=4)
+    rt = WorkerRuntime(settings(outcome_retry_seconds=0.5), executor=ex, connection=fake_redis)
+    began = time.monotonic()
+    try:
+        with pytest.raises(redis.ConnectionError):
+            ExecutionRun(rt, None, request()).run()
+    finally:
+        rt.close()
+    assert time.monotonic() - began < 2
+    assert attempts[-1] - attempts[0] < 0.8  # eof and outcome: one budget in all
+    assert ex.calls == [("start", "e1")]  # nothing cancelled: the container had ended by itself
+    assert ex.forgotten == ["e1"]
+    assert fake_redis.llen(KEYS.outcome("e1")) == 0
+    assert "its failed outcome is not written" in caplog.text
+    assert "interrupted" not in caplog.text
+
+
 def test_rq_timeout_stops_the_container_and_writes_timed_out(fake_redis, make_runtime):
     ex = FakeExecutor(finish=False)
     with pytest.raises(JobTimeoutException), UnixSignalDeathPenalty(1, JobTimeoutException):
