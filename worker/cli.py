@@ -23,6 +23,7 @@ from rq.worker_pool import WorkerPool
 from worker.executor import CleanupError, DockerUnavailableError, ExecutorError, new_executor
 
 from . import doctor
+from .policy import PULL_POLICIES
 from .rq_worker import DockrqWorker
 from .runtime import WorkerRuntime, install
 from .settings import SettingsError, WorkerSettings
@@ -79,9 +80,14 @@ _POLICY_OPTIONS = [
         "--max-output", "max_output_bytes",
         help="Largest output_limit_bytes per stream (env DOCKRQ_MAX_OUTPUT_BYTES; default 16m).",
     ),
+    click.option("--max-gpus", help="Most GPUs a request may ask for (env DOCKRQ_MAX_GPUS; default 0: no GPU access)."),
     click.option(
         "--allow-image", "allowed_images", multiple=True, metavar="PATTERN",
         help="Image glob allowed to run, e.g. 'registry.local/team/*'; repeatable (env DOCKRQ_ALLOWED_IMAGES, comma list; default '*').",
+    ),
+    click.option(
+        "--allow-pull", "allowed_pull_policies", multiple=True, type=click.Choice(PULL_POLICIES),
+        help="Pull policy requests may use; repeatable, e.g. only 'never' (env DOCKRQ_ALLOWED_PULL_POLICIES, comma list; default all).",
     ),
     click.option(
         "--allow-mount-root", "allowed_mount_roots", multiple=True, metavar="PATH",
@@ -95,8 +101,8 @@ _POLICY_OPTIONS = [
     click.option("--default-pids", help="Process limit of requests that give none (env DOCKRQ_DEFAULT_PIDS; default 512)."),
 ]
 _POLICY_FIELDS = (
-    "max_memory", "max_cpus", "max_pids", "max_timeout_seconds", "max_output_bytes", "allowed_images",
-    "allowed_mount_roots", "allow_bridge", "default_memory", "default_pids",
+    "max_memory", "max_cpus", "max_pids", "max_timeout_seconds", "max_output_bytes", "max_gpus", "allowed_images",
+    "allowed_pull_policies", "allowed_mount_roots", "allow_bridge", "default_memory", "default_pids",
 )
 
 

@@ -1,29 +1,30 @@
 """What the operator allows on this worker, whatever a request asks for.
 
 A request that validates against the wire schema can still ask for more than
-this node should give: 64 GiB of memory, an image nobody vetted, the host
-network bridge, a bind mount of ``/``. ``WorkerPolicy.check`` refuses those
-before anything reaches Docker -- the outcome is ``rejected`` and its message
-names the field, the limit and the setting that sets it -- and fills in the
-safe defaults (memory and pids caps, a time limit) a request left out.
+this node should give: 64 GiB of memory, an image nobody vetted, the host's
+GPUs, a pull from a registry, the host network bridge, a bind mount of ``/``.
+``WorkerPolicy.check`` refuses those before anything reaches Docker -- the
+outcome is ``rejected`` and its message names the field, the limit and the
+setting that sets it -- and fills in the safe defaults (memory and pids caps,
+a time limit, a pull policy this worker allows) a request left out.
 
-The defaults are safe on a shared host: no network bridge, every container
-capped at 1 GiB of memory and 512 processes unless it asks (and may ask up to
-8 GiB / 4096), at most 24 h, at most 16 MiB of output kept per stream. Any
-limit can be lifted with ``none``.
+The defaults are safe on a shared host: no network bridge, no GPU, every
+container capped at 1 GiB of memory and 512 processes unless it asks (and may
+ask up to 8 GiB / 4096), at most 24 h, at most 16 MiB of output kept per
+stream. Any limit can be lifted with ``none``.
 """
 
 from __future__ import annotations
 
-import fnmatch
 import math
-from typing import Annotated, Any
+from typing import Annotated, Any, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from schemas import ExecutionRequest, parse_size
 from worker.executor import MountNotAllowed, RequestRejected
 from worker.executor.types import ExecutorPolicy, checked_binds
+from worker.images import ImagePattern, image_allowed
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 
@@ -33,6 +34,11 @@ DEFAULT_MAX_PIDS = 4096
 DEFAULT_PIDS = 512
 DEFAULT_MAX_TIMEOUT_SECONDS = 24 * 3600.0
 DEFAULT_MAX_OUTPUT_BYTES = 16 * MiB
+# A GPU is host hardware shared by every container on it: none unless the operator says how many.
+DEFAULT_MAX_GPUS = 0
+# The request schema's pull policies, and the one a request carries when it names none.
+PULL_POLICIES: tuple[str, ...] = get_args(ExecutionRequest.model_fields["pull_policy"].annotation)
+DEFAULT_PULL_POLICY: str = ExecutionRequest.model_fields["pull_policy"].default
 # Docker refuses a memory limit below 6 MiB.
 MIN_MEMORY = 6 * MiB
 
@@ -43,7 +49,9 @@ POLICY_ENV_VARS: dict[str, str] = {
     "max_pids": "DOCKRQ_MAX_PIDS",
     "max_timeout_seconds": "DOCKRQ_MAX_TIMEOUT_SECONDS",
     "max_output_bytes": "DOCKRQ_MAX_OUTPUT_BYTES",
+    "max_gpus": "DOCKRQ_MAX_GPUS",
     "allowed_images": "DOCKRQ_ALLOWED_IMAGES",
+    "allowed_pull_policies": "DOCKRQ_ALLOWED_PULL_POLICIES",
     "allowed_mount_roots": "DOCKRQ_ALLOWED_MOUNT_ROOTS",
     "allow_bridge": "DOCKRQ_ALLOW_BRIDGE",
     "default_memory": "DOCKRQ_DEFAULT_MEMORY",
@@ -79,26 +87,8 @@ def _list(value: Any) -> Any:
 Size = Annotated[Annotated[int, Field(ge=0)] | None, BeforeValidator(_size)]
 MemorySize = Annotated[Annotated[int, Field(ge=MIN_MEMORY)] | None, BeforeValidator(_size)]
 Count = Annotated[Annotated[int, Field(ge=1)] | None, BeforeValidator(_unlimited)]
+CountOrZero = Annotated[Annotated[int, Field(ge=0)] | None, BeforeValidator(_unlimited)]
 Positive = Annotated[Annotated[float, Field(gt=0)] | None, BeforeValidator(_unlimited)]
-
-
-def image_allowed(image: str, patterns: tuple[str, ...]) -> bool:
-    """Whether ``image`` matches one of the fnmatch ``patterns``.
-
-    A pattern is compared with the reference as given, with its ``repo:tag``
-    form (``latest`` when no tag is given) and with the bare repository, so
-    ``busybox`` allows every busybox tag, ``busybox:1.36`` only that tag, and
-    ``registry.local/team/*`` everything below that path (``*`` crosses ``/``).
-    """
-    repo_tag, digest, _ = image.partition("@")
-    last = repo_tag.rsplit("/", 1)[-1]  # a registry's ':port' is not a tag
-    if ":" in last:
-        repo = repo_tag[: len(repo_tag) - len(last)] + last.split(":", 1)[0]
-        candidates = {image, repo_tag, repo}
-    else:
-        repo = repo_tag
-        candidates = {image, repo} if digest else {image, repo, f"{repo}:latest"}
-    return any(fnmatch.fnmatchcase(c, p) for p in patterns for c in candidates)
 
 
 class WorkerPolicy(BaseModel):
@@ -111,13 +101,15 @@ class WorkerPolicy(BaseModel):
     max_pids: Count = DEFAULT_MAX_PIDS
     max_timeout_seconds: Positive = DEFAULT_MAX_TIMEOUT_SECONDS
     max_output_bytes: Size = DEFAULT_MAX_OUTPUT_BYTES
+    max_gpus: CountOrZero = DEFAULT_MAX_GPUS
     allowed_images: tuple[str, ...] = ("*",)
+    allowed_pull_policies: tuple[str, ...] = PULL_POLICIES
     allowed_mount_roots: tuple[str, ...] = ()
     allow_bridge: bool = False
     default_memory: MemorySize = DEFAULT_MEMORY
     default_pids: Count = DEFAULT_PIDS
 
-    @field_validator("allowed_images", "allowed_mount_roots", mode="before")
+    @field_validator("allowed_images", "allowed_pull_policies", "allowed_mount_roots", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _list(value)
@@ -130,7 +122,19 @@ class WorkerPolicy(BaseModel):
         for pattern in patterns:
             if any(c.isspace() or c == "\x00" for c in pattern):
                 raise ValueError(f"image pattern {pattern!r} must not contain whitespace")
+            ImagePattern.parse(pattern)  # a pattern no image could match is a typo: say so at start-up
         return patterns
+
+    @field_validator("allowed_pull_policies")
+    @classmethod
+    def _pull_policies(cls, policies: tuple[str, ...]) -> tuple[str, ...]:
+        # checked here rather than typed as a Literal, so the error names the setting, not an index in it
+        if not policies:
+            raise ValueError(f"give at least one of {', '.join(PULL_POLICIES)}")
+        for policy in policies:
+            if policy not in PULL_POLICIES:
+                raise ValueError(f"{policy!r} is not a pull policy (one of {', '.join(PULL_POLICIES)})")
+        return tuple(dict.fromkeys(policies))
 
     @field_validator("allowed_mount_roots")
     @classmethod
@@ -161,6 +165,20 @@ class WorkerPolicy(BaseModel):
         return self
 
     @property
+    def default_pull_policy(self) -> str:
+        """What a request with the schema's default (``if_not_present``) runs with when this worker
+        does not allow that: ``never`` if allowed, else ``always``.
+
+        Every request carries a pull policy (producers send the default too), so one that
+        names none cannot be told from one that names the default; refusing it would refuse
+        nearly every request on a ``never`` worker. The default is a "no preference" this
+        worker settles; ``always`` or ``never`` asked for and not allowed is refused.
+        """
+        if DEFAULT_PULL_POLICY in self.allowed_pull_policies:
+            return DEFAULT_PULL_POLICY
+        return "never" if "never" in self.allowed_pull_policies else "always"
+
+    @property
     def executor_policy(self) -> ExecutorPolicy:
         """What the executor enforces again when it builds the container."""
         return ExecutorPolicy(self.allowed_mount_roots, self.allow_bridge)
@@ -185,6 +203,14 @@ class WorkerPolicy(BaseModel):
             over("resources.cpus", res.cpus, self.max_cpus, "max_cpus")
         if res.pids is not None:
             over("resources.pids", res.pids, self.max_pids, "max_pids")
+        if res.gpus is not None and self.max_gpus is not None:
+            gpus = res.gpus.count if res.gpus.count is not None else len(res.gpus.device_ids or ())
+            if gpus == -1:  # every GPU the host has: more than any limit can vouch for without asking Docker
+                problems.append(
+                    f"resources.gpus: -1 (all) is above this worker's limit {self.max_gpus} ({POLICY_ENV_VARS['max_gpus']})"
+                )
+            else:
+                over("resources.gpus", gpus, self.max_gpus, "max_gpus")
         if request.timeout_seconds is not None:
             over("timeout_seconds", request.timeout_seconds, self.max_timeout_seconds, "max_timeout_seconds")
         over("output_limit_bytes", request.output_limit_bytes, self.max_output_bytes, "max_output_bytes")
@@ -192,6 +218,11 @@ class WorkerPolicy(BaseModel):
             problems.append(
                 f"engine.image: {request.engine.image!r} is not allowed on this worker "
                 f"(allowed: {', '.join(self.allowed_images)}) ({POLICY_ENV_VARS['allowed_images']})"
+            )
+        if request.pull_policy not in self.allowed_pull_policies and request.pull_policy != DEFAULT_PULL_POLICY:
+            problems.append(
+                f"pull_policy: {request.pull_policy!r} is not allowed on this worker "
+                f"(allowed: {', '.join(self.allowed_pull_policies)}) ({POLICY_ENV_VARS['allowed_pull_policies']})"
             )
         if request.network == "bridge" and not self.allow_bridge:
             problems.append(f"network: 'bridge' is not allowed on this worker ({POLICY_ENV_VARS['allow_bridge']})")
@@ -219,6 +250,8 @@ class WorkerPolicy(BaseModel):
             update["resources"] = res.model_copy(update=resources)
         if request.timeout_seconds is None and self.max_timeout_seconds is not None:
             update["timeout_seconds"] = self.max_timeout_seconds
+        if request.pull_policy not in self.allowed_pull_policies:  # the schema's default: check let it through
+            update["pull_policy"] = self.default_pull_policy
         return request.model_copy(update=update) if update else request
 
     def describe(self) -> str:
@@ -232,9 +265,10 @@ class WorkerPolicy(BaseModel):
         return (
             f"memory {show(self.default_memory, True)} default / {show(self.max_memory, True)} max, "
             f"pids {show(self.default_pids)} default / {show(self.max_pids)} max, "
-            f"cpus max {show(self.max_cpus)}, timeout max {show(self.max_timeout_seconds)} s, "
+            f"cpus max {show(self.max_cpus)}, gpus max {show(self.max_gpus)}, "
+            f"timeout max {show(self.max_timeout_seconds)} s, "
             f"output max {show(self.max_output_bytes, True)} per stream, "
-            f"images {','.join(self.allowed_images)}, "
+            f"images {','.join(self.allowed_images)}, pull {','.join(self.allowed_pull_policies)}, "
             f"mount roots {','.join(self.allowed_mount_roots) or 'none'}, "
             f"bridge {'allowed' if self.allow_bridge else 'refused'}"
         )

@@ -2,10 +2,11 @@
 
 The worker's policy rejects what is over the operator's limits before any
 container exists; its defaults cap memory and processes and keep the network
-off; a 1 GiB output flood leaves the worker's memory and Redis flat; a fork
-bomb stops at the pids limit; nothing on the wire is a pickle; environment
-values reach the container and nowhere else (descriptions, meta, events,
-outcome, logs, worker output, dashboard); containers are never privileged.
+and GPUs off, and a worker can be kept off registries; a 1 GiB output flood
+leaves the worker's memory and Redis flat; a fork bomb stops at the pids
+limit; nothing on the wire is a pickle; environment values reach the container
+and nowhere else (descriptions, meta, events, outcome, logs, worker output,
+dashboard); containers are never privileged.
 """
 
 from __future__ import annotations
@@ -96,6 +97,32 @@ def test_requests_over_the_policy_are_rejected_before_any_container(
                                  mounts=[{"source": str(tmp_path / "data"), "target": "/data"}]))
     outcome = producer.wait(ok, timeout=60)
     assert (outcome.status, outcome.result.stdout) == (ExecutionStatus.SUCCEEDED, "mounted\n")
+    assert len(created_containers(docker_client, spawn_worker.executor_id, since)) == 1
+
+
+def test_gpus_and_pull_policies_only_as_the_operator_allows(spawn_worker, producer, docker_client, test_image, unique):
+    spawn_worker("--allow-pull", "never")  # a worker that must never touch a registry; GPUs left at 0
+    since = datetime.now(timezone.utc)
+    gpu = producer.submit(request(test_image, f"gpu-{unique}", "true", resources={"gpus": {"count": 1}}))
+    pull = producer.submit(request(test_image, f"pull-{unique}", "true", pull_policy="always"))
+    expected = {
+        gpu: "resources.gpus: 1 is above this worker's limit 0 (DOCKRQ_MAX_GPUS)",
+        pull: "pull_policy: 'always' is not allowed on this worker (allowed: never) (DOCKRQ_ALLOWED_PULL_POLICIES)",
+    }
+    for eid, message in expected.items():
+        outcome = producer.wait(eid, timeout=30)
+        assert (outcome.status, outcome.result) == (ExecutionStatus.REJECTED, None), eid
+        assert (outcome.error.code, outcome.error.message) == ("policy_violation", message)
+    assert created_containers(docker_client, spawn_worker.executor_id, since) == []
+
+    # a request with the default pull policy runs with 'never': the local image, and no pull for a missing one
+    local = producer.submit(request(test_image, f"local-{unique}", "echo", "local"))
+    outcome = producer.wait(local, timeout=60)
+    assert (outcome.status, outcome.result.stdout) == (ExecutionStatus.SUCCEEDED, "local\n")
+    absent = producer.submit(request(f"dockrq-test/absent-{unique}:1", f"absent-{unique}", "true"))
+    outcome = producer.wait(absent, timeout=30)
+    assert (outcome.status, outcome.error.code) == (ExecutionStatus.ERROR, "image_pull")
+    assert "pull_policy is 'never'" in outcome.error.message
     assert len(created_containers(docker_client, spawn_worker.executor_id, since)) == 1
 
 

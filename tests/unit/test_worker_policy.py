@@ -40,9 +40,12 @@ def req(**fields: Any) -> ExecutionRequest:
 def test_safe_defaults_fill_in_what_the_request_left_out():
     policy = WorkerPolicy()
     assert (policy.allow_bridge, policy.allowed_mount_roots, policy.allowed_images) == (False, (), ("*",))
+    assert (policy.max_gpus, policy.allowed_pull_policies) == (0, ("if_not_present", "always", "never"))
     checked = policy.check(req())
     assert (checked.resources.memory, checked.resources.pids, checked.timeout_seconds) == (1 * GiB, 512, 86400)
     assert checked.resources.cpus is None and checked.output_limit_bytes == 1 * MiB
+    assert checked.resources.gpus is None and checked.pull_policy == "if_not_present"
+    assert "gpus max 0" in policy.describe() and "pull if_not_present,always,never" in policy.describe()
 
 
 def test_values_within_the_limits_are_kept():
@@ -82,6 +85,28 @@ def test_defaults_can_be_switched_off_and_never_exceed_the_limit():
             {"allowed_images": "dockrq-test/*"}, {"engine": {"image": "busybox"}},
             "engine.image: 'busybox' is not allowed on this worker (allowed: dockrq-test/*) (DOCKRQ_ALLOWED_IMAGES)",
         ),
+        # GPUs: none by default, whatever the vendor or the way they are named
+        ({}, {"resources": {"gpus": {"count": 1}}}, "resources.gpus: 1 is above this worker's limit 0 (DOCKRQ_MAX_GPUS)"),
+        (
+            {}, {"resources": {"gpus": {"vendor": "amd", "device_ids": ["0"]}}},
+            "resources.gpus: 1 is above this worker's limit 0 (DOCKRQ_MAX_GPUS)",
+        ),
+        (
+            {"max_gpus": 2}, {"resources": {"gpus": {"device_ids": ["0", "1", "2"]}}},
+            "resources.gpus: 3 is above this worker's limit 2 (DOCKRQ_MAX_GPUS)",
+        ),
+        (
+            {"max_gpus": 8}, {"resources": {"gpus": {"count": -1}}},
+            "resources.gpus: -1 (all) is above this worker's limit 8 (DOCKRQ_MAX_GPUS)",
+        ),
+        (
+            {"allowed_pull_policies": "never"}, {"pull_policy": "always"},
+            "pull_policy: 'always' is not allowed on this worker (allowed: never) (DOCKRQ_ALLOWED_PULL_POLICIES)",
+        ),
+        (
+            {"allowed_pull_policies": ("always", "if_not_present")}, {"pull_policy": "never"},
+            "pull_policy: 'never' is not allowed on this worker (allowed: always, if_not_present) (DOCKRQ_ALLOWED_PULL_POLICIES)",
+        ),
     ],
 )
 def test_a_request_over_a_limit_is_refused_naming_field_limit_and_setting(policy, fields, message):
@@ -92,9 +117,36 @@ def test_a_request_over_a_limit_is_refused_naming_field_limit_and_setting(policy
 
 def test_every_violation_is_named_at_once():
     with pytest.raises(PolicyViolation) as info:
-        WorkerPolicy(max_memory="1g").check(req(resources={"memory": "2g", "pids": 9999}, network="bridge"))
+        WorkerPolicy(max_memory="1g", allowed_pull_policies="never").check(req(
+            resources={"memory": "2g", "pids": 9999, "gpus": {"count": 1}}, network="bridge", pull_policy="always",
+        ))
     fields = [part.split(":")[0] for part in str(info.value).split("; ")]
-    assert fields == ["resources.memory", "resources.pids", "network"]
+    assert fields == ["resources.memory", "resources.pids", "resources.gpus", "pull_policy", "network"]
+
+
+def test_gpus_up_to_the_operators_limit():
+    two = req(resources={"gpus": {"count": 2}})
+    assert WorkerPolicy(max_gpus=2).check(two).resources.gpus == two.resources.gpus
+    by_id = req(resources={"gpus": {"vendor": "intel", "device_ids": ["0", "1"]}})
+    assert WorkerPolicy(max_gpus=2).check(by_id).resources.gpus == by_id.resources.gpus
+    every = req(resources={"gpus": {"count": -1}})  # all of them: only where the operator set no limit
+    assert WorkerPolicy(max_gpus="none").check(every).resources.gpus.count == -1
+
+
+@pytest.mark.parametrize(
+    ("allowed", "asked", "runs_with"),
+    [
+        (("if_not_present", "always", "never"), "always", "always"),
+        (("never",), "never", "never"),
+        # the schema's default is every request's unless it asks otherwise: the worker settles it
+        (("never",), "if_not_present", "never"),
+        (("always",), "if_not_present", "always"),
+        (("always", "never"), "if_not_present", "never"),
+        (("never", "if_not_present"), "if_not_present", "if_not_present"),
+    ],
+)
+def test_pull_policy_is_one_the_worker_allows(allowed, asked, runs_with):
+    assert WorkerPolicy(allowed_pull_policies=allowed).check(req(pull_policy=asked)).pull_policy == runs_with
 
 
 def test_bridge_when_the_operator_allows_it():
@@ -132,15 +184,57 @@ def test_long_paths_make_short_messages():
         ("busybox", ("busybox:latest",), True),  # no tag in the image: latest
         ("busybox:1.36", ("busybox:latest",), False),
         ("busybox@sha256:abcd", ("busybox:latest",), False),
+        ("busybox@sha256:abcd", ("busybox@sha256:abcd",), True),
+        ("busybox:1.36@sha256:abcd", ("busybox:1.36",), False),  # the digest decides what runs, not the tag
+        ("busybox:1.36@sha256:abcd", ("busybox",), True),
         ("busyboxx", ("busybox",), False),
-        ("registry.local:5000/team/app:v1", ("registry.local:5000/team/*",), True),
-        ("registry.local:5000/other/app", ("registry.local:5000/team/*",), False),
-        ("docker.io/library/busybox", ("busybox",), False),  # no registry normalisation: name it as used
         ("anything/at:all", ("*",), True),
+        ("ghcr.io/any/thing@sha256:abcd", ("*",), True),
+        # one image however it is written: registry, library/, latest, the legacy index name
+        ("docker.io/library/busybox", ("busybox",), True),
+        ("index.docker.io/library/busybox:latest", ("busybox:latest",), True),
+        ("library/busybox:1.36", ("busybox:1.36",), True),
+        ("docker.io/busybox:1.36", ("docker.io/library/busybox:1.36",), True),
+        ("docker.io/dockrq-test/busybox", ("dockrq-test/*",), True),
+        ("dockrq-test/busybox", ("docker.io/dockrq-test/*",), True),
+        ("busybox", ("docker.io/library/*",), True),
+        ("busybox:1.36", ("docker.io/library/busybox",), True),
+        ("team/app", ("docker.io/library/*",), False),  # not an official image
+        ("team/app", ("docker.io/*",), True),  # all of Docker Hub
+        ("ghcr.io/team/app", ("docker.io/*",), False),
+        ("busybox-extras", ("busy*",), True),  # a one-component pattern is an official image
+        ("busybox.evil.example/x", ("busybox*",), False),  # ... not a host that starts like one
+        ("busybox.evil.example/x", ("busybox",), False),
+        # a registry with a port: the port is not a tag, and the registry is not Docker Hub
+        ("registry.local:5000/team/app:v1", ("registry.local:5000/team/*",), True),
+        ("registry.local:5000/team/app", ("registry.local:5000/team/app:latest",), True),
+        ("registry.local:5000/team/app:v1", ("registry.local:5000/team/app:v*",), True),
+        ("registry.local:5000/team/app:v1", ("registry.local:5000/team/app:latest",), False),
+        ("registry.local:5000/other/app", ("registry.local:5000/team/*",), False),
+        ("registry.local:5000/team/app", ("registry.local/team/*",), False),
+        ("registry.local:5000/team/app", ("team/*",), False),  # team/* is Docker Hub's team
+        ("team/app", ("registry.local:5000/team/*",), False),
+        ("registry.local:5000/app", ("registry.local:5000/app",), True),  # no library/ outside Docker Hub
+        ("localhost:5000/app", ("localhost:5000/*",), True),
+        ("localhost/app", ("localhost/*",), True),
+        ("localhost/app", ("docker.io/*",), False),
+        # a wildcard in the registry stays in the registry; one where a Docker Hub name starts spans registries
+        ("mirror.example.com/app", ("*.example.com/*",), True),
+        ("evil.example/x.example.com/app", ("*.example.com/*",), False),
+        ("ghcr.io/team/app", ("*/team/*",), True),
+        ("busybox", ("*:latest",), True),
+        # what Docker would refuse or read as a host is not taken for Docker Hub
+        ("Evil/app", ("docker.io/*",), False),
+        ("http://docker.io/busybox", ("*",), False),
     ],
 )
 def test_image_patterns(image, patterns, allowed):
     assert image_allowed(image, patterns) is allowed
+
+
+def test_an_image_pattern_docker_could_never_match_is_refused_at_start():
+    with pytest.raises(SettingsError, match=r"DOCKRQ_ALLOWED_IMAGES.*'https://registry.local/\*'"):
+        WorkerSettings.load({"DOCKRQ_ALLOWED_IMAGES": "busybox,https://registry.local/*"})
 
 
 # -- settings: environment and flags ------------------------------------------------------
@@ -152,16 +246,20 @@ def test_policy_from_the_environment():
         "DOCKRQ_MAX_TIMEOUT_SECONDS": "3600", "DOCKRQ_MAX_OUTPUT_BYTES": "4m",
         "DOCKRQ_ALLOWED_IMAGES": "dockrq-test/*, registry.local/*", "DOCKRQ_ALLOWED_MOUNT_ROOTS": "/data,/scratch",
         "DOCKRQ_ALLOW_BRIDGE": "true", "DOCKRQ_DEFAULT_MEMORY": "256m", "DOCKRQ_DEFAULT_PIDS": "100",
+        "DOCKRQ_MAX_GPUS": "2", "DOCKRQ_ALLOWED_PULL_POLICIES": "never, if_not_present",
     }
     p = WorkerSettings.load(env).policy
     assert p == WorkerPolicy(
         max_memory=2 * GiB, max_cpus=4, max_pids=1000, max_timeout_seconds=3600, max_output_bytes=4 * MiB,
         allowed_images=("dockrq-test/*", "registry.local/*"), allowed_mount_roots=("/data", "/scratch"),
         allow_bridge=True, default_memory=256 * MiB, default_pids=100,
+        max_gpus=2, allowed_pull_policies=("never", "if_not_present"),
     )
     assert WorkerSettings.load(env).allowed_mount_roots == ("/data", "/scratch")
-    lifted = WorkerSettings.load({"DOCKRQ_MAX_MEMORY": "none", "DOCKRQ_MAX_PIDS": "unlimited"}).policy
-    assert (lifted.max_memory, lifted.max_pids) == (None, None)
+    lifted = WorkerSettings.load(
+        {"DOCKRQ_MAX_MEMORY": "none", "DOCKRQ_MAX_PIDS": "unlimited", "DOCKRQ_MAX_GPUS": "none"}
+    ).policy
+    assert (lifted.max_memory, lifted.max_pids, lifted.max_gpus) == (None, None, None)
 
 
 @pytest.mark.parametrize(
@@ -174,6 +272,10 @@ def test_policy_from_the_environment():
         ({"DOCKRQ_ALLOW_BRIDGE": "perhaps"}, "DOCKRQ_ALLOW_BRIDGE"),
         ({"DOCKRQ_ALLOWED_IMAGES": " , "}, "DOCKRQ_ALLOWED_IMAGES"),
         ({"DOCKRQ_DEFAULT_PIDS": "many"}, "DOCKRQ_DEFAULT_PIDS"),
+        ({"DOCKRQ_MAX_GPUS": "-1"}, "DOCKRQ_MAX_GPUS"),
+        ({"DOCKRQ_MAX_GPUS": "some"}, "DOCKRQ_MAX_GPUS"),
+        ({"DOCKRQ_ALLOWED_PULL_POLICIES": "never,sometimes"}, r"DOCKRQ_ALLOWED_PULL_POLICIES.*'sometimes'"),
+        ({"DOCKRQ_ALLOWED_PULL_POLICIES": " , "}, "DOCKRQ_ALLOWED_PULL_POLICIES"),
     ],
 )
 def test_bad_policy_setting_names_the_variable(env, named):
@@ -201,15 +303,20 @@ def test_worker_flags_override_the_environment(monkeypatch):
         "run", "--max-memory", "4g", "--max-cpus", "2", "--max-pids", "64", "--max-timeout", "60",
         "--max-output", "2m", "--allow-image", "a/*", "--allow-image", "b", "--allow-mount-root", "/srv",
         "--allow-bridge", "--default-memory", "128m", "--default-pids", "32",
+        "--max-gpus", "1", "--allow-pull", "never", "--allow-pull", "if_not_present",
     ])
     assert result.exit_code == 0, result.output
     assert installed[0].settings.policy == WorkerPolicy(
         max_memory=4 * GiB, max_cpus=2, max_pids=64, max_timeout_seconds=60, max_output_bytes=2 * MiB,
         allowed_images=("a/*", "b"), allowed_mount_roots=("/srv",), allow_bridge=True,
-        default_memory=128 * MiB, default_pids=32,
+        default_memory=128 * MiB, default_pids=32, max_gpus=1, allowed_pull_policies=("never", "if_not_present"),
     )
     bad = CliRunner().invoke(cli.main, ["run", "--max-memory", "huge"])
     assert bad.exit_code == 1 and "DOCKRQ_MAX_MEMORY" in bad.output and "Traceback" not in bad.output
+    bad = CliRunner().invoke(cli.main, ["run", "--max-gpus", "-2"])
+    assert bad.exit_code == 1 and "DOCKRQ_MAX_GPUS" in bad.output and "Traceback" not in bad.output
+    bad = CliRunner().invoke(cli.main, ["run", "--allow-pull", "sometimes"])
+    assert bad.exit_code == 2 and "'sometimes' is not one of" in bad.output
 
 
 # -- the job function applies it ------------------------------------------------------------
@@ -271,6 +378,26 @@ def test_job_function_rejects_over_the_limit_without_starting(fake_redis, runtim
     assert (got.status, got.error.code) == (ExecutionStatus.REJECTED, "policy_violation")
     assert got.error.message == "resources.memory: 2147483648 is above this worker's limit 1073741824 (DOCKRQ_MAX_MEMORY)"
     assert ex.started == []
+
+
+def test_job_function_rejects_gpus_and_refused_pull_policies_without_starting(fake_redis, runtime_with):
+    ex = RecordingExecutor()
+    runtime = runtime_with(ex, allowed_pull_policies="never")
+    gpu = {"execution_id": "gpu", "engine": {"image": "busybox"}, "resources": {"gpus": {"count": 1}}}
+    pull = {"execution_id": "pull", "engine": {"image": "busybox"}, "pull_policy": "always"}
+    for payload in (gpu, pull):
+        assert ExecutionRun(runtime, None, payload).run()["status"] == "rejected"
+    got = {eid: _outcome(fake_redis, eid) for eid in ("gpu", "pull")}
+    assert {(o.status, o.error.code) for o in got.values()} == {(ExecutionStatus.REJECTED, "policy_violation")}
+    assert got["gpu"].error.message == "resources.gpus: 1 is above this worker's limit 0 (DOCKRQ_MAX_GPUS)"
+    assert got["pull"].error.message == (
+        "pull_policy: 'always' is not allowed on this worker (allowed: never) (DOCKRQ_ALLOWED_PULL_POLICIES)"
+    )
+    assert ex.started == []
+    # a request with the default pull policy runs, with the one the worker allows
+    plain = {"execution_id": "plain", "engine": {"image": "busybox"}}
+    assert ExecutionRun(runtime, None, plain).run()["status"] == "succeeded"
+    assert [(r.execution_id, r.pull_policy) for r in ex.started] == [("plain", "never")]
 
 
 def test_job_function_starts_with_the_defaults_applied(fake_redis, runtime_with):
