@@ -15,6 +15,7 @@ command -v redis-server >/dev/null || need+=(redis-server)
 dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v openssl >/dev/null || need+=(openssl)
+command -v debootstrap >/dev/null || need+=(debootstrap)  # scripts/offline_base.sh (compose test)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
