@@ -130,13 +130,13 @@ def test_scaled_workers_share_the_queue(stack, producer, test_image):
     assert len({w.hostname for w in workers}) == SCALE  # one per replica
 
     ids = producer.submit_many(
-        [{"engine": {"image": test_image, "cmd": ["sh", "-c", "sleep 2; echo done"]}} for _ in range(2 * SCALE)]
+        [{"engine": {"image": test_image, "cmd": ["sh", "-c", "sleep 3; echo done"]}} for _ in range(2 * SCALE)]
     )
     outcomes = [producer.wait(eid, timeout=120) for eid in ids]
     assert [o.result.status for o in outcomes] == ["succeeded"] * len(ids)
     assert all(o.result.stdout == "done\n" for o in outcomes)
     ran_on = {producer.status(eid).worker for eid in ids}
-    # Eight two-second executions on four idle workers: each worker runs some.
+    # Eight three-second executions on four idle workers: each worker runs some.
     assert len(ran_on) == SCALE, ran_on
     assert ran_on <= {w.name for w in workers}
 
