@@ -9,6 +9,7 @@ from .errors import (
     ExecutionNotFound,
     InvalidRequest,
     ProducerError,
+    RequestTooLarge,
 )
 from .status import ExecutionStatusView
 
@@ -22,6 +23,7 @@ __all__ = [
     "InvalidRequest",
     "Producer",
     "ProducerError",
+    "RequestTooLarge",
     "describe",
     "parse_request",
 ]

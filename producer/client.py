@@ -38,6 +38,7 @@ from rq.serializers import JSONSerializer
 
 from schemas import (
     CANCEL_MESSAGE,
+    DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_PREFIX,
     DEFAULT_QUEUE,
     DEFAULT_RETENTION_SECONDS,
@@ -52,11 +53,12 @@ from schemas import (
     LogEntry,
     Outcome,
     as_json_object,
+    request_size,
 )
 
 from .connections import BLOCK_SLICE_SECONDS, blocking_twin, clients_from_url
 from .describe import describe
-from .errors import DuplicateExecution, ExecutionAlreadyFinished, ExecutionNotFound, InvalidRequest
+from .errors import DuplicateExecution, ExecutionAlreadyFinished, ExecutionNotFound, InvalidRequest, RequestTooLarge
 from .jobhash import JobWriter
 from .logs import LogReader
 from .status import ExecutionStatusView, build_view
@@ -69,6 +71,8 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # container (grace period) inside the same rq job.
 JOB_TIMEOUT_MARGIN_SECONDS = 300
 NO_RQ_TIMEOUT = -1  # rq: never kill the work horse; the request has no time limit
+# Smallest max_request_bytes: room for any request with its defaults (about 400 bytes).
+MIN_MAX_REQUEST_BYTES = 1024
 # How long an id may have a claim but no rq job before a waiter calls it gone
 # (the claim-then-enqueue window is milliseconds).
 VANISH_GRACE_SECONDS = 3.0
@@ -130,7 +134,10 @@ class Producer:
         connection: redis.Redis | None = None,
         *,
         retention_seconds: int = DEFAULT_RETENTION_SECONDS,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
+        if max_request_bytes < MIN_MAX_REQUEST_BYTES:
+            raise ValueError(f"max_request_bytes must be at least {MIN_MAX_REQUEST_BYTES}")
         if connection is None:
             self._client, self._blocking = clients_from_url(redis_url)
         else:
@@ -140,6 +147,9 @@ class Producer:
         self.queue = queue
         self.keys = Keys(prefix)
         self.retention_seconds = int(retention_seconds)
+        # Larger requests are refused before anything is written (RequestTooLarge); keep it
+        # at most the workers' DOCKRQ_MAX_REQUEST_BYTES, which reject larger ones unread.
+        self.max_request_bytes = int(max_request_bytes)
         self._queues: dict[str, Queue] = {}
         self._writers: dict[str, JobWriter | None] = {}
         self._claim_script = self._client.register_script(CLAIM_LUA)
@@ -181,17 +191,18 @@ class Producer:
     ) -> str:
         """Enqueue one execution (or schedule it ``at`` a time / after a ``delay``); returns its id.
 
-        Raises InvalidRequest (nothing enqueued) or DuplicateExecution.
+        Raises InvalidRequest (nothing enqueued; RequestTooLarge above
+        ``max_request_bytes``) or DuplicateExecution.
         """
         req = parse_request(request)
         if at is not None and delay is not None:
             raise ValueError("give at or delay, not both")
         when = datetime.now(timezone.utc) + delay if delay is not None else at
+        spec = self._job_spec(req, scheduled=when is not None)
         rq_queue = self.rq_queue(queue)
         self._claim([req.execution_id], rq_queue.name)
         try:
             with self._client.pipeline() as pipe:
-                spec = self._job_spec(req, scheduled=when is not None)
                 if when is None:
                     rq_queue.enqueue_call(**spec, pipeline=pipe)
                 else:
@@ -210,7 +221,8 @@ class Producer:
         """Enqueue many executions in one round trip for the claims and one MULTI for the jobs.
 
         All or nothing: an invalid request (InvalidRequest names its index and
-        field) or a duplicate id (DuplicateExecution lists them) enqueues none.
+        field; RequestTooLarge its index and size) or a duplicate id
+        (DuplicateExecution lists them) enqueues none.
         """
         reqs = []
         for index, request in enumerate(requests):
@@ -224,8 +236,8 @@ class Producer:
             raise DuplicateExecution(repeated)
         if not reqs:
             return []
+        specs = [self._job_spec(r, where=f"requests[{index}]") for index, r in enumerate(reqs)]
         rq_queue = self.rq_queue(queue)
-        specs = [self._job_spec(r) for r in reqs]
         writer = self._job_writer(rq_queue)
         self._claim(ids, rq_queue.name)
         try:
@@ -258,8 +270,15 @@ class Producer:
             self._writers[rq_queue.name] = JobWriter.for_queue(rq_queue, probes)
         return self._writers[rq_queue.name]
 
-    def _job_spec(self, req: ExecutionRequest, *, scheduled: bool = False) -> dict[str, Any]:
-        """Keyword arguments shared by rq's enqueue_call, create_job and prepare_data."""
+    def _job_spec(self, req: ExecutionRequest, *, scheduled: bool = False, where: str = "request") -> dict[str, Any]:
+        """Keyword arguments shared by rq's enqueue_call, create_job and prepare_data.
+
+        Raises RequestTooLarge (``where`` names the request) before anything else is made of it.
+        """
+        payload = req.model_dump(mode="json")
+        size = request_size(payload)
+        if size > self.max_request_bytes:
+            raise RequestTooLarge(size, self.max_request_bytes, where)
         if req.timeout_seconds is None:
             timeout = NO_RQ_TIMEOUT
         else:
@@ -267,7 +286,7 @@ class Producer:
         status = ExecutionState.SCHEDULED if scheduled else ExecutionState.QUEUED
         return {
             "func": JOB_FUNCTION,
-            "args": (req.model_dump(mode="json"),),
+            "args": (payload,),
             "timeout": timeout,
             # The rq job lives as long as the outcome, so status() keeps its meta.
             "result_ttl": self.retention_seconds,

@@ -27,6 +27,20 @@ class InvalidRequest(ProducerError, ValueError):
         return cls(describe_validation_error(exc))
 
 
+class RequestTooLarge(InvalidRequest):
+    """The request's JSON is larger than the producer's ``max_request_bytes``; nothing was enqueued.
+
+    A request is copied whole into Redis and into every worker that takes it;
+    workers reject what is over their own limit (DOCKRQ_MAX_REQUEST_BYTES) anyway,
+    so refusing it here keeps it out of Redis and tells the caller at once.
+    """
+
+    def __init__(self, size: int, limit: int, where: str = "request") -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(f"{where}: {size} bytes of JSON, above the limit of {limit} bytes (max_request_bytes)")
+
+
 class DuplicateExecution(ProducerError):
     """The execution id is already in use (queued, running, or ended within the retention time)."""
 

@@ -7,18 +7,27 @@ of the worker's policy. ``DockrqJob`` refuses, before anything is imported,
 any job that is not exactly ``worker.jobs.execute(request)`` in rq's JSON
 format, and writes a ``rejected`` outcome for it so its waiters do not hang.
 rq then records the job as failed.
+
+It also bounds the job's size (DOCKRQ_MAX_REQUEST_BYTES): the dockrq producer
+refuses larger requests, but anything that writes the wire format may not. rq
+inflates a job's zlib-compressed data whole as it loads the job, before any
+dockrq code runs, so the size is checked there, inflating no more than the
+limit: a larger job (a 200 MB env value, a zip bomb of a few KB) is rejected
+without ever being inflated in the worker, and rq's failure bookkeeping writes
+its stored data back as it was.
 """
 
 from __future__ import annotations
 
 import logging
 import re
+import zlib
 from typing import Any
 
 from rq.exceptions import DeserializationError
 from rq.job import Job
 
-from schemas import EXECUTION_ID_PATTERN, JOB_FUNCTION, ExecutionStatus, Outcome
+from schemas import EXECUTION_ID_PATTERN, JOB_FRAMING_BYTES, JOB_FUNCTION, ExecutionStatus, Outcome
 
 from . import runtime as runtime_module
 
@@ -32,6 +41,26 @@ class RefusedJob(Exception):
 
 
 class DockrqJob(Job):
+    _oversized: bytes | None = None  # the stored data of a job over the size limit, never inflated
+
+    def restore(self, raw_data: Any) -> Any:
+        limit = runtime_module.current().settings.max_request_bytes
+        key = b"data" if b"data" in raw_data else "data"
+        stored = raw_data.get(key)
+        self._oversized = None
+        if not isinstance(stored, bytes) or not _larger_than(stored, limit + JOB_FRAMING_BYTES):
+            return super().restore(raw_data)
+        restored = super().restore({**raw_data, key: b""})
+        self._oversized = stored
+        return restored
+
+    def to_dict(self, include_meta: bool = True, include_result: bool = True) -> dict:
+        # rq saves the whole hash when it records the job as failed: keep the stored data as it is.
+        obj = super().to_dict(include_meta=include_meta, include_result=include_result)
+        if self._oversized is not None:
+            obj["data"] = self._oversized
+        return obj
+
     @property
     def func_name(self) -> str:
         # rq reads the name for its process title before running the job: undecodable
@@ -50,6 +79,12 @@ class DockrqJob(Job):
 
     def refusal(self) -> str | None:
         """Why this job must not run, or None for a well-formed dockrq execution."""
+        if self._oversized is not None:
+            limit = runtime_module.current().settings.max_request_bytes
+            return (
+                f"request: more than {limit + JOB_FRAMING_BYTES} bytes of rq job data, "
+                f"above this worker's limit {limit} (DOCKRQ_MAX_REQUEST_BYTES)"
+            )
         try:
             func_name, instance, args, kwargs = super().func_name, self.instance, self.args, self.kwargs
         except DeserializationError:
@@ -74,6 +109,19 @@ class DockrqJob(Job):
     @property
     def stopped_callback(self) -> None:
         return None
+
+
+def _larger_than(stored: bytes, limit: int) -> bool:
+    """Whether a job's stored data is over ``limit`` bytes once inflated, inflating at most limit + 1.
+
+    As rq reads it: zlib-compressed, or (when it is not a whole zlib stream) the bytes as they are.
+    """
+    inflater = zlib.decompressobj()
+    try:
+        inflated = len(inflater.decompress(stored, limit + 1))
+    except zlib.error:
+        return len(stored) > limit
+    return inflated > limit or (not inflater.eof and len(stored) > limit)
 
 
 def write_rejected(job: Job, message: str) -> None:
