@@ -314,10 +314,11 @@ class ExecutionRun:
             written = self.channels.finish(outcome, container_id=result.container_id if result else None)
         except (RedisConnectionError, RedisTimeoutError):
             self._outcome_abandoned = True
+            self.runtime.keep_unwritten(outcome)
             self.runtime.forget(self.execution_id)
             log.error(
-                "execution %s: its %s outcome is not written, Redis has been unreachable for %g s "
-                "(DOCKRQ_OUTCOME_RETRY_SECONDS); the worker records error/redis_unavailable once Redis is back",
+                "execution %s: its %s outcome is not written yet, Redis has been unreachable for %g s "
+                "(DOCKRQ_OUTCOME_RETRY_SECONDS); the worker writes it once Redis is back",
                 self.execution_id, outcome.status.value, self.channels.outcome_retry_seconds,
             )
             raise

@@ -231,6 +231,12 @@ class ResilientWorker:
         execution = executions[0] if executions else None
         raw = conn.lindex(keys.outcome(job.id), 0)
         status = job.get_status(refresh=True)
+        kept = runtime_module.current().take_unwritten(job.id)
+        if raw is None and kept is not None and status == JobStatus.STARTED and execution is not None:
+            # It ended while Redis was away longer than the job waits: its outcome, kept, goes out now.
+            runtime_module.current().channels(job.id, job).finish(kept)
+            self.log.info("Worker %s: execution %s: %s outcome written after the outage", self.name, job.id, kept.status.value)
+            raw = conn.lindex(keys.outcome(job.id), 0)
         if raw is not None:
             outcome = Outcome.model_validate_json(raw)
             if status == JobStatus.STARTED and execution is not None:
@@ -243,7 +249,7 @@ class ResilientWorker:
             settle.requeue(conn, job, queue, execution, {})
             self.log.warning("Worker %s: job %s never ran; put back on its queue", self.name, job.id)
         elif status == JobStatus.STARTED and execution is not None:
-            # It ran, but its outcome could not be written while Redis was away (channels.finish gave up).
+            # It ran, but nothing of its outcome is known here (the job died with it).
             channels = runtime_module.current().channels(job.id, job)
             if channels.finish(
                 Outcome.failure(job.id, ExecutionStatus.ERROR, "redis_unavailable", "Redis was unreachable for too long")

@@ -19,7 +19,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 import redis
 
-from schemas import CANCEL_MESSAGE, Keys
+from schemas import CANCEL_MESSAGE, Keys, Outcome
 from worker.executor import ExecutorError, new_executor
 
 from .channels import ExecutionChannels
@@ -115,6 +115,9 @@ class WorkerRuntime:
         self._connection = connection
         self._control: ControlListener | None = None
         self._running: dict[str, Cancellable] = {}
+        # Outcomes an execution produced while Redis stayed away past its retry budget;
+        # the worker writes them once Redis is back (worker.resilience).
+        self._unwritten: dict[str, Outcome] = {}
         self._lock = threading.Lock()
         self._threads: ThreadPoolExecutor | None = None
 
@@ -195,6 +198,14 @@ class WorkerRuntime:
             return False
         run.stop_by_rq()
         return True
+
+    def keep_unwritten(self, outcome: Outcome) -> None:
+        with self._lock:
+            self._unwritten[outcome.execution_id] = outcome
+
+    def take_unwritten(self, execution_id: str) -> Outcome | None:
+        with self._lock:
+            return self._unwritten.pop(execution_id, None)
 
     def forget(self, execution_id: str) -> None:
         """Drop a finished execution from the executor, if one was ever made."""

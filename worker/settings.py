@@ -100,8 +100,8 @@ class WorkerSettings(BaseModel):
     reap_interval_seconds: float = Field(default=DEFAULT_REAP_INTERVAL_SECONDS, ge=0.1, le=3600)
     # Containers younger than this are never removed as orphans (they may be being created).
     orphan_grace_seconds: float = Field(default=DEFAULT_ORPHAN_GRACE_SECONDS, ge=0, le=86400)
-    # An ended execution whose outcome Redis does not take for this long (unreachable) gives up;
-    # the worker then writes error/redis_unavailable once Redis is back (worker/resilience.py).
+    # An ended execution whose outcome Redis does not take for this long (unreachable) stops
+    # waiting; the worker keeps the outcome and writes it once Redis is back (worker/resilience.py).
     outcome_retry_seconds: float = Field(default=DEFAULT_OUTCOME_RETRY_SECONDS, ge=0.5, le=86400)
 
     @field_validator("queues", mode="before")

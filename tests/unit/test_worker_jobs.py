@@ -309,8 +309,8 @@ def test_cancel_during_start_is_applied_once_started(fake_redis, make_runtime):
 
 def test_outcome_given_up_after_the_redis_budget_is_left_to_the_worker(fake_redis, monkeypatch, caplog):
     # Redis unreachable at the end for longer than outcome_retry_seconds: the job function
-    # raises the Redis error (rq's worker settles the job once Redis is back) after one try
-    # of the budget, not a second one through the interruption path.
+    # raises the Redis error after one try of the budget, not a second one through the
+    # interruption path, and leaves its outcome to rq's worker, which writes it once Redis is back.
     import redis
 
     from worker.channels import ExecutionChannels
@@ -338,6 +338,9 @@ def test_outcome_given_up_after_the_redis_budget_is_left_to_the_worker(fake_redi
     assert fake_redis.llen(KEYS.outcome("e1")) == 0
     assert "its failed outcome is not written" in caplog.text
     assert "interrupted" not in caplog.text
+    kept = rt.take_unwritten("e1")  # for the worker to write once Redis is back
+    assert (kept.status, kept.exit_code) == (ExecutionStatus.FAILED, 4)
+    assert rt.take_unwritten("e1") is None
 
 
 def test_rq_timeout_stops_the_container_and_writes_timed_out(fake_redis, make_runtime):
