@@ -223,6 +223,28 @@ def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
     return env
 
 
+def _mounts(values: tuple[str, ...]) -> list[dict[str, Any]]:
+    """``-v SRC:DST[:ro|rw]`` as docker writes it; read-only unless ``:rw`` (the schema's default)."""
+    mounts = []
+    for index, item in enumerate(values):
+        parts = item.split(":")
+        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
+            raise InvalidRequest(f"mounts.{index}: {item!r} is not SRC:DST, SRC:DST:ro or SRC:DST:rw")
+        mounts.append({"source": parts[0], "target": parts[1], "read_only": parts[2:] != ["rw"]})
+    return mounts
+
+
+def _gpus(value: str, vendor: str) -> dict[str, Any]:
+    """``--gpus`` as docker takes it: ``all``, a count, or ``device=0,1``."""
+    if value == "all":
+        return {"vendor": vendor, "count": -1}
+    if value.startswith("device="):
+        return {"vendor": vendor, "device_ids": [d for d in value[len("device="):].split(",") if d]}
+    if value.isdigit():
+        return {"vendor": vendor, "count": int(value)}
+    raise InvalidRequest(f"resources.gpus: {value!r} is not 'all', a count or 'device=ID,...'")
+
+
 def _build_request(image: str, cmd: tuple[str, ...], options: dict[str, Any]) -> dict[str, Any]:
     """The request as a plain dict holding only what was given, so the schema's defaults apply."""
     engine: dict[str, Any] = {"image": image, "env": _env_pairs(options["env"])}
@@ -233,7 +255,11 @@ def _build_request(image: str, cmd: tuple[str, ...], options: dict[str, Any]) ->
     if options["workdir"]:
         engine["working_dir"] = options["workdir"]
     resources = {k: options[k] for k in ("cpus", "memory", "pids") if options[k] is not None}
+    if options["gpus"] is not None:
+        resources["gpus"] = _gpus(options["gpus"], options["gpu_vendor"])
     request: dict[str, Any] = {"engine": engine, "resources": resources}
+    if options["volume"]:
+        request["mounts"] = _mounts(options["volume"])
     plain = {
         "execution_id": "execution_id",
         "timeout": "timeout_seconds",
@@ -259,6 +285,11 @@ def _build_request(image: str, cmd: tuple[str, ...], options: dict[str, Any]) ->
 @click.option("--cpus", type=float, help="CPU limit in cores.")
 @click.option("--memory", help="Memory limit, e.g. 256m.")
 @click.option("--pids", type=int, help="Process count limit.")
+@click.option("--gpus", help="GPUs: 'all', a count, or 'device=0,1'.")
+@click.option("--gpu-vendor", type=click.Choice(["nvidia", "amd", "intel"]), default="nvidia", show_default=True,
+              help="Whose GPUs --gpus asks for.")
+@click.option("-v", "--volume", multiple=True, metavar="SRC:DST[:ro|rw]",
+              help="Bind a host path (read-only unless :rw; the worker must allow its root). Repeatable.")
 @click.option("--timeout", type=float, help="Seconds before the container is stopped (outcome timed_out).")
 @click.option("--network", type=click.Choice(["none", "bridge"]), help="Network (default none).")
 @click.option("--output-limit", help="Bytes kept per stream in the result, e.g. 1m.")

@@ -95,6 +95,43 @@ def test_submit_detached_builds_the_request_from_docker_like_flags(fake_producer
     assert request["output_limit_bytes"] == 2 * 1024**2
 
 
+def test_submit_volumes_and_gpus_like_docker_run(fake_producer):
+    result = run(
+        "submit", "-d", "--id", "cli-v", "-v", "/data:/in", "-v", "/out:/out:rw", "-v", "/ref:/ref:ro",
+        "--gpus", "device=0,2", "busybox",
+    )
+    assert result.exit_code == 0, result.output
+    (request,) = _job(fake_producer, "cli-v").args
+    assert request["mounts"] == [
+        {"source": "/data", "target": "/in", "read_only": True},
+        {"source": "/out", "target": "/out", "read_only": False},
+        {"source": "/ref", "target": "/ref", "read_only": True},
+    ]
+    assert request["resources"]["gpus"] == {"vendor": "nvidia", "count": None, "device_ids": ["0", "2"]}
+
+    for gpus, vendor, expected in (("all", "nvidia", -1), ("2", "amd", 2)):
+        assert run("submit", "-d", "--id", f"cli-g{expected}", "--gpus", gpus, "--gpu-vendor", vendor, "busybox").exit_code == 0
+        (request,) = _job(fake_producer, f"cli-g{expected}").args
+        assert (request["resources"]["gpus"]["vendor"], request["resources"]["gpus"]["count"]) == (vendor, expected)
+
+
+@pytest.mark.parametrize(
+    ("flags", "field"),
+    [
+        (("-v", "/data"), "mounts.0: "),
+        (("-v", "/a:/b:rx"), "mounts.0: "),
+        (("-v", "/a:/b", "-v", "rel:/c"), "mounts.1.source: "),
+        (("--gpus", "many"), "resources.gpus: "),
+        (("--gpus", "0"), "resources.gpus: "),
+    ],
+)
+def test_submit_bad_volume_or_gpus_names_the_field(fake_producer, flags, field):
+    result = run("submit", "-d", *flags, "busybox")
+    assert result.exit_code == 125
+    assert result.stderr.startswith(f"dockrq: invalid request: {field}"), result.stderr
+    assert fake_producer.keys("*") == []
+
+
 def test_submit_detached_json_and_queue_from_env(fake_producer):
     result = run("submit", "-d", "--json", "--id", "cli-2", "busybox", env={"DOCKRQ_QUEUE": "envq"})
     assert result.exit_code == 0
