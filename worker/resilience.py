@@ -20,6 +20,13 @@
   back on the queue if it never ran).
 - **Docker outages**: no job is taken off the queue while the daemon does not
   answer; the worker waits for it (heartbeating) and serves again once it is back.
+- **Shutdown signals**: rq's SIGTERM handler raises ``StopRequested`` wherever
+  the idle main thread happens to be. Inside code that catches ``Exception``
+  (the reaper's pass, a Docker ping) it would be swallowed, the worker would go
+  back to the queue deaf to it, and the second SIGTERM would find teardown
+  waiting on adopted executions with nothing left to stop them. Those sections
+  hold the request and raise it as they end; a cold shutdown is remembered, so
+  teardown stops adopted executions whenever the second signal came.
 """
 
 from __future__ import annotations
@@ -27,12 +34,16 @@ from __future__ import annotations
 import logging
 import threading
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from rq.job import JobStatus
 from rq.utils import as_text, now, parse_composite_key
+from rq.exceptions import StopRequested
+from rq.worker.base import WorkerStatus
 
 from schemas import ExecutionStatus, Outcome
 
@@ -91,6 +102,9 @@ class ResilientWorker:
     _reaper: Reaper | None = None
     _beats: Heartbeat | None = None
     _performed_job_id: str | None = None
+    _shielded = 0  # depth of main-thread sections a stop request must not interrupt
+    _stop_held = False  # a stop request arrived in one of them
+    cold_shutdown = False  # the second SIGTERM came
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         settings = runtime_module.current().settings
@@ -126,11 +140,12 @@ class ResilientWorker:
             self._reaper.stop()
             adoptions = self._reaper.adoptions
             try:
-                if adoptions.active():
+                if adoptions.active() and not self.cold_shutdown:
                     self.log.info("Worker %s: waiting for %d adopted execution(s)", self.name, len(adoptions.active()))
-                adoptions.wait()
+                    adoptions.wait()
             except BaseException as exc:  # second SIGTERM: stop them, write their outcomes
                 interrupted = exc
+            if adoptions.active():
                 adoptions.shut_down(runtime_module.current().settings.stop_grace_seconds + 30)
         if self._beats is not None:
             self._beats.stop()
@@ -140,6 +155,34 @@ class ResilientWorker:
             self.log.warning("Worker %s: could not register its death (%s); its heartbeat will age out", self.name, exc)
         if interrupted is not None:
             raise interrupted
+
+    # -- shutdown signals --------------------------------------------------------------
+
+    @contextmanager
+    def _holding_stop(self) -> Iterator[None]:
+        """A section of the idle main thread that catches broad exceptions: a stop request
+        arriving in it is raised when it ends, not inside it (see the module docstring)."""
+        if threading.current_thread() is not threading.main_thread():
+            yield
+            return
+        self._shielded += 1
+        try:
+            yield
+        finally:
+            self._shielded -= 1
+        if not self._shielded and self._stop_held:
+            self._stop_held = False
+            raise StopRequested()
+
+    def _shutdown(self) -> None:
+        if self._shielded and self.get_state() != WorkerStatus.BUSY:
+            self._stop_held = True
+            return
+        super()._shutdown()
+
+    def request_force_stop(self, signum: int, frame: Any) -> None:
+        self.cold_shutdown = True
+        super().request_force_stop(signum, frame)
 
     def clean_registries(self) -> None:
         if self._reaper is not None:
@@ -178,7 +221,8 @@ class ResilientWorker:
 
     def run_maintenance_tasks(self) -> None:
         try:
-            super().run_maintenance_tasks()
+            with self._holding_stop():
+                super().run_maintenance_tasks()
         except _REDIS_DOWN as exc:
             self.last_cleaned_at = now()
             self.log.warning("Worker %s: maintenance skipped, Redis unreachable: %s", self.name, exc)
@@ -267,21 +311,29 @@ class ResilientWorker:
         return super().dequeue_job_and_maintain_ttl(timeout, max_idle_time)
 
     def _wait_for_docker(self) -> None:
-        try:
-            executor = runtime_module.current().executor
-        except Exception:  # noqa: BLE001 - no client at all: the job will say so
-            return
+        with self._holding_stop():
+            try:
+                executor = runtime_module.current().executor
+            except Exception:  # noqa: BLE001 - no client at all: the job will say so
+                return
         # The daemon answered a moment ago (the last job's remove, usually): that is the
         # ping's answer already, and saves a daemon round trip per job.
         answered_within = getattr(executor, "answered_within", None)
         if answered_within is not None and answered_within(DOCKER_FRESH_SECONDS):
             return
         is_installed = getattr(executor, "is_installed", None)
-        if is_installed is None or is_installed():
+        if is_installed is None:
+            return
+
+        def answers() -> bool:
+            with self._holding_stop():  # is_installed() never raises: it would swallow a stop
+                return is_installed()
+
+        if answers():
             return
         self.log.warning("Worker %s: the Docker daemon does not answer; taking no job until it does", self.name)
         failures = 0
-        while not is_installed():
+        while not answers():
             failures += 1
             time.sleep(_BACKOFF.compute(failures))
             self.heartbeat()
