@@ -91,6 +91,47 @@ def fake_redis():
     client.close()
 
 
+class VirtualClock:
+    """Stands in for a module's ``time``: ``sleep`` advances ``monotonic`` at once, by exactly
+    what was asked, so a test asserts on waits and budgets exactly, however loaded the machine.
+
+    Only ``monotonic`` and ``sleep`` exist: any other ``time.*`` the module calls fails loudly
+    rather than mixing real and virtual time.
+    """
+
+    def __init__(self, start: float = 1000.0) -> None:
+        import threading
+
+        self._now = start
+        self._lock = threading.Lock()
+
+    def monotonic(self) -> float:
+        with self._lock:
+            return self._now
+
+    def sleep(self, seconds: float) -> None:
+        if seconds < 0:
+            raise ValueError("sleep length must be non-negative")
+        with self._lock:
+            self._now += seconds
+
+    def __getattr__(self, name: str):
+        raise AttributeError(f"VirtualClock has no time.{name}; add it if the module under test needs it")
+
+
+@pytest.fixture
+def virtual_time(monkeypatch):
+    """``virtual_time(module, ...)`` replaces those modules' ``time`` with one VirtualClock and returns it."""
+    clock = VirtualClock()
+
+    def install(*modules) -> VirtualClock:
+        for module in modules:
+            monkeypatch.setattr(module, "time", clock)
+        return clock
+
+    return install
+
+
 
 # -- dockrq-worker processes (worker integration tests) ---------------------------
 

@@ -16,6 +16,7 @@ from datetime import timedelta
 import pytest
 import redis
 from click.testing import CliRunner
+from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
@@ -76,7 +77,7 @@ def _job(p: Producer, execution_id: str) -> Job:
 def test_three_concurrent_waiters_all_get_the_outcome(producer, redis_client, eid):
     execution_id = producer.submit(_request(eid("w")))
     got: list[Outcome] = []
-    waiters = [threading.Thread(target=lambda: got.append(producer.wait(execution_id, timeout=10))) for _ in range(3)]
+    waiters = [threading.Thread(target=lambda: got.append(producer.wait(execution_id, timeout=60))) for _ in range(3)]
     for w in waiters:
         w.start()
     time.sleep(0.5)
@@ -84,21 +85,20 @@ def test_three_concurrent_waiters_all_get_the_outcome(producer, redis_client, ei
     outcome = _succeeded(execution_id)
     assert _worker_writes_outcome(redis_client, producer, outcome) == 1
     for w in waiters:
-        w.join(5)
+        w.join(60)
     assert got == [outcome] * 3
-    # Nothing was consumed: a waiter that comes after the end gets it at once.
-    started = time.monotonic()
-    assert producer.wait(execution_id, timeout=5) == outcome
-    assert time.monotonic() - started < 0.5
+    # Nothing was consumed: a waiter that comes after the end gets it at once (with no time
+    # to wait at all, anything but the outcome already there would be a TimeoutError).
+    assert producer.wait(execution_id, timeout=0) == outcome
     assert redis_client.llen(producer.keys.outcome(execution_id)) == 1
 
 
 def test_wait_times_out(producer, eid):
     execution_id = producer.submit(_request(eid("slow")))
     started = time.monotonic()
-    with pytest.raises(TimeoutError):
+    with pytest.raises(TimeoutError, match="after 0.5s"):
         producer.wait(execution_id, timeout=0.5)
-    assert 0.45 < time.monotonic() - started < 1.5
+    assert time.monotonic() - started > 0.45  # not before its time
 
 
 # -- logs ----------------------------------------------------------------------
@@ -236,13 +236,35 @@ def test_concurrent_duplicate_submits_enqueue_once(producer, eid):
     assert producer.rq_queue().get_job_ids() == [execution_id]
 
 
-def test_submit_many_reaches_thousands_per_second(producer, eid):
+def test_submit_many_of_thousands_is_two_round_trips(producer, eid, monkeypatch):
+    # What makes submit_many fast (thousands a second, see BENCHMARKS.md) is counted here, not
+    # timed: one script call for the claims and one MULTI for the jobs and their events, whatever
+    # the batch size, with the job hashes written by producer.jobhash rather than by rq job by job.
+    producer.submit_many([_request(eid(f"warm{i}")) for i in range(2)])  # loads the script, makes the job writer
+    direct: list[str] = []
+    pipelines: list[int] = []
+    real_command, real_execute = producer.connection.execute_command, redis.client.Pipeline.execute
+
+    def command(*args, **kwargs):
+        direct.append(args[0])
+        return real_command(*args, **kwargs)
+
+    def execute(self, *args, **kwargs):
+        pipelines.append(len(self))
+        return real_execute(self, *args, **kwargs)
+
+    def per_job(*args, **kwargs):
+        raise AssertionError("rq's enqueue_many used instead of the batched job hashes")
+
+    monkeypatch.setattr(producer.connection, "execute_command", command)
+    monkeypatch.setattr(redis.client.Pipeline, "execute", execute)
+    monkeypatch.setattr(Queue, "enqueue_many", per_job)
     requests = [_request(eid(f"bulk{i}")) for i in range(3000)]
-    started = time.perf_counter()
     ids = producer.submit_many(requests)
-    rate = len(ids) / (time.perf_counter() - started)
-    assert producer.rq_queue().count == 3000
-    assert rate > 1000, f"{rate:.0f} submits/s"
+    monkeypatch.undo()
+    assert ids == [r["execution_id"] for r in requests]
+    assert direct == ["EVALSHA"] and len(pipelines) == 1
+    assert producer.rq_queue().count == 3002
 
 
 # -- CLI -------------------------------------------------------------------------
@@ -268,7 +290,7 @@ def test_cli_redis_unreachable_is_one_line_without_the_password(args, code):
     assert result.stderr.startswith(f"dockrq: cannot reach Redis at redis://:***@127.0.0.1:")
     assert result.stderr.count("\n") == 1
     assert "hunter2" not in result.output
-    assert time.monotonic() - started < 10
+    assert time.monotonic() - started < 60  # gave up, did not retry as if Redis would come back
 
 
 def test_cli_unknown_id(producer):

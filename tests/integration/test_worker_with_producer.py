@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import threading
 import uuid
 import time
@@ -28,16 +29,25 @@ def req(image, name, *cmd, **fields):
     return {"execution_id": eid, "engine": {"image": image, "cmd": list(cmd)}, **fields}
 
 
-def test_logs_follow_live_then_outcome(producer, spawn_worker, test_image):
+def test_logs_follow_live_then_outcome(producer, spawn_worker, test_image, docker_client):
     spawn_worker()
-    eid = producer.submit(req(test_image, "follow", "sh", "-c", "for i in 1 2 3; do echo $i; sleep 0.3; done"))
-    seen: list[tuple[float, str]] = []
+    # The container prints 1, then goes on only once the follower has received it (the test
+    # then creates /tmp/go in it; after a minute without, it gives up with exit 3): logs that
+    # came at the end instead of while it ran would leave nothing running to tell.
+    script = (
+        "echo 1; i=0; while [ ! -e /tmp/go ] && [ $i -lt 600 ]; do sleep 0.1; i=$((i+1)); done; "
+        "[ -e /tmp/go ] || exit 3; echo 2; echo 3"
+    )
+    eid = producer.submit(req(test_image, "follow", "sh", "-c", script))
+    seen: list[str] = []
     for entry in producer.logs(eid, follow=True):
-        seen.append((time.monotonic(), entry.data))
-    assert "".join(d for _, d in seen) == "1\n2\n3\n"
-    assert seen[-1][0] - seen[0][0] > 0.4  # they came while it ran, not at the end
-    outcome = producer.wait(eid, timeout=10)
-    assert outcome.status == ExecutionStatus.SUCCEEDED
+        seen.append(entry.data)
+        if entry.data == "1\n":
+            (running,) = docker_client.containers.list(filters={"label": f"dockrq.execution={eid}"})
+            assert running.exec_run(["touch", "/tmp/go"]).exit_code == 0
+    assert "".join(seen) == "1\n2\n3\n"
+    outcome = producer.wait(eid, timeout=60)
+    assert (outcome.status, outcome.exit_code) == (ExecutionStatus.SUCCEEDED, 0)
     assert producer.status(eid).state.value == "succeeded"
 
 
@@ -59,11 +69,13 @@ def test_producer_cancels_running_and_queued(producer, spawn_worker, test_image,
 
 def test_scheduled_execution_runs_at_its_time(producer, spawn_worker, test_image):
     spawn_worker()
-    submitted = time.monotonic()
-    eid = producer.submit(req(test_image, "later", "echo", "late"), delay=timedelta(seconds=2))
-    outcome = producer.wait(eid, timeout=30)
+    submitted = time.time()
+    eid = producer.submit(req(test_image, "later", "echo", "late"), delay=timedelta(seconds=3))
+    outcome = producer.wait(eid, timeout=60)
     assert outcome.status == ExecutionStatus.SUCCEEDED and outcome.result.stdout == "late\n"
-    assert time.monotonic() - submitted >= 2
+    # rq keeps a schedule to the whole second (it drops the fraction) and enqueues the job
+    # once that second has come: the container cannot have started before it.
+    assert outcome.result.started_at.timestamp() >= math.floor(submitted) + 3
 
 
 def test_three_waiters_and_a_late_follower(producer, spawn_worker, test_image):

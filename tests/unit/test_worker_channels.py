@@ -102,32 +102,47 @@ def _redis_down(*_args, **_kwargs):
     raise redis.ConnectionError("Connection refused")
 
 
-def test_outcome_gives_up_once_redis_has_been_unreachable_for_the_budget(fake_redis, monkeypatch):
+def test_outcome_gives_up_once_redis_has_been_unreachable_for_the_budget(fake_redis, monkeypatch, virtual_time):
     import redis
 
+    import worker.channels
+
+    clock = virtual_time(worker.channels)  # its retries wait on virtual time: exact, whatever the load
     ch = channels(fake_redis, outcome_retry_seconds=0.5)
-    monkeypatch.setattr(ch, "_write_outcome", _redis_down)
-    began = time.monotonic()
+    tries = []
+
+    def down(**kw):
+        tries.append(clock.monotonic())
+        _redis_down()
+
+    monkeypatch.setattr(ch, "_write_outcome", down)
+    began = clock.monotonic()
     with pytest.raises(redis.ConnectionError):
         ch.finish(Outcome.failure("e1", ExecutionStatus.SUCCEEDED, "x", "y"))
-    assert 0.5 <= time.monotonic() - began < 1.5  # the budget, not the 5 s backoff cap beyond it
+    # Waited the budget: not less, and not on to the 5 s backoff cap beyond it.
+    assert clock.monotonic() - began == pytest.approx(0.5)
+    assert len(tries) > 1 and tries[-1] - began == pytest.approx(0.5)  # retried until the budget was spent
     assert ch.gave_up
     assert fake_redis.llen(KEYS.outcome("e1")) == 0
 
 
-def test_eof_and_outcome_share_one_budget(fake_redis, monkeypatch):
+def test_eof_and_outcome_share_one_budget(fake_redis, monkeypatch, virtual_time):
     # Each retrying write of the end on its own budget would make the end wait for Redis
     # several times over; one clock, from the first write that found it unreachable.
     import redis
 
+    import worker.channels
+
+    clock = virtual_time(worker.channels)
     ch = channels(fake_redis, outcome_retry_seconds=0.5)
     monkeypatch.setattr(ch, "_ship", _redis_down)
     monkeypatch.setattr(ch, "_write_outcome", _redis_down)
-    began = time.monotonic()
+    began = clock.monotonic()
     ch.send_eof()  # gives up after the budget, logged, not raised
+    assert clock.monotonic() - began == pytest.approx(0.5)
     with pytest.raises(redis.ConnectionError):
         ch.finish(Outcome.failure("e1", ExecutionStatus.SUCCEEDED, "x", "y"))
-    assert time.monotonic() - began < 1.5
+    assert clock.monotonic() - began == pytest.approx(0.5)  # one budget in all, not one per write (1.0)
 
 
 def test_redis_answering_again_restarts_the_budget(fake_redis, monkeypatch):
