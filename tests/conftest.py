@@ -154,7 +154,13 @@ class WorkerProcess:
         self.popen.send_signal(signum)
 
     def wait(self, timeout: float) -> int:
-        return self.popen.wait(timeout)
+        """The exit code; a worker still running after ``timeout`` fails the test with its output."""
+        import subprocess
+
+        try:
+            return self.popen.wait(timeout)
+        except subprocess.TimeoutExpired:
+            pytest.fail(f"dockrq-worker still running after {timeout:g} s; its output:\n{self.output()[-20000:]}")
 
     def kill(self) -> None:
         """SIGKILL the worker and everything it started (rq's scheduler, a pool's workers)."""
