@@ -235,12 +235,21 @@ def _mounts(values: tuple[str, ...]) -> list[dict[str, Any]]:
 
 
 def _gpus(value: str, vendor: str) -> dict[str, Any]:
-    """``--gpus`` as docker takes it: ``all``, a count, or ``device=0,1``."""
+    """``--gpus`` as docker takes it: ``all``, a count, or ``device=0,1``.
+
+    A count is NVIDIA's only: AMD/Intel GPUs are render nodes the worker cannot pick N of,
+    so the schema refuses one; saying so here names the flags to use instead.
+    """
     if value == "all":
         return {"vendor": vendor, "count": -1}
     if value.startswith("device="):
         return {"vendor": vendor, "device_ids": [d for d in value[len("device="):].split(",") if d]}
-    if value.isdigit():
+    if value.isascii() and value.isdigit():  # str.isdigit also takes '²', which int() refuses
+        if vendor != "nvidia":
+            raise InvalidRequest(
+                f"resources.gpus: {vendor} GPUs are chosen by render node index, not by count: "
+                f"use --gpus device=0,1 or --gpus all"
+            )
         return {"vendor": vendor, "count": int(value)}
     raise InvalidRequest(f"resources.gpus: {value!r} is not 'all', a count or 'device=ID,...'")
 
@@ -285,7 +294,7 @@ def _build_request(image: str, cmd: tuple[str, ...], options: dict[str, Any]) ->
 @click.option("--cpus", type=float, help="CPU limit in cores.")
 @click.option("--memory", help="Memory limit, e.g. 256m.")
 @click.option("--pids", type=int, help="Process count limit.")
-@click.option("--gpus", help="GPUs: 'all', a count, or 'device=0,1'.")
+@click.option("--gpus", help="GPUs: 'all', a count (nvidia only), or 'device=0,1'.")
 @click.option("--gpu-vendor", type=click.Choice(["nvidia", "amd", "intel"]), default="nvidia", show_default=True,
               help="Whose GPUs --gpus asks for.")
 @click.option("-v", "--volume", multiple=True, metavar="SRC:DST[:ro|rw]",

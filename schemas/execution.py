@@ -110,7 +110,13 @@ class EngineSpec(_Model):
 
 class GpuRequest(_Model):
     """GPUs by count or by device index. NVIDIA goes through Docker device requests;
-    ``amd``/``intel`` map the vendor's device nodes (``/dev/kfd``+``/dev/dri``, ``/dev/dri``)."""
+    ``amd``/``intel`` map the vendor's device nodes (``/dev/kfd``+``/dev/dri``, ``/dev/dri``).
+
+    An AMD/Intel GPU is its DRI render node, and nothing picks N of them for us the way
+    the NVIDIA runtime does: such a request names its render nodes (``device_ids``) or
+    asks for all of them (``count: -1``, the whole of ``/dev/dri``). A count of N is
+    refused rather than quietly given every GPU on the host.
+    """
 
     vendor: Literal["nvidia", "amd", "intel"] = "nvidia"
     count: int | None = Field(default=None, ge=-1, description="-1 means all GPUs")
@@ -124,6 +130,11 @@ class GpuRequest(_Model):
             raise ValueError("give exactly one of count or device_ids")
         if self.count == 0:
             raise ValueError("count must be -1 (all) or at least 1")
+        if self.vendor != "nvidia" and self.count is not None and self.count != -1:
+            raise ValueError(
+                f"{self.vendor} GPUs are not picked by count ({self.count}): name their render nodes "
+                f"in device_ids (0, 1, ...) or give count -1 (all)"
+            )
         # AMD/Intel ids index DRI render nodes; anything else would name a host device.
         if self.vendor != "nvidia" and self.device_ids and not all(i.isdigit() for i in self.device_ids):
             raise ValueError(f"device_ids for {self.vendor} are render node indexes (0, 1, ...)")

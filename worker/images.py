@@ -45,13 +45,17 @@ class ImageReference(NamedTuple):
     def __str__(self) -> str:
         return f"{self.registry}/{self._full_path()}"
 
-    def path_forms(self) -> tuple[str, str]:
-        """What a pattern's path is compared with: the path in full and the bare path.
+    def path_forms(self) -> tuple[str, ...]:
+        """What a pattern's path is compared with: the path in full, ``path@digest``
+        when pinned, and the bare path.
 
         In full is ``path:tag`` (``latest`` when untagged) or ``path[:tag]@digest``:
         a tag next to a digest does not stand alone, since the digest decides what
-        runs (``busybox:1.36@sha256:...`` is not ``busybox:1.36``).
+        runs (``busybox:1.36@sha256:...`` is not ``busybox:1.36``), and so the digest
+        alone stands for it: ``busybox@sha256:...``, whatever tag is written with it.
         """
+        if self.digest:
+            return self._full_path(), f"{self.path}@{self.digest}", self.path
         return self._full_path(), self.path
 
     def _full_path(self) -> str:
@@ -70,11 +74,15 @@ class ImagePattern(NamedTuple):
     @classmethod
     def parse(cls, pattern: str) -> ImagePattern:
         """``busybox`` -> docker.io ``library/busybox`` (every tag); ``team/*`` -> docker.io ``team/*``;
-        ``registry.local:5000/team/*`` -> that registry's ``team/*``; ``*`` and ``*/team/*`` (a wildcard
-        where a Docker Hub name would start) span registries. Raises ValueError for an invalid one."""
+        ``registry.local:5000/team/*`` -> that registry's ``team/*``; ``*`` and ``*/team/*`` (a ``*``
+        where a Docker Hub name would start) span registries. ``?`` and ``[...]`` stand for one
+        character of a name and are qualified like one: ``[bc]usybox`` is docker.io
+        ``library/[bc]usybox`` (read across registries it would have to match a registry's first
+        character too, and so would allow nothing the operator meant). Raises ValueError for an
+        invalid one."""
         repository, tag, digest = _split(pattern)
         first, slash, _ = repository.partition("/")
-        if not (slash and _is_registry(first)) and pattern[0] in _WILDCARDS:
+        if not (slash and _is_registry(first)) and pattern.startswith("*"):
             return cls(None, pattern)
         try:
             registry, path = _registry_and_path(repository)

@@ -23,7 +23,7 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from schemas import ExecutionRequest, parse_size
 from worker.executor import MountNotAllowed, RequestRejected
-from worker.executor.types import ExecutorPolicy, checked_binds
+from worker.executor.types import ExecutorPolicy, checked_binds, gpus_granted
 from worker.images import ImagePattern, image_allowed
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
@@ -122,7 +122,7 @@ class WorkerPolicy(BaseModel):
         for pattern in patterns:
             if any(c.isspace() or c == "\x00" for c in pattern):
                 raise ValueError(f"image pattern {pattern!r} must not contain whitespace")
-            ImagePattern.parse(pattern)  # a pattern no image could match is a typo: say so at start-up
+            ImagePattern.parse(pattern)  # one Docker could not read ('https://...') is a typo: say so at start-up
         return patterns
 
     @field_validator("allowed_pull_policies")
@@ -204,7 +204,7 @@ class WorkerPolicy(BaseModel):
         if res.pids is not None:
             over("resources.pids", res.pids, self.max_pids, "max_pids")
         if res.gpus is not None and self.max_gpus is not None:
-            gpus = res.gpus.count if res.gpus.count is not None else len(res.gpus.device_ids or ())
+            gpus = gpus_granted(res.gpus)  # what the container gets: an AMD/Intel "all" is the host's /dev/dri
             if gpus == -1:  # every GPU the host has: more than any limit can vouch for without asking Docker
                 problems.append(
                     f"resources.gpus: -1 (all) is above this worker's limit {self.max_gpus} ({POLICY_ENV_VARS['max_gpus']})"

@@ -109,9 +109,9 @@ def test_submit_volumes_and_gpus_like_docker_run(fake_producer):
     ]
     assert request["resources"]["gpus"] == {"vendor": "nvidia", "count": None, "device_ids": ["0", "2"]}
 
-    for gpus, vendor, expected in (("all", "nvidia", -1), ("2", "amd", 2)):
-        assert run("submit", "-d", "--id", f"cli-g{expected}", "--gpus", gpus, "--gpu-vendor", vendor, "busybox").exit_code == 0
-        (request,) = _job(fake_producer, f"cli-g{expected}").args
+    for i, (gpus, vendor, expected) in enumerate((("all", "nvidia", -1), ("2", "nvidia", 2), ("all", "amd", -1))):
+        assert run("submit", "-d", "--id", f"cli-g{i}", "--gpus", gpus, "--gpu-vendor", vendor, "busybox").exit_code == 0
+        (request,) = _job(fake_producer, f"cli-g{i}").args
         assert (request["resources"]["gpus"]["vendor"], request["resources"]["gpus"]["count"]) == (vendor, expected)
 
 
@@ -123,6 +123,11 @@ def test_submit_volumes_and_gpus_like_docker_run(fake_producer):
         (("-v", "/a:/b", "-v", "rel:/c"), "mounts.1.source: "),
         (("--gpus", "many"), "resources.gpus: "),
         (("--gpus", "0"), "resources.gpus: "),
+        (("--gpus", "\u00b2"), "resources.gpus: '\u00b2' is not 'all', a count or 'device=ID,...'"),  # isdigit, not int
+        (("--gpus", "\u0663"), "resources.gpus: "),  # an Arabic-Indic 3: int() would take it, docker would not
+        # AMD/Intel GPUs are render nodes: a count would be all of /dev/dri, so the flags to use are named
+        (("--gpus", "2", "--gpu-vendor", "amd"), "resources.gpus: amd GPUs are chosen by render node index"),
+        (("--gpus", "1", "--gpu-vendor", "intel"), "resources.gpus: intel GPUs are chosen by render node index"),
     ],
 )
 def test_submit_bad_volume_or_gpus_names_the_field(fake_producer, flags, field):

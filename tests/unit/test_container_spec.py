@@ -13,7 +13,7 @@ from typing import Any
 import pytest
 from docker.utils import parse_bytes
 
-from schemas import ExecutionRequest
+from schemas import ExecutionRequest, GpuRequest
 from worker.executor.errors import ExecutorError, GpuUnavailableError, MountNotAllowed, RequestRejected
 from worker.executor.types import (
     LABEL_EXECUTION,
@@ -24,6 +24,7 @@ from worker.executor.types import (
     build_container_spec,
     container_name,
     executor_labels,
+    gpus_granted,
     image_reference,
 )
 
@@ -381,16 +382,59 @@ def test_nvidia_gpus_by_device_ids():
     assert dr.capabilities == [["gpu"]]
 
 
+@pytest.mark.parametrize(
+    ("gpus", "granted"), [({"count": 2}, 2), ({"count": -1}, -1), ({"device_ids": ["0", "GPU-abc"]}, 2)]
+)
+def test_nvidia_gpus_granted_is_what_the_device_request_asks(gpus, granted):
+    assert gpus_granted(make(resources={"gpus": gpus}).resources.gpus) == granted
+
+
+@pytest.fixture
+def gpu_nodes(monkeypatch):
+    """This host seen with AMD and Intel device nodes, so their specs build without the hardware."""
+    real_exists = os.path.exists
+    monkeypatch.setattr(os.path, "exists", lambda p: str(p).startswith(("/dev/kfd", "/dev/dri")) or real_exists(p))
+
+
+@pytest.mark.parametrize(
+    ("gpus", "nodes", "granted"),
+    [
+        ({"vendor": "amd", "count": -1}, ["/dev/kfd", "/dev/dri"], -1),
+        # only the named render nodes; /dev/kfd gives no GPU whose render node the container cannot open
+        ({"vendor": "amd", "device_ids": ["1", "0"]}, ["/dev/kfd", "/dev/dri/renderD129", "/dev/dri/renderD128"], 2),
+        ({"vendor": "amd", "device_ids": ["0", "00"]}, ["/dev/kfd", "/dev/dri/renderD128"], 1),  # one node, once
+        ({"vendor": "intel", "count": -1}, ["/dev/dri"], -1),
+        ({"vendor": "intel", "device_ids": ["2"]}, ["/dev/dri/renderD130"], 1),
+    ],
+)
+def test_amd_and_intel_map_exactly_the_gpus_the_policy_counts(gpu_nodes, gpus, nodes, granted):
+    request = make(resources={"gpus": gpus})
+    spec = build(request)
+    assert spec.host_config["devices"] == [f"{n}:{n}:rwm" for n in nodes]
+    assert spec.host_config["group_add"] == ["video"]
+    assert "device_requests" not in spec.host_config
+    assert gpus_granted(request.resources.gpus) == granted
+
+
+@pytest.mark.parametrize("vendor", ["amd", "intel"])
+def test_amd_or_intel_without_device_ids_counts_as_every_gpu_whatever_its_count(gpu_nodes, vendor):
+    # the schema refuses such a count; one that got past it still maps all of /dev/dri, and is counted so
+    gpus = GpuRequest.model_construct(vendor=vendor, count=1, device_ids=None)
+    request = make().model_copy(update={"resources": make().resources.model_copy(update={"gpus": gpus})})
+    assert "/dev/dri:/dev/dri:rwm" in build(request).host_config["devices"]
+    assert gpus_granted(gpus) == -1
+
+
 @pytest.mark.skipif(os.path.exists("/dev/kfd") and os.path.exists("/dev/dri"), reason="this host has AMD GPU device nodes")
 def test_amd_gpu_unavailable_without_device_nodes():
     with pytest.raises(GpuUnavailableError) as info:
-        build(make(resources={"gpus": {"vendor": "amd", "count": 1}}))
+        build(make(resources={"gpus": {"vendor": "amd", "count": -1}}))
     assert "resources.gpus" in str(info.value)
     assert info.value.code == "gpu_unavailable"
 
 
 @pytest.mark.skipif(os.path.exists("/dev/dri"), reason="this host has /dev/dri")
-@pytest.mark.parametrize("gpus", [{"vendor": "intel", "count": 1}, {"vendor": "intel", "device_ids": ["0"]}])
+@pytest.mark.parametrize("gpus", [{"vendor": "intel", "count": -1}, {"vendor": "intel", "device_ids": ["0"]}])
 def test_intel_gpu_unavailable_without_device_nodes(gpus):
     with pytest.raises(GpuUnavailableError) as info:
         build(make(resources={"gpus": gpus}))

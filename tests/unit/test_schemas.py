@@ -355,7 +355,11 @@ def test_pids_at_least_one():
 
 @pytest.mark.parametrize(
     "spec",
-    [{"count": 1}, {"count": -1}, {"count": 8}, {"device_ids": ["0", "1"]}, {"vendor": "amd", "count": 1}, {"vendor": "intel", "device_ids": ["0"]}],
+    [
+        {"count": 1}, {"count": -1}, {"count": 8}, {"device_ids": ["0", "1"]},
+        {"vendor": "amd", "count": -1}, {"vendor": "amd", "device_ids": ["0", "1"]},
+        {"vendor": "intel", "count": -1}, {"vendor": "intel", "device_ids": ["0"]},
+    ],
 )
 def test_gpu_request_accepted(spec):
     gpus = GpuRequest.model_validate(spec)
@@ -365,13 +369,26 @@ def test_gpu_request_accepted(spec):
 
 @pytest.mark.parametrize(
     "spec",
-    [{}, {"count": 1, "device_ids": ["0"]}, {"count": 0}, {"count": -2}, {"vendor": "matrox", "count": 1}, {"count": 1, "extra": 1}],
+    [
+        {}, {"count": 1, "device_ids": ["0"]}, {"count": 0}, {"count": -2}, {"vendor": "matrox", "count": 1},
+        {"count": 1, "extra": 1}, {"vendor": "amd", "count": 1}, {"vendor": "intel", "count": 2},
+        {"vendor": "amd", "device_ids": ["card0"]},
+    ],
 )
 def test_gpu_request_refused(spec):
     with pytest.raises(ValidationError):
         GpuRequest.model_validate(spec)
     _, locs = rejected(with_resources(gpus=spec))
     assert all(loc.startswith("resources.gpus") for loc in locs), locs
+
+
+@pytest.mark.parametrize("vendor", ["amd", "intel"])
+def test_amd_or_intel_gpu_count_is_refused_naming_device_ids(vendor):
+    # without device_ids the executor maps all of /dev/dri: a count of 1 would be every GPU on the host
+    exc, locs = rejected(with_resources(gpus={"vendor": vendor, "count": 1}))
+    assert locs == {"resources.gpus"}
+    text = describe_validation_error(exc)
+    assert "device_ids" in text and "count -1 (all)" in text and vendor in text, text
 
 
 # -- states, outcomes --------------------------------------------------------------

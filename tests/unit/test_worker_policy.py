@@ -15,9 +15,10 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-from schemas import ExecutionRequest, ExecutionResult, ExecutionStatus, Keys, Outcome
+from schemas import ExecutionRequest, ExecutionResult, ExecutionStatus, GpuRequest, Keys, Outcome, Resources
 from worker import cli, doctor, runtime as runtime_module
 from worker.executor import ExecutionNotFound, MountNotAllowed
+from worker.images import ImagePattern
 from worker.jobs import ExecutionRun
 from worker.policy import GiB, MiB, PolicyViolation, WorkerPolicy, image_allowed
 from worker.rq_worker import DockrqWorker
@@ -99,6 +100,15 @@ def test_defaults_can_be_switched_off_and_never_exceed_the_limit():
             {"max_gpus": 8}, {"resources": {"gpus": {"count": -1}}},
             "resources.gpus: -1 (all) is above this worker's limit 8 (DOCKRQ_MAX_GPUS)",
         ),
+        # AMD/Intel without device_ids get all of /dev/dri: every GPU, whatever the limit
+        (
+            {"max_gpus": 8}, {"resources": {"gpus": {"vendor": "amd", "count": -1}}},
+            "resources.gpus: -1 (all) is above this worker's limit 8 (DOCKRQ_MAX_GPUS)",
+        ),
+        (
+            {"max_gpus": 1}, {"resources": {"gpus": {"vendor": "intel", "device_ids": ["0", "1"]}}},
+            "resources.gpus: 2 is above this worker's limit 1 (DOCKRQ_MAX_GPUS)",
+        ),
         (
             {"allowed_pull_policies": "never"}, {"pull_policy": "always"},
             "pull_policy: 'always' is not allowed on this worker (allowed: never) (DOCKRQ_ALLOWED_PULL_POLICIES)",
@@ -131,6 +141,20 @@ def test_gpus_up_to_the_operators_limit():
     assert WorkerPolicy(max_gpus=2).check(by_id).resources.gpus == by_id.resources.gpus
     every = req(resources={"gpus": {"count": -1}})  # all of them: only where the operator set no limit
     assert WorkerPolicy(max_gpus="none").check(every).resources.gpus.count == -1
+    every_amd = req(resources={"gpus": {"vendor": "amd", "count": -1}})
+    assert WorkerPolicy(max_gpus="none").check(every_amd).resources.gpus == every_amd.resources.gpus
+    one_node = req(resources={"gpus": {"vendor": "amd", "device_ids": ["0", "00"]}})  # renderD128, named twice
+    assert WorkerPolicy(max_gpus=1).check(one_node).resources.gpus == one_node.resources.gpus
+
+
+@pytest.mark.parametrize("vendor", ["amd", "intel"])
+def test_an_amd_or_intel_gpu_count_cannot_pass_for_fewer_than_every_gpu(vendor):
+    # The schema refuses {count: 1} for these vendors; one that got past it (model_construct) is
+    # still counted as what the container would get -- all of /dev/dri -- not as 1.
+    gpus = GpuRequest.model_construct(vendor=vendor, count=1, device_ids=None)
+    asked = req().model_copy(update={"resources": Resources.model_construct(gpus=gpus)})
+    with pytest.raises(PolicyViolation, match=r"^resources\.gpus: -1 \(all\) is above this worker's limit 1 "):
+        WorkerPolicy(max_gpus=1).check(asked)
 
 
 @pytest.mark.parametrize(
@@ -187,6 +211,12 @@ def test_long_paths_make_short_messages():
         ("busybox@sha256:abcd", ("busybox@sha256:abcd",), True),
         ("busybox:1.36@sha256:abcd", ("busybox:1.36",), False),  # the digest decides what runs, not the tag
         ("busybox:1.36@sha256:abcd", ("busybox",), True),
+        ("busybox:1.36@sha256:abcd", ("busybox@sha256:abcd",), True),  # ... and it matches its digest
+        ("busybox:1.36@sha256:abcd", ("busybox:1.36@sha256:abcd",), True),
+        ("busybox:1.36@sha256:abcd", ("busybox@sha256:ef01",), False),
+        ("busybox:1.36@sha256:abcd", ("*/library/busybox@sha256:abcd",), True),
+        ("ghcr.io/team/app:v1@sha256:abcd", ("ghcr.io/team/app@sha256:*",), True),
+        ("ghcr.io/team/app:v1@sha256:abcd", ("ghcr.io/team/app:v2@sha256:*",), False),
         ("busyboxx", ("busybox",), False),
         ("anything/at:all", ("*",), True),
         ("ghcr.io/any/thing@sha256:abcd", ("*",), True),
@@ -223,6 +253,14 @@ def test_long_paths_make_short_messages():
         ("evil.example/x.example.com/app", ("*.example.com/*",), False),
         ("ghcr.io/team/app", ("*/team/*",), True),
         ("busybox", ("*:latest",), True),
+        # '?' and '[...]' stand for a character of the name: qualified like it, they span no registry
+        ("busybox", ("?usybox",), True),
+        ("busybox:1.36", ("[bc]usybox:1.*",), True),
+        ("cusybox", ("[bc]usybox",), True),
+        ("ghcr.io/busybox", ("?usybox",), False),
+        ("registry.local:5000/busybox", ("[bc]usybox",), False),
+        ("team/app", ("?eam/*",), True),
+        ("ghcr.io/team/app", ("?eam/*",), False),
         # what Docker would refuse or read as a host is not taken for Docker Hub
         ("Evil/app", ("docker.io/*",), False),
         ("http://docker.io/busybox", ("*",), False),
@@ -230,6 +268,16 @@ def test_long_paths_make_short_messages():
 )
 def test_image_patterns(image, patterns, allowed):
     assert image_allowed(image, patterns) is allowed
+
+
+def test_only_a_leading_star_spans_registries():
+    assert ImagePattern.parse("*") == ImagePattern(None, "*")
+    assert ImagePattern.parse("*/team/*") == ImagePattern(None, "*/team/*")
+    assert ImagePattern.parse("?usybox") == ImagePattern("docker.io", "library/?usybox")
+    assert ImagePattern.parse("[bc]usybox:1.36") == ImagePattern("docker.io", "library/[bc]usybox:1.36")
+    assert ImagePattern.parse("?eam/*") == ImagePattern("docker.io", "?eam/*")
+    policy = WorkerSettings.load({"DOCKRQ_ALLOWED_IMAGES": "[bc]usybox"}).policy
+    assert policy.check(req(engine={"image": "busybox:1.36"})).engine.image == "busybox:1.36"
 
 
 def test_an_image_pattern_docker_could_never_match_is_refused_at_start():

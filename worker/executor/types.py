@@ -94,6 +94,24 @@ def checked_binds(request: ExecutionRequest, policy: ExecutorPolicy) -> list[str
     return binds
 
 
+def gpus_granted(gpus: GpuRequest) -> int:
+    """How many GPUs the container built for ``gpus`` can use; -1 for every GPU on the host.
+
+    The worker's DOCKRQ_MAX_GPUS counts this, so it is read off what ``_gpu_host_config``
+    maps, not off what the request says: an AMD/Intel request without ``device_ids``
+    gets the whole of ``/dev/dri`` whatever its count. ``/dev/kfd`` adds no GPU: the
+    kernel lets a KFD client use only the GPUs whose render node its cgroup may open.
+    """
+    if gpus.device_ids is not None:
+        return len(gpus.device_ids) if gpus.vendor == "nvidia" else len(_render_nodes(gpus.device_ids))
+    return gpus.count if gpus.vendor == "nvidia" and gpus.count is not None else -1
+
+
+def _render_nodes(device_ids: list[str]) -> list[str]:
+    # index N is /dev/dri/renderD(128+N); "0" and "00" are one node, mapped (and counted) once
+    return list(dict.fromkeys(f"/dev/dri/renderD{128 + int(i)}" for i in device_ids))  # digits: checked by the schema
+
+
 def _gpu_host_config(gpus: GpuRequest) -> dict[str, Any]:
     if gpus.vendor == "nvidia":
         request = DeviceRequest(
@@ -104,11 +122,9 @@ def _gpu_host_config(gpus: GpuRequest) -> dict[str, Any]:
         )
         return {"device_requests": [request]}
     # AMD (ROCm) needs the KFD compute node and the DRI render nodes; Intel only DRI.
+    # Without device_ids that is the whole DRI directory: every GPU (the schema allows it only as count -1).
     nodes = ["/dev/kfd"] if gpus.vendor == "amd" else []
-    if gpus.device_ids is None:
-        nodes.append("/dev/dri")
-    else:
-        nodes += [f"/dev/dri/renderD{128 + int(i)}" for i in gpus.device_ids]  # digits: checked by the schema
+    nodes += ["/dev/dri"] if gpus.device_ids is None else _render_nodes(gpus.device_ids)
     missing = [n for n in nodes if not os.path.exists(n)]
     if missing:
         raise GpuUnavailableError(f"resources.gpus: {gpus.vendor} GPU device nodes missing on this host: {', '.join(missing)}")
