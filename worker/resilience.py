@@ -40,9 +40,9 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
+from rq.exceptions import StopRequested
 from rq.job import JobStatus
 from rq.utils import as_text, now, parse_composite_key
-from rq.exceptions import StopRequested
 from rq.worker.base import WorkerStatus
 
 from schemas import ExecutionStatus, Outcome
@@ -175,14 +175,20 @@ class ResilientWorker:
             raise StopRequested()
 
     def _shutdown(self) -> None:
+        """rq's first-signal handling, but held while in a ``_holding_stop`` section."""
         if self._shielded and self.get_state() != WorkerStatus.BUSY:
             self._stop_held = True
             return
         super()._shutdown()
 
     def request_force_stop(self, signum: int, frame: Any) -> None:
-        self.cold_shutdown = True
-        super().request_force_stop(signum, frame)
+        """Remember the cold shutdown for teardown, unless rq ignores the signal (a duplicate
+        within a second, as a pool and the terminal both send on Ctrl-C)."""
+        try:
+            super().request_force_stop(signum, frame)
+        except SystemExit:
+            self.cold_shutdown = True
+            raise
 
     def clean_registries(self) -> None:
         if self._reaper is not None:
@@ -226,6 +232,14 @@ class ResilientWorker:
         except _REDIS_DOWN as exc:
             self.last_cleaned_at = now()
             self.log.warning("Worker %s: maintenance skipped, Redis unreachable: %s", self.name, exc)
+
+    def handle_job_failure(
+        self, job: Job, queue: Queue, started_job_registry: Any = None, exc_string: str = "", execution: Any = None
+    ) -> None:
+        """A job failed by a Redis outage may have left its outcome with the runtime; it goes out
+        first, or the reaper would later call the execution lost (also for adopted executions)."""
+        runtime_module.current().write_unwritten(job)
+        super().handle_job_failure(job, queue, started_job_registry, exc_string, execution)
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Any) -> None:
         """rq's success bookkeeping, retried once Redis is back (rq would otherwise fail a job
@@ -273,14 +287,9 @@ class ResilientWorker:
             e for e in list(self.executions.values()) if e.job_id == job.id
         ] or [settle.rq_execution(conn, j, x, self.name) for j, x in entries if j == job.id]
         execution = executions[0] if executions else None
+        runtime_module.current().write_unwritten(job)  # it ended while Redis was away past its budget
         raw = conn.lindex(keys.outcome(job.id), 0)
         status = job.get_status(refresh=True)
-        kept = runtime_module.current().take_unwritten(job.id)
-        if raw is None and kept is not None and status == JobStatus.STARTED and execution is not None:
-            # It ended while Redis was away longer than the job waits: its outcome, kept, goes out now.
-            runtime_module.current().channels(job.id, job).finish(kept)
-            self.log.info("Worker %s: execution %s: %s outcome written after the outage", self.name, job.id, kept.status.value)
-            raw = conn.lindex(keys.outcome(job.id), 0)
         if raw is not None:
             outcome = Outcome.model_validate_json(raw)
             if status == JobStatus.STARTED and execution is not None:

@@ -200,12 +200,29 @@ class WorkerRuntime:
         return True
 
     def keep_unwritten(self, outcome: Outcome) -> None:
+        """An execution ended while Redis stayed away past its retry budget: its outcome
+        waits here, in this process, for ``write_unwritten`` once Redis is back."""
         with self._lock:
             self._unwritten[outcome.execution_id] = outcome
 
     def take_unwritten(self, execution_id: str) -> Outcome | None:
         with self._lock:
             return self._unwritten.pop(execution_id, None)
+
+    def write_unwritten(self, job: Job) -> Outcome | None:
+        """Write the outcome ``job``'s execution left with ``keep_unwritten``, if any (first
+        writer wins, as always). Called wherever rq settles such a job, so its failure is
+        never all that is left of it. While Redis is still away it raises, keeping the outcome."""
+        outcome = self.take_unwritten(job.id)
+        if outcome is None:
+            return None
+        try:
+            self.channels(job.id, job).finish(outcome)
+        except BaseException:
+            self.keep_unwritten(outcome)
+            raise
+        log.info("execution %s: %s outcome written after the outage", job.id, outcome.status.value)
+        return outcome
 
     def forget(self, execution_id: str) -> None:
         """Drop a finished execution from the executor, if one was ever made."""

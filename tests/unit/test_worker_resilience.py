@@ -77,3 +77,60 @@ def test_bookkeeping_cut_for_good_is_settled_from_the_outcome(fake_redis, instal
     assert job.get_status(refresh=True) == JobStatus.FINISHED
     assert StartedJobRegistry("q", connection=fake_redis).get_job_ids(cleanup=False) == []
     assert worker.executions == {}
+
+
+def test_an_outcome_redis_did_not_take_in_time_is_written_when_rq_fails_the_job(fake_redis, installed, monkeypatch):
+    # Redis away past outcome_retry_seconds as the execution ends, back just after the job
+    # gives up, so rq records the failure normally: the container's own outcome is written
+    # then, not left for the reaper to call lost.
+    from schemas import ExecutionStatus, Keys, Outcome
+    from test_worker_jobs import PREFIX
+
+    from worker.channels import ExecutionChannels
+
+    rt = installed(FakeExecutor(exit_code=4))
+    rt.settings = rt.settings.model_copy(update={"outcome_retry_seconds": 0.5})
+    job = _job(fake_redis, request("k1"), "k1")
+    real_store = ExecutionChannels._store_outcome
+    redis_down = [True]
+
+    def store(self, payload):
+        if redis_down[0]:
+            raise redis.ConnectionError("Connection refused")
+        return real_store(self, payload)
+
+    def kept_and_redis_back(outcome):
+        real_keep(outcome)
+        redis_down[0] = False
+
+    real_keep = rt.keep_unwritten
+    monkeypatch.setattr(ExecutionChannels, "_store_outcome", store)
+    monkeypatch.setattr(rt, "keep_unwritten", kept_and_redis_back)
+    DockrqWorker(["q"], connection=fake_redis).work(burst=True)
+
+    raw = fake_redis.lrange(Keys(PREFIX).outcome("k1"), 0, -1)
+    assert len(raw) == 1
+    got = Outcome.model_validate_json(raw[0])
+    assert (got.status, got.exit_code) == (ExecutionStatus.FAILED, 4)
+    assert rt.take_unwritten("k1") is None
+    assert job.get_status(refresh=True) == JobStatus.FAILED  # rq's record of the outage stays
+
+
+def test_the_kept_outcome_stays_kept_while_redis_is_still_away(fake_redis, installed, monkeypatch):
+    from schemas import ExecutionResult, ExecutionStatus, Outcome
+
+    from worker.channels import ExecutionChannels
+
+    rt = installed(FakeExecutor())
+    rt.settings = rt.settings.model_copy(update={"outcome_retry_seconds": 0.5})
+    job = _job(fake_redis, request("k2"), "k2")
+    kept = Outcome.from_result(ExecutionResult(execution_id="k2", status=ExecutionStatus.SUCCEEDED, exit_code=0))
+    rt.keep_unwritten(kept)
+
+    def down(self, payload):
+        raise redis.ConnectionError("Connection refused")
+
+    monkeypatch.setattr(ExecutionChannels, "_store_outcome", down)
+    with pytest.raises(redis.ConnectionError):
+        rt.write_unwritten(job)
+    assert rt.take_unwritten("k2") == kept

@@ -113,3 +113,9 @@ def test_teardown_after_a_cold_shutdown_stops_adopted_executions(worker):
         worker.request_force_stop(signal.SIGTERM, None)
     worker.teardown()
     assert adoptions.running == set() and adoptions.stopped_with is not None
+
+
+def test_a_duplicate_signal_rq_ignores_is_no_cold_shutdown(worker):
+    worker._shutdown_requested_date = now()  # a pool and the terminal both signal on Ctrl-C
+    worker.request_force_stop(signal.SIGTERM, None)  # ignored by rq: within a second of the first
+    assert not worker.cold_shutdown
