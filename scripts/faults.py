@@ -42,13 +42,18 @@ class RedisServer:
         deadline = time.monotonic() + timeout
         try:
             while True:
+                if self.proc.poll() is not None:  # e.g. the port was taken meanwhile
+                    raise RuntimeError(f"redis-server on port {self.port} exited ({self.proc.returncode})")
                 try:
-                    client.ping()
-                    return
+                    # Ours answering, not another server that won the port between bind and start.
+                    if client.info("server")["process_id"] == self.proc.pid:
+                        return
                 except redis.RedisError:
-                    if time.monotonic() > deadline:
-                        raise RuntimeError("redis-server did not start") from None
-                    time.sleep(0.05)
+                    pass
+                if time.monotonic() > deadline:
+                    self.kill()
+                    raise RuntimeError("redis-server did not start")
+                time.sleep(0.05)
         finally:
             client.close()
 
