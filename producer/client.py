@@ -67,9 +67,11 @@ log = logging.getLogger(__name__)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # rq's own job timeout must not fire before the worker's: the worker enforces
-# timeout_seconds on the container, and also pulls the image and stops the
-# container (grace period) inside the same rq job.
-JOB_TIMEOUT_MARGIN_SECONDS = 300
+# timeout_seconds on the container, and also pulls the image, stops the
+# container (grace period) and, through a Redis outage, waits up to its
+# DOCKRQ_OUTCOME_RETRY_SECONDS (600 s by default) to write the outcome, all
+# inside the same rq job.
+JOB_TIMEOUT_MARGIN_SECONDS = 900
 NO_RQ_TIMEOUT = -1  # rq: never kill the work horse; the request has no time limit
 # Smallest max_request_bytes: room for any request with its defaults (about 400 bytes).
 MIN_MAX_REQUEST_BYTES = 1024
