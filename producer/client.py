@@ -44,6 +44,7 @@ from schemas import (
     DEFAULT_RETENTION_SECONDS,
     EXECUTION_ID_PATTERN,
     JOB_FUNCTION,
+    MIN_MAX_REQUEST_BYTES,
     WRITE_OUTCOME_LUA,
     Event,
     ExecutionRequest,
@@ -73,8 +74,6 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # inside the same rq job.
 JOB_TIMEOUT_MARGIN_SECONDS = 900
 NO_RQ_TIMEOUT = -1  # rq: never kill the work horse; the request has no time limit
-# Smallest max_request_bytes: room for any request with its defaults (about 400 bytes).
-MIN_MAX_REQUEST_BYTES = 1024
 # How long an id may have a claim but no rq job before a waiter calls it gone
 # (the claim-then-enqueue window is milliseconds).
 VANISH_GRACE_SECONDS = 3.0

@@ -38,6 +38,7 @@ DEFAULT_RETENTION_SECONDS = 24 * 3600
 # as its JSON in the rq job (``request_size``); a worker measures the whole job
 # data, the request plus rq's framing of the call, and allows that framing on top.
 DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
+MIN_MAX_REQUEST_BYTES = 1024  # room for any request with its defaults (about 400 bytes)
 JOB_FRAMING_BYTES = 1024
 
 

@@ -28,6 +28,7 @@ from schemas import (
     DEFAULT_PREFIX,
     DEFAULT_QUEUE,
     DEFAULT_RETENTION_SECONDS,
+    MIN_MAX_REQUEST_BYTES,
     describe_validation_error,
     parse_size,
 )
@@ -91,7 +92,7 @@ class WorkerSettings(BaseModel):
     stop_grace_seconds: float = Field(default=DEFAULT_STOP_GRACE_SECONDS, ge=0, le=3600)
     log_stream_maxlen: int = Field(default=DEFAULT_LOG_STREAM_MAXLEN, ge=1)
     # rq job data larger than this (the request plus its rq framing) is rejected unread (worker/rq_job.py).
-    max_request_bytes: Annotated[int, BeforeValidator(parse_size)] = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=1024)
+    max_request_bytes: Annotated[int, BeforeValidator(parse_size)] = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=MIN_MAX_REQUEST_BYTES)
     policy: WorkerPolicy = Field(default_factory=WorkerPolicy)
     # A worker refreshes its rq heartbeat this often; one silent for reap_after_seconds is dead,
     # and every worker's reaper (each reap_interval_seconds) adopts or ends its executions.
