@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
@@ -22,7 +23,11 @@ from pathlib import Path
 
 import pytest
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(900)]
+# Bounds of the steps; the module's covers them all plus the tests and teardown.
+BASE_IMAGE_TIMEOUT = 600  # scripts/offline_base.sh from scratch takes ~1.5 min
+BUILD_TIMEOUT = 300
+UP_TIMEOUT = 300
+pytestmark = [pytest.mark.integration, pytest.mark.timeout(1500)]
 
 ROOT = Path(__file__).resolve().parents[2]
 BASE_IMAGE = "dockrq-test/python-offline:latest"
@@ -85,17 +90,46 @@ def wait_for(what: str, probe, timeout: float = 60):
         time.sleep(0.5)
 
 
+def build_base_image() -> None:
+    """scripts/offline_base.sh in its own session, so that a timeout (or pytest's) stops
+    all of it (debootstrap, pip, docker import), not just bash."""
+    script = subprocess.Popen(
+        [str(ROOT / "scripts" / "offline_base.sh"), BASE_IMAGE],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, text=True,
+        start_new_session=True,
+    )
+    try:
+        output, _ = script.communicate(timeout=BASE_IMAGE_TIMEOUT)
+    except BaseException as exc:
+        stop_session(script)
+        if isinstance(exc, subprocess.TimeoutExpired):
+            pytest.fail(f"scripts/offline_base.sh still running after {BASE_IMAGE_TIMEOUT} s:\n{script.communicate()[0]}")
+        raise
+    assert script.returncode == 0, output
+
+
+def stop_session(proc: subprocess.Popen) -> None:
+    # SIGTERM first: the script's trap unmounts what debootstrap mounted and removes its
+    # temporary rootfs. Then SIGKILL whatever of the group outlived that (or bash).
+    for sig, grace in ((signal.SIGTERM, 30), (signal.SIGKILL, None)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            pass
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            pass
+
+
 @pytest.fixture(scope="module")
 def stack(docker_client):
-    built = subprocess.run(
-        [str(ROOT / "scripts" / "offline_base.sh"), BASE_IMAGE], capture_output=True, text=True, timeout=800,
-    )
-    assert built.returncode == 0, built.stdout + built.stderr
+    build_base_image()
 
     s = Stack(f"dockrqt{os.getpid()}")
     try:
-        s.compose("build", "--force-rm", timeout=600)
-        s.compose("up", "-d", "--scale", f"worker={SCALE}")
+        s.compose("build", "--force-rm", timeout=BUILD_TIMEOUT)
+        s.compose("up", "-d", "--scale", f"worker={SCALE}", timeout=UP_TIMEOUT)
         yield s
     finally:
         workers = docker_client.containers.list(
