@@ -445,10 +445,25 @@ def list_executions(settings: Settings, limit: int) -> None:
         table.add_column(column, no_wrap=column in ("ID", "STATUS"))
     for v in views:
         table.add_row(
-            v.execution_id, v.state.value, v.image or "-", v.worker or "-", _span(v.duration_seconds),
+            v.execution_id, _state_shown(v), v.image or "-", v.worker or "-", _span(v.duration_seconds),
             _ago(v.enqueued_at),
         )
     _console().print(table)
+
+
+def _state_shown(view: ExecutionStatusView) -> str:
+    """The state, with what an operator scanning the list asks next: which exit code, OOM or not,
+    and the error code of a run dockrq itself could not finish."""
+    outcome = view.outcome
+    if outcome is None:
+        return view.state.value
+    if outcome.result is not None and outcome.result.oom_killed:
+        return f"{view.state.value} (oom)"
+    if outcome.status == ExecutionStatus.FAILED and outcome.exit_code is not None:
+        return f"{view.state.value} ({outcome.exit_code})"
+    if outcome.error is not None and outcome.error.code != outcome.status.value:
+        return f"{view.state.value} ({outcome.error.code})"
+    return view.state.value
 
 
 def main(argv: list[str] | None = None) -> None:

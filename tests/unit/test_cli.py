@@ -283,6 +283,27 @@ def test_status_and_ls(fake_producer):
     assert "s2" in table and "alpine:3" in table and "s1" not in table
 
 
+def test_ls_says_how_an_execution_ended(fake_producer):
+    ends = {
+        "ok": _outcome("ok", ExecutionStatus.SUCCEEDED, 0),
+        "exit3": _outcome("exit3", ExecutionStatus.FAILED, 3),
+        "oom": Outcome.from_result(
+            ExecutionResult(execution_id="oom", status=ExecutionStatus.FAILED, exit_code=137, oom_killed=True)
+        ),
+        "pull": _outcome("pull", ExecutionStatus.ERROR, code="image_pull", message="no such image"),
+        "stop": _outcome("stop", ExecutionStatus.CANCELLED, code="cancelled", message="by request"),
+    }
+    for eid, outcome in ends.items():
+        run("submit", "-d", "--id", eid, "busybox")
+        _end(fake_producer, outcome)
+    rows = {line.split()[0]: line for line in run("ls").stdout.splitlines()[1:]}
+    assert rows["ok"].split()[1] == "succeeded"
+    assert "failed (3)" in rows["exit3"]
+    assert "failed (oom)" in rows["oom"]
+    assert "error (image_pull)" in rows["pull"]
+    assert rows["stop"].split()[1:3] == ["cancelled", "busybox"]
+
+
 @pytest.mark.parametrize(
     ("url", "shown"),
     [
