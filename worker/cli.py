@@ -60,6 +60,15 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 "--stop-grace", "stop_grace_seconds", type=click.FloatRange(min=0),
                 help="Seconds between SIGTERM and SIGKILL when a container is stopped (env DOCKRQ_STOP_GRACE_SECONDS).",
             ),
+            click.option(
+                "--max-request-bytes",
+                help="Largest request taken; larger rq jobs end rejected unread (env DOCKRQ_MAX_REQUEST_BYTES; default 1m).",
+            ),
+            click.option(
+                "--outcome-retry", "outcome_retry_seconds", type=click.FloatRange(min=0.5),
+                help="Seconds an execution's writes wait for an unreachable Redis before the worker keeps "
+                "its outcome for later (env DOCKRQ_OUTCOME_RETRY_SECONDS; default 600).",
+            ),
             *_POLICY_OPTIONS,
         ]
     ):
@@ -127,7 +136,10 @@ def _options(ctx: click.Context, given: dict[str, Any]) -> dict[str, Any]:
 
 
 def _settings(opts: dict[str, Any]) -> WorkerSettings:
-    fields = ("redis_url", "queues", "prefix", "executor_id", "stop_grace_seconds", *_POLICY_FIELDS)
+    fields = (
+        "redis_url", "queues", "prefix", "executor_id", "stop_grace_seconds", "max_request_bytes",
+        "outcome_retry_seconds", *_POLICY_FIELDS,
+    )
     return WorkerSettings.load(**{f: opts.get(f) for f in fields})
 
 

@@ -359,6 +359,10 @@ def test_worker_flags_override_the_environment(monkeypatch):
         allowed_images=("a/*", "b"), allowed_mount_roots=("/srv",), allow_bridge=True,
         default_memory=128 * MiB, default_pids=32, max_gpus=1, allowed_pull_policies=("never", "if_not_present"),
     )
+    monkeypatch.setenv("DOCKRQ_MAX_REQUEST_BYTES", "2m")
+    result = CliRunner().invoke(cli.main, ["run", "--max-request-bytes", "64k", "--outcome-retry", "30"])
+    assert result.exit_code == 0, result.output
+    assert (installed[-1].settings.max_request_bytes, installed[-1].settings.outcome_retry_seconds) == (64 * 1024, 30)
     bad = CliRunner().invoke(cli.main, ["run", "--max-memory", "huge"])
     assert bad.exit_code == 1 and "DOCKRQ_MAX_MEMORY" in bad.output and "Traceback" not in bad.output
     bad = CliRunner().invoke(cli.main, ["run", "--max-gpus", "-2"])
