@@ -16,6 +16,15 @@ import redis
 
 DOCKERD_START = "nohup dockerd >/var/log/dockrq-dockerd.log 2>&1 </dev/null &"  # as scripts/setup.sh
 
+# Worker settings under which a dead worker is noticed and reaped in seconds, not the
+# production defaults' half minute: for fault tests that kill workers.
+FAST_REAP_ENV = {
+    "DOCKRQ_HEARTBEAT_SECONDS": "0.5",
+    "DOCKRQ_REAP_AFTER_SECONDS": "2",
+    "DOCKRQ_REAP_INTERVAL_SECONDS": "0.5",
+    "DOCKRQ_ORPHAN_GRACE_SECONDS": "3",
+}
+
 
 class RedisServer:
     """redis-server on a free port of its own, append-only file in ``directory``."""

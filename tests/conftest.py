@@ -229,6 +229,15 @@ def spawn_worker(redis_url, unique, docker_client, tmp_path):
         container.remove(force=True)
 
 
+@pytest.fixture
+def producer(redis_url, spawn_worker):
+    """A Producer on the queue and prefix of this test's ``spawn_worker`` workers."""
+    from producer import Producer
+
+    with Producer(redis_url, queue=spawn_worker.queue, prefix=spawn_worker.prefix) as p:
+        yield p
+
+
 # -- rq-dashboard in process (its Flask test client), as scripts/dashboard.sh configures it ----
 
 

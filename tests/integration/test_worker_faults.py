@@ -17,23 +17,12 @@ from rq.job import Job, JobStatus
 from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
-from producer import Producer
+from scripts.faults import FAST_REAP_ENV
 from schemas import ExecutionStatus, Keys, LogBatch
 
 pytestmark = pytest.mark.integration
 
-FAST = {
-    "DOCKRQ_HEARTBEAT_SECONDS": "0.5",
-    "DOCKRQ_REAP_AFTER_SECONDS": "2",
-    "DOCKRQ_REAP_INTERVAL_SECONDS": "0.5",
-    "DOCKRQ_ORPHAN_GRACE_SECONDS": "3",
-}
-
-
-@pytest.fixture
-def producer(redis_url, spawn_worker):
-    with Producer(redis_url, queue=spawn_worker.queue, prefix=spawn_worker.prefix) as p:
-        yield p
+FAST = FAST_REAP_ENV  # dead workers noticed in seconds
 
 
 @pytest.fixture

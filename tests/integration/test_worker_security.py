@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import base64
 import json
-import os
 import subprocess
 import sys
 import threading
@@ -27,20 +26,12 @@ import pytest
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-from producer import Producer
 from schemas import ExecutionStatus, Keys, LogBatch
 
 pytestmark = pytest.mark.integration
 
 SECRET = "s3cr3t-value-9b1e"
 MiB = 1024 * 1024
-
-
-@pytest.fixture
-def producer(redis_url, spawn_worker):
-    p = Producer(redis_url=redis_url, queue=spawn_worker.queue, prefix=spawn_worker.prefix)
-    yield p
-    p.close()
 
 
 def request(image, name, *cmd, **fields):

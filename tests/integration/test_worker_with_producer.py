@@ -10,17 +10,9 @@ from datetime import timedelta
 
 import pytest
 
-from producer import Producer
 from schemas import ExecutionStatus
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def producer(redis_url, spawn_worker):
-    p = Producer(redis_url=redis_url, queue=spawn_worker.queue, prefix=spawn_worker.prefix)
-    yield p
-    p.close()
 
 
 def req(image, name, *cmd, **fields):

@@ -22,16 +22,11 @@ import pytest
 
 from producer import Producer
 from schemas import ExecutionStatus
-from scripts.faults import docker_up, ensure_dockerd, stop_dockerd
+from scripts.faults import FAST_REAP_ENV, docker_up, ensure_dockerd, stop_dockerd
 
 pytestmark = [pytest.mark.integration, pytest.mark.daemon_restart]
 
-FAST = {
-    "DOCKRQ_HEARTBEAT_SECONDS": "0.5",
-    "DOCKRQ_REAP_AFTER_SECONDS": "2",
-    "DOCKRQ_REAP_INTERVAL_SECONDS": "0.5",
-    "DOCKRQ_ORPHAN_GRACE_SECONDS": "3",
-}
+FAST = FAST_REAP_ENV  # dead workers noticed in seconds
 @pytest.fixture
 def restartable_dockerd():
     assert docker_up(), "dockerd must be running (scripts/setup.sh)"
