@@ -11,6 +11,7 @@ from .errors import (
     ProducerError,
     RequestTooLarge,
 )
+from .many import WaitTimeout
 from .status import ExecutionStatusView
 
 __all__ = [
@@ -24,6 +25,7 @@ __all__ = [
     "Producer",
     "ProducerError",
     "RequestTooLarge",
+    "WaitTimeout",
     "describe",
     "parse_request",
 ]

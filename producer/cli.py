@@ -27,6 +27,7 @@ import sys
 from contextlib import suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
+from collections.abc import Callable
 from typing import Any, NoReturn
 
 import click
@@ -48,6 +49,7 @@ from .client import DEFAULT_REDIS_URL, Producer
 from .connections import redact_url
 from .errors import ExecutionAlreadyFinished, InvalidRequest, ProducerError
 from .status import ExecutionStatusView
+from .waitcli import wait_several
 
 EXIT_ERROR = 1
 EXIT_WAIT_TIMEOUT = 75
@@ -340,15 +342,32 @@ def _cancel_after_interrupt(producer: Producer, execution_id: str) -> NoReturn:
 @cli.command(failure_code=EXIT_DOCKRQ_FAILED)
 @click.option("--timeout", type=float, help="Give up after this many seconds (exit 75).")
 @json_option
-@click.argument("execution_id")
+@click.argument("execution_ids", nargs=-1, required=True, metavar="ID...")
 @pass_settings
-def wait(settings: Settings, execution_id: str, timeout: float | None) -> None:
-    """Wait for an execution to end; exit with its exit code."""
-    try:
-        outcome = settings.producer().wait(execution_id, timeout=timeout)
-    except TimeoutError:
-        fail(f"execution {execution_id} still running after {timeout:g}s", EXIT_WAIT_TIMEOUT)
-    raise click.exceptions.Exit(_report(outcome, settings, summary=True))
+def wait(settings: Settings, execution_ids: tuple[str, ...], timeout: float | None) -> None:
+    """Wait for executions to end; exit with the exit code of the worst (see ``worst_exit_code``)."""
+    if len(execution_ids) == 1:
+        (execution_id,) = execution_ids
+        try:
+            outcome = settings.producer().wait(execution_id, timeout=timeout)
+        except TimeoutError:
+            fail(f"execution {execution_id} still running after {timeout:g}s", EXIT_WAIT_TIMEOUT)
+        raise click.exceptions.Exit(_report(outcome, settings, summary=True))
+    raise click.exceptions.Exit(wait_several(settings.producer(), list(execution_ids), timeout, _report_one_line(settings)))
+
+
+def _report_one_line(settings: Settings) -> Callable[[Outcome], int]:
+    """One line per ended execution (``ID  STATUS (detail)``, or its outcome as a JSON line); its exit code."""
+
+    def report(outcome: Outcome) -> int:
+        if settings.as_json:
+            click.echo(outcome.model_dump_json())
+        else:
+            detail = outcome.error.message if outcome.error is not None and outcome.error.message else ""
+            click.echo(f"{outcome.execution_id}  {_outcome_shown(outcome)}" + (f"  {detail}" if detail else ""))
+        return exit_code_for(outcome)
+
+    return report
 
 
 class _Tail(click.ParamType):
@@ -454,16 +473,18 @@ def list_executions(settings: Settings, limit: int) -> None:
 def _state_shown(view: ExecutionStatusView) -> str:
     """The state, with what an operator scanning the list asks next: which exit code, OOM or not,
     and the error code of a run dockrq itself could not finish."""
-    outcome = view.outcome
-    if outcome is None:
-        return view.state.value
+    return view.state.value if view.outcome is None else _outcome_shown(view.outcome)
+
+
+def _outcome_shown(outcome: Outcome) -> str:
+    state = outcome.status.value
     if outcome.result is not None and outcome.result.oom_killed:
-        return f"{view.state.value} (oom)"
+        return f"{state} (oom)"
     if outcome.status == ExecutionStatus.FAILED and outcome.exit_code is not None:
-        return f"{view.state.value} ({outcome.exit_code})"
+        return f"{state} ({outcome.exit_code})"
     if outcome.error is not None and outcome.error.code != outcome.status.value:
-        return f"{view.state.value} ({outcome.error.code})"
-    return view.state.value
+        return f"{state} ({outcome.error.code})"
+    return state
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -62,6 +62,8 @@ from .describe import describe
 from .errors import DuplicateExecution, ExecutionAlreadyFinished, ExecutionNotFound, InvalidRequest, RequestTooLarge
 from .jobhash import JobWriter
 from .logs import LogReader
+from . import many
+from .many import DEFAULT_RECHECK_SECONDS
 from .status import ExecutionStatusView, build_view
 
 log = logging.getLogger(__name__)
@@ -387,6 +389,24 @@ class Producer:
                 missing_since = time.monotonic()
             elif time.monotonic() - missing_since > VANISH_GRACE_SECONDS:
                 raise ExecutionNotFound(execution_id, "execution vanished (no rq job and no outcome)")
+
+    def as_completed(
+        self, execution_ids: Iterable[str], timeout: float | None = None, *, recheck_seconds: float = DEFAULT_RECHECK_SECONDS
+    ) -> Iterator[Outcome]:
+        """Each execution's Outcome once, as it ends, in the order they end (producer.many).
+
+        Two Redis connections whatever the number of ids. Raises ExecutionNotFound
+        (unknown ids, before anything is yielded) and WaitTimeout, a TimeoutError
+        whose ``pending`` lists the ids not ended after ``timeout`` seconds.
+        """
+        return many.follow(self._client, self._blocking, self.keys, execution_ids, timeout, recheck_seconds)
+
+    def wait_many(
+        self, execution_ids: Iterable[str], timeout: float | None = None, *, recheck_seconds: float = DEFAULT_RECHECK_SECONDS
+    ) -> dict[str, Outcome]:
+        """All the outcomes as ``{id: Outcome}`` in the order given; errors as ``as_completed``
+        (WaitTimeout also carries the ``outcomes`` that had ended)."""
+        return many.wait_many(self._client, self._blocking, self.keys, execution_ids, timeout, recheck_seconds)
 
     def logs(self, execution_id: str, tail: bool | int = True, follow: bool = True) -> Iterator[LogEntry]:
         """The execution's log entries: history (all, none or the last ``tail``), then live if ``follow``.

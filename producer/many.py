@@ -1,0 +1,298 @@
+"""Waiting for many executions at once on a fixed number of Redis connections.
+
+``Producer.as_completed`` and ``Producer.wait_many`` (and their asyncio twins in
+``producer.aio``) follow any number of executions with two connections: one
+subscribed to ``P:events`` (every final state of every execution is published
+there right after its outcome is written) and one that reads the outcome keys
+(``LINDEX P:exec:ID:outcome 0``, pipelined in chunks).
+
+The events topic only says *when to look*: an outcome is taken from its key,
+never from the message. So nothing is missed when a message is lost (pub/sub is
+fire and forget) or Redis restarts: every pending outcome key is read again
+right after each (re)subscription (subscribe first, then read, so an outcome
+written in between is seen one way or the other) and every ``recheck_seconds``.
+
+``FollowState`` holds the logic without I/O, shared by the sync and async
+drivers: which ids are still pending, which to read next, the deadline, and
+the vanish check (no outcome, no rq job, no claim: ``ExecutionNotFound``, as
+``Producer.wait``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import Iterable, Iterator
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import redis
+from redis.backoff import ExponentialWithJitterBackoff
+from rq.job import Job
+
+from schemas import EXECUTION_ID_PATTERN, ExecutionStatus, Keys, Outcome
+
+from .errors import ExecutionNotFound
+
+if TYPE_CHECKING:
+    from redis.client import PubSub
+
+log = logging.getLogger(__name__)
+
+DEFAULT_RECHECK_SECONDS = 5.0  # every pending outcome key is read again at least this often
+CHUNK = 500  # ids per pipelined read
+SLICE_SECONDS = 1.0  # longest single block on the subscription
+VANISH_GRACE_SECONDS = 3.0  # as Producer.wait: claim-then-enqueue takes milliseconds
+RECONNECT = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
+_FINAL = frozenset(s.value for s in ExecutionStatus)
+_SHOWN_IDS = 20
+
+
+class WaitTimeout(TimeoutError):
+    """``timeout`` seconds passed before every execution ended.
+
+    ``pending`` lists the ids that have not ended (in the order given);
+    ``outcomes`` holds the outcomes of those that had (``wait_many``; empty for
+    ``as_completed``, which has yielded them already).
+    """
+
+    def __init__(self, pending: list[str], timeout: float | None, outcomes: dict[str, Outcome] | None = None) -> None:
+        self.pending = list(pending)
+        self.outcomes = dict(outcomes or {})
+        shown = ", ".join(self.pending[:_SHOWN_IDS])
+        more = f" and {len(self.pending) - _SHOWN_IDS} more" if len(self.pending) > _SHOWN_IDS else ""
+        super().__init__(f"{len(self.pending)} execution(s) not ended after {timeout:g}s: {shown}{more}")
+
+
+def unique_ids(ids: Iterable[str]) -> list[str]:
+    """The ids in order, each once; ExecutionNotFound for anything that cannot be an execution id."""
+    import re
+
+    pattern = re.compile(EXECUTION_ID_PATTERN)
+    out = list(dict.fromkeys(ids))
+    for execution_id in out:
+        if not isinstance(execution_id, str) or not pattern.match(execution_id):
+            raise ExecutionNotFound(str(execution_id), "not an execution id")
+    return out
+
+
+@dataclass
+class FollowState:
+    """What a many-waiter knows, without I/O. Times are ``time.monotonic()`` seconds."""
+
+    ids: list[str]
+    timeout: float | None
+    recheck_seconds: float = DEFAULT_RECHECK_SECONDS
+    started: float = field(default_factory=time.monotonic)
+    pending: dict[str, None] = field(init=False)
+    _hinted: dict[str, None] = field(init=False, default_factory=dict)
+    _full_due: bool = field(init=False, default=True)
+    _last_full: float = field(init=False, default=0.0)
+    _first_full_done: bool = field(init=False, default=False)
+    _missing_since: dict[str, float] = field(init=False, default_factory=dict)
+
+    def __post_init__(self) -> None:
+        self.pending = dict.fromkeys(self.ids)
+        self.deadline = None if self.timeout is None else self.started + self.timeout
+
+    # -- what to do next --------------------------------------------------------
+
+    def remaining(self, now: float) -> float | None:
+        """Seconds left (None: no deadline); raises WaitTimeout once it has passed."""
+        if self.deadline is None:
+            return None
+        left = self.deadline - now
+        if left <= 0:
+            raise WaitTimeout(list(self.pending), self.timeout)
+        return left
+
+    def block_for(self, now: float) -> float:
+        """How long the next read of the subscription may block."""
+        left = self.remaining(now)
+        until_recheck = max(0.0, self._last_full + self.recheck_seconds - now)
+        block = min(SLICE_SECONDS, until_recheck)
+        return max(0.0, block if left is None else min(block, left))
+
+    def resubscribed(self) -> None:
+        """A (re)subscription was confirmed: everything pending is read again."""
+        self._full_due = True
+
+    def to_read(self, now: float) -> tuple[list[str], bool]:
+        """(ids whose outcome key to read now, whether it is a full check that also checks existence)."""
+        if self._full_due or now - self._last_full >= self.recheck_seconds:
+            self._full_due = False
+            self._hinted.clear()
+            self._last_full = now
+            return list(self.pending), True
+        hinted = [i for i in self._hinted if i in self.pending]
+        self._hinted.clear()
+        return hinted, False
+
+    # -- what came back -----------------------------------------------------------
+
+    def on_message(self, message: dict[str, Any] | None) -> None:
+        """A message of the subscription: a final event of a pending id hints at its outcome."""
+        if not message:
+            return
+        kind = message.get("type")
+        kind = kind.decode() if isinstance(kind, bytes) else kind
+        if kind == "subscribe":
+            self.resubscribed()
+            return
+        if kind != "message":
+            return
+        try:
+            event = json.loads(message["data"])
+            execution_id, status = event["execution_id"], event["status"]
+        except (ValueError, KeyError, TypeError):
+            return
+        if status in _FINAL and execution_id in self.pending:
+            self._hinted[execution_id] = None
+
+    def on_outcomes(self, ids: list[str], raws: list[Any], now: float, exists: list[Any] | None = None) -> list[Outcome]:
+        """The outcomes read for ``ids`` (raw LINDEX replies; with ``exists``, the EXISTS job/claim counts).
+
+        Returns the new outcomes (removed from pending). Raises ExecutionNotFound for
+        ids unknown at the first check, or gone (no job, no claim, no outcome) for
+        longer than VANISH_GRACE_SECONDS later on.
+        """
+        ended: list[Outcome] = []
+        unknown: list[str] = []
+        for index, (execution_id, raw) in enumerate(zip(ids, raws, strict=True)):
+            if execution_id not in self.pending:
+                continue
+            if raw is not None:
+                del self.pending[execution_id]
+                self._missing_since.pop(execution_id, None)
+                ended.append(Outcome.model_validate_json(raw))
+                continue
+            if exists is None:
+                continue
+            if exists[index]:
+                self._missing_since.pop(execution_id, None)
+            elif not self._first_full_done:
+                unknown.append(execution_id)
+            elif now - self._missing_since.setdefault(execution_id, now) > VANISH_GRACE_SECONDS:
+                raise ExecutionNotFound(execution_id, "execution vanished (no rq job and no outcome)")
+        if unknown:
+            raise ExecutionNotFound(", ".join(unknown))
+        return ended
+
+    def full_check_done(self) -> None:
+        self._first_full_done = True
+
+
+def read_outcomes(client: redis.Redis, keys: Keys, ids: list[str], full: bool) -> tuple[list[Any], list[Any] | None]:
+    """LINDEX of each outcome key (and with ``full`` EXISTS of its rq job and claim), pipelined in chunks."""
+    raws: list[Any] = []
+    exists: list[Any] | None = [] if full else None
+    for start in range(0, len(ids), CHUNK):
+        chunk = ids[start : start + CHUNK]
+        with client.pipeline(transaction=False) as pipe:
+            for execution_id in chunk:
+                pipe.lindex(keys.outcome(execution_id), 0)
+                if full:
+                    pipe.exists(Job.key_for(execution_id), keys.claim(execution_id))
+            replies = pipe.execute()
+        step = 2 if full else 1
+        raws.extend(replies[0::step])
+        if exists is not None:
+            exists.extend(replies[1::step])
+    return raws, exists
+
+
+def follow(
+    client: redis.Redis,
+    blocking: redis.Redis,
+    keys: Keys,
+    ids: Iterable[str],
+    timeout: float | None = None,
+    recheck_seconds: float = DEFAULT_RECHECK_SECONDS,
+) -> Iterator[Outcome]:
+    """Yield each execution's outcome once, as it ends (see the module doc).
+
+    ``client`` reads outcome keys, ``blocking`` (socket timeout above SLICE_SECONDS)
+    holds the one subscription. Raises ExecutionNotFound (unknown ids, listed,
+    before anything is yielded; or an id that vanished) and WaitTimeout.
+    Redis outages are ridden out with backoff, then everything pending is read again.
+    """
+    state = FollowState(unique_ids(ids), timeout, recheck_seconds)
+    pubsub: PubSub | None = None
+    failures = 0
+    try:
+        while state.pending:
+            try:
+                if pubsub is None:
+                    pubsub = _subscribe(blocking, keys, state)
+                wanted, full = state.to_read(time.monotonic())
+                if wanted:
+                    raws, exists = read_outcomes(client, keys, wanted, full)
+                    yield from state.on_outcomes(wanted, raws, time.monotonic(), exists)
+                    if full:
+                        state.full_check_done()
+                    if not state.pending:
+                        return
+                state.on_message(pubsub.get_message(timeout=state.block_for(time.monotonic())))
+                while (message := pubsub.get_message(timeout=0)) is not None:
+                    state.on_message(message)
+                failures = 0
+            except (redis.ConnectionError, redis.TimeoutError) as exc:
+                if pubsub is not None:
+                    _close(pubsub)
+                    pubsub = None
+                failures += 1
+                pause = RECONNECT.compute(failures)
+                left = state.remaining(time.monotonic())
+                log.warning("following %d execution(s): Redis error (%s); retrying in %.1fs", len(state.pending), exc, pause)
+                time.sleep(pause if left is None else min(pause, left))
+    finally:
+        if pubsub is not None:
+            _close(pubsub)
+
+
+def _subscribe(blocking: redis.Redis, keys: Keys, state: FollowState) -> PubSub:
+    """Subscribe to the events topic and wait for Redis to confirm it (then a full check is due)."""
+    pubsub = blocking.pubsub()
+    try:
+        pubsub.subscribe(keys.events)
+        deadline = time.monotonic() + SLICE_SECONDS * 5
+        while True:
+            message = pubsub.get_message(timeout=SLICE_SECONDS)
+            state.on_message(message)
+            if message is not None and message.get("type") in ("subscribe", b"subscribe"):
+                return pubsub
+            if time.monotonic() > deadline:
+                raise redis.TimeoutError("no subscribe confirmation from Redis")
+    except BaseException:
+        _close(pubsub)
+        raise
+
+
+def _close(pubsub: PubSub) -> None:
+    try:
+        pubsub.close()
+    except Exception:  # noqa: BLE001 - closing a broken connection must not hide the real error
+        pass
+
+
+def wait_many(
+    client: redis.Redis,
+    blocking: redis.Redis,
+    keys: Keys,
+    ids: Iterable[str],
+    timeout: float | None = None,
+    recheck_seconds: float = DEFAULT_RECHECK_SECONDS,
+) -> dict[str, Outcome]:
+    """Every outcome, as ``{id: Outcome}`` in the order the ids were given.
+
+    Raises WaitTimeout (with ``.pending`` and the ``.outcomes`` already in) or ExecutionNotFound.
+    """
+    order = unique_ids(ids)
+    got: dict[str, Outcome] = {}
+    try:
+        for outcome in follow(client, blocking, keys, order, timeout, recheck_seconds):
+            got[outcome.execution_id] = outcome
+    except WaitTimeout as exc:
+        raise WaitTimeout(exc.pending, timeout, {i: got[i] for i in order if i in got}) from None
+    return {i: got[i] for i in order}
