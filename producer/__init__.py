@@ -11,10 +11,12 @@ from .errors import (
     ProducerError,
     RequestTooLarge,
 )
+from .aio import AsyncProducer
 from .many import WaitTimeout
 from .status import ExecutionStatusView
 
 __all__ = [
+    "AsyncProducer",
     "DEFAULT_REDIS_URL",
     "CancelResult",
     "DuplicateExecution",

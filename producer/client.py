@@ -24,7 +24,8 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -67,6 +68,15 @@ from .many import DEFAULT_RECHECK_SECONDS
 from .status import ExecutionStatusView, build_view
 
 log = logging.getLogger(__name__)
+
+
+@dataclass
+class Submission:
+    """One submit, validated and built: ``write(pipe)`` queues its rq jobs and events into a MULTI."""
+
+    ids: list[str]
+    queue_name: str
+    write: Callable[[redis.client.Pipeline], None]
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # rq's own job timeout must not fire before the worker's: the worker enforces
@@ -191,32 +201,15 @@ class Producer:
         queue: str | None = None,
         at: datetime | None = None,
         delay: timedelta | None = None,
+        at_front: bool = False,
     ) -> str:
         """Enqueue one execution (or schedule it ``at`` a time / after a ``delay``); returns its id.
 
-        Raises InvalidRequest (nothing enqueued; RequestTooLarge above
-        ``max_request_bytes``) or DuplicateExecution.
+        ``at_front`` puts it at the head of its queue (rq's ``at_front``; a scheduled
+        one goes to the head when its time comes). Raises InvalidRequest (nothing
+        enqueued; RequestTooLarge above ``max_request_bytes``) or DuplicateExecution.
         """
-        req = parse_request(request)
-        if at is not None and delay is not None:
-            raise ValueError("give at or delay, not both")
-        when = datetime.now(timezone.utc) + delay if delay is not None else at
-        spec = self._job_spec(req, scheduled=when is not None)
-        rq_queue = self.rq_queue(queue)
-        self._claim([req.execution_id], rq_queue.name)
-        try:
-            with self._client.pipeline() as pipe:
-                if when is None:
-                    rq_queue.enqueue_call(**spec, pipeline=pipe)
-                else:
-                    job = rq_queue.create_job(**spec, status=JobStatus.SCHEDULED)
-                    rq_queue.schedule_job(job, when, pipeline=pipe)
-                self._publish_event(pipe, req.execution_id, spec["meta"]["status"])
-                pipe.execute()
-        except BaseException:
-            self._release_claims([req.execution_id])
-            raise
-        return req.execution_id
+        return self._run(self._prepare_submit(request, queue=queue, at=at, delay=delay, at_front=at_front))[0]
 
     def submit_many(
         self, requests: Iterable[ExecutionRequest | dict[str, Any] | str | bytes], *, queue: str | None = None
@@ -227,6 +220,41 @@ class Producer:
         field; RequestTooLarge its index and size) or a duplicate id
         (DuplicateExecution lists them) enqueues none.
         """
+        return self._run(self._prepare_submit_many(requests, queue=queue))
+
+    # Submitting is prepared (validated, rq jobs built) apart from the I/O, so AsyncProducer
+    # (producer.aio) writes exactly the same thing: the claims, then one MULTI.
+
+    def _prepare_submit(
+        self,
+        request: ExecutionRequest | dict[str, Any] | str | bytes,
+        *,
+        queue: str | None,
+        at: datetime | None,
+        delay: timedelta | None,
+        at_front: bool,
+    ) -> Submission:
+        req = parse_request(request)
+        if at is not None and delay is not None:
+            raise ValueError("give at or delay, not both")
+        when = datetime.now(timezone.utc) + delay if delay is not None else at
+        spec = self._job_spec(req, scheduled=when is not None)
+        rq_queue = self.rq_queue(queue)
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            if when is None:
+                rq_queue.enqueue_call(**spec, pipeline=pipe, at_front=at_front)
+            else:
+                job = rq_queue.create_job(**spec, status=JobStatus.SCHEDULED)
+                job.enqueue_at_front = at_front or None
+                rq_queue.schedule_job(job, when, pipeline=pipe)
+            self._publish_event(pipe, req.execution_id, spec["meta"]["status"])
+
+        return Submission([req.execution_id], rq_queue.name, write)
+
+    def _prepare_submit_many(
+        self, requests: Iterable[ExecutionRequest | dict[str, Any] | str | bytes], *, queue: str | None
+    ) -> Submission:
         reqs = []
         for index, request in enumerate(requests):
             try:
@@ -237,24 +265,45 @@ class Producer:
         repeated = [i for i, n in Counter(ids).items() if n > 1]
         if repeated:
             raise DuplicateExecution(repeated)
-        if not reqs:
-            return []
         specs = [self._job_spec(r, where=f"requests[{index}]") for index, r in enumerate(reqs)]
         rq_queue = self.rq_queue(queue)
-        writer = self._job_writer(rq_queue)
-        self._claim(ids, rq_queue.name)
+        writer = self._job_writer(rq_queue) if reqs else None
+
+        def write(pipe: redis.client.Pipeline) -> None:
+            if writer is not None and all(writer.accepts(s) for s in specs):
+                writer.write(pipe, specs)
+            else:
+                rq_queue.enqueue_many([Queue.prepare_data(**s) for s in specs], pipeline=pipe)
+            self._publish_events(pipe, ids, ExecutionState.QUEUED.value)
+
+        return Submission(ids, rq_queue.name, write)
+
+    def _run(self, submission: Submission) -> list[str]:
+        """Claim the ids, then write the jobs in one MULTI; the claims are given back if that fails."""
+        if not submission.ids:
+            return []
+        self._claim(submission.ids, submission.queue_name)
         try:
             with self._client.pipeline() as pipe:
-                if writer is not None and all(writer.accepts(s) for s in specs):
-                    writer.write(pipe, specs)
-                else:
-                    rq_queue.enqueue_many([Queue.prepare_data(**s) for s in specs], pipeline=pipe)
-                self._publish_events(pipe, ids, ExecutionState.QUEUED.value)
+                submission.write(pipe)
                 pipe.execute()
         except BaseException:
-            self._release_claims(ids)
+            self._release_claims(submission.ids)
             raise
-        return ids
+        return submission.ids
+
+    def recorded(self, submission: Submission) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
+        """The commands ``submission`` writes, recorded from a pipeline that is never sent."""
+        pipe = self._client.pipeline()
+        try:
+            submission.write(pipe)
+            return [(tuple(args), dict(options)) for args, options in pipe.command_stack]
+        finally:
+            pipe.reset()
+
+    def claim_keys(self, ids: list[str]) -> list[str]:
+        """KEYS of CLAIM_LUA for ``ids``: per id its claim, rq job and outcome keys."""
+        return [k for i in ids for k in (self.keys.claim(i), Job.key_for(i), self.keys.outcome(i))]
 
     def _job_writer(self, rq_queue: Queue) -> JobWriter | None:
         """Batched job hashes for this queue, once checked against rq's own enqueue_many."""
@@ -300,7 +349,7 @@ class Producer:
         }
 
     def _claim(self, ids: list[str], queue_name: str) -> None:
-        keys = [k for i in ids for k in (self.keys.claim(i), Job.key_for(i), self.keys.outcome(i))]
+        keys = self.claim_keys(ids)
         taken = self._claim_script(keys=keys, args=[queue_name, self.retention_seconds])
         if taken:
             raise DuplicateExecution([ids[int(n) - 1] for n in taken])
@@ -499,10 +548,20 @@ class Producer:
 
     def _cancel_watched(self, pipe: redis.client.Pipeline, execution_id: str) -> CancelResult:
         outcome = self._outcome(execution_id)
+        job = self._fetch_job(execution_id)
+        claimed = job is not None or bool(self._client.exists(self.keys.claim(execution_id)))
+        result = self.cancel_commands(pipe, execution_id, outcome, job, claimed)
+        pipe.execute()
+        return result
+
+    def cancel_commands(
+        self, pipe: redis.client.Pipeline, execution_id: str, outcome: Outcome | None, job: Job | None, claimed: bool
+    ) -> CancelResult:
+        """Queue the commands of a cancel into ``pipe`` (it calls ``pipe.multi()``; the caller executes),
+        given what was read under WATCH. Shared with AsyncProducer. Raises as ``cancel``."""
         if outcome is not None:
             raise ExecutionAlreadyFinished(execution_id, outcome.status.value)
-        job = self._fetch_job(execution_id)
-        if job is None and not self._client.exists(self.keys.claim(execution_id)):
+        if job is None and not claimed:
             raise ExecutionNotFound(execution_id)
         rq_status = job.get_status(refresh=False) if job is not None else None
         if rq_status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
@@ -511,7 +570,6 @@ class Producer:
         pipe.set(self.keys.cancel_flag(execution_id), "1", ex=self.retention_seconds)
         pipe.publish(self.keys.control_channel(execution_id), CANCEL_MESSAGE)
         if job is None or rq_status not in _CANCELLABLE_IN_RQ:
-            pipe.execute()
             return "signalled"
         job.cancel(pipeline=pipe)
         job.meta["status"] = ExecutionState.CANCELLED.value
@@ -524,5 +582,4 @@ class Producer:
             WRITE_OUTCOME_LUA, 1, self.keys.outcome(execution_id), cancelled.model_dump_json(), self.retention_seconds
         )
         self._publish_event(pipe, execution_id, ExecutionState.CANCELLED.value)
-        pipe.execute()
         return "cancelled"

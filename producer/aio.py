@@ -1,0 +1,334 @@
+"""``AsyncProducer``: the Producer for asyncio schedulers, on ``redis.asyncio``.
+
+Same methods, same errors, same wire as ``Producer``: what a submit or a cancel
+writes is built by a ``Producer`` used as a *planner* (validation, size limit,
+rq job hashes, events; rq's own code) into a redis-py pipeline that is never
+sent; its recorded commands are replayed on an asyncio pipeline. The planner's
+client has a connection pool that refuses to connect, so nothing sync ever
+reaches Redis from here. Waiting uses ``producer.many``'s state machine (two
+connections for any number of ids); logs use ``producer.logs``' cursor.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import AsyncIterator, Iterable
+from datetime import datetime, timedelta
+from typing import Any
+
+import redis
+import redis.asyncio as aioredis
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from schemas import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_RETENTION_SECONDS, ExecutionRequest, LogEntry, Outcome
+
+from .aio_logs import AsyncLogReader
+from .client import CLAIM_LUA, DEFAULT_REDIS_URL, CancelResult, Producer, Submission
+from .errors import DuplicateExecution, ExecutionNotFound
+from .many import CHUNK, DEFAULT_RECHECK_SECONDS, RECONNECT, SLICE_SECONDS, FollowState, WaitTimeout, unique_ids
+from .status import ExecutionStatusView, build_view
+
+log = logging.getLogger(__name__)
+
+Request = ExecutionRequest | dict[str, Any] | str | bytes
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class _NoConnectionPool(redis.ConnectionPool):
+    """The planner's pool: building commands is fine, sending them is a bug."""
+
+    def get_connection(self, *args: Any, **kwargs: Any) -> Any:
+        raise RuntimeError("dockrq AsyncProducer: the command planner never talks to Redis")
+
+
+class _RestoredJob(Job):
+    """An rq job read by the asyncio client: its status is what was read, never re-fetched."""
+
+    def get_status(self, refresh: bool = True) -> Any:
+        return self._status
+
+    def _fetch_status(self) -> Any:
+        return self._status
+
+
+class AsyncProducer:
+    """Submit, wait for, follow and cancel executions from asyncio code.
+
+    ``connection`` is a ``redis.asyncio.Redis`` (else one is made from ``redis_url``);
+    its socket timeout must exceed ``producer.many.SLICE_SECONDS`` (the default 5 s does).
+    Methods raise exactly what ``Producer``'s do; Redis errors are redis-py's.
+    """
+
+    def __init__(
+        self,
+        redis_url: str = DEFAULT_REDIS_URL,
+        queue: str = DEFAULT_QUEUE,
+        prefix: str = DEFAULT_PREFIX,
+        connection: aioredis.Redis | None = None,
+        *,
+        retention_seconds: int = DEFAULT_RETENTION_SECONDS,
+        max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+    ) -> None:
+        self._client = connection if connection is not None else aioredis.Redis.from_url(redis_url)
+        self._owns_client = connection is None
+        self.planner = Producer(
+            connection=redis.Redis(connection_pool=_NoConnectionPool()),
+            queue=queue,
+            prefix=prefix,
+            retention_seconds=retention_seconds,
+            max_request_bytes=max_request_bytes,
+        )
+        self.queue = queue
+        self.keys = self.planner.keys
+        self.retention_seconds = self.planner.retention_seconds
+        self._claim_script = self._client.register_script(CLAIM_LUA)
+        self._server_version: tuple[int, ...] | None = None
+
+    async def aclose(self) -> None:
+        if self._owns_client:
+            await self._client.aclose()
+
+    async def __aenter__(self) -> AsyncProducer:
+        return self
+
+    async def __aexit__(self, *exc: object) -> None:
+        await self.aclose()
+
+    @property
+    def connection(self) -> aioredis.Redis:
+        return self._client
+
+    # -- submit --------------------------------------------------------------
+
+    async def submit(
+        self,
+        request: Request,
+        *,
+        queue: str | None = None,
+        at: datetime | None = None,
+        delay: timedelta | None = None,
+        at_front: bool = False,
+    ) -> str:
+        """As ``Producer.submit``."""
+        await self._ready(queue)
+        submission = self.planner._prepare_submit(request, queue=queue, at=at, delay=delay, at_front=at_front)
+        return (await self._run(submission))[0]
+
+    async def submit_many(self, requests: Iterable[Request], *, queue: str | None = None) -> list[str]:
+        """As ``Producer.submit_many``: all or nothing, two round trips."""
+        await self._ready(queue)
+        return await self._run(self.planner._prepare_submit_many(requests, queue=queue))
+
+    async def _ready(self, queue: str | None) -> None:
+        """rq's Queue asks its connection for the server version (as a tuple) before it writes
+        a job; the planner's cannot answer, so it is read here, once, and handed to rq."""
+        rq_queue = self.planner.rq_queue(queue)
+        if rq_queue.redis_server_version is None:
+            if self._server_version is None:
+                version = (await self._client.info("server"))["redis_version"]
+                self._server_version = tuple(int(part) for part in str(version).split(".")[:3])
+            rq_queue.redis_server_version = self._server_version
+
+    async def _run(self, submission: Submission) -> list[str]:
+        if not submission.ids:
+            return []
+        commands = self.planner.recorded(submission)
+        taken = await self._claim_script(
+            keys=self.planner.claim_keys(submission.ids), args=[submission.queue_name, self.retention_seconds]
+        )
+        if taken:
+            raise DuplicateExecution([submission.ids[int(n) - 1] for n in taken])
+        try:
+            async with self._client.pipeline() as pipe:
+                for args, options in commands:
+                    pipe.execute_command(*args, **options)
+                await pipe.execute()
+        except BaseException:
+            await self._release_claims(submission.ids)
+            raise
+        return submission.ids
+
+    async def _release_claims(self, ids: list[str]) -> None:
+        try:
+            await self._client.delete(*(self.keys.claim(i) for i in ids))
+        except redis.RedisError as exc:  # the claim expires with the retention time anyway
+            log.warning("could not release claims of %d execution(s): %s", len(ids), exc)
+
+    # -- reading -------------------------------------------------------------
+
+    async def _read(self, execution_id: str) -> tuple[Outcome | None, Job | None, bool]:
+        """(outcome, rq job, claim exists) in one round trip."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            pipe.lindex(self.keys.outcome(execution_id), 0)
+            pipe.hgetall(Job.key_for(execution_id))
+            pipe.exists(self.keys.claim(execution_id))
+            raw_outcome, raw_job, claimed = await pipe.execute()
+        return _outcome(raw_outcome), self._job(execution_id, raw_job), bool(claimed)
+
+    def _job(self, execution_id: str, raw: dict[bytes, bytes] | None) -> Job | None:
+        if not raw:
+            return None
+        job = _RestoredJob(execution_id, connection=self.planner.connection, serializer=JSONSerializer)
+        job.restore(raw)
+        return job
+
+    async def status(self, execution_id: str) -> ExecutionStatusView:
+        """As ``Producer.status``."""
+        Producer._check_id(execution_id)
+        outcome, job, claimed = await self._read(execution_id)
+        if outcome is None and job is None and not claimed:
+            raise ExecutionNotFound(execution_id)
+        return build_view(execution_id, job, outcome)
+
+    async def wait(self, execution_id: str, timeout: float | None = None) -> Outcome:
+        """As ``Producer.wait`` (TimeoutError, ExecutionNotFound)."""
+        Producer._check_id(execution_id)
+        try:
+            return (await self.wait_many([execution_id], timeout=timeout))[execution_id]
+        except WaitTimeout:
+            raise TimeoutError(f"execution {execution_id} still running after {timeout}s") from None
+
+    async def wait_many(
+        self, execution_ids: Iterable[str], timeout: float | None = None, *, recheck_seconds: float = DEFAULT_RECHECK_SECONDS
+    ) -> dict[str, Outcome]:
+        """As ``Producer.wait_many``."""
+        order = unique_ids(execution_ids)
+        got: dict[str, Outcome] = {}
+        try:
+            async for outcome in self.as_completed(order, timeout, recheck_seconds=recheck_seconds):
+                got[outcome.execution_id] = outcome
+        except WaitTimeout as exc:
+            raise WaitTimeout(exc.pending, timeout, {i: got[i] for i in order if i in got}) from None
+        return {i: got[i] for i in order}
+
+    async def as_completed(
+        self, execution_ids: Iterable[str], timeout: float | None = None, *, recheck_seconds: float = DEFAULT_RECHECK_SECONDS
+    ) -> AsyncIterator[Outcome]:
+        """As ``Producer.as_completed``: each Outcome once as it ends, on two connections."""
+        state = FollowState(unique_ids(execution_ids), timeout, recheck_seconds)
+        pubsub: aioredis.client.PubSub | None = None
+        failures = 0
+        try:
+            while state.pending:
+                try:
+                    if pubsub is None:
+                        pubsub = await self._subscribe(state)
+                    wanted, full = state.to_read(time.monotonic())
+                    if wanted:
+                        raws, exists = await self._read_outcomes(wanted, full)
+                        for outcome in state.on_outcomes(wanted, raws, time.monotonic(), exists):
+                            yield outcome
+                        if full:
+                            state.full_check_done()
+                        if not state.pending:
+                            return
+                    state.on_message(await pubsub.get_message(timeout=state.block_for(time.monotonic())))
+                    while (message := await pubsub.get_message(timeout=0)) is not None:
+                        state.on_message(message)
+                    failures = 0
+                except _REDIS_DOWN as exc:
+                    if pubsub is not None:
+                        await _close(pubsub)
+                        pubsub = None
+                    failures += 1
+                    pause = RECONNECT.compute(failures)
+                    left = state.remaining(time.monotonic())
+                    log.warning("following %d execution(s): Redis error (%s); retrying", len(state.pending), exc)
+                    await asyncio.sleep(pause if left is None else min(pause, left))
+        finally:
+            if pubsub is not None:
+                await _close(pubsub)
+
+    async def _subscribe(self, state: FollowState) -> aioredis.client.PubSub:
+        pubsub = self._client.pubsub()
+        try:
+            await pubsub.subscribe(self.keys.events)
+            deadline = time.monotonic() + SLICE_SECONDS * 5
+            while time.monotonic() < deadline:
+                message = await pubsub.get_message(timeout=SLICE_SECONDS)
+                state.on_message(message)
+                if message is not None and message.get("type") == "subscribe":
+                    return pubsub
+            raise redis.TimeoutError("no subscribe confirmation from Redis")
+        except BaseException:
+            await _close(pubsub)
+            raise
+
+    async def _read_outcomes(self, ids: list[str], full: bool) -> tuple[list[Any], list[Any] | None]:
+        raws: list[Any] = []
+        exists: list[Any] | None = [] if full else None
+        for start in range(0, len(ids), CHUNK):
+            async with self._client.pipeline(transaction=False) as pipe:
+                for execution_id in ids[start : start + CHUNK]:
+                    pipe.lindex(self.keys.outcome(execution_id), 0)
+                    if full:
+                        pipe.exists(Job.key_for(execution_id), self.keys.claim(execution_id))
+                replies = await pipe.execute()
+            step = 2 if full else 1
+            raws.extend(replies[0::step])
+            if exists is not None:
+                exists.extend(replies[1::step])
+        return raws, exists
+
+    async def logs(self, execution_id: str, tail: bool | int = True, follow: bool = True) -> AsyncIterator[LogEntry]:
+        """As ``Producer.logs``: history then live, no gap, no duplicate."""
+        Producer._check_id(execution_id)
+        if not await self._client.exists(self.keys.log_stream(execution_id)):
+            outcome, job, claimed = await self._read(execution_id)
+            if outcome is None and job is None and not claimed:
+                raise ExecutionNotFound(execution_id)
+
+        async def is_over() -> bool:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.exists(self.keys.outcome(execution_id))
+                pipe.exists(Job.key_for(execution_id))
+                has_outcome, has_job = await pipe.execute()
+            return bool(has_outcome) or not has_job
+
+        reader = AsyncLogReader(
+            self._client, self.keys.log_stream(execution_id), self.keys.logs_channel(execution_id),
+            tail=tail, follow=follow, is_over=is_over,
+        )
+        async for entry in reader:
+            yield entry
+
+    # -- cancel --------------------------------------------------------------
+
+    async def cancel(self, execution_id: str) -> CancelResult:
+        """As ``Producer.cancel``: one WATCHed transaction, retried when a worker takes the job meanwhile."""
+        Producer._check_id(execution_id)
+        outcome_key, job_key = self.keys.outcome(execution_id), Job.key_for(execution_id)
+        while True:
+            async with self._client.pipeline() as pipe:
+                await pipe.watch(outcome_key, job_key)
+                raw_outcome = await pipe.lindex(outcome_key, 0)
+                job = self._job(execution_id, await pipe.hgetall(job_key))
+                claimed = job is not None or bool(await pipe.exists(self.keys.claim(execution_id)))
+                recorder = self.planner.connection.pipeline()
+                try:
+                    result = self.planner.cancel_commands(recorder, execution_id, _outcome(raw_outcome), job, claimed)
+                    commands = list(recorder.command_stack)
+                finally:
+                    recorder.reset()
+                pipe.multi()
+                for args, options in commands:
+                    pipe.execute_command(*args, **options)
+                try:
+                    await pipe.execute()
+                except redis.WatchError:
+                    continue
+                return result
+
+
+def _outcome(raw: Any) -> Outcome | None:
+    return Outcome.model_validate_json(raw) if raw is not None else None
+
+
+async def _close(pubsub: aioredis.client.PubSub) -> None:
+    try:
+        await pubsub.aclose()
+    except Exception:  # noqa: BLE001 - closing a broken connection must not hide the real error
+        pass

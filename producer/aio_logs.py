@@ -1,0 +1,136 @@
+"""Following one execution's log from asyncio: ``producer.logs``' algorithm on ``redis.asyncio``.
+
+Subscribe first (and wait for the confirmation), read the history from the
+stream, then live batches; ``LogCursor`` (shared with the sync reader) turns the
+overlap into exact deduplication by ``seq`` and tells when a batch starts past
+what was seen, which is then read back from the stream.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncIterator, Awaitable, Callable
+
+import redis
+import redis.asyncio as aioredis
+
+from schemas import LogBatch, LogEntry
+
+from .connections import BLOCK_SLICE_SECONDS
+from .logs import _PAGE, _RECONNECT, GAP_RECHECK_SECONDS, LogCursor, _batch_of, _entries_wanted
+
+log = logging.getLogger(__name__)
+_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
+
+
+class AsyncLogReader:
+    """Async iterator of one execution's entries; ``tail``/``follow``/``is_over`` as ``LogReader``."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis,
+        stream_key: str,
+        channel: str,
+        *,
+        tail: bool | int = True,
+        follow: bool = True,
+        is_over: Callable[[], Awaitable[bool]],
+    ) -> None:
+        self._client = client
+        self._stream = stream_key
+        self._channel = channel
+        self._tail = _entries_wanted(tail)
+        self._follow = follow
+        self._is_over = is_over
+        self.cursor = LogCursor()
+
+    async def __aiter__(self) -> AsyncIterator[LogEntry]:
+        pubsub = await self._subscribe() if self._follow else None
+        try:
+            for entry in await self._history():
+                yield entry
+            if pubsub is not None and not self.cursor.eof:
+                async for entry in self._live(pubsub):
+                    yield entry
+        finally:
+            if pubsub is not None:
+                await pubsub.aclose()
+
+    async def _history(self) -> list[LogEntry]:
+        wanted = self._tail
+        if wanted is None:
+            return await self._catch_up()
+        newest_first: list[tuple[bytes, LogBatch]] = []
+        have, upper = 0, "+"
+        while True:
+            page = await self._client.xrevrange(self._stream, upper, "-", count=_PAGE if wanted else 1)
+            for entry_id, fields in page:
+                newest_first.append((entry_id, _batch_of(fields)))
+                have += len(newest_first[-1][1].entries)
+            if not page or have >= wanted or len(page) < _PAGE:
+                break
+            upper = "(" + page[-1][0].decode()
+        if not newest_first:
+            return []
+        newest_id, newest = newest_first[0]
+        self.cursor.next_seq = max(0, newest.seq + len(newest.entries) - wanted)
+        out: list[LogEntry] = []
+        for _, batch in reversed(newest_first):
+            out.extend(self.cursor.take(batch, skip_gap=True) or ())
+        self.cursor.last_id = newest_id
+        return out
+
+    async def _catch_up(self) -> list[LogEntry]:
+        out: list[LogEntry] = []
+        while not self.cursor.eof:
+            page = await self._client.xrange(self._stream, "(" + self.cursor.last_id.decode(), "+", count=_PAGE)
+            for entry_id, fields in page:
+                self.cursor.last_id = entry_id
+                out.extend(self.cursor.take(_batch_of(fields), skip_gap=True) or ())
+                if self.cursor.eof:
+                    return out
+            if len(page) < _PAGE:
+                break
+        return out
+
+    async def _subscribe(self) -> aioredis.client.PubSub:
+        pubsub = self._client.pubsub()
+        await pubsub.subscribe(self._channel)
+        for _ in range(30):
+            message = await pubsub.get_message(timeout=BLOCK_SLICE_SECONDS)
+            if message is not None and message["type"] == "subscribe":
+                return pubsub
+        await pubsub.aclose()
+        raise redis.TimeoutError(f"no subscribe confirmation for {self._channel}")
+
+    async def _live(self, pubsub: aioredis.client.PubSub) -> AsyncIterator[LogEntry]:
+        failures = 0
+        while not self.cursor.eof:
+            try:
+                message = await pubsub.get_message(timeout=BLOCK_SLICE_SECONDS)
+                if message is None:
+                    if await self._is_over():
+                        for entry in await self._catch_up():
+                            yield entry
+                        return
+                    continue
+                failures = 0
+                if message["type"] != "message":
+                    continue
+                batch = LogBatch.model_validate_json(message["data"])
+                fresh = self.cursor.take(batch, skip_gap=False)
+                for pause in (0.0, GAP_RECHECK_SECONDS):
+                    if fresh is not None:
+                        break
+                    await asyncio.sleep(pause)
+                    for entry in await self._catch_up():
+                        yield entry
+                    fresh = self.cursor.take(batch, skip_gap=False)
+                for entry in fresh if fresh is not None else self.cursor.take(batch, skip_gap=True) or ():
+                    yield entry
+            except _REDIS_DOWN as exc:
+                failures += 1
+                delay = _RECONNECT.compute(failures)
+                log.warning("log follow: Redis error (%s); retrying in %.1fs", exc, delay)
+                await asyncio.sleep(delay)
