@@ -22,9 +22,11 @@ import redis
 import redis.asyncio as aioredis
 from rq.job import Job
 from rq.serializers import JSONSerializer
+from rq.utils import as_text
 
 from schemas import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_RETENTION_SECONDS, ExecutionRequest, LogEntry, Outcome
 
+from . import groups
 from .aio_logs import AsyncLogReader
 from .client import CLAIM_LUA, DEFAULT_REDIS_URL, CancelResult, Producer, Submission
 from .errors import DuplicateExecution, ExecutionNotFound
@@ -117,10 +119,23 @@ class AsyncProducer:
         submission = self.planner._prepare_submit(request, queue=queue, at=at, delay=delay, at_front=at_front)
         return (await self._run(submission))[0]
 
-    async def submit_many(self, requests: Iterable[Request], *, queue: str | None = None) -> list[str]:
-        """As ``Producer.submit_many``: all or nothing, two round trips."""
+    async def submit_many(
+        self, requests: Iterable[Request], *, queue: str | None = None, group: str | None = None
+    ) -> list[str]:
+        """As ``Producer.submit_many``: all or nothing, two round trips; ``group`` as there."""
         await self._ready(queue)
-        return await self._run(self.planner._prepare_submit_many(requests, queue=queue))
+        return await self._run(self.planner._prepare_submit_many(requests, queue=queue, group=group))
+
+    async def group(self, name: str) -> list[ExecutionStatusView]:
+        """As ``Producer.group``."""
+        ids = sorted(as_text(i) for i in await self._client.smembers(groups.group_key(groups.check_group_name(name))))
+        async with self._client.pipeline(transaction=False) as pipe:
+            for execution_id in ids:
+                pipe.hgetall(Job.key_for(execution_id))
+                pipe.lindex(self.keys.outcome(execution_id), 0)
+            replies = await pipe.execute() if ids else []
+        jobs = [self._job(i, raw) for i, raw in zip(ids, replies[0::2], strict=True)]
+        return groups.views(jobs, ids, replies[1::2])
 
     async def _ready(self, queue: str | None) -> None:
         """rq's Queue asks its connection for the server version (as a tuple) before it writes

@@ -453,11 +453,15 @@ def _status_rows(view: ExecutionStatusView) -> list[tuple[str, str]]:
 
 @cli.command(name="ls")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--group", "group_name", help="The executions of this group (submit_many(..., group=NAME)), oldest first.")
 @json_option
 @pass_settings
-def list_executions(settings: Settings, limit: int) -> None:
-    """List recent executions of the queue, newest first."""
-    views = settings.producer().list_recent(limit)
+def list_executions(settings: Settings, limit: int, group_name: str | None) -> None:
+    """List recent executions of the queue, newest first (or a group's)."""
+    if group_name is not None:
+        views = settings.producer().group(group_name)
+    else:
+        views = settings.producer().list_recent(limit)
     if settings.as_json:
         click.echo("[" + ",".join(v.model_dump_json() for v in views) + "]")
         return

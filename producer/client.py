@@ -35,6 +35,7 @@ from redis.backoff import ExponentialWithJitterBackoff
 from rq import Queue
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
+from rq.utils import as_text
 from rq.serializers import JSONSerializer
 
 from schemas import (
@@ -63,7 +64,7 @@ from .describe import describe
 from .errors import DuplicateExecution, ExecutionAlreadyFinished, ExecutionNotFound, InvalidRequest, RequestTooLarge
 from .jobhash import JobWriter
 from .logs import LogReader
-from . import many
+from . import groups, many
 from .many import DEFAULT_RECHECK_SECONDS
 from .status import ExecutionStatusView, build_view
 
@@ -212,15 +213,33 @@ class Producer:
         return self._run(self._prepare_submit(request, queue=queue, at=at, delay=delay, at_front=at_front))[0]
 
     def submit_many(
-        self, requests: Iterable[ExecutionRequest | dict[str, Any] | str | bytes], *, queue: str | None = None
+        self,
+        requests: Iterable[ExecutionRequest | dict[str, Any] | str | bytes],
+        *,
+        queue: str | None = None,
+        group: str | None = None,
     ) -> list[str]:
         """Enqueue many executions in one round trip for the claims and one MULTI for the jobs.
 
         All or nothing: an invalid request (InvalidRequest names its index and
         field; RequestTooLarge its index and size) or a duplicate id
-        (DuplicateExecution lists them) enqueues none.
+        (DuplicateExecution lists them) enqueues none. ``group`` adds them to that
+        rq Group (``producer.groups``; ``[A-Za-z0-9_.-]{1,128}``), listed by ``group()``.
         """
-        return self._run(self._prepare_submit_many(requests, queue=queue))
+        return self._run(self._prepare_submit_many(requests, queue=queue, group=group))
+
+    def group(self, name: str) -> list[ExecutionStatusView]:
+        """The executions of rq group ``name`` still kept (retention), oldest first, with their states.
+
+        An unknown or expired group is an empty list.
+        """
+        ids = sorted(as_text(i) for i in self._client.smembers(groups.group_key(groups.check_group_name(name))))
+        jobs = Job.fetch_many(ids, connection=self._client, serializer=JSONSerializer) if ids else []
+        with self._client.pipeline(transaction=False) as pipe:
+            for execution_id in ids:
+                pipe.lindex(self.keys.outcome(execution_id), 0)
+            raw_outcomes = pipe.execute() if ids else []
+        return groups.views(jobs, ids, raw_outcomes)
 
     # Submitting is prepared (validated, rq jobs built) apart from the I/O, so AsyncProducer
     # (producer.aio) writes exactly the same thing: the claims, then one MULTI.
@@ -253,8 +272,14 @@ class Producer:
         return Submission([req.execution_id], rq_queue.name, write)
 
     def _prepare_submit_many(
-        self, requests: Iterable[ExecutionRequest | dict[str, Any] | str | bytes], *, queue: str | None
+        self,
+        requests: Iterable[ExecutionRequest | dict[str, Any] | str | bytes],
+        *,
+        queue: str | None,
+        group: str | None = None,
     ) -> Submission:
+        if group is not None:
+            groups.check_group_name(group)
         reqs = []
         for index, request in enumerate(requests):
             try:
@@ -270,10 +295,12 @@ class Producer:
         writer = self._job_writer(rq_queue) if reqs else None
 
         def write(pipe: redis.client.Pipeline) -> None:
-            if writer is not None and all(writer.accepts(s) for s in specs):
+            if group is None and writer is not None and all(writer.accepts(s) for s in specs):
                 writer.write(pipe, specs)
             else:
-                rq_queue.enqueue_many([Queue.prepare_data(**s) for s in specs], pipeline=pipe)
+                rq_queue.enqueue_many([Queue.prepare_data(**s) for s in specs], pipeline=pipe, group_id=group)
+            if group is not None:
+                groups.write_group(pipe, group, ids)
             self._publish_events(pipe, ids, ExecutionState.QUEUED.value)
 
         return Submission(ids, rq_queue.name, write)

@@ -30,3 +30,42 @@ def test_at_front_runs_first(producer, spawn_worker, redis_url, test_image, uniq
     assert all(o.status == ExecutionStatus.SUCCEEDED for o in outcomes.values())
     started = sorted(outcomes, key=lambda eid: outcomes[eid].result.started_at)
     assert started == [urgent, first, second]
+
+
+def test_group_lists_its_executions_with_their_states(producer, spawn_worker, redis_url, redis_client, test_image, unique):
+    import asyncio
+
+    from producer import AsyncProducer, InvalidRequest
+
+    name = f"nightly-{unique}"
+    ids = producer.submit_many(
+        [_req(test_image, f"g{i}-{unique}", "sh", "-c", f"exit {i}") for i in range(3)], group=name
+    )
+    other = producer.submit_many([_req(test_image, f"nogroup-{unique}")])
+    assert redis_client.smembers(f"rq:group:{name}") == {i.encode() for i in ids}  # rq's Group
+    assert {v.state.value for v in producer.group(name)} == {"queued"}
+    with pytest.raises(InvalidRequest, match="group"):
+        producer.submit_many([_req(test_image, f"bad-{unique}")], group="no spaces")
+    spawn_worker()
+    producer.wait_many(ids + other, timeout=120)
+    views = producer.group(name)
+    assert [(v.execution_id, v.state.value, v.outcome.exit_code) for v in views] == [
+        (ids[0], "succeeded", 0), (ids[1], "failed", 1), (ids[2], "failed", 2)
+    ]
+
+    async def via_async():
+        async with AsyncProducer(redis_url, queue=spawn_worker.queue, prefix=spawn_worker.prefix) as ap:
+            more = await ap.submit_many([_req(test_image, f"ga-{unique}")], group=name)
+            return more, [v.execution_id for v in await ap.group(name)]
+
+    more, listed = asyncio.run(via_async())
+    assert sorted(listed) == sorted(ids + more)
+    result = CliRunner().invoke(
+        cli, ["--redis-url", redis_url, "--queue", spawn_worker.queue, "--prefix", spawn_worker.prefix,
+              "--json", "ls", "--group", name], catch_exceptions=False,
+    )
+    assert result.exit_code == 0
+    import json
+
+    assert sorted(v["execution_id"] for v in json.loads(result.stdout)) == sorted(ids + more)
+    producer.wait_many(more, timeout=60)
