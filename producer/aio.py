@@ -26,7 +26,7 @@ from rq.utils import as_text
 
 from schemas import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_RETENTION_SECONDS, ExecutionRequest, LogEntry, Outcome
 
-from . import groups
+from . import dependencies, groups
 from .aio_logs import AsyncLogReader
 from .client import CLAIM_LUA, DEFAULT_REDIS_URL, CancelResult, Producer, Submission
 from .errors import DuplicateExecution, ExecutionNotFound
@@ -113,10 +113,13 @@ class AsyncProducer:
         at: datetime | None = None,
         delay: timedelta | None = None,
         at_front: bool = False,
+        depends_on: Iterable[str] | None = None,
     ) -> str:
         """As ``Producer.submit``."""
         await self._ready(queue)
-        submission = self.planner._prepare_submit(request, queue=queue, at=at, delay=delay, at_front=at_front)
+        submission = self.planner._prepare_submit(
+            request, queue=queue, at=at, delay=delay, at_front=at_front, depends_on=depends_on
+        )
         return (await self._run(submission))[0]
 
     async def submit_many(
@@ -151,6 +154,11 @@ class AsyncProducer:
         if not submission.ids:
             return []
         commands = self.planner.recorded(submission)
+        if submission.depends_on:
+            keys = dependencies.missing_keys(self.keys, submission.depends_on)
+            missing = await self._client.eval(dependencies.MISSING_LUA, len(keys), *keys)
+            if missing:
+                raise dependencies.missing_error(submission.depends_on, missing)
         taken = await self._claim_script(
             keys=self.planner.claim_keys(submission.ids), args=[submission.queue_name, self.retention_seconds]
         )

@@ -307,6 +307,8 @@ def _build_request(image: str, cmd: tuple[str, ...], options: dict[str, Any]) ->
 @click.option("--pull", type=click.Choice(["always", "if_not_present", "never"]), help="Image pull policy.")
 @click.option("--retries", type=int, help="Re-runs allowed after a lost worker.")
 @click.option("--at-front", is_flag=True, help="Put the execution at the head of its queue.")
+@click.option("--depends-on", multiple=True, metavar="ID",
+              help="Start only after execution ID has succeeded (else end cancelled: dependency_failed). Repeatable.")
 @click.option("-d", "--detach", is_flag=True, help="Print the execution id and return at once.")
 @json_option
 @click.argument("image")
@@ -314,11 +316,13 @@ def _build_request(image: str, cmd: tuple[str, ...], options: dict[str, Any]) ->
 @pass_settings
 def submit(
     settings: Settings, image: str, cmd: tuple[str, ...], queue_name: str | None, detach: bool, at_front: bool,
-    **options: Any,
+    depends_on: tuple[str, ...], **options: Any,
 ) -> None:
     """Run IMAGE [CMD...] on a worker; stay attached to its output and exit with its exit code."""
     producer = settings.producer()
-    execution_id = producer.submit(_build_request(image, cmd, options), queue=queue_name, at_front=at_front)
+    execution_id = producer.submit(
+        _build_request(image, cmd, options), queue=queue_name, at_front=at_front, depends_on=depends_on or None
+    )
     if detach:
         click.echo(json.dumps({"execution_id": execution_id}) if settings.as_json else execution_id)
         return

@@ -25,7 +25,7 @@ import re
 import time
 from collections import Counter
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -33,6 +33,7 @@ import redis
 from pydantic import ValidationError
 from redis.backoff import ExponentialWithJitterBackoff
 from rq import Queue
+from rq.job import Dependency
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.utils import as_text
@@ -64,7 +65,7 @@ from .describe import describe
 from .errors import DuplicateExecution, ExecutionAlreadyFinished, ExecutionNotFound, InvalidRequest, RequestTooLarge
 from .jobhash import JobWriter
 from .logs import LogReader
-from . import groups, many
+from . import dependencies, groups, many
 from .many import DEFAULT_RECHECK_SECONDS
 from .status import ExecutionStatusView, build_view
 
@@ -78,6 +79,7 @@ class Submission:
     ids: list[str]
     queue_name: str
     write: Callable[[redis.client.Pipeline], None]
+    depends_on: list[str] = field(default_factory=list)  # must exist (job or outcome) before anything is written
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # rq's own job timeout must not fire before the worker's: the worker enforces
@@ -203,14 +205,21 @@ class Producer:
         at: datetime | None = None,
         delay: timedelta | None = None,
         at_front: bool = False,
+        depends_on: Iterable[str] | None = None,
     ) -> str:
         """Enqueue one execution (or schedule it ``at`` a time / after a ``delay``); returns its id.
 
         ``at_front`` puts it at the head of its queue (rq's ``at_front``; a scheduled
-        one goes to the head when its time comes). Raises InvalidRequest (nothing
-        enqueued; RequestTooLarge above ``max_request_bytes``) or DuplicateExecution.
+        one goes to the head when its time comes). ``depends_on``: it starts only once
+        every one of these executions has ``succeeded``, else it ends ``cancelled``
+        with error code ``dependency_failed`` (``producer.dependencies``). Raises
+        InvalidRequest (nothing enqueued; RequestTooLarge above ``max_request_bytes``;
+        an unknown dependency) or DuplicateExecution.
         """
-        return self._run(self._prepare_submit(request, queue=queue, at=at, delay=delay, at_front=at_front))[0]
+        prepared = self._prepare_submit(
+            request, queue=queue, at=at, delay=delay, at_front=at_front, depends_on=depends_on
+        )
+        return self._run(prepared)[0]
 
     def submit_many(
         self,
@@ -252,16 +261,28 @@ class Producer:
         at: datetime | None,
         delay: timedelta | None,
         at_front: bool,
+        depends_on: Iterable[str] | None = None,
     ) -> Submission:
         req = parse_request(request)
         if at is not None and delay is not None:
             raise ValueError("give at or delay, not both")
+        deps = dependencies.check_depends_on(req.execution_id, depends_on or ())
+        if deps and (at is not None or delay is not None):
+            raise ValueError("give depends_on or a start time (at/delay), not both")
         when = datetime.now(timezone.utc) + delay if delay is not None else at
         spec = self._job_spec(req, scheduled=when is not None)
         rq_queue = self.rq_queue(queue)
 
         def write(pipe: redis.client.Pipeline) -> None:
-            if when is None:
+            if deps:  # as rq's setup_dependencies writes a job whose dependencies are unfinished
+                job = rq_queue.create_job(
+                    **spec, depends_on=Dependency(jobs=deps, allow_failure=True), status=JobStatus.DEFERRED
+                )
+                job.redis_server_version = rq_queue.get_redis_server_version()
+                job.enqueue_at_front = at_front or None
+                job.register_dependency(pipeline=pipe)
+                job.save(pipeline=pipe)
+            elif when is None:
                 rq_queue.enqueue_call(**spec, pipeline=pipe, at_front=at_front)
             else:
                 job = rq_queue.create_job(**spec, status=JobStatus.SCHEDULED)
@@ -269,7 +290,7 @@ class Producer:
                 rq_queue.schedule_job(job, when, pipeline=pipe)
             self._publish_event(pipe, req.execution_id, spec["meta"]["status"])
 
-        return Submission([req.execution_id], rq_queue.name, write)
+        return Submission([req.execution_id], rq_queue.name, write, deps)
 
     def _prepare_submit_many(
         self,
@@ -309,6 +330,11 @@ class Producer:
         """Claim the ids, then write the jobs in one MULTI; the claims are given back if that fails."""
         if not submission.ids:
             return []
+        if submission.depends_on:
+            keys = dependencies.missing_keys(self.keys, submission.depends_on)
+            missing = self._client.eval(dependencies.MISSING_LUA, len(keys), *keys)
+            if missing:
+                raise dependencies.missing_error(submission.depends_on, missing)
         self._claim(submission.ids, submission.queue_name)
         try:
             with self._client.pipeline() as pipe:

@@ -48,6 +48,7 @@ from worker.executor import (
     StartError,
 )
 
+from . import dependencies
 from . import runtime as runtime_module
 from .channels import ExecutionChannels
 from .runtime import WorkerRuntime
@@ -115,6 +116,9 @@ class ExecutionRun:
             return self._end(
                 Outcome.failure(execution_id, ExecutionStatus.CANCELLED, "cancelled", "cancelled before it started")
             )
+        blocked = dependencies.blocking_outcome(self.channels.connection, self.runtime.keys, self.job, execution_id)
+        if blocked is not None:  # a dependency did not succeed (worker/dependencies.py)
+            return self._end(blocked)
         try:  # the operator's limits (worker/policy.py); fills in the default caps
             request = self.runtime.settings.policy.check(request)
         except RequestRejected as exc:

@@ -60,7 +60,7 @@ from worker.executor import DockerUnavailableError
 from worker.executor.client import DAEMON_ERRORS
 from worker.executor.types import LABEL_CREATED, LABEL_EXECUTION, LABEL_EXECUTOR
 
-from . import settle
+from . import dependencies, settle
 from .adoption import Adoptions, LogResume
 from .channels import ExecutionChannels
 from .liveness import Liveness, WorkerState, rq_heartbeat_ttl
@@ -173,6 +173,7 @@ class Reaper:
             self._reap_started(queue, now, uptime, docker, report)
             self._requeue_stuck(queue, report)
             self._settle_failed_without_outcome(queue, report)
+            dependencies.sweep(self, queue, report)
         if docker is not None:
             self._sweep(docker, now, uptime, report)
         return report
