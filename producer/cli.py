@@ -46,8 +46,10 @@ from schemas import (
 )
 
 from .client import DEFAULT_REDIS_URL, Producer
+from .cli_options import scheduling_fields, scheduling_options
 from .connections import redact_url
 from .errors import ExecutionAlreadyFinished, InvalidRequest, ProducerError
+from .logs import AttemptStart
 from .status import ExecutionStatusView
 from .waitcli import wait_several
 
@@ -164,7 +166,7 @@ def _write_entry(entry: LogEntry, as_json: bool) -> None:
         stream = sys.stdout
     else:
         stream = sys.stderr if entry.stream == "stderr" else sys.stdout
-        stream.write(entry.data)
+        stream.write(f"dockrq: attempt {entry.attempt} begins\n" if isinstance(entry, AttemptStart) else entry.data)
     stream.flush()
 
 
@@ -276,9 +278,9 @@ def _build_request(image: str, cmd: tuple[str, ...], options: dict[str, Any]) ->
         "timeout": "timeout_seconds",
         "network": "network",
         "pull": "pull_policy",
-        "retries": "retries",
     }
     request.update({field: options[opt] for opt, field in plain.items() if options[opt] is not None})
+    request.update(scheduling_fields(options))  # --retries, --retry-on, --retry-backoff, --concurrency-*
     if options["output_limit"] is not None:
         try:
             request["output_limit_bytes"] = parse_size(options["output_limit"])
@@ -305,7 +307,7 @@ def _build_request(image: str, cmd: tuple[str, ...], options: dict[str, Any]) ->
 @click.option("--network", type=click.Choice(["none", "bridge"]), help="Network (default none).")
 @click.option("--output-limit", help="Bytes kept per stream in the result, e.g. 1m.")
 @click.option("--pull", type=click.Choice(["always", "if_not_present", "never"]), help="Image pull policy.")
-@click.option("--retries", type=int, help="Re-runs allowed after a lost worker.")
+@scheduling_options
 @click.option("--at-front", is_flag=True, help="Put the execution at the head of its queue.")
 @click.option("--depends-on", multiple=True, metavar="ID",
               help="Start only after execution ID has succeeded (else end cancelled: dependency_failed). Repeatable.")

@@ -13,31 +13,26 @@ expired while the job or its outcome lives on.
 ``submit_many`` costs two round trips whatever the batch size (claims, then one
 MULTI with the jobs and their events) and writes the rq job hashes through
 ``jobhash.JobWriter``: byte for byte what rq's ``enqueue_many`` writes, checked
-against rq itself, at a fraction of its per-job Python work.
+against rq itself, at a fraction of its per-job Python work. What a submit
+writes is planned in ``producer.planning`` (no I/O there).
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import re
 import time
-from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
 import redis
-from pydantic import ValidationError
 from redis.backoff import ExponentialWithJitterBackoff
 from rq import Queue
-from rq.job import Dependency
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
-from rq.utils import as_text
 from rq.serializers import JSONSerializer
+from rq.utils import as_text
 
 from schemas import (
     CANCEL_MESSAGE,
@@ -46,99 +41,50 @@ from schemas import (
     DEFAULT_QUEUE,
     DEFAULT_RETENTION_SECONDS,
     EXECUTION_ID_PATTERN,
-    JOB_FUNCTION,
     MIN_MAX_REQUEST_BYTES,
     WRITE_OUTCOME_LUA,
-    Event,
     ExecutionRequest,
     ExecutionState,
     ExecutionStatus,
     Keys,
     LogEntry,
     Outcome,
-    as_json_object,
-    request_size,
+    attempts_from_meta,
 )
 
+from . import concurrency, dependencies, groups, many
 from .connections import BLOCK_SLICE_SECONDS, blocking_twin, clients_from_url
-from .describe import describe
-from .errors import DuplicateExecution, ExecutionAlreadyFinished, ExecutionNotFound, InvalidRequest, RequestTooLarge
+from .errors import DuplicateExecution, ExecutionAlreadyFinished, ExecutionNotFound
 from .jobhash import JobWriter
 from .logs import LogReader
-from . import dependencies, groups, many
 from .many import DEFAULT_RECHECK_SECONDS
+from .planning import (  # noqa: F401 - re-exported: submit planning lived here before producer.planning
+    CLAIM_LUA,
+    JOB_TIMEOUT_MARGIN_SECONDS,
+    NO_RQ_TIMEOUT,
+    PUBLISH_MANY_LUA,
+    Submission,
+    SubmitPlanner,
+    parse_request,
+)
 from .status import ExecutionStatusView, build_view
 
 log = logging.getLogger(__name__)
 
 
-@dataclass
-class Submission:
-    """One submit, validated and built: ``write(pipe)`` queues its rq jobs and events into a MULTI."""
-
-    ids: list[str]
-    queue_name: str
-    write: Callable[[redis.client.Pipeline], None]
-    depends_on: list[str] = field(default_factory=list)  # must exist (job or outcome) before anything is written
-
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
-# rq's own job timeout must not fire before the worker's: the worker enforces
-# timeout_seconds on the container, and also pulls the image, stops the
-# container (grace period) and, through a Redis outage, waits up to its
-# DOCKRQ_OUTCOME_RETRY_SECONDS (600 s by default) to write the outcome, all
-# inside the same rq job.
-JOB_TIMEOUT_MARGIN_SECONDS = 900
-NO_RQ_TIMEOUT = -1  # rq: never kill the work horse; the request has no time limit
 # How long an id may have a claim but no rq job before a waiter calls it gone
 # (the claim-then-enqueue window is milliseconds).
 VANISH_GRACE_SECONDS = 3.0
 
 CancelResult = Literal["cancelled", "signalled"]
 _ID_RE = re.compile(EXECUTION_ID_PATTERN)
-_CANCELLABLE_IN_RQ = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED}
+_CANCELLABLE_IN_RQ = {
+    JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED, JobStatus.RATE_LIMITED
+}
 _RECONNECT = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
 
-# Claims ids for one submit, atomically. KEYS: per id its claim, rq job and outcome
-# keys; ARGV: queue name, claim TTL. An id is taken when its claim is held or an rq
-# job or outcome exists for it; if any is, the claims this call won for free ids are
-# given back (a claim won for an id whose job or outcome exists stays: it names that
-# execution). Returns the 1-based positions of the taken ids.
-CLAIM_LUA = """
-local taken, won = {}, {}
-for i = 1, #KEYS, 3 do
-  local claimed = redis.call('SET', KEYS[i], ARGV[1], 'NX', 'EX', ARGV[2])
-  local exists = redis.call('EXISTS', KEYS[i + 1], KEYS[i + 2])
-  if not claimed or exists > 0 then
-    taken[#taken + 1] = (i + 2) / 3
-  else
-    won[#won + 1] = KEYS[i]
-  end
-end
-if #taken > 0 then
-  for _, key in ipairs(won) do redis.call('DEL', key) end
-end
-return taken
-"""
-# One message per ARGV on the channel KEYS[1]: a batch's events in one command.
-PUBLISH_MANY_LUA = """
-for i = 1, #ARGV do redis.call('PUBLISH', KEYS[1], ARGV[i]) end
-return #ARGV
-"""
-
-
-def parse_request(request: ExecutionRequest | dict[str, Any] | str | bytes) -> ExecutionRequest:
-    """A validated request from a model, a dict or a JSON document, or InvalidRequest naming the field."""
-    if isinstance(request, ExecutionRequest):
-        return request
-    try:
-        return ExecutionRequest.model_validate(as_json_object(request))
-    except ValidationError as exc:
-        raise InvalidRequest.from_validation_error(exc) from None
-    except json.JSONDecodeError as exc:
-        raise InvalidRequest(f"request: not a JSON document: {exc}") from None
-
-
-class Producer:
+class Producer(SubmitPlanner):
     """Submit, wait for, follow and cancel executions. One instance per process is plenty;
     it is safe to share between threads (redis-py pools its connections)."""
 
@@ -250,82 +196,6 @@ class Producer:
             raw_outcomes = pipe.execute() if ids else []
         return groups.views(jobs, ids, raw_outcomes)
 
-    # Submitting is prepared (validated, rq jobs built) apart from the I/O, so AsyncProducer
-    # (producer.aio) writes exactly the same thing: the claims, then one MULTI.
-
-    def _prepare_submit(
-        self,
-        request: ExecutionRequest | dict[str, Any] | str | bytes,
-        *,
-        queue: str | None,
-        at: datetime | None,
-        delay: timedelta | None,
-        at_front: bool,
-        depends_on: Iterable[str] | None = None,
-    ) -> Submission:
-        req = parse_request(request)
-        if at is not None and delay is not None:
-            raise ValueError("give at or delay, not both")
-        deps = dependencies.check_depends_on(req.execution_id, depends_on or ())
-        if deps and (at is not None or delay is not None):
-            raise ValueError("give depends_on or a start time (at/delay), not both")
-        when = datetime.now(timezone.utc) + delay if delay is not None else at
-        spec = self._job_spec(req, scheduled=when is not None)
-        rq_queue = self.rq_queue(queue)
-
-        def write(pipe: redis.client.Pipeline) -> None:
-            if deps:  # as rq's setup_dependencies writes a job whose dependencies are unfinished
-                job = rq_queue.create_job(
-                    **spec, depends_on=Dependency(jobs=deps, allow_failure=True), status=JobStatus.DEFERRED
-                )
-                job.redis_server_version = rq_queue.get_redis_server_version()
-                job.enqueue_at_front = at_front or None
-                job.register_dependency(pipeline=pipe)
-                job.save(pipeline=pipe)
-            elif when is None:
-                rq_queue.enqueue_call(**spec, pipeline=pipe, at_front=at_front)
-            else:
-                job = rq_queue.create_job(**spec, status=JobStatus.SCHEDULED)
-                job.enqueue_at_front = at_front or None
-                rq_queue.schedule_job(job, when, pipeline=pipe)
-            self._publish_event(pipe, req.execution_id, spec["meta"]["status"])
-
-        return Submission([req.execution_id], rq_queue.name, write, deps)
-
-    def _prepare_submit_many(
-        self,
-        requests: Iterable[ExecutionRequest | dict[str, Any] | str | bytes],
-        *,
-        queue: str | None,
-        group: str | None = None,
-    ) -> Submission:
-        if group is not None:
-            groups.check_group_name(group)
-        reqs = []
-        for index, request in enumerate(requests):
-            try:
-                reqs.append(parse_request(request))
-            except InvalidRequest as exc:
-                raise InvalidRequest(f"requests[{index}]: {exc}") from None
-        ids = [r.execution_id for r in reqs]
-        repeated = [i for i, n in Counter(ids).items() if n > 1]
-        if repeated:
-            raise DuplicateExecution(repeated)
-        specs = [self._job_spec(r, where=f"requests[{index}]") for index, r in enumerate(reqs)]
-        rq_queue = self.rq_queue(queue)
-        writer = self._job_writer(rq_queue) if reqs else None
-
-        def write(pipe: redis.client.Pipeline) -> None:
-            if group is None and writer is not None and all(writer.accepts(s) for s in specs):
-                writer.write(pipe, specs)
-            else:
-                rq_queue.enqueue_many([Queue.prepare_data(**s) for s in specs], pipeline=pipe, group_id=group)
-            if group is not None:
-                groups.write_group(pipe, group, ids)
-            self._publish_events(pipe, ids, ExecutionState.QUEUED.value)
-
-        return Submission(ids, rq_queue.name, write)
-
     def _run(self, submission: Submission) -> list[str]:
         """Claim the ids, then write the jobs in one MULTI; the claims are given back if that fails."""
         if not submission.ids:
@@ -345,62 +215,6 @@ class Producer:
             raise
         return submission.ids
 
-    def recorded(self, submission: Submission) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
-        """The commands ``submission`` writes, recorded from a pipeline that is never sent."""
-        pipe = self._client.pipeline()
-        try:
-            submission.write(pipe)
-            return [(tuple(args), dict(options)) for args, options in pipe.command_stack]
-        finally:
-            pipe.reset()
-
-    def claim_keys(self, ids: list[str]) -> list[str]:
-        """KEYS of CLAIM_LUA for ``ids``: per id its claim, rq job and outcome keys."""
-        return [k for i in ids for k in (self.keys.claim(i), Job.key_for(i), self.keys.outcome(i))]
-
-    def _job_writer(self, rq_queue: Queue) -> JobWriter | None:
-        """Batched job hashes for this queue, once checked against rq's own enqueue_many."""
-        if rq_queue.name not in self._writers:
-            probes = [
-                self._job_spec(parse_request(p))
-                for p in (
-                    {"execution_id": "dockrq-probe-a", "engine": {"image": "probe-a", "cmd": ["true"]}},
-                    {
-                        "execution_id": "dockrq-probe-b",
-                        "engine": {"image": "probe/b:1", "cmd": ["sh", "-c", "exit 0"], "env": {"K": "v"}},
-                        "timeout_seconds": 5,
-                    },
-                )
-            ]
-            self._writers[rq_queue.name] = JobWriter.for_queue(rq_queue, probes)
-        return self._writers[rq_queue.name]
-
-    def _job_spec(self, req: ExecutionRequest, *, scheduled: bool = False, where: str = "request") -> dict[str, Any]:
-        """Keyword arguments shared by rq's enqueue_call, create_job and prepare_data.
-
-        Raises RequestTooLarge (``where`` names the request) before anything else is made of it.
-        """
-        payload = req.model_dump(mode="json")
-        size = request_size(payload)
-        if size > self.max_request_bytes:
-            raise RequestTooLarge(size, self.max_request_bytes, where)
-        if req.timeout_seconds is None:
-            timeout = NO_RQ_TIMEOUT
-        else:
-            timeout = math.ceil(req.timeout_seconds) + JOB_TIMEOUT_MARGIN_SECONDS
-        status = ExecutionState.SCHEDULED if scheduled else ExecutionState.QUEUED
-        return {
-            "func": JOB_FUNCTION,
-            "args": (payload,),
-            "timeout": timeout,
-            # The rq job lives as long as the outcome, so status() keeps its meta.
-            "result_ttl": self.retention_seconds,
-            "failure_ttl": self.retention_seconds,
-            "description": describe(req),
-            "job_id": req.execution_id,
-            "meta": {"execution_id": req.execution_id, "image": req.engine.image, "status": status.value},
-        }
-
     def _claim(self, ids: list[str], queue_name: str) -> None:
         keys = self.claim_keys(ids)
         taken = self._claim_script(keys=keys, args=[queue_name, self.retention_seconds])
@@ -414,14 +228,6 @@ class Producer:
             self._client.delete(*(self.keys.claim(i) for i in ids))
         except redis.RedisError as exc:  # the claim expires with the retention time anyway
             log.warning("could not release claims of %d execution(s): %s", len(ids), exc)
-
-    def _publish_event(self, pipe: redis.client.Pipeline, execution_id: str, status: str) -> None:
-        pipe.publish(self.keys.events, Event(execution_id=execution_id, status=status).model_dump_json())
-
-    def _publish_events(self, pipe: redis.client.Pipeline, ids: list[str], status: str) -> None:
-        """One event per id, published by one script call instead of a PUBLISH each."""
-        events = [Event(execution_id=i, status=status).model_dump_json() for i in ids]
-        pipe.eval(PUBLISH_MANY_LUA, 1, self.keys.events, *events)
 
     # -- reading -------------------------------------------------------------
 
@@ -624,13 +430,16 @@ class Producer:
         pipe.publish(self.keys.control_channel(execution_id), CANCEL_MESSAGE)
         if job is None or rq_status not in _CANCELLABLE_IN_RQ:
             return "signalled"
-        job.cancel(pipeline=pipe)
+        if job.has_rate_limit:  # rq refuses this through our pipeline: producer.concurrency
+            concurrency.cancel_limited(job, pipe)
+        else:
+            job.cancel(pipeline=pipe)
         job.meta["status"] = ExecutionState.CANCELLED.value
         pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
         pipe.expire(job.key, self.retention_seconds)  # rq keeps cancelled jobs forever otherwise
         cancelled = Outcome.failure(
             execution_id, ExecutionStatus.CANCELLED, "cancelled", f"cancelled while {rq_status.value}, before it started"
-        )
+        ).with_attempts(*attempts_from_meta(job.meta))  # a retry waiting for its turn: the earlier attempts
         pipe.eval(
             WRITE_OUTCOME_LUA, 1, self.keys.outcome(execution_id), cancelled.model_dump_json(), self.retention_seconds
         )

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import shlex
 
-from schemas import ExecutionRequest
+from schemas import DEFAULT_RETRY_ON, ExecutionRequest
 
 HIDDEN = "***"
 _SIZE_SUFFIXES = (("g", 1024**3), ("m", 1024**2), ("k", 1024))
@@ -53,4 +53,22 @@ def describe(request: ExecutionRequest) -> str:
     words.append(f"--network {request.network}")
     words.append(q(engine.image))
     words += [q(arg) for arg in [*entrypoint[1:], *(engine.cmd or [])]]
-    return " ".join(words)
+    extras = _dockrq_options(request)
+    # dockrq's own options (no docker run flag says them) follow as a comment: the line still pastes.
+    return " ".join(words) + (f"  # dockrq {' '.join(extras)}" if extras else "")
+
+
+def _dockrq_options(request: ExecutionRequest) -> list[str]:
+    """``dockrq submit`` options for the request's retries and concurrency limit, when it has them."""
+    options = []
+    if request.retries:
+        options.append(f"--retries {request.retries}")
+    if request.retry_on != list(DEFAULT_RETRY_ON):
+        options.append(f"--retry-on {','.join(request.retry_on)}")
+    backoff = request.retry_backoff_seconds
+    if backoff:
+        options.append(f"--retry-backoff {','.join(map(str, backoff)) if isinstance(backoff, list) else backoff}")
+    if request.concurrency_key is not None:
+        options.append(f"--concurrency-key {shlex.quote(request.concurrency_key)}")
+        options.append(f"--concurrency-limit {request.concurrency_limit}")
+    return options

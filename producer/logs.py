@@ -38,6 +38,14 @@ def _batch_of(fields: dict[bytes, bytes]) -> LogBatch:
     return LogBatch.model_validate_json(fields[BATCH_FIELD.encode()])
 
 
+class AttemptStart(LogEntry):
+    """Not output: where attempt ``attempt`` (2 or later) of a retried execution begins in the
+    log (its marker batch). ``data`` is empty and ``stream`` is ``stderr``, so code that prints
+    entries prints nothing for it."""
+
+    attempt: int
+
+
 @dataclass
 class LogCursor:
     """How far a reader has got: the next entry ``seq`` it wants and the last stream id it read."""
@@ -45,6 +53,7 @@ class LogCursor:
     next_seq: int = 0
     last_id: bytes = b"0-0"
     eof: bool = False
+    attempt: int = 1  # the newest attempt marker seen (each is yielded once)
 
     def take(self, batch: LogBatch, *, skip_gap: bool) -> list[LogEntry] | None:
         """The entries of ``batch`` not yet seen, or None when it starts past ``next_seq``.
@@ -61,6 +70,10 @@ class LogCursor:
         self.next_seq += len(fresh)
         if batch.eof:
             self.eof = True
+        if batch.attempt is not None and batch.attempt > self.attempt:
+            self.attempt = batch.attempt
+            marker = AttemptStart(stream="stderr", ts=batch.ts or 0.0, data="", attempt=batch.attempt)
+            return [marker, *fresh]
         return fresh
 
 

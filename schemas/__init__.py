@@ -1,7 +1,10 @@
 """The wire contract of dockrq: pydantic models and Redis key names. No I/O here."""
 
 from .execution import (
+    CONCURRENCY_KEY_PATTERN,
     DEFAULT_OUTPUT_LIMIT,
+    DEFAULT_RETRY_ON,
+    MAX_RETRIES,
     EXECUTION_ID_PATTERN,
     EngineSpec,
     ExecutionRequest,
@@ -26,17 +29,25 @@ from .wire import (
     JOB_FUNCTION,
     MIN_MAX_REQUEST_BYTES,
     WRITE_OUTCOME_LUA,
+    AttemptRecord,
     Event,
     Keys,
     LogBatch,
     Outcome,
     OutcomeError,
+    META_ATTEMPTS,
+    META_PREVIOUS_ATTEMPTS,
     as_json_object,
+    attempts_from_meta,
     describe_validation_error,
     request_size,
 )
 
 __all__ = [
+    "AttemptRecord",
+    "CONCURRENCY_KEY_PATTERN",
+    "DEFAULT_RETRY_ON",
+    "MAX_RETRIES",
     "CANCEL_MESSAGE",
     "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_OUTPUT_LIMIT",
@@ -63,7 +74,10 @@ __all__ = [
     "Outcome",
     "OutcomeError",
     "Resources",
+    "META_ATTEMPTS",
+    "META_PREVIOUS_ATTEMPTS",
     "as_json_object",
+    "attempts_from_meta",
     "describe_validation_error",
     "new_execution_id",
     "parse_size",

@@ -14,7 +14,7 @@ import math
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -180,6 +180,20 @@ class Mount(_Model):
         return _no_nul(v, "mount paths")
 
 
+MAX_RETRIES = 10
+MAX_BACKOFF_SECONDS = 7 * 24 * 3600
+MAX_CONCURRENCY_LIMIT = 100_000
+CONCURRENCY_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
+RetryStatus = Literal["failed", "timed_out", "error", "lost"]
+DEFAULT_RETRY_ON: tuple[RetryStatus, ...] = ("lost",)  # what ``retries`` always meant
+BackoffSeconds = Annotated[int, Field(ge=0, le=MAX_BACKOFF_SECONDS)]
+ConcurrencyKey = Annotated[str, StringConstraints(pattern=CONCURRENCY_KEY_PATTERN)]
+_OPTIONAL_ON_THE_WIRE = ("retry_on", "retry_backoff_seconds", "concurrency_key", "concurrency_limit")
+_WIRE_DEFAULTS: dict[str, Any] = {
+    "retry_on": list(DEFAULT_RETRY_ON), "retry_backoff_seconds": 0, "concurrency_key": None, "concurrency_limit": None,
+}
+
+
 class ExecutionRequest(_Model):
     """One execution: the unit a producer enqueues and a worker runs exactly once."""
 
@@ -192,7 +206,18 @@ class ExecutionRequest(_Model):
     timeout_seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
     output_limit_bytes: int = Field(default=DEFAULT_OUTPUT_LIMIT, ge=0, le=MAX_OUTPUT_LIMIT)
     pull_policy: Literal["if_not_present", "always", "never"] = "if_not_present"
-    retries: int = Field(default=0, ge=0, le=10, description="re-runs allowed after a lost worker")
+    retries: int = Field(default=0, ge=0, le=MAX_RETRIES, description="attempts allowed after the first (see retry_on)")
+    # Retries and concurrency limits (worker/retries.py, producer/concurrency.py). Written into
+    # the rq job only when set (``to_payload``), so workers that predate them still take the rest.
+    retry_on: list[RetryStatus] = Field(
+        default_factory=lambda: list(DEFAULT_RETRY_ON), min_length=1, max_length=4,
+        description="the outcome statuses that use up a retry",
+    )
+    retry_backoff_seconds: BackoffSeconds | list[BackoffSeconds] = Field(
+        default=0, description="wait before each retry, as rq's Retry(interval=): a number, or one per retry (the last repeats)"
+    )
+    concurrency_key: ConcurrencyKey | None = None
+    concurrency_limit: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY_LIMIT)
 
     @field_validator("timeout_seconds")
     @classmethod
@@ -200,6 +225,41 @@ class ExecutionRequest(_Model):
         if v is not None and not math.isfinite(v):
             raise ValueError("timeout_seconds must be a finite number")
         return v
+
+    @field_validator("retry_on")
+    @classmethod
+    def _distinct(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(v))
+
+    @field_validator("retry_backoff_seconds")
+    @classmethod
+    def _backoff(cls, v: int | list[int]) -> int | list[int]:
+        if isinstance(v, list) and not 1 <= len(v) <= MAX_RETRIES:
+            raise ValueError(f"give a number, or a list of 1 to {MAX_RETRIES} numbers")
+        return v
+
+    @model_validator(mode="after")
+    def _concurrency_pair(self) -> ExecutionRequest:
+        if (self.concurrency_key is None) != (self.concurrency_limit is None):
+            raise ValueError("concurrency_key and concurrency_limit go together: give both or neither")
+        return self
+
+    def backoff_before(self, attempt: int) -> int:
+        """Seconds to wait before ``attempt`` (2 = the first retry), as rq's ``Retry.get_interval``:
+        one number for every retry, or the list's entry for this retry, its last repeating."""
+        backoff = self.retry_backoff_seconds
+        if isinstance(backoff, int):
+            return backoff
+        return backoff[min(max(attempt - 2, 0), len(backoff) - 1)]
+
+    def to_payload(self) -> dict[str, Any]:
+        """The request as the JSON object stored in the rq job: the fields added for retries and
+        concurrency limits are left out while they have their defaults."""
+        payload = self.model_dump(mode="json")
+        for name in _OPTIONAL_ON_THE_WIRE:
+            if payload[name] == _WIRE_DEFAULTS[name]:
+                payload.pop(name)
+        return payload
 
 
 class ExecutionStatus(str, enum.Enum):

@@ -12,7 +12,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
 from .execution import ExecutionResult, ExecutionState, ExecutionStatus, LogEntry
 
@@ -87,8 +87,29 @@ class OutcomeError(BaseModel):
     message: str
 
 
+class AttemptRecord(BaseModel):
+    """How one earlier attempt of a retried execution ended (``Outcome.previous_attempts``)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    attempt: int = Field(ge=1)
+    status: ExecutionStatus
+    exit_code: int | None = None
+    error_code: str | None = None
+
+    @classmethod
+    def of(cls, attempt: int, outcome: Outcome) -> AttemptRecord:
+        code = outcome.error.code if outcome.error is not None else None
+        return cls(attempt=attempt, status=outcome.status, exit_code=outcome.exit_code, error_code=code)
+
+
 class Outcome(BaseModel):
-    """The one element of ``P:exec:ID:outcome``: how the execution ended."""
+    """The one element of ``P:exec:ID:outcome``: how the execution ended.
+
+    A retried execution's outcome is its last attempt's, with ``attempts`` (how many
+    ran) and ``previous_attempts`` (how each earlier one ended). Both are left out of
+    the JSON for an execution that ran once, as outcomes were before retries existed.
+    """
 
     model_config = ConfigDict(extra="ignore")
 
@@ -96,6 +117,22 @@ class Outcome(BaseModel):
     status: ExecutionStatus
     result: ExecutionResult | None = None
     error: OutcomeError | None = None
+    attempts: int = Field(default=1, ge=1)
+    previous_attempts: list[AttemptRecord] = Field(default_factory=list)
+
+    @model_serializer(mode="wrap")
+    def _drop_single_attempt(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        data = handler(self)
+        if isinstance(data, dict) and self.attempts == 1 and not self.previous_attempts:
+            data.pop("attempts", None)
+            data.pop("previous_attempts", None)
+        return data
+
+    def with_attempts(self, attempts: int, previous: list[AttemptRecord]) -> Outcome:
+        """This outcome as the last of ``attempts`` attempts, the earlier ones ``previous``."""
+        if attempts <= 1 and not previous:
+            return self
+        return self.model_copy(update={"attempts": max(attempts, len(previous) + 1), "previous_attempts": list(previous)})
 
     @classmethod
     def from_result(cls, result: ExecutionResult) -> Outcome:
@@ -114,6 +151,28 @@ class Outcome(BaseModel):
         return self.result.exit_code if self.result else None
 
 
+# rq job meta fields of a retried execution (worker/retries.py): the number of the attempt
+# running or next to run, and how each earlier one ended (AttemptRecord dicts).
+META_ATTEMPTS = "attempts"
+META_PREVIOUS_ATTEMPTS = "previous_attempts"
+
+
+def attempts_from_meta(meta: dict[str, Any] | None) -> tuple[int, list[AttemptRecord]]:
+    """(current attempt number, earlier attempts) from an rq job's meta; (1, []) when it never retried."""
+    meta = meta or {}
+    try:
+        attempts = max(1, int(meta.get(META_ATTEMPTS) or 1))
+    except (TypeError, ValueError):
+        attempts = 1
+    previous = []
+    for raw in meta.get(META_PREVIOUS_ATTEMPTS) or ():
+        try:
+            previous.append(AttemptRecord.model_validate(raw))
+        except ValidationError:
+            continue
+    return attempts, previous
+
+
 class LogBatch(BaseModel):
     """One message on ``P:exec:ID:logs`` and one entry of the ``P:exec:ID:log`` stream.
 
@@ -125,10 +184,16 @@ class LogBatch(BaseModel):
     seq: int = Field(ge=0)
     entries: list[LogEntry] = Field(default_factory=list)
     eof: bool = False
+    # An attempt marker (a retried execution): ``{"seq": n, "attempt": k, "ts": t}``, no
+    # entries; the entries from ``seq`` n on are attempt k's. Attempt 1 begins at seq 0, unmarked.
+    attempt: int | None = Field(default=None, ge=1)
+    ts: float | None = None
 
     def to_json(self) -> str:
         if self.eof:
             return self.model_dump_json(include={"seq", "eof"})
+        if self.attempt is not None:
+            return self.model_dump_json(include={"seq", "attempt", "ts"})
         return self.model_dump_json(include={"seq", "entries"})
 
 

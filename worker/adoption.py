@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
+from rq.job import Retry
 
 from schemas import ExecutionResult, LogBatch, LogEntry, LogStreamRequest
 from worker.executor.types import LABEL_CREATED
@@ -59,6 +60,7 @@ class LogResume:
 
     entries: int = 0
     chars: dict[str, int] | None = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
+    attempt_start: int = 0  # seq where the running attempt began (its marker); its container's output starts there
 
     @classmethod
     def read(cls, connection: redis.Redis, stream: str) -> LogResume:
@@ -68,19 +70,21 @@ class LogResume:
         newest = _batch(last[0][1])
         entries = newest.seq + len(newest.entries)
         chars = {"stdout": 0, "stderr": 0}
-        after, expected = "-", 0
+        after, expected, complete, attempt_start = "-", 0, True, 0
         while True:
             page = connection.xrange(stream, after, "+", count=_PAGE)
             for entry_id, fields in page:
                 batch = _batch(fields)
                 if batch.seq != expected:  # the start was trimmed away: count entries instead
-                    return cls(entries=entries, chars=None)
+                    complete, expected = False, batch.seq
+                if batch.attempt is not None:  # a retry's attempt begins: its container's output starts here
+                    chars, complete, attempt_start = {"stdout": 0, "stderr": 0}, True, batch.seq
                 expected += len(batch.entries)
                 for e in batch.entries:
                     chars[e.stream] += len(e.data)
                 after = "(" + entry_id.decode()
             if len(page) < _PAGE:
-                return cls(entries=entries, chars=chars)
+                return cls(entries=entries, chars=chars if complete else None, attempt_start=attempt_start)
 
 
 def _batch(fields: dict[bytes, bytes]) -> LogBatch:
@@ -92,7 +96,7 @@ class _SkippingStream:
 
     def __init__(self, inner: Any, resume: LogResume) -> None:
         self._inner = inner
-        self._skip_entries = resume.entries if resume.chars is None else 0
+        self._skip_entries = resume.entries - resume.attempt_start if resume.chars is None else 0
         self._skip_chars = dict(resume.chars or {})
 
     def read_batch(self, max_entries: int = 512, timeout: float | None = None) -> list[LogEntry] | None:
@@ -145,10 +149,10 @@ class AdoptedRun(ExecutionRun):
         self._shipper = LogShipper(self.channels, _ResumedSource(executor, self.resume), self.execution_id)
         self._shipper.start()
 
-    def _end(self, outcome: Any) -> dict[str, Any]:
+    def _end(self, outcome: Any, *, final: bool = False) -> Any:
         if self.channels is not None:
             self.channels.resume_logs(self.resume.entries)  # the eof's seq counts the predecessor's entries
-        return super()._end(outcome)
+        return super()._end(outcome, final=final)
 
     def _explain_cancel(self, result: ExecutionResult) -> ExecutionResult:
         if self.shutting_down and result.status.value == "cancelled":
@@ -207,6 +211,9 @@ class Adoptions:
             except BaseException as exc:  # noqa: BLE001 - the rq job must still be settled
                 reason = f"{type(exc).__name__}: {exc}"
                 _with_redis_retry(lambda: settle.fail(self.worker, a.job, a.queue, a.execution, reason), a.job.id)
+                return
+            if isinstance(summary, Retry):  # the attempt ended retryable: another one (worker/retries.py)
+                _with_redis_retry(lambda: settle.retry(self.worker, a.job, a.queue, a.execution, summary), a.job.id)
                 return
             _with_redis_retry(lambda: settle.finish(self.worker, a.job, a.queue, a.execution, summary), a.job.id)
         finally:

@@ -21,7 +21,7 @@ from redis.exceptions import RedisError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from redis.retry import Retry
 
-from schemas import WRITE_OUTCOME_LUA, Event, ExecutionState, Keys, LogBatch, LogEntry, Outcome
+from schemas import WRITE_OUTCOME_LUA, Event, ExecutionState, Keys, LogBatch, LogEntry, Outcome, attempts_from_meta
 
 from .settings import DEFAULT_OUTCOME_RETRY_SECONDS
 
@@ -216,6 +216,16 @@ class ExecutionChannels:
         except Exception as exc:  # noqa: BLE001 - the outcome still matters more than eof
             log.error("execution %s: could not send log eof: %s", self.execution_id, exc)
 
+    def send_marker(self, batch: LogBatch) -> None:
+        """A batch without entries (an attempt marker, worker/retries.py) at the current ``seq``."""
+        with self._log_lock:
+            if self._eof:
+                return
+        try:
+            self._with_retry(lambda: self._ship(batch), lambda exc: None)
+        except RedisError as exc:  # a marker is a hint; the attempt goes on
+            log.warning("execution %s: log marker not sent: %s", self.execution_id, exc)
+
     def _ship(self, batch: LogBatch) -> None:
         payload = batch.to_json()
         stream = self.keys.log_stream(self.execution_id)
@@ -234,6 +244,8 @@ class ExecutionChannels:
         True when this call's outcome is the one stored. Raises the last Redis
         error once Redis has been unreachable for outcome_retry_seconds.
         """
+        if self.job is not None:  # a retried execution's: the last attempt's, with the earlier ones
+            outcome = outcome.with_attempts(*attempts_from_meta(self.job.meta))
         written = self._with_retry(
             lambda: self._store_outcome(outcome.model_dump_json()),
             lambda exc: log.warning("execution %s: outcome not written yet: %s", self.execution_id, exc),

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import TimeoutError as RedisTimeoutError
 from rq import get_current_job
-from rq.job import Job
+from rq.job import Job, Retry
 from rq.timeouts import JobTimeoutException
 
 from schemas import (
@@ -48,7 +48,7 @@ from worker.executor import (
     StartError,
 )
 
-from . import dependencies
+from . import dependencies, retries
 from . import runtime as runtime_module
 from .channels import ExecutionChannels
 from .runtime import WorkerRuntime
@@ -73,8 +73,9 @@ class ExecutionStopped(Exception):
     """Raised to rq after its stop-job command ended an execution, so rq records the job as stopped."""
 
 
-def execute(request: Any) -> dict[str, Any]:
-    """Run one execution request (a JSON object) to its outcome; return ``{status, exit_code}``."""
+def execute(request: Any) -> dict[str, Any] | Retry:
+    """Run one execution request (a JSON object) to its outcome; return ``{status, exit_code}``,
+    or rq's ``Retry`` when the attempt ended retryable and the request has retries left (worker/retries.py)."""
     return ExecutionRun(runtime_module.current(), get_current_job(), request).run()
 
 
@@ -112,6 +113,7 @@ class ExecutionRun:
         if existing is not None:
             log.info("execution %s already ended (%s); not running it again", execution_id, existing.status.value)
             return _summary(existing)
+        retries.begin_attempt(self)  # attempt 2 or later: the log goes on, marked
         if cancelled:
             return self._end(
                 Outcome.failure(execution_id, ExecutionStatus.CANCELLED, "cancelled", "cancelled before it started")
@@ -170,7 +172,7 @@ class ExecutionRun:
             # (unless writing it is what failed: the worker settles the job once Redis is back).
             if not self._finished and not self._outcome_abandoned:
                 with _signals_deferred():
-                    self._end(self._stop_for(executor, exc))
+                    self._end(self._stop_for(executor, exc), final=True)
             raise
         if self._stopped_by_rq:
             raise ExecutionStopped(f"execution {self.execution_id} stopped by rq's stop-job command")
@@ -307,11 +309,15 @@ class ExecutionRun:
 
     # -- the end --------------------------------------------------------------------
 
-    def _end(self, outcome: Outcome) -> dict[str, Any]:
-        """Logs eof, then the outcome, then the final event; forget the execution."""
+    def _end(self, outcome: Outcome, *, final: bool = False) -> Any:
+        """Logs eof, then the outcome, then the final event; forget the execution. Unless
+        ``final``, an attempt the request retries returns rq's Retry instead, writing none of these."""
         assert self.channels is not None
         if self._shipper is not None:
             self._shipper.drain()
+        retry = None if final else retries.next_attempt(self, outcome)
+        if retry is not None:
+            return retry
         self.channels.send_eof()
         result = outcome.result
         try:

@@ -14,8 +14,8 @@ once at start-up, before rq's own registry maintenance). A pass looks at:
      daemon: the execution is **adopted** (worker.adoption) and followed to its end;
    - otherwise every container of the execution on this daemon is stopped and
      removed, and the execution is re-enqueued at the front of its queue if
-     its request allows ``retries`` (attempts are counted in the job's meta),
-     or gets a ``lost`` outcome (code ``worker_lost``) and the rq job fails.
+     its request retries ``lost`` with retries left (worker.retries: rq's retry,
+     attempts counted in the job's meta), or gets a ``lost`` outcome (code ``worker_lost``) and the rq job fails.
 
 2. **rq's intermediate queue**: a job a worker took off the queue but died
    before starting (not in the started registry, still ``queued``) for
@@ -60,7 +60,7 @@ from worker.executor import DockerUnavailableError
 from worker.executor.client import DAEMON_ERRORS
 from worker.executor.types import LABEL_CREATED, LABEL_EXECUTION, LABEL_EXECUTOR
 
-from . import dependencies, settle
+from . import dependencies, retries, settle
 from .adoption import Adoptions, LogResume
 from .channels import ExecutionChannels
 from .liveness import Liveness, WorkerState, rq_heartbeat_ttl
@@ -260,18 +260,8 @@ class Reaper:
                 report.adopted.append(job_id)
                 return
             self._remove(docker, containers, report, grace=self.settings.stop_grace_seconds)
-            attempts = _int(job.meta.get("attempts"), 1)
-            retries = _retries(job)
-            if attempts <= retries:
-                settle.requeue(
-                    self.connection, job, queue, execution,
-                    {"attempts": attempts + 1, "status": ExecutionState.QUEUED.value, "lost_worker": owner.name},
-                )
-                self._publish(job_id, ExecutionState.QUEUED)
+            if retries.retry_lost(self, job, queue, execution, owner.name):  # retry_on lost, retries left
                 report.requeued.append(job_id)
-                log.warning(
-                    "execution %s: worker %s lost; re-enqueued (attempt %d of %d)", job_id, owner.name, attempts + 1, retries + 1
-                )
                 return
             where = f"its container was removed from {self.settings.executor_id}'s daemon" if containers else "no container of it on this daemon"
             message = (
@@ -460,21 +450,6 @@ def _is_execution(job: Job) -> bool:
         return job.func_name == JOB_FUNCTION
     except DeserializationError:
         return False
-
-
-def _retries(job: Job) -> int:
-    try:
-        request = job.args[0] if job.args else None
-    except DeserializationError:
-        return 0
-    return _int(request.get("retries") if isinstance(request, dict) else None, 0)
-
-
-def _int(value: Any, default: int) -> int:
-    try:
-        return int(value)
-    except (TypeError, ValueError):
-        return default
 
 
 def _summary(outcome: Outcome) -> dict[str, Any]:

@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 
 from rq.exceptions import NoSuchJobError
 from rq.executions import Execution
-from rq.job import Job, JobStatus
+from rq.job import Job, JobStatus, Retry
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
@@ -64,6 +64,16 @@ def fail(worker: BaseWorker, job: Job, queue: Queue, execution: Execution, reaso
     job.ended_at = now()
     job.started_at = job.started_at or execution.created_at or job.ended_at
     worker.handle_job_failure(job=job, queue=queue, exc_string=reason, execution=execution)
+
+
+def retry(worker: BaseWorker, job: Job, queue: Queue, execution: Execution, retry: Retry) -> None:
+    """Hand the job back to rq for another attempt, as when a job returns rq's ``Retry``
+    (``handle_job_retry``: a ``retried`` result, then re-enqueued, or scheduled after its interval)."""
+    job.ended_at = now()
+    job.started_at = job.started_at or execution.created_at or job.ended_at
+    worker.handle_job_retry(
+        job=job, queue=queue, retry=retry, started_job_registry=queue.started_job_registry, execution=execution
+    )
 
 
 def requeue(connection: Redis, job: Job, queue: Queue, execution: Execution | None, meta: dict[str, Any]) -> None:
