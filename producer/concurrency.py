@@ -4,8 +4,8 @@ rq 3 keeps, per key (``rq.rate_limit.RateLimitRegistry``):
 
 - ``rq:rl:KEY`` (hash, field ``concurrency``): the limit, as last submitted;
 - ``rq:rl:KEY:allowed`` (sorted set): the jobs holding a slot, queued or started;
-- ``rq:rl:KEY:rate_limited`` (sorted set, scored by arrival): the jobs waiting for one,
-  with rq job status ``rate_limited``;
+- ``rq:rl:KEY:rate_limited`` (sorted set, scored by arrival time in seconds since the
+  epoch): the jobs waiting for one, with rq job status ``rate_limited``;
 - ``rq:rl-keys`` (set): every key in use.
 
 A job holds its slot from the moment it is let onto its queue until rq records its
@@ -26,6 +26,8 @@ so the freed slot goes to the next waiting job at once.
 
 from __future__ import annotations
 
+import threading
+import time
 from typing import TYPE_CHECKING
 
 from rq.executions import ExecutionRegistry
@@ -38,6 +40,20 @@ from schemas import ExecutionRequest
 
 if TYPE_CHECKING:
     from redis.client import Pipeline
+
+
+_last_arrival = 0.0
+_arrival_lock = threading.Lock()
+
+
+def _arrival() -> float:
+    """The job's place in the waiting line: rq scores it by whole seconds (so jobs of one second
+    would be let through in id order); dockrq's submits score by the microsecond, strictly
+    increasing within this process."""
+    global _last_arrival
+    with _arrival_lock:
+        _last_arrival = max(time.time(), _last_arrival + 1e-6)
+        return _last_arrival
 
 
 def rate_limit(request: ExecutionRequest) -> RateLimit | None:
@@ -69,7 +85,7 @@ def enqueue_limited(queue: Queue, job: Job, pipe: Pipeline, *, at_front: bool) -
     registry.register(job.rate_limit_concurrency, pipe)
     job.save(pipeline=pipe)
     job.cleanup(ttl=job.ttl, pipeline=pipe)
-    registry.add_to_rate_limited(job.id, pipe)
+    registry.add_to_rate_limited(job.id, pipe, timestamp=_arrival())
     pipe.eval(
         ACQUIRE_AND_ENQUEUE_SCRIPT, 2, registry.allowed_key, registry.rate_limited_key,
         job.rate_limit_concurrency, current_timestamp(), utcformat(now()),

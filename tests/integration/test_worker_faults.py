@@ -152,7 +152,7 @@ def test_reaper_reenqueues_when_the_request_allows_retries(
 ):
     doomed = spawn_worker(env=FAST)
     eid = producer.submit(_request(unique, "retry", "sh", "-c", "sleep 3; echo finished", retries=1))
-    _wait(lambda: producer.status(eid).state == "running", 20, "running")
+    _wait(lambda: producer.status(eid).state == "running" and _containers(docker_client, eid), 20, "running")
     (first_container,) = _containers(docker_client, eid)
     other_node()
 
