@@ -106,7 +106,7 @@ def test_at_most_n_run_at_once_fleet_wide_in_order(producer, spawn_worker, test_
     _wait(lambda: registry.get_allowed_job_count() == 0, 10, "slots freed")
 
 
-def test_cancel_frees_and_skips_waiting_slots(producer, spawn_worker, test_image, unique, redis_client):
+def test_cancel_frees_and_skips_waiting_slots(producer, spawn_worker, test_image, unique, redis_client, redis_url):
     key = f"licence-{unique}"
     registry = RateLimitRegistry(key, redis_client)
     # No worker yet: the first holds the one slot (queued), the others wait rate_limited.
@@ -116,7 +116,12 @@ def test_cancel_frees_and_skips_waiting_slots(producer, spawn_worker, test_image
     last = producer.submit(_req(test_image, f"last-{unique}", key, 1))
     status = lambda eid: Job.fetch(eid, connection=redis_client, serializer=JSONSerializer).get_status()  # noqa: E731
     assert (status(holder), status(waiting)) == (JobStatus.QUEUED, JobStatus.RATE_LIMITED)
-    assert producer.cancel(waiting) == "cancelled"  # waiting for a slot: never runs
+
+    async def cancel_async(eid):
+        async with AsyncProducer(redis_url, queue=spawn_worker.queue, prefix=spawn_worker.prefix) as ap:
+            return await ap.cancel(eid)
+
+    assert asyncio.run(cancel_async(waiting)) == "cancelled"  # waiting for a slot: never runs
     assert producer.cancel(holder) == "cancelled"  # holding one while queued: the slot goes to the next
     assert registry.get_allowed_job_ids() == [third] and status(third) == JobStatus.QUEUED
     assert registry.get_rate_limited_job_ids() == [last]
