@@ -448,6 +448,8 @@ def _status_rows(view: ExecutionStatusView) -> list[tuple[str, str]]:
         ("enqueued", _ago(view.enqueued_at) + " ago" if view.enqueued_at else "-"),
         ("duration", _span(view.duration_seconds)),
     ]
+    if view.attempt > 1:
+        rows.append(("attempt", str(view.attempt)))
     if outcome is not None and outcome.exit_code is not None:
         rows.append(("exit code", str(outcome.exit_code)))
     if outcome is not None and outcome.result is not None and outcome.result.oom_killed:

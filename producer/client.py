@@ -24,37 +24,32 @@ import re
 import time
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any
 
 import redis
 from redis.backoff import ExponentialWithJitterBackoff
 from rq import Queue
-from rq.exceptions import InvalidJobOperation
-from rq.job import Job, JobStatus
+from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.utils import as_text
 
 from schemas import (
-    CANCEL_MESSAGE,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_PREFIX,
     DEFAULT_QUEUE,
     DEFAULT_RETENTION_SECONDS,
     EXECUTION_ID_PATTERN,
     MIN_MAX_REQUEST_BYTES,
-    WRITE_OUTCOME_LUA,
     ExecutionRequest,
-    ExecutionState,
-    ExecutionStatus,
     Keys,
     LogEntry,
     Outcome,
-    attempts_from_meta,
 )
 
-from . import concurrency, dependencies, groups, many
+from . import dependencies, groups, many
+from .cancelling import CancelResult, Canceller  # noqa: F401 - CancelResult re-exported
 from .connections import BLOCK_SLICE_SECONDS, blocking_twin, clients_from_url
-from .errors import DuplicateExecution, ExecutionAlreadyFinished, ExecutionNotFound
+from .errors import DuplicateExecution, ExecutionNotFound
 from .jobhash import JobWriter
 from .logs import LogReader
 from .many import DEFAULT_RECHECK_SECONDS
@@ -71,20 +66,17 @@ from .status import ExecutionStatusView, build_view
 
 log = logging.getLogger(__name__)
 
+_ID_RE = re.compile(EXECUTION_ID_PATTERN)
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # How long an id may have a claim but no rq job before a waiter calls it gone
 # (the claim-then-enqueue window is milliseconds).
 VANISH_GRACE_SECONDS = 3.0
 
-CancelResult = Literal["cancelled", "signalled"]
-_ID_RE = re.compile(EXECUTION_ID_PATTERN)
-_CANCELLABLE_IN_RQ = {
-    JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED, JobStatus.RATE_LIMITED
-}
 _RECONNECT = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
 
-class Producer(SubmitPlanner):
+
+class Producer(SubmitPlanner, Canceller):
     """Submit, wait for, follow and cancel executions. One instance per process is plenty;
     it is safe to share between threads (redis-py pools its connections)."""
 
@@ -380,68 +372,3 @@ class Producer(SubmitPlanner):
         epoch = datetime.min.replace(tzinfo=timezone.utc)
         views.sort(key=lambda v: v.enqueued_at or epoch, reverse=True)
         return views[:limit]
-
-    # -- cancel --------------------------------------------------------------
-
-    def cancel(self, execution_id: str) -> CancelResult:
-        """Cancel an execution.
-
-        Queued or scheduled: the rq job is cancelled and a ``cancelled`` outcome
-        written, in one transaction that aborts if a worker takes the job
-        meanwhile ("cancelled"). Running (or about to be enqueued): the worker is
-        told through the flag and the control channel ("signalled"). The flag is
-        set in every case so a worker that dequeues the job concurrently sees it.
-        Raises ExecutionAlreadyFinished or ExecutionNotFound.
-        """
-        self._check_id(execution_id)
-        outcome_key = self.keys.outcome(execution_id)
-        job_key = Job.key_for(execution_id)
-        with self._client.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(outcome_key, job_key)
-                    return self._cancel_watched(pipe, execution_id)
-                except (redis.WatchError, InvalidJobOperation):
-                    # Changed under us (a worker took it, another cancel won): look again.
-                    pipe.reset()
-
-    def _cancel_watched(self, pipe: redis.client.Pipeline, execution_id: str) -> CancelResult:
-        outcome = self._outcome(execution_id)
-        job = self._fetch_job(execution_id)
-        claimed = job is not None or bool(self._client.exists(self.keys.claim(execution_id)))
-        result = self.cancel_commands(pipe, execution_id, outcome, job, claimed)
-        pipe.execute()
-        return result
-
-    def cancel_commands(
-        self, pipe: redis.client.Pipeline, execution_id: str, outcome: Outcome | None, job: Job | None, claimed: bool
-    ) -> CancelResult:
-        """Queue the commands of a cancel into ``pipe`` (it calls ``pipe.multi()``; the caller executes),
-        given what was read under WATCH. Shared with AsyncProducer. Raises as ``cancel``."""
-        if outcome is not None:
-            raise ExecutionAlreadyFinished(execution_id, outcome.status.value)
-        if job is None and not claimed:
-            raise ExecutionNotFound(execution_id)
-        rq_status = job.get_status(refresh=False) if job is not None else None
-        if rq_status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-            raise ExecutionAlreadyFinished(execution_id, f"rq job {rq_status.value}")
-        pipe.multi()
-        pipe.set(self.keys.cancel_flag(execution_id), "1", ex=self.retention_seconds)
-        pipe.publish(self.keys.control_channel(execution_id), CANCEL_MESSAGE)
-        if job is None or rq_status not in _CANCELLABLE_IN_RQ:
-            return "signalled"
-        if job.has_rate_limit:  # rq refuses this through our pipeline: producer.concurrency
-            concurrency.cancel_limited(job, pipe)
-        else:
-            job.cancel(pipeline=pipe)
-        job.meta["status"] = ExecutionState.CANCELLED.value
-        pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
-        pipe.expire(job.key, self.retention_seconds)  # rq keeps cancelled jobs forever otherwise
-        cancelled = Outcome.failure(
-            execution_id, ExecutionStatus.CANCELLED, "cancelled", f"cancelled while {rq_status.value}, before it started"
-        ).with_attempts(*attempts_from_meta(job.meta))  # a retry waiting for its turn: the earlier attempts
-        pipe.eval(
-            WRITE_OUTCOME_LUA, 1, self.keys.outcome(execution_id), cancelled.model_dump_json(), self.retention_seconds
-        )
-        self._publish_event(pipe, execution_id, ExecutionState.CANCELLED.value)
-        return "cancelled"

@@ -14,7 +14,7 @@ from typing import Any
 from pydantic import BaseModel
 from rq.job import Job, JobStatus
 
-from schemas import ExecutionState, Outcome
+from schemas import ExecutionState, Outcome, attempts_from_meta
 
 # States the producer itself writes into meta at submit; anything else came from a worker.
 _SUBMIT_STATES = {ExecutionState.QUEUED, ExecutionState.SCHEDULED}
@@ -49,6 +49,7 @@ class ExecutionStatusView(BaseModel):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     outcome: Outcome | None = None
+    attempt: int = 1  # a retried execution: the attempt running, next to run, or (ended) the last one
 
     @property
     def duration_seconds(self) -> float | None:
@@ -94,4 +95,5 @@ def build_view(execution_id: str, job: Job | None, outcome: Outcome | None) -> E
         started_at=(result.started_at if result and result.started_at else job.started_at if job else None),
         ended_at=(result.finished_at if result and result.finished_at else job.ended_at if job else None),
         outcome=outcome,
+        attempt=outcome.attempts if outcome is not None else attempts_from_meta(meta)[0],
     )

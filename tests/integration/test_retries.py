@@ -146,6 +146,7 @@ def test_cancel_during_the_backoff_ends_it_with_the_history(
         test_image, f"backoff-{unique}", data_dir, "exit 7", retries=2, retry_on=["failed"], retry_backoff_seconds=60,
     ))
     _wait(lambda: producer.status(eid).state.value == "scheduled" and _runs(data_dir) == 1, 60, "waiting to retry")
+    assert producer.status(eid).attempt == 2  # the next one, waiting for its backoff
     assert producer.cancel(eid) == "cancelled"
     outcome = producer.wait(eid, timeout=10)
     assert (outcome.status, outcome.attempts) == (ExecutionStatus.CANCELLED, 2)
