@@ -154,3 +154,14 @@ def test_limited_submits_wait_in_arrival_order_and_cancel_passes_the_slot_on(pro
     assert registry.get_allowed_job_ids() == ["y2"] and registry.get_rate_limited_job_ids() == ["w4"]
     assert _status(fake_redis, "y2") == JobStatus.QUEUED and producer.rq_queue().get_job_ids() == ["plain", "y2"]
     assert producer.wait("x3", timeout=1).status == ExecutionStatus.CANCELLED
+
+
+def test_attached_output_marks_where_an_attempt_begins(capsys):
+    from producer.cli import _write_entry
+
+    _write_entry(LogEntry(stream="stdout", ts=1.0, data="run 1\n"), as_json=False)
+    _write_entry(AttemptStart(stream="stderr", ts=2.0, data="", attempt=2), as_json=False)
+    _write_entry(AttemptStart(stream="stderr", ts=2.0, data="", attempt=3), as_json=True)
+    out, err = capsys.readouterr()
+    assert err == "dockrq: attempt 2 begins\n"
+    assert out.splitlines()[0] == "run 1" and json.loads(out.splitlines()[1])["attempt"] == 3
