@@ -151,7 +151,7 @@ def test_reaper_reenqueues_when_the_request_allows_retries(
     spawn_worker, other_node, producer, redis_client, docker_client, unique
 ):
     doomed = spawn_worker(env=FAST)
-    eid = producer.submit(_request(unique, "retry", "sh", "-c", "sleep 3; echo finished", retries=1))
+    eid = producer.submit(_request(unique, "retry", "sh", "-c", "sleep 8; echo finished", retries=1))
     _wait(lambda: producer.status(eid).state == "running" and _containers(docker_client, eid), 20, "running")
     (first_container,) = _containers(docker_client, eid)
     other_node()
@@ -277,10 +277,11 @@ def test_second_sigterm_while_pulling_writes_outcome_and_leaves_nothing(
 
 def test_shutdown_of_an_adopter_ends_what_it_adopted(spawn_worker, producer, redis_client, docker_client, unique):
     first = spawn_worker(env=FAST)
-    finishing = producer.submit(_request(unique, "adopted-finish", "sh", "-c", "sleep 3; echo done"))
+    finishing = producer.submit(_request(unique, "adopted-finish", "sh", "-c", "sleep 8; echo done"))
     stuck = producer.submit(_request(unique, "adopted-stuck", "sleep", "300"))
     second = spawn_worker(env=FAST)  # takes the second execution while the first worker has the first
-    _wait(lambda: producer.status(finishing).state == "running" and producer.status(stuck).state == "running", 20, "both running")
+    _wait(lambda: all(producer.status(e).state == "running" and producer.status(e).container_id
+                      for e in (finishing, stuck)), 20, "both running")  # announced by their workers, not only rq
     owners = {_meta(redis_client, e)["worker"] for e in (finishing, stuck)}
     assert len(owners) == 2
     first.kill()
