@@ -43,9 +43,9 @@ from schemas import (
     Outcome,
     parse_size,
 )
+from schemas.connections import DEFAULT_REDIS_URL, REDIS_DOWN, redact_url
 
-from .client import DEFAULT_REDIS_URL, Producer
-from .connections import redact_url
+from .client import Producer
 from .errors import ExecutionAlreadyFinished, InvalidRequest, ProducerError
 from .status import ExecutionStatusView
 
@@ -106,7 +106,7 @@ class DockrqCommand(click.Command):
         except ProducerError as exc:
             prefix = "invalid request: " if isinstance(exc, InvalidRequest) else ""
             fail(f"{prefix}{exc}", self.failure_code)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except REDIS_DOWN as exc:
             url = redact_url(ctx.find_object(Settings).redis_url)
             fail(f"cannot reach Redis at {url}: {exc}", self.failure_code)
         except redis.RedisError as exc:

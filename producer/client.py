@@ -30,7 +30,6 @@ from typing import Any, Literal
 
 import redis
 from pydantic import ValidationError
-from redis.backoff import ExponentialWithJitterBackoff
 from rq import Queue
 from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
@@ -57,7 +56,15 @@ from schemas import (
     request_size,
 )
 
-from .connections import BLOCK_SLICE_SECONDS, blocking_twin, clients_from_url
+from schemas.connections import (
+    BLOCK_SLICE_SECONDS,
+    DEFAULT_REDIS_URL,
+    REDIS_DOWN,
+    blocking_twin,
+    clients_from_url,
+    ride_out_outage,
+)
+
 from .describe import describe
 from .errors import DuplicateExecution, ExecutionAlreadyFinished, ExecutionNotFound, InvalidRequest, RequestTooLarge
 from .jobhash import JobWriter
@@ -66,7 +73,6 @@ from .status import ExecutionStatusView, build_view
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # rq's own job timeout must not fire before the worker's: the worker enforces
 # timeout_seconds on the container, and also pulls the image, stops the
 # container (grace period) and, through a Redis outage, waits up to its
@@ -81,7 +87,6 @@ VANISH_GRACE_SECONDS = 3.0
 CancelResult = Literal["cancelled", "signalled"]
 _ID_RE = re.compile(EXECUTION_ID_PATTERN)
 _CANCELLABLE_IN_RQ = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED}
-_RECONNECT = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
 
 # Claims ids for one submit, atomically. KEYS: per id its claim, rq job and outcome
 # keys; ARGV: queue name, claim TTL. An id is taken when its claim is held or an rq
@@ -363,30 +368,40 @@ class Producer:
         self._require_known(execution_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         missing_since: float | None = None
-        failures = 0
+
+        def redis_away(exc: Exception, failures: int) -> None:
+            log.warning("waiting for %s: Redis error (%s); retrying", execution_id, exc)
+
+        def in_time() -> bool:
+            return deadline is None or time.monotonic() < deadline
+
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"execution {execution_id} still running after {timeout}s")
             block = BLOCK_SLICE_SECONDS if remaining is None else max(min(BLOCK_SLICE_SECONDS, remaining), 0.01)
             try:
-                raw = self._blocking.blmove(key, key, block, "RIGHT", "LEFT")
-                if raw is not None:
-                    return Outcome.model_validate_json(raw)
-                has_outcome, has_job, _ = self._presence(execution_id)
-                failures = 0
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                failures += 1
-                pause = _RECONNECT.compute(failures)
-                log.warning("waiting for %s: Redis error (%s); retrying in %.1fs", execution_id, exc, pause)
-                time.sleep(pause)
-                continue
+                raw, has_outcome, has_job = ride_out_outage(
+                    lambda: self._wait_slice(execution_id, key, block), redis_away, keep_trying=in_time
+                )
+            except REDIS_DOWN:
+                continue  # away past the deadline: TimeoutError above
+            if raw is not None:
+                return Outcome.model_validate_json(raw)
             if has_outcome or has_job:
                 missing_since = None
             elif missing_since is None:
                 missing_since = time.monotonic()
             elif time.monotonic() - missing_since > VANISH_GRACE_SECONDS:
                 raise ExecutionNotFound(execution_id, "execution vanished (no rq job and no outcome)")
+
+    def _wait_slice(self, execution_id: str, key: str, block: float) -> tuple[bytes | None, bool, bool]:
+        """One BLMOVE of at most ``block`` seconds: (the outcome, or None and whether an outcome / rq job exists)."""
+        raw = self._blocking.blmove(key, key, block, "RIGHT", "LEFT")
+        if raw is not None:
+            return raw, True, True
+        has_outcome, has_job, _ = self._presence(execution_id)
+        return None, has_outcome, has_job
 
     def logs(self, execution_id: str, tail: bool | int = True, follow: bool = True) -> Iterator[LogEntry]:
         """The execution's log entries: history (all, none or the last ``tail``), then live if ``follow``.

@@ -23,8 +23,8 @@ from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_valida
 
 from schemas import ExecutionRequest, parse_size
 from worker.executor import MountNotAllowed, RequestRejected
-from worker.executor.types import ExecutorPolicy, checked_binds, gpus_granted
-from worker.images import ImagePattern, image_allowed
+from worker.executor.spec import ExecutorPolicy, checked_binds, gpus_granted
+from worker.config.images import ImagePattern, image_allowed
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 

@@ -22,11 +22,11 @@ from rq.worker_pool import WorkerPool
 
 from worker.executor import CleanupError, DockerUnavailableError, ExecutorError, new_executor
 
-from . import doctor
-from .policy import PULL_POLICIES
-from .rq_worker import DockrqWorker
-from .runtime import WorkerRuntime, install
-from .settings import SettingsError, WorkerSettings
+from worker.service import doctor
+from worker.config.policy import PULL_POLICIES
+from worker.service.worker import DockrqWorker
+from worker.service.runtime import WorkerRuntime, install
+from worker.config.settings import SettingsError, WorkerSettings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]

@@ -22,8 +22,8 @@ import redis
 from schemas import CANCEL_MESSAGE, Keys, Outcome
 from worker.executor import ExecutorError, new_executor
 
-from .channels import ExecutionChannels
-from .settings import WorkerSettings
+from worker.execution.channels import ExecutionChannels
+from worker.config.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from rq.job import Job
@@ -116,7 +116,7 @@ class WorkerRuntime:
         self._control: ControlListener | None = None
         self._running: dict[str, Cancellable] = {}
         # Outcomes an execution produced while Redis stayed away past its retry budget;
-        # the worker writes them once Redis is back (worker.resilience).
+        # the worker writes them once Redis is back (worker.faults.outage).
         self._unwritten: dict[str, Outcome] = {}
         self._lock = threading.Lock()
         self._threads: ThreadPoolExecutor | None = None
@@ -153,13 +153,15 @@ class WorkerRuntime:
                 self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dockrq-start")
         return self._threads.submit(fn, *args)
 
-    def channels(self, execution_id: str, job: Job | None) -> ExecutionChannels:
+    def channels(self, execution_id: str, job: Job | None, *, worker: str | None = None) -> ExecutionChannels:
+        """The execution's Redis channels, on the rq job's connection (else the runtime's), written in
+        the name of ``worker`` (default: the job's worker, else this node's executor id)."""
         s = self.settings
         return ExecutionChannels(
             job.connection if job is not None else self.connection,
             self.keys,
             execution_id,
-            worker=(job.worker_name if job is not None else None) or s.executor_id,
+            worker=worker or (job.worker_name if job is not None else None) or s.executor_id,
             retention_seconds=s.retention_seconds,
             log_stream_maxlen=s.log_stream_maxlen,
             job=job,

@@ -33,7 +33,7 @@ from schemas import (
     parse_size,
 )
 
-from .policy import POLICY_ENV_VARS, WorkerPolicy
+from worker.config.policy import POLICY_ENV_VARS, WorkerPolicy
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_LOG_STREAM_MAXLEN = 10_000
@@ -54,7 +54,7 @@ ENV_VARS: dict[str, str] = {
     "DOCKRQ_STOP_GRACE_SECONDS": "stop_grace_seconds",
     "DOCKRQ_LOG_STREAM_MAXLEN": "log_stream_maxlen",
     "DOCKRQ_MAX_REQUEST_BYTES": "max_request_bytes",
-    # Faults survived (worker/resilience.py, worker/reaper.py)
+    # Faults survived (worker/service/worker.py, worker/faults/)
     "DOCKRQ_HEARTBEAT_SECONDS": "heartbeat_seconds",
     "DOCKRQ_REAP_AFTER_SECONDS": "reap_after_seconds",
     "DOCKRQ_REAP_INTERVAL_SECONDS": "reap_interval_seconds",
@@ -102,7 +102,7 @@ class WorkerSettings(BaseModel):
     # Containers younger than this are never removed as orphans (they may be being created).
     orphan_grace_seconds: float = Field(default=DEFAULT_ORPHAN_GRACE_SECONDS, ge=0, le=86400)
     # An ended execution whose outcome Redis does not take for this long (unreachable) stops
-    # waiting; the worker keeps the outcome and writes it once Redis is back (worker/resilience.py).
+    # waiting; the worker keeps the outcome and writes it once Redis is back (worker/faults/outage.py).
     outcome_retry_seconds: float = Field(default=DEFAULT_OUTCOME_RETRY_SECONDS, ge=0.5, le=86400)
 
     @field_validator("queues", mode="before")

@@ -14,7 +14,7 @@ import redis
 from schemas import ExecutionRequest, ExecutionStatus, Keys
 from worker.executor import DockerUnavailableError, ExecutorError, new_executor
 
-from .settings import WorkerSettings
+from worker.config.settings import WorkerSettings
 
 # BLMOVE, which waiters block on, arrived in Redis 6.2.
 MIN_REDIS_VERSION = (6, 2)
