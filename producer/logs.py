@@ -27,13 +27,8 @@ from schemas.connections import BLOCK_SLICE_SECONDS, BLOCKING_SOCKET_TIMEOUT, RE
 
 log = logging.getLogger(__name__)
 
-BATCH_FIELD = "batch"  # the stream entry field that holds LogBatch.to_json()
 _PAGE = 500
 GAP_RECHECK_SECONDS = 0.05
-
-
-def _batch_of(fields: dict[bytes, bytes]) -> LogBatch:
-    return LogBatch.model_validate_json(fields[BATCH_FIELD.encode()])
 
 
 @dataclass
@@ -116,7 +111,7 @@ class LogReader:
         while True:
             page = self._client.xrevrange(self._stream, upper, "-", count=_PAGE if wanted else 1)
             for entry_id, fields in page:
-                newest_first.append((entry_id, _batch_of(fields)))
+                newest_first.append((entry_id, LogBatch.from_stream_entry(fields)))
                 have += len(newest_first[-1][1].entries)
             if not page or have >= wanted or len(page) < _PAGE:
                 break
@@ -136,7 +131,7 @@ class LogReader:
             page = self._client.xrange(self._stream, "(" + self.cursor.last_id.decode(), "+", count=_PAGE)
             for entry_id, fields in page:
                 self.cursor.last_id = entry_id
-                yield from self.cursor.take(_batch_of(fields), skip_gap=True) or ()
+                yield from self.cursor.take(LogBatch.from_stream_entry(fields), skip_gap=True) or ()
                 if self.cursor.eof:
                     return
             if len(page) < _PAGE:

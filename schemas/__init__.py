@@ -13,6 +13,7 @@ from .execution import (
     LogStreamRequest,
     Mount,
     Resources,
+    format_size,
     new_execution_id,
     parse_size,
 )
@@ -67,6 +68,7 @@ __all__ = [
     "Resources",
     "as_json_object",
     "describe_validation_error",
+    "format_size",
     "new_execution_id",
     "parse_size",
     "request_size",

@@ -43,8 +43,11 @@ REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutE
 BLOCK_SLICE_SECONDS = 1.0
 BLOCKING_SOCKET_TIMEOUT = 30.0
 
-#: How a waiter backs off while Redis is away: jittered, doubling from ``base``, at most ``cap`` s.
+#: How a waiter (producer, follower, a worker's main thread) backs off while Redis is away:
+#: jittered, doubling from ``base``, at most ``cap`` seconds.
 RECONNECT_BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
+#: How an execution's writes (log batches, eof, outcome) back off: sooner, so logs resume quickly.
+WRITE_BACKOFF = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
 
 # Per-pool bookkeeping redis-py adds to connection_kwargs; a new pool makes its own.
 _POOL_INTERNALS = frozenset(

@@ -14,11 +14,10 @@ import threading
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.exceptions import RedisError
 
 from schemas import LOG_STREAM_FIELD, WRITE_OUTCOME_LUA, Event, ExecutionState, Keys, LogBatch, LogEntry, Outcome
-from schemas.connections import OutageBudget, ride_out_outage, within_budget
+from schemas.connections import WRITE_BACKOFF, OutageBudget, ride_out_outage, within_budget
 from worker.config.settings import DEFAULT_OUTCOME_RETRY_SECONDS
 
 if TYPE_CHECKING:
@@ -28,12 +27,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Redis hiccups (restart, failover) are retried with capped, jittered backoff until
+# Redis hiccups (restart, failover) are retried with capped, jittered backoff (WRITE_BACKOFF) until
 # Redis has been unreachable for ``outcome_retry_seconds`` (DOCKRQ_OUTCOME_RETRY_SECONDS):
 # then the outcome write gives up and raises, and the worker settles the job once
 # Redis is back (worker.faults.outage).
-OUTCOME_RETRY_BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.05)
-LOG_RETRY_BACKOFF = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
 
 
 class ExecutionChannels:
@@ -149,7 +146,7 @@ class ExecutionChannels:
                 ride_out_outage(
                     lambda: self._ship(batch),
                     self._log_not_shipped,
-                    backoff=LOG_RETRY_BACKOFF,
+                    backoff=WRITE_BACKOFF,
                     keep_trying=None if keep_trying is None else keep_trying.is_set,
                 )
             finally:
@@ -177,7 +174,7 @@ class ExecutionChannels:
             self._eof = True
             batch = LogBatch(seq=self._sent, eof=True)
         try:
-            within_budget(lambda: self._ship(batch), self.budget, backoff=OUTCOME_RETRY_BACKOFF)
+            within_budget(lambda: self._ship(batch), self.budget, backoff=WRITE_BACKOFF)
         except Exception as exc:  # noqa: BLE001 - the outcome still matters more than eof
             log.error("execution %s: could not send log eof: %s", self.execution_id, exc)
 
@@ -203,7 +200,7 @@ class ExecutionChannels:
             lambda: self._store_outcome(outcome.model_dump_json()),
             self.budget,
             lambda exc: log.warning("execution %s: outcome not written yet: %s", self.execution_id, exc),
-            backoff=OUTCOME_RETRY_BACKOFF,
+            backoff=WRITE_BACKOFF,
         )
         if written:
             self.set_state(ExecutionState(outcome.status.value), **meta)

@@ -77,6 +77,7 @@ class DockerExecutor:
         client: DockerClient | None = None,
         allowed_mount_roots: Sequence[str] = (),
         allow_bridge_network: bool = True,
+        policy: ExecutorPolicy | None = None,
         stop_grace_seconds: float = 10.0,
         pull_timeout_seconds: float = 300.0,
         retention_seconds: float = 3600.0,
@@ -86,7 +87,8 @@ class DockerExecutor:
             raise ValueError("executor_id must not be empty")
         self.executor_id = executor_id
         self.client = client or DockerClient(pull_timeout=pull_timeout_seconds)
-        self.policy = ExecutorPolicy(tuple(allowed_mount_roots), allow_bridge_network)
+        # ``policy`` (a worker's, whole) or the two options it is made of.
+        self.policy = policy or ExecutorPolicy(tuple(allowed_mount_roots), allow_bridge_network)
         self.stop_grace_seconds = stop_grace_seconds
         self.retention_seconds = retention_seconds
         self.keep_containers = keep_containers

@@ -26,8 +26,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-from redis.backoff import ExponentialWithJitterBackoff
-
 from schemas import ExecutionResult
 from schemas.connections import REDIS_DOWN, ride_out_outage
 from worker.execution.logs import LogResume, LogShipper, ResumedSource
@@ -45,7 +43,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-_SETTLE_BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.2)
 _SETTLE_ATTEMPTS = 60
 
 
@@ -182,6 +179,6 @@ def _with_redis_retry(action: Callable[[], None], execution_id: str) -> None:
         log.warning("execution %s: settling the rq job failed (%s); retrying", execution_id, exc)
 
     try:
-        ride_out_outage(action, away, backoff=_SETTLE_BACKOFF, retries=_SETTLE_ATTEMPTS - 1)
+        ride_out_outage(action, away, retries=_SETTLE_ATTEMPTS - 1)
     except REDIS_DOWN:  # the reaper settles it later
         log.error("execution %s: could not settle the rq job; the reaper will", execution_id)

@@ -20,12 +20,12 @@ from collections.abc import Callable
 from contextlib import AbstractContextManager
 from typing import TYPE_CHECKING
 
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.retry import Retry
 from rq.job import JobStatus
 from rq.utils import as_text, parse_composite_key
 
 from schemas import ExecutionStatus, Outcome
+from schemas.connections import RECONNECT_BACKOFF
 from worker.faults import settle
 from worker.service import runtime as runtime_module
 
@@ -37,8 +37,6 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-#: How the worker's main thread backs off while Redis or the Docker daemon is away.
-OUTAGE_BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.25)
 # Before taking a job the daemon must answer; an answer this recent counts (see wait_for_docker).
 DOCKER_FRESH_SECONDS = 1.0
 
@@ -119,6 +117,6 @@ def wait_for_docker(worker: DockrqWorker, holding_stop: Callable[[], AbstractCon
             log.warning("Worker %s: the Docker daemon does not answer; taking no job until it does", worker.name)
         worker.heartbeat()
 
-    Retry(OUTAGE_BACKOFF, -1, supported_errors=(DaemonAway,)).call_with_retry(ping, away, with_failure_count=True)
+    Retry(RECONNECT_BACKOFF, -1, supported_errors=(DaemonAway,)).call_with_retry(ping, away, with_failure_count=True)
     if failed:
         log.info("Worker %s: the Docker daemon is back", worker.name)

@@ -20,12 +20,13 @@ import redis
 from rq.serializers import JSONSerializer
 from rq.worker_pool import WorkerPool
 
-from worker.executor import CleanupError, DockerUnavailableError, ExecutorError, new_executor
+from schemas.connections import client_from_url
+from worker.executor import CleanupError, DockerUnavailableError, ExecutorError
 
 from worker.service import doctor
 from worker.config.policy import PULL_POLICIES
 from worker.service.worker import DockrqWorker
-from worker.service.runtime import WorkerRuntime, install
+from worker.service.runtime import WorkerRuntime, build_executor, install
 from worker.config.settings import SettingsError, WorkerSettings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
@@ -175,7 +176,7 @@ def run(ctx: click.Context, **given: Any) -> None:
     opts = _options(ctx, given)
     settings = _settings(opts)
     level = _setup_logging(opts.get("log_level"))
-    connection = redis.Redis.from_url(settings.redis_url)
+    connection = client_from_url(settings.redis_url)
     _require(doctor.check_redis(settings))
     _require(doctor.check_docker(settings))
     runtime = install(WorkerRuntime(settings))
@@ -206,7 +207,7 @@ def cleanup(ctx: click.Context, **given: Any) -> None:
     """
     settings = _settings(_options(ctx, given))
     _setup_logging(_options(ctx, given).get("log_level") or "WARNING")
-    executor = new_executor(settings.executor_id)
+    executor = build_executor(settings)
     try:
         report = executor.cleanup()
     except CleanupError as exc:

@@ -47,7 +47,7 @@ from rq.worker.base import WorkerStatus
 
 from schemas.connections import REDIS_DOWN, ride_out_outage
 from worker.faults.liveness import identity, rq_heartbeat_ttl
-from worker.faults.outage import OUTAGE_BACKOFF, settle_after_outage, wait_for_docker
+from worker.faults.outage import settle_after_outage, wait_for_docker
 from worker.faults.reaper import Reaper
 from worker.service import runtime as runtime_module
 from worker.service.heartbeat import Heartbeat
@@ -238,7 +238,7 @@ class DockrqWorker(SimpleWorker):
         def away(exc: Exception, failures: int) -> None:
             self.log.error("Worker %s: Redis unreachable (%s); retrying", self.name, exc)
 
-        ride_out_outage(lambda: super(DockrqWorker, self).check_for_suspension(burst), away, backoff=OUTAGE_BACKOFF)
+        ride_out_outage(lambda: super(DockrqWorker, self).check_for_suspension(burst), away)
 
     def run_maintenance_tasks(self) -> None:
         try:
@@ -266,7 +266,6 @@ class DockrqWorker(SimpleWorker):
         ride_out_outage(
             lambda: super(DockrqWorker, self).handle_job_success(job, queue, started_job_registry, execution),
             away,
-            backoff=OUTAGE_BACKOFF,
         )
 
     def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
@@ -279,7 +278,7 @@ class DockrqWorker(SimpleWorker):
             super().execute_job(job, queue)
         except REDIS_DOWN as exc:
             self.log.error("Worker %s: Redis failed around job %s (%s); settling it once Redis is back", self.name, job.id, exc)
-            ride_out_outage(self.connection.ping, backoff=OUTAGE_BACKOFF)
+            ride_out_outage(self.connection.ping)
             settle_after_outage(self, job, queue, self._performed_job_id)
 
     # -- Docker outages ------------------------------------------------------------------
