@@ -64,6 +64,9 @@ ENV_VARS: dict[str, str] = {
     **{var: f"policy.{field}" for field, var in POLICY_ENV_VARS.items()},
 }
 
+# Settings field ("policy." fields by their own name) -> environment variable, for help texts.
+SETTING_ENV: dict[str, str] = {field.removeprefix("policy."): var for var, field in ENV_VARS.items()}
+
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
 
 
