@@ -42,7 +42,7 @@ DEFAULT_PULL_POLICY: str = ExecutionRequest.model_fields["pull_policy"].default
 # Docker refuses a memory limit below 6 MiB.
 MIN_MEMORY = 6 * MiB
 
-# Policy field -> environment variable; worker.settings adds these to its own.
+# Policy field -> environment variable; worker.config.settings adds these to its own.
 POLICY_ENV_VARS: dict[str, str] = {
     "max_memory": "DOCKRQ_MAX_MEMORY",
     "max_cpus": "DOCKRQ_MAX_CPUS",

@@ -60,7 +60,7 @@ ENV_VARS: dict[str, str] = {
     "DOCKRQ_REAP_INTERVAL_SECONDS": "reap_interval_seconds",
     "DOCKRQ_ORPHAN_GRACE_SECONDS": "orphan_grace_seconds",
     "DOCKRQ_OUTCOME_RETRY_SECONDS": "outcome_retry_seconds",
-    # What requests may ask for (worker/policy.py): DOCKRQ_MAX_MEMORY, DOCKRQ_ALLOWED_MOUNT_ROOTS, ...
+    # What requests may ask for (worker/config/policy.py): DOCKRQ_MAX_MEMORY, DOCKRQ_ALLOWED_MOUNT_ROOTS, ...
     **{var: f"policy.{field}" for field, var in POLICY_ENV_VARS.items()},
 }
 
@@ -94,7 +94,7 @@ class WorkerSettings(BaseModel):
     )
     stop_grace_seconds: float = Field(default=DEFAULT_STOP_GRACE_SECONDS, ge=0, le=3600)
     log_stream_maxlen: int = Field(default=DEFAULT_LOG_STREAM_MAXLEN, ge=1)
-    # rq job data larger than this (the request plus its rq framing) is rejected unread (worker/rq_job.py).
+    # rq job data larger than this (the request plus its rq framing) is rejected unread (worker/service/job.py).
     max_request_bytes: Annotated[int, BeforeValidator(parse_size)] = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=MIN_MAX_REQUEST_BYTES)
     policy: WorkerPolicy = Field(default_factory=WorkerPolicy)
     # A worker refreshes its rq heartbeat this often; one silent for reap_after_seconds is dead,
