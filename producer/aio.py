@@ -11,7 +11,6 @@ connections for any number of ids); logs use ``producer.logs``' cursor.
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 from collections.abc import AsyncIterator, Iterable
@@ -26,17 +25,22 @@ from rq.utils import as_text
 
 from schemas import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_RETENTION_SECONDS, ExecutionRequest, LogEntry, Outcome
 
+from schemas.connections import DEFAULT_REDIS_URL, async_client_from_url, ride_out_outage_async
+
+from . import cancel as cancelling
 from . import dependencies, groups
 from .aio_logs import AsyncLogReader
-from .client import CLAIM_LUA, DEFAULT_REDIS_URL, CancelResult, Producer, Submission
+from .cancel import CancelResult
+from .client import Producer
 from .errors import DuplicateExecution, ExecutionNotFound
-from .many import CHUNK, DEFAULT_RECHECK_SECONDS, RECONNECT, SLICE_SECONDS, FollowState, WaitTimeout, unique_ids
+from .many import CHUNK, DEFAULT_RECHECK_SECONDS, SLICE_SECONDS, FollowState, WaitTimeout, unique_ids
+from .planning import Submission
+from .scripts import CLAIM_LUA
 from .status import ExecutionStatusView, build_view
 
 log = logging.getLogger(__name__)
 
 Request = ExecutionRequest | dict[str, Any] | str | bytes
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 class _NoConnectionPool(redis.ConnectionPool):
@@ -74,7 +78,7 @@ class AsyncProducer:
         retention_seconds: int = DEFAULT_RETENTION_SECONDS,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
     ) -> None:
-        self._client = connection if connection is not None else aioredis.Redis.from_url(redis_url)
+        self._client = connection if connection is not None else async_client_from_url(redis_url)
         self._owns_client = connection is None
         self.planner = Producer(
             connection=redis.Redis(connection_pool=_NoConnectionPool()),
@@ -233,34 +237,40 @@ class AsyncProducer:
         """As ``Producer.as_completed``: each Outcome once as it ends, on two connections."""
         state = FollowState(unique_ids(execution_ids), timeout, recheck_seconds)
         pubsub: aioredis.client.PubSub | None = None
-        failures = 0
+
+        async def listen() -> None:
+            nonlocal pubsub
+            if pubsub is None:
+                pubsub = await self._subscribe(state)
+            state.on_message(await pubsub.get_message(timeout=state.block_for(time.monotonic())))
+            while (message := await pubsub.get_message(timeout=0)) is not None:
+                state.on_message(message)
+
+        async def away(exc: Exception, failures: int) -> None:
+            nonlocal pubsub
+            if pubsub is not None:  # a fresh subscription (and with it a full check) once Redis is back
+                await _close(pubsub)
+                pubsub = None
+            log.warning("following %d execution(s): Redis error (%s); retrying", len(state.pending), exc)
+
+        def in_time() -> bool:
+            state.remaining(time.monotonic())  # raises WaitTimeout once the deadline has passed
+            return True
+
         try:
             while state.pending:
-                try:
-                    if pubsub is None:
-                        pubsub = await self._subscribe(state)
-                    wanted, full = state.to_read(time.monotonic())
-                    if wanted:
-                        raws, exists = await self._read_outcomes(wanted, full)
-                        for outcome in state.on_outcomes(wanted, raws, time.monotonic(), exists):
-                            yield outcome
-                        if full:
-                            state.full_check_done()
-                        if not state.pending:
-                            return
-                    state.on_message(await pubsub.get_message(timeout=state.block_for(time.monotonic())))
-                    while (message := await pubsub.get_message(timeout=0)) is not None:
-                        state.on_message(message)
-                    failures = 0
-                except _REDIS_DOWN as exc:
-                    if pubsub is not None:
-                        await _close(pubsub)
-                        pubsub = None
-                    failures += 1
-                    pause = RECONNECT.compute(failures)
-                    left = state.remaining(time.monotonic())
-                    log.warning("following %d execution(s): Redis error (%s); retrying", len(state.pending), exc)
-                    await asyncio.sleep(pause if left is None else min(pause, left))
+                wanted, full = state.to_read(time.monotonic())
+                if wanted:
+                    raws, exists = await ride_out_outage_async(
+                        lambda: self._read_outcomes(wanted, full), away, keep_trying=in_time
+                    )
+                    for outcome in state.on_outcomes(wanted, raws, time.monotonic(), exists):
+                        yield outcome
+                    if full:
+                        state.full_check_done()
+                    if not state.pending:
+                        return
+                await ride_out_outage_async(listen, away, keep_trying=in_time)
         finally:
             if pubsub is not None:
                 await _close(pubsub)
@@ -332,7 +342,9 @@ class AsyncProducer:
                 claimed = job is not None or bool(await pipe.exists(self.keys.claim(execution_id)))
                 recorder = self.planner.connection.pipeline()
                 try:
-                    result = self.planner.cancel_commands(recorder, execution_id, _outcome(raw_outcome), job, claimed)
+                    result = cancelling.cancel_commands(
+                        recorder, self.keys, self.retention_seconds, execution_id, _outcome(raw_outcome), job, claimed
+                    )
                     commands = list(recorder.command_stack)
                 finally:
                     recorder.reset()

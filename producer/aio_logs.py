@@ -11,17 +11,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import redis
 import redis.asyncio as aioredis
 
 from schemas import LogBatch, LogEntry
+from schemas.connections import BLOCK_SLICE_SECONDS, REDIS_DOWN, ride_out_outage_async
 
-from .connections import BLOCK_SLICE_SECONDS
-from .logs import _PAGE, _RECONNECT, GAP_RECHECK_SECONDS, LogCursor, _batch_of, _entries_wanted
+from .logs import _PAGE, GAP_RECHECK_SECONDS, LogCursor, _entries_wanted
 
 log = logging.getLogger(__name__)
-_REDIS_DOWN = (redis.ConnectionError, redis.TimeoutError, OSError)
 
 
 class AsyncLogReader:
@@ -66,7 +66,7 @@ class AsyncLogReader:
         while True:
             page = await self._client.xrevrange(self._stream, upper, "-", count=_PAGE if wanted else 1)
             for entry_id, fields in page:
-                newest_first.append((entry_id, _batch_of(fields)))
+                newest_first.append((entry_id, LogBatch.from_stream_entry(fields)))
                 have += len(newest_first[-1][1].entries)
             if not page or have >= wanted or len(page) < _PAGE:
                 break
@@ -87,7 +87,7 @@ class AsyncLogReader:
             page = await self._client.xrange(self._stream, "(" + self.cursor.last_id.decode(), "+", count=_PAGE)
             for entry_id, fields in page:
                 self.cursor.last_id = entry_id
-                out.extend(self.cursor.take(_batch_of(fields), skip_gap=True) or ())
+                out.extend(self.cursor.take(LogBatch.from_stream_entry(fields), skip_gap=True) or ())
                 if self.cursor.eof:
                     return out
             if len(page) < _PAGE:
@@ -105,32 +105,40 @@ class AsyncLogReader:
         raise redis.TimeoutError(f"no subscribe confirmation for {self._channel}")
 
     async def _live(self, pubsub: aioredis.client.PubSub) -> AsyncIterator[LogEntry]:
-        failures = 0
         while not self.cursor.eof:
-            try:
-                message = await pubsub.get_message(timeout=BLOCK_SLICE_SECONDS)
-                if message is None:
-                    if await self._is_over():
-                        for entry in await self._catch_up():
-                            yield entry
-                        return
-                    continue
-                failures = 0
-                if message["type"] != "message":
-                    continue
-                batch = LogBatch.model_validate_json(message["data"])
+            # PubSub reconnects and resubscribes on its next read; what was published
+            # while Redis was away is recovered from the stream by the gap check.
+            entries, ended = await ride_out_outage_async(lambda: self._next_live(pubsub), _follow_interrupted)
+            for entry in entries:
+                yield entry
+            if ended:
+                return
+
+    async def _next_live(self, pubsub: aioredis.client.PubSub) -> tuple[list[LogEntry], bool]:
+        """As ``LogReader._next_live``: the entries of the next live message, and whether the
+        execution ended without an eof batch. All or nothing: a Redis error leaves the cursor as it was."""
+        saved = replace(self.cursor)
+        try:
+            message = await pubsub.get_message(timeout=BLOCK_SLICE_SECONDS)
+            if message is None:
+                ended = await self._is_over()
+                return (await self._catch_up() if ended else []), ended
+            if message["type"] != "message":
+                return [], False
+            batch = LogBatch.model_validate_json(message["data"])
+            fresh = self.cursor.take(batch, skip_gap=False)
+            caught_up: list[LogEntry] = []
+            for pause in (0.0, GAP_RECHECK_SECONDS):
+                if fresh is not None:
+                    break
+                await asyncio.sleep(pause)
+                caught_up += await self._catch_up()
                 fresh = self.cursor.take(batch, skip_gap=False)
-                for pause in (0.0, GAP_RECHECK_SECONDS):
-                    if fresh is not None:
-                        break
-                    await asyncio.sleep(pause)
-                    for entry in await self._catch_up():
-                        yield entry
-                    fresh = self.cursor.take(batch, skip_gap=False)
-                for entry in fresh if fresh is not None else self.cursor.take(batch, skip_gap=True) or ():
-                    yield entry
-            except _REDIS_DOWN as exc:
-                failures += 1
-                delay = _RECONNECT.compute(failures)
-                log.warning("log follow: Redis error (%s); retrying in %.1fs", exc, delay)
-                await asyncio.sleep(delay)
+            return caught_up + (fresh if fresh is not None else self.cursor.take(batch, skip_gap=True) or []), False
+        except REDIS_DOWN:
+            self.cursor = saved
+            raise
+
+
+async def _follow_interrupted(exc: Exception, failures: int) -> None:
+    log.warning("log follow: Redis error (%s); retrying", exc)

@@ -23,11 +23,10 @@ import logging
 import re
 import time
 from collections.abc import Iterable, Iterator
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from typing import Any
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
 from rq import Queue
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -46,37 +45,42 @@ from schemas import (
     Outcome,
 )
 
+from schemas.connections import (  # DEFAULT_REDIS_URL re-exported: it was defined here before
+    BLOCK_SLICE_SECONDS,
+    DEFAULT_REDIS_URL,
+    REDIS_DOWN,
+    blocking_twin,
+    clients_from_url,
+    ride_out_outage,
+)
+
 from . import dependencies, groups, many
-from .cancelling import CancelResult, Canceller  # noqa: F401 - CancelResult re-exported
-from .connections import BLOCK_SLICE_SECONDS, blocking_twin, clients_from_url
+from .cancel import CancelResult
+from .cancel import cancel as cancel_execution
 from .errors import DuplicateExecution, ExecutionNotFound
 from .jobhash import JobWriter
 from .logs import LogReader
 from .many import DEFAULT_RECHECK_SECONDS
 from .planning import (  # noqa: F401 - re-exported: submit planning lived here before producer.planning
-    CLAIM_LUA,
     JOB_TIMEOUT_MARGIN_SECONDS,
     NO_RQ_TIMEOUT,
-    PUBLISH_MANY_LUA,
     Submission,
     SubmitPlanner,
     parse_request,
 )
-from .status import ExecutionStatusView, build_view
+from .scripts import CLAIM_LUA
+from .status import ExecutionStatusView, build_view, recent_views
 
 log = logging.getLogger(__name__)
 
 _ID_RE = re.compile(EXECUTION_ID_PATTERN)
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # How long an id may have a claim but no rq job before a waiter calls it gone
 # (the claim-then-enqueue window is milliseconds).
 VANISH_GRACE_SECONDS = 3.0
 
-_RECONNECT = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
 
-
-class Producer(SubmitPlanner, Canceller):
+class Producer(SubmitPlanner):
     """Submit, wait for, follow and cancel executions. One instance per process is plenty;
     it is safe to share between threads (redis-py pools its connections)."""
 
@@ -265,30 +269,40 @@ class Producer(SubmitPlanner, Canceller):
         self._require_known(execution_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         missing_since: float | None = None
-        failures = 0
+
+        def redis_away(exc: Exception, failures: int) -> None:
+            log.warning("waiting for %s: Redis error (%s); retrying", execution_id, exc)
+
+        def in_time() -> bool:
+            return deadline is None or time.monotonic() < deadline
+
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"execution {execution_id} still running after {timeout}s")
             block = BLOCK_SLICE_SECONDS if remaining is None else max(min(BLOCK_SLICE_SECONDS, remaining), 0.01)
             try:
-                raw = self._blocking.blmove(key, key, block, "RIGHT", "LEFT")
-                if raw is not None:
-                    return Outcome.model_validate_json(raw)
-                has_outcome, has_job, _ = self._presence(execution_id)
-                failures = 0
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                failures += 1
-                pause = _RECONNECT.compute(failures)
-                log.warning("waiting for %s: Redis error (%s); retrying in %.1fs", execution_id, exc, pause)
-                time.sleep(pause)
-                continue
+                raw, has_outcome, has_job = ride_out_outage(
+                    lambda: self._wait_slice(execution_id, key, block), redis_away, keep_trying=in_time
+                )
+            except REDIS_DOWN:
+                continue  # away past the deadline: TimeoutError above
+            if raw is not None:
+                return Outcome.model_validate_json(raw)
             if has_outcome or has_job:
                 missing_since = None
             elif missing_since is None:
                 missing_since = time.monotonic()
             elif time.monotonic() - missing_since > VANISH_GRACE_SECONDS:
                 raise ExecutionNotFound(execution_id, "execution vanished (no rq job and no outcome)")
+
+    def _wait_slice(self, execution_id: str, key: str, block: float) -> tuple[bytes | None, bool, bool]:
+        """One BLMOVE of at most ``block`` seconds: (the outcome, or None and whether an outcome / rq job exists)."""
+        raw = self._blocking.blmove(key, key, block, "RIGHT", "LEFT")
+        if raw is not None:
+            return raw, True, True
+        has_outcome, has_job, _ = self._presence(execution_id)
+        return None, has_outcome, has_job
 
     def as_completed(
         self, execution_ids: Iterable[str], timeout: float | None = None, *, recheck_seconds: float = DEFAULT_RECHECK_SECONDS
@@ -348,27 +362,19 @@ class Producer(SubmitPlanner, Canceller):
         Reads rq's queue and registries (queued, scheduled, started, finished,
         failed, canceled) without cleaning them: listing must not change state.
         """
-        ids: dict[str, None] = {}
-        for name in queues or [self.queue]:
-            q = self.rq_queue(name)
-            ids.update(dict.fromkeys(reversed(q.get_job_ids(offset=-limit))))
-            for registry in (
-                q.started_job_registry,
-                q.scheduled_job_registry,
-                q.finished_job_registry,
-                q.failed_job_registry,
-                q.canceled_job_registry,
-            ):
-                ids.update(dict.fromkeys(registry.get_job_ids(0, limit - 1, desc=True, cleanup=False)))
-        jobs = [j for j in Job.fetch_many(list(ids), connection=self._client, serializer=JSONSerializer) if j]
-        with self._client.pipeline(transaction=False) as pipe:
-            for job in jobs:
-                pipe.lindex(self.keys.outcome(job.id), 0)
-            raw_outcomes = pipe.execute()
-        views = [
-            build_view(job.id, job, Outcome.model_validate_json(raw) if raw else None)
-            for job, raw in zip(jobs, raw_outcomes, strict=True)
-        ]
-        epoch = datetime.min.replace(tzinfo=timezone.utc)
-        views.sort(key=lambda v: v.enqueued_at or epoch, reverse=True)
-        return views[:limit]
+        return recent_views(self._client, self.keys, [self.rq_queue(n) for n in queues or [self.queue]], limit)
+
+    # -- cancel --------------------------------------------------------------
+
+    def cancel(self, execution_id: str) -> CancelResult:
+        """Cancel an execution (``producer.cancel``).
+
+        Queued, scheduled, deferred or waiting for a concurrency slot: the rq job is
+        cancelled and a ``cancelled`` outcome written, in one transaction that aborts
+        if a worker takes the job meanwhile ("cancelled"). Running (or about to be
+        enqueued): the worker is told through the flag and the control channel
+        ("signalled"). The flag is set in every case so a worker that dequeues the
+        job concurrently sees it. Raises ExecutionAlreadyFinished or ExecutionNotFound.
+        """
+        self._check_id(execution_id)
+        return cancel_execution(self._client, self.keys, self.retention_seconds, execution_id)

@@ -10,9 +10,10 @@ execution whose dependencies have all ``succeeded``.
 
 dockrq jobs always finish in rq terms (the outcome key is the real result), so
 rq releases a dependent whatever its dependency's outcome; the worker checks the
-dependencies' outcomes before it starts one (``worker.dependencies``) and ends it
-``cancelled``/``dependency_failed`` naming the first that did not succeed. Its
-own dependents follow the same way.
+dependencies' outcomes before it starts one (``worker.execution.dependencies``;
+the reaper's ``worker.faults.dependents`` sweep handles those rq never releases)
+and ends it ``cancelled``/``dependency_failed`` naming the first that did not
+succeed. Its own dependents follow the same way.
 """
 
 from __future__ import annotations

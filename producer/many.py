@@ -28,10 +28,10 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
 from rq.job import Job
 
 from schemas import EXECUTION_ID_PATTERN, ExecutionStatus, Keys, Outcome
+from schemas.connections import ride_out_outage
 
 from .errors import ExecutionNotFound
 
@@ -44,7 +44,6 @@ DEFAULT_RECHECK_SECONDS = 5.0  # every pending outcome key is read again at leas
 CHUNK = 500  # ids per pipelined read
 SLICE_SECONDS = 1.0  # longest single block on the subscription
 VANISH_GRACE_SECONDS = 3.0  # as Producer.wait: claim-then-enqueue takes milliseconds
-RECONNECT = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
 _FINAL = frozenset(s.value for s in ExecutionStatus)
 _SHOWN_IDS = 20
 
@@ -219,33 +218,38 @@ def follow(
     """
     state = FollowState(unique_ids(ids), timeout, recheck_seconds)
     pubsub: PubSub | None = None
-    failures = 0
+
+    def listen() -> None:
+        """(Re)subscribe if needed, then take the subscription's messages for one slice."""
+        nonlocal pubsub
+        if pubsub is None:
+            pubsub = _subscribe(blocking, keys, state)
+        state.on_message(pubsub.get_message(timeout=state.block_for(time.monotonic())))
+        while (message := pubsub.get_message(timeout=0)) is not None:
+            state.on_message(message)
+
+    def away(exc: Exception, failures: int) -> None:
+        nonlocal pubsub
+        if pubsub is not None:  # a fresh subscription (and with it a full check) once Redis is back
+            _close(pubsub)
+            pubsub = None
+        log.warning("following %d execution(s): Redis error (%s); retrying", len(state.pending), exc)
+
+    def in_time() -> bool:
+        state.remaining(time.monotonic())  # raises WaitTimeout once the deadline has passed
+        return True
+
     try:
         while state.pending:
-            try:
-                if pubsub is None:
-                    pubsub = _subscribe(blocking, keys, state)
-                wanted, full = state.to_read(time.monotonic())
-                if wanted:
-                    raws, exists = read_outcomes(client, keys, wanted, full)
-                    yield from state.on_outcomes(wanted, raws, time.monotonic(), exists)
-                    if full:
-                        state.full_check_done()
-                    if not state.pending:
-                        return
-                state.on_message(pubsub.get_message(timeout=state.block_for(time.monotonic())))
-                while (message := pubsub.get_message(timeout=0)) is not None:
-                    state.on_message(message)
-                failures = 0
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                if pubsub is not None:
-                    _close(pubsub)
-                    pubsub = None
-                failures += 1
-                pause = RECONNECT.compute(failures)
-                left = state.remaining(time.monotonic())
-                log.warning("following %d execution(s): Redis error (%s); retrying in %.1fs", len(state.pending), exc, pause)
-                time.sleep(pause if left is None else min(pause, left))
+            wanted, full = state.to_read(time.monotonic())
+            if wanted:
+                raws, exists = ride_out_outage(lambda: read_outcomes(client, keys, wanted, full), away, keep_trying=in_time)
+                yield from state.on_outcomes(wanted, raws, time.monotonic(), exists)
+                if full:
+                    state.full_check_done()
+                if not state.pending:
+                    return
+            ride_out_outage(listen, away, keep_trying=in_time)
     finally:
         if pubsub is not None:
             _close(pubsub)

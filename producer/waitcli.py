@@ -53,3 +53,31 @@ def wait_several(
         click.echo(f"dockrq: {exc}", err=True)
         worst = max(worst, ((_RANK_WAIT_TIMEOUT, 0), EXIT_WAIT_TIMEOUT))
     return worst[1]
+
+
+def outcome_shown(outcome: Outcome) -> str:
+    """The status, with what an operator asks next: which exit code, OOM or not, and the error
+    code of a run dockrq itself could not finish (``dockrq ls``, ``dockrq wait ID...``)."""
+    state = outcome.status.value
+    if outcome.result is not None and outcome.result.oom_killed:
+        return f"{state} (oom)"
+    if outcome.status == ExecutionStatus.FAILED and outcome.exit_code is not None:
+        return f"{state} ({outcome.exit_code})"
+    if outcome.error is not None and outcome.error.code != outcome.status.value:
+        return f"{state} ({outcome.error.code})"
+    return state
+
+
+def one_line_reporter(as_json: bool, exit_code_for: Callable[[Outcome], int]) -> Callable[[Outcome], int]:
+    """``report`` for ``wait_several``: one line per ended execution (``ID  STATUS  detail``, or
+    its outcome as a JSON line); returns its exit code by ``exit_code_for``."""
+
+    def report(outcome: Outcome) -> int:
+        if as_json:
+            click.echo(outcome.model_dump_json())
+        else:
+            detail = outcome.error.message if outcome.error is not None and outcome.error.message else ""
+            click.echo(f"{outcome.execution_id}  {outcome_shown(outcome)}" + (f"  {detail}" if detail else ""))
+        return exit_code_for(outcome)
+
+    return report

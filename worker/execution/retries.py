@@ -11,7 +11,7 @@ returns rq's ``Retry`` instead of its summary; rq (``handle_job_retry``) records
 ``retried`` result, takes the job off the StartedJobRegistry and puts it back at the
 head of its queue, or, with a backoff, in the ScheduledJobRegistry, from which rq's
 scheduler enqueues it when it is due. A worker that died mid-attempt is handed to the
-same rq call by the reaper (``retry_lost``), once its container is stopped and removed.
+same rq call by the reaper's dead-workers sweep (``retry_lost``), once its container is stopped and removed.
 dockrq counts the attempts itself (rq's ``max`` is set past the count, so rq never
 gives up first): the rq job's meta carries ``attempts`` (the attempt running or next
 to run) and ``previous_attempts`` (how each earlier one ended).
@@ -53,9 +53,8 @@ from schemas import (
     Outcome,
     attempts_from_meta,
 )
-from worker.executor.client import DAEMON_ERRORS
-
-from . import settle
+from worker.executor import DAEMON_ERRORS
+from worker.faults import settle
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -63,8 +62,8 @@ if TYPE_CHECKING:
     from rq.job import Job
     from rq.queue import Queue
 
-    from .jobs import ExecutionRun
-    from .reaper import Reaper
+    from worker.execution.run import ExecutionRun
+    from worker.faults.sweep import SweepContext
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +130,7 @@ def _publish(connection: Redis, events_key: str, execution_id: str, state: Execu
         log.warning("execution %s: %s event not published: %s", execution_id, state.value, exc)
 
 
-# -- the job function (worker.jobs.ExecutionRun) -------------------------------------------
+# -- the job function (worker.execution.run.ExecutionRun) -----------------------------------
 
 
 def begin_attempt(run: ExecutionRun) -> None:
@@ -171,14 +170,18 @@ def next_attempt(run: ExecutionRun, outcome: Outcome) -> Retry | None:
 
 
 def _container_removed(run: ExecutionRun, outcome: Outcome) -> bool:
-    """The attempt's container is gone (the executor removes it as it ends; this makes sure)."""
-    container_id = outcome.result.container_id if outcome.result is not None else None
-    if not container_id:
-        return True
+    """The attempt's container is gone (the executor removes it as it ends; this makes sure,
+    through the executor's owned-containers face: every container of the execution from this
+    worker's executor id)."""
+    if outcome.result is None or not outcome.result.container_id:
+        return True  # no container was made
+    executor = run.runtime.executor
     try:
-        run.runtime.executor.client.remove(container_id)
+        for container in executor.owned_containers(run.execution_id):
+            if container.executor_id == run.runtime.settings.executor_id:
+                executor.remove_container(container)
     except DAEMON_ERRORS as exc:
-        log.warning("execution %s: container %s not removed (%s); not retrying", run.execution_id, container_id[:12], exc)
+        log.warning("execution %s: attempt's container not removed (%s); not retrying", run.execution_id, exc)
         return False
     return True
 
@@ -188,28 +191,28 @@ def _entries_sent(connection: Redis, stream: str) -> int:
     last = connection.xrevrange(stream, "+", "-", count=1)
     if not last:
         return 0
-    batch = LogBatch.model_validate_json(last[0][1][b"batch"])
+    batch = LogBatch.from_stream_entry(last[0][1])
     return batch.seq + len(batch.entries)
 
 
-# -- the reaper: a worker died mid-attempt ---------------------------------------------------
+# -- the reaper (worker.faults.dead_workers): a worker died mid-attempt ----------------------
 
 
-def retry_lost(reaper: Reaper, job: Job, queue: Queue, execution: Execution, owner_name: str) -> bool:
+def retry_lost(ctx: SweepContext, job: Job, queue: Queue, execution: Execution, owner_name: str) -> bool:
     """The attempt of a dead worker (its container already removed): hand the job to rq for
     another attempt if the request retries ``lost`` and has retries left. Whether it did."""
     policy = RetryPolicy.of(job)
     attempt = current_attempt(job)
     if policy is None or not policy.allows(ExecutionStatus.LOST, attempt):
         return False
-    if reaper.connection.exists(reaper.keys.cancel_flag(job.id)):
+    if ctx.connection.exists(ctx.keys.cancel_flag(job.id)):
         return False  # a cancel wins over a retry
     lost = Outcome.failure(job.id, ExecutionStatus.LOST, "worker_lost", f"worker {owner_name} died")
     backoff = policy.backoff_before(attempt + 1)
     state = _advance(job, attempt, lost, backoff)
     job.meta["lost_worker"] = owner_name
-    settle.retry(reaper.worker, job, queue, execution, rq_retry(job, backoff))
-    _publish(reaper.connection, reaper.keys.events, job.id, state, reaper.worker.name)
+    settle.retry(ctx.worker, job, queue, execution, rq_retry(job, backoff))
+    _publish(ctx.connection, ctx.keys.events, job.id, state, ctx.worker.name)
     log.warning(
         "execution %s: worker %s lost; attempt %d of %d %s", job.id, owner_name, attempt + 1,
         policy.request.retries + 1, f"in {backoff} s" if backoff else "re-enqueued",
