@@ -108,10 +108,19 @@ _POLICY_OPTIONS = [
     ),
     click.option("--default-memory", help="Memory limit of requests that give none (env DOCKRQ_DEFAULT_MEMORY; default 1g)."),
     click.option("--default-pids", help="Process limit of requests that give none (env DOCKRQ_DEFAULT_PIDS; default 512)."),
+    click.option(
+        "--allow-cap", "allowed_caps", multiple=True, metavar="CAP",
+        help="Capability requests may add (cap_add), e.g. NET_ADMIN, or ALL; repeatable (env DOCKRQ_ALLOWED_CAPS, comma list; default none).",
+    ),
+    click.option(
+        "--max-stop-timeout", "max_stop_timeout_seconds",
+        help="Longest stop_timeout (docker run --stop-timeout) in seconds (env DOCKRQ_MAX_STOP_TIMEOUT_SECONDS; default 60).",
+    ),
 ]
 _POLICY_FIELDS = (
     "max_memory", "max_cpus", "max_pids", "max_timeout_seconds", "max_output_bytes", "max_gpus", "allowed_images",
     "allowed_pull_policies", "allowed_mount_roots", "allow_bridge", "default_memory", "default_pids",
+    "allowed_caps", "max_stop_timeout_seconds",
 )
 
 
