@@ -15,6 +15,9 @@ from typing import Any
 import click
 
 EXIT_USAGE = 125  # docker run's "error of the docker command itself"
+_NO_ARGS_IS_HELP: tuple[type, ...] = tuple(
+    t for t in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if t is not None
+)
 
 
 def json_error(message: str, exit_code: int) -> None:
@@ -33,7 +36,9 @@ def _wants_json(ctx: click.Context, args: list[str]) -> bool:
 
 def usage_failure(exc: click.UsageError, ctx: click.Context, args: list[str]) -> click.ClickException | click.exceptions.Exit:
     """What to raise for ``exc``: itself with docker's exit code, or (``--json``) an Exit after
-    the error was printed as JSON."""
+    the error was printed as JSON. ``dockrq`` alone (click's help for no arguments) is left as is."""
+    if isinstance(exc, _NO_ARGS_IS_HELP):
+        return exc
     if _wants_json(ctx, args):
         json_error(exc.format_message(), EXIT_USAGE)
         return click.exceptions.Exit(EXIT_USAGE)

@@ -178,3 +178,33 @@ def test_cli_interactive_env_file_and_usage_errors(spawn_worker, worker, redis_u
     assert bogus.returncode == 125 and b"No such option" in bogus.stderr and b"--bogus" in bogus.stderr
     as_json = dockrq(spawn_worker, redis_url, "--json", "submit", "--bogus", test_image)
     assert as_json.returncode == 125 and b'"exit_code": 125' in as_json.stdout
+
+
+def test_job_description_runs_as_pasted_into_docker_run(producer, worker, test_image, unique):
+    """The rq job description (what the dashboard shows) is a docker run line that, pasted into a
+    shell with the real env value, runs the same container: same user, caps, mounts, limits, stdin."""
+    import shlex
+
+    from rq.job import Job
+    from rq.serializers import JSONSerializer
+
+    script = (
+        "cat; id; grep CapEff /proc/self/status; ulimit -n; grep -E ' /scratch | /dev/shm ' /proc/mounts; "
+        "touch /x 2>/dev/null || echo read-only; echo $TOKEN; tr '\\0' ' ' < /proc/1/cmdline | cut -d' ' -f1"
+    )
+    request = sh(
+        test_image, "describe", script, engine={"user": "1000:1000", "env": {"TOKEN": "s3cret"}},
+        read_only=True, tmpfs=[{"target": "/scratch", "size": "1m"}], resources={"shm_size": "128m"},
+        cap_drop=["ALL"], cap_add=["NET_ADMIN"], ulimits=[{"name": "nofile", "soft": 512, "hard": 1024}], init=True,
+        stop_signal="SIGUSR1", stop_timeout=3, labels={"dockrq-test-describe": unique},
+        stdin_base64="cGlwZWQK",  # "piped\n"
+    )
+    via_dockrq = run(producer, request)
+    assert via_dockrq.status == ExecutionStatus.SUCCEEDED, via_dockrq.result
+    description = Job.fetch(via_dockrq.execution_id, connection=producer.connection, serializer=JSONSerializer).description
+    assert "s3cret" not in description
+    words = shlex.split(description.replace("TOKEN=***", "TOKEN=s3cret"))
+    pasted = subprocess.run(words, input=b"piped\n", capture_output=True, timeout=60)
+    assert pasted.returncode == 0, pasted.stderr
+    assert pasted.stdout.decode() == via_dockrq.result.stdout
+    assert via_dockrq.result.stdout.startswith("piped\nuid=1000 gid=1000")
