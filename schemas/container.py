@@ -6,7 +6,7 @@ Each one keeps Docker's own name and meaning (``docker run --user``,
 ``--interactive``) and is validated here, so a typo is refused with the field
 named before anything is enqueued, rather than failing later in the daemon.
 What a worker *allows* (added capabilities, the longest stop timeout) is its
-policy's business (``worker/policy.py``), not the schema's.
+policy's business (``worker/config/policy.py``), not the schema's.
 """
 
 from __future__ import annotations

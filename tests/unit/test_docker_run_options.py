@@ -22,9 +22,9 @@ from producer.cli import cli
 from producer.describe import describe
 from producer.run_flags import read_env_files, read_stdin
 from schemas import MAX_STDIN_BYTES, ExecutionRequest, compact_payload
-from worker.executor.types import LABEL_EXECUTION, LABEL_EXECUTOR, ExecutorPolicy, build_container_spec
-from worker.policy import PolicyViolation, WorkerPolicy
-from worker.settings import SettingsError, WorkerSettings
+from worker.executor.spec import LABEL_EXECUTION, LABEL_EXECUTOR, ExecutorPolicy, build_container_spec
+from worker.config.policy import PolicyViolation, WorkerPolicy
+from worker.config.settings import SettingsError, WorkerSettings
 
 
 def make(**fields: Any) -> ExecutionRequest:

@@ -1,6 +1,6 @@
 """The ``docker run`` options of a request as Docker Engine API container settings.
 
-``build_container_spec`` (types.py) makes the container dockrq always makes (no
+``build_container_spec`` (spec.py) makes the container dockrq always makes (no
 privilege, ``no-new-privileges``, its labels, limits, mounts); this adds what
 the request asked for on top, each under Docker's own name, so the daemon reads
 them exactly as it reads ``docker run``'s flags:
