@@ -110,11 +110,15 @@ _OPTIONS = (
     click.option("--concurrency-key", metavar="KEY",
                  help="At most --concurrency-limit executions with this key run at once, fleet-wide."),
     click.option("--concurrency-limit", type=int, metavar="N", help="The limit for --concurrency-key."),
+    click.option("--at-front", is_flag=True, help="Put the execution at the head of its queue."),
+    click.option("--depends-on", multiple=True, metavar="ID",
+                 help="Start only after execution ID has succeeded (else end cancelled: dependency_failed). Repeatable."),
 )
 
 
 def scheduling_options(command: Callable[..., Any]) -> Callable[..., Any]:
-    """Add the retry and concurrency options to a click command."""
+    """Add the retry, concurrency, --at-front and --depends-on options to a click command
+    (the last two are ``submit()`` arguments, not request fields)."""
     for option in reversed(_OPTIONS):
         command = option(command)
     return command

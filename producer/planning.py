@@ -213,7 +213,7 @@ class SubmitPlanner:
 
         Raises RequestTooLarge (``where`` names the request) before anything else is made of it.
         """
-        payload = req.to_payload()
+        payload = req.model_dump(mode="json")
         size = request_size(payload)
         if size > self.max_request_bytes:
             raise RequestTooLarge(size, self.max_request_bytes, where)

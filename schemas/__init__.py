@@ -1,10 +1,11 @@
 """The wire contract of dockrq: pydantic models and Redis key names. No I/O here."""
 
+from .container import MAX_STDIN_BYTES, TmpfsMount, Ulimit, compact_payload
+
+from .scheduling import CONCURRENCY_KEY_PATTERN, DEFAULT_RETRY_ON, MAX_RETRIES
+
 from .execution import (
-    CONCURRENCY_KEY_PATTERN,
     DEFAULT_OUTPUT_LIMIT,
-    DEFAULT_RETRY_ON,
-    MAX_RETRIES,
     EXECUTION_ID_PATTERN,
     EngineSpec,
     ExecutionRequest,
@@ -61,6 +62,7 @@ __all__ = [
     "JOB_FRAMING_BYTES",
     "JOB_FUNCTION",
     "LOG_STREAM_FIELD",
+    "MAX_STDIN_BYTES",
     "MIN_MAX_REQUEST_BYTES",
     "EngineSpec",
     "Event",
@@ -79,8 +81,11 @@ __all__ = [
     "Resources",
     "META_ATTEMPTS",
     "META_PREVIOUS_ATTEMPTS",
+    "TmpfsMount",
+    "Ulimit",
     "as_json_object",
     "attempts_from_meta",
+    "compact_payload",
     "describe_validation_error",
     "format_size",
     "new_execution_id",

@@ -9,6 +9,7 @@ must not quietly run a job without a time limit.
 
 from __future__ import annotations
 
+import base64
 import enum
 import math
 import re
@@ -20,9 +21,36 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     field_validator,
+    model_serializer,
     model_validator,
+)
+
+from .container import (
+    TmpfsMount,
+    Ulimit,
+    check_labels,
+    check_stdin,
+    check_tmpfs,
+    check_ulimits,
+    check_user,
+    compact_payload,
+    normalize_capability,
+    normalize_signal,
+)
+from .scheduling import (
+    DEFAULT_RETRY_ON,
+    MAX_CONCURRENCY_LIMIT,
+    MAX_RETRIES,
+    BackoffSeconds,
+    ConcurrencyKey,
+    RetryStatus,
+    backoff_before,
+    check_backoff,
+    check_concurrency_pair,
+    compact_scheduling,
 )
 
 EXECUTION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -84,6 +112,7 @@ class EngineSpec(_Model):
     cmd: list[str] | None = None
     env: dict[str, str] = Field(default_factory=dict)
     working_dir: str | None = None
+    user: str | None = Field(default=None, description="docker run --user: uid[:gid] or name[:group]")
 
     @field_validator("image")
     @classmethod
@@ -115,6 +144,11 @@ class EngineSpec(_Model):
         if v is not None and not v.startswith("/"):
             raise ValueError("working_dir must be an absolute path")
         return v if v is None else _no_nul(v, "working_dir")
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str | None) -> str | None:
+        return check_user(v)
 
 
 class GpuRequest(_Model):
@@ -158,6 +192,8 @@ class Resources(_Model):
     memory: int | None = Field(default=None, ge=6 * 1024 * 1024, description="bytes; '256m' accepted")
     pids: int | None = Field(default=None, ge=1)
     gpus: GpuRequest | None = None
+    # /dev/shm (docker run --shm-size); Docker's default is 64 MiB. Counted against memory.
+    shm_size: int | None = Field(default=None, ge=4096, description="bytes; '256m' accepted")
 
     @field_validator("cpus")
     @classmethod
@@ -166,7 +202,7 @@ class Resources(_Model):
             raise ValueError("cpus must be a finite number")
         return v
 
-    @field_validator("memory", mode="before")
+    @field_validator("memory", "shm_size", mode="before")
     @classmethod
     def _memory(cls, v: object) -> object:
         return v if v is None else parse_size(v)  # type: ignore[arg-type]
@@ -189,20 +225,6 @@ class Mount(_Model):
         return _no_nul(v, "mount paths")
 
 
-MAX_RETRIES = 10
-MAX_BACKOFF_SECONDS = 7 * 24 * 3600
-MAX_CONCURRENCY_LIMIT = 100_000
-CONCURRENCY_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
-RetryStatus = Literal["failed", "timed_out", "error", "lost"]
-DEFAULT_RETRY_ON: tuple[RetryStatus, ...] = ("lost",)  # what ``retries`` always meant
-BackoffSeconds = Annotated[int, Field(ge=0, le=MAX_BACKOFF_SECONDS)]
-ConcurrencyKey = Annotated[str, StringConstraints(pattern=CONCURRENCY_KEY_PATTERN)]
-_OPTIONAL_ON_THE_WIRE = ("retry_on", "retry_backoff_seconds", "concurrency_key", "concurrency_limit")
-_WIRE_DEFAULTS: dict[str, Any] = {
-    "retry_on": list(DEFAULT_RETRY_ON), "retry_backoff_seconds": 0, "concurrency_key": None, "concurrency_limit": None,
-}
-
-
 class ExecutionRequest(_Model):
     """One execution: the unit a producer enqueues and a worker runs exactly once."""
 
@@ -216,8 +238,8 @@ class ExecutionRequest(_Model):
     output_limit_bytes: int = Field(default=DEFAULT_OUTPUT_LIMIT, ge=0, le=MAX_OUTPUT_LIMIT)
     pull_policy: Literal["if_not_present", "always", "never"] = "if_not_present"
     retries: int = Field(default=0, ge=0, le=MAX_RETRIES, description="attempts allowed after the first (see retry_on)")
-    # Retries and concurrency limits (worker/execution/retries.py, producer/concurrency.py). Written into
-    # the rq job only when set (``to_payload``), so workers that predate them still take the rest.
+    # Retries and concurrency limits (schemas/scheduling.py; worker/execution/retries.py,
+    # producer/concurrency.py). Written into the rq job only when set (``_wire_form``).
     retry_on: list[RetryStatus] = Field(
         default_factory=lambda: list(DEFAULT_RETRY_ON), min_length=1, max_length=4,
         description="the outcome statuses that use up a retry",
@@ -227,6 +249,17 @@ class ExecutionRequest(_Model):
     )
     concurrency_key: ConcurrencyKey | None = None
     concurrency_limit: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY_LIMIT)
+    # docker run options (schemas/container.py); the worker's policy bounds cap_add and stop_timeout.
+    read_only: bool = False
+    tmpfs: list[TmpfsMount] = Field(default_factory=list, max_length=16)
+    cap_add: list[str] = Field(default_factory=list, max_length=64)
+    cap_drop: list[str] = Field(default_factory=list, max_length=64)
+    ulimits: list[Ulimit] = Field(default_factory=list, max_length=16)
+    init: bool = False
+    stop_signal: str | None = None
+    stop_timeout: int | None = Field(default=None, ge=0, le=24 * 3600, description="seconds; grace of every stop")
+    labels: dict[str, str] = Field(default_factory=dict)
+    stdin_base64: str | None = Field(default=None, description="bytes given to the container's stdin (docker run -i)")
 
     @field_validator("timeout_seconds")
     @classmethod
@@ -243,32 +276,57 @@ class ExecutionRequest(_Model):
     @field_validator("retry_backoff_seconds")
     @classmethod
     def _backoff(cls, v: int | list[int]) -> int | list[int]:
-        if isinstance(v, list) and not 1 <= len(v) <= MAX_RETRIES:
-            raise ValueError(f"give a number, or a list of 1 to {MAX_RETRIES} numbers")
-        return v
+        return check_backoff(v)
 
     @model_validator(mode="after")
     def _concurrency_pair(self) -> ExecutionRequest:
-        if (self.concurrency_key is None) != (self.concurrency_limit is None):
-            raise ValueError("concurrency_key and concurrency_limit go together: give both or neither")
+        check_concurrency_pair(self.concurrency_key, self.concurrency_limit)
         return self
 
     def backoff_before(self, attempt: int) -> int:
-        """Seconds to wait before ``attempt`` (2 = the first retry), as rq's ``Retry.get_interval``:
-        one number for every retry, or the list's entry for this retry, its last repeating."""
-        backoff = self.retry_backoff_seconds
-        if isinstance(backoff, int):
-            return backoff
-        return backoff[min(max(attempt - 2, 0), len(backoff) - 1)]
+        """Seconds to wait before ``attempt`` (2 = the first retry); see schemas.scheduling."""
+        return backoff_before(self.retry_backoff_seconds, attempt)
 
-    def to_payload(self) -> dict[str, Any]:
-        """The request as the JSON object stored in the rq job: the fields added for retries and
-        concurrency limits are left out while they have their defaults."""
-        payload = self.model_dump(mode="json")
-        for name in _OPTIONAL_ON_THE_WIRE:
-            if payload[name] == _WIRE_DEFAULTS[name]:
-                payload.pop(name)
-        return payload
+    @field_validator("cap_add", "cap_drop")
+    @classmethod
+    def _caps(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(normalize_capability(c) for c in v))
+
+    @field_validator("stop_signal")
+    @classmethod
+    def _signal(cls, v: str | None) -> str | None:
+        return v if v is None else normalize_signal(v)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_labels(v)
+
+    @field_validator("stdin_base64")
+    @classmethod
+    def _stdin(cls, v: str | None) -> str | None:
+        return check_stdin(v)
+
+    @field_validator("tmpfs")
+    @classmethod
+    def _tmpfs(cls, v: list[TmpfsMount]) -> list[TmpfsMount]:
+        return check_tmpfs(v)
+
+    @field_validator("ulimits")
+    @classmethod
+    def _ulimits(cls, v: list[Ulimit]) -> list[Ulimit]:
+        return check_ulimits(v)
+
+    @model_serializer(mode="wrap")
+    def _wire_form(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The docker run options and scheduling fields a request does not use are left out, so
+        # such a request is stored byte for byte as before them and older workers still take it.
+        return compact_scheduling(compact_payload(handler(self)))
+
+    @property
+    def stdin_bytes(self) -> bytes | None:
+        """The input for the container's stdin (``stdin_base64`` decoded), or None: no stdin."""
+        return None if self.stdin_base64 is None else base64.b64decode(self.stdin_base64)
 
 
 class ExecutionStatus(str, enum.Enum):

@@ -21,7 +21,7 @@ LIMIT = 64 * 1024
 
 
 def _size(request: dict) -> int:
-    return request_size(parse_request(request).to_payload())
+    return request_size(parse_request(request).model_dump(mode="json"))
 
 
 def _request(test_image: str, name: str, env_value: str = "") -> dict:

@@ -93,7 +93,7 @@ def test_submit_enqueues_a_json_rq_job_named_by_string(producer, fake_redis):
     raw = zlib.decompress(fake_redis.hget("rq:job:exec-1", "data"))
     func, instance, args, kwargs = json.loads(raw)
     assert (func, instance, kwargs) == (JOB_FUNCTION, None, {})
-    assert args == [ExecutionRequest.model_validate(_request("exec-1")).to_payload()]
+    assert args == [ExecutionRequest.model_validate(_request("exec-1")).model_dump(mode="json")]
     job = _job(producer, "exec-1")
     assert job.meta == {"execution_id": "exec-1", "image": "busybox:latest", "status": "queued"}
     assert "s3cret" not in job.description

@@ -60,7 +60,7 @@ def test_batched_hashes_are_what_rq_enqueue_many_writes():
         assert ours.connection.ttl(key) == theirs.connection.ttl(key)
         # and rq reads it back as the job it enqueued
         job = Job.fetch(request["execution_id"], connection=ours.connection, serializer=JSONSerializer)
-        assert job.args == [parse_request(request).to_payload()]
+        assert job.args == [parse_request(request).model_dump(mode="json")]
         assert job.get_status() == "queued" and job.origin == "q"
 
 

@@ -39,7 +39,7 @@ def _sized(execution_id: str, size: int) -> dict:
 def _producer_dump(request: dict) -> dict:
     from producer import parse_request
 
-    return parse_request(request).to_payload()
+    return parse_request(request).model_dump(mode="json")
 
 
 # -- the producer -------------------------------------------------------------------

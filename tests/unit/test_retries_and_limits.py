@@ -30,7 +30,7 @@ def _req(**fields) -> ExecutionRequest:
 def test_defaults_keep_what_retries_always_meant():
     req = _req(retries=2)
     assert (req.retry_on, req.retry_backoff_seconds, req.concurrency_key) == (["lost"], 0, None)
-    assert "retry_on" not in req.to_payload() and "concurrency_key" not in req.to_payload()  # old workers take it
+    assert "retry_on" not in req.model_dump(mode="json") and "concurrency_key" not in req.model_dump(mode="json")  # old workers take it
 
 
 def test_backoff_as_rq_retry_interval():
@@ -58,7 +58,7 @@ def test_bad_fields_are_refused_by_name(fields, named):
 
 
 def test_set_fields_go_on_the_wire():
-    payload = _req(retries=1, retry_on=["failed", "failed", "error"], concurrency_key="t", concurrency_limit=2).to_payload()
+    payload = _req(retries=1, retry_on=["failed", "failed", "error"], concurrency_key="t", concurrency_limit=2).model_dump(mode="json")
     assert (payload["retry_on"], payload["concurrency_key"], payload["concurrency_limit"]) == (["failed", "error"], "t", 2)
 
 
