@@ -152,3 +152,58 @@ def test_wait_several_timeout_is_75_unless_worse(fake_cli):
     _end_silently(fake_cli, "x3", ExecutionStatus.ERROR, None)
     assert _run("wait", "--timeout", "0.3", "x2", "x3").exit_code == 125
     assert _run("wait", "x1", "ghost").exit_code == 125
+
+
+# -- Redis away: ridden out with schemas.connections, not own loops ---------------------------
+
+
+def test_follow_rides_out_an_outage_and_misses_nothing(prod, fake_redis, monkeypatch, virtual_time):
+    import redis
+
+    import producer.many as many
+
+    virtual_time(many)
+    (eid,) = prod.submit_many([_req("away1")])
+    _end_silently(fake_redis, eid)
+    real, calls = many.read_outcomes, []
+
+    def flaky(*args, **kwargs):
+        calls.append(1)
+        if len(calls) <= 2:  # Redis away for the first two reads
+            raise redis.ConnectionError("connection refused")
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(many, "read_outcomes", flaky)
+    assert [o.execution_id for o in prod.as_completed([eid], timeout=60)] == [eid]
+    assert len(calls) == 3
+
+
+def test_ride_out_outage_async_retries_then_gives_up_when_told():
+    import asyncio
+
+    import redis
+    from redis.backoff import NoBackoff
+
+    from schemas.connections import ride_out_outage_async
+
+    attempts = []
+
+    async def down_twice():
+        attempts.append(1)
+        if len(attempts) <= 2:
+            raise redis.TimeoutError("timed out")
+        return "ok"
+
+    assert asyncio.run(ride_out_outage_async(down_twice, backoff=NoBackoff())) == "ok"
+
+    async def always_down():
+        raise redis.ConnectionError("refused")
+
+    with pytest.raises(redis.ConnectionError):
+        asyncio.run(ride_out_outage_async(always_down, backoff=NoBackoff(), keep_trying=lambda: False))
+
+    async def refused():
+        raise redis.ResponseError("WRONGTYPE")  # an answer, not an outage: not retried
+
+    with pytest.raises(redis.ResponseError):
+        asyncio.run(ride_out_outage_async(refused, backoff=NoBackoff()))
