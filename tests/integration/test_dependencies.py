@@ -27,7 +27,7 @@ def test_chain_runs_in_order_after_success(producer, spawn_worker, test_image, u
     c = producer.submit(_req(test_image, f"c-{unique}"), depends_on=[a, b])
     assert Job.fetch(b, connection=redis_client).get_status().value in ("deferred", "queued", "started", "finished")
     outcomes = producer.wait_many([a, b, c], timeout=120)
-    assert [o.status for o in outcomes.values()] == [ExecutionStatus.SUCCEEDED] * 3
+    assert [o.status for o in outcomes.values()] == [ExecutionStatus.SUCCEEDED] * 3, {i: o.error for i, o in outcomes.items()}
     assert outcomes[b].result.started_at >= outcomes[a].result.finished_at
     assert outcomes[c].result.started_at >= outcomes[b].result.finished_at
     late = producer.submit(_req(test_image, f"late-{unique}"), depends_on=[a])  # its dependency ended already
