@@ -1,0 +1,338 @@
+"""Docker distribution registries on loopback, for the suite, the demo and the bench.
+
+Debian's ``docker-registry`` (distribution 2.8) serves the registry API v2 over
+plain HTTP; dockerd talks plain HTTP to any registry on 127.0.0.0/8, so no TLS
+is needed on loopback. Optionally with htpasswd (bcrypt) basic auth, which the
+registry accepts over plain HTTP too: a private registry.
+
+Used three ways:
+
+* ``scripts/setup.sh`` runs ``python3 scripts/registry.py ensure ...``: start a
+  registry on a port unless one answers there already (idempotent), detached,
+  with its pid in ``ROOT/registry.pid`` (``stop`` ends it).
+* tests and scripts start throwaway ones with :class:`Registry` (``start`` /
+  ``stop``, or as a context manager) on a free port of their own;
+* :class:`StallingProxy` sits between dockerd and a registry and stops
+  forwarding after some bytes: a registry that stops answering mid-pull.
+
+Standard library only (setup.sh runs it before the project's venv exists).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+REGISTRY_BIN = "docker-registry"  # Debian package docker-registry
+DEFAULT_PORT = 5000
+DEFAULT_AUTH_PORT = 5001
+# The suite's private registry account (a test credential on loopback, not a secret).
+DEFAULT_USER = "dockrq"
+DEFAULT_PASSWORD = "dockrq-registry-test"
+
+_CONFIG = """\
+version: 0.1
+log:
+  level: warn
+  accesslog:
+    disabled: true
+storage:
+  filesystem:
+    rootdirectory: {data}
+  delete:
+    enabled: true
+  maintenance:
+    uploadpurging:
+      enabled: false
+http:
+  addr: {host}:{port}
+{auth}"""
+
+_AUTH = """\
+auth:
+  htpasswd:
+    realm: dockrq-registry
+    path: {htpasswd}
+"""
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def answers(host: str, port: int, timeout: float = 2.0) -> bool:
+    """Whether a registry API v2 answers on host:port (200, or 401 when it wants a login)."""
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/v2/", timeout=timeout) as response:
+            return response.headers.get("Docker-Distribution-Api-Version") == "registry/2.0"
+    except urllib.error.HTTPError as exc:
+        return exc.code == 401 and exc.headers.get("Docker-Distribution-Api-Version") == "registry/2.0"
+    except (OSError, ValueError):
+        return False
+
+
+def has_manifest(host: str, port: int, reference: str, user: str | None = None, password: str | None = None) -> bool:
+    """Whether the registry holds ``repo:tag`` (a HEAD of its manifest, as ``docker pull`` asks)."""
+    repo, _, tag = reference.rpartition(":")
+    request = urllib.request.Request(f"http://{host}:{port}/v2/{repo}/manifests/{tag}", method="HEAD")
+    request.add_header("Accept", "application/vnd.docker.distribution.manifest.v2+json")
+    if user:
+        import base64
+
+        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
+    try:
+        with urllib.request.urlopen(request, timeout=5) as response:
+            return response.status == 200
+    except (OSError, ValueError):
+        return False
+
+
+def write_htpasswd(path: Path | str, user: str, password: str) -> None:
+    """An htpasswd file with one bcrypt entry (``htpasswd -B``, apache2-utils), the only hash
+    distribution's htpasswd auth accepts."""
+    htpasswd = shutil.which("htpasswd")
+    if htpasswd is None:
+        raise RuntimeError("htpasswd is missing: apt-get install apache2-utils (scripts/setup.sh does)")
+    out = subprocess.run([htpasswd, "-Bbn", user, password], capture_output=True, text=True, check=True)
+    Path(path).write_text(out.stdout.strip() + "\n")
+
+
+class Registry:
+    """One ``docker-registry serve`` process on ``host:port`` with its storage in ``root``.
+
+    ``htpasswd``: a file of bcrypt entries; the registry then wants a login (basic auth).
+    ``address`` is what image references name: ``127.0.0.1:PORT``.
+    """
+
+    def __init__(
+        self, root: Path | str, port: int | None = None, *, htpasswd: Path | str | None = None, host: str = "127.0.0.1"
+    ) -> None:
+        self.root = Path(root)
+        self.host = host
+        self.port = port or free_port()
+        self.htpasswd = Path(htpasswd) if htpasswd else None
+        self.proc: subprocess.Popen | None = None
+
+    @property
+    def address(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    @property
+    def config_path(self) -> Path:
+        return self.root / "config.yml"
+
+    @property
+    def pid_path(self) -> Path:
+        return self.root / "registry.pid"
+
+    def write_config(self) -> Path:
+        self.root.mkdir(parents=True, exist_ok=True)
+        (self.root / "data").mkdir(exist_ok=True)
+        auth = _AUTH.format(htpasswd=self.htpasswd) if self.htpasswd else ""
+        self.config_path.write_text(_CONFIG.format(data=self.root / "data", host=self.host, port=self.port, auth=auth))
+        return self.config_path
+
+    def start(self, timeout: float = 20.0, *, detach: bool = False) -> None:
+        """Start it and wait until it answers. ``detach``: outlive this process (setup.sh),
+        output to ``ROOT/registry.log``, pid in ``ROOT/registry.pid``. Raises RuntimeError."""
+        binary = shutil.which(REGISTRY_BIN)
+        if binary is None:
+            raise RuntimeError(f"{REGISTRY_BIN} is missing: apt-get install docker-registry (scripts/setup.sh does)")
+        config = self.write_config()
+        log = open(self.root / "registry.log", "ab")  # noqa: SIM115 - handed to the child
+        try:
+            self.proc = subprocess.Popen(
+                [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        finally:
+            log.close()
+        if detach:
+            self.pid_path.write_text(f"{self.proc.pid}\n")
+        deadline = time.monotonic() + timeout
+        while not answers(self.host, self.port, timeout=0.5):
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                self.stop()
+                tail = (self.root / "registry.log").read_text(errors="replace")[-2000:]
+                raise RuntimeError(f"docker-registry on {self.address} did not start:\n{tail}")
+            time.sleep(0.05)
+
+    def stop(self, timeout: float = 10.0) -> None:
+        """SIGTERM, SIGKILL after ``timeout``; also a detached one started earlier (its pid file)."""
+        proc, self.proc = self.proc, None
+        if proc is not None:
+            if proc.poll() is None:
+                proc.terminate()
+                try:
+                    proc.wait(timeout)
+                except subprocess.TimeoutExpired:
+                    proc.kill()
+                    proc.wait(timeout)
+        elif self.pid_path.exists():
+            try:
+                pid = int(self.pid_path.read_text().strip())
+                if _is_registry_process(pid):
+                    os.kill(pid, signal.SIGTERM)
+                    deadline = time.monotonic() + timeout
+                    while _is_registry_process(pid) and time.monotonic() < deadline:
+                        time.sleep(0.05)
+                    if _is_registry_process(pid):
+                        os.kill(pid, signal.SIGKILL)
+            except (ValueError, ProcessLookupError):
+                pass
+        self.pid_path.unlink(missing_ok=True)
+
+    def __enter__(self) -> Registry:
+        self.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+
+def _is_registry_process(pid: int) -> bool:
+    try:
+        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return False
+    return bool(cmdline) and Path(cmdline[0].decode(errors="replace")).name == REGISTRY_BIN
+
+
+class StallingProxy:
+    """A loopback TCP proxy to ``target`` (host, port) that forwards the first
+    ``stall_after`` bytes of each connection's responses and then stops answering
+    (the connection stays open, nothing more comes): a registry that hangs mid-pull.
+
+    ``stall_after=None`` forwards everything. ``close()`` ends every connection.
+    """
+
+    def __init__(self, target: tuple[str, int], *, stall_after: int | None) -> None:
+        self.target = target
+        self.stall_after = stall_after
+        self._server = socket.socket()
+        self._server.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self._server.bind(("127.0.0.1", 0))
+        self._server.listen(16)
+        self.port = self._server.getsockname()[1]
+        self.address = f"127.0.0.1:{self.port}"
+        self.stalled = threading.Event()  # set once some connection stalled
+        self._sockets: list[socket.socket] = []
+        self._lock = threading.Lock()
+        self._closed = False
+        threading.Thread(target=self._accept, name="stalling-proxy", daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            try:
+                upstream = socket.create_connection(self.target, timeout=5)
+                upstream.settimeout(None)
+            except OSError:
+                client.close()
+                continue
+            with self._lock:
+                if self._closed:
+                    client.close()
+                    upstream.close()
+                    return
+                self._sockets += [client, upstream]
+            threading.Thread(target=self._pipe, args=(client, upstream, None), daemon=True).start()
+            threading.Thread(target=self._pipe, args=(upstream, client, self.stall_after), daemon=True).start()
+
+    def _pipe(self, source: socket.socket, sink: socket.socket, limit: int | None) -> None:
+        sent = 0
+        try:
+            while True:
+                data = source.recv(65536)
+                if not data:
+                    break
+                if limit is not None and sent + len(data) > limit:
+                    sink.sendall(data[: max(0, limit - sent)])
+                    self.stalled.set()
+                    while not self._closed:  # hold the connection open, say nothing more
+                        time.sleep(0.1)
+                    return
+                sink.sendall(data)
+                sent += len(data)
+        except OSError:
+            pass
+        finally:
+            for s in (source, sink):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        with self._lock:
+            self._closed = True
+            sockets, self._sockets = self._sockets, []
+        self._server.close()
+        for s in sockets:
+            try:
+                s.shutdown(socket.SHUT_RDWR)
+            except OSError:
+                pass
+            s.close()
+
+    def __enter__(self) -> StallingProxy:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    ensure = sub.add_parser("ensure", help="start a registry on PORT unless one answers there")
+    stop = sub.add_parser("stop", help="stop the registry started with ensure in ROOT")
+    for p in (ensure, stop):
+        p.add_argument("--root", required=True, help="storage, config, log and pid file")
+        p.add_argument("--port", type=int, default=DEFAULT_PORT)
+    ensure.add_argument("--htpasswd", help="bcrypt htpasswd file: the registry wants a login")
+    ensure.add_argument("--user", help="with --htpasswd: write the file for this user (and --password)")
+    ensure.add_argument("--password", default=DEFAULT_PASSWORD)
+    has = sub.add_parser("has", help="exit 0 if the registry on PORT holds REPO:TAG")
+    has.add_argument("--port", type=int, default=DEFAULT_PORT)
+    has.add_argument("--user")
+    has.add_argument("--password", default=DEFAULT_PASSWORD)
+    has.add_argument("reference", help="REPO:TAG, e.g. dockrq-test/busybox:latest")
+    args = parser.parse_args(argv)
+    if args.command == "has":
+        return 0 if has_manifest("127.0.0.1", args.port, args.reference, args.user, args.password) else 1
+    registry = Registry(args.root, args.port, htpasswd=getattr(args, "htpasswd", None))
+    if args.command == "stop":
+        registry.stop()
+        return 0
+    if args.htpasswd and args.user and not Path(args.htpasswd).exists():
+        Path(args.htpasswd).parent.mkdir(parents=True, exist_ok=True)
+        write_htpasswd(args.htpasswd, args.user, args.password)
+    if answers("127.0.0.1", args.port):
+        return 0
+    try:
+        registry.start(detach=True)
+    except RuntimeError as exc:
+        print(f"registry: {exc}", file=sys.stderr)
+        return 1
+    print(f"registry: started on {registry.address} (root {registry.root})", file=sys.stderr)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
