@@ -297,6 +297,74 @@ class StallingProxy:
         self.close()
 
 
+# -- images for tests and the bench (docker CLI) -------------------------------------
+
+
+def docker(*args: str, config: Path | str | None = None, check: bool = True, timeout: float = 600) -> str:
+    """Run the docker CLI; its stdout. ``config``: a DOCKER_CONFIG directory (logins) for this call."""
+    env = {**os.environ, **({"DOCKER_CONFIG": str(config)} if config else {})}
+    out = subprocess.run(["docker", *args], capture_output=True, text=True, env=env, timeout=timeout)
+    if check and out.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)}: {out.stderr.strip() or out.stdout.strip()}")
+    return out.stdout
+
+
+def write_login(config_dir: Path | str, registry: str, user: str, password: str) -> Path:
+    """A Docker config holding a login for ``registry``, as ``docker login`` writes it (plain ``auths``)."""
+    import base64
+    import json
+
+    path = Path(config_dir) / "config.json"
+    path.parent.mkdir(parents=True, exist_ok=True)
+    auth = base64.b64encode(f"{user}:{password}".encode()).decode()
+    path.write_text(json.dumps({"auths": {registry: {"auth": auth}}}))
+    return path
+
+
+def build_image(
+    ref: str, *, base: str = "dockrq-test/busybox:latest", files: dict[str, bytes] | None = None,
+    random_layers: int = 0, layer_bytes: int = 0,
+) -> None:
+    """Build ``ref`` from ``base``: one layer per entry of ``files`` (path in the image: content),
+    then ``random_layers`` layers of ``layer_bytes`` random bytes each (incompressible, so that
+    many bytes cross the wire on a pull)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as ctx:
+        lines = [f"FROM {base}"]
+        for i, (target, content) in enumerate((files or {}).items()):
+            Path(ctx, f"f{i}").write_bytes(content)
+            lines.append(f"COPY f{i} {target}")
+        for i in range(random_layers):
+            with open(Path(ctx, f"r{i}"), "wb") as out:
+                left = layer_bytes
+                while left > 0:
+                    chunk = min(left, 1 << 20)
+                    out.write(os.urandom(chunk))
+                    left -= chunk
+            lines.append(f"COPY r{i} /data/r{i}")
+        Path(ctx, "Dockerfile").write_text("\n".join(lines) + "\n")
+        docker("build", "-q", "-t", ref, ctx)
+
+
+def push(ref: str, *, config: Path | str | None = None, remove: bool = True) -> str:
+    """Push ``ref`` (named with its registry) and return its manifest digest (``sha256:...``).
+    ``remove``: then remove it from the daemon (the tag; the image too when no other tag holds it),
+    so the next use of ``ref`` must pull it."""
+    out = docker("push", ref, config=config)
+    digest = next((w for w in out.split() if w.startswith("sha256:")), None)
+    if digest is None:
+        raise RuntimeError(f"docker push {ref}: no digest in its output: {out[-500:]}")
+    if remove:
+        docker("rmi", ref)
+    return digest
+
+
+def remove_image(ref: str) -> None:
+    """``docker rmi`` that does not mind an image already gone."""
+    docker("rmi", "-f", ref, check=False)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)

@@ -48,6 +48,7 @@ from worker.executor import (
     StartError,
 )
 
+from . import pulls
 from . import runtime as runtime_module
 from .channels import ExecutionChannels
 from .runtime import WorkerRuntime
@@ -93,6 +94,7 @@ class ExecutionRun:
         self._finished = False
         self._outcome_abandoned = False  # Redis stayed away for outcome_retry_seconds
         self._shipper: LogShipper | None = None
+        self._taken_at = pulls.now()  # when this worker took the job: the end of its queued time
 
     # -- entry -----------------------------------------------------------------
 
@@ -150,7 +152,7 @@ class ExecutionRun:
             executor = self.runtime.executor
         except DockerUnavailableError as exc:
             return self._end(Outcome.failure(self.execution_id, ExecutionStatus.ERROR, exc.code, str(exc)))
-        self.channels.set_state(ExecutionState.PULLING, image=request.engine.image)
+        self.channels.set_state(ExecutionState.PULLING, image=request.engine.image, pulling_at=self._taken_at)
         try:
             with self.runtime.track(self, self.channels.connection):
                 rejected = self._start(executor, request)
@@ -181,7 +183,7 @@ class ExecutionRun:
 
         def start() -> None:
             try:
-                executor.start(request)
+                pulls.start_with_progress(executor, request, pulls.PullPublisher(self.channels))
             finally:
                 self._started.set()
 
@@ -204,10 +206,14 @@ class ExecutionRun:
         if future.done():  # failed to start: there is nothing running to announce
             self._ship_logs(executor)
             return
-        container_id = None
+        container_id = pull_seconds = None
         with suppress(ExecutorError):
-            container_id = executor.info(self.execution_id).container_id
-        flagged = self.channels.set_state(ExecutionState.RUNNING, check_cancel=True, container_id=container_id)
+            info = executor.info(self.execution_id)
+            container_id, pull_seconds = info.container_id, getattr(info, "pull_seconds", None)
+        flagged = self.channels.set_state(
+            ExecutionState.RUNNING, check_cancel=True, container_id=container_id, running_at=pulls.now(),
+            pull_seconds=pull_seconds,
+        )
         self._ship_logs(executor)
         if flagged or self._cancel_reason:
             self.cancel(self._cancel_reason or "cancel flag set")
@@ -310,6 +316,9 @@ class ExecutionRun:
             self._shipper.drain()
         self.channels.send_eof()
         result = outcome.result
+        if result is not None and result.queued_seconds is None and self.job is not None:
+            result = result.model_copy(update={"queued_seconds": pulls.queued_seconds(self.job, self._taken_at)})
+            outcome = outcome.model_copy(update={"result": result})
         try:
             written = self.channels.finish(outcome, container_id=result.container_id if result else None)
         except (RedisConnectionError, RedisTimeoutError):

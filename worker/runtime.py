@@ -134,6 +134,7 @@ class WorkerRuntime:
                     allowed_mount_roots=s.policy.allowed_mount_roots,
                     allow_bridge_network=s.policy.allow_bridge,
                     stop_grace_seconds=s.stop_grace_seconds,
+                    pull_timeout_seconds=s.pull_timeout_seconds,
                 )
             return self._executor
 

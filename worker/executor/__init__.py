@@ -24,6 +24,7 @@ from .errors import (
 )
 from .executor import CleanupError, CleanupReport, DockerExecutor, ExecutionInfo, new_executor
 from .output import LogStream
+from .pull import PresentImage, PullProgress, PullRecord
 from .types import LABEL_EXECUTION, LABEL_EXECUTOR, ExecutorPolicy
 
 __all__ = [
@@ -46,6 +47,9 @@ __all__ = [
     "ImagePullError",
     "LogStream",
     "MountNotAllowed",
+    "PresentImage",
+    "PullProgress",
+    "PullRecord",
     "RequestRejected",
     "StartError",
     "new_executor",

@@ -36,6 +36,7 @@ from .errors import (
 from .handler import ExecutionHandler
 from .oom import OomWatcher
 from .output import LogStream
+from .pull import ProgressCallback
 from .types import ExecutorPolicy, build_container_spec
 
 log = logging.getLogger(__name__)
@@ -49,6 +50,7 @@ class ExecutionInfo:
     adopted: bool
     started_at: datetime | None
     finished_at: datetime | None
+    pull_seconds: float | None = None  # the image pull made for it, once done
 
 
 @dataclass
@@ -102,8 +104,11 @@ class DockerExecutor:
         ``seconds`` (no request is made: a cheap stand-in for a fresh is_installed)."""
         return self.client.answered_within(seconds)
 
-    def start(self, request: ExecutionRequest | dict[str, Any]) -> None:
+    def start(self, request: ExecutionRequest | dict[str, Any], *, progress: ProgressCallback | None = None) -> None:
         """Start an execution; returns once its container runs.
+
+        ``progress`` gets the image pull's PullProgress (layers, bytes) from the pulling
+        thread, at most every ``pull.PROGRESS_INTERVAL`` seconds and once at its end.
 
         Raises RequestRejected (nothing recorded), ExecutionAlreadyStarted,
         ExecutionAlreadyFinished, or a StartError (recorded as finished with
@@ -119,7 +124,8 @@ class DockerExecutor:
                     raise ExecutionAlreadyFinished(f"execution {request.execution_id} has already finished")
                 raise ExecutionAlreadyStarted(f"execution {request.execution_id} is already started")
             handler = ExecutionHandler(
-                request, self.client, grace=self.stop_grace_seconds, keep=self.keep_containers, oom=self._oom
+                request, self.client, grace=self.stop_grace_seconds, keep=self.keep_containers, oom=self._oom,
+                progress=progress,
             )
             self._handlers[request.execution_id] = handler
         handler.launch(spec)
@@ -196,7 +202,9 @@ class DockerExecutor:
     # -- beyond the seed --------------------------------------------------------
     def info(self, execution_id: str) -> ExecutionInfo:
         h = self._get(execution_id)
-        return ExecutionInfo(execution_id, h.state, h.container_id, h.adopted, h.started_at, h.finished_at)
+        return ExecutionInfo(
+            execution_id, h.state, h.container_id, h.adopted, h.started_at, h.finished_at, h.pull_seconds
+        )
 
     def forget(self, execution_id: str) -> None:
         """Drop a finished execution's result and logs now (the worker does this
