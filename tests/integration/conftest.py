@@ -47,8 +47,12 @@ def _session_registry(tmp_path_factory, env: str, default_port: int, *, auth: bo
 
 import os as _os
 
-REGISTRY_USER = _os.environ.get("DOCKRQ_REGISTRY_USER", "dockrq")
-REGISTRY_PASSWORD = _os.environ.get("DOCKRQ_REGISTRY_PASSWORD", "dockrq-registry-test")
+from scripts.registry import DEFAULT_PASSWORD as _DEFAULT_PASSWORD
+from scripts.registry import DEFAULT_USER as _DEFAULT_USER
+
+# The login of the private registry (scripts/setup.sh: DOCKRQ_REGISTRY_USER / _PASSWORD).
+REGISTRY_USER = _os.environ.get("DOCKRQ_REGISTRY_USER", _DEFAULT_USER)
+REGISTRY_PASSWORD = _os.environ.get("DOCKRQ_REGISTRY_PASSWORD", _DEFAULT_PASSWORD)
 
 
 @pytest.fixture(scope="session")
