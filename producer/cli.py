@@ -41,12 +41,14 @@ from schemas import (
     ExecutionStatus,
     LogEntry,
     Outcome,
+    new_execution_id,
     parse_size,
 )
 
 from .client import DEFAULT_REDIS_URL, Producer
 from .connections import redact_url
 from .errors import ExecutionAlreadyFinished, InvalidRequest, ProducerError
+from .progress import SubmitProgress
 from .status import ExecutionStatusView
 
 EXIT_ERROR = 1
@@ -314,17 +316,36 @@ def submit(
 ) -> None:
     """Run IMAGE [CMD...] on a worker; stay attached to its output and exit with its exit code."""
     producer = settings.producer()
-    execution_id = producer.submit(_build_request(image, cmd, options), queue=queue_name)
-    if detach:
-        click.echo(json.dumps({"execution_id": execution_id}) if settings.as_json else execution_id)
-        return
+    request = _build_request(image, cmd, options)
+    progress = None
+    if not detach and not settings.as_json:
+        # Waiting for a worker and the image pull, shown on stderr (producer/progress.py); the id
+        # is made here so the display listens before the submit and misses no event.
+        request.setdefault("execution_id", new_execution_id())
+        progress = SubmitProgress(
+            producer.connection, producer.keys, request["execution_id"], queue_name or producer.queue
+        ).start()
     try:
-        if not settings.as_json:
-            for entry in producer.logs(execution_id, tail=True, follow=True):
-                _write_entry(entry, as_json=False)
-        outcome = producer.wait(execution_id)
-    except KeyboardInterrupt:
-        _cancel_after_interrupt(producer, execution_id)
+        execution_id = producer.submit(request, queue=queue_name)
+        if detach:
+            click.echo(json.dumps({"execution_id": execution_id}) if settings.as_json else execution_id)
+            return
+        try:
+            if not settings.as_json:
+                for entry in producer.logs(execution_id, tail=True, follow=True):
+                    if progress is not None:
+                        progress.close()
+                    _write_entry(entry, as_json=False)
+            if progress is not None:
+                progress.close()
+            outcome = producer.wait(execution_id)
+        except KeyboardInterrupt:
+            if progress is not None:
+                progress.close()
+            _cancel_after_interrupt(producer, execution_id)
+    finally:
+        if progress is not None:
+            progress.close()
     raise click.exceptions.Exit(_report(outcome, settings, summary=False))
 
 
@@ -419,7 +440,9 @@ def _status_rows(view: ExecutionStatusView) -> list[tuple[str, str]]:
         ("worker", view.worker or "-"),
         ("container", view.container_id or "-"),
         ("enqueued", _ago(view.enqueued_at) + " ago" if view.enqueued_at else "-"),
-        ("duration", _span(view.duration_seconds)),
+        ("queued", _span(view.queued_seconds)),
+        ("pulling", _span(view.pull_seconds)),
+        ("running", _span(view.run_seconds)),
     ]
     if outcome is not None and outcome.exit_code is not None:
         rows.append(("exit code", str(outcome.exit_code)))
@@ -441,11 +464,12 @@ def list_executions(settings: Settings, limit: int) -> None:
         click.echo("[" + ",".join(v.model_dump_json() for v in views) + "]")
         return
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "STATUS", "IMAGE", "WORKER", "DURATION", "AGE"):
+    for column in ("ID", "STATUS", "IMAGE", "WORKER", "QUEUED", "PULL", "RUN", "AGE"):
         table.add_column(column, no_wrap=column in ("ID", "STATUS"))
     for v in views:
         table.add_row(
-            v.execution_id, _state_shown(v), v.image or "-", v.worker or "-", _span(v.duration_seconds),
+            v.execution_id, _state_shown(v), v.image or "-", v.worker or "-", _span(v.queued_seconds),
+            _span(v.pull_seconds), _span(v.run_seconds),
             _ago(v.enqueued_at),
         )
     _console().print(table)
