@@ -12,20 +12,18 @@ from __future__ import annotations
 import logging
 import socket
 import struct
-import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
 from typing import Any
 
 import docker
-import docker.auth
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
+from .errors import ContainerCreateError, DaemonError, DockerUnavailableError, GpuUnavailableError, ImagePullError
 from .pull import PresentImage, ProgressCallback, PullHandle
 from .pull import pull as pull_image
-from .errors import ContainerCreateError, DaemonError, DockerUnavailableError, GpuUnavailableError, ImagePullError
 from .types import LABEL_EXECUTION, LABEL_EXECUTOR, ContainerSpec
 
 log = logging.getLogger(__name__)

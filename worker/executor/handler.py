@@ -22,10 +22,10 @@ import requests
 from schemas import ExecutionRequest, ExecutionResult, ExecutionState, ExecutionStatus
 
 from .client import DAEMON_ERRORS, Attached, DockerClient, ImageMissing, PullHandle
-from .pull import PresentImage, ProgressCallback
 from .errors import DaemonError, DaemonRestarted, ExecutionAlreadyFinished, ImagePullError, StartError
 from .oom import OomWatcher
 from .output import OutputLog
+from .pull import PresentImage, ProgressCallback
 from .types import ContainerSpec
 
 log = logging.getLogger(__name__)
