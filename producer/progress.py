@@ -47,13 +47,13 @@ class SubmitProgress:
 
     def __init__(
         self, connection: redis.Redis, keys: Keys, execution_id: str, queue: str, *,
-        stream: IO[str] | None = None, tty: bool | None = None, waiting_after: float = WAITING_NOTICE_SECONDS,
+        stream: IO[str] | None = None, tty: bool | None = None, waiting_after: float | None = None,
     ) -> None:
         self.execution_id = execution_id
         self.queue = queue
         self._stream = stream or sys.stderr
         self._tty = self._stream.isatty() if tty is None else tty
-        self._waiting_after = waiting_after
+        self._waiting_after = WAITING_NOTICE_SECONDS if waiting_after is None else waiting_after
         self._pubsub = connection.pubsub(ignore_subscribe_messages=True)
         self._channel = keys.events
         self._lock = threading.Lock()

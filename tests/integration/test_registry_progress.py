@@ -67,7 +67,8 @@ def test_attached_submit_shows_the_pull_on_stderr_only(spawn_worker, registry, r
     run = _dockrq(redis_url, spawn_worker, "submit", image, "sh", "-c", "echo out; echo err >&2")
     stdout, stderr = run.communicate(timeout=60)
     assert (run.returncode, stdout) == (0, "out\n"), stderr
-    lines = stderr.splitlines()
+    # (a loaded machine may leave it queued past the notice's second: that line is allowed)
+    lines = [line for line in stderr.splitlines() if not line.startswith("dockrq: waiting for a worker on queue ")]
     assert lines[-1] == "err" and len(lines) == 2, stderr
     assert lines[0].startswith(f"dockrq: pulled {image}: ") and lines[0].endswith("s"), stderr
     assert " MB in " in lines[0]
