@@ -8,6 +8,7 @@ Knows Docker, knows nothing of Redis or rq: usable on its own.
 """
 
 from .errors import (
+    DAEMON_ERRORS,
     ContainerCreateError,
     DaemonError,
     DaemonRestarted,
@@ -24,12 +25,16 @@ from .errors import (
 )
 from .executor import CleanupError, CleanupReport, DockerExecutor, ExecutionInfo, new_executor
 from .output import LogStream
+from .owned import OwnedContainer
 from .pull import PresentImage, PullProgress, PullRecord
-from .types import LABEL_EXECUTION, LABEL_EXECUTOR, ExecutorPolicy
+from .spec import LABEL_CREATED, LABEL_EXECUTION, LABEL_EXECUTOR, LABEL_JOB, ExecutorPolicy
 
 __all__ = [
+    "DAEMON_ERRORS",
+    "LABEL_CREATED",
     "LABEL_EXECUTION",
     "LABEL_EXECUTOR",
+    "LABEL_JOB",
     "CleanupError",
     "CleanupReport",
     "ContainerCreateError",
@@ -47,6 +52,7 @@ __all__ = [
     "ImagePullError",
     "LogStream",
     "MountNotAllowed",
+    "OwnedContainer",
     "PresentImage",
     "PullProgress",
     "PullRecord",

@@ -21,12 +21,12 @@ import requests
 
 from schemas import ExecutionRequest, ExecutionResult, ExecutionState, ExecutionStatus
 
-from .client import DAEMON_ERRORS, Attached, DockerClient, ImageMissing, PullHandle
-from .errors import DaemonError, DaemonRestarted, ExecutionAlreadyFinished, ImagePullError, StartError
+from .client import Attached, DockerClient, ImageMissing, PullHandle
+from .errors import DAEMON_ERRORS, DaemonError, DaemonRestarted, ExecutionAlreadyFinished, ImagePullError, StartError
 from .oom import OomWatcher
 from .output import OutputLog
 from .pull import PresentImage, ProgressCallback
-from .types import ContainerSpec
+from .spec import ContainerSpec
 
 log = logging.getLogger(__name__)
 

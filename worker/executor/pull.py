@@ -34,16 +34,16 @@ from typing import Any
 import docker.auth
 import requests
 import urllib3.exceptions
-from docker.errors import APIError, DockerException
+from docker.errors import APIError
 from docker.utils import parse_repository_tag
 
-from .errors import ImagePullError
+from .errors import DAEMON_ERRORS, ImagePullError
 
 log = logging.getLogger(__name__)
 
 # Progress reaches the callback at most this often (seconds), plus once when the pull ends.
 PROGRESS_INTERVAL = 0.25
-_PULL_FAILURES = (DockerException, requests.exceptions.RequestException, urllib3.exceptions.HTTPError, OSError)
+_PULL_FAILURES = (*DAEMON_ERRORS, urllib3.exceptions.HTTPError)
 _LAYER_DONE = {"Pull complete", "Already exists"}
 _LAYER_DOWNLOADED = {"Download complete", "Verifying Checksum", "Extracting", "Pull complete"}
 
