@@ -5,22 +5,26 @@ plain HTTP; dockerd talks plain HTTP to any registry on 127.0.0.0/8, so no TLS
 is needed on loopback. Optionally with htpasswd (bcrypt) basic auth, which the
 registry accepts over plain HTTP too: a private registry.
 
-Used three ways:
+Nothing here outlives the process that started it: whoever starts a registry
+stops it (and the kernel sends the child SIGTERM if that process dies first:
+``PR_SET_PDEATHSIG``). ``scripts/setup.sh`` starts none.
 
-* ``scripts/setup.sh`` runs ``python3 scripts/registry.py ensure ...``: start a
-  registry on a port unless one answers there already (idempotent), detached,
-  with its pid in ``ROOT/registry.pid`` (``stop`` ends it).
-* tests and scripts start throwaway ones with :class:`Registry` (``start`` /
-  ``stop``, or as a context manager) on a free port of their own;
+* the suite's session fixtures (``tests/integration/conftest.py``) and
+  ``scripts/bench_pull.py`` start theirs with :class:`Registry` (``start`` /
+  ``stop``, or as a context manager) on a free or given loopback port, push
+  what they need (:func:`push_image`) and stop them at the end;
+* ``python3 scripts/registry.py serve`` runs one in the foreground to try
+  things by hand, the test image pushed, until Ctrl-C (then it is stopped);
 * :class:`StallingProxy` sits between dockerd and a registry and stops
   forwarding after some bytes: a registry that stops answering mid-pull.
 
-Standard library only (setup.sh runs it before the project's venv exists).
+Standard library only.
 """
 
 from __future__ import annotations
 
 import argparse
+import ctypes
 import os
 import shutil
 import signal
@@ -34,8 +38,7 @@ import urllib.request
 from pathlib import Path
 
 REGISTRY_BIN = "docker-registry"  # Debian package docker-registry
-DEFAULT_PORT = 5000
-DEFAULT_AUTH_PORT = 5001
+TEST_IMAGE = "dockrq-test/busybox:latest"  # scripts/setup.sh builds it
 # The suite's private registry account (a test credential on loopback, not a secret).
 DEFAULT_USER = "dockrq"
 DEFAULT_PASSWORD = "dockrq-registry-test"
@@ -83,22 +86,6 @@ def answers(host: str, port: int, timeout: float = 2.0) -> bool:
         return False
 
 
-def has_manifest(host: str, port: int, reference: str, user: str | None = None, password: str | None = None) -> bool:
-    """Whether the registry holds ``repo:tag`` (a HEAD of its manifest, as ``docker pull`` asks)."""
-    repo, _, tag = reference.rpartition(":")
-    request = urllib.request.Request(f"http://{host}:{port}/v2/{repo}/manifests/{tag}", method="HEAD")
-    request.add_header("Accept", "application/vnd.docker.distribution.manifest.v2+json")
-    if user:
-        import base64
-
-        request.add_header("Authorization", "Basic " + base64.b64encode(f"{user}:{password}".encode()).decode())
-    try:
-        with urllib.request.urlopen(request, timeout=5) as response:
-            return response.status == 200
-    except (OSError, ValueError):
-        return False
-
-
 def write_htpasswd(path: Path | str, user: str, password: str) -> None:
     """An htpasswd file with one bcrypt entry (``htpasswd -B``, apache2-utils), the only hash
     distribution's htpasswd auth accepts."""
@@ -133,10 +120,6 @@ class Registry:
     def config_path(self) -> Path:
         return self.root / "config.yml"
 
-    @property
-    def pid_path(self) -> Path:
-        return self.root / "registry.pid"
-
     def write_config(self) -> Path:
         self.root.mkdir(parents=True, exist_ok=True)
         (self.root / "data").mkdir(exist_ok=True)
@@ -144,23 +127,26 @@ class Registry:
         self.config_path.write_text(_CONFIG.format(data=self.root / "data", host=self.host, port=self.port, auth=auth))
         return self.config_path
 
-    def start(self, timeout: float = 20.0, *, detach: bool = False) -> None:
-        """Start it and wait until it answers. ``detach``: outlive this process (setup.sh),
-        output to ``ROOT/registry.log``, pid in ``ROOT/registry.pid``. Raises RuntimeError."""
+    def start(self, timeout: float = 20.0) -> None:
+        """Start it (output in ``ROOT/registry.log``) and wait until it answers; a second call
+        while it runs does nothing. It dies with the calling thread's process if not stopped
+        before. Raises RuntimeError (missing binary, port taken, no answer within ``timeout``)."""
+        if self.pid is not None:
+            return
         binary = shutil.which(REGISTRY_BIN)
         if binary is None:
             raise RuntimeError(f"{REGISTRY_BIN} is missing: apt-get install docker-registry (scripts/setup.sh does)")
+        if answers(self.host, self.port, timeout=0.5):
+            raise RuntimeError(f"a registry already answers on {self.address}: choose another port")
         config = self.write_config()
         log = open(self.root / "registry.log", "ab")  # noqa: SIM115 - handed to the child
         try:
             self.proc = subprocess.Popen(
                 [binary, "serve", str(config)], stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-                start_new_session=True,
+                start_new_session=True, preexec_fn=_die_with_parent,
             )
         finally:
             log.close()
-        if detach:
-            self.pid_path.write_text(f"{self.proc.pid}\n")
         deadline = time.monotonic() + timeout
         while not answers(self.host, self.port, timeout=0.5):
             if self.proc.poll() is not None or time.monotonic() > deadline:
@@ -169,30 +155,21 @@ class Registry:
                 raise RuntimeError(f"docker-registry on {self.address} did not start:\n{tail}")
             time.sleep(0.05)
 
+    @property
+    def pid(self) -> int | None:
+        """The registry process's pid while it runs."""
+        return self.proc.pid if self.proc is not None and self.proc.poll() is None else None
+
     def stop(self, timeout: float = 10.0) -> None:
-        """SIGTERM, SIGKILL after ``timeout``; also a detached one started earlier (its pid file)."""
+        """SIGTERM, SIGKILL after ``timeout``, and reap it; nothing when not running."""
         proc, self.proc = self.proc, None
-        if proc is not None:
-            if proc.poll() is None:
-                proc.terminate()
-                try:
-                    proc.wait(timeout)
-                except subprocess.TimeoutExpired:
-                    proc.kill()
-                    proc.wait(timeout)
-        elif self.pid_path.exists():
+        if proc is not None and proc.poll() is None:
+            proc.terminate()
             try:
-                pid = int(self.pid_path.read_text().strip())
-                if _is_registry_process(pid):
-                    os.kill(pid, signal.SIGTERM)
-                    deadline = time.monotonic() + timeout
-                    while _is_registry_process(pid) and time.monotonic() < deadline:
-                        time.sleep(0.05)
-                    if _is_registry_process(pid):
-                        os.kill(pid, signal.SIGKILL)
-            except (ValueError, ProcessLookupError):
-                pass
-        self.pid_path.unlink(missing_ok=True)
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(timeout)
 
     def __enter__(self) -> Registry:
         self.start()
@@ -202,12 +179,13 @@ class Registry:
         self.stop()
 
 
-def _is_registry_process(pid: int) -> bool:
+def _die_with_parent() -> None:
+    """In the child before exec: SIGTERM when the parent thread ends (prctl PR_SET_PDEATHSIG,
+    Linux), so a registry never outlives a test session or bench killed before its cleanup ran."""
     try:
-        cmdline = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-    except OSError:
-        return False
-    return bool(cmdline) and Path(cmdline[0].decode(errors="replace")).name == REGISTRY_BIN
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGTERM)  # 1 = PR_SET_PDEATHSIG
+    except (OSError, AttributeError):
+        pass
 
 
 class StallingProxy:
@@ -365,41 +343,62 @@ def remove_image(ref: str) -> None:
     docker("rmi", "-f", ref, check=False)
 
 
+def push_image(image: str, registry: str, *, user: str | None = None, password: str | None = None) -> str:
+    """Push the local ``image`` (``repo:tag``) to ``registry`` (``host:port``) as ``registry/repo:tag``,
+    logging in through a throwaway DOCKER_CONFIG when ``user`` is given (the caller's own Docker
+    config is never touched); only that extra tag is removed after. Returns the reference."""
+    import tempfile
+
+    ref = f"{registry}/{image}"
+    docker("tag", image, ref)
+    try:
+        with tempfile.TemporaryDirectory(prefix="dockrq-push-") as config:
+            if user:
+                write_login(config, registry, user, password or "")
+            push(ref, config=config, remove=False)
+    finally:
+        docker("rmi", ref, check=False)
+    return ref
+
+
 def main(argv: list[str] | None = None) -> int:
+    """``serve``: one registry in the foreground, the test image pushed, until Ctrl-C/SIGTERM."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    ensure = sub.add_parser("ensure", help="start a registry on PORT unless one answers there")
-    stop = sub.add_parser("stop", help="stop the registry started with ensure in ROOT")
-    for p in (ensure, stop):
-        p.add_argument("--root", required=True, help="storage, config, log and pid file")
-        p.add_argument("--port", type=int, default=DEFAULT_PORT)
-    ensure.add_argument("--htpasswd", help="bcrypt htpasswd file: the registry wants a login")
-    ensure.add_argument("--user", help="with --htpasswd: write the file for this user (and --password)")
-    ensure.add_argument("--password", default=DEFAULT_PASSWORD)
-    has = sub.add_parser("has", help="exit 0 if the registry on PORT holds REPO:TAG")
-    has.add_argument("--port", type=int, default=DEFAULT_PORT)
-    has.add_argument("--user")
-    has.add_argument("--password", default=DEFAULT_PASSWORD)
-    has.add_argument("reference", help="REPO:TAG, e.g. dockrq-test/busybox:latest")
+    serve = sub.add_parser("serve", help="run a registry on 127.0.0.1:PORT until Ctrl-C, then stop it")
+    serve.add_argument("--port", type=int, default=0, help="default: a free port")
+    serve.add_argument("--root", help="storage, config and log (default: a temporary directory, removed)")
+    serve.add_argument("--user", help="want a login: this user (bcrypt htpasswd) with --password")
+    serve.add_argument("--password", default=DEFAULT_PASSWORD)
+    serve.add_argument("--image", default=TEST_IMAGE, help="local image to push ('' for none)")
     args = parser.parse_args(argv)
-    if args.command == "has":
-        return 0 if has_manifest("127.0.0.1", args.port, args.reference, args.user, args.password) else 1
-    registry = Registry(args.root, args.port, htpasswd=getattr(args, "htpasswd", None))
-    if args.command == "stop":
-        registry.stop()
-        return 0
-    if args.htpasswd and args.user and not Path(args.htpasswd).exists():
-        Path(args.htpasswd).parent.mkdir(parents=True, exist_ok=True)
-        write_htpasswd(args.htpasswd, args.user, args.password)
-    if answers("127.0.0.1", args.port):
-        return 0
-    try:
-        registry.start(detach=True)
-    except RuntimeError as exc:
-        print(f"registry: {exc}", file=sys.stderr)
-        return 1
-    print(f"registry: started on {registry.address} (root {registry.root})", file=sys.stderr)
-    return 0
+    import tempfile
+
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))  # runs the finally below
+    with tempfile.TemporaryDirectory(prefix="dockrq-registry-") as scratch:
+        root = Path(args.root or scratch)
+        htpasswd = None
+        if args.user:
+            root.mkdir(parents=True, exist_ok=True)
+            htpasswd = root / "htpasswd"
+            write_htpasswd(htpasswd, args.user, args.password)
+        registry = Registry(root, args.port or None, htpasswd=htpasswd)
+        try:
+            registry.start()
+            if args.image:
+                push_image(args.image, registry.address, user=args.user, password=args.password)
+            print(f"registry: serving on {registry.address} (root {root}); Ctrl-C stops it", file=sys.stderr)
+            while registry.pid is not None:
+                time.sleep(0.5)
+            print(f"registry: it exited; see {root / 'registry.log'}", file=sys.stderr)
+            return 1
+        except RuntimeError as exc:
+            print(f"registry: {exc}", file=sys.stderr)
+            return 1
+        except KeyboardInterrupt:
+            return 0
+        finally:
+            registry.stop()
 
 
 if __name__ == "__main__":

@@ -16,8 +16,8 @@ dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v openssl >/dev/null || need+=(openssl)
 command -v debootstrap >/dev/null || need+=(debootstrap)  # scripts/offline_base.sh (compose test)
-command -v docker-registry >/dev/null || need+=(docker-registry)  # loopback registries (scripts/registry.py)
-command -v htpasswd >/dev/null || need+=(apache2-utils)           # their bcrypt htpasswd file
+command -v docker-registry >/dev/null || need+=(docker-registry)  # loopback registries of the suite/bench (scripts/registry.py)
+command -v htpasswd >/dev/null || need+=(apache2-utils)           # the private one's bcrypt htpasswd file
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
@@ -75,36 +75,8 @@ DOCKERFILE
   rm -rf "$ctx"
 fi
 
-# --- loopback registries (Debian's docker-registry), the test image pushed to both ----
-# A plain one and a private one (htpasswd, bcrypt). dockerd talks plain HTTP to
-# registries on 127.0.0.0/8, so neither needs TLS. The push logs in through a
-# throwaway DOCKER_CONFIG: root's own ~/.docker/config.json is never touched.
-REGISTRY_PORT=${DOCKRQ_REGISTRY_PORT:-5000}
-AUTH_REGISTRY_PORT=${DOCKRQ_AUTH_REGISTRY_PORT:-5001}
-REGISTRY_ROOT=${DOCKRQ_REGISTRY_ROOT:-/var/lib/dockrq-registry}
-REGISTRY_USER=${DOCKRQ_REGISTRY_USER:-dockrq}
-REGISTRY_PASSWORD=${DOCKRQ_REGISTRY_PASSWORD:-dockrq-registry-test}
-python3 scripts/registry.py ensure --root "$REGISTRY_ROOT/$REGISTRY_PORT" --port "$REGISTRY_PORT"
-python3 scripts/registry.py ensure --root "$REGISTRY_ROOT/$AUTH_REGISTRY_PORT" --port "$AUTH_REGISTRY_PORT" \
-  --htpasswd "$REGISTRY_ROOT/$AUTH_REGISTRY_PORT/htpasswd" --user "$REGISTRY_USER" --password "$REGISTRY_PASSWORD"
-push_test_image() {  # port [user]
-  local port=$1 user=${2:-} ref="127.0.0.1:$1/${IMAGE%:*}:${IMAGE##*:}"
-  python3 scripts/registry.py has --port "$port" ${user:+--user "$user" --password "$REGISTRY_PASSWORD"} \
-    "${IMAGE%:*}:${IMAGE##*:}" && return 0
-  log "pushing $IMAGE to 127.0.0.1:$port"
-  local cfg; cfg=$(mktemp -d)
-  if [ -n "$user" ]; then
-    local out  # docker login warns about the plain-text file; shown only when it fails
-    out=$(printf '%s' "$REGISTRY_PASSWORD" | DOCKER_CONFIG=$cfg docker login -u "$user" --password-stdin "127.0.0.1:$port" 2>&1) \
-      || { printf '%s\n' "$out" >&2; rm -rf "$cfg"; exit 1; }
-  fi
-  docker tag "$IMAGE" "$ref"
-  DOCKER_CONFIG=$cfg docker push -q "$ref" >/dev/null || { rm -rf "$cfg"; docker rmi "$ref" >/dev/null; exit 1; }
-  docker rmi "$ref" >/dev/null  # only the tag: the image stays as $IMAGE
-  rm -rf "$cfg"
-}
-push_test_image "$REGISTRY_PORT"
-push_test_image "$AUTH_REGISTRY_PORT" "$REGISTRY_USER"
+# Registries: setup.sh only installs docker-registry and apache2-utils (htpasswd) above and
+# starts none. The suite's session fixture (tests/integration/conftest.py) and scripts/bench.py
+# start their own through scripts/registry.py, on free loopback ports, and stop them after.
 
-log "ready: docker $(docker version -f '{{.Server.Version}}'), redis on :$REDIS_PORT, image $IMAGE," \
-  "registries on 127.0.0.1:$REGISTRY_PORT and 127.0.0.1:$AUTH_REGISTRY_PORT (login $REGISTRY_USER)"
+log "ready: docker $(docker version -f '{{.Server.Version}}'), redis on :$REDIS_PORT, image $IMAGE"

@@ -1,8 +1,13 @@
-"""Integration-test hooks: the dockerd restart test runs last, whatever the selection order."""
+"""Integration-test hooks: the dockerd restart test runs last, whatever the selection order; the
+session's loopback registries (started on demand, stopped at the end of the session)."""
 
 from __future__ import annotations
 
+import os
+
 import pytest
+
+from scripts import registry as reg
 
 
 def pytest_configure(config: pytest.Config) -> None:
@@ -17,54 +22,44 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     items.sort(key=lambda item: item.get_closest_marker("daemon_restart") is not None)
 
 
-# -- loopback registries (scripts/registry.py; scripts/setup.sh starts them on :5000 and :5001) ------
+# -- loopback registries (scripts/registry.py) ---------------------------------------------------
+# scripts/setup.sh only installs docker-registry; the session starts the registries its tests ask
+# for, on free loopback ports (or DOCKRQ_TEST_REGISTRY_PORT / DOCKRQ_TEST_AUTH_REGISTRY_PORT),
+# pushes the test image to each, and stops them when the session ends: no docker-registry remains.
+
+# The private registry's login (a test credential on loopback).
+REGISTRY_USER, REGISTRY_PASSWORD = reg.DEFAULT_USER, reg.DEFAULT_PASSWORD
 
 
-def _session_registry(tmp_path_factory, env: str, default_port: int, *, auth: bool):
-    """The registry setup.sh started (``env`` names another ``127.0.0.1:PORT``), or, when none
-    answers there, one of the session's own on a free port, stopped at the end."""
-    import os
-
-    from scripts import registry as reg
-
-    address = os.environ.get(env, f"127.0.0.1:{default_port}")
-    host, _, port = address.rpartition(":")
-    if reg.answers(host, int(port)):
-        yield address
-        return
+def _session_registry(tmp_path_factory, port_env: str, *, auth: bool):
+    """Start a registry of the session's own (with a bcrypt htpasswd login when ``auth``), push
+    the test image to it, yield ``127.0.0.1:PORT``, stop it at the end of the session."""
+    image = os.environ.get("DOCKRQ_TEST_IMAGE", reg.TEST_IMAGE)  # as tests/conftest.py
     root = tmp_path_factory.mktemp("registry")
     htpasswd = None
     if auth:
         htpasswd = root / "htpasswd"
         reg.write_htpasswd(htpasswd, REGISTRY_USER, REGISTRY_PASSWORD)
-    own = reg.Registry(root / "r", htpasswd=htpasswd)
+    own = reg.Registry(root / "r", int(os.environ.get(port_env) or 0) or None, htpasswd=htpasswd)
     own.start()
     try:
+        reg.push_image(image, own.address, user=REGISTRY_USER if auth else None, password=REGISTRY_PASSWORD)
         yield own.address
     finally:
         own.stop()
 
 
-import os as _os
-
-from scripts.registry import DEFAULT_PASSWORD as _DEFAULT_PASSWORD
-from scripts.registry import DEFAULT_USER as _DEFAULT_USER
-
-# The login of the private registry (scripts/setup.sh: DOCKRQ_REGISTRY_USER / _PASSWORD).
-REGISTRY_USER = _os.environ.get("DOCKRQ_REGISTRY_USER", _DEFAULT_USER)
-REGISTRY_PASSWORD = _os.environ.get("DOCKRQ_REGISTRY_PASSWORD", _DEFAULT_PASSWORD)
-
-
 @pytest.fixture(scope="session")
 def registry(tmp_path_factory):
-    """``127.0.0.1:PORT`` of a registry without login (DOCKRQ_TEST_REGISTRY, default :5000)."""
-    yield from _session_registry(tmp_path_factory, "DOCKRQ_TEST_REGISTRY", 5000, auth=False)
+    """``127.0.0.1:PORT`` of the session's registry without login, the test image pushed to it."""
+    yield from _session_registry(tmp_path_factory, "DOCKRQ_TEST_REGISTRY_PORT", auth=False)
 
 
 @pytest.fixture(scope="session")
 def auth_registry(tmp_path_factory):
-    """``127.0.0.1:PORT`` of a registry that wants a login (DOCKRQ_TEST_AUTH_REGISTRY, default :5001)."""
-    yield from _session_registry(tmp_path_factory, "DOCKRQ_TEST_AUTH_REGISTRY", 5001, auth=True)
+    """``127.0.0.1:PORT`` of the session's registry that wants a login (``REGISTRY_USER`` /
+    ``REGISTRY_PASSWORD``), the test image pushed to it."""
+    yield from _session_registry(tmp_path_factory, "DOCKRQ_TEST_AUTH_REGISTRY_PORT", auth=True)
 
 
 @pytest.fixture
@@ -73,7 +68,6 @@ def registry_images(unique, tmp_path):
     image of the test's own (``REGISTRY/t-UNIQUE/NAME:v1``), push it and remove it from the daemon,
     so using it means a real pull; returns (reference, manifest digest). Every image and tag made
     (and pulled) under the test's own repository is removed at teardown."""
-    from scripts import registry as reg
 
     made: list[str] = []
     login_dir = tmp_path / "push-login"

@@ -15,8 +15,7 @@ import redis
 from schemas import ExecutionStatus
 from scripts import registry as reg
 
-REGISTRY_USER = os.environ.get("DOCKRQ_REGISTRY_USER", reg.DEFAULT_USER)  # as tests/integration/conftest.py
-REGISTRY_PASSWORD = os.environ.get("DOCKRQ_REGISTRY_PASSWORD", reg.DEFAULT_PASSWORD)
+REGISTRY_USER, REGISTRY_PASSWORD = reg.DEFAULT_USER, reg.DEFAULT_PASSWORD  # auth_registry's login
 
 pytestmark = pytest.mark.integration
 
