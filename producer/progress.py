@@ -27,7 +27,7 @@ from pydantic import ValidationError
 from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
-from schemas import Event, ExecutionState, Keys, PullReport
+from schemas import Event, ExecutionState, Keys, PullReport, new_execution_id
 
 # An execution still waiting for a worker this long (seconds) gets the notice.
 WAITING_NOTICE_SECONDS = 1.0
@@ -78,6 +78,20 @@ class SubmitProgress:
         self._thread = threading.Thread(target=self._run, name="dockrq-submit-progress", daemon=True)
         self._thread.start()
         return self
+
+    @classmethod
+    def before_submit(cls, producer: Any, request: dict[str, Any], queue: str | None) -> SubmitProgress:
+        """Started for ``request`` (a request document) about to be submitted by ``producer`` on
+        ``queue`` (None: the producer's): gives the request its execution id now (unless it has
+        one), so the display listens before the submit and misses no event."""
+        request.setdefault("execution_id", new_execution_id())
+        return cls(producer.connection, producer.keys, request["execution_id"], queue or producer.queue).start()
+
+    def __enter__(self) -> SubmitProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
 
     def close(self) -> None:
         """End the display: a pull shown in part gets its line; nothing is shown afterwards."""

@@ -109,6 +109,7 @@ class ExecutionRun:
         self._outcome_abandoned = False  # Redis stayed away for outcome_retry_seconds
         self._shipper: LogShipper | None = None
         self._taken_at = pulls.now()  # when this worker took the job: the end of its queued time
+        self._stop_timeout: int | None = None  # the request's --stop-timeout: its grace instead of the worker's
 
     # -- entry -----------------------------------------------------------------
 
@@ -145,6 +146,7 @@ class ExecutionRun:
             executor = self.runtime.executor
         except DockerUnavailableError as exc:
             return self._end(Outcome.failure(self.execution_id, ExecutionStatus.ERROR, exc.code, str(exc)))
+        self._stop_timeout = request.stop_timeout
         self.channels.set_state(ExecutionState.PULLING, image=request.engine.image, pulling_at=self._taken_at)
         try:
             with self.runtime.track(self, self.channels.connection):
@@ -286,7 +288,7 @@ class ExecutionRun:
             log.error("execution %s: start still in progress after %.0f s", self.execution_id, START_DRAIN_SECONDS)
             return None
         self._try_cancel()
-        grace = self.runtime.settings.stop_grace_seconds
+        grace = self.runtime.settings.stop_grace_seconds if self._stop_timeout is None else self._stop_timeout
         try:
             return executor.wait(self.execution_id).result(timeout=grace + STOP_MARGIN_SECONDS)
         except ExecutionNotFound:
