@@ -68,3 +68,9 @@ def test_quick_bench_reports_every_figure_and_cleans_up(tmp_path, redis_url, red
         assert not docker_client.containers.list(all=True, filters={"label": label})
     assert not list(redis_client.scan_iter(match=f"*{token}*"))
     assert not [m for m in redis_client.smembers("rq:workers") if token.encode() in m]
+    # ... nor the loopback registry of its pull figure (scripts/bench_pull.py starts and stops it)
+    registries = [p for p in psutil.process_iter(["name", "cmdline", "status"]) if p.info["name"] == "docker-registry"]
+    assert not [
+        p for p in registries
+        if p.info["status"] != psutil.STATUS_ZOMBIE and "dockrq-bench-registry-" in " ".join(p.info["cmdline"] or [])
+    ]

@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import socket
 import struct
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import replace
