@@ -256,10 +256,16 @@ class ExecutionRun:
 
     def _try_cancel(self) -> bool:
         try:
-            self.runtime.executor.cancel(self.execution_id, grace_seconds=self.runtime.settings.stop_grace_seconds)
+            self.runtime.executor.cancel(self.execution_id, grace_seconds=self.stop_grace)
         except (ExecutionNotFound, ExecutionAlreadyFinished):
             return False
         return True
+
+    @property
+    def stop_grace(self) -> float:
+        """Seconds between SIGTERM and SIGKILL when this execution is stopped: the request's
+        ``stop_timeout`` (docker run --stop-timeout), else the worker's DOCKRQ_STOP_GRACE_SECONDS."""
+        return self.runtime.settings.stop_grace_seconds if self._stop_timeout is None else self._stop_timeout
 
     def stop_by_rq(self) -> None:
         """rq's stop-job command: cancel, and report the job to rq as stopped."""
@@ -288,7 +294,7 @@ class ExecutionRun:
             log.error("execution %s: start still in progress after %.0f s", self.execution_id, START_DRAIN_SECONDS)
             return None
         self._try_cancel()
-        grace = self.runtime.settings.stop_grace_seconds if self._stop_timeout is None else self._stop_timeout
+        grace = self.stop_grace
         try:
             return executor.wait(self.execution_id).result(timeout=grace + STOP_MARGIN_SECONDS)
         except ExecutionNotFound:

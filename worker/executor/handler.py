@@ -227,9 +227,8 @@ class ExecutionHandler:
         if pulling:
             self._pull.abort()  # a cancel does not wait for a slow (or hung) pull
         if running and self.container_id:
-            grace = self._grace if grace is None else grace
-            if self.request.stop_timeout is not None:  # docker run --stop-timeout: the request's own grace
-                grace = self.request.stop_timeout
+            if grace is None:  # docker run --stop-timeout: the request's own grace, else the executor's
+                grace = self._grace if self.request.stop_timeout is None else self.request.stop_timeout
             threading.Thread(target=self._stop_container, args=(grace,), daemon=True).start()
 
     def _stop_container(self, grace: float) -> None:
