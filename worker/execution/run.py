@@ -115,7 +115,7 @@ class ExecutionRun:
 
     # -- entry -----------------------------------------------------------------
 
-    def run(self) -> dict[str, Any]:
+    def run(self) -> dict[str, Any] | Retry:
         execution_id, request, problem = read_request(self.payload, self.job.id if self.job is not None else None)
         if execution_id is None:
             log.error("rejected a request with no usable execution id: %s", problem)
@@ -146,7 +146,7 @@ class ExecutionRun:
 
     # -- the run -------------------------------------------------------------------
 
-    def _run(self, request: ExecutionRequest) -> dict[str, Any]:
+    def _run(self, request: ExecutionRequest) -> dict[str, Any] | Retry:
         assert self.channels is not None
         try:
             executor = self.runtime.executor
