@@ -501,7 +501,9 @@ class Producer:
             execution_id, ExecutionStatus.CANCELLED, "cancelled", f"cancelled while {rq_status.value}, before it started"
         )
         pipe.eval(
-            WRITE_OUTCOME_LUA, 1, self.keys.outcome(execution_id), cancelled.model_dump_json(), self.retention_seconds
+            WRITE_OUTCOME_LUA, 2, self.keys.outcome(execution_id),
+            self.keys.ended(job.origin, ExecutionStatus.CANCELLED.value),
+            cancelled.model_dump_json(), self.retention_seconds, execution_id, time.time(),
         )
         self._publish_event(pipe, execution_id, ExecutionState.CANCELLED.value)
         pipe.execute()

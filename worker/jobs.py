@@ -48,6 +48,7 @@ from worker.executor import (
     StartError,
 )
 
+from . import metrics
 from . import runtime as runtime_module
 from .channels import ExecutionChannels
 from .runtime import WorkerRuntime
@@ -150,7 +151,7 @@ class ExecutionRun:
             executor = self.runtime.executor
         except DockerUnavailableError as exc:
             return self._end(Outcome.failure(self.execution_id, ExecutionStatus.ERROR, exc.code, str(exc)))
-        self.channels.set_state(ExecutionState.PULLING, image=request.engine.image)
+        self.channels.set_state(ExecutionState.PULLING, image=request.engine.image, node=self.runtime.settings.executor_id)
         try:
             with self.runtime.track(self, self.channels.connection):
                 rejected = self._start(executor, request)
@@ -204,10 +205,15 @@ class ExecutionRun:
         if future.done():  # failed to start: there is nothing running to announce
             self._ship_logs(executor)
             return
-        container_id = None
+        container_id = pull_seconds = None
         with suppress(ExecutorError):
-            container_id = executor.info(self.execution_id).container_id
-        flagged = self.channels.set_state(ExecutionState.RUNNING, check_cancel=True, container_id=container_id)
+            info = executor.info(self.execution_id)
+            container_id, pull_seconds = info.container_id, getattr(info, "pull_seconds", None)
+        metrics.image_pulled(pull_seconds)
+        flagged = self.channels.set_state(
+            ExecutionState.RUNNING, check_cancel=True, container_id=container_id,
+            pull_seconds=None if pull_seconds is None else round(pull_seconds, 3),
+        )
         self._ship_logs(executor)
         if flagged or self._cancel_reason:
             self.cancel(self._cancel_reason or "cancel flag set")

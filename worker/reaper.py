@@ -60,7 +60,7 @@ from worker.executor import DockerUnavailableError
 from worker.executor.client import DAEMON_ERRORS
 from worker.executor.types import LABEL_CREATED, LABEL_EXECUTION, LABEL_EXECUTOR
 
-from . import settle
+from . import metrics, settle
 from .adoption import Adoptions, LogResume
 from .channels import ExecutionChannels
 from .liveness import Liveness, WorkerState, rq_heartbeat_ttl
@@ -159,6 +159,7 @@ class Reaper:
         finally:
             self._pass_lock.release()
         self._failing = False
+        metrics.reaped(report)
         if report:
             log.info("reaper: %s", report)
         return report

@@ -19,6 +19,7 @@ import redis
 from rq.serializers import JSONSerializer
 from rq.worker import SimpleWorker
 
+from . import logformat, metrics
 from . import runtime as runtime_module
 from .resilience import ResilientWorker
 from .rq_job import DockrqJob
@@ -85,6 +86,12 @@ class DockrqWorker(ResilientWorker, SimpleWorker):
                 if raise_errors:
                     raise
                 self.log.debug("Worker %s: heartbeat failed: %s", self.name, exc)
+
+    def execute_job(self, job: Any, queue: Any) -> None:
+        """rq's execute_job, counted (worker.metrics) and with the job's id on its log lines."""
+        metrics.job_taken(job.enqueued_at)
+        with logformat.execution_context(job.id):
+            super().execute_job(job, queue)
 
     def heartbeat_current_job(self) -> None:
         """What a forking worker's parent does while it waits for the horse."""

@@ -22,6 +22,7 @@ import redis
 from schemas import CANCEL_MESSAGE, Keys, Outcome
 from worker.executor import ExecutorError, new_executor
 
+from . import metrics
 from .channels import ExecutionChannels
 from .settings import WorkerSettings
 
@@ -176,7 +177,8 @@ class WorkerRuntime:
                 self._control = ControlListener(connection, self.keys, self._cancel_from_control)
             self._running[run.execution_id] = run
         try:
-            yield
+            with metrics.running():
+                yield
         finally:
             with self._lock:
                 self._running.pop(run.execution_id, None)

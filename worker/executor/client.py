@@ -94,17 +94,18 @@ class DockerClient:
             fresh.close()
 
     # -- images ----------------------------------------------------------------
-    def ensure_image(self, image: str, policy: str, handle: PullHandle | None = None) -> None:
-        """Make ``image`` present according to the pull policy, within the pull deadline.
+    def ensure_image(self, image: str, policy: str, handle: PullHandle | None = None) -> bool:
+        """Make ``image`` present according to the pull policy, within the pull deadline;
+        True when it was pulled, False when it was present already.
 
         ``handle.abort()`` from another thread ends a pull in progress (ImagePullError)."""
         if policy != "always":
             if image in self._present:
-                return
+                return False
             try:
                 self.api.inspect_image(image)
                 self._present.add(image)
-                return
+                return False
             except ImageNotFound:
                 if policy == "never":
                     raise ImagePullError(f"image {image!r} is not present and pull_policy is 'never'") from None
@@ -112,6 +113,7 @@ class DockerClient:
                 raise DaemonError(f"inspecting image {image!r} failed: {exc}") from exc
         self._pull(image, handle)
         self._present.add(image)
+        return True
 
     def _pull(self, image: str, handle: PullHandle | None = None) -> None:
         # The daemon may hold the response headers back until the registry answers, so

@@ -49,6 +49,7 @@ class ExecutionInfo:
     adopted: bool
     started_at: datetime | None
     finished_at: datetime | None
+    pull_seconds: float | None = None  # how long its image pull took; None when the image was present
 
 
 @dataclass
@@ -196,7 +197,7 @@ class DockerExecutor:
     # -- beyond the seed --------------------------------------------------------
     def info(self, execution_id: str) -> ExecutionInfo:
         h = self._get(execution_id)
-        return ExecutionInfo(execution_id, h.state, h.container_id, h.adopted, h.started_at, h.finished_at)
+        return ExecutionInfo(execution_id, h.state, h.container_id, h.adopted, h.started_at, h.finished_at, h.pull_seconds)
 
     def forget(self, execution_id: str) -> None:
         """Drop a finished execution's result and logs now (the worker does this

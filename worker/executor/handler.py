@@ -65,6 +65,7 @@ class ExecutionHandler:
         self.started_at: datetime | None = None
         self.finished_at: datetime | None = None
         self.finished_monotonic: float | None = None
+        self.pull_seconds: float | None = None  # set when an image pull was made for it
         self.done: Future[ExecutionResult] = Future()
 
         self._client = client
@@ -133,11 +134,11 @@ class ExecutionHandler:
     def _start_container(self, spec: ContainerSpec) -> bool:
         """One attempt at pull, create (or adopt), attach, start; False if cancelled first."""
         self.state = ExecutionState.PULLING
-        self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
+        self._ensure_image()
         try:
             self.container_id, created = self._client.create(spec)
         except ImageMissing:  # removed since the client last saw it: once more, per the pull policy
-            self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
+            self._ensure_image()
             self.container_id, created = self._client.create(spec)
         must_start = created
         if created:
@@ -159,6 +160,11 @@ class ExecutionHandler:
         if must_start:
             self._client.start(self.container_id)
         return True
+
+    def _ensure_image(self) -> None:
+        began = time.monotonic()
+        if self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull):
+            self.pull_seconds = (self.pull_seconds or 0.0) + time.monotonic() - began
 
     def _running_now(self) -> None:
         self.started_at = _now()
