@@ -67,13 +67,19 @@ def is_execution(job: Job) -> bool:
     return "execution_id" in (job.meta or {})
 
 
-def status_counts(connection: redis.Redis, settings: DashboardSettings, queue: str) -> dict[str, int]:
-    """{status: executions of ``queue`` that ended so within the retention}, one round trip."""
+def status_counts(connection: redis.Redis, settings: DashboardSettings, queue: str) -> dict[str, int | None]:
+    """{status: executions of ``queue`` that ended so within the retention}, one round trip.
+
+    None for each status when the index cannot be read (an ACL user without the
+    dashboard's DOCKRQ_PREFIX): the page shows rq's numbers and no counts, not an error."""
     since = time.time() - settings.retention_seconds
-    with connection.pipeline(transaction=False) as pipe:
-        for status in STATUSES:
-            pipe.zcount(settings.keys.ended(queue, status), since, "+inf")
-        return dict(zip(STATUSES, (int(n) for n in pipe.execute()), strict=True))
+    try:
+        with connection.pipeline(transaction=False) as pipe:
+            for status in STATUSES:
+                pipe.zcount(settings.keys.ended(queue, status), since, "+inf")
+            return dict(zip(STATUSES, (int(n) for n in pipe.execute()), strict=True))
+    except redis.ResponseError:
+        return dict.fromkeys(STATUSES)
 
 
 def ended_page(
@@ -84,15 +90,10 @@ def ended_page(
     statuses = STATUSES if registry == ALL_ENDED else (registry,)
     since = time.time() - settings.retention_seconds
     keys = [settings.keys.ended(queue, s) for s in statuses]
-    with connection.pipeline(transaction=False) as pipe:
-        for key in keys:
-            pipe.zcount(key, since, "+inf")
-        for key in keys:  # each index's first offset+count entries in the order asked: enough to merge
-            if newest_first:
-                pipe.zrevrangebyscore(key, "+inf", since, start=0, num=offset + count, withscores=True)
-            else:
-                pipe.zrangebyscore(key, since, "+inf", start=0, num=offset + count, withscores=True)
-        replies = pipe.execute()
+    try:
+        replies = _page_replies(connection, keys, since, offset + count, newest_first)
+    except redis.ResponseError:  # not readable with this ACL user: an empty list
+        return 0, []
     total = sum(int(n) for n in replies[: len(keys)])
     merged = [
         (_text(member), status, float(score))
@@ -101,6 +102,18 @@ def ended_page(
     ]
     merged.sort(key=lambda e: e[2], reverse=newest_first)
     return total, merged[offset : offset + count]
+
+
+def _page_replies(connection: redis.Redis, keys: list[str], since: float, first: int, newest_first: bool) -> list[Any]:
+    with connection.pipeline(transaction=False) as pipe:
+        for key in keys:
+            pipe.zcount(key, since, "+inf")
+        for key in keys:  # each index's first offset+count entries in the order asked: enough to merge
+            if newest_first:
+                pipe.zrevrangebyscore(key, "+inf", since, start=0, num=first, withscores=True)
+            else:
+                pipe.zrangebyscore(key, since, "+inf", start=0, num=first, withscores=True)
+        return pipe.execute()
 
 
 def row(job: Job, connection: redis.Redis, settings: DashboardSettings) -> dict[str, Any] | None:
@@ -145,7 +158,11 @@ def label(status: str, exit_code: int | None, error_code: str | None) -> str:
 
 
 def read_outcome(connection: redis.Redis, settings: DashboardSettings, execution_id: str) -> Outcome | None:
-    raw = connection.lindex(settings.keys.outcome(execution_id), 0)
+    """The outcome, or None (not ended, or not readable with this ACL user)."""
+    try:
+        raw = connection.lindex(settings.keys.outcome(execution_id), 0)
+    except redis.ResponseError:
+        return None
     return Outcome.model_validate_json(raw) if raw else None
 
 
@@ -199,7 +216,11 @@ def _log_tail(connection: redis.Redis, settings: DashboardSettings, execution_id
     """The end of a running execution's log stream, per stream."""
     out: dict[str, list[str]] = {"stdout": [], "stderr": []}
     size = 0
-    for _id, fields in connection.xrevrange(settings.keys.log_stream(execution_id), count=64):
+    try:
+        batches = connection.xrevrange(settings.keys.log_stream(execution_id), count=64)
+    except redis.ResponseError:
+        return "", ""
+    for _id, fields in batches:
         batch = json.loads(fields.get(b"batch") or fields.get("batch") or "{}")
         for entry in reversed(batch.get("entries") or []):
             out.setdefault(entry.get("stream", "stdout"), []).insert(0, entry.get("data", ""))
