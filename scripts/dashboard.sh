@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start rq-dashboard on dockrq's Redis, reading jobs with rq's JSON serializer
-# (worker/dashboard.py extends --json to the workers page and keeps job
+# (worker/service/dashboard.py, loaded as worker.dashboard, extends --json to the workers page and keeps job
 # arguments, which hold environment values, off it).
 #
 #   scripts/dashboard.sh                 # http://127.0.0.1:9181
@@ -8,7 +8,7 @@
 #
 # Env: DOCKRQ_REDIS_URL (default redis://127.0.0.1:6379/0), DOCKRQ_DASHBOARD_PORT
 # (9181), DOCKRQ_DASHBOARD_BIND (127.0.0.1: the dashboard can delete and requeue
-# jobs, so it is not exposed unless asked); read by worker/dashboard_views.py:
+# jobs, so it is not exposed unless asked); read by worker/observe/dashboard_views.py:
 # DOCKRQ_PREFIX (dockrq), DOCKRQ_QUEUE or the first of DOCKRQ_QUEUES (the queue the
 # Jobs tab opens; dockrq), DOCKRQ_RETENTION_SECONDS (86400: the window of the
 # per-outcome counts). Extra arguments go to rq-dashboard.

@@ -130,7 +130,7 @@ def test_the_dashboard_tells_endings_apart_and_its_buttons_are_safe(
 ):
     from selenium.webdriver.common.by import By
 
-    from worker.channels import ExecutionChannels
+    from worker.execution.channels import ExecutionChannels
 
     spawn_worker("--max-memory", "64m")
     image = {"image": test_image}
@@ -144,7 +144,7 @@ def test_the_dashboard_tells_endings_apart_and_its_buttons_are_safe(
         "cancelled": producer.submit({"engine": {**image, "cmd": ["true"]}}, delay=timedelta(hours=1)),
     }
     producer.cancel(ids["cancelled"])
-    # A lost one, written as the reaper writes it (worker.reaper: ExecutionChannels.finish on the job).
+    # A lost one, written as the reaper writes it (worker.faults: ExecutionChannels.finish on the job).
     ids["lost"] = producer.submit({"engine": {**image, "cmd": ["true"]}}, delay=timedelta(hours=1))
     lost_job = Job.fetch(ids["lost"], connection=redis_client, serializer=JSONSerializer)
     ExecutionChannels(

@@ -234,4 +234,4 @@ def test_json_logs_carry_the_execution_id(spawn_worker, producer, test_image):
         assert about, f"no line about {eid}"
         assert all(r["execution_id"] == eid for r in about), about
     ended = [r for r in records if r["execution_id"] == bad and "failed (exit 3)" in r["message"]]
-    assert ended and ended[0]["logger"] == "worker.jobs"
+    assert ended and ended[0]["logger"] == "worker.execution.run"

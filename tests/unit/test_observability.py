@@ -24,7 +24,7 @@ def _job(fake_redis, eid: str, env: dict | None = None):
 
 
 def _channels(fake_redis, job):
-    from worker.channels import ExecutionChannels
+    from worker.execution.channels import ExecutionChannels
 
     return ExecutionChannels(fake_redis, Keys("p"), job.id, worker="w1", retention_seconds=60, log_stream_maxlen=10, job=job)
 
@@ -53,7 +53,7 @@ def test_index_entries_older_than_the_retention_leave_it(fake_redis):
 
 
 def test_json_log_lines_name_the_execution_however_it_is_known():
-    from worker.logformat import JsonFormatter, execution_context
+    from worker.observe.logformat import JsonFormatter, execution_context
 
     formatter = JsonFormatter()
     logger = logging.getLogger("dockrq-test")
@@ -78,7 +78,7 @@ def test_json_log_lines_name_the_execution_however_it_is_known():
 def test_metric_hooks_are_free_until_enabled_then_count():
     from prometheus_client import CollectorRegistry
 
-    from worker import metrics
+    from worker.observe import metrics
 
     if metrics.enabled():  # pragma: no cover - another test of this process enabled them
         pytest.skip("instruments already enabled in this process")
@@ -112,7 +112,7 @@ def test_metric_hooks_are_free_until_enabled_then_count():
 
 
 def test_the_dashboard_reads_an_ended_execution_with_its_secrets_masked(fake_redis):
-    from worker import dashboard_data as data
+    from worker.observe import dashboard_data as data
 
     settings = data.DashboardSettings(prefix="p", queue="q", retention_seconds=60)
     job = _job(fake_redis, "e2", env={"TOKEN": "s3cr3t-value", "N": "1"})

@@ -2,15 +2,15 @@
 
 rq-dashboard is a Flask blueprint (``rq_dashboard.web.blueprint``) whose pages are
 Jinja templates filled in the browser from JSON endpoints. Imported by
-``worker.dashboard`` (rq-dashboard imports its ``--config`` module before it
-registers the blueprint), this module:
+``worker.service.dashboard`` (through ``worker.dashboard``, the ``--config`` module
+rq-dashboard imports before it registers the blueprint), this module:
 
 * adds ``dockrq`` fields to the JSON the pages already load (a job's row and page,
   a queue's counts) by wrapping the module-level helpers the views call
   (``serialize_job``, ``serialize_queues``, ``get_queue_registry_jobs_count``);
 * serves the pseudo-registries ``ended`` and one per outcome status
   (``/view/jobs/<queue>/failed/...``) from the status index ``P:ended:QUEUE:STATUS``;
-* puts its templates (``worker/dashboard_templates``) before rq-dashboard's in the
+* puts its templates (``worker/observe/dashboard_templates``) before rq-dashboard's in the
   app's Jinja loader; each one extends the original (reachable as
   ``rq_dashboard_base/...``) and reuses its scripts;
 * replaces, on registration (``blueprint.record``), the views whose effect on an
@@ -45,8 +45,8 @@ from rq_dashboard import web
 from producer import Producer
 from producer.errors import ExecutionAlreadyFinished, ExecutionNotFound, ProducerError
 
-from . import dashboard_data as data
-from .dashboard_data import PSEUDO_REGISTRIES, STATUSES, DashboardSettings
+from worker.observe import dashboard_data as data
+from worker.observe.dashboard_data import PSEUDO_REGISTRIES, STATUSES, DashboardSettings
 
 SETTINGS = DashboardSettings.from_env()
 TEMPLATES = Path(__file__).with_name("dashboard_templates")

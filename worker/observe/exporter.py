@@ -1,6 +1,6 @@
 """Serving the Prometheus metrics: one endpoint per worker, a pool as one, queue depth from one place.
 
-* ``dockrq-worker run --metrics-port P``: the worker's instruments (``worker.metrics``)
+* ``dockrq-worker run --metrics-port P``: the worker's instruments (``worker.observe.metrics``)
   plus prometheus_client's ``process_*``/``python_*`` metrics on
   ``http://ADDR:P/metrics``.
 * ``--pool N``: the N worker processes (rq's ``WorkerPool`` forks them) are one
@@ -33,8 +33,8 @@ from rq.queue import Queue
 
 from schemas import ExecutionStatus, Keys
 
-from . import metrics
-from .settings import WorkerSettings
+from worker.observe import metrics
+from worker.config.settings import WorkerSettings
 
 log = logging.getLogger(__name__)
 

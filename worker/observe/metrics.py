@@ -4,7 +4,7 @@ The execution, channel and reaper code call the functions below at a handful of
 points; they do nothing until ``enable()`` has run (``dockrq-worker run
 --metrics-port``), so a worker without metrics, a plain ``rq worker`` and the
 unit tests pay nothing. ``prometheus_client`` is imported by ``enable()`` only,
-because its multiprocess mode (``--pool N``, see ``worker.exporter``) has to be
+because its multiprocess mode (``--pool N``, see ``worker.observe.exporter``) has to be
 chosen before its first import in the process.
 
 Names follow Prometheus's conventions (https://prometheus.io/docs/practices/naming/):
@@ -76,7 +76,7 @@ def enable(registry: CollectorRegistry | None = None, *, register: bool = True) 
     ``registry``: where they are registered (default: prometheus_client's global
     REGISTRY, which also carries the ``process_*`` metrics). ``register=False``
     creates them unregistered: in multiprocess mode the values go to files that
-    the pool's parent reads (``worker.exporter``).
+    the pool's parent reads (``worker.observe.exporter``).
     """
     global _instruments
     from prometheus_client import REGISTRY, Counter, Gauge, Histogram

@@ -2,7 +2,7 @@
 
 One JSON object a line, for log collectors (Loki, Fluent Bit, Vector, ...):
 
-    {"ts": "2026-01-02T03:04:05.678+00:00", "level": "INFO", "logger": "worker.jobs",
+    {"ts": "2026-01-02T03:04:05.678+00:00", "level": "INFO", "logger": "worker.execution.run",
      "message": "execution 01J...: failed (exit 3)", "execution_id": "01J...",
      "process": 4242, "thread": "MainThread"}
 
