@@ -29,9 +29,12 @@ from collections.abc import Iterable, Iterator
 from typing import Any
 
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from rq.queue import Queue
 
 from schemas import ExecutionStatus, Keys
+from schemas.connections import client_from_url
 
 from worker.observe import metrics
 from worker.config.settings import WorkerSettings
@@ -117,9 +120,11 @@ class QueueCollector:
 
 
 def queue_collector(settings: WorkerSettings) -> QueueCollector:
-    connection = redis.Redis.from_url(
+    # One try per scrape (redis-py Retry with no retries): an unreachable Redis answers
+    # dockrq_redis_up 0 within the scrape's timeout rather than after the pool's retries.
+    connection = client_from_url(
         settings.redis_url, socket_timeout=SCRAPE_REDIS_TIMEOUT_SECONDS,
-        socket_connect_timeout=SCRAPE_REDIS_TIMEOUT_SECONDS,
+        socket_connect_timeout=SCRAPE_REDIS_TIMEOUT_SECONDS, retry=Retry(NoBackoff(), 0),
     )
     return QueueCollector(connection, settings.queues, Keys(settings.prefix), settings.retention_seconds)
 
