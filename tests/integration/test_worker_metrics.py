@@ -235,3 +235,29 @@ def test_json_logs_carry_the_execution_id(spawn_worker, producer, test_image):
         assert all(r["execution_id"] == eid for r in about), about
     ended = [r for r in records if r["execution_id"] == bad and "failed (exit 3)" in r["message"]]
     assert ended and ended[0]["logger"] == "worker.execution.run"
+
+
+def test_image_pull_seconds_observes_real_pulls(spawn_worker, producer, registry, registry_images, unique):
+    """dockrq_image_pull_seconds observes each execution's pull from the loopback registry (its
+    ``result.pull_seconds``), a failed pull too; an execution whose image is present adds none."""
+    image, _ = registry_images(registry, files={"/version": b"one\n"})
+    port = free_port()
+    spawn_worker("--metrics-port", str(port), "--metrics-addr", "127.0.0.1")
+
+    def run(ref: str):
+        eid = producer.submit({"engine": {"image": ref, "cmd": ["cat", "/version"]}, "pull_policy": "if_not_present"})
+        return producer.wait(eid, timeout=60)
+
+    pulled, present = run(image), run(image)
+    missing = run(f"{registry}/t-{unique}/missing:v1")  # the registry answers: no such manifest
+    assert (pulled.status.value, pulled.result.stdout) == ("succeeded", "one\n"), pulled
+    assert pulled.result.pull_seconds and present.result.pull_seconds is None
+    assert (missing.status.value, missing.error.code) == ("error", "image_pull"), missing
+    assert missing.result.pull_seconds is not None
+
+    s = samples(scrape(port))
+    assert s[("dockrq_image_pull_seconds_count", ())] == 2
+    assert s[("dockrq_image_pull_seconds_sum", ())] == pytest.approx(
+        pulled.result.pull_seconds + missing.result.pull_seconds, rel=1e-6
+    )
+    assert s[("dockrq_executions_ended_total", (("status", "error"),))] == 1

@@ -91,19 +91,20 @@ def test_metric_hooks_are_free_until_enabled_then_count():
 
         now = datetime.now(timezone.utc)
         result = started.model_copy(update={"started_at": now - timedelta(seconds=2), "finished_at": now})
-        metrics.outcome_written(Outcome.from_result(result))
-        metrics.image_pulled(1.5)
-        metrics.image_pulled(None)
+        metrics.outcome_written(Outcome.from_result(result))  # image present: no pull observed
+        pulled = result.model_copy(update={"execution_id": "y", "pull_seconds": 1.5})
+        metrics.outcome_written(Outcome.from_result(pulled))
         with metrics.running():
             assert registry.get_sample_value("dockrq_executions_running") == 1
         from types import SimpleNamespace
 
         metrics.reaped(SimpleNamespace(adopted=["a"], requeued=["b"], unstuck=["c"], lost=[], removed_containers=["d"], settled=[]))
         value = registry.get_sample_value
-        assert value("dockrq_executions_ended_total", {"status": "succeeded"}) == 1
+        assert value("dockrq_executions_ended_total", {"status": "succeeded"}) == 2
         assert value("dockrq_executions_ended_total", {"status": "lost"}) == 0
-        assert value("dockrq_execution_run_seconds_sum", {"status": "succeeded"}) == pytest.approx(2.0)
+        assert value("dockrq_execution_run_seconds_sum", {"status": "succeeded"}) == pytest.approx(4.0)
         assert value("dockrq_image_pull_seconds_count") == 1
+        assert value("dockrq_image_pull_seconds_sum") == pytest.approx(1.5)
         assert value("dockrq_executions_running") == 0
         assert value("dockrq_reaper_actions_total", {"action": "requeued"}) == 2
         assert value("dockrq_reaper_actions_total", {"action": "orphan_removed"}) == 1

@@ -43,6 +43,7 @@ DEFAULT_REAP_AFTER_SECONDS = 30.0
 DEFAULT_REAP_INTERVAL_SECONDS = 10.0
 DEFAULT_ORPHAN_GRACE_SECONDS = 60.0
 DEFAULT_OUTCOME_RETRY_SECONDS = 600.0
+DEFAULT_PULL_TIMEOUT_SECONDS = 300.0
 
 # Environment variable -> settings field. The only place env names are spelled.
 ENV_VARS: dict[str, str] = {
@@ -65,6 +66,8 @@ ENV_VARS: dict[str, str] = {
     "DOCKRQ_METRICS_ADDR": "metrics_addr",
     "DOCKRQ_QUEUE_METRICS": "queue_metrics",
     "DOCKRQ_LOG_FORMAT": "log_format",
+    # Image pulls (worker/executor/pull.py)
+    "DOCKRQ_PULL_TIMEOUT_SECONDS": "pull_timeout_seconds",
     # What requests may ask for (worker/config/policy.py): DOCKRQ_MAX_MEMORY, DOCKRQ_ALLOWED_MOUNT_ROOTS, ...
     **{var: f"policy.{field}" for field, var in POLICY_ENV_VARS.items()},
 }
@@ -118,6 +121,8 @@ class WorkerSettings(BaseModel):
     metrics_addr: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)] = "0.0.0.0"
     queue_metrics: bool = False
     log_format: Literal["text", "json"] = "text"
+    # An image pull taking longer ends its execution error/image_pull (a registry that stopped answering).
+    pull_timeout_seconds: float = Field(default=DEFAULT_PULL_TIMEOUT_SECONDS, ge=1, le=86400)
 
     @field_validator("queues", mode="before")
     @classmethod

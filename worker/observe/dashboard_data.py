@@ -194,9 +194,10 @@ def execution(job: Job, connection: redis.Redis, settings: DashboardSettings) ->
     run = None
     if result is not None and result.started_at and result.finished_at:
         run = (result.finished_at - result.started_at).total_seconds()
-    queued = None
-    if job.enqueued_at and job.started_at:
+    queued = result.queued_seconds if result is not None else None
+    if queued is None and job.enqueued_at and job.started_at:
         queued = (_utc(job.started_at) - _utc(job.enqueued_at)).total_seconds()
+    pull = result.pull_seconds if result is not None else meta.get("pull_seconds")
     return {
         **base,
         "execution_id": job.id,
@@ -204,7 +205,7 @@ def execution(job: Job, connection: redis.Redis, settings: DashboardSettings) ->
         "container_id": meta.get("container_id") or (result.container_id if result else None),
         "oom_killed": bool(result and result.oom_killed),
         "error_message": _mask(outcome.error.message, secrets) if outcome and outcome.error else None,
-        "durations": {"queued": queued, "pull": meta.get("pull_seconds"), "run": run},
+        "durations": {"queued": queued, "pull": pull, "run": run},
         "stdout": _mask(_tail(stdout), secrets),
         "stderr": _mask(_tail(stderr), secrets),
         "stdout_truncated": bool(result and result.stdout_truncated),

@@ -16,7 +16,7 @@ metric per quantity with a label for its kinds:
 ``dockrq_executions_ended_total{status}``              counter    outcomes this worker wrote (reaper's ``lost`` included)
 ``dockrq_executions_running``                          gauge      executions in this worker now (pull to outcome; adopted ones too)
 ``dockrq_execution_queue_wait_seconds``                histogram  rq job enqueued -> taken by this worker
-``dockrq_image_pull_seconds``                          histogram  one image pull (not counted when the image was present)
+``dockrq_image_pull_seconds``                          histogram  an execution's image pull (failed ones too; none when present)
 ``dockrq_execution_run_seconds{status}``               histogram  container started -> ended
 ``dockrq_outcome_write_retries_total``                 counter    outcome writes retried while Redis was unreachable
 ``dockrq_reaper_actions_total{action}``                counter    adopted, requeued, lost, orphan_removed, settled
@@ -104,7 +104,8 @@ def enable(registry: CollectorRegistry | None = None, *, register: bool = True) 
                 buckets=QUEUE_WAIT_BUCKETS, registry=reg,
             ),
             pull=Histogram(
-                "dockrq_image_pull_seconds", "Time one image pull took (executions whose image was present make none).",
+                "dockrq_image_pull_seconds",
+                "Time spent pulling an execution's image, failed pulls included (executions whose image was present make none).",
                 buckets=PULL_BUCKETS, registry=reg,
             ),
             run=Histogram(
@@ -159,21 +160,18 @@ def running() -> Iterator[None]:
         i.running.dec()
 
 
-def image_pulled(seconds: float | None) -> None:
-    """One pull took ``seconds`` (None: the image was present, nothing pulled)."""
-    i = _instruments
-    if i is not None and seconds is not None:
-        i.pull.observe(seconds)
-
-
 def outcome_written(outcome: Outcome) -> None:
-    """This worker's outcome is the one stored (first writer wins): count it once."""
+    """This worker's outcome is the one stored (first writer wins): count it once, with its
+    run time and the image pull made for it (``ExecutionResult.pull_seconds``: the executor's
+    pull record, failed pulls included; None when the image was present)."""
     i = _instruments
     if i is None:
         return
     status = outcome.status.value
     i.ended.labels(status=status).inc()
     result = outcome.result
+    if result is not None and result.pull_seconds is not None:
+        i.pull.observe(max(0.0, result.pull_seconds))
     if result is not None and result.started_at is not None and result.finished_at is not None:
         i.run.labels(status=status).observe(max(0.0, (result.finished_at - result.started_at).total_seconds()))
 

@@ -131,6 +131,11 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 help="Seconds an execution's writes wait for an unreachable Redis before the worker keeps "
                 f"its outcome for later ({_setting('outcome_retry_seconds')}).",
             ),
+            click.option(
+                "--pull-timeout", "pull_timeout_seconds", type=click.FloatRange(min=1),
+                help="Seconds an image pull may take before the execution ends error/image_pull "
+                "(env DOCKRQ_PULL_TIMEOUT_SECONDS; default 300).",
+            ),
             *_METRICS_OPTIONS,
             *_POLICY_OPTIONS,
         ]
@@ -176,10 +181,20 @@ _POLICY_OPTIONS = [
     ),
     click.option("--default-memory", help=f"Memory limit of requests that give none ({_setting('default_memory')})."),
     click.option("--default-pids", help=f"Process limit of requests that give none ({_setting('default_pids')})."),
+    click.option(
+        "--allow-cap", "allowed_caps", multiple=True, metavar="CAP",
+        help="Capability requests may add (cap_add), e.g. NET_ADMIN, or ALL; repeatable "
+        f"({_setting('allowed_caps', default='none', comma_list=True)}).",
+    ),
+    click.option(
+        "--max-stop-timeout", "max_stop_timeout_seconds",
+        help=f"Longest stop_timeout (docker run --stop-timeout) in seconds ({_setting('max_stop_timeout_seconds')}).",
+    ),
 ]
 _POLICY_FIELDS = (
     "max_memory", "max_cpus", "max_pids", "max_timeout_seconds", "max_output_bytes", "max_gpus", "allowed_images",
     "allowed_pull_policies", "allowed_mount_roots", "allow_bridge", "default_memory", "default_pids",
+    "allowed_caps", "max_stop_timeout_seconds",
 )
 
 
@@ -206,7 +221,7 @@ def _options(ctx: click.Context, given: dict[str, Any]) -> dict[str, Any]:
 def _settings(opts: dict[str, Any]) -> WorkerSettings:
     fields = (
         "redis_url", "queues", "prefix", "executor_id", "stop_grace_seconds", "max_request_bytes",
-        "outcome_retry_seconds", *_METRICS_FIELDS, *_POLICY_FIELDS,
+        "outcome_retry_seconds", "pull_timeout_seconds", *_METRICS_FIELDS, *_POLICY_FIELDS,
     )
     return WorkerSettings.load(**{f: opts.get(f) for f in fields})
 
