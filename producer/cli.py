@@ -38,6 +38,7 @@ from schemas import (
     DEFAULT_PREFIX,
     DEFAULT_QUEUE,
     DEFAULT_RETENTION_SECONDS,
+    ExecutionState,
     ExecutionStatus,
     LogEntry,
     Outcome,
@@ -111,6 +112,8 @@ class DockrqCommand(click.Command):
             fail(f"cannot reach Redis at {url}: {exc}", self.failure_code)
         except redis.RedisError as exc:
             fail(f"Redis error: {exc}", self.failure_code)
+        except UnicodeError as exc:  # text no check caught (a host name IDNA refuses...): still one line
+            fail(f"cannot use this input: {exc}", self.failure_code)
         except KeyboardInterrupt:
             raise click.exceptions.Exit(EXIT_CANCELLED) from None
         except BrokenPipeError:
@@ -368,7 +371,8 @@ class _Tail(click.ParamType):
 
 @cli.command()
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming until the execution ends.")
-@click.option("--tail", type=_Tail(), default="all", show_default=True, help="Last N entries of the history.")
+@click.option("-n", "--tail", type=_Tail(), default="all", show_default=True,
+              help="Last N lines of the output (both streams, as docker logs --tail), or all.")
 @json_option
 @click.argument("execution_id")
 @pass_settings
@@ -431,24 +435,44 @@ def _status_rows(view: ExecutionStatusView) -> list[tuple[str, str]]:
 
 
 @cli.command(name="ls")
+@click.option("--queue", "queues", multiple=True, metavar="Q",
+              help="Only this queue; repeatable (default: every queue, or the global --queue if given).")
+@click.option("--status", "states", multiple=True, type=click.Choice([s.value for s in ExecutionState]),
+              help="Only executions in this state; repeatable.")
+@click.option("-q", "--quiet", is_flag=True, help="Only the execution ids, one a line (as docker ps -q).")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
 @json_option
 @pass_settings
-def list_executions(settings: Settings, limit: int) -> None:
-    """List recent executions of the queue, newest first."""
-    views = settings.producer().list_recent(limit)
+def list_executions(
+    settings: Settings, queues: tuple[str, ...], states: tuple[str, ...], quiet: bool, limit: int
+) -> None:
+    """List recent executions of every queue, newest first."""
+    producer = settings.producer()
+    if not queues and _given_on_command_line("queue"):
+        queues = (settings.queue,)  # `dockrq --queue Q ls` keeps filtering as it always did
+    views = producer.list_recent(limit, list(queues) or producer.queue_names(), states=states or None)
+    if quiet:
+        ids = [v.execution_id for v in views]
+        click.echo(json.dumps(ids) if settings.as_json else "\n".join(ids), nl=bool(ids) or settings.as_json)
+        return
     if settings.as_json:
         click.echo("[" + ",".join(v.model_dump_json() for v in views) + "]")
         return
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "STATUS", "IMAGE", "WORKER", "DURATION", "AGE"):
+    for column in ("ID", "STATUS", "IMAGE", "WORKER", "DURATION", "AGE", "QUEUE"):
         table.add_column(column, no_wrap=column in ("ID", "STATUS"))
     for v in views:
         table.add_row(
             v.execution_id, _state_shown(v), v.image or "-", v.worker or "-", _span(v.duration_seconds),
-            _ago(v.enqueued_at),
+            _ago(v.enqueued_at), v.queue or "-",
         )
     _console().print(table)
+
+
+def _given_on_command_line(name: str) -> bool:
+    """Whether the global option ``name`` was typed (not taken from its env var or default)."""
+    root = click.get_current_context().find_root()
+    return root.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
 
 
 def _state_shown(view: ExecutionStatusView) -> str:

@@ -56,10 +56,12 @@ from schemas import (
     as_json_object,
     request_size,
 )
+from schemas.text import storable_name
 
 from .connections import BLOCK_SLICE_SECONDS, blocking_twin, clients_from_url
 from .describe import describe
 from .errors import DuplicateExecution, ExecutionAlreadyFinished, ExecutionNotFound, InvalidRequest, RequestTooLarge
+from . import listing
 from .jobhash import JobWriter
 from .logs import LogReader
 from .status import ExecutionStatusView, build_view
@@ -123,6 +125,14 @@ def parse_request(request: ExecutionRequest | dict[str, Any] | str | bytes) -> E
         raise InvalidRequest(f"request: not a JSON document: {exc}") from None
 
 
+def _storable(name: str, what: str) -> None:
+    """InvalidRequest naming ``what`` for a name Redis cannot store (not valid UTF-8)."""
+    try:
+        storable_name(name, what)
+    except ValueError as exc:
+        raise InvalidRequest(str(exc)) from None
+
+
 class Producer:
     """Submit, wait for, follow and cancel executions. One instance per process is plenty;
     it is safe to share between threads (redis-py pools its connections)."""
@@ -139,7 +149,10 @@ class Producer:
     ) -> None:
         if max_request_bytes < MIN_MAX_REQUEST_BYTES:
             raise ValueError(f"max_request_bytes must be at least {MIN_MAX_REQUEST_BYTES}")
+        _storable(prefix, "prefix")
+        _storable(queue, "queue")
         if connection is None:
+            _storable(redis_url, "redis_url")
             self._client, self._blocking = clients_from_url(redis_url)
         else:
             self._client, self._blocking = connection, blocking_twin(connection)
@@ -177,6 +190,7 @@ class Producer:
         """The rq queue ``name`` (default: this producer's), with the JSON serializer."""
         name = name or self.queue
         if name not in self._queues:
+            _storable(name, "queue")
             self._queues[name] = Queue(name, connection=self._client, serializer=JSONSerializer)
         return self._queues[name]
 
@@ -422,36 +436,28 @@ class Producer:
             raise ExecutionNotFound(execution_id)
         return build_view(execution_id, job, outcome)
 
-    def list_recent(self, limit: int = 50, queues: Iterable[str] | None = None) -> list[ExecutionStatusView]:
-        """The newest executions of the queues (default: this producer's), newest first.
+    def list_recent(
+        self,
+        limit: int = 50,
+        queues: Iterable[str] | None = None,
+        *,
+        states: Iterable[ExecutionState | str] | None = None,
+    ) -> list[ExecutionStatusView]:
+        """The newest executions of the queues (default: this producer's; ``queue_names()``
+        for every queue), newest first; with ``states`` only those in one of them.
 
         Reads rq's queue and registries (queued, scheduled, started, finished,
         failed, canceled) without cleaning them: listing must not change state.
+        Jobs that are not dockrq executions are left out. Raises ValueError for an
+        unknown state.
         """
-        ids: dict[str, None] = {}
-        for name in queues or [self.queue]:
-            q = self.rq_queue(name)
-            ids.update(dict.fromkeys(reversed(q.get_job_ids(offset=-limit))))
-            for registry in (
-                q.started_job_registry,
-                q.scheduled_job_registry,
-                q.finished_job_registry,
-                q.failed_job_registry,
-                q.canceled_job_registry,
-            ):
-                ids.update(dict.fromkeys(registry.get_job_ids(0, limit - 1, desc=True, cleanup=False)))
-        jobs = [j for j in Job.fetch_many(list(ids), connection=self._client, serializer=JSONSerializer) if j]
-        with self._client.pipeline(transaction=False) as pipe:
-            for job in jobs:
-                pipe.lindex(self.keys.outcome(job.id), 0)
-            raw_outcomes = pipe.execute()
-        views = [
-            build_view(job.id, job, Outcome.model_validate_json(raw) if raw else None)
-            for job, raw in zip(jobs, raw_outcomes, strict=True)
-        ]
-        epoch = datetime.min.replace(tzinfo=timezone.utc)
-        views.sort(key=lambda v: v.enqueued_at or epoch, reverse=True)
-        return views[:limit]
+        wanted = {ExecutionState(s) for s in states} if states is not None else None
+        rq_queues = [self.rq_queue(name) for name in (queues or [self.queue])]
+        return listing.list_recent(self._client, self.keys, rq_queues, limit, wanted)
+
+    def queue_names(self) -> list[str]:
+        """Every rq queue of this Redis database (rq's own ``rq:queues`` set), by name."""
+        return listing.queue_names(self._client)
 
     # -- cancel --------------------------------------------------------------
 
