@@ -185,6 +185,11 @@ def _report(outcome: Outcome, settings: Settings, *, summary: bool) -> int:
     else:
         if outcome.result.oom_killed:
             click.echo(f"dockrq: execution {outcome.execution_id} was killed: out of memory", err=True)
+        elif outcome.result.oom_kills:  # a child killed, the main process went on: said, not failed
+            click.echo(
+                f"dockrq: execution {outcome.execution_id}: the OOM killer acted {outcome.result.oom_kills} "
+                f"time(s) inside the container (the main process was not killed)", err=True,
+            )
         if summary:
             click.echo(f"{outcome.status.value} (exit {outcome.exit_code})")
     return exit_code_for(outcome)
@@ -429,6 +434,8 @@ def _status_rows(view: ExecutionStatusView) -> list[tuple[str, str]]:
         rows.append(("exit code", str(outcome.exit_code)))
     if outcome is not None and outcome.result is not None and outcome.result.oom_killed:
         rows.append(("oom killed", "yes"))
+    if outcome is not None and outcome.result is not None and outcome.result.oom_kills:
+        rows.append(("oom kills", str(outcome.result.oom_kills)))
     if outcome is not None and outcome.error is not None:
         rows.append(("error", f"{outcome.error.code}: {outcome.error.message}"))
     return rows

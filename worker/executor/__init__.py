@@ -21,6 +21,7 @@ from .errors import (
     MountNotAllowed,
     RequestRejected,
     StartError,
+    StartFailed,
 )
 from .executor import CleanupError, CleanupReport, DockerExecutor, ExecutionInfo, new_executor
 from .output import LogStream
@@ -48,5 +49,6 @@ __all__ = [
     "MountNotAllowed",
     "RequestRejected",
     "StartError",
+    "StartFailed",
     "new_executor",
 ]

@@ -200,6 +200,21 @@ class DockerClient:
         except DAEMON_ERRORS as exc:
             raise DaemonError(f"creating the container failed: {_explain(exc)}") from exc
 
+    def replay(self, container_id: str) -> Attached:
+        """The whole output of a container that has stopped, stdout and stderr kept apart.
+
+        ``GET /containers/{id}/logs`` without follow (Docker's stdcopy framing, as
+        attach): it ends at the end of the log. Attaching to a stopped container never
+        ends (the daemon waits for a start that will not come), so a leftover that has
+        already exited is read this way.
+        """
+        response = self.api._get(
+            self.api._url("/containers/{0}/logs", container_id),
+            params={"stdout": 1, "stderr": 1, "follow": 0}, stream=True, timeout=None,
+        )
+        self.api._raise_for_status(response)
+        return Attached(response, hijacked=False)
+
     def find(self, name: str) -> dict[str, Any] | None:
         try:
             return self.api.inspect_container(name)
@@ -239,12 +254,20 @@ class DockerClient:
     def inspect(self, container_id: str) -> dict[str, Any]:
         return self.api.inspect_container(container_id)
 
-    def stop(self, container_id: str, grace: float) -> None:
-        """SIGTERM, ``grace`` seconds, then SIGKILL (docker stop)."""
-        try:
-            self.api.stop(container_id, timeout=max(0, int(round(grace))))
-        except NotFound:
-            pass
+    def stop(self, container_id: str, grace: float) -> bool:
+        """SIGTERM, ``grace`` seconds, then SIGKILL (docker stop). Whether the container was
+        still running, i.e. this stop ended it: False when the daemon answers 304 Not
+        Modified (it had already exited) or 404 (it is gone). ``APIClient.stop`` minus
+        discarding that answer. Daemon failures raise (DAEMON_ERRORS)."""
+        timeout = max(0, int(round(grace)))
+        conn_timeout = None if self.api.timeout is None else self.api.timeout + timeout
+        response = self.api._post(
+            self.api._url("/containers/{0}/stop", container_id), params={"t": timeout}, timeout=conn_timeout
+        )
+        if response.status_code in (304, 404):
+            return False
+        self.api._raise_for_status(response)
+        return True
 
     def remove(self, container_id: str) -> None:
         try:
@@ -331,10 +354,14 @@ def _cut(response: requests.Response) -> None:
 class Attached:
     """An attach connection: the demultiplexed frames and a way to cut it."""
 
-    def __init__(self, response: requests.Response) -> None:
+    def __init__(self, response: requests.Response, *, hijacked: bool = True) -> None:
         self._response = response
-        self._fp = response.raw._fp.fp  # the buffered reader the headers were parsed from
-        self._sock = getattr(self._fp.raw, "_sock", None)
+        if hijacked:  # attach: the raw connection, read past the HTTP layer
+            self._fp = response.raw._fp.fp  # the buffered reader the headers were parsed from
+            self._sock = getattr(self._fp.raw, "_sock", None)
+        else:  # a plain (chunked) HTTP body: urllib3 decodes the chunking
+            self._fp = _Reader(response.raw)
+            self._sock = _socket_of(response)
         if self._sock is not None:
             self._sock.settimeout(None)
 
@@ -366,6 +393,25 @@ class Attached:
             self._response.close()
         except OSError:
             pass
+
+
+class _Reader:
+    """``read``/``read1`` over a urllib3 response body, as Attached.frames reads."""
+
+    def __init__(self, raw: Any) -> None:
+        self._raw = raw
+
+    def read(self, n: int) -> bytes:
+        return self._raw.read(n)
+
+    read1 = read
+
+
+def _socket_of(response: requests.Response) -> socket.socket | None:
+    try:
+        return getattr(response.raw._fp.fp.raw, "_sock", None)
+    except AttributeError:
+        return None
 
 
 class ImageMissing(ContainerCreateError):

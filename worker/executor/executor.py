@@ -32,6 +32,7 @@ from .errors import (
     ExecutionNotFound,
     ExecutorError,
     RequestRejected,
+    StartError,
 )
 from .handler import ExecutionHandler
 from .oom import OomWatcher
@@ -106,11 +107,17 @@ class DockerExecutor:
         """Start an execution; returns once its container runs.
 
         Raises RequestRejected (nothing recorded), ExecutionAlreadyStarted,
-        ExecutionAlreadyFinished, or a StartError (recorded as finished with
-        status ``error``, so ``wait`` still returns its result).
+        ExecutionAlreadyFinished, or a StartError, whatever its cause (GPU device
+        nodes missing, pull, create, the daemon, anything unexpected: StartFailed):
+        then the execution is recorded as finished with status ``error`` and its
+        code, so ``wait`` still returns its result.
         """
         request = self._validate(request)
-        spec = build_container_spec(request, self.executor_id, self.policy)
+        refused: StartError | None = None
+        try:
+            spec = build_container_spec(request, self.executor_id, self.policy)
+        except StartError as exc:  # e.g. GPU device nodes missing: recorded like any start error
+            spec, refused = None, exc
         self._prune_expired()
         with self._lock:
             existing = self._handlers.get(request.execution_id)
@@ -122,6 +129,10 @@ class DockerExecutor:
                 request, self.client, grace=self.stop_grace_seconds, keep=self.keep_containers, oom=self._oom
             )
             self._handlers[request.execution_id] = handler
+        if refused is not None:
+            handler.refuse(refused)
+            raise refused
+        assert spec is not None
         handler.launch(spec)
 
     def wait(self, execution_id: str) -> Future[ExecutionResult]:

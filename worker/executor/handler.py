@@ -21,8 +21,10 @@ import requests
 
 from schemas import ExecutionRequest, ExecutionResult, ExecutionState, ExecutionStatus
 
+from .classify import Ending, classify
 from .client import DAEMON_ERRORS, Attached, DockerClient, ImageMissing, PullHandle
-from .errors import DaemonError, DaemonRestarted, ExecutionAlreadyFinished, StartError
+from .errors import DaemonError, DaemonRestarted, ExecutionAlreadyFinished, StartError, StartFailed
+from .leftover import ENDED_STATES, find_leftover
 from .oom import OomWatcher
 from .output import OutputLog
 from .types import ContainerSpec
@@ -35,6 +37,10 @@ DAEMON_RECOVERY_SECONDS = 60.0
 # After the container stops, its output is drained within this time at most.
 DRAIN_SECONDS = 30.0
 OOM_EVENT_WAIT = 3.0
+# An attach made to a container that was already running can miss its end (it exited
+# before the daemon hooked the attach up): once it has stopped and this long passes with
+# no output arriving, the rest is read from its log instead (see _drain).
+ATTACH_IDLE_SECONDS = 1.0
 
 
 def _lost_connection(exc: BaseException | None) -> bool:
@@ -80,6 +86,10 @@ class ExecutionHandler:
         self._pull = PullHandle()
         self._created_here = False
         self._waiting_for_daemon = False
+        self._late_attach = False  # attached to a container already running (adopted)
+        self._received = {"stdout": 0, "stderr": 0}  # bytes read per stream (before any cap)
+        self._stoppers: list[threading.Thread] = []
+        self._stop_results: list[bool | None] = []  # per stop request: did it end the container
 
     @property
     def finished(self) -> bool:
@@ -100,7 +110,12 @@ class ExecutionHandler:
                 if not self._start_container(spec):
                     return  # cancelled before it ran
                 break
-            except (StartError, *DAEMON_ERRORS) as exc:
+            except Exception as exc:  # noqa: BLE001 - every start error leaves a finished execution
+                if not isinstance(exc, (StartError, *DAEMON_ERRORS)):
+                    log.exception("execution %s: start failed", self.execution_id)
+                    err = StartFailed(f"starting the container failed: {type(exc).__name__}: {exc}")
+                    self._fail(err)
+                    raise err from exc
                 if self._daemon_came_back(exc, give_up):
                     log.warning("execution %s: the Docker daemon went away during start; starting again", self.execution_id)
                     self._detach()
@@ -133,20 +148,30 @@ class ExecutionHandler:
     def _start_container(self, spec: ContainerSpec) -> bool:
         """One attempt at pull, create (or adopt), attach, start; False if cancelled first."""
         self.state = ExecutionState.PULLING
-        self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
-        try:
-            self.container_id, created = self._client.create(spec)
-        except ImageMissing:  # removed since the client last saw it: once more, per the pull policy
+        # A container of this execution may exist already (a predecessor's, whatever its
+        # name): found by its labels, it is followed, never doubled (worker.executor.leftover).
+        leftover = None if self._created_here else find_leftover(self._client, spec.labels)
+        if leftover is not None:
+            self.container_id, created = leftover["Id"], False
+        else:
             self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
-            self.container_id, created = self._client.create(spec)
-        must_start = created
+            try:
+                self.container_id, created = self._client.create(spec)
+            except ImageMissing:  # removed since the client last saw it: once more, per the pull policy
+                self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
+                self.container_id, created = self._client.create(spec)
+        status = "created" if created else self._client.inspect(self.container_id)["State"]["Status"]
+        must_start = status == "created"
         if created:
             self._created_here = True
-        elif self._created_here:  # our own, from an attempt cut by the daemon going away
-            must_start = self._client.inspect(self.container_id)["State"]["Status"] == "created"
+        elif not self._created_here:  # a predecessor's container: follow it instead of starting a twin
+            self.adopted = True
+            log.info("execution %s: adopting existing container %s (%s)", self.execution_id, self.container_id[:12], status)
+        if status in ENDED_STATES:
+            self._attached = self._client.replay(self.container_id)  # complete; attaching would never end
         else:
-            must_start = self._adopt()
-        self._attached = self._client.attach(self.container_id, logs=not created)
+            self._late_attach = not must_start
+            self._attached = self._client.attach(self.container_id, logs=not created)
         self._reader = threading.Thread(
             target=self._read, args=(self._attached.frames(),), name=f"dockrq-out-{self.execution_id}", daemon=True
         )
@@ -174,14 +199,6 @@ class ExecutionHandler:
         if stop_now:
             self._stop(self._stop_reason or ExecutionStatus.CANCELLED)
 
-    def _adopt(self) -> bool:
-        """A container of this execution already exists (a predecessor created it):
-        follow it instead of starting a twin. Returns whether it still needs a start."""
-        self.adopted = True
-        status = self._client.inspect(self.container_id)["State"]["Status"]
-        log.info("execution %s: adopting existing container %s (%s)", self.execution_id, self.container_id[:12], status)
-        return status == "created"
-
     # -- stop -----------------------------------------------------------------
     def cancel(self, grace: float | None = None) -> None:
         if self.finished:
@@ -202,18 +219,40 @@ class ExecutionHandler:
             self._pull.abort()  # a cancel does not wait for a slow (or hung) pull
         if running and self.container_id:
             grace = self._grace if grace is None else grace
-            threading.Thread(target=self._stop_container, args=(grace,), daemon=True).start()
+            stopper = threading.Thread(target=self._stop_container, args=(grace,), daemon=True)
+            with self._lock:
+                self._stoppers.append(stopper)
+            stopper.start()
 
     def _stop_container(self, grace: float) -> None:
+        ended_it: bool | None = None
         try:
-            self._client.stop(self.container_id, grace)
+            ended_it = self._client.stop(self.container_id, grace)
         except DAEMON_ERRORS as exc:
             log.warning("execution %s: stopping container failed: %s", self.execution_id, exc)
+        with self._lock:
+            self._stop_results.append(ended_it)
+
+    def _stop_ended_it(self) -> bool | None:
+        """Whether a stop of ours ended the container (see classify.Ending); waits for the
+        stop requests in flight, which return as soon as the container is down."""
+        with self._lock:
+            stoppers = list(self._stoppers)
+        for stopper in stoppers:
+            stopper.join(self._grace + 30)
+        with self._lock:
+            results = list(self._stop_results)
+        if any(r is True for r in results):
+            return True
+        if results and all(r is False for r in results):
+            return False
+        return None
 
     # -- run ------------------------------------------------------------------
     def _read(self, frames) -> None:
         try:
             for stream, data in frames:
+                self._received[stream] += len(data)
                 self.output.append(stream, data)
         except DAEMON_ERRORS as exc:
             if not self.finished:
@@ -269,9 +308,35 @@ class ExecutionHandler:
 
     def _drain(self) -> None:
         if self._reader is not None:
-            self._reader.join(DRAIN_SECONDS)
+            if self._late_attach and self.container_id:
+                self._drain_late_attach()
+            else:
+                self._reader.join(DRAIN_SECONDS)
         self._detach()
         self.output.close()
+
+    def _drain_late_attach(self) -> None:
+        """The container has stopped; an attach made while it already ran may not end (it
+        was hooked up after the exit). Wait while output still arrives; once it stays idle
+        for ATTACH_IDLE_SECONDS, cut it and read the rest from the container's log, skipping,
+        per stream, the bytes the attach delivered (both replay the same log in order)."""
+        deadline = time.monotonic() + DRAIN_SECONDS
+        assert self._reader is not None
+        last = -1
+        while self._reader.is_alive() and time.monotonic() < deadline:
+            seen = sum(self._received.values())
+            if seen == last:
+                log.info("execution %s: the attach did not end with the container; reading its log", self.execution_id)
+                self._detach()
+                self._reader.join(2)
+                skip = dict(self._received)
+                try:
+                    self._read(_skipping(self._client.replay(self.container_id).frames(), skip))
+                except DAEMON_ERRORS as exc:
+                    log.warning("execution %s: reading the rest of the log failed: %s", self.execution_id, exc)
+                return
+            last = seen
+            self._reader.join(ATTACH_IDLE_SECONDS)
 
     def _detach(self) -> None:
         attached, self._attached = self._attached, None
@@ -279,23 +344,26 @@ class ExecutionHandler:
             attached.close()
 
     def _classify(self, exit_code: int | None, error: DaemonError | None) -> ExecutionResult:
-        oom = False
+        """Wait, then inspect, then classify (worker.executor.classify): the status follows
+        the main process; OOM kills of other processes are counted, not a failure."""
+        oom_flag, oom_events = False, 0
+        ended_it = self._stop_ended_it() if self._stop_reason is not None else None
         if self.container_id and error is None:
             try:
-                oom = bool(self._client.inspect(self.container_id)["State"].get("OOMKilled"))
+                oom_flag = bool(self._client.inspect(self.container_id)["State"].get("OOMKilled"))
             except DAEMON_ERRORS as exc:
                 log.warning("execution %s: inspect after exit failed: %s", self.execution_id, exc)
             # Only a SIGKILL we did not send can be the OOM killer's: then give its
             # event a moment to arrive (a busy daemon delivers it late).
-            suspect = exit_code == 137 and self._stop_reason is None
-            oom = oom or self._oom.saw(self.container_id, wait=OOM_EVENT_WAIT if suspect else 0.0)
-        reason = self._stop_reason
-        if reason is not None:
-            return self._result(reason, exit_code=exit_code, oom_killed=oom)
-        if error is not None:
+            suspect = exit_code == 137 and ended_it is not True and not oom_flag
+            oom_events = self._oom.kills(self.container_id, wait=OOM_EVENT_WAIT if suspect else 0.0)
+            self._oom.forget(self.container_id)
+        if error is not None and (self._stop_reason is None or ended_it is False):
             return self._result(ExecutionStatus.ERROR, exit_code=exit_code, error_code=error.code, error_msg=str(error))
-        status = ExecutionStatus.SUCCEEDED if exit_code == 0 and not oom else ExecutionStatus.FAILED
-        return self._result(status, exit_code=exit_code, oom_killed=oom)
+        verdict = classify(Ending(exit_code, oom_flag, oom_events, self._stop_reason, ended_it))
+        return self._result(
+            verdict.status, exit_code=exit_code, oom_killed=verdict.oom_killed, oom_kills=verdict.oom_kills
+        )
 
     def _result(self, status: ExecutionStatus, **fields: Any) -> ExecutionResult:
         return ExecutionResult(
@@ -312,6 +380,11 @@ class ExecutionHandler:
         )
 
     # -- end ------------------------------------------------------------------
+    def refuse(self, exc: StartError) -> None:
+        """End the execution with ``exc`` before anything was made (e.g. the GPU device
+        nodes it asks for are missing): finished with status error, as any start error."""
+        self._fail(exc)
+
     def _fail(self, exc: StartError) -> None:
         if self._stop_reason is not None and (self._pull.aborted or self._waiting_for_daemon):
             self._end_before_running(self._result(self._stop_reason))  # cancelled while pulling / waiting
@@ -347,3 +420,14 @@ class ExecutionHandler:
             self.done.set_result(result)
 
 
+def _skipping(frames, skip: dict[str, int]):
+    """``frames`` minus the first ``skip[stream]`` bytes of each stream."""
+    for stream, data in frames:
+        left = skip.get(stream, 0)
+        if left:
+            if len(data) <= left:
+                skip[stream] = left - len(data)
+                continue
+            skip[stream] = 0
+            data = data[left:]
+        yield stream, data
