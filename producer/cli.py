@@ -38,7 +38,6 @@ from schemas import (
     DEFAULT_PREFIX,
     DEFAULT_QUEUE,
     DEFAULT_RETENTION_SECONDS,
-    ExecutionState,
     ExecutionStatus,
     LogEntry,
     Outcome,
@@ -441,60 +440,9 @@ def _status_rows(view: ExecutionStatusView) -> list[tuple[str, str]]:
     return rows
 
 
-@cli.command(name="ls")
-@click.option("--queue", "queues", multiple=True, metavar="Q",
-              help="Only this queue; repeatable (default: every queue, or the global --queue if given).")
-@click.option("--status", "states", multiple=True, type=click.Choice([s.value for s in ExecutionState]),
-              help="Only executions in this state; repeatable.")
-@click.option("-q", "--quiet", is_flag=True, help="Only the execution ids, one a line (as docker ps -q).")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
-@json_option
-@pass_settings
-def list_executions(
-    settings: Settings, queues: tuple[str, ...], states: tuple[str, ...], quiet: bool, limit: int
-) -> None:
-    """List recent executions of every queue, newest first."""
-    producer = settings.producer()
-    if not queues and _given_on_command_line("queue"):
-        queues = (settings.queue,)  # `dockrq --queue Q ls` keeps filtering as it always did
-    views = producer.list_recent(limit, list(queues) or producer.queue_names(), states=states or None)
-    if quiet:
-        ids = [v.execution_id for v in views]
-        click.echo(json.dumps(ids) if settings.as_json else "\n".join(ids), nl=bool(ids) or settings.as_json)
-        return
-    if settings.as_json:
-        click.echo("[" + ",".join(v.model_dump_json() for v in views) + "]")
-        return
-    table = Table(box=None, header_style="bold")
-    for column in ("ID", "STATUS", "IMAGE", "WORKER", "DURATION", "AGE", "QUEUE"):
-        table.add_column(column, no_wrap=column in ("ID", "STATUS"))
-    for v in views:
-        table.add_row(
-            v.execution_id, _state_shown(v), v.image or "-", v.worker or "-", _span(v.duration_seconds),
-            _ago(v.enqueued_at), v.queue or "-",
-        )
-    _console().print(table)
+from .cli_list import list_executions  # noqa: E402 - needs the group and helpers above
 
-
-def _given_on_command_line(name: str) -> bool:
-    """Whether the global option ``name`` was typed (not taken from its env var or default)."""
-    root = click.get_current_context().find_root()
-    return root.get_parameter_source(name) == click.core.ParameterSource.COMMANDLINE
-
-
-def _state_shown(view: ExecutionStatusView) -> str:
-    """The state, with what an operator scanning the list asks next: which exit code, OOM or not,
-    and the error code of a run dockrq itself could not finish."""
-    outcome = view.outcome
-    if outcome is None:
-        return view.state.value
-    if outcome.result is not None and outcome.result.oom_killed:
-        return f"{view.state.value} (oom)"
-    if outcome.status == ExecutionStatus.FAILED and outcome.exit_code is not None:
-        return f"{view.state.value} ({outcome.exit_code})"
-    if outcome.error is not None and outcome.error.code != outcome.status.value:
-        return f"{view.state.value} ({outcome.error.code})"
-    return view.state.value
+cli.add_command(list_executions)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -20,6 +20,8 @@ exit code does:
 
 from __future__ import annotations
 
+import threading
+from collections.abc import Callable
 from dataclasses import dataclass
 
 from schemas import ExecutionStatus
@@ -63,3 +65,43 @@ def classify(ending: Ending) -> Verdict:
     oom_killed = ending.exit_code == SIGKILL_EXIT and oom_kills > 0
     status = ExecutionStatus.SUCCEEDED if ending.exit_code == 0 else ExecutionStatus.FAILED
     return Verdict(status, oom_killed=oom_killed, oom_kills=oom_kills)
+
+
+class StopRequests:
+    """The stop requests sent for one container, each in its own thread (a cancel returns
+    at once), and what the daemon answered: did the stop end the container?"""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._threads: list[threading.Thread] = []
+        self._answers: list[bool | None] = []
+
+    def send(self, stop: Callable[[], bool | None]) -> None:
+        """Run ``stop`` (True: it ended the container, False: it had exited, None: failed)
+        in a new thread; ``ended_it`` waits for it."""
+
+        def run() -> None:
+            answer = stop()
+            with self._lock:
+                self._answers.append(answer)
+
+        thread = threading.Thread(target=run, name="dockrq-stop", daemon=True)
+        with self._lock:
+            self._threads.append(thread)
+        thread.start()
+
+    def ended_it(self, timeout: float) -> bool | None:
+        """``Ending.stop_ended_it`` once the requests sent so far are answered (each waited
+        for at most ``timeout`` s): True if one ended it, False if every one found it
+        exited, None if none was sent or none could tell."""
+        with self._lock:
+            threads = list(self._threads)
+        for thread in threads:
+            thread.join(timeout)
+        with self._lock:
+            answers = list(self._answers)
+        if any(a is True for a in answers):
+            return True
+        if answers and all(a is False for a in answers):
+            return False
+        return None

@@ -200,21 +200,6 @@ class DockerClient:
         except DAEMON_ERRORS as exc:
             raise DaemonError(f"creating the container failed: {_explain(exc)}") from exc
 
-    def replay(self, container_id: str) -> Attached:
-        """The whole output of a container that has stopped, stdout and stderr kept apart.
-
-        ``GET /containers/{id}/logs`` without follow (Docker's stdcopy framing, as
-        attach): it ends at the end of the log. Attaching to a stopped container never
-        ends (the daemon waits for a start that will not come), so a leftover that has
-        already exited is read this way.
-        """
-        response = self.api._get(
-            self.api._url("/containers/{0}/logs", container_id),
-            params={"stdout": 1, "stderr": 1, "follow": 0}, stream=True, timeout=None,
-        )
-        self.api._raise_for_status(response)
-        return Attached(response, hijacked=False)
-
     def find(self, name: str) -> dict[str, Any] | None:
         try:
             return self.api.inspect_container(name)
@@ -354,14 +339,10 @@ def _cut(response: requests.Response) -> None:
 class Attached:
     """An attach connection: the demultiplexed frames and a way to cut it."""
 
-    def __init__(self, response: requests.Response, *, hijacked: bool = True) -> None:
+    def __init__(self, response: requests.Response) -> None:
         self._response = response
-        if hijacked:  # attach: the raw connection, read past the HTTP layer
-            self._fp = response.raw._fp.fp  # the buffered reader the headers were parsed from
-            self._sock = getattr(self._fp.raw, "_sock", None)
-        else:  # a plain (chunked) HTTP body: urllib3 decodes the chunking
-            self._fp = _Reader(response.raw)
-            self._sock = _socket_of(response)
+        self._fp = response.raw._fp.fp  # the buffered reader the headers were parsed from
+        self._sock = getattr(self._fp.raw, "_sock", None)
         if self._sock is not None:
             self._sock.settimeout(None)
 
@@ -393,25 +374,6 @@ class Attached:
             self._response.close()
         except OSError:
             pass
-
-
-class _Reader:
-    """``read``/``read1`` over a urllib3 response body, as Attached.frames reads."""
-
-    def __init__(self, raw: Any) -> None:
-        self._raw = raw
-
-    def read(self, n: int) -> bytes:
-        return self._raw.read(n)
-
-    read1 = read
-
-
-def _socket_of(response: requests.Response) -> socket.socket | None:
-    try:
-        return getattr(response.raw._fp.fp.raw, "_sock", None)
-    except AttributeError:
-        return None
 
 
 class ImageMissing(ContainerCreateError):

@@ -21,10 +21,10 @@ import requests
 
 from schemas import ExecutionRequest, ExecutionResult, ExecutionState, ExecutionStatus
 
-from .classify import Ending, classify
+from .classify import Ending, StopRequests, classify
 from .client import DAEMON_ERRORS, Attached, DockerClient, ImageMissing, PullHandle
 from .errors import DaemonError, DaemonRestarted, ExecutionAlreadyFinished, StartError, StartFailed
-from .leftover import ENDED_STATES, find_leftover
+from .leftover import ENDED_STATES, find_leftover, replay, settle_late_attach, skipping
 from .oom import OomWatcher
 from .output import OutputLog
 from .types import ContainerSpec
@@ -88,8 +88,7 @@ class ExecutionHandler:
         self._waiting_for_daemon = False
         self._late_attach = False  # attached to a container already running (adopted)
         self._received = {"stdout": 0, "stderr": 0}  # bytes read per stream (before any cap)
-        self._stoppers: list[threading.Thread] = []
-        self._stop_results: list[bool | None] = []  # per stop request: did it end the container
+        self._stops = StopRequests()  # and whether one of them ended the container
 
     @property
     def finished(self) -> bool:
@@ -168,7 +167,7 @@ class ExecutionHandler:
             self.adopted = True
             log.info("execution %s: adopting existing container %s (%s)", self.execution_id, self.container_id[:12], status)
         if status in ENDED_STATES:
-            self._attached = self._client.replay(self.container_id)  # complete; attaching would never end
+            self._attached = replay(self._client, self.container_id)  # complete; attaching would never end
         else:
             self._late_attach = not must_start
             self._attached = self._client.attach(self.container_id, logs=not created)
@@ -213,40 +212,19 @@ class ExecutionHandler:
                 return
             if self._stop_reason is None:
                 self._stop_reason = reason
-            running = self._running
             pulling = self.state == ExecutionState.PULLING
+            if self._running and self.container_id:
+                # sent under the lock that set the reason: whoever sees the reason can wait for its answer
+                self._stops.send(lambda: self._stop_container(self._grace if grace is None else grace))
         if pulling:
             self._pull.abort()  # a cancel does not wait for a slow (or hung) pull
-        if running and self.container_id:
-            grace = self._grace if grace is None else grace
-            stopper = threading.Thread(target=self._stop_container, args=(grace,), daemon=True)
-            with self._lock:
-                self._stoppers.append(stopper)
-            stopper.start()
 
-    def _stop_container(self, grace: float) -> None:
-        ended_it: bool | None = None
+    def _stop_container(self, grace: float) -> bool | None:
         try:
-            ended_it = self._client.stop(self.container_id, grace)
+            return self._client.stop(self.container_id, grace)
         except DAEMON_ERRORS as exc:
             log.warning("execution %s: stopping container failed: %s", self.execution_id, exc)
-        with self._lock:
-            self._stop_results.append(ended_it)
-
-    def _stop_ended_it(self) -> bool | None:
-        """Whether a stop of ours ended the container (see classify.Ending); waits for the
-        stop requests in flight, which return as soon as the container is down."""
-        with self._lock:
-            stoppers = list(self._stoppers)
-        for stopper in stoppers:
-            stopper.join(self._grace + 30)
-        with self._lock:
-            results = list(self._stop_results)
-        if any(r is True for r in results):
-            return True
-        if results and all(r is False for r in results):
-            return False
-        return None
+            return None
 
     # -- run ------------------------------------------------------------------
     def _read(self, frames) -> None:
@@ -316,27 +294,20 @@ class ExecutionHandler:
         self.output.close()
 
     def _drain_late_attach(self) -> None:
-        """The container has stopped; an attach made while it already ran may not end (it
-        was hooked up after the exit). Wait while output still arrives; once it stays idle
-        for ATTACH_IDLE_SECONDS, cut it and read the rest from the container's log, skipping,
-        per stream, the bytes the attach delivered (both replay the same log in order)."""
-        deadline = time.monotonic() + DRAIN_SECONDS
-        assert self._reader is not None
-        last = -1
-        while self._reader.is_alive() and time.monotonic() < deadline:
-            seen = sum(self._received.values())
-            if seen == last:
-                log.info("execution %s: the attach did not end with the container; reading its log", self.execution_id)
-                self._detach()
-                self._reader.join(2)
-                skip = dict(self._received)
-                try:
-                    self._read(_skipping(self._client.replay(self.container_id).frames(), skip))
-                except DAEMON_ERRORS as exc:
-                    log.warning("execution %s: reading the rest of the log failed: %s", self.execution_id, exc)
-                return
-            last = seen
-            self._reader.join(ATTACH_IDLE_SECONDS)
+        """The attach was made while the container already ran: it may miss the end."""
+        assert self._reader is not None and self.container_id is not None
+
+        def read_rest(skip: dict[str, int]) -> None:
+            log.info("execution %s: the attach did not end with the container; reading its log", self.execution_id)
+            self._detach()
+            assert self._reader is not None
+            self._reader.join(2)
+            try:
+                self._read(skipping(replay(self._client, self.container_id).frames(), skip))
+            except DAEMON_ERRORS as exc:
+                log.warning("execution %s: reading the rest of the log failed: %s", self.execution_id, exc)
+
+        settle_late_attach(self._reader, self._received, ATTACH_IDLE_SECONDS, DRAIN_SECONDS, read_rest)
 
     def _detach(self) -> None:
         attached, self._attached = self._attached, None
@@ -347,7 +318,6 @@ class ExecutionHandler:
         """Wait, then inspect, then classify (worker.executor.classify): the status follows
         the main process; OOM kills of other processes are counted, not a failure."""
         oom_flag, oom_events = False, 0
-        ended_it = self._stop_ended_it() if self._stop_reason is not None else None
         if self.container_id and error is None:
             try:
                 oom_flag = bool(self._client.inspect(self.container_id)["State"].get("OOMKilled"))
@@ -355,12 +325,15 @@ class ExecutionHandler:
                 log.warning("execution %s: inspect after exit failed: %s", self.execution_id, exc)
             # Only a SIGKILL we did not send can be the OOM killer's: then give its
             # event a moment to arrive (a busy daemon delivers it late).
-            suspect = exit_code == 137 and ended_it is not True and not oom_flag
+            suspect = exit_code == 137 and self._stop_reason is None and not oom_flag
             oom_events = self._oom.kills(self.container_id, wait=OOM_EVENT_WAIT if suspect else 0.0)
             self._oom.forget(self.container_id)
-        if error is not None and (self._stop_reason is None or ended_it is False):
+        # A stop asked until now counts; whether it ended the container is the daemon's answer.
+        reason = self._stop_reason
+        ended_it = self._stops.ended_it(self._grace + 30) if reason is not None else None
+        if error is not None and (reason is None or ended_it is False):
             return self._result(ExecutionStatus.ERROR, exit_code=exit_code, error_code=error.code, error_msg=str(error))
-        verdict = classify(Ending(exit_code, oom_flag, oom_events, self._stop_reason, ended_it))
+        verdict = classify(Ending(exit_code, oom_flag, oom_events, reason, ended_it))
         return self._result(
             verdict.status, exit_code=exit_code, oom_killed=verdict.oom_killed, oom_kills=verdict.oom_kills
         )
@@ -419,15 +392,3 @@ class ExecutionHandler:
             self.finished_monotonic = time.monotonic()
             self.done.set_result(result)
 
-
-def _skipping(frames, skip: dict[str, int]):
-    """``frames`` minus the first ``skip[stream]`` bytes of each stream."""
-    for stream, data in frames:
-        left = skip.get(stream, 0)
-        if left:
-            if len(data) <= left:
-                skip[stream] = left - len(data)
-                continue
-            skip[stream] = 0
-            data = data[left:]
-        yield stream, data
