@@ -53,7 +53,7 @@ def _walk(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str |
     elif isinstance(value, dict):
         for key, item in value.items():
             if isinstance(key, str) and (problem := utf8_problem(key)):
-                yield (*path, key), f"name {problem}"
+                yield (*path, key), problem  # the path shows the name, escaped
             yield from _walk(item, (*path, key))
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
