@@ -17,7 +17,7 @@ from schemas import ExecutionRequest, ExecutionStatus
 from worker.executor import LABEL_EXECUTION, GpuUnavailableError, new_executor
 from worker.executor import handler as handler_module
 from worker.executor.client import DockerClient
-from worker.executor.types import ExecutorPolicy, build_container_spec
+from worker.executor.spec import ExecutorPolicy, build_container_spec
 
 pytestmark = pytest.mark.integration
 

@@ -54,6 +54,14 @@ def _container(docker_client, execution_id):
     return found[0] if found else None
 
 
+def _running_container(producer, docker_client, execution_id):
+    """The execution's container once it runs (rq says "running" as soon as the job is taken,
+    before the container exists)."""
+    _until(lambda: producer.status(execution_id).state == "running", 30, "running")
+    _until(lambda: (c := _container(docker_client, execution_id)) is not None and c.status == "running", 30, "container")
+    return _container(docker_client, execution_id)
+
+
 # -- 1 ------------------------------------------------------------------------------------------
 
 
@@ -156,9 +164,8 @@ def test_worker_rejects_escaped_surrogates_from_another_producer(spawn_worker, p
 def test_exited_leftover_of_a_dead_worker_is_read_at_once(spawn_worker, producer, redis_client, docker_client, unique):
     first = spawn_worker(env=FAST_REAP_ENV)
     eid = producer.submit(_request(unique, "exited", "sh", "-c", "echo a; sleep 1; echo b; exit 5"))
-    _until(lambda: producer.status(eid).state == "running", 30, "running")
+    container = _running_container(producer, docker_client, eid)
     first.kill()  # the worker dies; its container ends on its own afterwards
-    container = _container(docker_client, eid)
     container.wait(timeout=30)
     spawn_worker(env=FAST_REAP_ENV)
     outcome = producer.wait(eid, timeout=25)  # well before the 30 s an attach drain would take
@@ -170,9 +177,8 @@ def test_exited_leftover_of_a_dead_worker_is_read_at_once(spawn_worker, producer
 def test_leftover_with_another_name_is_adopted_never_run_twice(spawn_worker, producer, docker_client, unique):
     first = spawn_worker(env=FAST_REAP_ENV)
     eid = producer.submit(_request(unique, "renamed", "sh", "-c", "hostname; sleep 3; echo end"))
-    _until(lambda: producer.status(eid).state == "running", 30, "running")
+    container = _running_container(producer, docker_client, eid)
     first.kill()
-    container = _container(docker_client, eid)
     container.rename(f"from-an-older-dockrq-{unique}")  # labels kept, name of another scheme
     adopter = spawn_worker(env=FAST_REAP_ENV)
     outcome = producer.wait(eid, timeout=60)
@@ -227,8 +233,7 @@ def test_amd_gpu_on_a_host_without_one_ends_error_gpu_unavailable(spawn_worker, 
 def test_cancel_after_the_container_exited_keeps_succeeded(spawn_worker, producer, docker_client, unique):
     worker = spawn_worker()
     eid = producer.submit(_request(unique, "late-cancel", "sh", "-c", "sleep 1; echo done"))
-    _until(lambda: producer.status(eid).state == "running", 30, "running")
-    container = _container(docker_client, eid)
+    container = _running_container(producer, docker_client, eid)
     worker.signal(signal.SIGSTOP)  # the worker is busy elsewhere: it collects nothing meanwhile
     try:
         assert container.wait(timeout=30)["StatusCode"] == 0

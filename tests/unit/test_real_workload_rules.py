@@ -92,29 +92,46 @@ def test_unstorable_text_is_refused_naming_the_field(request_, named):
 # -- leftovers ------------------------------------------------------------------------------
 
 
-class _Listing:
+class _Api:
+    """``APIClient.containers`` over a fixed listing, filtered by label as the daemon does."""
+
     def __init__(self, containers):
         self.containers = containers
         self.asked = None
 
-    def labelled_containers(self, labels):
-        self.asked = labels
-        return self.containers
+    def __call__(self, all=False, filters=None):  # noqa: A002 - docker-py's argument name
+        self.asked = filters
+        wanted = dict(f.split("=", 1) for f in filters["label"])
+        return [c for c in self.containers if all and wanted.items() <= c["Labels"].items()]
+
+
+class _Listing:
+    def __init__(self, containers):
+        self.api = type("Api", (), {})()
+        self.api.containers = _Api(containers)
+
+
+def _c(cid, state, created, executor="n"):
+    labels = {"dockrq.executor": executor, "dockrq.execution": "e"}
+    return {"Id": cid, "State": state, "Created": created, "Labels": labels}
 
 
 def test_the_leftover_followed_is_the_running_one_then_the_newest():
     labels = {"dockrq.executor": "n", "dockrq.execution": "e", "dockrq.created": "1"}
     client = _Listing([
-        {"Id": "old-exited", "State": "exited", "Created": 1},
-        {"Id": "runs", "State": "running", "Created": 0},
-        {"Id": "new-exited", "State": "exited", "Created": 2},
-        {"Id": "going", "State": "removing", "Created": 3},
+        _c("old-exited", "exited", 1),
+        _c("runs", "running", 0),
+        _c("new-exited", "exited", 2),
+        _c("going", "removing", 3),
+        _c("other-node", "running", 4, executor="m"),
     ])
-    assert find_leftover(client, labels)["Id"] == "runs"
-    assert client.asked == {"dockrq.executor": "n", "dockrq.execution": "e"}  # by labels, never by name
-    client.containers = client.containers[:1] + client.containers[2:]
-    assert find_leftover(client, labels)["Id"] == "new-exited"
-    client.containers = [{"Id": "going", "State": "removing"}]
+    assert find_leftover(client, labels).id == "runs"
+    # by labels (owned_containers, the executor's one listing), never by name
+    assert client.api.containers.asked == {"label": ["dockrq.execution=e"]}
+    listed = client.api.containers.containers
+    client.api.containers.containers = listed[:1] + listed[2:]
+    assert find_leftover(client, labels).id == "new-exited"
+    client.api.containers.containers = [_c("going", "removing", 0), _c("other-node", "running", 4, executor="m")]
     assert find_leftover(client, labels) is None
 
 

@@ -22,12 +22,12 @@ import requests
 from schemas import ExecutionRequest, ExecutionResult, ExecutionState, ExecutionStatus
 
 from .classify import Ending, StopRequests, classify
-from .client import DAEMON_ERRORS, Attached, DockerClient, ImageMissing, PullHandle
-from .errors import DaemonError, DaemonRestarted, ExecutionAlreadyFinished, StartError, StartFailed
+from .client import Attached, DockerClient, ImageMissing, PullHandle
+from .errors import DAEMON_ERRORS, DaemonError, DaemonRestarted, ExecutionAlreadyFinished, StartError, StartFailed
 from .leftover import ENDED_STATES, find_leftover, replay, settle_late_attach, skipping
 from .oom import OomWatcher
 from .output import OutputLog
-from .types import ContainerSpec
+from .spec import ContainerSpec
 
 log = logging.getLogger(__name__)
 
@@ -151,7 +151,7 @@ class ExecutionHandler:
         # name): found by its labels, it is followed, never doubled (worker.executor.leftover).
         leftover = None if self._created_here else find_leftover(self._client, spec.labels)
         if leftover is not None:
-            self.container_id, created = leftover["Id"], False
+            self.container_id, created = leftover.id, False
         else:
             self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
             try:

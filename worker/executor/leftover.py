@@ -1,11 +1,12 @@
 """Following a container this handler did not start: found by labels, read to its end.
 
 A container of an execution carries ``dockrq.executor`` and
-``dockrq.execution`` (types.py); its name is only derived from them, and other
+``dockrq.execution`` (spec.py); its name is only derived from them, and other
 versions derived it differently. Adoption therefore looks the execution up by
-those two labels before creating anything, so a leftover of an earlier dockrq
-(or one renamed by hand) is followed instead of a second container being
-started for the same execution.
+those two labels (``owned.owned_containers``, the one listing of dockrq's
+containers) before creating anything, so a leftover of an earlier dockrq (or
+one renamed by hand) is followed instead of a second container being started
+for the same execution.
 
 Reading a leftover's output has two traps, both from how dockerd attaches:
 attaching to a container that has already stopped never ends (the daemon waits
@@ -25,7 +26,8 @@ from typing import Any
 import requests
 
 from .client import Attached, DockerClient
-from .types import LABEL_EXECUTION, LABEL_EXECUTOR
+from .owned import OwnedContainer, owned_containers
+from .spec import LABEL_EXECUTION, LABEL_EXECUTOR
 
 # Which leftover to follow when there are several: one that runs (it is doing the
 # work), then one never started, then one that has ended; the newest of a kind.
@@ -37,14 +39,15 @@ ENDED_STATES = frozenset({"exited", "dead"})
 Frames = Iterator[tuple[str, bytes]]
 
 
-def find_leftover(client: DockerClient, labels: dict[str, str]) -> dict[str, Any] | None:
-    """The container (an item of ``GET /containers/json``: ``Id``, ``State``, ``Names``...)
-    labelled with ``labels``' executor and execution ids, or None. Raises DAEMON_ERRORS."""
-    wanted = {k: labels[k] for k in (LABEL_EXECUTOR, LABEL_EXECUTION)}
-    found = [c for c in client.labelled_containers(wanted) if c.get("State") in _RANK]
+def find_leftover(client: DockerClient, labels: dict[str, str]) -> OwnedContainer | None:
+    """The container labelled with ``labels``' executor and execution ids (whatever its name),
+    or None; of several, one that runs, then one never started, then one that ended, the
+    newest of a kind. Raises DAEMON_ERRORS."""
+    executor_id, execution_id = labels[LABEL_EXECUTOR], labels[LABEL_EXECUTION]
+    found = [c for c in owned_containers(client, execution_id) if c.executor_id == executor_id and c.state in _RANK]
     if not found:
         return None
-    return min(found, key=lambda c: (_RANK[c["State"]], -int(c.get("Created") or 0)))
+    return min(found, key=lambda c: (_RANK[c.state], -c.created))
 
 
 class LogReplay(Attached):
