@@ -89,6 +89,7 @@ class ExecutionHandler:
         self._late_attach = False  # attached to a container already running (adopted)
         self._received = {"stdout": 0, "stderr": 0}  # bytes read per stream (before any cap)
         self._stops = StopRequests()  # and whether one of them ended the container
+        self._stop_grace = 0.0  # the longest grace a stop was sent with (seconds)
 
     @property
     def finished(self) -> bool:
@@ -166,15 +167,18 @@ class ExecutionHandler:
         elif not self._created_here:  # a predecessor's container: follow it instead of starting a twin
             self.adopted = True
             log.info("execution %s: adopting existing container %s (%s)", self.execution_id, self.container_id[:12], status)
+        stdin = self.request.stdin_bytes if must_start else None  # docker run -i; a running adoptee had its input
         if status in ENDED_STATES:
             self._attached = replay(self._client, self.container_id)  # complete; attaching would never end
         else:
             self._late_attach = not must_start
-            self._attached = self._client.attach(self.container_id, logs=not created)
+            self._attached = self._client.attach(self.container_id, logs=not created, stdin=stdin is not None)
         self._reader = threading.Thread(
             target=self._read, args=(self._attached.frames(),), name=f"dockrq-out-{self.execution_id}", daemon=True
         )
         self._reader.start()
+        if stdin is not None:
+            self._attached.send_stdin(stdin, name=f"dockrq-in-{self.execution_id}")
         with self._lock:
             cancelled_early = self._stop_reason is not None
         if cancelled_early:
@@ -214,8 +218,12 @@ class ExecutionHandler:
                 self._stop_reason = reason
             pulling = self.state == ExecutionState.PULLING
             if self._running and self.container_id:
+                grace = self._grace if grace is None else grace
+                if self.request.stop_timeout is not None:  # docker run --stop-timeout: the request's own grace
+                    grace = self.request.stop_timeout
+                self._stop_grace = max(self._stop_grace, grace)
                 # sent under the lock that set the reason: whoever sees the reason can wait for its answer
-                self._stops.send(lambda: self._stop_container(self._grace if grace is None else grace))
+                self._stops.send(lambda: self._stop_container(grace))
         if pulling:
             self._pull.abort()  # a cancel does not wait for a slow (or hung) pull
 
@@ -330,7 +338,7 @@ class ExecutionHandler:
             self._oom.forget(self.container_id)
         # A stop asked until now counts; whether it ended the container is the daemon's answer.
         reason = self._stop_reason
-        ended_it = self._stops.ended_it(self._grace + 30) if reason is not None else None
+        ended_it = self._stops.ended_it(self._stop_grace + 30) if reason is not None else None
         if error is not None and (reason is None or ended_it is False):
             return self._result(ExecutionStatus.ERROR, exit_code=exit_code, error_code=error.code, error_msg=str(error))
         verdict = classify(Ending(exit_code, oom_flag, oom_events, reason, ended_it))
