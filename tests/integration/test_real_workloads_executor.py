@@ -44,10 +44,10 @@ class LateAttach(DockerClient):
     """A client whose attach to an already running container is made only once that
     container has exited: the daemon's race where an attach is hooked up after the end."""
 
-    def attach(self, container_id: str, *, logs: bool):
+    def attach(self, container_id: str, *, logs: bool, stdin: bool = False):
         if logs:
             self.api.wait(container_id, timeout=None)
-        return super().attach(container_id, logs=logs)
+        return super().attach(container_id, logs=logs, stdin=stdin)
 
 
 @pytest.fixture

@@ -89,7 +89,7 @@ def test_logs_tail_counts_lines_of_the_combined_output(spawn_worker, producer, d
     assert dockrq("logs", "-n", "3", eid).stdout == b"8\n9\n10\n"
     assert "".join(e.data for e in producer.logs(eid, tail=2, follow=False)) == "9\n10\n"
     # chunked every which way: lines split over entries, two streams, an unfinished last line
-    script = "echo a; echo b >&2; printf 'c'; sleep 0.3; printf 'd\\n'; sleep 0.3; echo e >&2; printf f"
+    script = "echo a; echo b >&2; printf 'c'; sleep 0.3; printf 'd\\n'; sleep 0.3; echo e >&2; sleep 0.3; printf f"
     mixed = producer.submit(_request(unique, "mixed", "sh", "-c", script))
     producer.wait(mixed, timeout=60)
     entries = list(producer.logs(mixed, tail=3, follow=False))
