@@ -23,10 +23,19 @@ from schemas import ExecutionRequest, ExecutionResult, ExecutionState, Execution
 
 from .classify import Ending, StopRequests, classify
 from .client import Attached, DockerClient, ImageMissing, PullHandle
-from .errors import DAEMON_ERRORS, DaemonError, DaemonRestarted, ExecutionAlreadyFinished, StartError, StartFailed
-from .leftover import ENDED_STATES, find_leftover, replay, settle_late_attach, skipping
+from .errors import (
+    DAEMON_ERRORS,
+    DaemonError,
+    DaemonRestarted,
+    ExecutionAlreadyFinished,
+    ImagePullError,
+    StartError,
+    StartFailed,
+)
+from .leftover import ENDED_STATES, find_leftover, finish_late_attach, open_output
 from .oom import OomWatcher
 from .output import OutputLog
+from .pull import PresentImage, ProgressCallback
 from .spec import ContainerSpec
 
 log = logging.getLogger(__name__)
@@ -37,10 +46,6 @@ DAEMON_RECOVERY_SECONDS = 60.0
 # After the container stops, its output is drained within this time at most.
 DRAIN_SECONDS = 30.0
 OOM_EVENT_WAIT = 3.0
-# An attach made to a container that was already running can miss its end (it exited
-# before the daemon hooked the attach up): once it has stopped and this long passes with
-# no output arriving, the rest is read from its log instead (see _drain).
-ATTACH_IDLE_SECONDS = 1.0
 
 
 def _lost_connection(exc: BaseException | None) -> bool:
@@ -60,7 +65,8 @@ def _now() -> datetime:
 
 class ExecutionHandler:
     def __init__(
-        self, request: ExecutionRequest, client: DockerClient, *, grace: float, keep: bool, oom: OomWatcher
+        self, request: ExecutionRequest, client: DockerClient, *, grace: float, keep: bool, oom: OomWatcher,
+        progress: ProgressCallback | None = None,
     ) -> None:
         self.request = request
         self.execution_id = request.execution_id
@@ -84,6 +90,10 @@ class ExecutionHandler:
         self._reader: threading.Thread | None = None
         self._attached: Attached | None = None
         self._pull = PullHandle()
+        self._progress = progress
+        self.image: PresentImage | None = None
+        self.pull_seconds: float | None = None  # the pull made for this execution, if any
+        self._container_image: str | None = None  # the image id the container was made from
         self._created_here = False
         self._waiting_for_daemon = False
         self._late_attach = False  # attached to a container already running (adopted)
@@ -154,11 +164,11 @@ class ExecutionHandler:
         if leftover is not None:
             self.container_id, created = leftover.id, False
         else:
-            self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
+            self._ensure_image()
             try:
                 self.container_id, created = self._client.create(spec)
             except ImageMissing:  # removed since the client last saw it: once more, per the pull policy
-                self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
+                self._ensure_image()
                 self.container_id, created = self._client.create(spec)
         status = "created" if created else self._client.inspect(self.container_id)["State"]["Status"]
         must_start = status == "created"
@@ -168,11 +178,8 @@ class ExecutionHandler:
             self.adopted = True
             log.info("execution %s: adopting existing container %s (%s)", self.execution_id, self.container_id[:12], status)
         stdin = self.request.stdin_bytes if must_start else None  # docker run -i; a running adoptee had its input
-        if status in ENDED_STATES:
-            self._attached = replay(self._client, self.container_id)  # complete; attaching would never end
-        else:
-            self._late_attach = not must_start
-            self._attached = self._client.attach(self.container_id, logs=not created, stdin=stdin is not None)
+        self._late_attach = not must_start and status not in ENDED_STATES
+        self._attached = open_output(self._client, self.container_id, status, created=created, stdin=stdin is not None)
         self._reader = threading.Thread(
             target=self._read, args=(self._attached.frames(),), name=f"dockrq-out-{self.execution_id}", daemon=True
         )
@@ -187,6 +194,23 @@ class ExecutionHandler:
         if must_start:
             self._client.start(self.container_id)
         return True
+
+    def _ensure_image(self) -> None:
+        """Make the image present per the pull policy; record the pull (seconds, size) if one was made."""
+        image, began = self.request.engine.image, time.monotonic()
+        try:
+            self.image = self._client.ensure_image(image, self.request.pull_policy, self._pull, self._progress)
+        except ImagePullError:
+            if self.request.pull_policy != "never":
+                self.pull_seconds = (self.pull_seconds or 0.0) + time.monotonic() - began
+            raise
+        pulled = self.image.pull
+        if pulled is not None:
+            self.pull_seconds = (self.pull_seconds or 0.0) + pulled.seconds
+            log.info(
+                "execution %s: pulled %s (%.1f MB in %d layers, digest %s) in %.1f s", self.execution_id, image,
+                pulled.bytes_downloaded / 1e6, pulled.layers, self.image.digest or "-", pulled.seconds,
+            )
 
     def _running_now(self) -> None:
         self.started_at = _now()
@@ -218,9 +242,8 @@ class ExecutionHandler:
                 self._stop_reason = reason
             pulling = self.state == ExecutionState.PULLING
             if self._running and self.container_id:
-                grace = self._grace if grace is None else grace
-                if self.request.stop_timeout is not None:  # docker run --stop-timeout: the request's own grace
-                    grace = self.request.stop_timeout
+                if grace is None:  # docker run --stop-timeout: the request's own grace, else the executor's
+                    grace = self._grace if self.request.stop_timeout is None else self.request.stop_timeout
                 self._stop_grace = max(self._stop_grace, grace)
                 # sent under the lock that set the reason: whoever sees the reason can wait for its answer
                 self._stops.send(lambda: self._stop_container(grace))
@@ -294,28 +317,14 @@ class ExecutionHandler:
 
     def _drain(self) -> None:
         if self._reader is not None:
-            if self._late_attach and self.container_id:
-                self._drain_late_attach()
+            if self._late_attach and self.container_id:  # it may miss the end (worker.executor.leftover)
+                finish_late_attach(
+                    self._client, self.container_id, self._reader, self._received, self._detach, self._read, DRAIN_SECONDS
+                )
             else:
                 self._reader.join(DRAIN_SECONDS)
         self._detach()
         self.output.close()
-
-    def _drain_late_attach(self) -> None:
-        """The attach was made while the container already ran: it may miss the end."""
-        assert self._reader is not None and self.container_id is not None
-
-        def read_rest(skip: dict[str, int]) -> None:
-            log.info("execution %s: the attach did not end with the container; reading its log", self.execution_id)
-            self._detach()
-            assert self._reader is not None
-            self._reader.join(2)
-            try:
-                self._read(skipping(replay(self._client, self.container_id).frames(), skip))
-            except DAEMON_ERRORS as exc:
-                log.warning("execution %s: reading the rest of the log failed: %s", self.execution_id, exc)
-
-        settle_late_attach(self._reader, self._received, ATTACH_IDLE_SECONDS, DRAIN_SECONDS, read_rest)
 
     def _detach(self) -> None:
         attached, self._attached = self._attached, None
@@ -328,7 +337,9 @@ class ExecutionHandler:
         oom_flag, oom_events = False, 0
         if self.container_id and error is None:
             try:
-                oom_flag = bool(self._client.inspect(self.container_id)["State"].get("OOMKilled"))
+                inspected = self._client.inspect(self.container_id)
+                oom_flag = bool(inspected["State"].get("OOMKilled"))
+                self._container_image = inspected.get("Image")
             except DAEMON_ERRORS as exc:
                 log.warning("execution %s: inspect after exit failed: %s", self.execution_id, exc)
             # Only a SIGKILL we did not send can be the OOM killer's: then give its
@@ -357,8 +368,18 @@ class ExecutionHandler:
             container_id=self.container_id,
             started_at=self.started_at,
             finished_at=_now(),
+            pull_seconds=self.pull_seconds,
+            **self._image_fields(),
             **fields,
         )
+
+    def _image_fields(self) -> dict[str, str | None]:
+        """image_id and image_digest of what ran: the container's own image id wins (a tag that
+        moved after the pull would otherwise be reported for an image that did not run)."""
+        present = self.image
+        image_id = self._container_image or (present.id if present else None)
+        digest = present.digest if present is not None and present.id in (None, image_id) else None
+        return {"image_id": image_id, "image_digest": digest or image_id}
 
     # -- end ------------------------------------------------------------------
     def refuse(self, exc: StartError) -> None:

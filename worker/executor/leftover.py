@@ -18,6 +18,7 @@ late attach that stays silent after the exit is completed from the log too.
 
 from __future__ import annotations
 
+import logging
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,6 +27,7 @@ from typing import Any
 import requests
 
 from .client import Attached, DockerClient
+from .errors import DAEMON_ERRORS
 from .owned import OwnedContainer, owned_containers
 from .spec import LABEL_EXECUTION, LABEL_EXECUTOR
 
@@ -37,6 +39,12 @@ _RANK = {"running": 0, "paused": 0, "restarting": 0, "created": 1, "exited": 2, 
 ENDED_STATES = frozenset({"exited", "dead"})
 
 Frames = Iterator[tuple[str, bytes]]
+
+log = logging.getLogger(__name__)
+
+# Once a stopped container's late attach has delivered nothing for this long (seconds),
+# the rest of its output is read from its log.
+ATTACH_IDLE_SECONDS = 1.0
 
 
 def find_leftover(client: DockerClient, labels: dict[str, str]) -> OwnedContainer | None:
@@ -119,3 +127,36 @@ def settle_late_attach(
             return
         last = seen
         reader.join(idle)
+
+
+def open_output(client: DockerClient, container_id: str, status: str, *, created: bool, stdin: bool) -> Attached:
+    """How to read the output of a container in Docker state ``status``: an ended one from its
+    log (complete; an attach would never end), else by attaching (replaying what it already
+    wrote unless ``created`` now; ``stdin`` also carries its input). Raises DAEMON_ERRORS."""
+    if status in ENDED_STATES:
+        return replay(client, container_id)
+    return client.attach(container_id, logs=not created, stdin=stdin)
+
+
+def finish_late_attach(
+    client: DockerClient,
+    container_id: str,
+    reader: threading.Thread,
+    received: dict[str, int],
+    detach: Callable[[], None],
+    read: Callable[[Frames], None],
+    budget: float,
+) -> None:
+    """The container stopped and ``reader`` follows an attach made while it already ran, which
+    may miss the end: once it is idle, ``detach`` it and ``read`` the rest from the log."""
+
+    def read_rest(skip: dict[str, int]) -> None:
+        log.info("container %s: the attach did not end with the container; reading its log", container_id[:12])
+        detach()
+        reader.join(2)
+        try:
+            read(skipping(replay(client, container_id).frames(), skip))
+        except DAEMON_ERRORS as exc:
+            log.warning("container %s: reading the rest of the log failed: %s", container_id[:12], exc)
+
+    settle_late_attach(reader, received, ATTACH_IDLE_SECONDS, budget, read_rest)
