@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .execution import ExecutionResult, ExecutionState, ExecutionStatus, LogEntry
+from .text import NOT_UTF8
 
 DEFAULT_PREFIX = "dockrq"
 DEFAULT_QUEUE = "dockrq"
@@ -215,9 +216,11 @@ def _loc_part(part: Any) -> str:
 def describe_validation_error(exc: ValidationError) -> str:
     """One readable line naming each bad field, e.g. ``engine.image: Field required``."""
     parts = []
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    errors = exc.errors(include_url=False, include_input=False, include_context=True)
     for err in errors[:MAX_DESCRIBED_ERRORS]:
         loc = ".".join(_loc_part(p) for p in err.get("loc", ())) or "request"
+        if err.get("type") == NOT_UTF8:  # found below the model's own location (schemas.text)
+            loc = _short(err.get("ctx", {}).get("at", loc), MAX_LOC_PART * 4)
         parts.append(f"{loc}: {_short(err.get('msg', 'invalid'), MAX_MESSAGE)}")
     if len(errors) > MAX_DESCRIBED_ERRORS:
         parts.append(f"{len(errors) - MAX_DESCRIBED_ERRORS} more errors: not listed")
