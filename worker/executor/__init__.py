@@ -22,6 +22,7 @@ from .errors import (
     MountNotAllowed,
     RequestRejected,
     StartError,
+    StartFailed,
 )
 from .executor import CleanupError, CleanupReport, DockerExecutor, ExecutionInfo, new_executor
 from .output import LogStream
@@ -58,5 +59,6 @@ __all__ = [
     "PullRecord",
     "RequestRejected",
     "StartError",
+    "StartFailed",
     "new_executor",
 ]
