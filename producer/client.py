@@ -40,6 +40,7 @@ from schemas import (
     EXECUTION_ID_PATTERN,
     MIN_MAX_REQUEST_BYTES,
     ExecutionRequest,
+    ExecutionState,
     Keys,
     LogEntry,
     Outcome,
@@ -56,7 +57,7 @@ from schemas.connections import (  # DEFAULT_REDIS_URL re-exported: it was defin
 from . import dependencies, groups, listing, many
 from .cancel import CancelResult
 from .cancel import cancel as cancel_execution
-from .errors import DuplicateExecution, ExecutionNotFound
+from .errors import DuplicateExecution, ExecutionNotFound, InvalidRequest
 from .jobhash import JobWriter
 from .logs import LogReader
 from .many import DEFAULT_RECHECK_SECONDS

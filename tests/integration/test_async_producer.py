@@ -5,7 +5,6 @@ from __future__ import annotations
 import asyncio
 
 import pytest
-import redis
 from rq.job import Job
 
 from producer import AsyncProducer, DuplicateExecution, ExecutionAlreadyFinished, ExecutionNotFound, InvalidRequest, Producer, WaitTimeout
