@@ -24,7 +24,8 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
+from pathlib import Path
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -38,6 +39,7 @@ from rq.serializers import JSONSerializer
 
 from schemas import (
     CANCEL_MESSAGE,
+    DEFAULT_MAX_INPUT_BYTES,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_PREFIX,
     DEFAULT_QUEUE,
@@ -60,6 +62,16 @@ from schemas import (
 from .connections import BLOCK_SLICE_SECONDS, blocking_twin, clients_from_url
 from .describe import describe
 from .errors import DuplicateExecution, ExecutionAlreadyFinished, ExecutionNotFound, InvalidRequest, RequestTooLarge
+from .extract import ExtractReport
+from .files import (
+    InputValue,
+    OutputsUnavailable,
+    archive_reader,
+    build_input_archive,
+    copy_selection,
+    extract_outputs,
+    write_input_archive,
+)
 from .jobhash import JobWriter
 from .logs import LogReader
 from .status import ExecutionStatusView, build_view
@@ -136,6 +148,7 @@ class Producer:
         *,
         retention_seconds: int = DEFAULT_RETENTION_SECONDS,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
     ) -> None:
         if max_request_bytes < MIN_MAX_REQUEST_BYTES:
             raise ValueError(f"max_request_bytes must be at least {MIN_MAX_REQUEST_BYTES}")
@@ -151,6 +164,9 @@ class Producer:
         # Larger requests are refused before anything is written (RequestTooLarge); keep it
         # at most the workers' DOCKRQ_MAX_REQUEST_BYTES, which reject larger ones unread.
         self.max_request_bytes = int(max_request_bytes)
+        # Input files above this (their contents, in all) are refused before anything is
+        # written (InputsTooLarge); keep it at most the workers' DOCKRQ_MAX_INPUT_BYTES.
+        self.max_input_bytes = int(max_input_bytes)
         self._queues: dict[str, Queue] = {}
         self._writers: dict[str, JobWriter | None] = {}
         self._claim_script = self._client.register_script(CLAIM_LUA)
@@ -189,20 +205,39 @@ class Producer:
         queue: str | None = None,
         at: datetime | None = None,
         delay: timedelta | None = None,
+        inputs: Mapping[str, InputValue] | None = None,
     ) -> str:
         """Enqueue one execution (or schedule it ``at`` a time / after a ``delay``); returns its id.
 
+        ``inputs`` maps container paths to a local file or directory, or bytes: they
+        are archived and written to ``P:exec:ID:inputs`` before the enqueue, and the
+        worker puts them into the container before it starts (``producer/files.py``).
+
         Raises InvalidRequest (nothing enqueued; RequestTooLarge above
-        ``max_request_bytes``) or DuplicateExecution.
+        ``max_request_bytes``, InputsTooLarge above ``max_input_bytes``) or DuplicateExecution.
         """
         req = parse_request(request)
         if at is not None and delay is not None:
             raise ValueError("give at or delay, not both")
+        archive = build_input_archive(inputs, self.max_input_bytes) if inputs is not None else None
+        try:
+            if archive is not None:
+                req = req.model_copy(update={"inputs": archive.spec})
+            self._enqueue_one(req, queue, at, delay, archive)
+        finally:
+            if archive is not None:
+                archive.close()
+        return req.execution_id
+
+    def _enqueue_one(self, req: ExecutionRequest, queue: str | None, at: datetime | None, delay: timedelta | None,
+                     archive: Any) -> None:
         when = datetime.now(timezone.utc) + delay if delay is not None else at
         spec = self._job_spec(req, scheduled=when is not None)
         rq_queue = self.rq_queue(queue)
         self._claim([req.execution_id], rq_queue.name)
         try:
+            if archive is not None:  # whole before the job exists, so a worker never finds it missing
+                write_input_archive(self._client, self.keys.inputs(req.execution_id), archive, self.retention_seconds)
             with self._client.pipeline() as pipe:
                 if when is None:
                     rq_queue.enqueue_call(**spec, pipeline=pipe)
@@ -212,9 +247,10 @@ class Producer:
                 self._publish_event(pipe, req.execution_id, spec["meta"]["status"])
                 pipe.execute()
         except BaseException:
+            if archive is not None:
+                self._release_inputs(req.execution_id)
             self._release_claims([req.execution_id])
             raise
-        return req.execution_id
 
     def submit_many(
         self, requests: Iterable[ExecutionRequest | dict[str, Any] | str | bytes], *, queue: str | None = None
@@ -310,6 +346,12 @@ class Producer:
             self._client.delete(*(self.keys.claim(i) for i in ids))
         except redis.RedisError as exc:  # the claim expires with the retention time anyway
             log.warning("could not release claims of %d execution(s): %s", len(ids), exc)
+
+    def _release_inputs(self, execution_id: str) -> None:
+        try:
+            self._client.delete(self.keys.inputs(execution_id))
+        except redis.RedisError as exc:  # it expires with the retention time anyway
+            log.warning("could not remove the input archive of %s: %s", execution_id, exc)
 
     def _publish_event(self, pipe: redis.client.Pipeline, execution_id: str, status: str) -> None:
         pipe.publish(self.keys.events, Event(execution_id=execution_id, status=status).model_dump_json())
@@ -452,6 +494,55 @@ class Producer:
         epoch = datetime.min.replace(tzinfo=timezone.utc)
         views.sort(key=lambda v: v.enqueued_at or epoch, reverse=True)
         return views[:limit]
+
+    # -- output files ----------------------------------------------------------
+
+    def _ended(self, execution_id: str) -> Outcome:
+        self._check_id(execution_id)
+        outcome = self._outcome(execution_id)
+        if outcome is None:
+            self._require_known(execution_id)
+            raise OutputsUnavailable(f"execution {execution_id} has not ended yet")
+        return outcome
+
+    def outputs(self, execution_id: str, dest_dir: str | Path) -> ExtractReport:
+        """Extract an ended execution's output files into ``dest_dir`` (created if missing),
+        each under its container path (``/out/r.json`` -> ``dest_dir/out/r.json``).
+
+        Safe against hostile archives (``producer/extract.py``): what would leave
+        ``dest_dir`` is skipped and listed in the report's ``skipped``. Raises
+        OutputsUnavailable (not ended, none collected, expired), ArchiveRefused or
+        ExecutionNotFound.
+        """
+        outcome = self._ended(execution_id)
+        return extract_outputs(self._client, self.keys.outputs(execution_id), outcome, Path(dest_dir))
+
+    def copy_out(self, execution_id: str, container_path: str, dest: str | Path) -> ExtractReport:
+        """``dockrq cp ID:CONTAINER_PATH DEST``: one collected path (or ``/`` for all), placed as
+        ``docker cp`` places it: into an existing directory ``dest`` under its own name,
+        otherwise as ``dest``. Raises as ``outputs``."""
+        outcome = self._ended(execution_id)
+        root, rename = copy_selection(outcome, container_path, Path(dest))
+        return extract_outputs(self._client, self.keys.outputs(execution_id), outcome, root, rename)
+
+    def outputs_archive(self, execution_id: str, out: Any = None) -> bytes | int:
+        """The output archive as stored (a tar; format in the README): its bytes, or with a binary
+        file object ``out``, written there in chunks (memory stays flat) and its length returned."""
+        from .files import announced
+
+        outcome = self._ended(execution_id)
+        size, _, _ = announced(outcome)
+        key = self.keys.outputs(execution_id)
+        if int(self._client.strlen(key)) != size:
+            raise OutputsUnavailable(f"execution {execution_id}: {key} is gone or not the {size} bytes announced")
+        reader = archive_reader(self._client, key, size)
+        if out is None:
+            return reader.read()
+        written = 0
+        while chunk := reader.read(1024 * 1024):
+            out.write(chunk)
+            written += len(chunk)
+        return written
 
     # -- cancel --------------------------------------------------------------
 

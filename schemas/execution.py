@@ -14,7 +14,7 @@ import math
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -22,7 +22,19 @@ from pydantic import (
     Field,
     StringConstraints,
     field_validator,
+    model_serializer,
     model_validator,
+)
+
+from .files import (
+    DEFAULT_OUTPUT_FILES_LIMIT,
+    MAX_FILE_PATHS,
+    MAX_OUTPUT_FILES_LIMIT,
+    ContainerPath,
+    InputsSpec,
+    OutputFile,
+    drop_default_file_fields,
+    overlapping,
 )
 
 EXECUTION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -193,6 +205,26 @@ class ExecutionRequest(_Model):
     output_limit_bytes: int = Field(default=DEFAULT_OUTPUT_LIMIT, ge=0, le=MAX_OUTPUT_LIMIT)
     pull_policy: Literal["if_not_present", "always", "never"] = "if_not_present"
     retries: int = Field(default=0, ge=0, le=10, description="re-runs allowed after a lost worker")
+    # Files in and out (schemas/files.py): the input archive's announcement, the container
+    # paths collected once the container has ended, and the bound on their contents.
+    inputs: InputsSpec | None = None
+    outputs: list[ContainerPath] = Field(default_factory=list, max_length=MAX_FILE_PATHS)
+    output_files_limit_bytes: int = Field(default=DEFAULT_OUTPUT_FILES_LIMIT, ge=0, le=MAX_OUTPUT_FILES_LIMIT)
+
+    @model_serializer(mode="wrap")
+    def _without_default_file_fields(self, handler: Any) -> Any:
+        # Dumped without the file fields while they hold their defaults, so a request
+        # that moves no files reads exactly as before (and workers from before files take it).
+        data = handler(self)
+        return drop_default_file_fields(data) if isinstance(data, dict) else data
+
+    @field_validator("outputs")
+    @classmethod
+    def _distinct_outputs(cls, v: list[str]) -> list[str]:
+        clash = overlapping(v)
+        if clash is not None:
+            raise ValueError(f"{clash[1]!r} is {clash[0]!r} or inside it")
+        return v
 
     @field_validator("timeout_seconds")
     @classmethod
@@ -255,6 +287,12 @@ class ExecutionResult(BaseModel):
     container_id: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # Output files (request.outputs): what the archive P:exec:ID:outputs holds, the paths
+    # that did not exist, whether anything was left out for the limit, the archive's size.
+    output_files: list[OutputFile] = Field(default_factory=list)
+    outputs_missing: list[str] = Field(default_factory=list)
+    outputs_truncated: bool = False
+    outputs_archive_bytes: int | None = None
 
     @property
     def duration_seconds(self) -> float | None:

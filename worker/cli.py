@@ -89,6 +89,14 @@ _POLICY_OPTIONS = [
         "--max-output", "max_output_bytes",
         help="Largest output_limit_bytes per stream (env DOCKRQ_MAX_OUTPUT_BYTES; default 16m).",
     ),
+    click.option(
+        "--max-input", "max_input_bytes",
+        help="Largest input files of one execution, in file bytes (env DOCKRQ_MAX_INPUT_BYTES; default 16m).",
+    ),
+    click.option(
+        "--max-output-files", "max_output_files_bytes",
+        help="Cap of output_files_limit_bytes: output files kept per execution (env DOCKRQ_MAX_OUTPUT_FILES_BYTES; default 16m).",
+    ),
     click.option("--max-gpus", help="Most GPUs a request may ask for (env DOCKRQ_MAX_GPUS; default 0: no GPU access)."),
     click.option(
         "--allow-image", "allowed_images", multiple=True, metavar="PATTERN",
@@ -110,7 +118,8 @@ _POLICY_OPTIONS = [
     click.option("--default-pids", help="Process limit of requests that give none (env DOCKRQ_DEFAULT_PIDS; default 512)."),
 ]
 _POLICY_FIELDS = (
-    "max_memory", "max_cpus", "max_pids", "max_timeout_seconds", "max_output_bytes", "max_gpus", "allowed_images",
+    "max_memory", "max_cpus", "max_pids", "max_timeout_seconds", "max_output_bytes", "max_input_bytes",
+    "max_output_files_bytes", "max_gpus", "allowed_images",
     "allowed_pull_policies", "allowed_mount_roots", "allow_bridge", "default_memory", "default_pids",
 )
 

@@ -50,6 +50,7 @@ from worker.executor import (
 
 from . import runtime as runtime_module
 from .channels import ExecutionChannels
+from .files import execution_files
 from .runtime import WorkerRuntime
 
 log = logging.getLogger(__name__)
@@ -179,9 +180,16 @@ class ExecutionRun:
         timeout and shutdown signals, and the heartbeats, keep working meanwhile.
         """
 
+        assert self.channels is not None
+        try:  # files in and out through Redis (worker/files.py); a missing input archive is refused here
+            files = execution_files(self.channels.connection, self.runtime.keys, request, self.runtime.settings.retention_seconds)
+        except RequestRejected as exc:
+            self._started.set()
+            return Outcome.failure(self.execution_id, ExecutionStatus.REJECTED, exc.code, str(exc))
+
         def start() -> None:
             try:
-                executor.start(request)
+                executor.start(request) if files is None else executor.start(request, files=files)
             finally:
                 self._started.set()
 

@@ -21,7 +21,7 @@ from typing import Annotated, Any, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from schemas import ExecutionRequest, parse_size
+from schemas import DEFAULT_MAX_INPUT_BYTES, ExecutionRequest, parse_size
 from worker.executor import MountNotAllowed, RequestRejected
 from worker.executor.types import ExecutorPolicy, checked_binds, gpus_granted
 from worker.images import ImagePattern, image_allowed
@@ -34,6 +34,8 @@ DEFAULT_MAX_PIDS = 4096
 DEFAULT_PIDS = 512
 DEFAULT_MAX_TIMEOUT_SECONDS = 24 * 3600.0
 DEFAULT_MAX_OUTPUT_BYTES = 16 * MiB
+# Files in and out (worker/files.py), counted as file contents per execution.
+DEFAULT_MAX_OUTPUT_FILES_BYTES = 16 * MiB
 # A GPU is host hardware shared by every container on it: none unless the operator says how many.
 DEFAULT_MAX_GPUS = 0
 # The request schema's pull policies, and the one a request carries when it names none.
@@ -49,6 +51,8 @@ POLICY_ENV_VARS: dict[str, str] = {
     "max_pids": "DOCKRQ_MAX_PIDS",
     "max_timeout_seconds": "DOCKRQ_MAX_TIMEOUT_SECONDS",
     "max_output_bytes": "DOCKRQ_MAX_OUTPUT_BYTES",
+    "max_input_bytes": "DOCKRQ_MAX_INPUT_BYTES",
+    "max_output_files_bytes": "DOCKRQ_MAX_OUTPUT_FILES_BYTES",
     "max_gpus": "DOCKRQ_MAX_GPUS",
     "allowed_images": "DOCKRQ_ALLOWED_IMAGES",
     "allowed_pull_policies": "DOCKRQ_ALLOWED_PULL_POLICIES",
@@ -101,6 +105,8 @@ class WorkerPolicy(BaseModel):
     max_pids: Count = DEFAULT_MAX_PIDS
     max_timeout_seconds: Positive = DEFAULT_MAX_TIMEOUT_SECONDS
     max_output_bytes: Size = DEFAULT_MAX_OUTPUT_BYTES
+    max_input_bytes: Size = DEFAULT_MAX_INPUT_BYTES
+    max_output_files_bytes: Size = DEFAULT_MAX_OUTPUT_FILES_BYTES
     max_gpus: CountOrZero = DEFAULT_MAX_GPUS
     allowed_images: tuple[str, ...] = ("*",)
     allowed_pull_policies: tuple[str, ...] = PULL_POLICIES
@@ -214,6 +220,8 @@ class WorkerPolicy(BaseModel):
         if request.timeout_seconds is not None:
             over("timeout_seconds", request.timeout_seconds, self.max_timeout_seconds, "max_timeout_seconds")
         over("output_limit_bytes", request.output_limit_bytes, self.max_output_bytes, "max_output_bytes")
+        if request.inputs is not None:
+            over("inputs.bytes", request.inputs.bytes, self.max_input_bytes, "max_input_bytes")
         if not image_allowed(request.engine.image, self.allowed_images):
             problems.append(
                 f"engine.image: {request.engine.image!r} is not allowed on this worker "
@@ -252,6 +260,9 @@ class WorkerPolicy(BaseModel):
             update["timeout_seconds"] = self.max_timeout_seconds
         if request.pull_policy not in self.allowed_pull_policies:  # the schema's default: check let it through
             update["pull_policy"] = self.default_pull_policy
+        cap = self.max_output_files_bytes  # output files are capped, not refused: what does not fit is left out
+        if request.outputs and cap is not None and request.output_files_limit_bytes > cap:
+            update["output_files_limit_bytes"] = cap
         return request.model_copy(update=update) if update else request
 
     def describe(self) -> str:
@@ -268,6 +279,7 @@ class WorkerPolicy(BaseModel):
             f"cpus max {show(self.max_cpus)}, gpus max {show(self.max_gpus)}, "
             f"timeout max {show(self.max_timeout_seconds)} s, "
             f"output max {show(self.max_output_bytes, True)} per stream, "
+            f"input files max {show(self.max_input_bytes, True)}, output files max {show(self.max_output_files_bytes, True)}, "
             f"images {','.join(self.allowed_images)}, pull {','.join(self.allowed_pull_policies)}, "
             f"mount roots {','.join(self.allowed_mount_roots) or 'none'}, "
             f"bridge {'allowed' if self.allow_bridge else 'refused'}"

@@ -22,7 +22,9 @@ from .errors import (
     RequestRejected,
     StartError,
 )
+from .archive import InputsRejected
 from .executor import CleanupError, CleanupReport, DockerExecutor, ExecutionInfo, new_executor
+from .files import ExecutionFiles, InputsUnavailable, OutputSink
 from .output import LogStream
 from .types import LABEL_EXECUTION, LABEL_EXECUTOR, ExecutorPolicy
 
@@ -38,14 +40,18 @@ __all__ = [
     "DockerUnavailableError",
     "ExecutionAlreadyFinished",
     "ExecutionAlreadyStarted",
+    "ExecutionFiles",
     "ExecutionInfo",
     "ExecutionNotFound",
     "ExecutorError",
     "ExecutorPolicy",
     "GpuUnavailableError",
     "ImagePullError",
+    "InputsRejected",
+    "InputsUnavailable",
     "LogStream",
     "MountNotAllowed",
+    "OutputSink",
     "RequestRejected",
     "StartError",
     "new_executor",

@@ -33,6 +33,7 @@ from .errors import (
     ExecutorError,
     RequestRejected,
 )
+from .files import ExecutionFiles
 from .handler import ExecutionHandler
 from .oom import OomWatcher
 from .output import LogStream
@@ -102,8 +103,13 @@ class DockerExecutor:
         ``seconds`` (no request is made: a cheap stand-in for a fresh is_installed)."""
         return self.client.answered_within(seconds)
 
-    def start(self, request: ExecutionRequest | dict[str, Any]) -> None:
+    def start(self, request: ExecutionRequest | dict[str, Any], *, files: ExecutionFiles | None = None) -> None:
         """Start an execution; returns once its container runs.
+
+        ``files`` moves files in and out (``files.ExecutionFiles``): the input archive
+        ``request.inputs`` announces goes into the container after create and before
+        start (a bad one ends the execution ``rejected``, error code ``invalid_inputs``),
+        and ``request.outputs`` are collected into its sink once the container has ended.
 
         Raises RequestRejected (nothing recorded), ExecutionAlreadyStarted,
         ExecutionAlreadyFinished, or a StartError (recorded as finished with
@@ -119,7 +125,8 @@ class DockerExecutor:
                     raise ExecutionAlreadyFinished(f"execution {request.execution_id} has already finished")
                 raise ExecutionAlreadyStarted(f"execution {request.execution_id} is already started")
             handler = ExecutionHandler(
-                request, self.client, grace=self.stop_grace_seconds, keep=self.keep_containers, oom=self._oom
+                request, self.client, grace=self.stop_grace_seconds, keep=self.keep_containers, oom=self._oom,
+                files=files,
             )
             self._handlers[request.execution_id] = handler
         handler.launch(spec)

@@ -23,6 +23,7 @@ from schemas import ExecutionRequest, ExecutionResult, ExecutionState, Execution
 
 from .client import DAEMON_ERRORS, Attached, DockerClient, ImageMissing, PullHandle
 from .errors import DaemonError, DaemonRestarted, ExecutionAlreadyFinished, StartError
+from .files import ExecutionFiles
 from .oom import OomWatcher
 from .output import OutputLog
 from .types import ContainerSpec
@@ -54,7 +55,8 @@ def _now() -> datetime:
 
 class ExecutionHandler:
     def __init__(
-        self, request: ExecutionRequest, client: DockerClient, *, grace: float, keep: bool, oom: OomWatcher
+        self, request: ExecutionRequest, client: DockerClient, *, grace: float, keep: bool, oom: OomWatcher,
+        files: ExecutionFiles | None = None,
     ) -> None:
         self.request = request
         self.execution_id = request.execution_id
@@ -71,6 +73,7 @@ class ExecutionHandler:
         self._grace = grace
         self._keep = keep
         self._oom = oom
+        self._files = files
         self._lock = threading.Lock()
         self._running = False
         self._stop_reason: ExecutionStatus | None = None
@@ -157,6 +160,8 @@ class ExecutionHandler:
             self._end_before_running(self._result(ExecutionStatus.CANCELLED))
             return False
         if must_start:
+            if self._files is not None:  # files.py: inputs go in after create, before start
+                self._files.put_inputs(self._client, self.container_id, self.request)
             self._client.start(self.container_id)
         return True
 
@@ -228,6 +233,7 @@ class ExecutionHandler:
             log.exception("execution %s: supervisor failed", self.execution_id)
             self._drain()
             result = self._result(ExecutionStatus.ERROR, error_code=DaemonError.code, error_msg=str(exc))
+        result = self._with_outputs(result)
         self._remove_container()
         self._finish(result)
 
@@ -316,7 +322,8 @@ class ExecutionHandler:
         if self._stop_reason is not None and (self._pull.aborted or self._waiting_for_daemon):
             self._end_before_running(self._result(self._stop_reason))  # cancelled while pulling / waiting
             return
-        self._end_before_running(self._result(ExecutionStatus.ERROR, error_code=exc.code, error_msg=str(exc)))
+        status = ExecutionStatus(getattr(exc, "status", ExecutionStatus.ERROR))  # InputsRejected: rejected
+        self._end_before_running(self._result(status, error_code=exc.code, error_msg=str(exc)))
 
     def _end_before_running(self, result: ExecutionResult) -> None:
         """The container never ran (start failed or cancel came first): nothing to drain."""
@@ -324,8 +331,16 @@ class ExecutionHandler:
         if self._reader is not None:
             self._reader.join(2)
         self.output.close()
+        result = self._with_outputs(result)
         self._remove_container()
         self._finish(result)
+
+    def _with_outputs(self, result: ExecutionResult) -> ExecutionResult:
+        """The result with the output files collected from the ended container (files.py)."""
+        if self._files is None or not self.container_id or result.status == ExecutionStatus.REJECTED:
+            return result
+        fields = self._files.collect_outputs(self._client, self.container_id, self.request)
+        return result.model_copy(update=fields) if fields else result
 
     def _remove_container(self) -> None:
         if self._keep or not self.container_id:
