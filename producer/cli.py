@@ -254,6 +254,12 @@ def _gpus(value: str, vendor: str) -> dict[str, Any]:
     raise InvalidRequest(f"resources.gpus: {value!r} is not 'all', a count or 'device=ID,...'")
 
 
+def _file_options(fn: Any) -> Any:
+    from .cli_files import file_options
+
+    return file_options(fn)
+
+
 def _build_request(image: str, cmd: tuple[str, ...], options: dict[str, Any]) -> dict[str, Any]:
     """The request as a plain dict holding only what was given, so the schema's defaults apply."""
     engine: dict[str, Any] = {"image": image, "env": _env_pairs(options["env"])}
@@ -305,6 +311,7 @@ def _build_request(image: str, cmd: tuple[str, ...], options: dict[str, Any]) ->
 @click.option("--pull", type=click.Choice(["always", "if_not_present", "never"]), help="Image pull policy.")
 @click.option("--retries", type=int, help="Re-runs allowed after a lost worker.")
 @click.option("-d", "--detach", is_flag=True, help="Print the execution id and return at once.")
+@_file_options  # --input, --output, --output-files-limit, --output-dir, --max-input (cli_files.py)
 @json_option
 @click.argument("image")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
@@ -314,7 +321,10 @@ def submit(
 ) -> None:
     """Run IMAGE [CMD...] on a worker; stay attached to its output and exit with its exit code."""
     producer = settings.producer()
-    execution_id = producer.submit(_build_request(image, cmd, options), queue=queue_name)
+    files = FileOptions.take(options, detach)
+    request = _build_request(image, cmd, options)
+    files.apply(request, producer)
+    execution_id = producer.submit(request, queue=queue_name, inputs=files.inputs)
     if detach:
         click.echo(json.dumps({"execution_id": execution_id}) if settings.as_json else execution_id)
         return
@@ -325,7 +335,10 @@ def submit(
         outcome = producer.wait(execution_id)
     except KeyboardInterrupt:
         _cancel_after_interrupt(producer, execution_id)
-    raise click.exceptions.Exit(_report(outcome, settings, summary=False))
+    code = _report(outcome, settings, summary=False)
+    if not report_outputs(producer, outcome, files, settings.as_json):
+        code = EXIT_DOCKRQ_FAILED
+    raise click.exceptions.Exit(code)
 
 
 def _cancel_after_interrupt(producer: Producer, execution_id: str) -> NoReturn:
@@ -464,6 +477,9 @@ def _state_shown(view: ExecutionStatusView) -> str:
     if outcome.error is not None and outcome.error.code != outcome.status.value:
         return f"{view.state.value} ({outcome.error.code})"
     return view.state.value
+
+
+from .cli_files import FileOptions, report_outputs  # noqa: E402 - registers `dockrq cp` too
 
 
 def main(argv: list[str] | None = None) -> None:

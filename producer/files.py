@@ -132,7 +132,7 @@ class _Builder:
             self._count(name)
             self.tar.addfile(self._info(name, tarfile.DIRTYPE, info.st_mode, info.st_mtime))
             try:
-                children = sorted(os.scandir(path), key=lambda e: e.name, reverse=True)
+                children = sorted(os.scandir(path), key=lambda e: e.name)
             except OSError as exc:
                 raise InvalidRequest(f"inputs: reading {path} failed: {exc.strerror or exc}") from None
             later = []
@@ -151,7 +151,7 @@ class _Builder:
                     self.tar.addfile(self._info(child, tarfile.SYMTYPE, 0o777, child_info.st_mtime, link=link))
                 else:
                     raise InvalidRequest(f"inputs: {local} is not a regular file, directory or symlink")
-            stack.extend(later)
+            stack.extend(reversed(later))  # popped in name order
 
 
 def build_input_archive(inputs: Mapping[str, InputValue], max_input_bytes: int) -> InputArchive:
