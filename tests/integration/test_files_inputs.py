@@ -33,7 +33,7 @@ def user_image(docker_client, test_image, tmp_path):
         " && echo 'root:x:0:' > /etc/group && echo 'appgrp:x:5678:' >> /etc/group && echo 'other:x:4242:' >> /etc/group\n"
         "USER app\n"
     )
-    subprocess.run(["docker", "build", "-q", "--label", "dockrq.test=files", "-t", tag, str(tmp_path / "ctx")],
+    subprocess.run(["docker", "build", "-q", "--network", "none", "--label", "dockrq.test=files", "-t", tag, str(tmp_path / "ctx")],
                    check=True, capture_output=True, timeout=120)
     yield tag
     docker_client.images.remove(tag, force=True)

@@ -185,3 +185,33 @@ def test_hostile_output_archives_never_leave_the_destination(producer, redis_cli
         with pytest.raises(ArchiveRefused, match=why):
             producer.outputs(other, tmp_path / other)
         assert not (tmp_path / other / "out/ok").exists()
+
+
+def test_inputs_replace_an_images_symlink_at_their_target_instead_of_following_it(
+    producer, spawn_worker, test_image, docker_client, tmp_path
+):
+    """An image with /data/in -> /etc and /data/file -> /etc/imagefile: the inputs land at
+    /data/in and /data/file themselves, and the image's /etc is untouched."""
+    import subprocess
+
+    tag = f"dockrq-test/files-links:{uuid.uuid4().hex[:8]}"
+    (tmp_path / "ctx").mkdir()
+    (tmp_path / "ctx" / "Dockerfile").write_text(
+        f"FROM {test_image}\nRUN mkdir /data && ln -s /etc /data/in && echo image > /etc/imagefile && ln -s /etc/imagefile /data/file\n"
+    )
+    subprocess.run(["docker", "build", "-q", "--network", "none", "--label", "dockrq.test=files", "-t", tag, str(tmp_path / "ctx")],
+                   check=True, capture_output=True, timeout=120)
+    try:
+        spawn_worker()
+        (tmp_path / "in").mkdir()
+        (tmp_path / "in" / "passwd").write_text("from input\n")
+        eid = producer.submit(
+            {"execution_id": f"links-{uuid.uuid4().hex[:6]}",
+             "engine": {"image": tag, "cmd": ["sh", "-c", "[ -e /etc/passwd ] && echo leaked-into-etc; cat /etc/imagefile /data/in/passwd /data/file; "
+                                              "[ -L /data/in ] || echo in-is-a-dir; [ -L /data/file ] || echo file-is-a-file"]}},
+            inputs={"/data/in": tmp_path / "in", "/data/file": b"given\n"},
+        )
+        outcome = producer.wait(eid, timeout=60)
+        assert outcome.result.stdout == "image\nfrom input\ngiven\nin-is-a-dir\nfile-is-a-file\n", outcome
+    finally:
+        docker_client.images.remove(tag, force=True)
