@@ -440,6 +440,8 @@ def _status_rows(view: ExecutionStatusView) -> list[tuple[str, str]]:
         rows.append(("oom killed", "yes"))
     if outcome is not None and outcome.error is not None:
         rows.append(("error", f"{outcome.error.code}: {outcome.error.message}"))
+    if outcome is not None and outcome.result is not None and outcome.result.outputs_archive_bytes is not None:
+        rows.append(("outputs", describe_outputs(outcome.result)))
     return rows
 
 
@@ -479,7 +481,7 @@ def _state_shown(view: ExecutionStatusView) -> str:
     return view.state.value
 
 
-from .cli_files import FileOptions, report_outputs  # noqa: E402 - registers `dockrq cp` too
+from .cli_files import FileOptions, describe_outputs, report_outputs  # noqa: E402 - registers `dockrq cp` too
 
 
 def main(argv: list[str] | None = None) -> None:

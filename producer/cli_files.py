@@ -113,6 +113,17 @@ def report_outputs(producer: Producer, outcome: Outcome, options: FileOptions, a
     return True
 
 
+def describe_outputs(result: Any) -> str:
+    """One line for ``dockrq status``: what the output archive holds."""
+    files = [f for f in result.output_files if f.type == "file"]
+    text = f"{len(result.output_files)} entries, {len(files)} files, {sum(f.size for f in files)} bytes"
+    if result.outputs_truncated:
+        text += ", some left out (over the limit)"
+    if result.outputs_missing:
+        text += f"; missing: {', '.join(result.outputs_missing)}"
+    return text
+
+
 def _warn(message: str, quiet: bool) -> None:
     if not quiet:
         click.echo(f"dockrq: {message}", err=True)
@@ -149,4 +160,4 @@ def cp(settings: Settings, source: str, dest: Path) -> None:
     _skipped(report)
 
 
-__all__ = ["EXIT_DOCKRQ_FAILED", "FileOptions", "cp", "file_options", "report_outputs"]
+__all__ = ["EXIT_DOCKRQ_FAILED", "FileOptions", "cp", "describe_outputs", "file_options", "report_outputs"]

@@ -53,6 +53,8 @@ def test_submit_with_inputs_and_outputs_then_cp(redis_url, spawn_worker, test_im
     status = json.loads(dockrq(redis_url, spawn_worker, "--json", "wait", eid).stdout)
     assert [f["path"] for f in status["result"]["output_files"]] == ["/work/out", "/work/out/sorted.txt"]
     assert status["result"]["outputs_missing"] == ["/work/missing"]
+    shown = dockrq(redis_url, spawn_worker, "status", eid).stdout
+    assert "outputs    2 entries, 1 files, 6 bytes; missing: /work/missing" in shown
 
     # One-line errors, never a traceback.
     for args, code, message in (
