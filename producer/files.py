@@ -193,17 +193,26 @@ def build_input_archive(inputs: Mapping[str, InputValue], max_input_bytes: int) 
 
 
 def write_input_archive(client: redis.Redis, key: str, archive: InputArchive, retention_seconds: int) -> None:
-    """Copy the archive to ``key`` in chunks (``SET`` then ``APPEND``), expiring with the retention."""
-    first = True
+    """Copy the archive to ``key`` in chunks, expiring with the retention.
+
+    The string is made at its full length first (``SETRANGE`` of its last byte) and
+    then filled in with ``SETRANGE``: Redis grows a string by ``APPEND`` a megabyte at
+    a time, reallocating and copying as it goes, several times slower at 16 MiB. It is
+    written before the rq job exists, so nobody reads it half-filled.
+    """
+    size = archive.spec.archive_bytes
+    with client.pipeline(transaction=False) as pipe:
+        pipe.delete(key)
+        pipe.setrange(key, size - 1, b"\0")
+        pipe.expire(key, retention_seconds)
+        pipe.execute()
+    offset = 0
     for chunk in archive.chunks():
-        if first:
-            client.set(key, chunk, ex=retention_seconds)
-            first = False
-        else:
-            client.append(key, chunk)
+        client.setrange(key, offset, chunk)
+        offset += len(chunk)
     written = client.strlen(key)
-    if written != archive.spec.archive_bytes:
-        raise ProducerError(f"inputs: {key} holds {written} bytes after writing {archive.spec.archive_bytes}")
+    if offset != size or written != size:
+        raise ProducerError(f"inputs: {key} holds {written} bytes after writing {offset} of {size}")
 
 
 # -- outputs -----------------------------------------------------------------------

@@ -10,7 +10,9 @@ the Docker side and knows nothing of this module.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+import queue
+import threading
+from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from schemas import ARCHIVE_CHUNK_BYTES, ChunkReader, ExecutionRequest, Keys
@@ -38,6 +40,46 @@ def archive_chunks(connection: Redis, key: str, size: int, chunk: int = ARCHIVE_
             raise EOFError(f"{key} ends at byte {offset} of {size}")
         offset += len(data)
         yield data
+
+
+def prefetched(chunks: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
+    """``chunks``, read ahead by a thread of its own (at most ``depth`` chunks waiting), so
+    Redis reads overlap what the consumer does with them (Docker's upload). An error of the
+    reader is raised to the consumer; closing this generator stops the reader."""
+    slots: queue.Queue[tuple[bytes | None, BaseException | None]] = queue.Queue(maxsize=depth)
+    stop = threading.Event()
+
+    def offer(item: tuple[bytes | None, BaseException | None]) -> bool:
+        while not stop.is_set():
+            try:
+                slots.put(item, timeout=0.1)
+                return True
+            except queue.Full:
+                continue
+        return False
+
+    def read() -> None:
+        try:
+            for chunk in chunks:
+                if not offer((chunk, None)):
+                    return
+            offer((None, None))
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer
+            offer((None, exc))
+
+    reader = threading.Thread(target=read, name="dockrq-archive-read", daemon=True)
+    reader.start()
+    try:
+        while True:
+            chunk, error = slots.get()
+            if error is not None:
+                raise error
+            if chunk is None:
+                return
+            yield chunk
+    finally:
+        stop.set()
+        reader.join(5)
 
 
 class RedisArchiveSink:
@@ -107,7 +149,7 @@ def execution_files(connection: Redis, keys: Keys, request: ExecutionRequest, re
             raise InputsMissing(
                 f"inputs: the archive at {key} is {size} bytes, the request announces {request.inputs.archive_bytes}"
             )
-        files.open_inputs = lambda: ChunkReader(archive_chunks(connection, key, size))
+        files.open_inputs = lambda: ChunkReader(prefetched(archive_chunks(connection, key, size)))
     if request.outputs:
         files.outputs = RedisArchiveSink(connection, keys, request.execution_id, retention_seconds)
     return files

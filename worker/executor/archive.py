@@ -20,6 +20,7 @@ from .errors import StartError
 BLOCK = tarfile.BLOCKSIZE
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
 DATA_CHUNK = 256 * 1024
+STREAM_BUFFER = 256 * 1024  # tarfile's read size in stream mode (its default, 10 KiB, costs many small copies)
 TAR_ERRORS = (tarfile.TarError, EOFError, UnicodeError, ValueError)
 
 
@@ -131,7 +132,7 @@ class InputArchive:
     def stream(self, source: BinaryIO) -> Iterator[bytes]:
         out = Coalesce()
         try:
-            with tarfile.open(fileobj=source, mode="r|") as tar:
+            with tarfile.open(fileobj=source, mode="r|", bufsize=STREAM_BUFFER) as tar:
                 for member in tar:
                     info = self._check(member)
                     piece = out.add(header(info))

@@ -29,6 +29,7 @@ from schemas import MAX_OUTPUT_ENTRIES, ChunkReader, ExecutionRequest, OutputFil
 from .archive import (
     END_OF_ARCHIVE,
     TAR_ERRORS,
+    STREAM_BUFFER,
     Coalesce,
     InputArchive,
     InputsRejected,
@@ -43,7 +44,7 @@ from .errors import DaemonError, StartError
 
 log = logging.getLogger(__name__)
 
-READ_CHUNK = 64 * 1024
+READ_CHUNK = 256 * 1024
 
 
 class InputsUnavailable(StartError):
@@ -184,7 +185,7 @@ class _Collector:
             self.missing.append(path)
             return
         try:
-            with tarfile.open(fileobj=ChunkReader(response.iter_content(READ_CHUNK)), mode="r|") as tar:
+            with tarfile.open(fileobj=ChunkReader(response.iter_content(READ_CHUNK)), mode="r|", bufsize=STREAM_BUFFER) as tar:
                 for member in tar:
                     if not self._take(tar, member, posixpath.dirname(path)):
                         self.truncated = True
