@@ -175,3 +175,33 @@ def test_policy_bounds_inputs_and_caps_outputs():
     allowed = policy.check(request.model_copy(update={"inputs": None}))
     assert allowed.output_files_limit_bytes == 2048  # capped, not refused
     assert WorkerPolicy(max_output_files_bytes="none").check(allowed).output_files_limit_bytes == 2048
+
+
+def test_prefetched_reads_ahead_passes_errors_and_stops_when_closed():
+    import threading
+
+    from worker.files import prefetched
+
+    assert list(prefetched(iter([b"a", b"b", b"c"]))) == [b"a", b"b", b"c"]
+
+    def failing():
+        yield b"a"
+        raise EOFError("gone")
+
+    got = prefetched(failing())
+    assert next(got) == b"a"
+    with pytest.raises(EOFError, match="gone"):
+        next(got)
+
+    produced = []
+
+    def endless():
+        while True:
+            produced.append(1)
+            yield b"x"
+
+    before = threading.active_count()
+    reader = prefetched(endless(), depth=2)
+    next(reader)
+    reader.close()  # stops its thread
+    assert threading.active_count() == before and len(produced) < 10

@@ -141,6 +141,7 @@ class ExecutionFiles:
             return {}
         collector = _Collector(client, container_id, request.output_files_limit_bytes, self.outputs)
         try:
+            client.inspect(container_id)  # gone (a daemon restart): its paths are not "missing"
             for path in request.outputs:
                 collector.collect(path)
             archive_bytes = collector.finish()
