@@ -18,7 +18,7 @@ pytestmark = pytest.mark.integration
 
 MAKE_OUT = (
     "mkdir -p /out/sub && printf '{\"ok\": true}' > /out/r.json && head -c 100000 /dev/zero > /out/sub/data.bin "
-    "&& ln -s ../r.json /out/sub/rel && echo one > /single.txt"
+    "&& ln -s ../r.json /out/sub/rel && ln /out/r.json /out/hard && echo one > /single.txt"
 )
 
 
@@ -35,10 +35,11 @@ def test_outputs_are_collected_listed_and_copied_out(producer, spawn_worker, tes
     assert outcome.status == ExecutionStatus.SUCCEEDED, outcome
     assert result.output_files == [
         OutputFile(path="/out", type="dir"),
-        OutputFile(path="/out/r.json", size=12, type="file"),
+        OutputFile(path="/out/hard", size=12, type="file"),
         OutputFile(path="/out/sub", type="dir"),
         OutputFile(path="/out/sub/data.bin", size=100000, type="file"),
         OutputFile(path="/out/sub/rel", type="symlink", link="../r.json"),
+        OutputFile(path="/out/r.json", size=12, type="file"),  # a hard link: collected as a file of its own
         OutputFile(path="/single.txt", size=4, type="file"),
     ]
     assert (result.outputs_missing, result.outputs_truncated) == (["/missing"], False)
@@ -50,7 +51,7 @@ def test_outputs_are_collected_listed_and_copied_out(producer, spawn_worker, tes
     assert 0 < redis_client.ttl(key) <= producer.retention_seconds
     assert not redis_client.exists(f"{key}:partial")
     with tarfile.open(fileobj=io.BytesIO(raw)) as tar:
-        assert tar.getnames() == ["out", "out/r.json", "out/sub", "out/sub/data.bin", "out/sub/rel", "single.txt"]
+        assert tar.getnames() == ["out", "out/hard", "out/sub", "out/sub/data.bin", "out/sub/rel", "out/r.json", "single.txt"]
     sink = io.BytesIO()
     assert producer.outputs_archive(eid, sink) == len(raw) and sink.getvalue() == raw
 
@@ -58,6 +59,7 @@ def test_outputs_are_collected_listed_and_copied_out(producer, spawn_worker, tes
     report = producer.outputs(eid, tmp_path / "all")
     assert report.skipped == []
     assert (tmp_path / "all/out/r.json").read_text() == '{"ok": true}'
+    assert (tmp_path / "all/out/hard").read_text() == '{"ok": true}'
     assert (tmp_path / "all/out/sub/data.bin").read_bytes() == b"\0" * 100000
     assert os.readlink(tmp_path / "all/out/sub/rel") == "../r.json"
     assert (tmp_path / "all/out/sub/rel").read_text() == '{"ok": true}'

@@ -185,17 +185,35 @@ class _Collector:
         if response is None:
             self.missing.append(path)
             return
+        relinked: list[str] = []
         try:
             with tarfile.open(fileobj=ChunkReader(response.iter_content(READ_CHUNK)), mode="r|", bufsize=STREAM_BUFFER) as tar:
                 for member in tar:
-                    if not self._take(tar, member, posixpath.dirname(path)):
+                    if not self._take(tar, member, posixpath.dirname(path), relinked):
                         self.truncated = True
                         return  # past the skip bound: drop the rest of this stream
         finally:
             response.close()
+        for name in relinked:
+            self._copy_linked(name)
 
-    def _take(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parent: str) -> bool:
-        """Copy one member if it fits; False to stop reading this path."""
+    def _copy_linked(self, name: str) -> None:
+        """A hard link of the container's, collected as a file of its own: a reader copying
+        one path out of the archive must not find its data behind a name it did not take."""
+        response = archive_stream(self.client, self.container_id, "/" + name)
+        if response is None:
+            return
+        try:
+            with tarfile.open(fileobj=ChunkReader(response.iter_content(READ_CHUNK)), mode="r|", bufsize=STREAM_BUFFER) as tar:
+                member = tar.next()
+                if member is not None and member.isreg():
+                    self._take(tar, member, posixpath.dirname("/" + name), [])
+        finally:
+            response.close()
+
+    def _take(self, tar: tarfile.TarFile, member: tarfile.TarInfo, parent: str, relinked: list[str]) -> bool:
+        """Copy one member if it fits; False to stop reading this path. Hard links are put
+        on ``relinked``, to be collected as files once this stream is done."""
         name = _rebased(parent, member.name)
         if name is None:
             log.warning("output entry %r skipped: not a plain path", member.name[:200])
@@ -207,10 +225,8 @@ class _Collector:
         elif member.issym():
             kind, size, link = tarfile.SYMTYPE, 0, member.linkname
         elif member.islnk():
-            kind, size, link = tarfile.LNKTYPE, 0, _rebased(parent, member.linkname) or ""
-            if link not in self._names:  # its file was left out: so is the link
-                self.truncated = True
-                return True
+            relinked.append(name)
+            return True
         else:
             return True  # devices, fifos, sockets are not collected
         if len(self.files) >= MAX_OUTPUT_ENTRIES or self.used + size > self.limit:
@@ -225,9 +241,7 @@ class _Collector:
             self._write(padding(size))
         self.used += size
         self._names.add(name)
-        self.files.append(OutputFile(
-            path="/" + name, size=size, type=_TYPES[kind], link=("/" + link if kind == tarfile.LNKTYPE else link) or None
-        ))
+        self.files.append(OutputFile(path="/" + name, size=size, type=_TYPES[kind], link=link or None))
         return True
 
     def _write(self, data: bytes) -> None:
@@ -245,7 +259,7 @@ class _Collector:
         return self.written
 
 
-_TYPES = {tarfile.REGTYPE: "file", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink", tarfile.LNKTYPE: "hardlink"}
+_TYPES = {tarfile.REGTYPE: "file", tarfile.DIRTYPE: "dir", tarfile.SYMTYPE: "symlink"}
 
 
 def _rebased(parent: str, name: str) -> str | None:
