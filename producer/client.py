@@ -25,7 +25,6 @@ import re
 import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
-from pathlib import Path
 from datetime import datetime, timedelta, timezone
 from typing import Any, Literal
 
@@ -62,16 +61,8 @@ from schemas import (
 from .connections import BLOCK_SLICE_SECONDS, blocking_twin, clients_from_url
 from .describe import describe
 from .errors import DuplicateExecution, ExecutionAlreadyFinished, ExecutionNotFound, InvalidRequest, RequestTooLarge
-from .extract import ExtractReport
-from .files import (
-    InputValue,
-    OutputsUnavailable,
-    archive_reader,
-    build_input_archive,
-    copy_selection,
-    extract_outputs,
-    write_input_archive,
-)
+from .files import InputValue, build_input_archive, write_input_archive
+from .outputs import OutputsMixin
 from .jobhash import JobWriter
 from .logs import LogReader
 from .status import ExecutionStatusView, build_view
@@ -135,7 +126,7 @@ def parse_request(request: ExecutionRequest | dict[str, Any] | str | bytes) -> E
         raise InvalidRequest(f"request: not a JSON document: {exc}") from None
 
 
-class Producer:
+class Producer(OutputsMixin):
     """Submit, wait for, follow and cancel executions. One instance per process is plenty;
     it is safe to share between threads (redis-py pools its connections)."""
 
@@ -494,55 +485,6 @@ class Producer:
         epoch = datetime.min.replace(tzinfo=timezone.utc)
         views.sort(key=lambda v: v.enqueued_at or epoch, reverse=True)
         return views[:limit]
-
-    # -- output files ----------------------------------------------------------
-
-    def _ended(self, execution_id: str) -> Outcome:
-        self._check_id(execution_id)
-        outcome = self._outcome(execution_id)
-        if outcome is None:
-            self._require_known(execution_id)
-            raise OutputsUnavailable(f"execution {execution_id} has not ended yet")
-        return outcome
-
-    def outputs(self, execution_id: str, dest_dir: str | Path) -> ExtractReport:
-        """Extract an ended execution's output files into ``dest_dir`` (created if missing),
-        each under its container path (``/out/r.json`` -> ``dest_dir/out/r.json``).
-
-        Safe against hostile archives (``producer/extract.py``): what would leave
-        ``dest_dir`` is skipped and listed in the report's ``skipped``. Raises
-        OutputsUnavailable (not ended, none collected, expired), ArchiveRefused or
-        ExecutionNotFound.
-        """
-        outcome = self._ended(execution_id)
-        return extract_outputs(self._client, self.keys.outputs(execution_id), outcome, Path(dest_dir))
-
-    def copy_out(self, execution_id: str, container_path: str, dest: str | Path) -> ExtractReport:
-        """``dockrq cp ID:CONTAINER_PATH DEST``: one collected path (or ``/`` for all), placed as
-        ``docker cp`` places it: into an existing directory ``dest`` under its own name,
-        otherwise as ``dest``. Raises as ``outputs``."""
-        outcome = self._ended(execution_id)
-        root, rename = copy_selection(outcome, container_path, Path(dest))
-        return extract_outputs(self._client, self.keys.outputs(execution_id), outcome, root, rename)
-
-    def outputs_archive(self, execution_id: str, out: Any = None) -> bytes | int:
-        """The output archive as stored (a tar; format in the README): its bytes, or with a binary
-        file object ``out``, written there in chunks (memory stays flat) and its length returned."""
-        from .files import announced
-
-        outcome = self._ended(execution_id)
-        size, _, _ = announced(outcome)
-        key = self.keys.outputs(execution_id)
-        if int(self._client.strlen(key)) != size:
-            raise OutputsUnavailable(f"execution {execution_id}: {key} is gone or not the {size} bytes announced")
-        reader = archive_reader(self._client, key, size)
-        if out is None:
-            return reader.read()
-        written = 0
-        while chunk := reader.read(1024 * 1024):
-            out.write(chunk)
-            written += len(chunk)
-        return written
 
     # -- cancel --------------------------------------------------------------
 
