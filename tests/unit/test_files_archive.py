@@ -15,8 +15,8 @@ from producer.files import build_input_archive, write_input_archive
 from schemas import ChunkReader, ExecutionRequest, InputsSpec, Keys
 from worker.executor import InputsRejected
 from worker.executor.archive import InputArchive
-from worker.files import InputsMissing, RedisArchiveSink, archive_chunks, execution_files
-from worker.policy import PolicyViolation, WorkerPolicy
+from worker.execution.files import InputsMissing, RedisArchiveSink, archive_chunks, execution_files
+from worker.config.policy import PolicyViolation, WorkerPolicy
 
 
 def spec(**fields):
@@ -180,7 +180,7 @@ def test_policy_bounds_inputs_and_caps_outputs():
 def test_prefetched_reads_ahead_passes_errors_and_stops_when_closed():
     import threading
 
-    from worker.files import prefetched
+    from worker.execution.files import prefetched
 
     assert list(prefetched(iter([b"a", b"b", b"c"]))) == [b"a", b"b", b"c"]
 

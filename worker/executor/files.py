@@ -39,8 +39,8 @@ from .archive import (
     padding,
     plain_name,
 )
-from .client import DAEMON_ERRORS, DockerClient
-from .errors import DaemonError, StartError
+from .client import DockerClient
+from .errors import DAEMON_ERRORS, DaemonError, StartError
 
 log = logging.getLogger(__name__)
 
