@@ -175,7 +175,7 @@ def build_input_archive(inputs: Mapping[str, InputValue], max_input_bytes: int) 
         raise InvalidRequest(f"inputs: {clash[1]!r} is {clash[0]!r} or inside it")
     spool = tempfile.SpooledTemporaryFile(max_size=ARCHIVE_CHUNK_BYTES)
     try:
-        with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT) as tar:
+        with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT, copybufsize=ARCHIVE_CHUNK_BYTES) as tar:
             builder = _Builder(tar, max_input_bytes)
             for target in sorted(inputs):
                 value = inputs[target]
