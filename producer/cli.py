@@ -11,12 +11,13 @@ Exit codes (``submit`` attached and ``wait``; the other commands return 0 or 1):
 130  the execution was cancelled (Ctrl-C on an attached submit cancels it)
  75  ``wait --timeout`` elapsed while the execution still runs (EX_TEMPFAIL)
   1  any error of ``logs``, ``cancel``, ``status``, ``ls``
-  2  bad command line (click's usage errors)
+125  bad command line: unknown flag, missing argument (as ``docker``)
 141  the output pipe was closed (``dockrq logs ID | head``)
 ===  =====================================================================
 
 Errors are one line on stderr, never a traceback. ``--json`` (before or after
-the command name) switches every command's output to JSON for scripts.
+the command name) switches every command's output to JSON for scripts, errors
+included (``{"error", "exit_code"}`` on stdout).
 """
 
 from __future__ import annotations
@@ -47,7 +48,9 @@ from schemas.connections import DEFAULT_REDIS_URL, REDIS_DOWN, redact_url
 from .client import Producer
 from .flags import build_request
 from .errors import ExecutionAlreadyFinished, InvalidRequest, ProducerError
+from .run_flags import apply_run_flags, run_flag_options
 from .status import ExecutionStatusView
+from .usage import DockerUsageErrors, DockrqGroup, json_error
 
 EXIT_ERROR = 1
 EXIT_WAIT_TIMEOUT = 75
@@ -89,11 +92,15 @@ class Settings:
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"dockrq: {message}", err=True)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and getattr(ctx.find_root().obj, "as_json", False):
+        json_error(message, code)
+    else:
+        click.echo(f"dockrq: {message}", err=True)
     raise click.exceptions.Exit(code)
 
 
-class DockrqCommand(click.Command):
+class DockrqCommand(DockerUsageErrors, click.Command):
     """Turns expected failures into one line on stderr and the command's failure exit code."""
 
     def __init__(self, *args: Any, failure_code: int = EXIT_ERROR, **kwargs: Any) -> None:
@@ -131,7 +138,7 @@ json_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DockrqGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--redis-url", envvar="DOCKRQ_REDIS_URL", default=DEFAULT_REDIS_URL, show_default=True,
               help="Redis URL (redis://, rediss:// for TLS; user and password may be in it). Env DOCKRQ_REDIS_URL.")
 @click.option("--prefix", envvar="DOCKRQ_PREFIX", default=DEFAULT_PREFIX, show_default=True,
@@ -218,13 +225,13 @@ def _file_options(fn: Any) -> Any:
 
 
 @cli.command(context_settings={"allow_interspersed_args": False}, failure_code=EXIT_DOCKRQ_FAILED)
-@click.option("--id", "execution_id", help="Execution id ([A-Za-z0-9_-]{1,64}); generated if absent.")
+@click.option("--id", "--name", "execution_id", help="Execution id ([A-Za-z0-9_-]{1,64}); generated if absent.")
 @click.option("--queue", "queue_name", help="rq queue for this execution (default: the global --queue).")
 @click.option("-e", "--env", multiple=True, metavar="K=V", help="Environment variable; repeatable.")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
 @click.option("--entrypoint", help="Overwrite the image's entrypoint.")
 @click.option("--cpus", type=float, help="CPU limit in cores.")
-@click.option("--memory", help="Memory limit, e.g. 256m.")
+@click.option("-m", "--memory", help="Memory limit, e.g. 256m.")
 @click.option("--pids", type=int, help="Process count limit.")
 @click.option("--gpus", help="GPUs: 'all', a count (nvidia only), or 'device=0,1'.")
 @click.option("--gpu-vendor", type=click.Choice(["nvidia", "amd", "intel"]), default="nvidia", show_default=True,
@@ -237,6 +244,7 @@ def _file_options(fn: Any) -> Any:
 @click.option("--pull", type=click.Choice(["always", "if_not_present", "never"]), help="Image pull policy.")
 @click.option("--retries", type=int, help="Re-runs allowed after a lost worker.")
 @click.option("-d", "--detach", is_flag=True, help="Print the execution id and return at once.")
+@run_flag_options
 @_file_options  # --input, --output, --output-files-limit, --output-dir, --max-input (cli_files.py)
 @json_option
 @click.argument("image")
@@ -248,7 +256,7 @@ def submit(
     """Run IMAGE [CMD...] on a worker; stay attached to its output and exit with its exit code."""
     producer = settings.producer()
     files = FileOptions.take(options, detach)
-    request = build_request(image, cmd, options)
+    request = apply_run_flags(build_request(image, cmd, options), options)
     files.apply(request, producer)
     execution_id = producer.submit(request, queue=queue_name, inputs=files.inputs)
     if detach:

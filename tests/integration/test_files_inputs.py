@@ -87,6 +87,29 @@ def test_inputs_are_owned_by_the_containers_user(producer, spawn_worker, user_im
     assert outcome.result.stdout == "1234\n1234:5678\n1234:5678\n1234:5678\nmore\n"
 
 
+@pytest.mark.parametrize(
+    ("user", "owner"),
+    [
+        ("app:other", "1234:4242"),  # names, looked up in the container's /etc/passwd and /etc/group
+        ("4321:99", "4321:99"),  # numbers that are in neither file
+        ("0", "0:0"),  # root, over the image's USER app
+    ],
+)
+def test_inputs_are_owned_by_the_requests_user(producer, spawn_worker, user_image, tmp_path, user, owner):
+    """engine.user (docker run -u) decides who owns the inputs, over the image's USER."""
+    spawn_worker()
+    (tmp_path / "in").mkdir()
+    (tmp_path / "in" / "f").write_text("x")
+    request = req(user_image, "ruser", "id -u; id -g; stat -c '%u:%g' /work/in /work/in/f /work/one; "
+                  "echo more > /work/in/new && cat /work/in/new")
+    request["engine"]["user"] = user
+    eid = producer.submit(request, inputs={"/work/in": tmp_path / "in", "/work/one": b"1"})
+    outcome = producer.wait(eid, timeout=60)
+    assert outcome.status == ExecutionStatus.SUCCEEDED, outcome
+    uid, gid = owner.split(":")
+    assert outcome.result.stdout == f"{uid}\n{gid}\n{owner}\n{owner}\n{owner}\nmore\n"
+
+
 def test_producer_refuses_inputs_over_its_bound_before_writing(producer, redis_client, test_image, tmp_path):
     producer.max_input_bytes = 1000
     (tmp_path / "big").write_bytes(b"x" * 1001)
