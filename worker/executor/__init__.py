@@ -28,6 +28,7 @@ from .executor import CleanupError, CleanupReport, DockerExecutor, ExecutionInfo
 from .files import ExecutionFiles, InputsUnavailable, OutputSink
 from .output import LogStream
 from .owned import OwnedContainer
+from .pull import PresentImage, PullProgress, PullRecord
 from .spec import LABEL_CREATED, LABEL_EXECUTION, LABEL_EXECUTOR, LABEL_JOB, ExecutorPolicy
 
 __all__ = [
@@ -58,6 +59,9 @@ __all__ = [
     "MountNotAllowed",
     "OutputSink",
     "OwnedContainer",
+    "PresentImage",
+    "PullProgress",
+    "PullRecord",
     "RequestRejected",
     "StartError",
     "new_executor",

@@ -36,9 +36,10 @@ log = logging.getLogger(__name__)
 
 def build_executor(settings: WorkerSettings) -> DockerExecutor:
     """The Docker executor of a worker with ``settings``: its executor id, the executor's part of
-    its policy (mounts, network) and its stop grace. Raises DockerUnavailableError."""
+    its policy (mounts, network), its stop grace and its pull timeout. Raises DockerUnavailableError."""
     return new_executor(
-        settings.executor_id, policy=settings.policy.executor_policy, stop_grace_seconds=settings.stop_grace_seconds
+        settings.executor_id, policy=settings.policy.executor_policy, stop_grace_seconds=settings.stop_grace_seconds,
+        pull_timeout_seconds=settings.pull_timeout_seconds,
     )
 
 
