@@ -119,6 +119,8 @@ class DockrqCommand(DockerUsageErrors, click.Command):
             fail(f"cannot reach Redis at {url}: {exc}", self.failure_code)
         except redis.RedisError as exc:
             fail(f"Redis error: {exc}", self.failure_code)
+        except UnicodeError as exc:  # text no check caught (a host name IDNA refuses...): still one line
+            fail(f"cannot use this input: {exc}", self.failure_code)
         except KeyboardInterrupt:
             raise click.exceptions.Exit(EXIT_CANCELLED) from None
         except BrokenPipeError:
@@ -190,6 +192,11 @@ def _report(outcome: Outcome, settings: Settings, *, summary: bool) -> int:
     else:
         if outcome.result.oom_killed:
             click.echo(f"dockrq: execution {outcome.execution_id} was killed: out of memory", err=True)
+        elif outcome.result.oom_kills:  # a child killed, the main process went on: said, not failed
+            click.echo(
+                f"dockrq: execution {outcome.execution_id}: the OOM killer acted {outcome.result.oom_kills} "
+                f"time(s) inside the container (the main process was not killed)", err=True,
+            )
         if summary:
             click.echo(f"{outcome.status.value} (exit {outcome.exit_code})")
     return exit_code_for(outcome)
@@ -323,7 +330,8 @@ class _Tail(click.ParamType):
 
 @cli.command()
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming until the execution ends.")
-@click.option("--tail", type=_Tail(), default="all", show_default=True, help="Last N entries of the history.")
+@click.option("-n", "--tail", type=_Tail(), default="all", show_default=True,
+              help="Last N lines of the output (both streams, as docker logs --tail), or all.")
 @json_option
 @click.argument("execution_id")
 @pass_settings
@@ -382,6 +390,8 @@ def _status_rows(view: ExecutionStatusView) -> list[tuple[str, str]]:
         rows.append(("exit code", str(outcome.exit_code)))
     if outcome is not None and outcome.result is not None and outcome.result.oom_killed:
         rows.append(("oom killed", "yes"))
+    if outcome is not None and outcome.result is not None and outcome.result.oom_kills:
+        rows.append(("oom kills", str(outcome.result.oom_kills)))
     if outcome is not None and outcome.error is not None:
         rows.append(("error", f"{outcome.error.code}: {outcome.error.message}"))
     if outcome is not None and outcome.result is not None and outcome.result.outputs_archive_bytes is not None:
@@ -389,41 +399,9 @@ def _status_rows(view: ExecutionStatusView) -> list[tuple[str, str]]:
     return rows
 
 
-@cli.command(name="ls")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
-@json_option
-@pass_settings
-def list_executions(settings: Settings, limit: int) -> None:
-    """List recent executions of the queue, newest first."""
-    views = settings.producer().list_recent(limit)
-    if settings.as_json:
-        click.echo("[" + ",".join(v.model_dump_json() for v in views) + "]")
-        return
-    table = Table(box=None, header_style="bold")
-    for column in ("ID", "STATUS", "IMAGE", "WORKER", "QUEUED", "PULL", "RUN", "AGE"):
-        table.add_column(column, no_wrap=column in ("ID", "STATUS"))
-    for v in views:
-        table.add_row(
-            v.execution_id, _state_shown(v), v.image or "-", v.worker or "-", _span(v.queued_seconds),
-            _span(v.pull_seconds), _span(v.run_seconds),
-            _ago(v.enqueued_at),
-        )
-    _console().print(table)
+from .cli_list import list_executions  # noqa: E402 - needs the group and helpers above
 
-
-def _state_shown(view: ExecutionStatusView) -> str:
-    """The state, with what an operator scanning the list asks next: which exit code, OOM or not,
-    and the error code of a run dockrq itself could not finish."""
-    outcome = view.outcome
-    if outcome is None:
-        return view.state.value
-    if outcome.result is not None and outcome.result.oom_killed:
-        return f"{view.state.value} (oom)"
-    if outcome.status == ExecutionStatus.FAILED and outcome.exit_code is not None:
-        return f"{view.state.value} ({outcome.exit_code})"
-    if outcome.error is not None and outcome.error.code != outcome.status.value:
-        return f"{view.state.value} ({outcome.error.code})"
-    return view.state.value
+cli.add_command(list_executions)
 
 
 from .cli_files import FileOptions, describe_outputs, report_outputs  # noqa: E402 - registers `dockrq cp` too

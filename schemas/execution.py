@@ -50,6 +50,7 @@ from .container import (
     normalize_capability,
     normalize_signal,
 )
+from .text import check_storable
 
 EXECUTION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 DEFAULT_OUTPUT_LIMIT = 1024 * 1024  # bytes per stream
@@ -309,6 +310,11 @@ class ExecutionRequest(_Model):
         """The input for the container's stdin (``stdin_base64`` decoded), or None: no stdin."""
         return None if self.stdin_base64 is None else base64.b64decode(self.stdin_base64)
 
+    @model_validator(mode="after")
+    def _storable(self) -> ExecutionRequest:
+        check_storable(self)  # every string, whichever field: UTF-8 or refused, naming the field
+        return self
+
 
 class ExecutionStatus(str, enum.Enum):
     """How an execution ended. Exactly one per accepted execution."""
@@ -359,7 +365,13 @@ class ExecutionResult(BaseModel):
     stderr: str = ""
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    # True when the main process was killed by the kernel's OOM killer (it ended by SIGKILL,
+    # exit 137, and the OOM killer acted in the container); the status is then "failed".
     oom_killed: bool = False
+    # How many times the OOM killer acted inside the container (the daemon's "oom" events;
+    # at least 1 when oom_killed). A child killed while the main process lives on counts
+    # here without changing the status: the status follows the main process.
+    oom_kills: int = 0
     error_code: str | None = None
     error_msg: str | None = None
     container_id: str | None = None

@@ -148,7 +148,10 @@ class ExecutionRun:
         except DockerUnavailableError as exc:
             return self._end(Outcome.failure(self.execution_id, ExecutionStatus.ERROR, exc.code, str(exc)))
         self._stop_timeout = request.stop_timeout
-        self.channels.set_state(ExecutionState.PULLING, image=request.engine.image, pulling_at=self._taken_at)
+        self.channels.set_state(
+            ExecutionState.PULLING, image=request.engine.image, pulling_at=self._taken_at,
+            node=self.runtime.settings.executor_id,
+        )
         try:
             with self.runtime.track(self, self.channels.connection):
                 rejected = self._start(executor, request)

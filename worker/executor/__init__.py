@@ -22,6 +22,7 @@ from .errors import (
     MountNotAllowed,
     RequestRejected,
     StartError,
+    StartFailed,
 )
 from .archive import InputsRejected
 from .executor import CleanupError, CleanupReport, DockerExecutor, ExecutionInfo, new_executor
@@ -64,5 +65,6 @@ __all__ = [
     "PullRecord",
     "RequestRejected",
     "StartError",
+    "StartFailed",
     "new_executor",
 ]

@@ -25,6 +25,7 @@ from worker.executor import ExecutorError, new_executor
 
 from worker.execution.channels import ExecutionChannels
 from worker.config.settings import WorkerSettings
+from worker.observe import metrics
 
 if TYPE_CHECKING:
     from rq.job import Job
@@ -182,7 +183,8 @@ class WorkerRuntime:
                 self._control = ControlListener(connection, self.keys, self._cancel_from_control)
             self._running[run.execution_id] = run
         try:
-            yield
+            with metrics.running():
+                yield
         finally:
             with self._lock:
                 self._running.pop(run.execution_id, None)
