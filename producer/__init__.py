@@ -12,11 +12,17 @@ from .errors import (
     RequestTooLarge,
 )
 from .aio import AsyncProducer
+from .extract import ArchiveRefused, ExtractReport
+from .files import InputsTooLarge, OutputsUnavailable
 from .many import WaitTimeout
 from .status import ExecutionStatusView
 
 __all__ = [
+    "ArchiveRefused",
     "AsyncProducer",
+    "ExtractReport",
+    "InputsTooLarge",
+    "OutputsUnavailable",
     "DEFAULT_REDIS_URL",
     "CancelResult",
     "DuplicateExecution",

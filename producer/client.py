@@ -22,7 +22,7 @@ from __future__ import annotations
 import logging
 import re
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -33,6 +33,7 @@ from rq.serializers import JSONSerializer
 from rq.utils import as_text
 
 from schemas import (
+    DEFAULT_MAX_INPUT_BYTES,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_PREFIX,
     DEFAULT_QUEUE,
@@ -58,9 +59,11 @@ from . import dependencies, groups, listing, many
 from .cancel import CancelResult
 from .cancel import cancel as cancel_execution
 from .errors import DuplicateExecution, ExecutionNotFound, InvalidRequest
+from .files import InputValue, build_input_archive, write_input_archive
 from .jobhash import JobWriter
 from .logs import LogReader
 from .many import DEFAULT_RECHECK_SECONDS
+from .outputs import OutputsMixin
 from .planning import (  # noqa: F401 - re-exported: submit planning lived here before producer.planning
     JOB_TIMEOUT_MARGIN_SECONDS,
     NO_RQ_TIMEOUT,
@@ -80,7 +83,7 @@ _ID_RE = re.compile(EXECUTION_ID_PATTERN)
 VANISH_GRACE_SECONDS = 3.0
 
 
-class Producer(SubmitPlanner):
+class Producer(SubmitPlanner, OutputsMixin):
     """Submit, wait for, follow and cancel executions. One instance per process is plenty;
     it is safe to share between threads (redis-py pools its connections)."""
 
@@ -93,6 +96,7 @@ class Producer(SubmitPlanner):
         *,
         retention_seconds: int = DEFAULT_RETENTION_SECONDS,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
     ) -> None:
         if max_request_bytes < MIN_MAX_REQUEST_BYTES:
             raise ValueError(f"max_request_bytes must be at least {MIN_MAX_REQUEST_BYTES}")
@@ -111,6 +115,9 @@ class Producer(SubmitPlanner):
         # Larger requests are refused before anything is written (RequestTooLarge); keep it
         # at most the workers' DOCKRQ_MAX_REQUEST_BYTES, which reject larger ones unread.
         self.max_request_bytes = int(max_request_bytes)
+        # Input files above this (their contents, in all) are refused before anything is
+        # written (InputsTooLarge); keep it at most the workers' DOCKRQ_MAX_INPUT_BYTES.
+        self.max_input_bytes = int(max_input_bytes)
         self._queues: dict[str, Queue] = {}
         self._writers: dict[str, JobWriter | None] = {}
         self._claim_script = self._client.register_script(CLAIM_LUA)
@@ -152,20 +159,30 @@ class Producer(SubmitPlanner):
         delay: timedelta | None = None,
         at_front: bool = False,
         depends_on: Iterable[str] | None = None,
+        inputs: Mapping[str, InputValue] | None = None,
     ) -> str:
         """Enqueue one execution (or schedule it ``at`` a time / after a ``delay``); returns its id.
 
         ``at_front`` puts it at the head of its queue (rq's ``at_front``; a scheduled
         one goes to the head when its time comes). ``depends_on``: it starts only once
         every one of these executions has ``succeeded``, else it ends ``cancelled``
-        with error code ``dependency_failed`` (``producer.dependencies``). Raises
-        InvalidRequest (nothing enqueued; RequestTooLarge above ``max_request_bytes``;
-        an unknown dependency) or DuplicateExecution.
+        with error code ``dependency_failed`` (``producer.dependencies``). ``inputs``
+        maps container paths to a local file or directory, or bytes: they are archived
+        and written to ``P:exec:ID:inputs`` before the enqueue, and the worker puts them
+        into the container before it starts (``producer/files.py``). Raises
+        InvalidRequest (nothing enqueued; RequestTooLarge above ``max_request_bytes``,
+        InputsTooLarge above ``max_input_bytes``; an unknown dependency) or DuplicateExecution.
         """
-        prepared = self._prepare_submit(
-            request, queue=queue, at=at, delay=delay, at_front=at_front, depends_on=depends_on
-        )
-        return self._run(prepared)[0]
+        req = parse_request(request)
+        archive = build_input_archive(inputs, self.max_input_bytes) if inputs is not None else None
+        try:
+            if archive is not None:
+                req = req.model_copy(update={"inputs": archive.spec})
+            prepared = self._prepare_submit(req, queue=queue, at=at, delay=delay, at_front=at_front, depends_on=depends_on)
+            return self._run(prepared, archive)[0]
+        finally:
+            if archive is not None:
+                archive.close()
 
     def submit_many(
         self,
@@ -196,8 +213,9 @@ class Producer(SubmitPlanner):
             raw_outcomes = pipe.execute() if ids else []
         return groups.views(jobs, ids, raw_outcomes)
 
-    def _run(self, submission: Submission) -> list[str]:
-        """Claim the ids, then write the jobs in one MULTI; the claims are given back if that fails."""
+    def _run(self, submission: Submission, archive: Any = None) -> list[str]:
+        """Claim the ids, then write the jobs in one MULTI (a single submit's input ``archive`` whole
+        before it, so a worker never finds it missing); claims and archive are given back if that fails."""
         if not submission.ids:
             return []
         if submission.depends_on:
@@ -207,10 +225,14 @@ class Producer(SubmitPlanner):
                 raise dependencies.missing_error(submission.depends_on, missing)
         self._claim(submission.ids, submission.queue_name)
         try:
+            if archive is not None:
+                write_input_archive(self._client, self.keys.inputs(submission.ids[0]), archive, self.retention_seconds)
             with self._client.pipeline() as pipe:
                 submission.write(pipe)
                 pipe.execute()
         except BaseException:
+            if archive is not None:
+                self._release_inputs(submission.ids[0])
             self._release_claims(submission.ids)
             raise
         return submission.ids
@@ -228,6 +250,12 @@ class Producer(SubmitPlanner):
             self._client.delete(*(self.keys.claim(i) for i in ids))
         except redis.RedisError as exc:  # the claim expires with the retention time anyway
             log.warning("could not release claims of %d execution(s): %s", len(ids), exc)
+
+    def _release_inputs(self, execution_id: str) -> None:
+        try:
+            self._client.delete(self.keys.inputs(execution_id))
+        except redis.RedisError as exc:  # it expires with the retention time anyway
+            log.warning("could not remove the input archive of %s: %s", execution_id, exc)
 
     # -- reading -------------------------------------------------------------
 
