@@ -32,7 +32,8 @@ def _counting_request(image, eid, data_dir, body, **fields):
 
 def _runs(data_dir) -> int:
     path = data_dir / "n"
-    return int(path.read_text()) if path.exists() else 0
+    text = path.read_text().strip() if path.exists() else ""
+    return int(text) if text else 0  # empty: read while the container rewrites it
 
 
 def _wait(condition, timeout, what):
