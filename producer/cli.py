@@ -416,6 +416,7 @@ def _status_rows(view: ExecutionStatusView) -> list[tuple[str, str]]:
         ("state", view.state.value),
         ("queue", view.queue or "-"),
         ("image", view.image or "-"),
+        ("node", view.node or "-"),
         ("worker", view.worker or "-"),
         ("container", view.container_id or "-"),
         ("enqueued", _ago(view.enqueued_at) + " ago" if view.enqueued_at else "-"),
@@ -441,11 +442,11 @@ def list_executions(settings: Settings, limit: int) -> None:
         click.echo("[" + ",".join(v.model_dump_json() for v in views) + "]")
         return
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "STATUS", "IMAGE", "WORKER", "DURATION", "AGE"):
+    for column in ("ID", "STATUS", "IMAGE", "NODE", "WORKER", "DURATION", "AGE"):
         table.add_column(column, no_wrap=column in ("ID", "STATUS"))
     for v in views:
         table.add_row(
-            v.execution_id, _state_shown(v), v.image or "-", v.worker or "-", _span(v.duration_seconds),
+            v.execution_id, _state_shown(v), v.image or "-", v.node or "-", v.worker or "-", _span(v.duration_seconds),
             _ago(v.enqueued_at),
         )
     _console().print(table)

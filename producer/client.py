@@ -59,7 +59,14 @@ from schemas import (
 
 from .connections import BLOCK_SLICE_SECONDS, blocking_twin, clients_from_url
 from .describe import describe
-from .errors import DuplicateExecution, ExecutionAlreadyFinished, ExecutionNotFound, InvalidRequest, RequestTooLarge
+from .errors import (
+    DuplicateExecution,
+    ExecutionAlreadyFinished,
+    ExecutionNotFound,
+    ExecutionVanished,
+    InvalidRequest,
+    RequestTooLarge,
+)
 from .jobhash import JobWriter
 from .logs import LogReader
 from .status import ExecutionStatusView, build_view
@@ -386,7 +393,7 @@ class Producer:
             elif missing_since is None:
                 missing_since = time.monotonic()
             elif time.monotonic() - missing_since > VANISH_GRACE_SECONDS:
-                raise ExecutionNotFound(execution_id, "execution vanished (no rq job and no outcome)")
+                raise ExecutionVanished(execution_id)
 
     def logs(self, execution_id: str, tail: bool | int = True, follow: bool = True) -> Iterator[LogEntry]:
         """The execution's log entries: history (all, none or the last ``tail``), then live if ``follow``.

@@ -12,6 +12,8 @@ from urllib.parse import urlsplit, urlunsplit
 
 import redis
 
+from schemas.sentinel import client_from_url, is_sentinel_url
+
 BLOCK_SLICE_SECONDS = 1.0
 BLOCKING_SOCKET_TIMEOUT = 30.0
 
@@ -28,8 +30,9 @@ _POOL_INTERNALS = frozenset(
 
 
 def clients_from_url(url: str) -> tuple[redis.Redis, redis.Redis]:
-    """A normal client and a blocking one for ``redis://``, ``rediss://`` or ``unix://`` URLs."""
-    return redis.Redis.from_url(url), redis.Redis.from_url(url, socket_timeout=BLOCKING_SOCKET_TIMEOUT)
+    """A normal client and a blocking one for ``redis://``, ``rediss://``, ``unix://`` or
+    ``redis+sentinel://`` URLs (schemas.sentinel)."""
+    return client_from_url(url), client_from_url(url, socket_timeout=BLOCKING_SOCKET_TIMEOUT)
 
 
 def blocking_twin(client: redis.Redis) -> redis.Redis:
@@ -48,6 +51,11 @@ def blocking_twin(client: redis.Redis) -> redis.Redis:
 def redact_url(url: str) -> str:
     """The URL with its password replaced, for error messages and logs."""
     parts = urlsplit(url)
+    if is_sentinel_url(url):  # several host:port in the netloc: urlsplit cannot read its port
+        auth, at, hosts = parts.netloc.rpartition("@")
+        if not at or ":" not in auth:
+            return url
+        return urlunsplit(parts._replace(netloc=f"{auth.partition(':')[0]}:***@{hosts}"))
     if not parts.password:
         return url
     user = parts.username or ""

@@ -58,6 +58,18 @@ class ExecutionNotFound(ProducerError, LookupError):
         super().__init__(f"{detail}: {execution_id}")
 
 
+class ExecutionVanished(ExecutionNotFound):
+    """The execution was known (a waiter or follower saw it) and Redis no longer knows it: no rq
+    job and no outcome, e.g. Redis restarted without persistence, or a failover lost the
+    unreplicated writes. It will get no outcome; submit it again (the same id is free)."""
+
+    def __init__(self, execution_id: str) -> None:
+        super().__init__(
+            execution_id,
+            "execution vanished: Redis no longer knows it (no rq job, no outcome; its data was lost or expired)",
+        )
+
+
 class ExecutionAlreadyFinished(ProducerError):
     """The execution has ended already, so there is nothing left to cancel."""
 

@@ -20,6 +20,7 @@ import redis
 from rq.serializers import JSONSerializer
 from rq.worker_pool import WorkerPool
 
+from schemas.sentinel import client_from_url
 from worker.executor import CleanupError, DockerUnavailableError, ExecutorError, new_executor
 
 from . import doctor
@@ -175,7 +176,7 @@ def run(ctx: click.Context, **given: Any) -> None:
     opts = _options(ctx, given)
     settings = _settings(opts)
     level = _setup_logging(opts.get("log_level"))
-    connection = redis.Redis.from_url(settings.redis_url)
+    connection = client_from_url(settings.redis_url)
     _require(doctor.check_redis(settings))
     _require(doctor.check_docker(settings))
     runtime = install(WorkerRuntime(settings))

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import redis
 
 from schemas import ExecutionRequest, ExecutionStatus, Keys
+from schemas.sentinel import client_from_url
 from worker.executor import DockerUnavailableError, ExecutorError, new_executor
 
 from .settings import WorkerSettings
@@ -34,6 +35,11 @@ def redis_target(connection: redis.Redis) -> str:
     """Where a client points, without its credentials."""
     pool = connection.connection_pool
     kw = pool.connection_kwargs
+    service = getattr(pool, "service_name", None)
+    if service is not None:  # redis.sentinel.SentinelConnectionPool
+        sentinels = ",".join(f"{c.connection_pool.connection_kwargs.get('host')}:{c.connection_pool.connection_kwargs.get('port')}"
+                             for c in pool.sentinel_manager.sentinels)
+        return f"redis+sentinel://{sentinels}/{service}/{kw.get('db', 0)}"
     if kw.get("path"):
         return f"unix://{kw['path']}?db={kw.get('db', 0)}"
     scheme = "rediss" if issubclass(pool.connection_class, redis.SSLConnection) else "redis"
@@ -42,7 +48,7 @@ def redis_target(connection: redis.Redis) -> str:
 
 def check_redis(settings: WorkerSettings) -> Check:
     try:
-        connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+        connection = client_from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
     except ValueError as exc:
         return Check("redis", False, f"invalid DOCKRQ_REDIS_URL / --redis-url: {exc}")
     target = redis_target(connection)

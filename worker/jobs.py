@@ -150,7 +150,7 @@ class ExecutionRun:
             executor = self.runtime.executor
         except DockerUnavailableError as exc:
             return self._end(Outcome.failure(self.execution_id, ExecutionStatus.ERROR, exc.code, str(exc)))
-        self.channels.set_state(ExecutionState.PULLING, image=request.engine.image)
+        self.channels.set_state(ExecutionState.PULLING, image=request.engine.image, node=self.runtime.settings.executor_id)
         try:
             with self.runtime.track(self, self.channels.connection):
                 rejected = self._start(executor, request)

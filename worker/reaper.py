@@ -44,7 +44,7 @@ import logging
 import threading
 import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -63,6 +63,7 @@ from worker.executor.types import LABEL_CREATED, LABEL_EXECUTION, LABEL_EXECUTOR
 from . import settle
 from .adoption import Adoptions, LogResume
 from .channels import ExecutionChannels
+from .deployment import FORGOTTEN, LABEL_DEPLOYMENT, forgotten
 from .liveness import Liveness, WorkerState, rq_heartbeat_ttl
 
 if TYPE_CHECKING:
@@ -371,6 +372,9 @@ class Reaper:
             executor = (c.get("Labels") or {}).get(LABEL_EXECUTOR)
             if has_outcome:
                 self._sweep_one(docker, c, execution_id, "its execution has an outcome", report)
+            elif not status and (c.get("Labels") or {}).get(LABEL_DEPLOYMENT) == self.settings.deployment_id:
+                # Ours, and Redis knows nothing of it (lost its data, or the keys expired).
+                self._sweep_one(docker, c, execution_id, FORGOTTEN, report, recheck=lambda: forgotten(self.connection, self.keys, execution_id))
             elif not status or origin not in queues:
                 continue  # not this deployment's: another prefix or queue set, a standalone executor
             elif status == JobStatus.STARTED.value:
@@ -389,12 +393,15 @@ class Reaper:
 
     def _sweep_one(
         self, docker: DockerClient, container: dict[str, Any], execution_id: str, why: str, report: ReapReport,
-        *, recheck: bool = False,
+        *, recheck: bool | Callable[[], bool] = False,
     ) -> None:
         with self._locked(execution_id) as got:
             if not got:
                 return
-            if recheck:  # a worker may have taken the job meanwhile (it would adopt this container)
+            if callable(recheck):
+                if not recheck():
+                    return
+            elif recheck:  # a worker may have taken the job meanwhile (it would adopt this container)
                 status = as_text(self.connection.hget(Job.key_for(execution_id), "status") or b"")
                 if status not in _QUEUED_STATES:
                     return

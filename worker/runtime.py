@@ -20,9 +20,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import redis
 
 from schemas import CANCEL_MESSAGE, Keys, Outcome
+from schemas.sentinel import client_from_url
 from worker.executor import ExecutorError, new_executor
 
 from .channels import ExecutionChannels
+from .deployment import LABEL_DEPLOYMENT
 from .settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -134,6 +136,7 @@ class WorkerRuntime:
                     allowed_mount_roots=s.policy.allowed_mount_roots,
                     allow_bridge_network=s.policy.allow_bridge,
                     stop_grace_seconds=s.stop_grace_seconds,
+                    labels={LABEL_DEPLOYMENT: s.deployment_id},
                 )
             return self._executor
 
@@ -142,7 +145,7 @@ class WorkerRuntime:
         """Redis for executions not run by rq (direct calls); rq jobs use their own connection."""
         with self._lock:
             if self._connection is None:
-                self._connection = redis.Redis.from_url(self.settings.redis_url)
+                self._connection = client_from_url(self.settings.redis_url)
             return self._connection
 
     def submit(self, fn: Any, *args: Any) -> Any:

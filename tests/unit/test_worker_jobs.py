@@ -429,7 +429,7 @@ def _wait_for(condition, timeout=5.0):
 
 def test_worker_runs_jobs_and_mirrors_meta(fake_redis, installed, caplog):
     caplog.set_level("DEBUG")
-    installed(FakeExecutor(lines=["hello"]))
+    runtime = installed(FakeExecutor(lines=["hello"]))
     _job(fake_redis, request("a1"), "a1")
     _job(fake_redis, {"engine": {}}, "a2")
     DockrqWorker(["q"], connection=fake_redis, name="w-unit").work(burst=True)
@@ -439,6 +439,7 @@ def test_worker_runs_jobs_and_mirrors_meta(fake_redis, installed, caplog):
     assert a1.return_value() == {"execution_id": "a1", "status": "succeeded", "exit_code": 0}
     assert a1.meta == {
         "image": "busybox", "status": "succeeded", "execution_id": "a1", "worker": "w-unit", "container_id": "c0ffee",
+        "node": runtime.settings.executor_id,  # the executor id: `dockrq ls` shows it as NODE
     }
     a2 = Job.fetch("a2", connection=fake_redis, serializer=JSONSerializer)
     assert a2.get_status() == JobStatus.FINISHED and a2.meta["status"] == "rejected"

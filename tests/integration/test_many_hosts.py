@@ -1,0 +1,173 @@
+"""Many hosts: two Docker daemons (nodes) on one Redis, and a Redis that forgets.
+
+Node A is this machine's dockerd; node B a second dockerd of the test's own
+(``docker_node``: own data root, exec root, socket; no bridge, no iptables).
+Workers pick their daemon by ``DOCKER_HOST`` and have an executor id per node.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import docker
+import pytest
+
+from producer import ExecutionNotFound, ExecutionVanished, Producer
+from schemas import ExecutionStatus
+from scripts.faults import FAST_REAP_ENV, RedisServer
+from worker.deployment import LABEL_DEPLOYMENT
+from worker.executor import new_executor
+
+pytestmark = pytest.mark.integration
+
+DOCKRQ = str(Path(sys.executable).with_name("dockrq"))
+
+
+def _wait(condition, timeout, what):
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < deadline, f"timed out waiting for {what}"
+        time.sleep(0.1)
+
+
+def _request(eid, *cmd, **fields):
+    return {"execution_id": eid, "engine": {"image": "dockrq-test/busybox:latest", "cmd": list(cmd)}, **fields}
+
+
+class Sightings:
+    """Polls both daemons while executions run: which executor's containers each one holds."""
+
+    def __init__(self, daemons: dict[str, docker.DockerClient], label: str) -> None:
+        self.daemons, self.label = daemons, label
+        self.seen: dict[str, set[str]] = {name: set() for name in daemons}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, daemon=True)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            for name, client in self.daemons.items():
+                try:
+                    for c in client.api.containers(all=True, filters={"label": self.label}):
+                        self.seen[name].add(c["Labels"]["dockrq.executor"])
+                except docker.errors.DockerException:
+                    pass
+            time.sleep(0.05)
+
+    def __enter__(self) -> Sightings:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._thread.join(5)
+
+
+def test_executions_spread_over_two_nodes_and_ls_shows_the_node(
+    docker_node, spawn_worker, redis_url, docker_client, unique
+):
+    node_b = docker_node()
+    a, b = f"a-{unique}", f"b-{unique}"
+    spawn_worker(executor_id=a)
+    spawn_worker(executor_id=b, env={"DOCKER_HOST": node_b.docker_host})
+    client_b = docker.DockerClient(base_url=node_b.docker_host)
+    ids = [f"spread{i}-{unique}" for i in range(8)]
+    with Producer(redis_url, queue=spawn_worker.queue, prefix=spawn_worker.prefix) as producer, Sightings(
+        {"A": docker_client, "B": client_b}, LABEL_DEPLOYMENT
+    ) as sightings:
+        producer.submit_many([_request(i, "sh", "-c", "sleep 0.7; echo ran") for i in ids])
+        outcomes = [producer.wait(i, timeout=120) for i in ids]
+        views = [producer.status(i) for i in ids]
+    assert [o.status for o in outcomes] == [ExecutionStatus.SUCCEEDED] * len(ids)
+    assert {v.node for v in views} == {a, b}, "both nodes ran executions"
+    # Each node's containers were on its own daemon only.
+    assert a in sightings.seen["A"] and b in sightings.seen["B"]
+    assert b not in sightings.seen["A"] and a not in sightings.seen["B"]
+
+    base = [DOCKRQ, "--redis-url", redis_url, "--prefix", spawn_worker.prefix, "--queue", spawn_worker.queue]
+    listing = subprocess.run([*base, "ls"], capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"})
+    assert listing.returncode == 0, listing.stderr
+    assert "NODE" in listing.stdout and a in listing.stdout and b in listing.stdout
+    shown = json.loads(subprocess.run([*base, "--json", "status", ids[0]], capture_output=True, text=True, timeout=60).stdout)
+    assert shown["node"] in (a, b)
+    # Nothing left on either daemon.
+    assert not client_b.containers.list(all=True)
+    client_b.close()
+
+
+def test_forgotten_containers_of_this_deployment_are_removed_and_another_deployments_spared(
+    spawn_worker, docker_client, unique, test_image
+):
+    """A container labelled with this deployment whose execution Redis does not know (data lost)
+    is removed after the orphan grace; one of another deployment on the same daemon never is."""
+    ours, theirs = f"dep-{unique}", f"other-{unique}"
+    spawn_worker(env={**FAST_REAP_ENV, "DOCKRQ_DEPLOYMENT": ours})
+    made = []
+    for deployment in (ours, theirs):
+        ex = new_executor(f"gone-{unique}", labels={LABEL_DEPLOYMENT: deployment}, stop_grace_seconds=0)
+        ex.start(_request(f"{deployment}-x", "sleep", "120"))
+        made.append(ex)
+
+    def present(deployment):
+        return docker_client.containers.list(all=True, filters={"label": f"{LABEL_DEPLOYMENT}={deployment}"})
+
+    try:
+        _wait(lambda: not present(ours), 60, "this deployment's forgotten container to be removed")
+        time.sleep(2 * float(FAST_REAP_ENV["DOCKRQ_REAP_INTERVAL_SECONDS"]) + 1)  # more passes: still spared
+        assert len(present(theirs)) == 1
+    finally:
+        for ex in made:
+            ex.cleanup()
+            ex.close()
+
+
+def test_waiters_end_when_redis_loses_its_data(spawn_worker, tmp_path, unique, docker_client):
+    """Redis restarted without persistence while an execution runs: its waiter and its log follower
+    end with ExecutionVanished instead of waiting forever; the worker serves new submissions."""
+    server = RedisServer(tmp_path, durable=False)
+    server.start()
+    try:
+        spawn_worker(redis_url=server.url, env=FAST_REAP_ENV)
+        spawn_worker(redis_url=server.url, env=FAST_REAP_ENV)  # free while the first is busy
+        producer = Producer(server.url, queue=spawn_worker.queue, prefix=spawn_worker.prefix)
+        # Runs well past the waiter's give-up (a few seconds): had it ended first, the worker would
+        # have written its outcome to the empty Redis and the waiter would have that instead.
+        eid = producer.submit(_request(f"forgot-{unique}", "sh", "-c", "echo started; sleep 25; echo done"))
+        _wait(lambda: producer.status(eid).state.value == "running", 60, "the execution to run")
+        ended: dict[str, BaseException | object] = {}
+
+        def wait() -> None:
+            try:
+                ended["wait"] = producer.wait(eid, timeout=120)
+            except BaseException as exc:  # noqa: BLE001 - recorded for the assert
+                ended["wait"] = exc
+
+        def follow() -> None:
+            try:
+                ended["logs"] = list(producer.logs(eid, follow=True))
+            except BaseException as exc:  # noqa: BLE001
+                ended["logs"] = exc
+
+        threads = [threading.Thread(target=wait, daemon=True), threading.Thread(target=follow, daemon=True)]
+        for t in threads:
+            t.start()
+        time.sleep(0.5)
+        server.kill()
+        server.start()  # same port, empty
+        for t in threads:
+            t.join(60)
+        assert not any(t.is_alive() for t in threads), "a waiter or follower hangs on a forgotten execution"
+        assert isinstance(ended["wait"], ExecutionVanished), ended["wait"]
+        assert "Redis no longer knows it" in str(ended["wait"])
+        assert not isinstance(ended["logs"], BaseException) or isinstance(ended["logs"], ExecutionNotFound), ended["logs"]
+        # The worker carries on against the empty Redis.
+        again = producer.submit(_request(f"after-{unique}", "echo", "again"))
+        assert producer.wait(again, timeout=120).status == ExecutionStatus.SUCCEEDED
+        producer.close()
+    finally:
+        server.kill()
