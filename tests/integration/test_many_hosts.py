@@ -171,3 +171,89 @@ def test_waiters_end_when_redis_loses_its_data(spawn_worker, tmp_path, unique, d
         producer.close()
     finally:
         server.kill()
+
+
+def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_client, docker_client, unique):
+    """SIGKILL node B (its workers and its dockerd) while it runs two executions: each gets exactly
+    one outcome -- re-run on node A when its retries allow, ``lost`` otherwise -- and their waiters
+    and log followers end. B comes back (dockerd and a worker): its old containers are removed by
+    its own worker after the orphan grace, nothing gets a second outcome, and neither node A's
+    execution nor another deployment's container on B is touched."""
+    node_b = docker_node()
+    a, b = f"a-{unique}", f"b-{unique}"
+    env_b = {**FAST_REAP_ENV, "DOCKER_HOST": node_b.docker_host}
+    grace = float(FAST_REAP_ENV["DOCKRQ_ORPHAN_GRACE_SECONDS"])
+    b_workers = [spawn_worker(executor_id=b, env=env_b) for _ in range(2)]
+    client_b = docker.DockerClient(base_url=node_b.docker_host)
+    stranger = client_b.containers.run(  # another deployment's, on B: never to be touched
+        "dockrq-test/busybox:latest", ["sleep", "300"], detach=True, network_mode="none",
+        labels={"dockrq.execution": f"stranger-{unique}", "dockrq.executor": b, LABEL_DEPLOYMENT: f"other-{unique}",
+                "dockrq.created": "1"},
+    )
+    producer = Producer(redis_url, queue=spawn_worker.queue, prefix=spawn_worker.prefix)
+    cmd = ["sh", "-c", "echo begin; sleep 10; echo end"]  # still running when B dies
+    again, once = f"again-{unique}", f"once-{unique}"
+    producer.submit(_request(again, *cmd, retries=1))
+    producer.submit(_request(once, *cmd, retries=0))
+    _wait(lambda: all(producer.status(e).state.value == "running" for e in (again, once)), 60, "both running on B")
+    assert {producer.status(e).node for e in (again, once)} == {b}
+    for _ in range(2):
+        spawn_worker(executor_id=a, env=FAST_REAP_ENV)
+
+    results: dict[str, object] = {}
+
+    def record(key, fn):
+        try:
+            results[key] = fn()
+        except BaseException as exc:  # noqa: BLE001 - asserted below
+            results[key] = exc
+
+    threads = [
+        threading.Thread(target=record, args=(f"wait-{e}", lambda e=e: producer.wait(e, timeout=180)), daemon=True)
+        for e in (again, once)
+    ] + [
+        threading.Thread(target=record, args=(f"logs-{e}", lambda e=e: list(producer.logs(e, follow=True))), daemon=True)
+        for e in (again, once)
+    ]
+    for t in threads:
+        t.start()
+    time.sleep(0.5)
+
+    killed = time.monotonic()
+    for w in b_workers:  # the whole node at once: workers and daemon, SIGKILL
+        w.kill()
+    node_b.kill()
+    _wait(lambda: redis_client.exists(producer.keys.outcome(once)), 60, "the lost execution's outcome")
+    lost_after = time.monotonic() - killed
+    for t in threads:
+        t.join(120)
+    assert not any(t.is_alive() for t in threads), "a waiter or log follower hangs"
+    assert results[f"wait-{once}"].status == ExecutionStatus.LOST, results[f"wait-{once}"]
+    assert results[f"wait-{once}"].error.code == "worker_lost"
+    rerun = results[f"wait-{again}"]
+    assert rerun.status == ExecutionStatus.SUCCEEDED, rerun
+    assert producer.status(again).node == a, "re-run on the surviving node"
+    for e in (again, once):
+        assert not isinstance(results[f"logs-{e}"], BaseException), results[f"logs-{e}"]
+    print(f"lost outcome {lost_after:.1f}s after the node died (reap after "
+          f"{FAST_REAP_ENV['DOCKRQ_REAP_AFTER_SECONDS']}s + interval {FAST_REAP_ENV['DOCKRQ_REAP_INTERVAL_SECONDS']}s)")
+
+    # Node A runs something while B comes back: B's worker must leave it alone.
+    on_a = producer.submit(_request(f"on-a-{unique}", "sh", "-c", "sleep 6; echo fine"))
+    _wait(lambda: producer.status(on_a).state.value == "running", 60, "A's execution to run")
+    node_b.start()  # dockerd's restore stops the containers its shims kept running
+    old = client_b.containers.list(all=True, filters={"label": "dockrq.execution"})
+    assert {c.labels["dockrq.execution"] for c in old} >= {again, once, f"stranger-{unique}"}
+    spawn_worker(executor_id=b, env=env_b)
+    _wait(
+        lambda: {c["Labels"]["dockrq.execution"] for c in client_b.api.containers(all=True)} == {f"stranger-{unique}"},
+        60 + grace, "B's worker to remove its old containers",
+    )
+    assert producer.wait(on_a, timeout=120).status == ExecutionStatus.SUCCEEDED
+    time.sleep(1)  # a few more reaper passes
+    for e in (again, once, on_a):
+        assert redis_client.llen(producer.keys.outcome(e)) == 1, f"{e} has more than one outcome"
+    stranger.reload()
+    assert stranger.labels[LABEL_DEPLOYMENT] == f"other-{unique}"
+    client_b.close()
+    producer.close()
