@@ -9,6 +9,7 @@ from .errors import (
     ExecutionNotFound,
     ExecutionVanished,
     InvalidRequest,
+    NotReplicated,
     ProducerError,
     RequestTooLarge,
 )
@@ -23,6 +24,7 @@ __all__ = [
     "ExecutionStatusView",
     "ExecutionVanished",
     "InvalidRequest",
+    "NotReplicated",
     "Producer",
     "ProducerError",
     "RequestTooLarge",

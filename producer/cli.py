@@ -44,6 +44,9 @@ from schemas import (
     parse_size,
 )
 
+from schemas.replication import DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS
+from schemas.sentinel import describe_redis_error
+
 from .client import DEFAULT_REDIS_URL, Producer
 from .connections import redact_url
 from .errors import ExecutionAlreadyFinished, InvalidRequest, ProducerError
@@ -77,13 +80,19 @@ class Settings:
     queue: str
     retention_seconds: int
     as_json: bool = False
+    replica_acks: int = 0
+    replica_ack_timeout: float = DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS
     _producer: Producer | None = field(default=None, repr=False)
 
     def producer(self) -> Producer:
         if self._producer is None:
-            self._producer = Producer(
-                self.redis_url, queue=self.queue, prefix=self.prefix, retention_seconds=self.retention_seconds
-            )
+            try:
+                self._producer = Producer(
+                    self.redis_url, queue=self.queue, prefix=self.prefix, retention_seconds=self.retention_seconds,
+                    replica_acks=self.replica_acks, replica_ack_timeout=self.replica_ack_timeout,
+                )
+            except ValueError as exc:  # redis-py / schemas.sentinel cannot read the URL
+                raise ProducerError(f"invalid --redis-url / DOCKRQ_REDIS_URL {redact_url(self.redis_url)}: {exc}") from None
             click.get_current_context().call_on_close(self._producer.close)
         return self._producer
 
@@ -108,7 +117,7 @@ class DockrqCommand(click.Command):
             fail(f"{prefix}{exc}", self.failure_code)
         except (redis.ConnectionError, redis.TimeoutError) as exc:
             url = redact_url(ctx.find_object(Settings).redis_url)
-            fail(f"cannot reach Redis at {url}: {exc}", self.failure_code)
+            fail(f"cannot reach Redis at {url}: {describe_redis_error(exc)}", self.failure_code)
         except redis.RedisError as exc:
             fail(f"Redis error: {exc}", self.failure_code)
         except KeyboardInterrupt:
@@ -133,7 +142,8 @@ json_option = click.option(
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--redis-url", envvar="DOCKRQ_REDIS_URL", default=DEFAULT_REDIS_URL, show_default=True,
-              help="Redis URL (redis://, rediss:// for TLS; user and password may be in it). Env DOCKRQ_REDIS_URL.")
+              help="Redis URL (redis://, rediss:// for TLS, redis+sentinel://host:port,.../SERVICE[/DB]; user and "
+              "password may be in it). Env DOCKRQ_REDIS_URL.")
 @click.option("--prefix", envvar="DOCKRQ_PREFIX", default=DEFAULT_PREFIX, show_default=True,
               help="Key prefix of the wire contract. Env DOCKRQ_PREFIX.")
 @click.option("--queue", envvar="DOCKRQ_QUEUE", default=DEFAULT_QUEUE, show_default=True,
@@ -141,11 +151,20 @@ json_option = click.option(
 @click.option("--retention", "retention_seconds", envvar="DOCKRQ_RETENTION_SECONDS", type=click.IntRange(min=1),
               default=DEFAULT_RETENTION_SECONDS, show_default=True,
               help="Seconds outcomes, flags and claims are kept. Env DOCKRQ_RETENTION_SECONDS.")
+@click.option("--replica-acks", envvar="DOCKRQ_REPLICA_ACKS", type=click.IntRange(min=0, max=16), default=0,
+              show_default=True, help="Replicas that must confirm a submission and an outcome (Redis WAIT). "
+              "Env DOCKRQ_REPLICA_ACKS.")
+@click.option("--replica-ack-timeout", envvar="DOCKRQ_REPLICA_ACK_TIMEOUT_SECONDS", type=click.FloatRange(min=0.001),
+              default=DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS, show_default=True,
+              help="Seconds to wait for those confirmations. Env DOCKRQ_REPLICA_ACK_TIMEOUT_SECONDS.")
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 @click.pass_context
-def cli(ctx: click.Context, redis_url: str, prefix: str, queue: str, retention_seconds: int, as_json: bool) -> None:
+def cli(
+    ctx: click.Context, redis_url: str, prefix: str, queue: str, retention_seconds: int,
+    replica_acks: int, replica_ack_timeout: float, as_json: bool,
+) -> None:
     """Run containers through a Redis queue of dockrq workers."""
-    ctx.obj = Settings(redis_url, prefix, queue, retention_seconds, as_json)
+    ctx.obj = Settings(redis_url, prefix, queue, retention_seconds, as_json, replica_acks, replica_ack_timeout)
 
 
 cli.command_class = DockrqCommand

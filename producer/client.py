@@ -57,6 +57,8 @@ from schemas import (
     request_size,
 )
 
+from schemas.replication import DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS, ReplicaAcks, ReplicationTimeout
+
 from .connections import BLOCK_SLICE_SECONDS, blocking_twin, clients_from_url
 from .describe import describe
 from .errors import (
@@ -65,6 +67,7 @@ from .errors import (
     ExecutionNotFound,
     ExecutionVanished,
     InvalidRequest,
+    NotReplicated,
     RequestTooLarge,
 )
 from .jobhash import JobWriter
@@ -143,6 +146,8 @@ class Producer:
         *,
         retention_seconds: int = DEFAULT_RETENTION_SECONDS,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        replica_acks: int = 0,
+        replica_ack_timeout: float = DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS,
     ) -> None:
         if max_request_bytes < MIN_MAX_REQUEST_BYTES:
             raise ValueError(f"max_request_bytes must be at least {MIN_MAX_REQUEST_BYTES}")
@@ -161,6 +166,9 @@ class Producer:
         self._queues: dict[str, Queue] = {}
         self._writers: dict[str, JobWriter | None] = {}
         self._claim_script = self._client.register_script(CLAIM_LUA)
+        # Submissions return, and outcomes are handed to waiters, only once this many replicas
+        # have them (Redis WAIT; fewer when fewer are connected): schemas/replication.py.
+        self._acks = ReplicaAcks(replica_acks, replica_ack_timeout, marker_key=self.keys.replication_marker)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -221,6 +229,7 @@ class Producer:
         except BaseException:
             self._release_claims([req.execution_id])
             raise
+        self._confirm([req.execution_id])
         return req.execution_id
 
     def submit_many(
@@ -259,7 +268,18 @@ class Producer:
         except BaseException:
             self._release_claims(ids)
             raise
+        self._confirm(ids)
         return ids
+
+    def _confirm(self, ids: list[str]) -> None:
+        """WAIT for the replicas (``replica_acks``); NotReplicated when too few confirm in time."""
+        if not self._acks:
+            return
+        what = f"execution {ids[0]}" if len(ids) == 1 else f"{len(ids)} executions ({ids[0]} ...)"
+        try:
+            self._acks.confirm(self._client, what)
+        except ReplicationTimeout as exc:
+            raise NotReplicated(ids, str(exc)) from None
 
     def _job_writer(self, rq_queue: Queue) -> JobWriter | None:
         """Batched job hashes for this queue, once checked against rq's own enqueue_many."""
@@ -365,7 +385,7 @@ class Producer:
         self._check_id(execution_id)
         key = self.keys.outcome(execution_id)
         outcome = self._outcome(execution_id)
-        if outcome is not None:
+        if outcome is not None and self._outcome_confirmed(execution_id):
             return outcome
         self._require_known(execution_id)
         deadline = None if timeout is None else time.monotonic() + timeout
@@ -378,7 +398,7 @@ class Producer:
             block = BLOCK_SLICE_SECONDS if remaining is None else max(min(BLOCK_SLICE_SECONDS, remaining), 0.01)
             try:
                 raw = self._blocking.blmove(key, key, block, "RIGHT", "LEFT")
-                if raw is not None:
+                if raw is not None and self._outcome_confirmed(execution_id):
                     return Outcome.model_validate_json(raw)
                 has_outcome, has_job, _ = self._presence(execution_id)
                 failures = 0
@@ -394,6 +414,18 @@ class Producer:
                 missing_since = time.monotonic()
             elif time.monotonic() - missing_since > VANISH_GRACE_SECONDS:
                 raise ExecutionVanished(execution_id)
+
+    def _outcome_confirmed(self, execution_id: str) -> bool:
+        """With ``replica_acks``: the outcome just read is on the replicas too, so one a waiter
+        saw survives a failover. False (the caller reads again) when they did not confirm in time."""
+        if not self._acks:
+            return True
+        try:
+            self._acks.confirm(self._client, f"the outcome of {execution_id}")
+        except ReplicationTimeout as exc:
+            log.warning("waiting for %s: %s; reading it again", execution_id, exc)
+            return False
+        return True
 
     def logs(self, execution_id: str, tail: bool | int = True, follow: bool = True) -> Iterator[LogEntry]:
         """The execution's log entries: history (all, none or the last ``tail``), then live if ``follow``.

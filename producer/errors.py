@@ -70,6 +70,16 @@ class ExecutionVanished(ExecutionNotFound):
         )
 
 
+class NotReplicated(ProducerError):
+    """``replica_acks``: the submission is on the Redis master but fewer replicas than asked
+    confirmed it in time, so a failover now could lose it. ``execution_ids`` were enqueued;
+    ``Producer.status``/``wait`` tell later whether they survived."""
+
+    def __init__(self, execution_ids: list[str], message: str) -> None:
+        self.execution_ids = list(execution_ids)
+        super().__init__(message)
+
+
 class ExecutionAlreadyFinished(ProducerError):
     """The execution has ended already, so there is nothing left to cancel."""
 

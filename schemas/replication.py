@@ -74,6 +74,17 @@ class ReplicaAcks:
         if self.required <= 0:
             return None
         wanted = min(self.required, self._connected_replicas(connection))
+        acked = self._wait(connection, wanted)
+        if acked < wanted:
+            # The count may be stale (a failover: another master, without replicas yet): look again.
+            fresh = min(self.required, self._connected_replicas(connection, refresh=True))
+            if fresh < wanted:
+                wanted, acked = fresh, self._wait(connection, fresh)
+            if acked < wanted:
+                raise ReplicationTimeout(what, acked, wanted, self.timeout_seconds)
+        return acked
+
+    def _wait(self, connection: Any, wanted: int) -> int:
         if wanted == 0:
             if not self._warned:
                 log.warning(
@@ -87,16 +98,11 @@ class ReplicaAcks:
             pipe.set(self.marker_key, "1", ex=60)
             pipe.execute_command("WAIT", wanted, max(1, int(self.timeout_seconds * 1000)))
             _, acked = pipe.execute()
-        acked = int(acked)
-        if acked < wanted:
-            with self._lock:
-                self._replicas = None  # look again: a replica may have gone
-            raise ReplicationTimeout(what, acked, wanted, self.timeout_seconds)
-        return acked
+        return int(acked)
 
-    def _connected_replicas(self, connection: Any) -> int:
+    def _connected_replicas(self, connection: Any, *, refresh: bool = False) -> int:
         with self._lock:
-            if self._replicas is not None and time.monotonic() - self._checked < ROLE_CACHE_SECONDS:
+            if not refresh and self._replicas is not None and time.monotonic() - self._checked < ROLE_CACHE_SECONDS:
                 return self._replicas
         role = connection.execute_command("ROLE")
         # master: [b"master", offset, [[ip, port, offset], ...]]; a replica answers [b"slave", ...]

@@ -159,3 +159,14 @@ def redis_location(url: str) -> str:
     except ValueError:
         port = 6379
     return f"{parts.hostname or 'localhost'}:{port}/{db}"
+
+
+def describe_redis_error(exc: BaseException) -> str:
+    """``str(exc)``, but one short line for redis-py's MasterNotFoundError (whose text repeats
+    every Sentinel client's full repr)."""
+    from redis.sentinel import MasterNotFoundError
+
+    if isinstance(exc, MasterNotFoundError):
+        head = str(exc).split(" : ", 1)[0]
+        return f"{head} (no Sentinel listed in the URL is reachable and knows that service)"
+    return str(exc)

@@ -16,6 +16,7 @@ dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v openssl >/dev/null || need+=(openssl)
 command -v debootstrap >/dev/null || need+=(debootstrap)  # scripts/offline_base.sh (compose test)
+command -v redis-sentinel >/dev/null || need+=(redis-sentinel)  # scripts/sentinel_group.py (failover test)
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -23,12 +23,14 @@ from redis.retry import Retry
 
 from schemas import WRITE_OUTCOME_LUA, Event, ExecutionState, Keys, LogBatch, LogEntry, Outcome
 
+from .replicated import ReplicaAcks, confirm_outcome
 from .settings import DEFAULT_OUTCOME_RETRY_SECONDS
 
 if TYPE_CHECKING:
     from redis import Redis
     from redis.client import Pipeline
     from rq.job import Job
+
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +63,7 @@ class ExecutionChannels:
         log_stream_maxlen: int,
         job: Job | None = None,
         outcome_retry_seconds: float = DEFAULT_OUTCOME_RETRY_SECONDS,
+        acks: ReplicaAcks | None = None,
     ) -> None:
         self.connection = connection
         self.keys = keys
@@ -70,6 +73,7 @@ class ExecutionChannels:
         self.log_stream_maxlen = log_stream_maxlen
         self.job = job
         self.outcome_retry_seconds = outcome_retry_seconds
+        self.acks = acks  # DOCKRQ_REPLICA_ACKS: the outcome write is confirmed by replicas (WAIT)
         # Since when this execution's writes have found Redis unreachable (None: it answers).
         # One clock for the log batches, the eof and the outcome, so an ending waits for
         # Redis about outcome_retry_seconds in all, not that long for each of them.
@@ -234,11 +238,17 @@ class ExecutionChannels:
         True when this call's outcome is the one stored. Raises the last Redis
         error once Redis has been unreachable for outcome_retry_seconds.
         """
+        payload = outcome.model_dump_json()
         written = self._with_retry(
-            lambda: self._store_outcome(outcome.model_dump_json()),
+            lambda: self._store_outcome(payload),
             lambda exc: log.warning("execution %s: outcome not written yet: %s", self.execution_id, exc),
         )
         if written:
+            if self.acks:  # DOCKRQ_REPLICA_ACKS; a failover mid-way: written again (first writer wins) and confirmed
+                self._with_retry(
+                    lambda: confirm_outcome(self.acks, self.connection, self.execution_id, lambda: self._store_outcome(payload)),
+                    lambda exc: log.warning("execution %s: outcome not confirmed by replicas yet: %s", self.execution_id, exc),
+                )
             self.set_state(ExecutionState(outcome.status.value), **meta)
         return written
 

@@ -20,7 +20,7 @@ import redis
 from rq.serializers import JSONSerializer
 from rq.worker_pool import WorkerPool
 
-from schemas.sentinel import client_from_url
+from schemas.sentinel import client_from_url, describe_redis_error
 from worker.executor import CleanupError, DockerUnavailableError, ExecutorError, new_executor
 
 from . import doctor
@@ -124,7 +124,7 @@ def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (SettingsError, DockerUnavailableError, ExecutorError) as exc:
             raise click.ClickException(str(exc)) from None
         except redis.RedisError as exc:
-            raise click.ClickException(f"Redis: {exc}") from None
+            raise click.ClickException(f"Redis: {describe_redis_error(exc)}") from None
 
     return wrapper
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import redis
 
 from schemas import ExecutionRequest, ExecutionStatus, Keys
-from schemas.sentinel import client_from_url
+from schemas.sentinel import client_from_url, describe_redis_error
 from worker.executor import DockerUnavailableError, ExecutorError, new_executor
 
 from .settings import WorkerSettings
@@ -61,7 +61,7 @@ def check_redis(settings: WorkerSettings) -> Check:
     except redis.AuthenticationError as exc:
         return Check("redis", False, f"{target}: authentication failed ({exc})")
     except redis.RedisError as exc:
-        return Check("redis", False, f"{target}: not reachable ({exc})")
+        return Check("redis", False, f"{target}: not reachable ({describe_redis_error(exc)})")
     finally:
         connection.close()
     if problem:

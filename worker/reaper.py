@@ -438,6 +438,7 @@ class Reaper:
             self.connection, self.keys, job.id, worker=self.worker.name,
             retention_seconds=s.retention_seconds, log_stream_maxlen=s.log_stream_maxlen, job=job,
             outcome_retry_seconds=s.outcome_retry_seconds,
+            acks=self.runtime.acks,
         )
 
     def _write_lost(self, channels: ExecutionChannels, execution_id: str, message: str) -> bool:

@@ -25,6 +25,7 @@ from worker.executor import ExecutorError, new_executor
 
 from .channels import ExecutionChannels
 from .deployment import LABEL_DEPLOYMENT
+from .replicated import ReplicaAcks
 from .settings import WorkerSettings
 
 if TYPE_CHECKING:
@@ -112,6 +113,9 @@ class WorkerRuntime:
         self.settings = settings
         self.heartbeat_interval = settings.heartbeat_seconds
         self.keys = Keys(settings.prefix)
+        self.acks = ReplicaAcks(
+            settings.replica_acks, settings.replica_ack_timeout_seconds, marker_key=self.keys.replication_marker
+        )
         self.worker: WorkerHooks | None = None
         self._executor = executor
         self._connection = connection
@@ -167,6 +171,7 @@ class WorkerRuntime:
             log_stream_maxlen=s.log_stream_maxlen,
             job=job,
             outcome_retry_seconds=s.outcome_retry_seconds,
+            acks=self.acks,
         )
 
     # -- running executions --------------------------------------------------

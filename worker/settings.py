@@ -34,6 +34,7 @@ from schemas import (
 )
 
 from schemas.replication import DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS
+from schemas.sentinel import is_sentinel_url, parse_sentinel_url
 
 from .deployment import DEPLOYMENT_PATTERN, default_deployment
 from .policy import POLICY_ENV_VARS, WorkerPolicy
@@ -116,6 +117,18 @@ class WorkerSettings(BaseModel):
     # An ended execution whose outcome Redis does not take for this long (unreachable) stops
     # waiting; the worker keeps the outcome and writes it once Redis is back (worker/resilience.py).
     outcome_retry_seconds: float = Field(default=DEFAULT_OUTCOME_RETRY_SECONDS, ge=0.5, le=86400)
+
+    @field_validator("redis_url")
+    @classmethod
+    def _readable_url(cls, value: str) -> str:
+        # Refused here, naming DOCKRQ_REDIS_URL, rather than when the first client is made.
+        if is_sentinel_url(value):
+            parse_sentinel_url(value)
+        else:
+            from redis.connection import parse_url
+
+            parse_url(value)
+        return value
 
     @field_validator("queues", mode="before")
     @classmethod

@@ -24,7 +24,7 @@ KEYS = Keys("p")
 def fake_producer(fake_redis, monkeypatch):
     """Every Producer the CLI builds talks to the fake server, with prefix ``p``."""
 
-    def make(url, *, queue, prefix, retention_seconds):
+    def make(url, *, queue, prefix, retention_seconds, replica_acks=0, replica_ack_timeout=1.0):
         return Producer(connection=fake_redis, queue=queue, prefix="p", retention_seconds=retention_seconds)
 
     monkeypatch.setattr(cli_module, "Producer", make)
