@@ -141,7 +141,32 @@ def client_from_url(url: str, **kwargs: Any) -> Any:
     if parsed.password is not None:
         client_kwargs["password"] = parsed.password
     sentinel = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_kwargs)
-    return sentinel.master_for(parsed.service, **client_kwargs)
+    return sentinel.master_for(parsed.service, connection_class=_connection_class(), **client_kwargs)
+
+
+_CONNECTION_CLASS: Any = None
+
+
+def _connection_class() -> Any:
+    """redis-py's SentinelManagedConnection, closing on an error in a read as a plain Connection does.
+
+    redis-py 8's ``SentinelManagedConnection.read_response`` defaults ``disconnect_on_error`` to
+    False, unlike ``Connection``: a read cut short by an exception (rq's SIGTERM handler raising
+    in the middle of its blocking BLMOVE) leaves the connection in the pool with the reply still
+    due, and the next command on it (rq's register_death) waits behind that BLMOVE. Seen as a
+    worker that does not exit on SIGTERM after a failover.
+    """
+    global _CONNECTION_CLASS
+    if _CONNECTION_CLASS is None:
+        from redis.sentinel import SentinelManagedConnection
+
+        class ClosingSentinelConnection(SentinelManagedConnection):
+            def read_response(self, *args: Any, **kwargs: Any) -> Any:
+                kwargs.setdefault("disconnect_on_error", True)
+                return super().read_response(*args, **kwargs)
+
+        _CONNECTION_CLASS = ClosingSentinelConnection
+    return _CONNECTION_CLASS
 
 
 def redis_location(url: str) -> str:

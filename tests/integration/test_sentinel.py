@@ -8,6 +8,7 @@ given the Sentinel URL; the master is SIGKILLed while executions run.
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -96,5 +97,8 @@ def test_sentinel_failover_mid_run(sentinel_group, spawn_worker, unique):
         capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
     )
     assert listing.returncode == 0 and after[0] in listing.stdout, listing.stdout + listing.stderr
+    # A worker still stops on SIGTERM after the failover (a Sentinel connection cut mid-read is closed).
+    workers[0].signal(signal.SIGTERM)
+    assert workers[0].wait(30) == 0
     client.close()
     producer.close()

@@ -42,6 +42,7 @@ def test_sentinel_client_asks_the_sentinels_for_the_master():
     client = client_from_url("redis+sentinel://u:pw@127.0.0.1:1,127.0.0.1:2/svc/2", socket_timeout=30)
     pool = client.connection_pool
     assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "svc"
+    assert pool.connection_class.__name__ == "ClosingSentinelConnection"  # closes on a read cut short
     assert [s.connection_pool.connection_kwargs["port"] for s in pool.sentinel_manager.sentinels] == [1, 2]
     assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"], pool.connection_kwargs["socket_timeout"]) == (2, "pw", 30)
     assert client_from_url("redis://h:1/0").connection_pool.connection_kwargs["host"] == "h"
