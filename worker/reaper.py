@@ -32,7 +32,9 @@ once at start-up, before rq's own registry maintenance). A pass looks at:
    and nodes, may share one daemon; ownership goes execution id -> rq job ->
    worker liveness). Containers of executions whose outcome exists, whose job
    is back on the queue or has ended are removed; containers unknown to this
-   deployment's Redis (another prefix, a standalone executor) are left alone.
+   deployment's Redis are removed when labelled with this deployment's id
+   (``dockrq.deployment``, worker.deployment: Redis lost or expired their
+   data) and left alone otherwise (another deployment, a standalone executor).
 
 Outcomes are written with the first-writer-wins script, so an adopter, a
 reaper and a late worker can never give one execution two outcomes.

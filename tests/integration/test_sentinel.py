@@ -7,6 +7,7 @@ given the Sentinel URL; the master is SIGKILLed while executions run.
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -44,7 +45,7 @@ def _request(eid, *cmd, **fields):
     return {"execution_id": eid, "engine": {"image": "dockrq-test/busybox:latest", "cmd": list(cmd)}, **fields}
 
 
-def test_sentinel_failover_mid_run(sentinel_group, spawn_worker, unique):
+def test_sentinel_failover_mid_run(sentinel_group, spawn_worker, unique, dashboard_json):
     url = sentinel_group.url
     env = {**FAST_REAP_ENV, "DOCKRQ_REPLICA_ACKS": "1"}
     workers = [spawn_worker(redis_url=url, env=env) for _ in range(2)]
@@ -97,6 +98,10 @@ def test_sentinel_failover_mid_run(sentinel_group, spawn_worker, unique):
         capture_output=True, text=True, timeout=60, env={**os.environ, "COLUMNS": "200"},
     )
     assert listing.returncode == 0 and after[0] in listing.stdout, listing.stdout + listing.stderr
+    # rq-dashboard, configured as scripts/dashboard.sh does, reads the same URL and the new master.
+    dash = dashboard_json(url)
+    assert spawn_worker.queue in [q["name"] for q in dash("/data/queues.json")["queues"]]
+    assert json.loads(dash(f"/data/job/{after[0]}.json")["metadata"])["execution_id"] == after[0]
     # A worker still stops on SIGTERM after the failover (a Sentinel connection cut mid-read is closed).
     workers[0].signal(signal.SIGTERM)
     assert workers[0].wait(30) == 0
