@@ -86,10 +86,13 @@ class Settings:
 
     def producer(self) -> Producer:
         if self._producer is None:
+            acks = (
+                {"replica_acks": self.replica_acks, "replica_ack_timeout": self.replica_ack_timeout}
+                if self.replica_acks else {}
+            )
             try:
                 self._producer = Producer(
-                    self.redis_url, queue=self.queue, prefix=self.prefix, retention_seconds=self.retention_seconds,
-                    replica_acks=self.replica_acks, replica_ack_timeout=self.replica_ack_timeout,
+                    self.redis_url, queue=self.queue, prefix=self.prefix, retention_seconds=self.retention_seconds, **acks
                 )
             except ValueError as exc:  # redis-py / schemas.sentinel cannot read the URL
                 raise ProducerError(f"invalid --redis-url / DOCKRQ_REDIS_URL {redact_url(self.redis_url)}: {exc}") from None
