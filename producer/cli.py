@@ -22,42 +22,37 @@ the command name) switches every command's output to JSON for scripts.
 from __future__ import annotations
 
 import json
-import os
 import sys
-from contextlib import suppress
-from dataclasses import dataclass, field
 from datetime import datetime, timezone
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import redis
 from rich.console import Console
 from rich.table import Table
 
-from schemas import (
-    DEFAULT_PREFIX,
-    DEFAULT_QUEUE,
-    DEFAULT_RETENTION_SECONDS,
-    ExecutionStatus,
-    LogEntry,
-    Outcome,
-    parse_size,
+from schemas import ExecutionStatus, LogEntry, Outcome
+
+from .command import (  # the exit codes are re-exported: producer.cli names them in its docstring
+    EXIT_BROKEN_PIPE,
+    EXIT_CANCELLED,
+    EXIT_DOCKRQ_FAILED,
+    EXIT_ERROR,
+    EXIT_TIMED_OUT,
+    EXIT_WAIT_TIMEOUT,
+    DockrqCommand,
+    Settings,
+    fail,
+    global_options,
+    json_option,
 )
-
-from schemas.replication import DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS
-from schemas.sentinel import describe_redis_error
-
-from .client import DEFAULT_REDIS_URL, Producer
-from .connections import redact_url
-from .errors import ExecutionAlreadyFinished, InvalidRequest, ProducerError
+from .flags import build_request
+from .errors import ExecutionAlreadyFinished
 from .status import ExecutionStatusView
 
-EXIT_ERROR = 1
-EXIT_WAIT_TIMEOUT = 75
-EXIT_TIMED_OUT = 124
-EXIT_DOCKRQ_FAILED = 125
-EXIT_CANCELLED = 130
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
+if TYPE_CHECKING:
+    from .client import Producer
+
+__all__ = ["EXIT_BROKEN_PIPE", "EXIT_ERROR", "cli", "exit_code_for", "main"]
 
 
 def exit_code_for(outcome: Outcome) -> int:
@@ -71,95 +66,8 @@ def exit_code_for(outcome: Outcome) -> int:
     return EXIT_DOCKRQ_FAILED
 
 
-@dataclass
-class Settings:
-    """Global options, and the producer built from them on first use."""
-
-    redis_url: str
-    prefix: str
-    queue: str
-    retention_seconds: int
-    as_json: bool = False
-    replica_acks: int = 0
-    replica_ack_timeout: float = DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS
-    _producer: Producer | None = field(default=None, repr=False)
-
-    def producer(self) -> Producer:
-        if self._producer is None:
-            acks = (
-                {"replica_acks": self.replica_acks, "replica_ack_timeout": self.replica_ack_timeout}
-                if self.replica_acks else {}
-            )
-            try:
-                self._producer = Producer(
-                    self.redis_url, queue=self.queue, prefix=self.prefix, retention_seconds=self.retention_seconds, **acks
-                )
-            except ValueError as exc:  # redis-py / schemas.sentinel cannot read the URL
-                raise ProducerError(f"invalid --redis-url / DOCKRQ_REDIS_URL {redact_url(self.redis_url)}: {exc}") from None
-            click.get_current_context().call_on_close(self._producer.close)
-        return self._producer
-
-
-def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"dockrq: {message}", err=True)
-    raise click.exceptions.Exit(code)
-
-
-class DockrqCommand(click.Command):
-    """Turns expected failures into one line on stderr and the command's failure exit code."""
-
-    def __init__(self, *args: Any, failure_code: int = EXIT_ERROR, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.failure_code = failure_code
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except ProducerError as exc:
-            prefix = "invalid request: " if isinstance(exc, InvalidRequest) else ""
-            fail(f"{prefix}{exc}", self.failure_code)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            url = redact_url(ctx.find_object(Settings).redis_url)
-            fail(f"cannot reach Redis at {url}: {describe_redis_error(exc)}", self.failure_code)
-        except redis.RedisError as exc:
-            fail(f"Redis error: {exc}", self.failure_code)
-        except KeyboardInterrupt:
-            raise click.exceptions.Exit(EXIT_CANCELLED) from None
-        except BrokenPipeError:
-            # The reader went away (``dockrq logs ID | head``): stop quietly like
-            # shell tools, and keep the interpreter's final flush from failing too.
-            with suppress(OSError, ValueError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise click.exceptions.Exit(EXIT_BROKEN_PIPE) from None
-
-
-def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value:
-        ctx.find_object(Settings).as_json = True
-
-
-json_option = click.option(
-    "--json", is_flag=True, expose_value=False, callback=_set_json, help="Machine-readable JSON output."
-)
-
-
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--redis-url", envvar="DOCKRQ_REDIS_URL", default=DEFAULT_REDIS_URL, show_default=True,
-              help="Redis URL (redis://, rediss:// for TLS, redis+sentinel://host:port,.../SERVICE[/DB]; user and "
-              "password may be in it). Env DOCKRQ_REDIS_URL.")
-@click.option("--prefix", envvar="DOCKRQ_PREFIX", default=DEFAULT_PREFIX, show_default=True,
-              help="Key prefix of the wire contract. Env DOCKRQ_PREFIX.")
-@click.option("--queue", envvar="DOCKRQ_QUEUE", default=DEFAULT_QUEUE, show_default=True,
-              help="rq queue. Env DOCKRQ_QUEUE.")
-@click.option("--retention", "retention_seconds", envvar="DOCKRQ_RETENTION_SECONDS", type=click.IntRange(min=1),
-              default=DEFAULT_RETENTION_SECONDS, show_default=True,
-              help="Seconds outcomes, flags and claims are kept. Env DOCKRQ_RETENTION_SECONDS.")
-@click.option("--replica-acks", envvar="DOCKRQ_REPLICA_ACKS", type=click.IntRange(min=0, max=16), default=0,
-              show_default=True, help="Replicas that must confirm a submission and an outcome (Redis WAIT). "
-              "Env DOCKRQ_REPLICA_ACKS.")
-@click.option("--replica-ack-timeout", envvar="DOCKRQ_REPLICA_ACK_TIMEOUT_SECONDS", type=click.FloatRange(min=0.001),
-              default=DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS, show_default=True,
-              help="Seconds to wait for those confirmations. Env DOCKRQ_REPLICA_ACK_TIMEOUT_SECONDS.")
+@global_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 @click.pass_context
 def cli(
@@ -233,80 +141,6 @@ def _span(seconds: float | None) -> str:
 # -- commands ----------------------------------------------------------------
 
 
-def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
-    """``-e K=V`` sets K; ``-e K`` passes K from this environment (skipped if unset), as docker does."""
-    env = {}
-    for item in values:
-        name, sep, value = item.partition("=")
-        if sep:
-            env[name] = value
-        elif name in os.environ:
-            env[name] = os.environ[name]
-    return env
-
-
-def _mounts(values: tuple[str, ...]) -> list[dict[str, Any]]:
-    """``-v SRC:DST[:ro|rw]`` as docker writes it; read-only unless ``:rw`` (the schema's default)."""
-    mounts = []
-    for index, item in enumerate(values):
-        parts = item.split(":")
-        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
-            raise InvalidRequest(f"mounts.{index}: {item!r} is not SRC:DST, SRC:DST:ro or SRC:DST:rw")
-        mounts.append({"source": parts[0], "target": parts[1], "read_only": parts[2:] != ["rw"]})
-    return mounts
-
-
-def _gpus(value: str, vendor: str) -> dict[str, Any]:
-    """``--gpus`` as docker takes it: ``all``, a count, or ``device=0,1``.
-
-    A count is NVIDIA's only: AMD/Intel GPUs are render nodes the worker cannot pick N of,
-    so the schema refuses one; saying so here names the flags to use instead.
-    """
-    if value == "all":
-        return {"vendor": vendor, "count": -1}
-    if value.startswith("device="):
-        return {"vendor": vendor, "device_ids": [d for d in value[len("device="):].split(",") if d]}
-    if value.isascii() and value.isdigit():  # str.isdigit also takes '²', which int() refuses
-        if vendor != "nvidia":
-            raise InvalidRequest(
-                f"resources.gpus: {vendor} GPUs are chosen by render node index, not by count: "
-                f"use --gpus device=0,1 or --gpus all"
-            )
-        return {"vendor": vendor, "count": int(value)}
-    raise InvalidRequest(f"resources.gpus: {value!r} is not 'all', a count or 'device=ID,...'")
-
-
-def _build_request(image: str, cmd: tuple[str, ...], options: dict[str, Any]) -> dict[str, Any]:
-    """The request as a plain dict holding only what was given, so the schema's defaults apply."""
-    engine: dict[str, Any] = {"image": image, "env": _env_pairs(options["env"])}
-    if cmd:
-        engine["cmd"] = list(cmd)
-    if options["entrypoint"] is not None:
-        engine["entrypoint"] = [options["entrypoint"]] if options["entrypoint"] else []
-    if options["workdir"]:
-        engine["working_dir"] = options["workdir"]
-    resources = {k: options[k] for k in ("cpus", "memory", "pids") if options[k] is not None}
-    if options["gpus"] is not None:
-        resources["gpus"] = _gpus(options["gpus"], options["gpu_vendor"])
-    request: dict[str, Any] = {"engine": engine, "resources": resources}
-    if options["volume"]:
-        request["mounts"] = _mounts(options["volume"])
-    plain = {
-        "execution_id": "execution_id",
-        "timeout": "timeout_seconds",
-        "network": "network",
-        "pull": "pull_policy",
-        "retries": "retries",
-    }
-    request.update({field: options[opt] for opt, field in plain.items() if options[opt] is not None})
-    if options["output_limit"] is not None:
-        try:
-            request["output_limit_bytes"] = parse_size(options["output_limit"])
-        except ValueError as exc:
-            raise InvalidRequest(f"output_limit_bytes: {exc}") from None
-    return request
-
-
 @cli.command(context_settings={"allow_interspersed_args": False}, failure_code=EXIT_DOCKRQ_FAILED)
 @click.option("--id", "execution_id", help="Execution id ([A-Za-z0-9_-]{1,64}); generated if absent.")
 @click.option("--queue", "queue_name", help="rq queue for this execution (default: the global --queue).")
@@ -336,7 +170,7 @@ def submit(
 ) -> None:
     """Run IMAGE [CMD...] on a worker; stay attached to its output and exit with its exit code."""
     producer = settings.producer()
-    execution_id = producer.submit(_build_request(image, cmd, options), queue=queue_name)
+    execution_id = producer.submit(build_request(image, cmd, options), queue=queue_name)
     if detach:
         click.echo(json.dumps({"execution_id": execution_id}) if settings.as_json else execution_id)
         return

@@ -30,7 +30,7 @@ import docker
 from rq import Queue, Worker
 
 from producer import Producer
-from schemas.sentinel import client_from_url
+from schemas.connections import client_from_url
 from scripts.chaos import IMAGE, Session, WorkerSlot, say
 from scripts.docker_node import DockerNode
 from scripts.sentinel_group import SentinelGroup

@@ -8,7 +8,12 @@
 The daemon gets its own ``--data-root``, ``--exec-root``, ``--pidfile`` and
 unix socket, all under one temporary directory, and changes nothing on the
 host's network (``--bridge=none --iptables=false --ip6tables=false``; a
-container can use network ``none`` only). dockerd starts a containerd of its
+container can use network ``none`` only). It runs in a network namespace of its
+own (``unshare --net``, only ``lo`` up in it): a dockerd started with
+``--bridge=none`` deletes the ``docker0`` interface it finds in its namespace
+(libnetwork's ``removeDefaultBridgeInterface``), which in the host's namespace
+is the main daemon's bridge, and that daemon's bridge networking breaks. Only
+the unix socket (a file) joins the node to the host. dockerd starts a containerd of its
 own under its exec root; that containerd, and each container's
 ``containerd-shim``, name the directory in their command line, which is how
 ``stop`` finds and ends whatever survived (after a SIGKILLed dockerd the shims
@@ -63,13 +68,19 @@ class DockerNode:
         return {**os.environ, "DOCKER_HOST": self.docker_host}
 
     def command(self) -> list[str]:
-        return [
+        """dockerd's command line, run in a new network namespace: ``unshare --net`` (no fork, so
+        the process started is dockerd itself once ``sh`` has brought ``lo`` up and exec'd it)."""
+        dockerd = [
             shutil.which("dockerd") or "dockerd",
             "--data-root", str(self.root / "data"),
             "--exec-root", str(self.root / "exec"),
             "--pidfile", str(self.pidfile),
             "--host", self.docker_host,
             "--bridge=none", "--iptables=false", "--ip6tables=false",
+        ]
+        return [
+            shutil.which("unshare") or "unshare", "--net", "--",
+            "sh", "-c", 'ip link set lo up && exec "$@"', "dockrq-node", *dockerd,
         ]
 
     def up(self) -> bool:

@@ -17,6 +17,8 @@ command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v openssl >/dev/null || need+=(openssl)
 command -v debootstrap >/dev/null || need+=(debootstrap)  # scripts/offline_base.sh (compose test)
 command -v redis-sentinel >/dev/null || need+=(redis-sentinel)  # scripts/sentinel_group.py (failover test)
+command -v ip >/dev/null || need+=(iproute2)  # scripts/docker_node.py: lo up in the node's network namespace
+command -v unshare >/dev/null || need+=(util-linux)  # scripts/docker_node.py: the node's own network namespace
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 
@@ -26,12 +28,17 @@ def docker_node(test_image):
     from scripts.docker_node import DockerNode
 
     nodes: list[DockerNode] = []
+    # The main daemon's bridge: a node's dockerd (--bridge=none) must never delete it (it runs
+    # in a network namespace of its own).
+    bridge = Path("/sys/class/net/docker0")
+    had_bridge = bridge.exists()
 
     def start() -> DockerNode:
         node = DockerNode()
         nodes.append(node)
         node.start()
         node.load_image(test_image)
+        assert bridge.exists() or not had_bridge, "starting a docker node deleted the host's docker0"
         return node
 
     yield start
@@ -39,3 +46,4 @@ def docker_node(test_image):
         node.stop()
     strays = {str(node.root): node.strays() for node in nodes if node.strays()}
     assert not strays, f"processes of a stopped docker node are still running: {strays}"
+    assert bridge.exists() or not had_bridge, "a docker node's start/stop deleted the host's docker0"

@@ -21,7 +21,7 @@ import pytest
 from producer import ExecutionNotFound, ExecutionVanished, Producer
 from schemas import ExecutionStatus
 from scripts.faults import FAST_REAP_ENV, RedisServer
-from worker.deployment import LABEL_DEPLOYMENT
+from worker.config.deployment import LABEL_DEPLOYMENT
 from worker.executor import new_executor
 
 pytestmark = pytest.mark.integration

@@ -20,7 +20,7 @@ import pytest
 
 from producer import Producer
 from schemas import ExecutionStatus
-from schemas.sentinel import client_from_url
+from schemas.connections import client_from_url
 from scripts.faults import FAST_REAP_ENV
 from scripts.sentinel_group import SentinelGroup
 

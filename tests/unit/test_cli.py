@@ -12,9 +12,10 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 import producer.cli as cli_module
+import producer.command as command_module
 from producer import Producer
 from producer.cli import cli, exit_code_for
-from producer.connections import redact_url
+from schemas.connections import redact_url
 from schemas import ExecutionResult, ExecutionStatus, Keys, LogBatch, LogEntry, Outcome
 
 KEYS = Keys("p")
@@ -27,7 +28,7 @@ def fake_producer(fake_redis, monkeypatch):
     def make(url, *, queue, prefix, retention_seconds, replica_acks=0, replica_ack_timeout=1.0):
         return Producer(connection=fake_redis, queue=queue, prefix="p", retention_seconds=retention_seconds)
 
-    monkeypatch.setattr(cli_module, "Producer", make)
+    monkeypatch.setattr(command_module, "Producer", make)
     return fake_redis
 
 

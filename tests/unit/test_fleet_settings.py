@@ -5,11 +5,18 @@ from __future__ import annotations
 import pytest
 from redis.sentinel import SentinelConnectionPool
 
-from producer.connections import redact_url
+from schemas.connections import (
+    BLOCKING_SOCKET_TIMEOUT,
+    REDIS_DOWN,
+    blocking_twin,
+    client_from_url,
+    clients_from_url,
+    redact_url,
+)
 from schemas.replication import ReplicaAcks, ReplicationTimeout
-from schemas.sentinel import client_from_url, parse_sentinel_url, redis_location
-from worker.deployment import default_deployment
-from worker.settings import SettingsError, WorkerSettings
+from schemas.redis_url import parse_sentinel_url, redis_location
+from worker.config.deployment import default_deployment
+from worker.config.settings import SettingsError, WorkerSettings
 
 
 def test_sentinel_url_parts():
@@ -46,6 +53,22 @@ def test_sentinel_client_asks_the_sentinels_for_the_master():
     assert [s.connection_pool.connection_kwargs["port"] for s in pool.sentinel_manager.sentinels] == [1, 2]
     assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"], pool.connection_kwargs["socket_timeout"]) == (2, "pw", 30)
     assert client_from_url("redis://h:1/0").connection_pool.connection_kwargs["host"] == "h"
+
+
+def test_sentinel_clients_come_from_the_one_factory_with_its_retry():
+    url = "redis+sentinel://u:pw@127.0.0.1:1/svc/2"
+    client, blocking = clients_from_url(url)
+    for c in (client, blocking, blocking_twin(client)):
+        pool = c.connection_pool
+        assert isinstance(pool, SentinelConnectionPool) and pool.service_name == "svc"
+        assert pool.connection_class.__name__ == "ClosingSentinelConnection"
+        retry = pool.connection_kwargs["retry"]  # schemas.connections.command_retry: redis-py Retry on REDIS_DOWN
+        assert retry.get_retries() > 0 and set(REDIS_DOWN) <= set(retry._supported_errors)
+        assert (pool.connection_kwargs["db"], pool.connection_kwargs["password"]) == (2, "pw")
+    assert blocking.connection_pool.connection_kwargs["socket_timeout"] == BLOCKING_SOCKET_TIMEOUT
+    twin = blocking_twin(client).connection_pool
+    assert twin.connection_kwargs["socket_timeout"] == BLOCKING_SOCKET_TIMEOUT
+    assert twin.sentinel_manager is client.connection_pool.sentinel_manager  # follows the same Sentinels
 
 
 def test_sentinel_urls_are_shown_without_password():

@@ -1,4 +1,4 @@
-"""Redis URLs, including Redis Sentinel: ``redis+sentinel://`` (the form rq-dashboard reads).
+"""Reading Redis URLs, including Redis Sentinel: ``redis+sentinel://`` (the form rq-dashboard reads).
 
     redis+sentinel://[user:password@]host:port[,host:port...]/SERVICE_NAME[/DB][?option=value...]
 
@@ -13,26 +13,18 @@ This is the same URL rq-dashboard parses (through its Redis-Sentinel-Url
 dependency: ``redis_sentinel_url.parse_sentinel_url``), which reads the
 password but not the user.
 
-:func:`client_from_url` gives a ``redis.Redis`` for any URL: ``redis://``,
-``rediss://`` and ``unix://`` through ``redis.Redis.from_url``, Sentinel URLs
-through redis-py's ``redis.sentinel.Sentinel(...).master_for(...)``, whose
-connection pool asks the Sentinels for the master on every new connection
-and drops connections to a master that was demoted: after a failover every
-component reconnects to the new master (its first commands fail with a
-``redis.ConnectionError``, which each component already rides out with
-backoff, as it does a Redis restart).
+Parsing only: ``schemas.connections.client_from_url`` is the one place a client is
+built from any of these URLs (Sentinel ones through redis-py's
+``redis.sentinel.Sentinel(...).master_for(...)``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any
 from urllib.parse import parse_qs, unquote, urlsplit
 
 SENTINEL_SCHEME = "redis+sentinel"
 DEFAULT_SENTINEL_PORT = 26379
-# Sentinels answer at once or are down: never block discovery on one of them for long.
-SENTINEL_SOCKET_TIMEOUT = 2.0
 _FLOAT_OPTIONS = ("socket_timeout", "socket_connect_timeout")
 _SENTINEL_OPTIONS = ("sentinel_username", "sentinel_password")
 
@@ -57,6 +49,7 @@ class SentinelUrl:
 
 
 def is_sentinel_url(url: str) -> bool:
+    """Whether ``url`` is a ``redis+sentinel://`` URL (any case, surrounding blanks ignored)."""
     return url.strip().lower().startswith(SENTINEL_SCHEME + "://")
 
 
@@ -115,60 +108,6 @@ def parse_sentinel_url(url: str) -> SentinelUrl:
     )
 
 
-def client_from_url(url: str, **kwargs: Any) -> Any:
-    """A ``redis.Redis`` for ``url``; ``kwargs`` as ``redis.Redis.from_url`` takes them (e.g.
-    ``socket_timeout``), and for a Sentinel URL they apply to the master's connections.
-
-    Raises ValueError for a URL redis-py or this module cannot read.
-    """
-    import redis
-    from redis.sentinel import Sentinel
-
-    if not is_sentinel_url(url):
-        return redis.Redis.from_url(url, **kwargs)
-    parsed = parse_sentinel_url(url)
-    sentinel_kwargs: dict[str, Any] = {
-        "socket_timeout": SENTINEL_SOCKET_TIMEOUT,
-        "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT,
-    }
-    if parsed.sentinel_username:
-        sentinel_kwargs["username"] = parsed.sentinel_username
-    if parsed.sentinel_password:
-        sentinel_kwargs["password"] = parsed.sentinel_password
-    client_kwargs: dict[str, Any] = {**parsed.options, **kwargs, "db": parsed.db}
-    if parsed.username:
-        client_kwargs["username"] = parsed.username
-    if parsed.password is not None:
-        client_kwargs["password"] = parsed.password
-    sentinel = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_kwargs)
-    return sentinel.master_for(parsed.service, connection_class=_connection_class(), **client_kwargs)
-
-
-_CONNECTION_CLASS: Any = None
-
-
-def _connection_class() -> Any:
-    """redis-py's SentinelManagedConnection, closing on an error in a read as a plain Connection does.
-
-    redis-py 8's ``SentinelManagedConnection.read_response`` defaults ``disconnect_on_error`` to
-    False, unlike ``Connection``: a read cut short by an exception (rq's SIGTERM handler raising
-    in the middle of its blocking BLMOVE) leaves the connection in the pool with the reply still
-    due, and the next command on it (rq's register_death) waits behind that BLMOVE. Seen as a
-    worker that does not exit on SIGTERM after a failover.
-    """
-    global _CONNECTION_CLASS
-    if _CONNECTION_CLASS is None:
-        from redis.sentinel import SentinelManagedConnection
-
-        class ClosingSentinelConnection(SentinelManagedConnection):
-            def read_response(self, *args: Any, **kwargs: Any) -> Any:
-                kwargs.setdefault("disconnect_on_error", True)
-                return super().read_response(*args, **kwargs)
-
-        _CONNECTION_CLASS = ClosingSentinelConnection
-    return _CONNECTION_CLASS
-
-
 def redis_location(url: str) -> str:
     """Where ``url``'s data lives, without credentials or options: ``host:port/db``, the unix
     socket path, or the Sentinel service and db. Used to derive a default deployment id."""
@@ -186,12 +125,12 @@ def redis_location(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{port}/{db}"
 
 
-def describe_redis_error(exc: BaseException) -> str:
-    """``str(exc)``, but one short line for redis-py's MasterNotFoundError (whose text repeats
-    every Sentinel client's full repr)."""
-    from redis.sentinel import MasterNotFoundError
+def parse_redis_url(url: str) -> None:
+    """Check that ``url`` can be read: a ``redis+sentinel://`` URL here, any other through
+    redis-py's own parser. Raises ValueError saying what is wrong."""
+    if is_sentinel_url(url):
+        parse_sentinel_url(url)
+    else:
+        from redis.connection import parse_url
 
-    if isinstance(exc, MasterNotFoundError):
-        head = str(exc).split(" : ", 1)[0]
-        return f"{head} (no Sentinel listed in the URL is reachable and knows that service)"
-    return str(exc)
+        parse_url(url)

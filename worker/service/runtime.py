@@ -20,13 +20,13 @@ from typing import TYPE_CHECKING, Any, Protocol
 import redis
 
 from schemas import CANCEL_MESSAGE, Keys, Outcome
-from schemas.sentinel import client_from_url
+from schemas.connections import REDIS_DOWN, client_from_url
 from worker.executor import ExecutorError, new_executor
 
-from .channels import ExecutionChannels
-from .deployment import LABEL_DEPLOYMENT
-from .replicated import ReplicaAcks
-from .settings import WorkerSettings
+from worker.execution.channels import ExecutionChannels
+from worker.execution.replicated import ReplicaAcks
+from worker.config.deployment import LABEL_DEPLOYMENT
+from worker.config.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from rq.job import Job
@@ -34,6 +34,16 @@ if TYPE_CHECKING:
     from worker.executor import DockerExecutor
 
 log = logging.getLogger(__name__)
+
+
+def build_executor(settings: WorkerSettings) -> DockerExecutor:
+    """The Docker executor of a worker with ``settings``: its executor id, the executor's part of
+    its policy (mounts, network), its stop grace, and the deployment label on every container
+    (``dockrq.deployment``, worker.config.deployment). Raises DockerUnavailableError."""
+    return new_executor(
+        settings.executor_id, policy=settings.policy.executor_policy, stop_grace_seconds=settings.stop_grace_seconds,
+        labels={LABEL_DEPLOYMENT: settings.deployment_id},
+    )
 
 
 class Cancellable(Protocol):
@@ -84,7 +94,7 @@ class ControlListener:
     def _on_error(exc: BaseException, pubsub: Any, thread: Any) -> None:
         # Same policy as rq's own command listener: ride out Redis outages, the
         # client re-subscribes when the connection comes back.
-        if isinstance(exc, redis.ConnectionError):
+        if isinstance(exc, REDIS_DOWN):
             log.error("control subscription lost (%s); retrying in 2 s", exc)
             time.sleep(2.0)
             return
@@ -122,7 +132,7 @@ class WorkerRuntime:
         self._control: ControlListener | None = None
         self._running: dict[str, Cancellable] = {}
         # Outcomes an execution produced while Redis stayed away past its retry budget;
-        # the worker writes them once Redis is back (worker.resilience).
+        # the worker writes them once Redis is back (worker.faults.outage).
         self._unwritten: dict[str, Outcome] = {}
         self._lock = threading.Lock()
         self._threads: ThreadPoolExecutor | None = None
@@ -134,14 +144,7 @@ class WorkerRuntime:
         """The process's one executor, made on first use. Raises DockerUnavailableError."""
         with self._lock:
             if self._executor is None:
-                s = self.settings
-                self._executor = new_executor(
-                    s.executor_id,
-                    allowed_mount_roots=s.policy.allowed_mount_roots,
-                    allow_bridge_network=s.policy.allow_bridge,
-                    stop_grace_seconds=s.stop_grace_seconds,
-                    labels={LABEL_DEPLOYMENT: s.deployment_id},
-                )
+                self._executor = build_executor(self.settings)
             return self._executor
 
     @property
@@ -160,13 +163,15 @@ class WorkerRuntime:
                 self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dockrq-start")
         return self._threads.submit(fn, *args)
 
-    def channels(self, execution_id: str, job: Job | None) -> ExecutionChannels:
+    def channels(self, execution_id: str, job: Job | None, *, worker: str | None = None) -> ExecutionChannels:
+        """The execution's Redis channels, on the rq job's connection (else the runtime's), written in
+        the name of ``worker`` (default: the job's worker, else this node's executor id)."""
         s = self.settings
         return ExecutionChannels(
             job.connection if job is not None else self.connection,
             self.keys,
             execution_id,
-            worker=(job.worker_name if job is not None else None) or s.executor_id,
+            worker=worker or (job.worker_name if job is not None else None) or s.executor_id,
             retention_seconds=s.retention_seconds,
             log_stream_maxlen=s.log_stream_maxlen,
             job=job,

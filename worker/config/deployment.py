@@ -4,13 +4,13 @@ Several dockrq deployments (each one Redis + key prefix) may share a Docker
 daemon. Every container a worker creates carries ``dockrq.deployment=<id>``,
 so a reaper can tell *this deployment's container whose execution Redis has
 forgotten* (Redis restarted without persistence, keys expired) -- removed after
-the orphan grace -- from *another deployment's container*, which it never
-touches.
+the orphan grace by the ``worker.faults.forgotten`` sweep -- from *another
+deployment's container*, which it never touches.
 
 The id is ``DOCKRQ_DEPLOYMENT`` when set; otherwise it is derived from what
 names the deployment's data: the key prefix and where Redis keeps it
 (``host:port/db``, the unix socket, or the Sentinel service and db: see
-``schemas.sentinel.redis_location``), e.g. ``dockrq-3f9c2a1b7e``. Hosts that
+``schemas.redis_url.redis_location``), e.g. ``dockrq-3f9c2a1b7e``. Hosts that
 reach the same Redis under different names (an IP here, a DNS name there)
 derive different ids: set ``DOCKRQ_DEPLOYMENT`` to one value on all of them.
 """
@@ -19,10 +19,8 @@ from __future__ import annotations
 
 import hashlib
 import re
-from typing import Any
 
-from schemas import Keys
-from schemas.sentinel import redis_location
+from schemas.redis_url import redis_location
 
 LABEL_DEPLOYMENT = "dockrq.deployment"
 DEPLOYMENT_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
@@ -37,13 +35,3 @@ def default_deployment(prefix: str, redis_url: str) -> str:
         location = redis_url  # refused later, with a clear message, when a client is made from it
     digest = hashlib.sha1(f"{prefix}@{location}".encode()).hexdigest()[:10]
     return f"{_UNSAFE.sub('-', prefix)[:100]}-{digest}"
-
-
-FORGOTTEN = "Redis no longer knows its execution (no rq job, no outcome: data lost or expired)"
-
-
-def forgotten(connection: Any, keys: Keys, execution_id: str) -> bool:
-    """Whether Redis has neither the rq job nor the outcome of ``execution_id`` (one round trip)."""
-    from rq.job import Job
-
-    return not connection.exists(Job.key_for(execution_id), keys.outcome(execution_id))
