@@ -143,7 +143,7 @@ class WorkerSettings(BaseModel):
 
     @property
     def deployment_id(self) -> str:
-        """``deployment``, or the one derived from the prefix and the Redis location (worker/deployment.py)."""
+        """``deployment``, or the one derived from the prefix and the Redis location (worker/config/deployment.py)."""
         return self.deployment or default_deployment(self.prefix, self.redis_url)
 
     @property
