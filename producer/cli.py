@@ -11,12 +11,13 @@ Exit codes (``submit`` attached and ``wait``; the other commands return 0 or 1):
 130  the execution was cancelled (Ctrl-C on an attached submit cancels it)
  75  ``wait --timeout`` elapsed while the execution still runs (EX_TEMPFAIL)
   1  any error of ``logs``, ``cancel``, ``status``, ``ls``
-  2  bad command line (click's usage errors)
+125  bad command line: unknown flag, missing argument (as ``docker``)
 141  the output pipe was closed (``dockrq logs ID | head``)
 ===  =====================================================================
 
 Errors are one line on stderr, never a traceback. ``--json`` (before or after
-the command name) switches every command's output to JSON for scripts.
+the command name) switches every command's output to JSON for scripts, errors
+included (``{"error", "exit_code"}`` on stdout).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import json
 import sys
 from datetime import datetime, timezone
-from typing import TYPE_CHECKING, Any, NoReturn
+from typing import Any, NoReturn
 
 import click
 from rich.console import Console
@@ -45,14 +46,14 @@ from .command import (  # the exit codes are re-exported: producer.cli names the
     global_options,
     json_option,
 )
+from .client import Producer
 from .flags import build_request
 from .errors import ExecutionAlreadyFinished
+from .run_flags import apply_run_flags, run_flag_options
 from .status import ExecutionStatusView
+from .usage import DockrqGroup
 
-if TYPE_CHECKING:
-    from .client import Producer
-
-__all__ = ["EXIT_BROKEN_PIPE", "EXIT_ERROR", "cli", "exit_code_for", "main"]
+__all__ = ["EXIT_BROKEN_PIPE", "EXIT_ERROR", "Producer", "cli", "exit_code_for", "main"]
 
 
 def exit_code_for(outcome: Outcome) -> int:
@@ -66,7 +67,7 @@ def exit_code_for(outcome: Outcome) -> int:
     return EXIT_DOCKRQ_FAILED
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DockrqGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @global_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 @click.pass_context
@@ -142,13 +143,13 @@ def _span(seconds: float | None) -> str:
 
 
 @cli.command(context_settings={"allow_interspersed_args": False}, failure_code=EXIT_DOCKRQ_FAILED)
-@click.option("--id", "execution_id", help="Execution id ([A-Za-z0-9_-]{1,64}); generated if absent.")
+@click.option("--id", "--name", "execution_id", help="Execution id ([A-Za-z0-9_-]{1,64}); generated if absent.")
 @click.option("--queue", "queue_name", help="rq queue for this execution (default: the global --queue).")
 @click.option("-e", "--env", multiple=True, metavar="K=V", help="Environment variable; repeatable.")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
 @click.option("--entrypoint", help="Overwrite the image's entrypoint.")
 @click.option("--cpus", type=float, help="CPU limit in cores.")
-@click.option("--memory", help="Memory limit, e.g. 256m.")
+@click.option("-m", "--memory", help="Memory limit, e.g. 256m.")
 @click.option("--pids", type=int, help="Process count limit.")
 @click.option("--gpus", help="GPUs: 'all', a count (nvidia only), or 'device=0,1'.")
 @click.option("--gpu-vendor", type=click.Choice(["nvidia", "amd", "intel"]), default="nvidia", show_default=True,
@@ -161,6 +162,7 @@ def _span(seconds: float | None) -> str:
 @click.option("--pull", type=click.Choice(["always", "if_not_present", "never"]), help="Image pull policy.")
 @click.option("--retries", type=int, help="Re-runs allowed after a lost worker.")
 @click.option("-d", "--detach", is_flag=True, help="Print the execution id and return at once.")
+@run_flag_options
 @json_option
 @click.argument("image")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
@@ -170,7 +172,7 @@ def submit(
 ) -> None:
     """Run IMAGE [CMD...] on a worker; stay attached to its output and exit with its exit code."""
     producer = settings.producer()
-    execution_id = producer.submit(build_request(image, cmd, options), queue=queue_name)
+    execution_id = producer.submit(apply_run_flags(build_request(image, cmd, options), options), queue=queue_name)
     if detach:
         click.echo(json.dumps({"execution_id": execution_id}) if settings.as_json else execution_id)
         return

@@ -9,7 +9,7 @@ import sys
 from collections.abc import Callable
 from contextlib import suppress
 from dataclasses import dataclass, field
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 import redis
@@ -18,8 +18,11 @@ from schemas import DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_RETENTION_SECONDS
 from schemas.connections import DEFAULT_REDIS_URL, REDIS_DOWN, describe_redis_error, redact_url
 from schemas.replication import DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS
 
-from .client import Producer
 from .errors import InvalidRequest, ProducerError
+from .usage import DockerUsageErrors, json_error
+
+if TYPE_CHECKING:
+    from .client import Producer
 
 EXIT_ERROR = 1
 EXIT_WAIT_TIMEOUT = 75
@@ -48,9 +51,11 @@ class Settings:
                 {"replica_acks": self.replica_acks, "replica_ack_timeout": self.replica_ack_timeout}
                 if self.replica_acks else {}
             )
+            from . import cli  # its ``Producer`` is the factory: the one name tests replace
+
             try:
-                self._producer = Producer(
-                   self.redis_url, queue=self.queue, prefix=self.prefix, retention_seconds=self.retention_seconds, **acks
+                self._producer = cli.Producer(
+                    self.redis_url, queue=self.queue, prefix=self.prefix, retention_seconds=self.retention_seconds, **acks
                 )
             except ValueError as exc:  # redis-py / schemas.redis_url cannot read the URL
                 raise ProducerError(f"invalid --redis-url / DOCKRQ_REDIS_URL {redact_url(self.redis_url)}: {exc}") from None
@@ -59,11 +64,15 @@ class Settings:
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"dockrq: {message}", err=True)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and getattr(ctx.find_root().obj, "as_json", False):
+        json_error(message, code)
+    else:
+        click.echo(f"dockrq: {message}", err=True)
     raise click.exceptions.Exit(code)
 
 
-class DockrqCommand(click.Command):
+class DockrqCommand(DockerUsageErrors, click.Command):
     """Turns expected failures into one line on stderr and the command's failure exit code."""
 
     def __init__(self, *args: Any, failure_code: int = EXIT_ERROR, **kwargs: Any) -> None:

@@ -12,7 +12,6 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 import producer.cli as cli_module
-import producer.command as command_module
 from producer import Producer
 from producer.cli import cli, exit_code_for
 from schemas.connections import redact_url
@@ -25,10 +24,10 @@ KEYS = Keys("p")
 def fake_producer(fake_redis, monkeypatch):
     """Every Producer the CLI builds talks to the fake server, with prefix ``p``."""
 
-    def make(url, *, queue, prefix, retention_seconds, replica_acks=0, replica_ack_timeout=1.0):
+    def make(url, *, queue, prefix, retention_seconds):
         return Producer(connection=fake_redis, queue=queue, prefix="p", retention_seconds=retention_seconds)
 
-    monkeypatch.setattr(command_module, "Producer", make)
+    monkeypatch.setattr(cli_module, "Producer", make)
     return fake_redis
 
 

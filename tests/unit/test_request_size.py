@@ -14,7 +14,6 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 import producer.cli as cli_module
-import producer.command as command_module
 from producer import InvalidRequest, Producer, RequestTooLarge
 from producer.cli import cli
 from schemas import DEFAULT_MAX_REQUEST_BYTES, JOB_FRAMING_BYTES, JOB_FUNCTION, ExecutionStatus, request_size
@@ -112,7 +111,7 @@ def test_cli_submit_says_which_limit_and_exits_125(fake_redis, monkeypatch):
     def make(url, *, queue, prefix, retention_seconds):
         return Producer(connection=fake_redis, queue=queue, prefix="t", retention_seconds=retention_seconds)
 
-    monkeypatch.setattr(command_module, "Producer", make)
+    monkeypatch.setattr(cli_module, "Producer", make)
     result = CliRunner().invoke(cli, ["submit", "-d", "-e", f"BIG={'x' * (2 * MiB)}", "busybox", "true"])
     assert result.exit_code == 125
     assert result.stderr.startswith("dockrq: invalid request: request: ")

@@ -107,6 +107,7 @@ class ExecutionRun:
         self._finished = False
         self._outcome_abandoned = False  # Redis stayed away for outcome_retry_seconds
         self._shipper: LogShipper | None = None
+        self._stop_timeout: int | None = None  # the request's --stop-timeout: its grace instead of the worker's
 
     # -- entry -----------------------------------------------------------------
 
@@ -143,6 +144,7 @@ class ExecutionRun:
             executor = self.runtime.executor
         except DockerUnavailableError as exc:
             return self._end(Outcome.failure(self.execution_id, ExecutionStatus.ERROR, exc.code, str(exc)))
+        self._stop_timeout = request.stop_timeout
         self.channels.set_state(ExecutionState.PULLING, image=request.engine.image, node=self.runtime.settings.executor_id)
         try:
             with self.runtime.track(self, self.channels.connection):
@@ -280,7 +282,7 @@ class ExecutionRun:
             log.error("execution %s: start still in progress after %.0f s", self.execution_id, START_DRAIN_SECONDS)
             return None
         self._try_cancel()
-        grace = self.runtime.settings.stop_grace_seconds
+        grace = self.runtime.settings.stop_grace_seconds if self._stop_timeout is None else self._stop_timeout
         try:
             return executor.wait(self.execution_id).result(timeout=grace + STOP_MARGIN_SECONDS)
         except ExecutionNotFound:

@@ -176,9 +176,13 @@ class DockerClient:
         """Container id and whether it was created now (False: it already existed)."""
         try:
             host_config = self.api.create_host_config(**spec.host_config)
-            created = self.api.create_container(
-                spec.image, name=spec.name, host_config=host_config, **spec.create
-            )
+            create = dict(spec.create)
+            if create.pop("stdin_once", False):  # docker-py has no argument for it (docker run -i sets it)
+                config = self.api.create_container_config(spec.image, host_config=host_config, **create)
+                config["StdinOnce"] = True
+                created = self.api.create_container_from_config(config, spec.name)
+            else:
+                created = self.api.create_container(spec.image, name=spec.name, host_config=host_config, **create)
             return created["Id"], True
         except ImageNotFound as exc:
             self._present.discard(spec.image)
@@ -205,7 +209,7 @@ class DockerClient:
         except NotFound:
             return None
 
-    def attach(self, container_id: str, *, logs: bool) -> Attached:
+    def attach(self, container_id: str, *, logs: bool, stdin: bool = False) -> Attached:
         """Live output of a container, stdout and stderr kept apart.
 
         Attach before start and nothing is missed without a log replay; attach
@@ -213,9 +217,10 @@ class DockerClient:
         are read through the HTTP response's own buffer (docker-py reads the raw
         socket and so drops whatever the header parser buffered after the
         headers, i.e. the start of a replay), and with no read timeout, so a
-        container silent for an hour is still followed.
+        container silent for an hour is still followed. With ``stdin`` the connection also
+        carries the container's stdin (``Attached.send_stdin``).
         """
-        params = {"stdout": 1, "stderr": 1, "stream": 1, "logs": 1 if logs else 0}
+        params = {"stdout": 1, "stderr": 1, "stream": 1, "logs": 1 if logs else 0, "stdin": 1 if stdin else 0}
         url = self.api._url("/containers/{0}/attach", container_id)
         response = self.api.post(url, params=params, headers={"Connection": "Upgrade", "Upgrade": "tcp"}, stream=True)
         self.api._raise_for_status(response)
@@ -353,6 +358,20 @@ class Attached:
                     return
                 length -= len(chunk)
                 yield name, chunk
+
+    def send_stdin(self, data: bytes, name: str = "dockrq-stdin") -> None:
+        """Write ``data`` to the container's stdin, then close it (EOF), from a thread of its own:
+        the daemon takes input only as fast as the container reads it. Attach with ``stdin``."""
+
+        def feed() -> None:
+            try:
+                if self._sock is not None:
+                    self._sock.sendall(data)
+                    self._sock.shutdown(socket.SHUT_WR)  # the half-close docker run -i makes at EOF
+            except OSError as exc:  # the container ended without reading it all, or we detached
+                log.debug("stdin of %s not fully written: %s", name, exc)
+
+        threading.Thread(target=feed, name=name, daemon=True).start()
 
     def close(self) -> None:
         """Unblock a reader stuck in recv, then release the connection."""

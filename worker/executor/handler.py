@@ -146,11 +146,14 @@ class ExecutionHandler:
             must_start = self._client.inspect(self.container_id)["State"]["Status"] == "created"
         else:
             must_start = self._adopt()
-        self._attached = self._client.attach(self.container_id, logs=not created)
+        stdin = self.request.stdin_bytes if must_start else None  # docker run -i; a running adoptee had its input
+        self._attached = self._client.attach(self.container_id, logs=not created, stdin=stdin is not None)
         self._reader = threading.Thread(
             target=self._read, args=(self._attached.frames(),), name=f"dockrq-out-{self.execution_id}", daemon=True
         )
         self._reader.start()
+        if stdin is not None:
+            self._attached.send_stdin(stdin, name=f"dockrq-in-{self.execution_id}")
         with self._lock:
             cancelled_early = self._stop_reason is not None
         if cancelled_early:
@@ -202,6 +205,8 @@ class ExecutionHandler:
             self._pull.abort()  # a cancel does not wait for a slow (or hung) pull
         if running and self.container_id:
             grace = self._grace if grace is None else grace
+            if self.request.stop_timeout is not None:  # docker run --stop-timeout: the request's own grace
+                grace = self.request.stop_timeout
             threading.Thread(target=self._stop_container, args=(grace,), daemon=True).start()
 
     def _stop_container(self, grace: float) -> None:

@@ -142,10 +142,20 @@ _POLICY_OPTIONS = [
     ),
     click.option("--default-memory", help=f"Memory limit of requests that give none ({_setting('default_memory')})."),
     click.option("--default-pids", help=f"Process limit of requests that give none ({_setting('default_pids')})."),
+    click.option(
+        "--allow-cap", "allowed_caps", multiple=True, metavar="CAP",
+        help="Capability requests may add (cap_add), e.g. NET_ADMIN, or ALL; repeatable "
+        f"({_setting('allowed_caps', default='none', comma_list=True)}).",
+    ),
+    click.option(
+        "--max-stop-timeout", "max_stop_timeout_seconds",
+        help=f"Longest stop_timeout (docker run --stop-timeout) in seconds ({_setting('max_stop_timeout_seconds')}).",
+    ),
 ]
 _POLICY_FIELDS = (
     "max_memory", "max_cpus", "max_pids", "max_timeout_seconds", "max_output_bytes", "max_gpus", "allowed_images",
     "allowed_pull_policies", "allowed_mount_roots", "allow_bridge", "default_memory", "default_pids",
+    "allowed_caps", "max_stop_timeout_seconds",
 )
 
 
