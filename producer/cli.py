@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import json
 import sys
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
@@ -49,6 +50,7 @@ from .command import (  # the exit codes are re-exported: producer.cli names the
 from .client import Producer
 from .flags import build_request
 from .errors import ExecutionAlreadyFinished
+from .progress import SubmitProgress
 from .run_flags import apply_run_flags, run_flag_options
 from .status import ExecutionStatusView
 from .usage import DockrqGroup
@@ -172,17 +174,25 @@ def submit(
 ) -> None:
     """Run IMAGE [CMD...] on a worker; stay attached to its output and exit with its exit code."""
     producer = settings.producer()
-    execution_id = producer.submit(apply_run_flags(build_request(image, cmd, options), options), queue=queue_name)
-    if detach:
-        click.echo(json.dumps({"execution_id": execution_id}) if settings.as_json else execution_id)
-        return
-    try:
-        if not settings.as_json:
-            for entry in producer.logs(execution_id, tail=True, follow=True):
-                _write_entry(entry, as_json=False)
-        outcome = producer.wait(execution_id)
-    except KeyboardInterrupt:
-        _cancel_after_interrupt(producer, execution_id)
+    request = apply_run_flags(build_request(image, cmd, options), options)
+    # While attached: waiting for a worker and the image pull, on stderr (producer/progress.py).
+    progress = None if detach or settings.as_json else SubmitProgress.before_submit(producer, request, queue_name)
+    with progress or nullcontext():
+        execution_id = producer.submit(request, queue=queue_name)
+        if detach:
+            click.echo(json.dumps({"execution_id": execution_id}) if settings.as_json else execution_id)
+            return
+        try:
+            if progress is not None:  # not --json: the container's output
+                for entry in producer.logs(execution_id, tail=True, follow=True):
+                    progress.close()
+                    _write_entry(entry, as_json=False)
+                progress.close()
+            outcome = producer.wait(execution_id)
+        except KeyboardInterrupt:
+            if progress is not None:
+                progress.close()
+            _cancel_after_interrupt(producer, execution_id)
     raise click.exceptions.Exit(_report(outcome, settings, summary=False))
 
 
@@ -278,7 +288,9 @@ def _status_rows(view: ExecutionStatusView) -> list[tuple[str, str]]:
         ("worker", view.worker or "-"),
         ("container", view.container_id or "-"),
         ("enqueued", _ago(view.enqueued_at) + " ago" if view.enqueued_at else "-"),
-        ("duration", _span(view.duration_seconds)),
+        ("queued", _span(view.queued_seconds)),
+        ("pulling", _span(view.pull_seconds)),
+        ("running", _span(view.run_seconds)),
     ]
     if outcome is not None and outcome.exit_code is not None:
         rows.append(("exit code", str(outcome.exit_code)))
@@ -300,11 +312,12 @@ def list_executions(settings: Settings, limit: int) -> None:
         click.echo("[" + ",".join(v.model_dump_json() for v in views) + "]")
         return
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "STATUS", "IMAGE", "NODE", "WORKER", "DURATION", "AGE"):
+    for column in ("ID", "STATUS", "IMAGE", "NODE", "WORKER", "QUEUED", "PULL", "RUN", "AGE"):
         table.add_column(column, no_wrap=column in ("ID", "STATUS"))
     for v in views:
         table.add_row(
-            v.execution_id, _state_shown(v), v.image or "-", v.node or "-", v.worker or "-", _span(v.duration_seconds),
+            v.execution_id, _state_shown(v), v.image or "-", v.node or "-", v.worker or "-", _span(v.queued_seconds),
+            _span(v.pull_seconds), _span(v.run_seconds),
             _ago(v.enqueued_at),
         )
     _console().print(table)

@@ -342,6 +342,14 @@ class ExecutionResult(BaseModel):
     container_id: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # What ran: the image's registry digest (the manifest digest ``repo@sha256:...`` pins;
+    # for an image never pulled or pushed, its local id) and its local id (``sha256:...``).
+    image_digest: str | None = None
+    image_id: str | None = None
+    # Seconds spent pulling the image for this execution (also a pull that failed); None: no pull.
+    pull_seconds: float | None = None
+    # Seconds from enqueue until a worker took it (set by the worker; None outside rq).
+    queued_seconds: float | None = None
 
     @property
     def duration_seconds(self) -> float | None:

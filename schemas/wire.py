@@ -152,8 +152,25 @@ class LogBatch(BaseModel):
         return self.model_dump_json(include={"seq", "entries"})
 
 
+class PullReport(BaseModel):
+    """How far an image pull is, on ``P:events`` with status ``pulling`` (a few a second at most).
+
+    Bytes are the compressed layer bytes downloaded of those announced so far (a
+    layer's size is known once its download starts); ``done`` on the last one.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    image: str
+    layers_done: int = Field(ge=0)
+    layers_total: int = Field(ge=0)
+    bytes_done: int = Field(ge=0)
+    bytes_total: int = Field(ge=0)
+    done: bool = False
+
+
 class Event(BaseModel):
-    """A state change on ``P:events``."""
+    """A state change on ``P:events``; ``pulling`` events may repeat with ``progress``."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -161,6 +178,7 @@ class Event(BaseModel):
     status: ExecutionState
     ts: float = Field(default_factory=time.time)
     worker: str | None = None
+    progress: PullReport | None = None
 
 
 # Error messages end up in outcomes, logs and terminals: a hostile request with

@@ -16,7 +16,9 @@ What is measured (see BENCHMARKS.md for the method and a recorded run):
 * log throughput: a container printing numbered lines, read raw through
   docker-py's attach stream vs followed end to end with ``Producer.logs``;
   lost and duplicated lines counted;
-* peak RSS of the worker processes while a container writes 1 GiB.
+* peak RSS of the worker processes while a container writes 1 GiB;
+* an image pull: ``docker pull`` vs a pull through dockrq of a ~200 MB image from a
+  loopback registry of the run's own (scripts/bench_pull.py).
 
 Everything the run creates is namespaced by a random token (queue, key prefix,
 execution ids, executor id, container labels) and removed at the end: worker
@@ -50,6 +52,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bench_pull import measure_pull
 from producer import Producer
 from schemas import WRITE_OUTCOME_LUA, ExecutionStatus, Outcome, parse_size
 
@@ -71,6 +74,7 @@ TARGETS = {  # key: (comparison, bound, what the issue asks)
     "lost_lines": ("<=", 0, "0 lost log lines"),
     "duplicated_lines": ("<=", 0, "0 duplicated log lines"),
     "worker_peak_rss_mb": ("<=", 150.0, "worker peak RSS <= 150 MB at 1 GiB of output"),
+    "pull_ratio": (">=", 0.9, "image pull >= 0.9 x docker pull speed (~200 MB)"),
 }
 
 
@@ -568,6 +572,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             # -- wake latency --
             task = progress.add_task("wake: outcome -> waiter", total=args.wake_samples)
             wake = bench.run_wake(args.wake_samples, lambda: progress.advance(task))
+
+            # -- image pull: docker pull vs dockrq --
+            task = progress.add_task(f"pull: {args.pull_mb} MB, docker vs dockrq", total=2 * args.pull_rounds)
+            pull = measure_pull(bench, args.pull_mb, args.pull_rounds, lambda: progress.advance(task))
     finally:
         cleaned = bench.cleanup()
 
@@ -603,13 +611,14 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     result["raw_lost_lines"] = sum(x["lost_lines"] for x in log_raw)
     result["worker_peak_rss_mb"] = rss["worker_peak_rss_mb"]
     result["worker_baseline_rss_mb"] = rss["worker_baseline_rss_mb"]
+    result["pull_ratio"] = pull["pull_ratio"]
     result["targets"] = {
         key: {"target": f"{op} {bound:g}", "value": result[key], "met": _met(result[key], op, bound), "goal": goal}
         for key, (op, bound, goal) in TARGETS.items()
     }
     result["details"] = {
         "concurrency": per_c, "logs": {"raw": log_raw, "dockrq": log_ours}, "rss": rss,
-        "enqueue": enqueue, "wake": wake, "cleanup": cleaned,
+        "enqueue": enqueue, "wake": wake, "pull": pull, "cleanup": cleaned,
     }
     result["run"] = {
         "token": bench.token, "quick": args.quick, "samples_per_concurrency": {c: len(raw[c][0]) for c in CONCURRENCY},
@@ -714,13 +723,15 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--enqueue", type=int, help="executions enqueued with submit_many")
     p.add_argument("--enqueue-batch", type=int, help="requests per submit_many call")
     p.add_argument("--wake-samples", type=int)
+    p.add_argument("--pull-mb", type=int, help="size of the pulled image in MB (default 200; --quick 20)")
+    p.add_argument("--pull-rounds", type=int, help="docker pull / dockrq pull pairs (median counts)")
     p.add_argument("--log-dir", help="keep the workers' output here")
     args = p.parse_args(argv)
     defaults = {
         # full run / quick run
         "samples": (60, 8), "log_lines": (200_000, 20_000), "log_rounds": (3, 1),
         "rss_bytes": (1 << 30, 64 << 20), "enqueue": (20_000, 2_000), "enqueue_batch": (1_000, 1_000),
-        "wake_samples": (200, 30),
+        "wake_samples": (200, 30), "pull_mb": (200, 20), "pull_rounds": (3, 1),
     }
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:

@@ -19,11 +19,13 @@ command -v debootstrap >/dev/null || need+=(debootstrap)  # scripts/offline_base
 command -v redis-sentinel >/dev/null || need+=(redis-sentinel)  # scripts/sentinel_group.py (failover test)
 command -v ip >/dev/null || need+=(iproute2)  # scripts/docker_node.py: lo up in the node's network namespace
 command -v unshare >/dev/null || need+=(util-linux)  # scripts/docker_node.py: the node's own network namespace
+command -v docker-registry >/dev/null || need+=(docker-registry)  # loopback registries of the suite/bench (scripts/registry.py)
+command -v htpasswd >/dev/null || need+=(apache2-utils)           # the private one's bcrypt htpasswd file
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
+  apt-get install -y -qq -o DPkg::Lock::Timeout=300 "${need[@]}" >/dev/null
 fi
 
 # --- dockerd ---------------------------------------------------------------
@@ -75,4 +77,9 @@ DOCKERFILE
   docker build -q -t "$IMAGE" "$ctx" >/dev/null 2>"$ctx/build.log" || { cat "$ctx/build.log" >&2; exit 1; }
   rm -rf "$ctx"
 fi
+
+# Registries: setup.sh only installs docker-registry and apache2-utils (htpasswd) above and
+# starts none. The suite's session fixture (tests/integration/conftest.py) and scripts/bench.py
+# start their own through scripts/registry.py, on free loopback ports, and stop them after.
+
 log "ready: docker $(docker version -f '{{.Server.Version}}'), redis on :$REDIS_PORT, image $IMAGE"

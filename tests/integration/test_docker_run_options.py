@@ -135,6 +135,31 @@ def test_stop_signal_trap_labels_and_stop_timeout_on_cancel(producer, worker, te
     assert over.error.message == "stop_timeout: 6 is above this worker's limit 5 (DOCKRQ_MAX_STOP_TIMEOUT_SECONDS)"
 
 
+def test_a_dead_workers_container_is_stopped_with_its_own_stop_timeout(spawn_worker, producer, docker_client, test_image):
+    """Another node's reaper stops the container of a worker that died with the request's
+    stop_timeout (its Config.StopTimeout), not the reaper's own 10-minute grace."""
+    from scripts.faults import FAST_REAP_ENV
+
+    doomed = spawn_worker(env=FAST_REAP_ENV)
+    request = sh(test_image, "reaped", "trap '' TERM; echo ready; while true; do sleep 0.1; done", stop_timeout=1)
+    eid = producer.submit(request)
+    for entry in producer.logs(eid, follow=True):
+        if entry.data == "ready\n":
+            break
+    other = f"{spawn_worker.executor_id}-b"
+    try:
+        spawn_worker("--executor-id", other, stop_grace=600.0, env=FAST_REAP_ENV)
+        doomed.kill()
+        # The reaper stops the container before it writes the outcome: with its own 600 s grace
+        # this wait would time out; with the request's 1 s the lost outcome comes in seconds.
+        outcome = producer.wait(eid, timeout=60)
+        assert (outcome.status, outcome.error.code) == (ExecutionStatus.LOST, "worker_lost")
+        assert not docker_client.containers.list(all=True, filters={"label": f"dockrq.execution={eid}"})
+    finally:
+        for c in docker_client.containers.list(all=True, filters={"label": f"dockrq.executor={other}"}):
+            c.remove(force=True)
+
+
 # -- the dockrq CLI, as the README writes it ---------------------------------------------
 
 

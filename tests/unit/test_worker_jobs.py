@@ -438,6 +438,8 @@ def test_worker_runs_jobs_and_mirrors_meta(fake_redis, installed, caplog):
     a1 = Job.fetch("a1", connection=fake_redis, serializer=JSONSerializer)
     assert a1.get_status() == JobStatus.FINISHED
     assert a1.return_value() == {"execution_id": "a1", "status": "succeeded", "exit_code": 0}
+    times = {k: a1.meta.pop(k) for k in ("pulling_at", "running_at")}  # epoch seconds: pulling, then running
+    assert times["pulling_at"] <= times["running_at"]
     assert a1.meta == {
         "image": "busybox", "status": "succeeded", "execution_id": "a1", "worker": "w-unit", "container_id": "c0ffee",
         "node": runtime.settings.executor_id,  # the executor id: `dockrq ls` shows it as NODE

@@ -46,6 +46,7 @@ DEFAULT_REAP_AFTER_SECONDS = 30.0
 DEFAULT_REAP_INTERVAL_SECONDS = 10.0
 DEFAULT_ORPHAN_GRACE_SECONDS = 60.0
 DEFAULT_OUTCOME_RETRY_SECONDS = 600.0
+DEFAULT_PULL_TIMEOUT_SECONDS = 300.0
 
 # Environment variable -> settings field. The only place env names are spelled.
 ENV_VARS: dict[str, str] = {
@@ -67,6 +68,8 @@ ENV_VARS: dict[str, str] = {
     "DOCKRQ_REAP_INTERVAL_SECONDS": "reap_interval_seconds",
     "DOCKRQ_ORPHAN_GRACE_SECONDS": "orphan_grace_seconds",
     "DOCKRQ_OUTCOME_RETRY_SECONDS": "outcome_retry_seconds",
+    # Image pulls (worker/executor/pull.py)
+    "DOCKRQ_PULL_TIMEOUT_SECONDS": "pull_timeout_seconds",
     # What requests may ask for (worker/config/policy.py): DOCKRQ_MAX_MEMORY, DOCKRQ_ALLOWED_MOUNT_ROOTS, ...
     **{var: f"policy.{field}" for field, var in POLICY_ENV_VARS.items()},
 }
@@ -119,6 +122,8 @@ class WorkerSettings(BaseModel):
     # An ended execution whose outcome Redis does not take for this long (unreachable) stops
     # waiting; the worker keeps the outcome and writes it once Redis is back (worker/faults/outage.py).
     outcome_retry_seconds: float = Field(default=DEFAULT_OUTCOME_RETRY_SECONDS, ge=0.5, le=86400)
+    # An image pull taking longer ends its execution error/image_pull (a registry that stopped answering).
+    pull_timeout_seconds: float = Field(default=DEFAULT_PULL_TIMEOUT_SECONDS, ge=1, le=86400)
 
     @field_validator("redis_url")
     @classmethod

@@ -26,6 +26,7 @@ from .errors import (
 from .executor import CleanupError, CleanupReport, DockerExecutor, ExecutionInfo, new_executor
 from .output import LogStream
 from .owned import OwnedContainer
+from .pull import PresentImage, PullProgress, PullRecord
 from .spec import LABEL_CREATED, LABEL_EXECUTION, LABEL_EXECUTOR, LABEL_JOB, ExecutorPolicy
 
 __all__ = [
@@ -52,6 +53,9 @@ __all__ = [
     "LogStream",
     "MountNotAllowed",
     "OwnedContainer",
+    "PresentImage",
+    "PullProgress",
+    "PullRecord",
     "RequestRejected",
     "StartError",
     "new_executor",

@@ -15,15 +15,17 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import docker
-import docker.auth
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from .errors import DAEMON_ERRORS, ContainerCreateError, DaemonError, DockerUnavailableError, GpuUnavailableError, ImagePullError
-from .spec import LABEL_EXECUTION, LABEL_EXECUTOR, ContainerSpec, image_reference
+from .pull import PresentImage, ProgressCallback, PullHandle
+from .pull import pull as pull_image
+from .spec import LABEL_EXECUTION, LABEL_EXECUTOR, ContainerSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class DockerClient:
         # Images this client has seen present (inspected or pulled): an execution of
         # one of them skips the inspect. If one is removed meanwhile, create says so
         # (ImageMissing) and the handler makes it present again and retries.
-        self._present: set[str] = set()
+        self._present: dict[str, PresentImage] = {}
         # When the daemon last answered a request (any status): see answered_within.
         self._answered_at = float("-inf")
         hooks = getattr(self.api, "hooks", None)
@@ -93,83 +95,34 @@ class DockerClient:
             fresh.close()
 
     # -- images ----------------------------------------------------------------
-    def ensure_image(self, image: str, policy: str, handle: PullHandle | None = None) -> None:
-        """Make ``image`` present according to the pull policy, within the pull deadline.
+    def ensure_image(
+        self, image: str, policy: str, handle: PullHandle | None = None, progress: ProgressCallback | None = None
+    ) -> PresentImage:
+        """Make ``image`` present according to the pull policy, within the pull deadline
+        (worker/executor/pull.py: fresh credentials, progress, one-line errors).
 
-        ``handle.abort()`` from another thread ends a pull in progress (ImagePullError)."""
+        ``handle.abort()`` from another thread ends a pull in progress (ImagePullError).
+        Returns the image's id, registry digest and the pull, if one was made."""
         if policy != "always":
-            if image in self._present:
-                return
+            known = self._present.get(image)
+            if known is not None:
+                return known
             try:
-                self.api.inspect_image(image)
-                self._present.add(image)
-                return
+                present = PresentImage.of(image, self.api.inspect_image(image))
+                self._present[image] = present
+                return present
             except ImageNotFound:
                 if policy == "never":
-                    raise ImagePullError(f"image {image!r} is not present and pull_policy is 'never'") from None
+                    raise ImagePullError(f"image {image}: not present on this host and pull_policy is 'never'") from None
             except DAEMON_ERRORS as exc:
                 raise DaemonError(f"inspecting image {image!r} failed: {exc}") from exc
-        self._pull(image, handle)
-        self._present.add(image)
-
-    def _pull(self, image: str, handle: PullHandle | None = None) -> None:
-        # The daemon may hold the response headers back until the registry answers, so
-        # the request itself can block: it runs in a thread the caller stops waiting for
-        # when the execution is stopped or the pull deadline passes.
-        handle = handle or PullHandle()
-        deadline = time.monotonic() + self.pull_timeout
-        failure: list[BaseException] = []
-
-        def pull() -> None:
-            try:
-                self._pull_now(image, handle)
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-                failure.append(exc)
-            finally:
-                handle.done.set()
-
-        threading.Thread(target=pull, name="dockrq-pull", daemon=True).start()
-        while not handle.done.wait(0.1):
-            if handle.aborted:
-                raise ImagePullError(f"pulling {image!r} was cut short: the execution was stopped")
-            if time.monotonic() > deadline + 1:
-                handle.abort()
-                raise ImagePullError(f"pulling {image!r} took longer than {self.pull_timeout:g} s")
-        if failure:
-            raise failure[0]
-        if handle.aborted:
-            raise ImagePullError(f"pulling {image!r} was cut short: the execution was stopped")
-
-    def _pull_now(self, image: str, handle: PullHandle | None) -> None:
-        repo, tag = image_reference(image)
-        deadline = time.monotonic() + self.pull_timeout
+        record = pull_image(self.api, image, timeout=self.pull_timeout, handle=handle, progress=progress)
         try:
-            response = self._start_pull(repo, tag)
-            if handle is not None:
-                handle.attach(response)
-            for message in self.api._stream_helper(response, decode=True):
-                if "error" in message:
-                    raise ImagePullError(f"pulling {image!r} failed: {message['error']}")
-                if time.monotonic() > deadline:
-                    raise ImagePullError(f"pulling {image!r} took longer than {self.pull_timeout:g} s")
-        except ImagePullError:
-            raise
-        except DAEMON_ERRORS as exc:
-            raise ImagePullError(f"pulling {image!r} failed: {_explain(exc)}") from exc
-
-    def _start_pull(self, repo: str, tag: str) -> requests.Response:
-        """``APIClient.pull(stream=True)`` minus the generator, so the response can be cut from another thread."""
-        registry, _ = docker.auth.resolve_repository_name(repo)
-        headers = {}
-        header = docker.auth.get_config_header(self.api, registry)
-        if header:
-            headers["X-Registry-Auth"] = header
-        response = self.api._post(
-            self.api._url("/images/create"), params={"fromImage": repo, "tag": tag}, headers=headers,
-            stream=True, timeout=None,
-        )
-        self.api._raise_for_status(response)
-        return response
+            present = PresentImage.of(image, self.api.inspect_image(image), record)
+        except DAEMON_ERRORS:  # pulled, yet not found under this name: the digest still says what it is
+            present = PresentImage(None, record.digest, record)
+        self._present[image] = replace(present, pull=None)
+        return present
 
     # -- containers --------------------------------------------------------------
     def create(self, spec: ContainerSpec) -> tuple[str, bool]:
@@ -185,7 +138,7 @@ class DockerClient:
                 created = self.api.create_container(spec.image, name=spec.name, host_config=host_config, **create)
             return created["Id"], True
         except ImageNotFound as exc:
-            self._present.discard(spec.image)
+            self._present.pop(spec.image, None)
             raise ImageMissing(f"the daemon refused the container: {_explain(exc)}") from exc
         except APIError as exc:
             if exc.status_code == 409:
@@ -289,47 +242,6 @@ class DockerClient:
             except DAEMON_ERRORS as exc:
                 errors.append(f"volume {v['Name']}: {exc}")
         return removed[0], removed[1], removed[2], errors
-
-
-class PullHandle:
-    """A pull in progress that another thread may cut short (a cancel while pulling)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._response: requests.Response | None = None
-        self.aborted = False
-        self.done = threading.Event()
-
-    def attach(self, response: requests.Response) -> None:
-        with self._lock:
-            self._response = response
-            aborted = self.aborted
-        if aborted:
-            _cut(response)
-
-    def abort(self) -> None:
-        with self._lock:
-            self.aborted = True
-            response = self._response
-        if response is not None:
-            _cut(response)
-
-
-def _cut(response: requests.Response) -> None:
-    """Unblock a reader stuck in recv on ``response``, then release it."""
-    try:
-        sock = getattr(response.raw._fp.fp.raw, "_sock", None)
-    except AttributeError:
-        sock = None
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-    try:
-        response.close()
-    except OSError:
-        pass
 
 
 class Attached:

@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from docker.errors import NotFound
 from pydantic import ValidationError
 
 from schemas import ExecutionRequest, ExecutionResult, ExecutionState, LogStreamRequest, describe_validation_error
@@ -38,6 +39,7 @@ from .handler import ExecutionHandler
 from .oom import OomWatcher
 from .output import LogStream
 from .owned import OwnedContainer
+from .pull import ProgressCallback
 from .spec import LABEL_EXECUTION, ExecutorPolicy, build_container_spec
 
 log = logging.getLogger(__name__)
@@ -51,6 +53,7 @@ class ExecutionInfo:
     adopted: bool
     started_at: datetime | None
     finished_at: datetime | None
+    pull_seconds: float | None = None  # the image pull made for it, once done
 
 
 @dataclass
@@ -109,8 +112,11 @@ class DockerExecutor:
         ``seconds`` (no request is made: a cheap stand-in for a fresh is_installed)."""
         return self.client.answered_within(seconds)
 
-    def start(self, request: ExecutionRequest | dict[str, Any]) -> None:
+    def start(self, request: ExecutionRequest | dict[str, Any], *, progress: ProgressCallback | None = None) -> None:
         """Start an execution; returns once its container runs.
+
+        ``progress`` gets the image pull's PullProgress (layers, bytes) from the pulling
+        thread, at most every ``pull.PROGRESS_INTERVAL`` seconds and once at its end.
 
         Raises RequestRejected (nothing recorded), ExecutionAlreadyStarted,
         ExecutionAlreadyFinished, or a StartError (recorded as finished with
@@ -128,7 +134,8 @@ class DockerExecutor:
                     raise ExecutionAlreadyFinished(f"execution {request.execution_id} has already finished")
                 raise ExecutionAlreadyStarted(f"execution {request.execution_id} is already started")
             handler = ExecutionHandler(
-                request, self.client, grace=self.stop_grace_seconds, keep=self.keep_containers, oom=self._oom
+                request, self.client, grace=self.stop_grace_seconds, keep=self.keep_containers, oom=self._oom,
+                progress=progress,
             )
             self._handlers[request.execution_id] = handler
         handler.launch(spec)
@@ -173,7 +180,7 @@ class DockerExecutor:
                 self.cancel(request.execution_id)
             except ExecutionAlreadyFinished:
                 return future.result()
-            self.wait(request.execution_id).result(self.stop_grace_seconds + 60)
+            self.wait(request.execution_id).result(max(self.stop_grace_seconds, request.stop_timeout or 0) + 60)
             raise TimeoutError(f"execution {request.execution_id} did not finish within {timeout:g} s") from None
 
     def cleanup(self) -> CleanupReport:
@@ -205,7 +212,9 @@ class DockerExecutor:
     # -- beyond the seed --------------------------------------------------------
     def info(self, execution_id: str) -> ExecutionInfo:
         h = self._get(execution_id)
-        return ExecutionInfo(execution_id, h.state, h.container_id, h.adopted, h.started_at, h.finished_at)
+        return ExecutionInfo(
+            execution_id, h.state, h.container_id, h.adopted, h.started_at, h.finished_at, h.pull_seconds
+        )
 
     def forget(self, execution_id: str) -> None:
         """Drop a finished execution's result and logs now (the worker does this
@@ -227,13 +236,28 @@ class DockerExecutor:
         listing = self.client.api.containers(all=True, filters={"label": [label]})
         return [OwnedContainer.from_listing(c) for c in listing]
 
-    def remove_container(self, container: OwnedContainer, grace: float = 0) -> None:
-        """Remove a container (and its anonymous volumes); a running one is first stopped with
-        ``grace`` seconds between SIGTERM and SIGKILL when ``grace`` is given (docker stop, docker
-        rm -f). A container already gone is fine. Raises one of DAEMON_ERRORS."""
-        if grace and container.state == "running":
+    def remove_container(
+        self, container: OwnedContainer, grace: float | None = None, max_grace: float | None = None
+    ) -> None:
+        """Remove a container (and its anonymous volumes); docker rm -f. When ``grace`` (seconds) is
+        given a running one is first stopped (docker stop: SIGTERM, the grace, SIGKILL): with its own
+        stop timeout if it has one (``Config.StopTimeout``, from the request's ``stop_timeout``, i.e.
+        docker run --stop-timeout), at most ``max_grace`` seconds (None: no bound), else ``grace``.
+        A container already gone is fine. Raises one of DAEMON_ERRORS."""
+        if grace is not None and container.state == "running":
+            own = self._stop_timeout(container.id)
+            if own is not None:
+                grace = own if max_grace is None else min(own, max_grace)
             self.client.stop(container.id, grace)
         self.client.remove(container.id)
+
+    def _stop_timeout(self, container_id: str) -> int | None:
+        """The container's ``Config.StopTimeout`` (docker run --stop-timeout); None if unset or gone."""
+        try:
+            value = self.client.inspect(container_id)["Config"].get("StopTimeout")
+        except NotFound:
+            return None
+        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
     def close(self) -> None:
         self._oom.close()

@@ -22,9 +22,10 @@ import requests
 from schemas import ExecutionRequest, ExecutionResult, ExecutionState, ExecutionStatus
 
 from .client import Attached, DockerClient, ImageMissing, PullHandle
-from .errors import DAEMON_ERRORS, DaemonError, DaemonRestarted, ExecutionAlreadyFinished, StartError
+from .errors import DAEMON_ERRORS, DaemonError, DaemonRestarted, ExecutionAlreadyFinished, ImagePullError, StartError
 from .oom import OomWatcher
 from .output import OutputLog
+from .pull import PresentImage, ProgressCallback
 from .spec import ContainerSpec
 
 log = logging.getLogger(__name__)
@@ -54,7 +55,8 @@ def _now() -> datetime:
 
 class ExecutionHandler:
     def __init__(
-        self, request: ExecutionRequest, client: DockerClient, *, grace: float, keep: bool, oom: OomWatcher
+        self, request: ExecutionRequest, client: DockerClient, *, grace: float, keep: bool, oom: OomWatcher,
+        progress: ProgressCallback | None = None,
     ) -> None:
         self.request = request
         self.execution_id = request.execution_id
@@ -78,6 +80,10 @@ class ExecutionHandler:
         self._reader: threading.Thread | None = None
         self._attached: Attached | None = None
         self._pull = PullHandle()
+        self._progress = progress
+        self.image: PresentImage | None = None
+        self.pull_seconds: float | None = None  # the pull made for this execution, if any
+        self._container_image: str | None = None  # the image id the container was made from
         self._created_here = False
         self._waiting_for_daemon = False
 
@@ -133,11 +139,11 @@ class ExecutionHandler:
     def _start_container(self, spec: ContainerSpec) -> bool:
         """One attempt at pull, create (or adopt), attach, start; False if cancelled first."""
         self.state = ExecutionState.PULLING
-        self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
+        self._ensure_image()
         try:
             self.container_id, created = self._client.create(spec)
         except ImageMissing:  # removed since the client last saw it: once more, per the pull policy
-            self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
+            self._ensure_image()
             self.container_id, created = self._client.create(spec)
         must_start = created
         if created:
@@ -162,6 +168,23 @@ class ExecutionHandler:
         if must_start:
             self._client.start(self.container_id)
         return True
+
+    def _ensure_image(self) -> None:
+        """Make the image present per the pull policy; record the pull (seconds, size) if one was made."""
+        image, began = self.request.engine.image, time.monotonic()
+        try:
+            self.image = self._client.ensure_image(image, self.request.pull_policy, self._pull, self._progress)
+        except ImagePullError:
+            if self.request.pull_policy != "never":
+                self.pull_seconds = (self.pull_seconds or 0.0) + time.monotonic() - began
+            raise
+        pulled = self.image.pull
+        if pulled is not None:
+            self.pull_seconds = (self.pull_seconds or 0.0) + pulled.seconds
+            log.info(
+                "execution %s: pulled %s (%.1f MB in %d layers, digest %s) in %.1f s", self.execution_id, image,
+                pulled.bytes_downloaded / 1e6, pulled.layers, self.image.digest or "-", pulled.seconds,
+            )
 
     def _running_now(self) -> None:
         self.started_at = _now()
@@ -204,9 +227,8 @@ class ExecutionHandler:
         if pulling:
             self._pull.abort()  # a cancel does not wait for a slow (or hung) pull
         if running and self.container_id:
-            grace = self._grace if grace is None else grace
-            if self.request.stop_timeout is not None:  # docker run --stop-timeout: the request's own grace
-                grace = self.request.stop_timeout
+            if grace is None:  # docker run --stop-timeout: the request's own grace, else the executor's
+                grace = self._grace if self.request.stop_timeout is None else self.request.stop_timeout
             threading.Thread(target=self._stop_container, args=(grace,), daemon=True).start()
 
     def _stop_container(self, grace: float) -> None:
@@ -287,7 +309,9 @@ class ExecutionHandler:
         oom = False
         if self.container_id and error is None:
             try:
-                oom = bool(self._client.inspect(self.container_id)["State"].get("OOMKilled"))
+                inspected = self._client.inspect(self.container_id)
+                oom = bool(inspected["State"].get("OOMKilled"))
+                self._container_image = inspected.get("Image")
             except DAEMON_ERRORS as exc:
                 log.warning("execution %s: inspect after exit failed: %s", self.execution_id, exc)
             # Only a SIGKILL we did not send can be the OOM killer's: then give its
@@ -313,8 +337,18 @@ class ExecutionHandler:
             container_id=self.container_id,
             started_at=self.started_at,
             finished_at=_now(),
+            pull_seconds=self.pull_seconds,
+            **self._image_fields(),
             **fields,
         )
+
+    def _image_fields(self) -> dict[str, str | None]:
+        """image_id and image_digest of what ran: the container's own image id wins (a tag that
+        moved after the pull would otherwise be reported for an image that did not run)."""
+        present = self.image
+        image_id = self._container_image or (present.id if present else None)
+        digest = present.digest if present is not None and present.id in (None, image_id) else None
+        return {"image_id": image_id, "image_digest": digest or image_id}
 
     # -- end ------------------------------------------------------------------
     def _fail(self, exc: StartError) -> None:

@@ -150,13 +150,15 @@ class Adoptions:
                 with self._lock:
                     return not self._active
 
-    def shut_down(self, timeout: float) -> None:
-        """Cold shutdown: cancel every adopted execution and wait (bounded) for their outcomes."""
+    def shut_down(self, margin: float) -> None:
+        """Cold shutdown: cancel every adopted execution and wait for their outcomes, at most the
+        longest stop grace among them (each request's ``stop_timeout``, else the worker's) plus
+        ``margin`` seconds."""
         with self._lock:
             adopted = list(self._active.values())
         for a in adopted:
             a.run.shut_down()
-        self.wait(timeout)
+        self.wait(max((a.run.stop_grace for a in adopted), default=0.0) + margin)
 
 
 def _remaining_time(payload: Any, container: OwnedContainer) -> Any:

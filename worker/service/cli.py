@@ -98,6 +98,11 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 help="Seconds an execution's writes wait for an unreachable Redis before the worker keeps "
                 f"its outcome for later ({_setting('outcome_retry_seconds')}).",
             ),
+            click.option(
+                "--pull-timeout", "pull_timeout_seconds", type=click.FloatRange(min=1),
+                help="Seconds an image pull may take before the execution ends error/image_pull "
+                "(env DOCKRQ_PULL_TIMEOUT_SECONDS; default 300).",
+            ),
             *_POLICY_OPTIONS,
         ]
     ):
@@ -182,7 +187,7 @@ def _options(ctx: click.Context, given: dict[str, Any]) -> dict[str, Any]:
 def _settings(opts: dict[str, Any]) -> WorkerSettings:
     fields = (
         "redis_url", "queues", "prefix", "executor_id", "stop_grace_seconds", "max_request_bytes",
-        "outcome_retry_seconds", *_POLICY_FIELDS,
+        "outcome_retry_seconds", "pull_timeout_seconds", *_POLICY_FIELDS,
     )
     return WorkerSettings.load(**{f: opts.get(f) for f in fields})
 

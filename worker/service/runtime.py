@@ -38,11 +38,11 @@ log = logging.getLogger(__name__)
 
 def build_executor(settings: WorkerSettings) -> DockerExecutor:
     """The Docker executor of a worker with ``settings``: its executor id, the executor's part of
-    its policy (mounts, network), its stop grace, and the deployment label on every container
-    (``dockrq.deployment``, worker.config.deployment). Raises DockerUnavailableError."""
+    its policy (mounts, network), its stop grace, its pull timeout, and the deployment label on every
+    container (``dockrq.deployment``, worker.config.deployment). Raises DockerUnavailableError."""
     return new_executor(
         settings.executor_id, policy=settings.policy.executor_policy, stop_grace_seconds=settings.stop_grace_seconds,
-        labels={LABEL_DEPLOYMENT: settings.deployment_id},
+        pull_timeout_seconds=settings.pull_timeout_seconds, labels={LABEL_DEPLOYMENT: settings.deployment_id},
     )
 
 

@@ -124,7 +124,7 @@ class DockrqWorker(SimpleWorker):
     def teardown(self) -> None:
         runtime = runtime_module.current()
         try:
-            interrupted = self._finish_adopted(runtime.settings.stop_grace_seconds)
+            interrupted = self._finish_adopted()
             if self._beats is not None:
                 self._beats.stop()
             try:
@@ -138,7 +138,7 @@ class DockrqWorker(SimpleWorker):
                 runtime.worker = None
                 runtime.close()
 
-    def _finish_adopted(self, stop_grace_seconds: float) -> BaseException | None:
+    def _finish_adopted(self) -> BaseException | None:
         """Stop the reaper; let adopted executions end (warm shutdown) or stop them (cold).
         Returns the second SIGTERM's exception if it came meanwhile, to raise after teardown."""
         if self._reaper is None:
@@ -153,7 +153,7 @@ class DockrqWorker(SimpleWorker):
         except BaseException as exc:  # second SIGTERM: stop them, write their outcomes
             interrupted = exc
         if adoptions.active():
-            adoptions.shut_down(stop_grace_seconds + 30)
+            adoptions.shut_down(30)  # beyond each adopted execution's own stop grace
         return interrupted
 
     def clean_registries(self) -> None:
