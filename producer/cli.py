@@ -115,6 +115,11 @@ def _report(outcome: Outcome, settings: Settings, *, summary: bool) -> int:
     else:
         if outcome.result.oom_killed:
             click.echo(f"dockrq: execution {outcome.execution_id} was killed: out of memory", err=True)
+        elif outcome.result.oom_kills:  # a child killed, the main process went on: said, not failed
+            click.echo(
+                f"dockrq: execution {outcome.execution_id}: the OOM killer acted {outcome.result.oom_kills} "
+                f"time(s) inside the container (the main process was not killed)", err=True,
+            )
         if summary:
             click.echo(f"{outcome.status.value} (exit {outcome.exit_code})")
     return exit_code_for(outcome)
@@ -144,6 +149,12 @@ def _span(seconds: float | None) -> str:
 # -- commands ----------------------------------------------------------------
 
 
+def _file_options(fn: Any) -> Any:
+    from .cli_files import file_options
+
+    return file_options(fn)
+
+
 @cli.command(context_settings={"allow_interspersed_args": False}, failure_code=EXIT_DOCKRQ_FAILED)
 @click.option("--id", "--name", "execution_id", help="Execution id ([A-Za-z0-9_-]{1,64}); generated if absent.")
 @click.option("--queue", "queue_name", help="rq queue for this execution (default: the global --queue).")
@@ -165,6 +176,7 @@ def _span(seconds: float | None) -> str:
 @click.option("--retries", type=int, help="Re-runs allowed after a lost worker.")
 @click.option("-d", "--detach", is_flag=True, help="Print the execution id and return at once.")
 @run_flag_options
+@_file_options  # --input, --output, --output-files-limit, --output-dir, --max-input (cli_files.py)
 @json_option
 @click.argument("image")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
@@ -174,11 +186,13 @@ def submit(
 ) -> None:
     """Run IMAGE [CMD...] on a worker; stay attached to its output and exit with its exit code."""
     producer = settings.producer()
+    files = FileOptions.take(options, detach)
     request = apply_run_flags(build_request(image, cmd, options), options)
+    files.apply(request, producer)
     # While attached: waiting for a worker and the image pull, on stderr (producer/progress.py).
     progress = None if detach or settings.as_json else SubmitProgress.before_submit(producer, request, queue_name)
     with progress or nullcontext():
-        execution_id = producer.submit(request, queue=queue_name)
+        execution_id = producer.submit(request, queue=queue_name, inputs=files.inputs)
         if detach:
             click.echo(json.dumps({"execution_id": execution_id}) if settings.as_json else execution_id)
             return
@@ -193,7 +207,10 @@ def submit(
             if progress is not None:
                 progress.close()
             _cancel_after_interrupt(producer, execution_id)
-    raise click.exceptions.Exit(_report(outcome, settings, summary=False))
+    code = _report(outcome, settings, summary=False)
+    if not report_outputs(producer, outcome, files, settings.as_json):  # --output-dir (cli_files.py)
+        code = EXIT_DOCKRQ_FAILED
+    raise click.exceptions.Exit(code)
 
 
 def _cancel_after_interrupt(producer: Producer, execution_id: str) -> NoReturn:
@@ -236,7 +253,8 @@ class _Tail(click.ParamType):
 
 @cli.command()
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming until the execution ends.")
-@click.option("--tail", type=_Tail(), default="all", show_default=True, help="Last N entries of the history.")
+@click.option("-n", "--tail", type=_Tail(), default="all", show_default=True,
+              help="Last N lines of the output (both streams, as docker logs --tail), or all.")
 @json_option
 @click.argument("execution_id")
 @pass_settings
@@ -296,46 +314,21 @@ def _status_rows(view: ExecutionStatusView) -> list[tuple[str, str]]:
         rows.append(("exit code", str(outcome.exit_code)))
     if outcome is not None and outcome.result is not None and outcome.result.oom_killed:
         rows.append(("oom killed", "yes"))
+    if outcome is not None and outcome.result is not None and outcome.result.oom_kills:
+        rows.append(("oom kills", str(outcome.result.oom_kills)))
     if outcome is not None and outcome.error is not None:
         rows.append(("error", f"{outcome.error.code}: {outcome.error.message}"))
+    if outcome is not None and outcome.result is not None and outcome.result.outputs_archive_bytes is not None:
+        rows.append(("outputs", describe_outputs(outcome.result)))
     return rows
 
 
-@cli.command(name="ls")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
-@json_option
-@pass_settings
-def list_executions(settings: Settings, limit: int) -> None:
-    """List recent executions of the queue, newest first."""
-    views = settings.producer().list_recent(limit)
-    if settings.as_json:
-        click.echo("[" + ",".join(v.model_dump_json() for v in views) + "]")
-        return
-    table = Table(box=None, header_style="bold")
-    for column in ("ID", "STATUS", "IMAGE", "NODE", "WORKER", "QUEUED", "PULL", "RUN", "AGE"):
-        table.add_column(column, no_wrap=column in ("ID", "STATUS"))
-    for v in views:
-        table.add_row(
-            v.execution_id, _state_shown(v), v.image or "-", v.node or "-", v.worker or "-", _span(v.queued_seconds),
-            _span(v.pull_seconds), _span(v.run_seconds),
-            _ago(v.enqueued_at),
-        )
-    _console().print(table)
+from .cli_list import list_executions  # noqa: E402 - needs the group and helpers above
+
+cli.add_command(list_executions)
 
 
-def _state_shown(view: ExecutionStatusView) -> str:
-    """The state, with what an operator scanning the list asks next: which exit code, OOM or not,
-    and the error code of a run dockrq itself could not finish."""
-    outcome = view.outcome
-    if outcome is None:
-        return view.state.value
-    if outcome.result is not None and outcome.result.oom_killed:
-        return f"{view.state.value} (oom)"
-    if outcome.status == ExecutionStatus.FAILED and outcome.exit_code is not None:
-        return f"{view.state.value} ({outcome.exit_code})"
-    if outcome.error is not None and outcome.error.code != outcome.status.value:
-        return f"{view.state.value} ({outcome.error.code})"
-    return view.state.value
+from .cli_files import FileOptions, describe_outputs, report_outputs  # noqa: E402 - registers `dockrq cp` too
 
 
 def main(argv: list[str] | None = None) -> None:

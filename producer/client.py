@@ -23,7 +23,7 @@ import logging
 import math
 import re
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -34,6 +34,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from schemas import (
+    DEFAULT_MAX_INPUT_BYTES,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_PREFIX,
     DEFAULT_QUEUE,
@@ -50,19 +51,21 @@ from schemas import (
     as_json_object,
     request_size,
 )
-
 from schemas.connections import DEFAULT_REDIS_URL, blocking_twin, clients_from_url
 from schemas.replication import DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS
 
+from . import listing
 from .cancel import CancelResult
 from .cancel import cancel as cancel_execution
 from .describe import describe
 from .errors import DuplicateExecution, ExecutionNotFound, InvalidRequest, RequestTooLarge
+from .files import InputValue, build_input_archive, write_input_archive
 from .replicas import ProducerAcks
 from .jobhash import JobWriter
 from .logs import LogReader
+from .outputs import OutputsMixin
 from .scripts import CLAIM_LUA, PUBLISH_MANY_LUA
-from .status import ExecutionStatusView, build_view, recent_views
+from .status import ExecutionStatusView, build_view
 from .waiting import OutcomeWaiter
 
 log = logging.getLogger(__name__)
@@ -88,7 +91,7 @@ def parse_request(request: ExecutionRequest | dict[str, Any] | str | bytes) -> E
         raise InvalidRequest(f"request: not a JSON document: {exc}") from None
 
 
-class Producer:
+class Producer(OutputsMixin):
     """Submit, wait for, follow and cancel executions. One instance per process is plenty;
     it is safe to share between threads (redis-py pools its connections)."""
 
@@ -101,12 +104,16 @@ class Producer:
         *,
         retention_seconds: int = DEFAULT_RETENTION_SECONDS,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
         replica_acks: int = 0,
         replica_ack_timeout: float = DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS,
     ) -> None:
         if max_request_bytes < MIN_MAX_REQUEST_BYTES:
             raise ValueError(f"max_request_bytes must be at least {MIN_MAX_REQUEST_BYTES}")
+        InvalidRequest.check_storable(prefix, "prefix")
+        InvalidRequest.check_storable(queue, "queue")
         if connection is None:
+            InvalidRequest.check_storable(redis_url, "redis_url")
             self._client, self._blocking = clients_from_url(redis_url)
         else:
             self._client, self._blocking = connection, blocking_twin(connection)
@@ -118,6 +125,9 @@ class Producer:
         # Larger requests are refused before anything is written (RequestTooLarge); keep it
         # at most the workers' DOCKRQ_MAX_REQUEST_BYTES, which reject larger ones unread.
         self.max_request_bytes = int(max_request_bytes)
+        # Input files above this (their contents, in all) are refused before anything is
+        # written (InputsTooLarge); keep it at most the workers' DOCKRQ_MAX_INPUT_BYTES.
+        self.max_input_bytes = int(max_input_bytes)
         self._queues: dict[str, Queue] = {}
         self._writers: dict[str, JobWriter | None] = {}
         self._claim_script = self._client.register_script(CLAIM_LUA)
@@ -147,6 +157,7 @@ class Producer:
         """The rq queue ``name`` (default: this producer's), with the JSON serializer."""
         name = name or self.queue
         if name not in self._queues:
+            InvalidRequest.check_storable(name, "queue")
             self._queues[name] = Queue(name, connection=self._client, serializer=JSONSerializer)
         return self._queues[name]
 
@@ -159,20 +170,39 @@ class Producer:
         queue: str | None = None,
         at: datetime | None = None,
         delay: timedelta | None = None,
+        inputs: Mapping[str, InputValue] | None = None,
     ) -> str:
         """Enqueue one execution (or schedule it ``at`` a time / after a ``delay``); returns its id.
 
+        ``inputs`` maps container paths to a local file or directory, or bytes: they
+        are archived and written to ``P:exec:ID:inputs`` before the enqueue, and the
+        worker puts them into the container before it starts (``producer/files.py``).
+
         Raises InvalidRequest (nothing enqueued; RequestTooLarge above
-        ``max_request_bytes``) or DuplicateExecution.
+        ``max_request_bytes``, InputsTooLarge above ``max_input_bytes``) or DuplicateExecution.
         """
         req = parse_request(request)
         if at is not None and delay is not None:
             raise ValueError("give at or delay, not both")
+        archive = build_input_archive(inputs, self.max_input_bytes) if inputs is not None else None
+        try:
+            if archive is not None:
+                req = req.model_copy(update={"inputs": archive.spec})
+            self._enqueue_one(req, queue, at, delay, archive)
+        finally:
+            if archive is not None:
+                archive.close()
+        return req.execution_id
+
+    def _enqueue_one(self, req: ExecutionRequest, queue: str | None, at: datetime | None, delay: timedelta | None,
+                     archive: Any) -> None:
         when = datetime.now(timezone.utc) + delay if delay is not None else at
         spec = self._job_spec(req, scheduled=when is not None)
         rq_queue = self.rq_queue(queue)
         self._claim([req.execution_id], rq_queue.name)
         try:
+            if archive is not None:  # whole before the job exists, so a worker never finds it missing
+                write_input_archive(self._client, self.keys.inputs(req.execution_id), archive, self.retention_seconds)
             with self._client.pipeline() as pipe:
                 if when is None:
                     rq_queue.enqueue_call(**spec, pipeline=pipe)
@@ -182,10 +212,11 @@ class Producer:
                 self._publish_event(pipe, req.execution_id, spec["meta"]["status"])
                 pipe.execute()
         except BaseException:
+            if archive is not None:
+                self._release_inputs(req.execution_id)
             self._release_claims([req.execution_id])
             raise
         self._acks.confirm_submission(self._client, [req.execution_id])
-        return req.execution_id
 
     def submit_many(
         self, requests: Iterable[ExecutionRequest | dict[str, Any] | str | bytes], *, queue: str | None = None
@@ -283,6 +314,12 @@ class Producer:
         except redis.RedisError as exc:  # the claim expires with the retention time anyway
             log.warning("could not release claims of %d execution(s): %s", len(ids), exc)
 
+    def _release_inputs(self, execution_id: str) -> None:
+        try:
+            self._client.delete(self.keys.inputs(execution_id))
+        except redis.RedisError as exc:  # it expires with the retention time anyway
+            log.warning("could not remove the input archive of %s: %s", execution_id, exc)
+
     def _publish_event(self, pipe: redis.client.Pipeline, execution_id: str, status: str) -> None:
         pipe.publish(self.keys.events, Event(execution_id=execution_id, status=status).model_dump_json())
 
@@ -368,13 +405,24 @@ class Producer:
             raise ExecutionNotFound(execution_id)
         return build_view(execution_id, job, outcome)
 
-    def list_recent(self, limit: int = 50, queues: Iterable[str] | None = None) -> list[ExecutionStatusView]:
-        """The newest executions of the queues (default: this producer's), newest first.
+    def list_recent(
+        self, limit: int = 50, queues: Iterable[str] | None = None, *, states: Iterable[ExecutionState | str] | None = None
+    ) -> list[ExecutionStatusView]:
+        """The newest executions of the queues (default: this producer's; ``queue_names()``
+        for every queue), newest first; with ``states`` only those in one of them.
 
         Reads rq's queue and registries (queued, scheduled, started, finished,
         failed, canceled) without cleaning them: listing must not change state.
+        Jobs that are not dockrq executions are left out. Raises ValueError for an
+        unknown state.
         """
-        return recent_views(self._client, self.keys, [self.rq_queue(n) for n in queues or [self.queue]], limit)
+        wanted = {ExecutionState(s) for s in states} if states is not None else None
+        rq_queues = [self.rq_queue(name) for name in (queues or [self.queue])]
+        return listing.list_recent(self._client, self.keys, rq_queues, limit, wanted)
+
+    def queue_names(self) -> list[str]:
+        """Every rq queue of this Redis database (rq's own ``rq:queues`` set), by name."""
+        return listing.queue_names(self._client)
 
     # -- cancel --------------------------------------------------------------
 

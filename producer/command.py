@@ -90,6 +90,8 @@ class DockrqCommand(DockerUsageErrors, click.Command):
             fail(f"cannot reach Redis at {url}: {describe_redis_error(exc)}", self.failure_code)
         except redis.RedisError as exc:
             fail(f"Redis error: {exc}", self.failure_code)
+        except UnicodeError as exc:  # text no check caught (a host name IDNA refuses...): still one line
+            fail(f"cannot use this input: {exc}", self.failure_code)
         except KeyboardInterrupt:
             raise click.exceptions.Exit(EXIT_CANCELLED) from None
         except BrokenPipeError:

@@ -41,6 +41,8 @@ from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 
 from schemas.redis_url import is_sentinel_url, parse_sentinel_url
 
+from .packing import command_packer
+
 T = TypeVar("T")
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -90,6 +92,9 @@ def client_from_url(url: str, **options: Any) -> redis.Redis:
     Raises ValueError (naming what is wrong, never the password) for a URL that cannot be read."""
     options.setdefault("retry", command_retry())
     options.setdefault("retry_on_error", list(REDIS_DOWN))
+    packer = command_packer()  # packing.py: archive chunks are sent uncopied, not through hiredis
+    if packer is not None:
+        options.setdefault("command_packer", packer)
     if not is_sentinel_url(url):
         return redis.Redis.from_url(url, **options)
     parsed = parse_sentinel_url(url)

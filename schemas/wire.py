@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .execution import ExecutionResult, ExecutionState, ExecutionStatus, LogEntry
+from .text import NOT_UTF8
 
 DEFAULT_PREFIX = "dockrq"
 DEFAULT_QUEUE = "dockrq"
@@ -26,10 +27,17 @@ CANCEL_MESSAGE = "cancel"
 # First writer wins: the worker, a producer cancelling a queued job and the reaper
 # may race to end one execution, and the outcome list must hold exactly one element.
 # KEYS[1] outcome list; ARGV[1] outcome JSON; ARGV[2] retention seconds. Returns 1 if written.
+# Optional: KEYS[2] the status index ``P:ended:QUEUE:STATUS`` (``Keys.ended``), ARGV[3] the
+# execution id, ARGV[4] the end time (Unix seconds): the id is added to the index with that
+# score, and entries older than the retention leave it, in the same atomic step.
 WRITE_OUTCOME_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+if KEYS[2] then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(ARGV[4]) - tonumber(ARGV[2])))
+end
 return 1
 """
 DEFAULT_RETENTION_SECONDS = 24 * 3600
@@ -75,9 +83,26 @@ class Keys:
     def control_channel(self, execution_id: str) -> str:
         return f"{self.prefix}:exec:{execution_id}:control"
 
+    def inputs(self, execution_id: str) -> str:
+        """The input archive (a string holding a tar), written by the producer before the enqueue."""
+        return f"{self.prefix}:exec:{execution_id}:inputs"
+
+    def outputs(self, execution_id: str) -> str:
+        """The output archive (a string holding a tar), renamed into place whole by the worker."""
+        return f"{self.prefix}:exec:{execution_id}:outputs"
+
+    def outputs_partial(self, execution_id: str) -> str:
+        """Where the worker appends the output archive before renaming it to ``outputs``."""
+        return f"{self.prefix}:exec:{execution_id}:outputs:partial"
+
     def reap_lock(self, execution_id: str) -> str:
         """SET NX PX by the worker that reaps or adopts the execution of a dead worker."""
         return f"{self.prefix}:exec:{execution_id}:reaping"
+
+    def ended(self, queue: str, status: str) -> str:
+        """Sorted set of the executions of rq queue ``queue`` that ended with ``status`` within
+        the retention, scored by end time (Unix seconds); written with the outcome."""
+        return f"{self.prefix}:ended:{queue}:{status}"
 
     @property
     def events(self) -> str:
@@ -208,9 +233,11 @@ def _loc_part(part: Any) -> str:
 def describe_validation_error(exc: ValidationError) -> str:
     """One readable line naming each bad field, e.g. ``engine.image: Field required``."""
     parts = []
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    errors = exc.errors(include_url=False, include_input=False, include_context=True)
     for err in errors[:MAX_DESCRIBED_ERRORS]:
         loc = ".".join(_loc_part(p) for p in err.get("loc", ())) or "request"
+        if err.get("type") == NOT_UTF8:  # found below the model's own location (schemas.text)
+            loc = _short(err.get("ctx", {}).get("at", loc), MAX_LOC_PART * 4)
         parts.append(f"{loc}: {_short(err.get('msg', 'invalid'), MAX_MESSAGE)}")
     if len(errors) > MAX_DESCRIBED_ERRORS:
         parts.append(f"{len(errors) - MAX_DESCRIBED_ERRORS} more errors: not listed")

@@ -27,6 +27,18 @@ if [ ${#need[@]} -gt 0 ]; then
   apt-get update -qq
   apt-get install -y -qq -o DPkg::Lock::Timeout=300 "${need[@]}" >/dev/null
 fi
+# Observability tests: a real Prometheus scrapes a worker, a real headless browser reads the
+# dashboard. No recommends: prometheus would pull in its node exporter (a running daemon) too.
+extra=()
+command -v prometheus >/dev/null || extra+=(prometheus)
+command -v chromium >/dev/null || extra+=(chromium)
+command -v chromedriver >/dev/null || extra+=(chromium-driver)
+if [ ${#extra[@]} -gt 0 ]; then
+  log "installing ${extra[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${extra[@]}" >/dev/null
+fi
 
 # --- dockerd ---------------------------------------------------------------
 if ! docker info >/dev/null 2>&1; then

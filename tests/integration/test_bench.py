@@ -20,14 +20,15 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = [
     "throughput_ratio_c1", "throughput_ratio_c4", "overhead_p50_ms", "enqueue_per_s", "wake_p50_ms",
-    "log_follow_ratio", "lost_lines", "worker_peak_rss_mb", "pull_ratio",
+    "log_follow_ratio", "lost_lines", "worker_peak_rss_mb", "files_in_ratio", "files_out_ratio", "pull_ratio",
 ]
 POSITIVE = [
     "raw_c1_per_s", "raw_c2_per_s", "raw_c4_per_s", "dockrq_c1_per_s", "dockrq_c2_per_s", "dockrq_c4_per_s",
     "raw_c1_p50_ms", "raw_c1_p95_ms", "dockrq_c1_p50_ms", "dockrq_c1_p95_ms", "dockrq_c4_p95_ms",
     "throughput_ratio_c1", "throughput_ratio_c2", "throughput_ratio_c4", "enqueue_per_s", "wake_p50_ms",
     "wake_p95_ms", "log_raw_lines_per_s", "log_follow_lines_per_s", "log_follow_ratio",
-    "worker_peak_rss_mb", "worker_baseline_rss_mb", "pull_ratio",
+    "worker_peak_rss_mb", "worker_baseline_rss_mb", "files_in_mb_per_s", "files_out_mb_per_s",
+    "docker_cp_in_mb_per_s", "docker_cp_out_mb_per_s", "files_in_ratio", "files_out_ratio", "pull_ratio",
 ]
 
 
@@ -36,6 +37,7 @@ def test_quick_bench_reports_every_figure_and_cleans_up(tmp_path, redis_url, red
     args = [
         sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--samples", "3", "--log-lines", "500",
         "--rss-bytes", "4m", "--enqueue", "200", "--enqueue-batch", "100", "--wake-samples", "5", "--pull-mb", "4",
+        "--files-mib", "2", "--files-rounds", "1",
         "--redis-url", redis_url, "--image", test_image, "--json", str(out),
     ]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=240)
@@ -58,6 +60,7 @@ def test_quick_bench_reports_every_figure_and_cleans_up(tmp_path, redis_url, red
         assert sum(len(r["dockrq"]["latencies_ms"]) for r in row["rounds"]) == 3
         assert row["raw"]["p95_ms"] >= row["raw"]["p50_ms"] > 0
     assert result["details"]["enqueue"]["queue_length"] == 200 + 100  # + the warm-up batch
+    assert result["files_mib"] == 2 and all(len(v) == 1 for v in result["details"]["files"]["seconds"].values())
     assert set(result["targets"]) >= set(REQUIRED)
     assert all(isinstance(t["met"], bool) for t in result["targets"].values())
 

@@ -22,8 +22,11 @@ from .errors import (
     MountNotAllowed,
     RequestRejected,
     StartError,
+    StartFailed,
 )
+from .archive import InputsRejected
 from .executor import CleanupError, CleanupReport, DockerExecutor, ExecutionInfo, new_executor
+from .files import ExecutionFiles, InputsUnavailable, OutputSink
 from .output import LogStream
 from .owned import OwnedContainer
 from .pull import PresentImage, PullProgress, PullRecord
@@ -44,19 +47,24 @@ __all__ = [
     "DockerUnavailableError",
     "ExecutionAlreadyFinished",
     "ExecutionAlreadyStarted",
+    "ExecutionFiles",
     "ExecutionInfo",
     "ExecutionNotFound",
     "ExecutorError",
     "ExecutorPolicy",
     "GpuUnavailableError",
     "ImagePullError",
+    "InputsRejected",
+    "InputsUnavailable",
     "LogStream",
     "MountNotAllowed",
+    "OutputSink",
     "OwnedContainer",
     "PresentImage",
     "PullProgress",
     "PullRecord",
     "RequestRejected",
     "StartError",
+    "StartFailed",
     "new_executor",
 ]

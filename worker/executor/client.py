@@ -196,12 +196,20 @@ class DockerClient:
     def inspect(self, container_id: str) -> dict[str, Any]:
         return self.api.inspect_container(container_id)
 
-    def stop(self, container_id: str, grace: float) -> None:
-        """SIGTERM, ``grace`` seconds, then SIGKILL (docker stop)."""
-        try:
-            self.api.stop(container_id, timeout=max(0, int(round(grace))))
-        except NotFound:
-            pass
+    def stop(self, container_id: str, grace: float) -> bool:
+        """SIGTERM, ``grace`` seconds, then SIGKILL (docker stop). Whether the container was
+        still running, i.e. this stop ended it: False when the daemon answers 304 Not
+        Modified (it had already exited) or 404 (it is gone). ``APIClient.stop`` minus
+        discarding that answer. Daemon failures raise (DAEMON_ERRORS)."""
+        timeout = max(0, int(round(grace)))
+        conn_timeout = None if self.api.timeout is None else self.api.timeout + timeout
+        response = self.api._post(
+            self.api._url("/containers/{0}/stop", container_id), params={"t": timeout}, timeout=conn_timeout
+        )
+        if response.status_code in (304, 404):
+            return False
+        self.api._raise_for_status(response)
+        return True
 
     def remove(self, container_id: str) -> None:
         try:

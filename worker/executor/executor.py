@@ -34,13 +34,15 @@ from .errors import (
     ExecutionNotFound,
     ExecutorError,
     RequestRejected,
+    StartError,
 )
+from .files import ExecutionFiles
 from .handler import ExecutionHandler
 from .oom import OomWatcher
 from .output import LogStream
-from .owned import OwnedContainer
+from .owned import OwnedContainer, owned_containers
 from .pull import ProgressCallback
-from .spec import LABEL_EXECUTION, ExecutorPolicy, build_container_spec
+from .spec import ExecutorPolicy, build_container_spec
 
 log = logging.getLogger(__name__)
 
@@ -112,20 +114,35 @@ class DockerExecutor:
         ``seconds`` (no request is made: a cheap stand-in for a fresh is_installed)."""
         return self.client.answered_within(seconds)
 
-    def start(self, request: ExecutionRequest | dict[str, Any], *, progress: ProgressCallback | None = None) -> None:
+    def start(
+        self, request: ExecutionRequest | dict[str, Any], *, progress: ProgressCallback | None = None,
+        files: ExecutionFiles | None = None,
+    ) -> None:
         """Start an execution; returns once its container runs.
 
         ``progress`` gets the image pull's PullProgress (layers, bytes) from the pulling
         thread, at most every ``pull.PROGRESS_INTERVAL`` seconds and once at its end.
 
+        ``files`` moves files in and out (``files.ExecutionFiles``): the input archive
+        ``request.inputs`` announces goes into the container after create and before
+        start (a bad one ends the execution ``rejected``, error code ``invalid_inputs``),
+        and ``request.outputs`` are collected into its sink once the container has ended.
+
         Raises RequestRejected (nothing recorded), ExecutionAlreadyStarted,
-        ExecutionAlreadyFinished, or a StartError (recorded as finished with
-        status ``error``, so ``wait`` still returns its result).
+        ExecutionAlreadyFinished, or a StartError, whatever its cause (GPU device
+        nodes missing, pull, create, the daemon, anything unexpected: StartFailed):
+        then the execution is recorded as finished with status ``error`` and its
+        code, so ``wait`` still returns its result.
         """
         request = self._validate(request)
-        spec = build_container_spec(request, self.executor_id, self.policy)
-        for key, value in self.labels.items():
-            spec.labels.setdefault(key, value)  # the same dict the create call sends
+        refused: StartError | None = None
+        try:
+            spec = build_container_spec(request, self.executor_id, self.policy)
+        except StartError as exc:  # e.g. GPU device nodes missing: recorded like any start error
+            spec, refused = None, exc
+        if spec is not None:
+            for key, value in self.labels.items():
+                spec.labels.setdefault(key, value)  # the same dict the create call sends
         self._prune_expired()
         with self._lock:
             existing = self._handlers.get(request.execution_id)
@@ -135,9 +152,13 @@ class DockerExecutor:
                 raise ExecutionAlreadyStarted(f"execution {request.execution_id} is already started")
             handler = ExecutionHandler(
                 request, self.client, grace=self.stop_grace_seconds, keep=self.keep_containers, oom=self._oom,
-                progress=progress,
+                progress=progress, files=files,
             )
             self._handlers[request.execution_id] = handler
+        if refused is not None:
+            handler.refuse(refused)
+            raise refused
+        assert spec is not None
         handler.launch(spec)
 
     def wait(self, execution_id: str) -> Future[ExecutionResult]:
@@ -232,9 +253,7 @@ class DockerExecutor:
     def owned_containers(self, execution_id: str | None = None) -> list[OwnedContainer]:
         """Every container on this daemon labelled ``dockrq.execution`` (of any executor id: nodes
         may share a daemon), or only ``execution_id``'s. Raises one of DAEMON_ERRORS."""
-        label = LABEL_EXECUTION if execution_id is None else f"{LABEL_EXECUTION}={execution_id}"
-        listing = self.client.api.containers(all=True, filters={"label": [label]})
-        return [OwnedContainer.from_listing(c) for c in listing]
+        return owned_containers(self.client, execution_id)
 
     def remove_container(
         self, container: OwnedContainer, grace: float | None = None, max_grace: float | None = None

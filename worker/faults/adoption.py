@@ -6,9 +6,10 @@ same executor id on the same daemon (the restarted worker, a sibling of a
 
 - the rq job is re-pointed to the adopter (rq's execution record and the job's
   ``worker_name``), so reapers judge the adopter's heartbeat from now on;
-- the executor is asked to start the same request: the container name is
-  derived from executor id + execution id, so it finds the existing container
-  and follows it, replaying its output from the beginning;
+- the executor is asked to start the same request: it finds the existing
+  container by the execution's labels, whatever its name
+  (``worker.executor.leftover``), and follows it, replaying its output from the
+  beginning (an exited one is read from its log at once);
 - the log shipper skips what the predecessor already published (per stream, by
   characters, counted from the ``P:exec:ID:log`` stream; by entries when that
   stream was capped) and continues ``seq`` where the predecessor stopped, so

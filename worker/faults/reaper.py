@@ -37,6 +37,7 @@ from worker.faults.forgotten import ForgottenContainersSweep
 from worker.faults.liveness import Liveness, rq_heartbeat_ttl
 from worker.faults.orphans import OrphanContainersSweep
 from worker.faults.sweep import Pass, ReapReport, SweepContext
+from worker.observe import metrics
 
 if TYPE_CHECKING:
     from worker.service.runtime import WorkerRuntime
@@ -108,6 +109,7 @@ class Reaper:
         finally:
             self._pass_lock.release()
         self._failing = False
+        metrics.reaped(report)
         if report:
             log.info("reaper: %s", report)
         return report

@@ -58,3 +58,6 @@ def _connect(url: str, **_options: Any) -> tuple[None, Any]:
 
 
 web.from_url = _connect
+
+# Job lists, counts and pages that tell executions' endings apart, safe buttons (worker/observe/dashboard_views.py).
+from worker.observe import dashboard_views  # noqa: E402,F401 - registers on import, before rq-dashboard registers its blueprint

@@ -27,6 +27,7 @@ from worker.execution.channels import ExecutionChannels
 from worker.execution.replicated import ReplicaAcks
 from worker.config.deployment import LABEL_DEPLOYMENT
 from worker.config.settings import WorkerSettings
+from worker.observe import metrics
 
 if TYPE_CHECKING:
     from rq.job import Job
@@ -189,7 +190,8 @@ class WorkerRuntime:
                 self._control = ControlListener(connection, self.keys, self._cancel_from_control)
             self._running[run.execution_id] = run
         try:
-            yield
+            with metrics.running():
+                yield
         finally:
             with self._lock:
                 self._running.pop(run.execution_id, None)

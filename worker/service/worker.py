@@ -49,6 +49,7 @@ from schemas.connections import REDIS_DOWN, ride_out_outage
 from worker.faults.liveness import identity, rq_heartbeat_ttl
 from worker.faults.outage import settle_after_outage, wait_for_docker
 from worker.faults.reaper import Reaper
+from worker.observe import logformat, metrics
 from worker.service import runtime as runtime_module
 from worker.service.heartbeat import Heartbeat
 from worker.service.job import DockrqJob
@@ -273,9 +274,13 @@ class DockrqWorker(SimpleWorker):
         return super().perform_job(job, queue, execution)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        """rq's execute_job, counted (worker.observe.metrics), with the job's id on its log lines,
+        and settled once Redis is back if Redis failed around it."""
         self._performed_job_id = None
+        metrics.job_taken(job.enqueued_at)
         try:
-            super().execute_job(job, queue)
+            with logformat.execution_context(job.id):
+                super().execute_job(job, queue)
         except REDIS_DOWN as exc:
             self.log.error("Worker %s: Redis failed around job %s (%s); settling it once Redis is back", self.name, job.id, exc)
             ride_out_outage(self.connection.ping)
