@@ -21,7 +21,6 @@ from __future__ import annotations
 
 import logging
 import re
-import time
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -46,20 +45,15 @@ from schemas import (
     LogEntry,
     Outcome,
 )
-from schemas.connections import (  # DEFAULT_REDIS_URL re-exported: it was defined here before
-    BLOCK_SLICE_SECONDS,
-    DEFAULT_REDIS_URL,
-    REDIS_DOWN,
-    blocking_twin,
-    clients_from_url,
-    ride_out_outage,
-)
+from schemas.connections import DEFAULT_REDIS_URL, blocking_twin, clients_from_url  # DEFAULT_REDIS_URL re-exported
+from schemas.replication import DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS
 
 from . import dependencies, groups, listing, many
 from .cancel import CancelResult
 from .cancel import cancel as cancel_execution
 from .errors import DuplicateExecution, ExecutionNotFound, InvalidRequest
 from .files import InputValue, build_input_archive, write_input_archive
+from .replicas import ProducerAcks
 from .jobhash import JobWriter
 from .logs import LogReader
 from .many import DEFAULT_RECHECK_SECONDS
@@ -73,6 +67,7 @@ from .planning import (  # noqa: F401 - re-exported: submit planning lived here 
 )
 from .scripts import CLAIM_LUA
 from .status import ExecutionStatusView, build_view
+from .waiting import OutcomeWaiter
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +92,8 @@ class Producer(SubmitPlanner, OutputsMixin):
         retention_seconds: int = DEFAULT_RETENTION_SECONDS,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+        replica_acks: int = 0,
+        replica_ack_timeout: float = DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS,
     ) -> None:
         if max_request_bytes < MIN_MAX_REQUEST_BYTES:
             raise ValueError(f"max_request_bytes must be at least {MIN_MAX_REQUEST_BYTES}")
@@ -121,6 +118,9 @@ class Producer(SubmitPlanner, OutputsMixin):
         self._queues: dict[str, Queue] = {}
         self._writers: dict[str, JobWriter | None] = {}
         self._claim_script = self._client.register_script(CLAIM_LUA)
+        # Submissions return, and outcomes are handed to waiters, only once this many replicas
+        # have them (Redis WAIT; fewer when fewer are connected): schemas/replication.py.
+        self._acks = ProducerAcks(replica_acks, replica_ack_timeout, marker_key=self.keys.replication_marker)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -235,6 +235,7 @@ class Producer(SubmitPlanner, OutputsMixin):
                 self._release_inputs(submission.ids[0])
             self._release_claims(submission.ids)
             raise
+        self._acks.confirm_submission(self._client, submission.ids)
         return submission.ids
 
     def _claim(self, ids: list[str], queue_name: str) -> None:
@@ -289,52 +290,16 @@ class Producer(SubmitPlanner, OutputsMixin):
         """The outcome, once the execution has ended (at once if it already has).
 
         Non-destructive, so any number of waiters get it. Raises TimeoutError
-        after ``timeout`` seconds, ExecutionNotFound for an unknown id or one
-        whose rq job disappears without an outcome. Redis outages while waiting
-        are retried with backoff.
+        after ``timeout`` seconds, ExecutionNotFound for an unknown id, and
+        ExecutionVanished (an ExecutionNotFound) for one Redis no longer knows
+        (producer.waiting). Redis outages while waiting are retried with backoff.
         """
         self._check_id(execution_id)
-        key = self.keys.outcome(execution_id)
         outcome = self._outcome(execution_id)
-        if outcome is not None:
+        if outcome is not None and self._acks.outcome_confirmed(self._client, execution_id):
             return outcome
         self._require_known(execution_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        missing_since: float | None = None
-
-        def redis_away(exc: Exception, failures: int) -> None:
-            log.warning("waiting for %s: Redis error (%s); retrying", execution_id, exc)
-
-        def in_time() -> bool:
-            return deadline is None or time.monotonic() < deadline
-
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"execution {execution_id} still running after {timeout}s")
-            block = BLOCK_SLICE_SECONDS if remaining is None else max(min(BLOCK_SLICE_SECONDS, remaining), 0.01)
-            try:
-                raw, has_outcome, has_job = ride_out_outage(
-                    lambda: self._wait_slice(execution_id, key, block), redis_away, keep_trying=in_time
-                )
-            except REDIS_DOWN:
-                continue  # away past the deadline: TimeoutError above
-            if raw is not None:
-                return Outcome.model_validate_json(raw)
-            if has_outcome or has_job:
-                missing_since = None
-            elif missing_since is None:
-                missing_since = time.monotonic()
-            elif time.monotonic() - missing_since > VANISH_GRACE_SECONDS:
-                raise ExecutionNotFound(execution_id, "execution vanished (no rq job and no outcome)")
-
-    def _wait_slice(self, execution_id: str, key: str, block: float) -> tuple[bytes | None, bool, bool]:
-        """One BLMOVE of at most ``block`` seconds: (the outcome, or None and whether an outcome / rq job exists)."""
-        raw = self._blocking.blmove(key, key, block, "RIGHT", "LEFT")
-        if raw is not None:
-            return raw, True, True
-        has_outcome, has_job, _ = self._presence(execution_id)
-        return None, has_outcome, has_job
+        return OutcomeWaiter(self._client, self._blocking, self.keys, self._acks, self._presence).wait(execution_id, timeout)
 
     def as_completed(
         self, execution_ids: Iterable[str], timeout: float | None = None, *, recheck_seconds: float = DEFAULT_RECHECK_SECONDS

@@ -30,6 +30,7 @@ from schemas import (
 )
 from schemas.connections import WRITE_BACKOFF, OutageBudget, ride_out_outage, within_budget
 from worker.config.settings import DEFAULT_OUTCOME_RETRY_SECONDS
+from worker.execution.replicated import ReplicaAcks, confirm_outcome
 from worker.observe import metrics
 
 if TYPE_CHECKING:
@@ -63,6 +64,7 @@ class ExecutionChannels:
         log_stream_maxlen: int,
         job: Job | None = None,
         outcome_retry_seconds: float = DEFAULT_OUTCOME_RETRY_SECONDS,
+        acks: ReplicaAcks | None = None,
     ) -> None:
         self.connection = connection
         self.keys = keys
@@ -72,6 +74,7 @@ class ExecutionChannels:
         self.log_stream_maxlen = log_stream_maxlen
         self.job = job
         self.outcome_retry_seconds = outcome_retry_seconds
+        self.acks = acks  # DOCKRQ_REPLICA_ACKS: the outcome write is confirmed by replicas (WAIT)
         # One clock for the log batches, the eof and the outcome, so an ending waits for
         # Redis about outcome_retry_seconds in all, not that long for each of them.
         self.budget = OutageBudget(outcome_retry_seconds)
@@ -221,14 +224,22 @@ class ExecutionChannels:
         """
         if self.job is not None:  # a retried execution's: the last attempt's, with the earlier ones
             outcome = outcome.with_attempts(*attempts_from_meta(self.job.meta))
+        payload = outcome.model_dump_json()
         self._ending_status = outcome.status.value  # which status index _store_outcome adds the id to
         written = within_budget(
-            lambda: self._store_outcome(outcome.model_dump_json()),
+            lambda: self._store_outcome(payload),
             self.budget,
             self._outcome_not_written,
             backoff=WRITE_BACKOFF,
         )
         if written:
+            if self.acks:  # DOCKRQ_REPLICA_ACKS; a failover mid-way: written again (first writer wins) and confirmed
+                within_budget(
+                    lambda: confirm_outcome(self.acks, self.connection, self.execution_id, lambda: self._store_outcome(payload)),
+                    self.budget,
+                    lambda exc: log.warning("execution %s: outcome not confirmed by replicas yet: %s", self.execution_id, exc),
+                    backoff=WRITE_BACKOFF,
+                )
             metrics.outcome_written(outcome)
             self.set_state(
                 ExecutionState(outcome.status.value), exit_code=outcome.exit_code,
