@@ -41,11 +41,11 @@ from schemas import (
     ExecutionStatus,
     LogEntry,
     Outcome,
-    parse_size,
 )
+from schemas.connections import DEFAULT_REDIS_URL, REDIS_DOWN, redact_url
 
-from .client import DEFAULT_REDIS_URL, Producer
-from .connections import redact_url
+from .client import Producer
+from .flags import build_request
 from .errors import ExecutionAlreadyFinished, InvalidRequest, ProducerError
 from .status import ExecutionStatusView
 
@@ -106,7 +106,7 @@ class DockrqCommand(click.Command):
         except ProducerError as exc:
             prefix = "invalid request: " if isinstance(exc, InvalidRequest) else ""
             fail(f"{prefix}{exc}", self.failure_code)
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
+        except REDIS_DOWN as exc:
             url = redact_url(ctx.find_object(Settings).redis_url)
             fail(f"cannot reach Redis at {url}: {exc}", self.failure_code)
         except redis.RedisError as exc:
@@ -211,80 +211,6 @@ def _span(seconds: float | None) -> str:
 # -- commands ----------------------------------------------------------------
 
 
-def _env_pairs(values: tuple[str, ...]) -> dict[str, str]:
-    """``-e K=V`` sets K; ``-e K`` passes K from this environment (skipped if unset), as docker does."""
-    env = {}
-    for item in values:
-        name, sep, value = item.partition("=")
-        if sep:
-            env[name] = value
-        elif name in os.environ:
-            env[name] = os.environ[name]
-    return env
-
-
-def _mounts(values: tuple[str, ...]) -> list[dict[str, Any]]:
-    """``-v SRC:DST[:ro|rw]`` as docker writes it; read-only unless ``:rw`` (the schema's default)."""
-    mounts = []
-    for index, item in enumerate(values):
-        parts = item.split(":")
-        if len(parts) not in (2, 3) or (len(parts) == 3 and parts[2] not in ("ro", "rw")):
-            raise InvalidRequest(f"mounts.{index}: {item!r} is not SRC:DST, SRC:DST:ro or SRC:DST:rw")
-        mounts.append({"source": parts[0], "target": parts[1], "read_only": parts[2:] != ["rw"]})
-    return mounts
-
-
-def _gpus(value: str, vendor: str) -> dict[str, Any]:
-    """``--gpus`` as docker takes it: ``all``, a count, or ``device=0,1``.
-
-    A count is NVIDIA's only: AMD/Intel GPUs are render nodes the worker cannot pick N of,
-    so the schema refuses one; saying so here names the flags to use instead.
-    """
-    if value == "all":
-        return {"vendor": vendor, "count": -1}
-    if value.startswith("device="):
-        return {"vendor": vendor, "device_ids": [d for d in value[len("device="):].split(",") if d]}
-    if value.isascii() and value.isdigit():  # str.isdigit also takes '²', which int() refuses
-        if vendor != "nvidia":
-            raise InvalidRequest(
-                f"resources.gpus: {vendor} GPUs are chosen by render node index, not by count: "
-                f"use --gpus device=0,1 or --gpus all"
-            )
-        return {"vendor": vendor, "count": int(value)}
-    raise InvalidRequest(f"resources.gpus: {value!r} is not 'all', a count or 'device=ID,...'")
-
-
-def _build_request(image: str, cmd: tuple[str, ...], options: dict[str, Any]) -> dict[str, Any]:
-    """The request as a plain dict holding only what was given, so the schema's defaults apply."""
-    engine: dict[str, Any] = {"image": image, "env": _env_pairs(options["env"])}
-    if cmd:
-        engine["cmd"] = list(cmd)
-    if options["entrypoint"] is not None:
-        engine["entrypoint"] = [options["entrypoint"]] if options["entrypoint"] else []
-    if options["workdir"]:
-        engine["working_dir"] = options["workdir"]
-    resources = {k: options[k] for k in ("cpus", "memory", "pids") if options[k] is not None}
-    if options["gpus"] is not None:
-        resources["gpus"] = _gpus(options["gpus"], options["gpu_vendor"])
-    request: dict[str, Any] = {"engine": engine, "resources": resources}
-    if options["volume"]:
-        request["mounts"] = _mounts(options["volume"])
-    plain = {
-        "execution_id": "execution_id",
-        "timeout": "timeout_seconds",
-        "network": "network",
-        "pull": "pull_policy",
-        "retries": "retries",
-    }
-    request.update({field: options[opt] for opt, field in plain.items() if options[opt] is not None})
-    if options["output_limit"] is not None:
-        try:
-            request["output_limit_bytes"] = parse_size(options["output_limit"])
-        except ValueError as exc:
-            raise InvalidRequest(f"output_limit_bytes: {exc}") from None
-    return request
-
-
 @cli.command(context_settings={"allow_interspersed_args": False}, failure_code=EXIT_DOCKRQ_FAILED)
 @click.option("--id", "execution_id", help="Execution id ([A-Za-z0-9_-]{1,64}); generated if absent.")
 @click.option("--queue", "queue_name", help="rq queue for this execution (default: the global --queue).")
@@ -314,7 +240,7 @@ def submit(
 ) -> None:
     """Run IMAGE [CMD...] on a worker; stay attached to its output and exit with its exit code."""
     producer = settings.producer()
-    execution_id = producer.submit(_build_request(image, cmd, options), queue=queue_name)
+    execution_id = producer.submit(build_request(image, cmd, options), queue=queue_name)
     if detach:
         click.echo(json.dumps({"execution_id": execution_id}) if settings.as_json else execution_id)
         return

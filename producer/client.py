@@ -26,18 +26,15 @@ import time
 from collections import Counter
 from collections.abc import Iterable, Iterator
 from datetime import datetime, timedelta, timezone
-from typing import Any, Literal
+from typing import Any
 
 import redis
 from pydantic import ValidationError
-from redis.backoff import ExponentialWithJitterBackoff
 from rq import Queue
-from rq.exceptions import InvalidJobOperation
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from schemas import (
-    CANCEL_MESSAGE,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_PREFIX,
     DEFAULT_QUEUE,
@@ -45,11 +42,9 @@ from schemas import (
     EXECUTION_ID_PATTERN,
     JOB_FUNCTION,
     MIN_MAX_REQUEST_BYTES,
-    WRITE_OUTCOME_LUA,
     Event,
     ExecutionRequest,
     ExecutionState,
-    ExecutionStatus,
     Keys,
     LogEntry,
     Outcome,
@@ -57,16 +52,26 @@ from schemas import (
     request_size,
 )
 
-from .connections import BLOCK_SLICE_SECONDS, blocking_twin, clients_from_url
+from schemas.connections import (
+    BLOCK_SLICE_SECONDS,
+    DEFAULT_REDIS_URL,
+    REDIS_DOWN,
+    blocking_twin,
+    clients_from_url,
+    ride_out_outage,
+)
+
+from .cancel import CancelResult
+from .cancel import cancel as cancel_execution
 from .describe import describe
-from .errors import DuplicateExecution, ExecutionAlreadyFinished, ExecutionNotFound, InvalidRequest, RequestTooLarge
+from .errors import DuplicateExecution, ExecutionNotFound, InvalidRequest, RequestTooLarge
 from .jobhash import JobWriter
 from .logs import LogReader
-from .status import ExecutionStatusView, build_view
+from .scripts import CLAIM_LUA, PUBLISH_MANY_LUA
+from .status import ExecutionStatusView, build_view, recent_views
 
 log = logging.getLogger(__name__)
 
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 # rq's own job timeout must not fire before the worker's: the worker enforces
 # timeout_seconds on the container, and also pulls the image, stops the
 # container (grace period) and, through a Redis outage, waits up to its
@@ -78,38 +83,7 @@ NO_RQ_TIMEOUT = -1  # rq: never kill the work horse; the request has no time lim
 # (the claim-then-enqueue window is milliseconds).
 VANISH_GRACE_SECONDS = 3.0
 
-CancelResult = Literal["cancelled", "signalled"]
 _ID_RE = re.compile(EXECUTION_ID_PATTERN)
-_CANCELLABLE_IN_RQ = {JobStatus.QUEUED, JobStatus.SCHEDULED, JobStatus.DEFERRED, JobStatus.CREATED}
-_RECONNECT = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
-
-# Claims ids for one submit, atomically. KEYS: per id its claim, rq job and outcome
-# keys; ARGV: queue name, claim TTL. An id is taken when its claim is held or an rq
-# job or outcome exists for it; if any is, the claims this call won for free ids are
-# given back (a claim won for an id whose job or outcome exists stays: it names that
-# execution). Returns the 1-based positions of the taken ids.
-CLAIM_LUA = """
-local taken, won = {}, {}
-for i = 1, #KEYS, 3 do
-  local claimed = redis.call('SET', KEYS[i], ARGV[1], 'NX', 'EX', ARGV[2])
-  local exists = redis.call('EXISTS', KEYS[i + 1], KEYS[i + 2])
-  if not claimed or exists > 0 then
-    taken[#taken + 1] = (i + 2) / 3
-  else
-    won[#won + 1] = KEYS[i]
-  end
-end
-if #taken > 0 then
-  for _, key in ipairs(won) do redis.call('DEL', key) end
-end
-return taken
-"""
-# One message per ARGV on the channel KEYS[1]: a batch's events in one command.
-PUBLISH_MANY_LUA = """
-for i = 1, #ARGV do redis.call('PUBLISH', KEYS[1], ARGV[i]) end
-return #ARGV
-"""
-
 
 def parse_request(request: ExecutionRequest | dict[str, Any] | str | bytes) -> ExecutionRequest:
     """A validated request from a model, a dict or a JSON document, or InvalidRequest naming the field."""
@@ -363,30 +337,40 @@ class Producer:
         self._require_known(execution_id)
         deadline = None if timeout is None else time.monotonic() + timeout
         missing_since: float | None = None
-        failures = 0
+
+        def redis_away(exc: Exception, failures: int) -> None:
+            log.warning("waiting for %s: Redis error (%s); retrying", execution_id, exc)
+
+        def in_time() -> bool:
+            return deadline is None or time.monotonic() < deadline
+
         while True:
             remaining = None if deadline is None else deadline - time.monotonic()
             if remaining is not None and remaining <= 0:
                 raise TimeoutError(f"execution {execution_id} still running after {timeout}s")
             block = BLOCK_SLICE_SECONDS if remaining is None else max(min(BLOCK_SLICE_SECONDS, remaining), 0.01)
             try:
-                raw = self._blocking.blmove(key, key, block, "RIGHT", "LEFT")
-                if raw is not None:
-                    return Outcome.model_validate_json(raw)
-                has_outcome, has_job, _ = self._presence(execution_id)
-                failures = 0
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                failures += 1
-                pause = _RECONNECT.compute(failures)
-                log.warning("waiting for %s: Redis error (%s); retrying in %.1fs", execution_id, exc, pause)
-                time.sleep(pause)
-                continue
+                raw, has_outcome, has_job = ride_out_outage(
+                    lambda: self._wait_slice(execution_id, key, block), redis_away, keep_trying=in_time
+                )
+            except REDIS_DOWN:
+                continue  # away past the deadline: TimeoutError above
+            if raw is not None:
+                return Outcome.model_validate_json(raw)
             if has_outcome or has_job:
                 missing_since = None
             elif missing_since is None:
                 missing_since = time.monotonic()
             elif time.monotonic() - missing_since > VANISH_GRACE_SECONDS:
                 raise ExecutionNotFound(execution_id, "execution vanished (no rq job and no outcome)")
+
+    def _wait_slice(self, execution_id: str, key: str, block: float) -> tuple[bytes | None, bool, bool]:
+        """One BLMOVE of at most ``block`` seconds: (the outcome, or None and whether an outcome / rq job exists)."""
+        raw = self._blocking.blmove(key, key, block, "RIGHT", "LEFT")
+        if raw is not None:
+            return raw, True, True
+        has_outcome, has_job, _ = self._presence(execution_id)
+        return None, has_outcome, has_job
 
     def logs(self, execution_id: str, tail: bool | int = True, follow: bool = True) -> Iterator[LogEntry]:
         """The execution's log entries: history (all, none or the last ``tail``), then live if ``follow``.
@@ -428,30 +412,7 @@ class Producer:
         Reads rq's queue and registries (queued, scheduled, started, finished,
         failed, canceled) without cleaning them: listing must not change state.
         """
-        ids: dict[str, None] = {}
-        for name in queues or [self.queue]:
-            q = self.rq_queue(name)
-            ids.update(dict.fromkeys(reversed(q.get_job_ids(offset=-limit))))
-            for registry in (
-                q.started_job_registry,
-                q.scheduled_job_registry,
-                q.finished_job_registry,
-                q.failed_job_registry,
-                q.canceled_job_registry,
-            ):
-                ids.update(dict.fromkeys(registry.get_job_ids(0, limit - 1, desc=True, cleanup=False)))
-        jobs = [j for j in Job.fetch_many(list(ids), connection=self._client, serializer=JSONSerializer) if j]
-        with self._client.pipeline(transaction=False) as pipe:
-            for job in jobs:
-                pipe.lindex(self.keys.outcome(job.id), 0)
-            raw_outcomes = pipe.execute()
-        views = [
-            build_view(job.id, job, Outcome.model_validate_json(raw) if raw else None)
-            for job, raw in zip(jobs, raw_outcomes, strict=True)
-        ]
-        epoch = datetime.min.replace(tzinfo=timezone.utc)
-        views.sort(key=lambda v: v.enqueued_at or epoch, reverse=True)
-        return views[:limit]
+        return recent_views(self._client, self.keys, [self.rq_queue(n) for n in queues or [self.queue]], limit)
 
     # -- cancel --------------------------------------------------------------
 
@@ -466,43 +427,4 @@ class Producer:
         Raises ExecutionAlreadyFinished or ExecutionNotFound.
         """
         self._check_id(execution_id)
-        outcome_key = self.keys.outcome(execution_id)
-        job_key = Job.key_for(execution_id)
-        with self._client.pipeline() as pipe:
-            while True:
-                try:
-                    pipe.watch(outcome_key, job_key)
-                    return self._cancel_watched(pipe, execution_id)
-                except (redis.WatchError, InvalidJobOperation):
-                    # Changed under us (a worker took it, another cancel won): look again.
-                    pipe.reset()
-
-    def _cancel_watched(self, pipe: redis.client.Pipeline, execution_id: str) -> CancelResult:
-        outcome = self._outcome(execution_id)
-        if outcome is not None:
-            raise ExecutionAlreadyFinished(execution_id, outcome.status.value)
-        job = self._fetch_job(execution_id)
-        if job is None and not self._client.exists(self.keys.claim(execution_id)):
-            raise ExecutionNotFound(execution_id)
-        rq_status = job.get_status(refresh=False) if job is not None else None
-        if rq_status in (JobStatus.FINISHED, JobStatus.FAILED, JobStatus.STOPPED, JobStatus.CANCELED):
-            raise ExecutionAlreadyFinished(execution_id, f"rq job {rq_status.value}")
-        pipe.multi()
-        pipe.set(self.keys.cancel_flag(execution_id), "1", ex=self.retention_seconds)
-        pipe.publish(self.keys.control_channel(execution_id), CANCEL_MESSAGE)
-        if job is None or rq_status not in _CANCELLABLE_IN_RQ:
-            pipe.execute()
-            return "signalled"
-        job.cancel(pipeline=pipe)
-        job.meta["status"] = ExecutionState.CANCELLED.value
-        pipe.hset(job.key, "meta", job.serializer.dumps(job.meta))
-        pipe.expire(job.key, self.retention_seconds)  # rq keeps cancelled jobs forever otherwise
-        cancelled = Outcome.failure(
-            execution_id, ExecutionStatus.CANCELLED, "cancelled", f"cancelled while {rq_status.value}, before it started"
-        )
-        pipe.eval(
-            WRITE_OUTCOME_LUA, 1, self.keys.outcome(execution_id), cancelled.model_dump_json(), self.retention_seconds
-        )
-        self._publish_event(pipe, execution_id, ExecutionState.CANCELLED.value)
-        pipe.execute()
-        return "cancelled"
+        return cancel_execution(self._client, self.keys, self.retention_seconds, execution_id)

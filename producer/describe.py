@@ -10,18 +10,9 @@ from __future__ import annotations
 
 import shlex
 
-from schemas import ExecutionRequest
+from schemas import ExecutionRequest, format_size
 
 HIDDEN = "***"
-_SIZE_SUFFIXES = (("g", 1024**3), ("m", 1024**2), ("k", 1024))
-
-
-def format_size(size: int) -> str:
-    """Bytes as docker writes them (``256m``) when that is exact, else plain bytes."""
-    for suffix, unit in _SIZE_SUFFIXES:
-        if size >= unit and size % unit == 0:
-            return f"{size // unit}{suffix}"
-    return str(size)
 
 
 def _number(value: float) -> str:

@@ -16,26 +16,19 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import redis
-from redis.backoff import ExponentialWithJitterBackoff
 from redis.client import PubSub
 
 from schemas import LogBatch, LogEntry
 
-from .connections import BLOCK_SLICE_SECONDS, BLOCKING_SOCKET_TIMEOUT
+from schemas.connections import BLOCK_SLICE_SECONDS, BLOCKING_SOCKET_TIMEOUT, REDIS_DOWN, ride_out_outage
 
 log = logging.getLogger(__name__)
 
-BATCH_FIELD = "batch"  # the stream entry field that holds LogBatch.to_json()
 _PAGE = 500
 GAP_RECHECK_SECONDS = 0.05
-_RECONNECT = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
-
-
-def _batch_of(fields: dict[bytes, bytes]) -> LogBatch:
-    return LogBatch.model_validate_json(fields[BATCH_FIELD.encode()])
 
 
 @dataclass
@@ -118,7 +111,7 @@ class LogReader:
         while True:
             page = self._client.xrevrange(self._stream, upper, "-", count=_PAGE if wanted else 1)
             for entry_id, fields in page:
-                newest_first.append((entry_id, _batch_of(fields)))
+                newest_first.append((entry_id, LogBatch.from_stream_entry(fields)))
                 have += len(newest_first[-1][1].entries)
             if not page or have >= wanted or len(page) < _PAGE:
                 break
@@ -138,7 +131,7 @@ class LogReader:
             page = self._client.xrange(self._stream, "(" + self.cursor.last_id.decode(), "+", count=_PAGE)
             for entry_id, fields in page:
                 self.cursor.last_id = entry_id
-                yield from self.cursor.take(_batch_of(fields), skip_gap=True) or ()
+                yield from self.cursor.take(LogBatch.from_stream_entry(fields), skip_gap=True) or ()
                 if self.cursor.eof:
                     return
             if len(page) < _PAGE:
@@ -159,37 +152,45 @@ class LogReader:
         raise redis.TimeoutError(f"no subscribe confirmation for {self._channel}")
 
     def _live(self, pubsub: PubSub) -> Iterator[LogEntry]:
-        failures = 0
         while not self.cursor.eof:
-            try:
-                message = pubsub.get_message(timeout=self._slice)
-                if message is None:
-                    if self._is_over():
-                        # Ended: whatever was written before the outcome is in the stream.
-                        yield from self._catch_up()
-                        return
-                    continue
-                failures = 0
-                if message["type"] != "message":
-                    continue
-                batch = LogBatch.model_validate_json(message["data"])
+            # PubSub reconnects and resubscribes on its next read; what was published
+            # while Redis was away is recovered from the stream by the gap check.
+            entries, ended = ride_out_outage(lambda: self._next_live(pubsub), _follow_interrupted)
+            yield from entries
+            if ended:
+                return
+
+    def _next_live(self, pubsub: PubSub) -> tuple[list[LogEntry], bool]:
+        """The entries of the next live message (none on an idle slice), and whether the execution
+        ended without an eof batch. All or nothing: a Redis error leaves the cursor as it was."""
+        saved = replace(self.cursor)
+        try:
+            message = pubsub.get_message(timeout=self._slice)
+            if message is None:
+                # Ended: whatever was written before the outcome is in the stream.
+                ended = self._is_over()
+                return (list(self._catch_up()) if ended else []), ended
+            if message["type"] != "message":
+                return [], False
+            batch = LogBatch.model_validate_json(message["data"])
+            fresh = self.cursor.take(batch, skip_gap=False)
+            caught_up: list[LogEntry] = []
+            # Missed messages: read them from the stream; look twice, since a
+            # writer may publish a batch a moment before its XADD lands.
+            for pause in (0.0, GAP_RECHECK_SECONDS):
+                if fresh is not None:
+                    break
+                time.sleep(pause)
+                caught_up += self._catch_up()
                 fresh = self.cursor.take(batch, skip_gap=False)
-                # Missed messages: read them from the stream; look twice, since a
-                # writer may publish a batch a moment before its XADD lands.
-                for pause in (0.0, GAP_RECHECK_SECONDS):
-                    if fresh is not None:
-                        break
-                    time.sleep(pause)
-                    yield from self._catch_up()
-                    fresh = self.cursor.take(batch, skip_gap=False)
-                yield from fresh if fresh is not None else self.cursor.take(batch, skip_gap=True) or ()
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
-                # PubSub reconnects and resubscribes on its next read; what was
-                # published meanwhile is recovered from the stream by the gap check.
-                failures += 1
-                delay = _RECONNECT.compute(failures)
-                log.warning("log follow: Redis error (%s); retrying in %.1fs", exc, delay)
-                time.sleep(delay)
+            return caught_up + (fresh if fresh is not None else self.cursor.take(batch, skip_gap=True) or []), False
+        except REDIS_DOWN:
+            self.cursor = saved
+            raise
+
+
+def _follow_interrupted(exc: Exception, failures: int) -> None:
+    log.warning("log follow: Redis error (%s); retrying", exc)
 
 
 def _entries_wanted(tail: bool | int) -> int | None:

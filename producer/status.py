@@ -11,10 +11,13 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
+import redis
 from pydantic import BaseModel
+from rq import Queue
 from rq.job import Job, JobStatus
+from rq.serializers import JSONSerializer
 
-from schemas import ExecutionState, Outcome
+from schemas import ExecutionState, Keys, Outcome
 
 # States the producer itself writes into meta at submit; anything else came from a worker.
 _SUBMIT_STATES = {ExecutionState.QUEUED, ExecutionState.SCHEDULED}
@@ -95,3 +98,31 @@ def build_view(execution_id: str, job: Job | None, outcome: Outcome | None) -> E
         ended_at=(result.finished_at if result and result.finished_at else job.ended_at if job else None),
         outcome=outcome,
     )
+
+
+def recent_views(client: redis.Redis, keys: Keys, queues: list[Queue], limit: int) -> list[ExecutionStatusView]:
+    """The newest ``limit`` executions of ``queues``, newest first, from rq's queue and registries
+    (read without cleaning them: listing must not change state) and the outcomes."""
+    ids: dict[str, None] = {}
+    for q in queues:
+        ids.update(dict.fromkeys(reversed(q.get_job_ids(offset=-limit))))
+        for registry in (
+            q.started_job_registry,
+            q.scheduled_job_registry,
+            q.finished_job_registry,
+            q.failed_job_registry,
+            q.canceled_job_registry,
+        ):
+            ids.update(dict.fromkeys(registry.get_job_ids(0, limit - 1, desc=True, cleanup=False)))
+    jobs = [j for j in Job.fetch_many(list(ids), connection=client, serializer=JSONSerializer) if j]
+    with client.pipeline(transaction=False) as pipe:
+        for job in jobs:
+            pipe.lindex(keys.outcome(job.id), 0)
+        raw_outcomes = pipe.execute()
+    views = [
+        build_view(job.id, job, Outcome.model_validate_json(raw) if raw else None)
+        for job, raw in zip(jobs, raw_outcomes, strict=True)
+    ]
+    epoch = datetime.min.replace(tzinfo=timezone.utc)
+    views.sort(key=lambda v: v.enqueued_at or epoch, reverse=True)
+    return views[:limit]

@@ -67,6 +67,15 @@ def parse_size(value: int | str) -> int:
     raise ValueError("size must be a number of bytes or a string like '256m'")
 
 
+def format_size(size: int) -> str:
+    """Bytes as docker writes them (``256m``) when that is exact, else plain bytes; ``parse_size`` reads it back."""
+    for suffix in ("g", "m", "k"):
+        unit = _SIZE_UNITS[suffix]
+        if size >= unit and size % unit == 0:
+            return f"{size // unit}{suffix}"
+    return str(size)
+
+
 class EngineSpec(_Model):
     """What to run: the image and how to start it, as ``docker run`` would."""
 
@@ -215,19 +224,21 @@ class ExecutionStatus(str, enum.Enum):
 
 
 class ExecutionState(str, enum.Enum):
-    """Every state an execution passes through, as published on the events topic."""
+    """Every state an execution passes through, as published on the events topic:
+    the four before the end, then every ``ExecutionStatus`` (same names, same values).
 
+    The final members are copied from ``ExecutionStatus`` with the enum module's
+    documented ``_ignore_`` pattern, so a new status cannot be forgotten here.
+    """
+
+    _ignore_ = "namespace status"
     SCHEDULED = "scheduled"
     QUEUED = "queued"
     PULLING = "pulling"
     RUNNING = "running"
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    TIMED_OUT = "timed_out"
-    CANCELLED = "cancelled"
-    REJECTED = "rejected"
-    ERROR = "error"
-    LOST = "lost"
+    namespace = vars()
+    for status in ExecutionStatus:
+        namespace[status.name] = status.value
 
     @property
     def final(self) -> bool:

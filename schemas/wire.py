@@ -19,6 +19,8 @@ from .execution import ExecutionResult, ExecutionState, ExecutionStatus, LogEntr
 DEFAULT_PREFIX = "dockrq"
 DEFAULT_QUEUE = "dockrq"
 JOB_FUNCTION = "worker.jobs.execute"
+# The field of each ``P:exec:ID:log`` stream entry that holds one LogBatch's JSON.
+LOG_STREAM_FIELD = "batch"
 CANCEL_MESSAGE = "cancel"
 
 # First writer wins: the worker, a producer cancelling a queued job and the reaper
@@ -113,6 +115,10 @@ class Outcome(BaseModel):
     def exit_code(self) -> int | None:
         return self.result.exit_code if self.result else None
 
+    def summary(self) -> dict[str, Any]:
+        """The rq job's return value for this outcome: ``{execution_id, status, exit_code}``."""
+        return {"execution_id": self.execution_id, "status": self.status.value, "exit_code": self.exit_code}
+
 
 class LogBatch(BaseModel):
     """One message on ``P:exec:ID:logs`` and one entry of the ``P:exec:ID:log`` stream.
@@ -125,6 +131,15 @@ class LogBatch(BaseModel):
     seq: int = Field(ge=0)
     entries: list[LogEntry] = Field(default_factory=list)
     eof: bool = False
+
+    @classmethod
+    def from_stream_entry(cls, fields: dict[bytes, bytes]) -> LogBatch:
+        """The batch held by one entry of the ``P:exec:ID:log`` stream (as XRANGE returns it)."""
+        return cls.model_validate_json(fields[LOG_STREAM_FIELD.encode()])
+
+    def to_stream_entry(self) -> dict[str, str]:
+        """The fields of this batch's ``P:exec:ID:log`` stream entry (XADD)."""
+        return {LOG_STREAM_FIELD: self.to_json()}
 
     def to_json(self) -> str:
         if self.eof:

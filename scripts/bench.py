@@ -256,7 +256,7 @@ class Bench:
     def _spawn(self, queue: str, name: str, *, redis_url: str | None = None,
                retention: int = RETENTION) -> subprocess.Popen[bytes]:
         entry = Path(sys.executable).with_name("dockrq-worker")
-        base = [str(entry)] if entry.exists() else [sys.executable, "-m", "worker.cli"]
+        base = [str(entry)] if entry.exists() else [sys.executable, "-m", "worker.service.cli"]
         # the log test keeps every line in the result: allow its output_limit_bytes
         env = {**os.environ, "DOCKRQ_RETENTION_SECONDS": str(retention), "DOCKRQ_MAX_OUTPUT_BYTES": "1g"}
         args = [

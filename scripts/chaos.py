@@ -102,7 +102,7 @@ class WorkerSlot:
         self.name = f"{self.executor_id}.r{self.starts}"
         log = open(s.tmp / f"worker-{self.index}-r{self.starts}.log", "wb")  # noqa: SIM115 - handed to the child
         entry = Path(sys.executable).with_name("dockrq-worker")
-        cmd = [str(entry)] if entry.exists() else [sys.executable, "-m", "worker.cli"]
+        cmd = [str(entry)] if entry.exists() else [sys.executable, "-m", "worker.service.cli"]
         self.proc = subprocess.Popen(
             [
                 *cmd, "--redis-url", s.redis.url, "-q", s.queue, "--prefix", s.prefix,

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # Start rq-dashboard on dockrq's Redis, reading jobs with rq's JSON serializer
-# (worker/dashboard.py extends --json to the workers page and keeps job
+# (worker/service/dashboard.py, loaded as worker.dashboard, extends --json to the workers page and keeps job
 # arguments, which hold environment values, off it).
 #
 #   scripts/dashboard.sh                 # http://127.0.0.1:9181

@@ -121,12 +121,18 @@ class VirtualClock:
 
 @pytest.fixture
 def virtual_time(monkeypatch):
-    """``virtual_time(module, ...)`` replaces those modules' ``time`` with one VirtualClock and returns it."""
+    """``virtual_time(module, ...)`` replaces those modules' ``time`` with one VirtualClock and returns it.
+
+    redis-py's ``Retry`` (every dockrq retry, ``schemas.connections``) sleeps on that clock too.
+    """
     clock = VirtualClock()
 
     def install(*modules) -> VirtualClock:
+        import redis.retry
+
         for module in modules:
             monkeypatch.setattr(module, "time", clock)
+        monkeypatch.setattr(redis.retry, "sleep", clock.sleep)
         return clock
 
     return install
@@ -191,7 +197,7 @@ def spawn_worker(redis_url, unique, docker_client, tmp_path):
 
     queue, prefix, executor_id = f"q-{unique}", f"p-{unique}", f"test-{unique}"
     entry = Path(sys.executable).with_name("dockrq-worker")
-    base = [str(entry)] if entry.exists() else [sys.executable, "-m", "worker.cli"]
+    base = [str(entry)] if entry.exists() else [sys.executable, "-m", "worker.service.cli"]
     client = redis.Redis.from_url(redis_url)
     started: list[WorkerProcess] = []
 

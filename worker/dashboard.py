@@ -1,48 +1,6 @@
-"""rq-dashboard configuration for dockrq: ``rq-dashboard --json --config worker.dashboard``.
+"""``rq-dashboard --json --config worker.dashboard``: the path operators and docker-compose.yml
+give rq-dashboard; importing it applies ``worker.service.dashboard``."""
 
-rq-dashboard 0.9 honours ``--json`` for queues and jobs but not for workers:
-its workers page reads each busy worker's current job with pickle and answers
-500 for as long as any dockrq worker is busy (or died busy), and it would show
-the job's call string, whose arguments carry environment values. Importing this
-module (rq-dashboard imports its ``--config`` module before serving) makes that
-page read workers with the configured serializer and show the job's
-description (the producer's ``docker run`` line, env values hidden) instead.
-"""
+from worker.service.dashboard import DashboardWorker, serialize_current_job
 
-from __future__ import annotations
-
-from typing import Any
-
-from rq import Worker
-from rq.exceptions import NoSuchJobError
-from rq.job import Job
-from rq_dashboard import web
-
-
-class DashboardWorker(Worker):
-    """rq's Worker as the dashboard lists it: serializer from ``--json``, gone jobs shown as idle."""
-
-    @classmethod
-    def all(cls, *args: Any, serializer: Any = None, **kwargs: Any) -> list[Any]:
-        return super().all(*args, serializer=serializer or web.config.serializer, **kwargs)
-
-    def get_current_job(self) -> Job | None:
-        try:
-            return super().get_current_job()
-        except NoSuchJobError:  # a worker that died busy, whose job has expired since
-            return None
-
-
-def serialize_current_job(job: Job | None) -> Any:
-    if job is None:
-        return "idle"
-    return {
-        "job_id": job.id,
-        "description": job.description,
-        "created_at": web.serialize_date(job.created_at),
-        "call_string": job.description,  # never the arguments
-    }
-
-
-web.Worker = DashboardWorker
-web.serialize_current_job = serialize_current_job
+__all__ = ["DashboardWorker", "serialize_current_job"]

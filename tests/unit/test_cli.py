@@ -14,7 +14,7 @@ from rq.serializers import JSONSerializer
 import producer.cli as cli_module
 from producer import Producer
 from producer.cli import cli, exit_code_for
-from producer.connections import redact_url
+from schemas.connections import redact_url
 from schemas import ExecutionResult, ExecutionStatus, Keys, LogBatch, LogEntry, Outcome
 
 KEYS = Keys("p")

@@ -15,7 +15,7 @@ from docker.utils import parse_bytes
 
 from schemas import ExecutionRequest, GpuRequest
 from worker.executor.errors import ExecutorError, GpuUnavailableError, MountNotAllowed, RequestRejected
-from worker.executor.types import (
+from worker.executor.spec import (
     LABEL_EXECUTION,
     LABEL_EXECUTOR,
     LABEL_JOB,

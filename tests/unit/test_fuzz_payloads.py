@@ -24,12 +24,12 @@ from rq.serializers import JSONSerializer
 
 from producer import DuplicateExecution, ExecutionNotFound, InvalidRequest, Producer
 from schemas import ExecutionRequest, ExecutionResult, ExecutionStatus, Keys, Outcome
-from worker import runtime as runtime_module
+from worker.service import runtime as runtime_module
 from worker.executor import ExecutionNotFound as ExecutorNotFound
-from worker.jobs import ExecutionRun
-from worker.rq_worker import DockrqWorker
-from worker.runtime import WorkerRuntime
-from worker.settings import WorkerSettings
+from worker.execution.run import ExecutionRun
+from worker.service.worker import DockrqWorker
+from worker.service.runtime import WorkerRuntime
+from worker.config.settings import WorkerSettings
 
 pytest.importorskip("lupa", reason="fakeredis needs lupa (fakeredis[lua]) to run the outcome script")
 pytestmark = pytest.mark.timeout(120)

@@ -17,8 +17,8 @@ import producer.cli as cli_module
 from producer import InvalidRequest, Producer, RequestTooLarge
 from producer.cli import cli
 from schemas import DEFAULT_MAX_REQUEST_BYTES, JOB_FRAMING_BYTES, JOB_FUNCTION, ExecutionStatus, request_size
-from worker.rq_job import _larger_than
-from worker.rq_worker import DockrqWorker
+from worker.service.job import _larger_than
+from worker.service.worker import DockrqWorker
 
 from test_worker_jobs import KEYS, FakeExecutor, installed, make_runtime, outcome  # noqa: F401 - fixtures
 

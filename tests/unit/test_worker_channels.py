@@ -11,7 +11,7 @@ from rq import Queue
 from rq.serializers import JSONSerializer
 
 from schemas import Event, ExecutionState, ExecutionStatus, Keys, LogBatch, LogEntry, Outcome
-from worker.channels import ExecutionChannels
+from worker.execution.channels import ExecutionChannels
 
 pytest.importorskip("lupa", reason="fakeredis needs lupa (fakeredis[lua]) to run the outcome script")
 
@@ -105,9 +105,9 @@ def _redis_down(*_args, **_kwargs):
 def test_outcome_gives_up_once_redis_has_been_unreachable_for_the_budget(fake_redis, monkeypatch, virtual_time):
     import redis
 
-    import worker.channels
+    import schemas.connections
 
-    clock = virtual_time(worker.channels)  # its retries wait on virtual time: exact, whatever the load
+    clock = virtual_time(schemas.connections)  # its retries wait on virtual time: exact, whatever the load
     ch = channels(fake_redis, outcome_retry_seconds=0.5)
     tries = []
 
@@ -131,9 +131,9 @@ def test_eof_and_outcome_share_one_budget(fake_redis, monkeypatch, virtual_time)
     # several times over; one clock, from the first write that found it unreachable.
     import redis
 
-    import worker.channels
+    import schemas.connections
 
-    clock = virtual_time(worker.channels)
+    clock = virtual_time(schemas.connections)
     ch = channels(fake_redis, outcome_retry_seconds=0.5)
     monkeypatch.setattr(ch, "_ship", _redis_down)
     monkeypatch.setattr(ch, "_write_outcome", _redis_down)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
-from worker import cli, doctor
-from worker.settings import SettingsError, WorkerSettings
+from worker.service import cli, doctor
+from worker.config.settings import SettingsError, WorkerSettings
 
 
 def test_defaults():

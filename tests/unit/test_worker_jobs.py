@@ -29,7 +29,7 @@ from schemas import (
     LogBatch,
     Outcome,
 )
-from worker import jobs, runtime as runtime_module
+from worker.service import runtime as runtime_module
 from worker.executor import (
     ExecutionAlreadyFinished,
     ExecutionAlreadyStarted,
@@ -38,10 +38,11 @@ from worker.executor import (
     MountNotAllowed,
 )
 from worker.executor.output import OutputLog
-from worker.jobs import ExecutionRun, ExecutionStopped
-from worker.rq_worker import DockrqWorker
-from worker.runtime import WorkerRuntime
-from worker.settings import WorkerSettings
+from worker.execution.logs import LOG_BATCH_ENTRIES
+from worker.execution.run import ExecutionRun, ExecutionStopped
+from worker.service.worker import DockrqWorker
+from worker.service.runtime import WorkerRuntime
+from worker.config.settings import WorkerSettings
 
 pytest.importorskip("lupa", reason="fakeredis needs lupa (fakeredis[lua]) to run the outcome script")
 
@@ -194,7 +195,7 @@ def test_success_ships_logs_then_eof_then_outcome(fake_redis, make_runtime, even
     assert batches[-1].eof and batches[-1].seq == 1234
     seq = 0
     for batch in batches[:-1]:
-        assert batch.seq == seq and 0 < len(batch.entries) <= jobs.LOG_BATCH_ENTRIES
+        assert batch.seq == seq and 0 < len(batch.entries) <= LOG_BATCH_ENTRIES
         seq += len(batch.entries)
     assert [e.data for b in batches for e in b.entries] == [f"line {i}\n" for i in range(1234)]
     assert events_of(events) == ["pulling", "running", "succeeded"]
@@ -316,10 +317,10 @@ def test_outcome_given_up_after_the_redis_budget_is_left_to_the_worker(fake_redi
     # interruption path, and leaves its outcome to rq's worker, which writes it once Redis is back.
     import redis
 
-    import worker.channels
-    from worker.channels import ExecutionChannels
+    import schemas.connections
+    from worker.execution.channels import ExecutionChannels
 
-    clock = virtual_time(worker.channels)  # the end's retries wait on virtual time: exact, whatever the load
+    clock = virtual_time(schemas.connections)  # the end's retries wait on virtual time: exact, whatever the load
     attempts = []
 
     def down(self, payload):

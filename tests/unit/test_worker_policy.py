@@ -16,14 +16,14 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from schemas import ExecutionRequest, ExecutionResult, ExecutionStatus, GpuRequest, Keys, Outcome, Resources
-from worker import cli, doctor, runtime as runtime_module
+from worker.service import cli, doctor, runtime as runtime_module
 from worker.executor import ExecutionNotFound, MountNotAllowed
-from worker.images import ImagePattern
-from worker.jobs import ExecutionRun
-from worker.policy import GiB, MiB, PolicyViolation, WorkerPolicy, image_allowed
-from worker.rq_worker import DockrqWorker
-from worker.runtime import WorkerRuntime
-from worker.settings import SettingsError, WorkerSettings
+from worker.config.images import ImagePattern
+from worker.execution.run import ExecutionRun
+from worker.config.policy import GiB, MiB, PolicyViolation, WorkerPolicy, image_allowed
+from worker.service.worker import DockrqWorker
+from worker.service.runtime import WorkerRuntime
+from worker.config.settings import SettingsError, WorkerSettings
 
 pytest.importorskip("lupa", reason="fakeredis needs lupa (fakeredis[lua]) to run the outcome script")
 

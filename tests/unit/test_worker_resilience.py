@@ -8,7 +8,7 @@ from rq.job import JobStatus
 from rq.registry import StartedJobRegistry
 from rq.worker import BaseWorker
 
-from worker.rq_worker import DockrqWorker
+from worker.service.worker import DockrqWorker
 
 from test_worker_jobs import FakeExecutor, _job, installed, make_runtime, request  # noqa: F401 - fixtures
 
@@ -86,7 +86,7 @@ def test_an_outcome_redis_did_not_take_in_time_is_written_when_rq_fails_the_job(
     from schemas import ExecutionStatus, Keys, Outcome
     from test_worker_jobs import PREFIX
 
-    from worker.channels import ExecutionChannels
+    from worker.execution.channels import ExecutionChannels
 
     rt = installed(FakeExecutor(exit_code=4))
     rt.settings = rt.settings.model_copy(update={"outcome_retry_seconds": 0.5})
@@ -119,7 +119,7 @@ def test_an_outcome_redis_did_not_take_in_time_is_written_when_rq_fails_the_job(
 def test_the_kept_outcome_stays_kept_while_redis_is_still_away(fake_redis, installed, monkeypatch):
     from schemas import ExecutionResult, ExecutionStatus, Outcome
 
-    from worker.channels import ExecutionChannels
+    from worker.execution.channels import ExecutionChannels
 
     rt = installed(FakeExecutor())
     rt.settings = rt.settings.model_copy(update={"outcome_retry_seconds": 0.5})

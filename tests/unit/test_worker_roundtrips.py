@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import redis
 
-from worker.rq_worker import DockrqWorker
+from worker.service.worker import DockrqWorker
 
 
 @pytest.fixture
@@ -58,9 +58,9 @@ class _Daemon:
 
 @pytest.mark.parametrize(("recent", "pings"), [(True, 0), (False, 1)])
 def test_no_ping_before_a_job_when_the_daemon_just_answered(worker, monkeypatch, recent, pings):
-    from worker import runtime as runtime_module
-    from worker.runtime import WorkerRuntime
-    from worker.settings import WorkerSettings
+    from worker.service import runtime as runtime_module
+    from worker.service.runtime import WorkerRuntime
+    from worker.config.settings import WorkerSettings
 
     daemon = _Daemon(recent)
     monkeypatch.setattr(runtime_module, "_current", WorkerRuntime(WorkerSettings.load({}), executor=daemon))

@@ -10,10 +10,10 @@ import pytest
 from rq.utils import now
 from rq.exceptions import StopRequested
 
-from worker import runtime as runtime_module
-from worker.rq_worker import DockrqWorker
-from worker.runtime import WorkerRuntime
-from worker.settings import WorkerSettings
+from worker.service import runtime as runtime_module
+from worker.service.worker import DockrqWorker
+from worker.service.runtime import WorkerRuntime
+from worker.config.settings import WorkerSettings
 
 
 @pytest.fixture

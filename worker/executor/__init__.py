@@ -8,6 +8,7 @@ Knows Docker, knows nothing of Redis or rq: usable on its own.
 """
 
 from .errors import (
+    DAEMON_ERRORS,
     ContainerCreateError,
     DaemonError,
     DaemonRestarted,
@@ -24,11 +25,15 @@ from .errors import (
 )
 from .executor import CleanupError, CleanupReport, DockerExecutor, ExecutionInfo, new_executor
 from .output import LogStream
-from .types import LABEL_EXECUTION, LABEL_EXECUTOR, ExecutorPolicy
+from .owned import OwnedContainer
+from .spec import LABEL_CREATED, LABEL_EXECUTION, LABEL_EXECUTOR, LABEL_JOB, ExecutorPolicy
 
 __all__ = [
+    "DAEMON_ERRORS",
+    "LABEL_CREATED",
     "LABEL_EXECUTION",
     "LABEL_EXECUTOR",
+    "LABEL_JOB",
     "CleanupError",
     "CleanupReport",
     "ContainerCreateError",
@@ -46,6 +51,7 @@ __all__ = [
     "ImagePullError",
     "LogStream",
     "MountNotAllowed",
+    "OwnedContainer",
     "RequestRejected",
     "StartError",
     "new_executor",

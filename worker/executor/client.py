@@ -22,15 +22,14 @@ import docker.auth
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
-from .errors import ContainerCreateError, DaemonError, DockerUnavailableError, GpuUnavailableError, ImagePullError
-from .types import LABEL_EXECUTION, LABEL_EXECUTOR, ContainerSpec, image_reference
+from .errors import DAEMON_ERRORS, ContainerCreateError, DaemonError, DockerUnavailableError, GpuUnavailableError, ImagePullError
+from .spec import LABEL_EXECUTION, LABEL_EXECUTOR, ContainerSpec, image_reference
 
 log = logging.getLogger(__name__)
 
 _STREAM_NAMES = {1: "stdout", 2: "stderr"}
 _HEADER = struct.Struct(">BxxxL")
 _CHUNK = 64 * 1024
-DAEMON_ERRORS = (DockerException, requests.exceptions.RequestException, ConnectionError, OSError)
 
 
 class DockerClient:

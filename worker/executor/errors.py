@@ -7,6 +7,18 @@ mapping from a Docker failure to what a producer sees lives in one place.
 
 from __future__ import annotations
 
+import requests
+from docker.errors import DockerException
+
+#: The daemon failed or went away: what docker-py raises (DockerException), its HTTP
+#: layer (requests), and the socket under it. Catch these around any daemon call.
+DAEMON_ERRORS: tuple[type[BaseException], ...] = (
+    DockerException,
+    requests.exceptions.RequestException,
+    ConnectionError,
+    OSError,
+)
+
 
 class ExecutorError(Exception):
     """Base of every error the executor raises on purpose."""

@@ -24,8 +24,9 @@ from pydantic import ValidationError
 
 from schemas import ExecutionRequest, ExecutionResult, ExecutionState, LogStreamRequest, describe_validation_error
 
-from .client import DAEMON_ERRORS, DockerClient
+from .client import DockerClient
 from .errors import (
+    DAEMON_ERRORS,
     DockerUnavailableError,
     ExecutionAlreadyFinished,
     ExecutionAlreadyStarted,
@@ -36,7 +37,8 @@ from .errors import (
 from .handler import ExecutionHandler
 from .oom import OomWatcher
 from .output import LogStream
-from .types import ExecutorPolicy, build_container_spec
+from .owned import OwnedContainer
+from .spec import LABEL_EXECUTION, ExecutorPolicy, build_container_spec
 
 log = logging.getLogger(__name__)
 
@@ -75,6 +77,7 @@ class DockerExecutor:
         client: DockerClient | None = None,
         allowed_mount_roots: Sequence[str] = (),
         allow_bridge_network: bool = True,
+        policy: ExecutorPolicy | None = None,
         stop_grace_seconds: float = 10.0,
         pull_timeout_seconds: float = 300.0,
         retention_seconds: float = 3600.0,
@@ -84,7 +87,8 @@ class DockerExecutor:
             raise ValueError("executor_id must not be empty")
         self.executor_id = executor_id
         self.client = client or DockerClient(pull_timeout=pull_timeout_seconds)
-        self.policy = ExecutorPolicy(tuple(allowed_mount_roots), allow_bridge_network)
+        # ``policy`` (a worker's, whole) or the two options it is made of.
+        self.policy = policy or ExecutorPolicy(tuple(allowed_mount_roots), allow_bridge_network)
         self.stop_grace_seconds = stop_grace_seconds
         self.retention_seconds = retention_seconds
         self.keep_containers = keep_containers
@@ -209,6 +213,22 @@ class DockerExecutor:
     def executions(self) -> list[str]:
         with self._lock:
             return list(self._handlers)
+
+    # -- the containers dockrq owns on this daemon (reaper, adoption) ------------------
+    def owned_containers(self, execution_id: str | None = None) -> list[OwnedContainer]:
+        """Every container on this daemon labelled ``dockrq.execution`` (of any executor id: nodes
+        may share a daemon), or only ``execution_id``'s. Raises one of DAEMON_ERRORS."""
+        label = LABEL_EXECUTION if execution_id is None else f"{LABEL_EXECUTION}={execution_id}"
+        listing = self.client.api.containers(all=True, filters={"label": [label]})
+        return [OwnedContainer.from_listing(c) for c in listing]
+
+    def remove_container(self, container: OwnedContainer, grace: float = 0) -> None:
+        """Remove a container (and its anonymous volumes); a running one is first stopped with
+        ``grace`` seconds between SIGTERM and SIGKILL when ``grace`` is given (docker stop, docker
+        rm -f). A container already gone is fine. Raises one of DAEMON_ERRORS."""
+        if grace and container.state == "running":
+            self.client.stop(container.id, grace)
+        self.client.remove(container.id)
 
     def close(self) -> None:
         self._oom.close()

@@ -21,11 +21,11 @@ import requests
 
 from schemas import ExecutionRequest, ExecutionResult, ExecutionState, ExecutionStatus
 
-from .client import DAEMON_ERRORS, Attached, DockerClient, ImageMissing, PullHandle
-from .errors import DaemonError, DaemonRestarted, ExecutionAlreadyFinished, StartError
+from .client import Attached, DockerClient, ImageMissing, PullHandle
+from .errors import DAEMON_ERRORS, DaemonError, DaemonRestarted, ExecutionAlreadyFinished, StartError
 from .oom import OomWatcher
 from .output import OutputLog
-from .types import ContainerSpec
+from .spec import ContainerSpec
 
 log = logging.getLogger(__name__)
 

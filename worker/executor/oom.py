@@ -13,8 +13,9 @@ import logging
 import threading
 import time
 
-from .client import DAEMON_ERRORS, DockerClient
-from .types import LABEL_EXECUTOR
+from .client import DockerClient
+from .errors import DAEMON_ERRORS
+from .spec import LABEL_EXECUTOR
 
 log = logging.getLogger(__name__)
 

@@ -12,9 +12,11 @@ from dataclasses import dataclass
 import redis
 
 from schemas import ExecutionRequest, ExecutionStatus, Keys
-from worker.executor import DockerUnavailableError, ExecutorError, new_executor
+from schemas.connections import client_from_url
+from worker.executor import DockerUnavailableError, ExecutorError
+from worker.service.runtime import build_executor
 
-from .settings import WorkerSettings
+from worker.config.settings import WorkerSettings
 
 # BLMOVE, which waiters block on, arrived in Redis 6.2.
 MIN_REDIS_VERSION = (6, 2)
@@ -42,7 +44,7 @@ def redis_target(connection: redis.Redis) -> str:
 
 def check_redis(settings: WorkerSettings) -> Check:
     try:
-        connection = redis.Redis.from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
+        connection = client_from_url(settings.redis_url, socket_connect_timeout=5, socket_timeout=5)
     except ValueError as exc:
         return Check("redis", False, f"invalid DOCKRQ_REDIS_URL / --redis-url: {exc}")
     target = redis_target(connection)
@@ -80,7 +82,7 @@ def _control_subscription_problem(connection: redis.Redis, settings: WorkerSetti
 
 def check_docker(settings: WorkerSettings) -> Check:
     try:
-        executor = new_executor(settings.executor_id)
+        executor = build_executor(settings)
     except DockerUnavailableError as exc:
         return Check("docker", False, str(exc))
     try:
@@ -94,7 +96,7 @@ def check_docker(settings: WorkerSettings) -> Check:
 def check_container(settings: WorkerSettings, image: str, timeout: float = 120.0) -> Check:
     """Run ``true`` in ``image`` through the executor, as a job would."""
     try:
-        executor = new_executor(settings.executor_id, allowed_mount_roots=settings.allowed_mount_roots)
+        executor = build_executor(settings)
     except DockerUnavailableError as exc:
         return Check("container", False, str(exc))
     request = ExecutionRequest(execution_id=f"doctor-{uuid.uuid4().hex}", engine={"image": image, "cmd": ["true"]})

@@ -23,112 +23,27 @@ import logging
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
-import redis
-from redis.backoff import ExponentialWithJitterBackoff
-
-from schemas import ExecutionResult, LogBatch, LogEntry, LogStreamRequest
-from worker.executor.types import LABEL_CREATED
-
-from . import settle
-from .jobs import ExecutionRun, LogShipper
+from schemas import ExecutionResult
+from schemas.connections import REDIS_DOWN, ride_out_outage
+from worker.execution.logs import LogResume, LogShipper, ResumedSource
+from worker.execution.run import ExecutionRun
+from worker.executor import DockerExecutor, OwnedContainer
+from worker.faults import settle
 
 if TYPE_CHECKING:
     from rq.executions import Execution
     from rq.job import Job
     from rq.queue import Queue
-    from rq.worker import BaseWorker
 
-    from .runtime import WorkerRuntime
+    from worker.service.runtime import WorkerRuntime
+    from worker.service.worker import DockrqWorker
 
 log = logging.getLogger(__name__)
 
-_PAGE = 500
-_SETTLE_BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.2)
-
-
-@dataclass(frozen=True)
-class LogResume:
-    """How far the predecessor got publishing the log: entries sent, and characters per stream.
-
-    ``chars`` is None when the replay stream no longer holds the first batches
-    (it is capped): then the first ``entries`` replayed entries are skipped.
-    """
-
-    entries: int = 0
-    chars: dict[str, int] | None = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
-
-    @classmethod
-    def read(cls, connection: redis.Redis, stream: str) -> LogResume:
-        last = connection.xrevrange(stream, "+", "-", count=1)
-        if not last:
-            return cls()
-        newest = _batch(last[0][1])
-        entries = newest.seq + len(newest.entries)
-        chars = {"stdout": 0, "stderr": 0}
-        after, expected = "-", 0
-        while True:
-            page = connection.xrange(stream, after, "+", count=_PAGE)
-            for entry_id, fields in page:
-                batch = _batch(fields)
-                if batch.seq != expected:  # the start was trimmed away: count entries instead
-                    return cls(entries=entries, chars=None)
-                expected += len(batch.entries)
-                for e in batch.entries:
-                    chars[e.stream] += len(e.data)
-                after = "(" + entry_id.decode()
-            if len(page) < _PAGE:
-                return cls(entries=entries, chars=chars)
-
-
-def _batch(fields: dict[bytes, bytes]) -> LogBatch:
-    return LogBatch.model_validate_json(fields[b"batch"])
-
-
-class _SkippingStream:
-    """A LogStream minus what was already shipped."""
-
-    def __init__(self, inner: Any, resume: LogResume) -> None:
-        self._inner = inner
-        self._skip_entries = resume.entries if resume.chars is None else 0
-        self._skip_chars = dict(resume.chars or {})
-
-    def read_batch(self, max_entries: int = 512, timeout: float | None = None) -> list[LogEntry] | None:
-        batch = self._inner.read_batch(max_entries, timeout)
-        if batch is None:
-            return None
-        out = []
-        for entry in batch:
-            if self._skip_entries:
-                self._skip_entries -= 1
-                continue
-            left = self._skip_chars.get(entry.stream, 0)
-            if left:
-                if len(entry.data) <= left:
-                    self._skip_chars[entry.stream] = left - len(entry.data)
-                    continue
-                self._skip_chars[entry.stream] = 0
-                entry = LogEntry(stream=entry.stream, ts=entry.ts, data=entry.data[left:])
-            out.append(entry)
-        return out
-
-    def close(self) -> None:
-        close = getattr(self._inner, "close", None)
-        if close is not None:
-            close()
-
-
-class _ResumedSource:
-    """What LogShipper reads from: the executor, with the already-shipped part skipped."""
-
-    def __init__(self, executor: Any, resume: LogResume) -> None:
-        self._executor = executor
-        self._resume = resume
-
-    def get_log_stream(self, request: LogStreamRequest) -> _SkippingStream:
-        return _SkippingStream(self._executor.get_log_stream(request), self._resume)
+_SETTLE_ATTEMPTS = 60
 
 
 class AdoptedRun(ExecutionRun):
@@ -139,10 +54,10 @@ class AdoptedRun(ExecutionRun):
         self.resume = resume
         self.shutting_down = False
 
-    def _ship_logs(self, executor: Any) -> None:
+    def _ship_logs(self, executor: DockerExecutor) -> None:
         assert self.channels is not None
         self.channels.resume_logs(self.resume.entries)
-        self._shipper = LogShipper(self.channels, _ResumedSource(executor, self.resume), self.execution_id)
+        self._shipper = LogShipper(self.channels, ResumedSource(executor, self.resume), self.execution_id)
         self._shipper.start()
 
     def _end(self, outcome: Any) -> dict[str, Any]:
@@ -172,7 +87,7 @@ class _Adopted:
 class Adoptions:
     """The executions this worker adopted and follows in background threads."""
 
-    def __init__(self, worker: BaseWorker, runtime: WorkerRuntime, rq_ttl: int) -> None:
+    def __init__(self, worker: DockrqWorker, runtime: WorkerRuntime, rq_ttl: int) -> None:
         self.worker = worker
         self.runtime = runtime
         self.rq_ttl = rq_ttl
@@ -183,7 +98,7 @@ class Adoptions:
         with self._lock:
             return set(self._active)
 
-    def adopt(self, job: Job, queue: Queue, execution: Execution, container: dict[str, Any]) -> None:
+    def adopt(self, job: Job, queue: Queue, execution: Execution, container: OwnedContainer) -> None:
         """Take the execution over (the caller holds the execution's reap lock)."""
         connection = self.worker.connection
         resume = LogResume.read(connection, self.runtime.keys.log_stream(job.id))
@@ -195,7 +110,7 @@ class Adoptions:
             self._active[job.id] = adopted
         log.warning(
             "execution %s: adopting container %s of lost worker (%d log entries already shipped)",
-            job.id, container.get("Id", "")[:12], resume.entries,
+            job.id, container.short_id, resume.entries,
         )
         adopted.thread = threading.Thread(target=self._follow, args=(adopted,), name=f"dockrq-adopt-{job.id}", daemon=True)
         adopted.thread.start()
@@ -244,15 +159,11 @@ class Adoptions:
         self.wait(timeout)
 
 
-def _remaining_time(payload: Any, container: dict[str, Any]) -> Any:
+def _remaining_time(payload: Any, container: OwnedContainer) -> Any:
     """The request with ``timeout_seconds`` reduced by the time the container has already run."""
     if not isinstance(payload, dict) or not payload.get("timeout_seconds"):
         return payload
-    labels = container.get("Labels") or {}
-    try:
-        created = float(labels.get(LABEL_CREATED) or container.get("Created") or time.time())
-    except ValueError:
-        created = time.time()
+    created = container.created or time.time()
     try:
         left = float(payload["timeout_seconds"]) - max(0.0, time.time() - created)
     except (TypeError, ValueError):
@@ -260,13 +171,14 @@ def _remaining_time(payload: Any, container: dict[str, Any]) -> Any:
     return {**payload, "timeout_seconds": max(left, 0.01)}
 
 
-def _with_redis_retry(action: Callable[[], None], execution_id: str, attempts: int = 60) -> None:
-    for attempt in range(1, attempts + 1):
-        try:
-            action()
-            return
-        except (redis.ConnectionError, redis.TimeoutError) as exc:
-            pause = _SETTLE_BACKOFF.compute(attempt)
-            log.warning("execution %s: settling the rq job failed (%s); retrying in %.1fs", execution_id, exc, pause)
-            time.sleep(pause)
-    log.error("execution %s: could not settle the rq job; the reaper will", execution_id)
+def _with_redis_retry(action: Callable[[], None], execution_id: str) -> None:
+    """Settle the rq job, retried while Redis is away (at most ``_SETTLE_ATTEMPTS`` tries;
+    then the reaper settles it)."""
+
+    def away(exc: Exception, failures: int) -> None:
+        log.warning("execution %s: settling the rq job failed (%s); retrying", execution_id, exc)
+
+    try:
+        ride_out_outage(action, away, retries=_SETTLE_ATTEMPTS - 1)
+    except REDIS_DOWN:  # the reaper settles it later
+        log.error("execution %s: could not settle the rq job; the reaper will", execution_id)

@@ -21,10 +21,10 @@ from typing import Annotated, Any, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from schemas import ExecutionRequest, parse_size
+from schemas import ExecutionRequest, format_size, parse_size
 from worker.executor import MountNotAllowed, RequestRejected
-from worker.executor.types import ExecutorPolicy, checked_binds, gpus_granted
-from worker.images import ImagePattern, image_allowed
+from worker.executor.spec import ExecutorPolicy, checked_binds, gpus_granted
+from worker.config.images import ImagePattern, image_allowed
 
 KiB, MiB, GiB = 1024, 1024**2, 1024**3
 
@@ -42,7 +42,7 @@ DEFAULT_PULL_POLICY: str = ExecutionRequest.model_fields["pull_policy"].default
 # Docker refuses a memory limit below 6 MiB.
 MIN_MEMORY = 6 * MiB
 
-# Policy field -> environment variable; worker.settings adds these to its own.
+# Policy field -> environment variable; worker.config.settings adds these to its own.
 POLICY_ENV_VARS: dict[str, str] = {
     "max_memory": "DOCKRQ_MAX_MEMORY",
     "max_cpus": "DOCKRQ_MAX_CPUS",
@@ -180,7 +180,8 @@ class WorkerPolicy(BaseModel):
 
     @property
     def executor_policy(self) -> ExecutorPolicy:
-        """What the executor enforces again when it builds the container."""
+        """The part the executor enforces itself when it builds the container (mounts, network):
+        the executor of a worker is made with it (``worker.service.runtime.build_executor``)."""
         return ExecutorPolicy(self.allowed_mount_roots, self.allow_bridge)
 
     # -- the check -------------------------------------------------------------
@@ -224,8 +225,9 @@ class WorkerPolicy(BaseModel):
                 f"pull_policy: {request.pull_policy!r} is not allowed on this worker "
                 f"(allowed: {', '.join(self.allowed_pull_policies)}) ({POLICY_ENV_VARS['allowed_pull_policies']})"
             )
-        if request.network == "bridge" and not self.allow_bridge:
-            problems.append(f"network: 'bridge' is not allowed on this worker ({POLICY_ENV_VARS['allow_bridge']})")
+        bridge = self.executor_policy.bridge_refusal(request)
+        if bridge is not None:
+            problems.append(f"{bridge} ({POLICY_ENV_VARS['allow_bridge']})")
         mounts_refused = False
         if request.mounts:
             try:
@@ -260,7 +262,7 @@ class WorkerPolicy(BaseModel):
         def show(value: Any, size: bool = False) -> str:
             if value is None:
                 return "none"
-            return _size_text(value) if size else _number(value)
+            return format_size(value) if size else _number(value)
 
         return (
             f"memory {show(self.default_memory, True)} default / {show(self.max_memory, True)} max, "
@@ -281,11 +283,3 @@ def _clip(problem: str, limit: int = 400) -> str:
 
 def _number(value: float) -> str:
     return str(int(value)) if float(value).is_integer() else f"{value:g}"
-
-
-def _size_text(size: int) -> str:
-    for suffix, unit in (("g", GiB), ("m", MiB), ("k", KiB)):
-        if size >= unit and size % unit == 0:
-            return f"{size // unit}{suffix}"
-    return str(size)
-

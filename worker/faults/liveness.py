@@ -39,7 +39,7 @@ from rq.utils import utcparse
 if TYPE_CHECKING:
     from redis import Redis
 
-    from .settings import WorkerSettings
+    from worker.config.settings import WorkerSettings
 
 # Extra fields a DockrqWorker writes into its rq worker hash (rq keeps unknown fields).
 FIELD_EXECUTOR = "dockrq_executor"

@@ -33,7 +33,7 @@ from schemas import (
     parse_size,
 )
 
-from .policy import POLICY_ENV_VARS, WorkerPolicy
+from worker.config.policy import POLICY_ENV_VARS, WorkerPolicy
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_LOG_STREAM_MAXLEN = 10_000
@@ -54,15 +54,18 @@ ENV_VARS: dict[str, str] = {
     "DOCKRQ_STOP_GRACE_SECONDS": "stop_grace_seconds",
     "DOCKRQ_LOG_STREAM_MAXLEN": "log_stream_maxlen",
     "DOCKRQ_MAX_REQUEST_BYTES": "max_request_bytes",
-    # Faults survived (worker/resilience.py, worker/reaper.py)
+    # Faults survived (worker/service/worker.py, worker/faults/)
     "DOCKRQ_HEARTBEAT_SECONDS": "heartbeat_seconds",
     "DOCKRQ_REAP_AFTER_SECONDS": "reap_after_seconds",
     "DOCKRQ_REAP_INTERVAL_SECONDS": "reap_interval_seconds",
     "DOCKRQ_ORPHAN_GRACE_SECONDS": "orphan_grace_seconds",
     "DOCKRQ_OUTCOME_RETRY_SECONDS": "outcome_retry_seconds",
-    # What requests may ask for (worker/policy.py): DOCKRQ_MAX_MEMORY, DOCKRQ_ALLOWED_MOUNT_ROOTS, ...
+    # What requests may ask for (worker/config/policy.py): DOCKRQ_MAX_MEMORY, DOCKRQ_ALLOWED_MOUNT_ROOTS, ...
     **{var: f"policy.{field}" for field, var in POLICY_ENV_VARS.items()},
 }
+
+# Settings field ("policy." fields by their own name) -> environment variable, for help texts.
+SETTING_ENV: dict[str, str] = {field.removeprefix("policy."): var for var, field in ENV_VARS.items()}
 
 Name = Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=128)]
 
@@ -91,7 +94,7 @@ class WorkerSettings(BaseModel):
     )
     stop_grace_seconds: float = Field(default=DEFAULT_STOP_GRACE_SECONDS, ge=0, le=3600)
     log_stream_maxlen: int = Field(default=DEFAULT_LOG_STREAM_MAXLEN, ge=1)
-    # rq job data larger than this (the request plus its rq framing) is rejected unread (worker/rq_job.py).
+    # rq job data larger than this (the request plus its rq framing) is rejected unread (worker/service/job.py).
     max_request_bytes: Annotated[int, BeforeValidator(parse_size)] = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=MIN_MAX_REQUEST_BYTES)
     policy: WorkerPolicy = Field(default_factory=WorkerPolicy)
     # A worker refreshes its rq heartbeat this often; one silent for reap_after_seconds is dead,
@@ -102,7 +105,7 @@ class WorkerSettings(BaseModel):
     # Containers younger than this are never removed as orphans (they may be being created).
     orphan_grace_seconds: float = Field(default=DEFAULT_ORPHAN_GRACE_SECONDS, ge=0, le=86400)
     # An ended execution whose outcome Redis does not take for this long (unreachable) stops
-    # waiting; the worker keeps the outcome and writes it once Redis is back (worker/resilience.py).
+    # waiting; the worker keeps the outcome and writes it once Redis is back (worker/faults/outage.py).
     outcome_retry_seconds: float = Field(default=DEFAULT_OUTCOME_RETRY_SECONDS, ge=0.5, le=86400)
 
     @field_validator("queues", mode="before")

@@ -20,10 +20,11 @@ from typing import TYPE_CHECKING, Any, Protocol
 import redis
 
 from schemas import CANCEL_MESSAGE, Keys, Outcome
+from schemas.connections import REDIS_DOWN, client_from_url
 from worker.executor import ExecutorError, new_executor
 
-from .channels import ExecutionChannels
-from .settings import WorkerSettings
+from worker.execution.channels import ExecutionChannels
+from worker.config.settings import WorkerSettings
 
 if TYPE_CHECKING:
     from rq.job import Job
@@ -31,6 +32,14 @@ if TYPE_CHECKING:
     from worker.executor import DockerExecutor
 
 log = logging.getLogger(__name__)
+
+
+def build_executor(settings: WorkerSettings) -> DockerExecutor:
+    """The Docker executor of a worker with ``settings``: its executor id, the executor's part of
+    its policy (mounts, network) and its stop grace. Raises DockerUnavailableError."""
+    return new_executor(
+        settings.executor_id, policy=settings.policy.executor_policy, stop_grace_seconds=settings.stop_grace_seconds
+    )
 
 
 class Cancellable(Protocol):
@@ -81,7 +90,7 @@ class ControlListener:
     def _on_error(exc: BaseException, pubsub: Any, thread: Any) -> None:
         # Same policy as rq's own command listener: ride out Redis outages, the
         # client re-subscribes when the connection comes back.
-        if isinstance(exc, redis.ConnectionError):
+        if isinstance(exc, REDIS_DOWN):
             log.error("control subscription lost (%s); retrying in 2 s", exc)
             time.sleep(2.0)
             return
@@ -116,7 +125,7 @@ class WorkerRuntime:
         self._control: ControlListener | None = None
         self._running: dict[str, Cancellable] = {}
         # Outcomes an execution produced while Redis stayed away past its retry budget;
-        # the worker writes them once Redis is back (worker.resilience).
+        # the worker writes them once Redis is back (worker.faults.outage).
         self._unwritten: dict[str, Outcome] = {}
         self._lock = threading.Lock()
         self._threads: ThreadPoolExecutor | None = None
@@ -128,13 +137,7 @@ class WorkerRuntime:
         """The process's one executor, made on first use. Raises DockerUnavailableError."""
         with self._lock:
             if self._executor is None:
-                s = self.settings
-                self._executor = new_executor(
-                    s.executor_id,
-                    allowed_mount_roots=s.policy.allowed_mount_roots,
-                    allow_bridge_network=s.policy.allow_bridge,
-                    stop_grace_seconds=s.stop_grace_seconds,
-                )
+                self._executor = build_executor(self.settings)
             return self._executor
 
     @property
@@ -142,7 +145,7 @@ class WorkerRuntime:
         """Redis for executions not run by rq (direct calls); rq jobs use their own connection."""
         with self._lock:
             if self._connection is None:
-                self._connection = redis.Redis.from_url(self.settings.redis_url)
+                self._connection = client_from_url(self.settings.redis_url)
             return self._connection
 
     def submit(self, fn: Any, *args: Any) -> Any:
@@ -153,13 +156,15 @@ class WorkerRuntime:
                 self._threads = ThreadPoolExecutor(max_workers=2, thread_name_prefix="dockrq-start")
         return self._threads.submit(fn, *args)
 
-    def channels(self, execution_id: str, job: Job | None) -> ExecutionChannels:
+    def channels(self, execution_id: str, job: Job | None, *, worker: str | None = None) -> ExecutionChannels:
+        """The execution's Redis channels, on the rq job's connection (else the runtime's), written in
+        the name of ``worker`` (default: the job's worker, else this node's executor id)."""
         s = self.settings
         return ExecutionChannels(
             job.connection if job is not None else self.connection,
             self.keys,
             execution_id,
-            worker=(job.worker_name if job is not None else None) or s.executor_id,
+            worker=worker or (job.worker_name if job is not None else None) or s.executor_id,
             retention_seconds=s.retention_seconds,
             log_stream_maxlen=s.log_stream_maxlen,
             job=job,

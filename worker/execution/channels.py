@@ -11,19 +11,14 @@ from __future__ import annotations
 
 import logging
 import threading
-import time
-from collections.abc import Callable, Sequence
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Sequence
+from typing import TYPE_CHECKING, Any
 
-from redis.backoff import ExponentialWithJitterBackoff
-from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import RedisError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from redis.retry import Retry
 
-from schemas import WRITE_OUTCOME_LUA, Event, ExecutionState, Keys, LogBatch, LogEntry, Outcome
-
-from .settings import DEFAULT_OUTCOME_RETRY_SECONDS
+from schemas import LOG_STREAM_FIELD, WRITE_OUTCOME_LUA, Event, ExecutionState, Keys, LogBatch, LogEntry, Outcome
+from schemas.connections import WRITE_BACKOFF, OutageBudget, ride_out_outage, within_budget
+from worker.config.settings import DEFAULT_OUTCOME_RETRY_SECONDS
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -32,15 +27,10 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-# Redis hiccups (restart, failover) are retried with capped, jittered backoff until
+# Redis hiccups (restart, failover) are retried with capped, jittered backoff (WRITE_BACKOFF) until
 # Redis has been unreachable for ``outcome_retry_seconds`` (DOCKRQ_OUTCOME_RETRY_SECONDS):
 # then the outcome write gives up and raises, and the worker settles the job once
-# Redis is back (worker/resilience.py).
-OUTCOME_RETRY_BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.05)
-LOG_RETRY_BACKOFF = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
-_REDIS_DOWN = (RedisConnectionError, RedisTimeoutError)
-
-T = TypeVar("T")
+# Redis is back (worker.faults.outage).
 
 
 class ExecutionChannels:
@@ -70,10 +60,9 @@ class ExecutionChannels:
         self.log_stream_maxlen = log_stream_maxlen
         self.job = job
         self.outcome_retry_seconds = outcome_retry_seconds
-        # Since when this execution's writes have found Redis unreachable (None: it answers).
         # One clock for the log batches, the eof and the outcome, so an ending waits for
         # Redis about outcome_retry_seconds in all, not that long for each of them.
-        self._down_since: float | None = None
+        self.budget = OutageBudget(outcome_retry_seconds)
         self._write_outcome = connection.register_script(WRITE_OUTCOME_LUA)
         self._log_lock = threading.Lock()
         self._sent = 0  # log entries shipped so far: the next batch's seq
@@ -125,37 +114,10 @@ class ExecutionChannels:
 
     # -- Redis outages ----------------------------------------------------------
 
-    def _unreachable(self) -> None:
-        if self._down_since is None:
-            self._down_since = time.monotonic()
-
-    def _retry_left(self) -> float:
-        """Seconds the writes of the end may still wait for Redis."""
-        down_since = self._down_since
-        return self.outcome_retry_seconds - (0.0 if down_since is None else time.monotonic() - down_since)
-
     @property
     def gave_up(self) -> bool:
         """Redis has been unreachable for outcome_retry_seconds: the writes of the end stop waiting."""
-        return self._retry_left() <= 0
-
-    def _with_retry(self, call: Callable[[], T], on_error: Callable[[Exception], None]) -> T:
-        """``call()``, retried with backoff while Redis is unreachable; raises its last error
-        once Redis has been unreachable for outcome_retry_seconds."""
-        failures = 0
-        while True:
-            try:
-                result = call()
-            except _REDIS_DOWN as exc:
-                self._unreachable()
-                if self.gave_up:
-                    raise
-                failures += 1
-                on_error(exc)
-                time.sleep(max(0.0, min(OUTCOME_RETRY_BACKOFF.compute(failures), self._retry_left())))
-            else:
-                self._down_since = None
-                return result
+        return self.budget.spent
 
     # -- logs ----------------------------------------------------------------
 
@@ -180,22 +142,22 @@ class ExecutionChannels:
             if self._eof:
                 return False
             batch = LogBatch(seq=self._sent, entries=list(entries))
-            retry = Retry(LOG_RETRY_BACKOFF, retries=-1)
             try:
-                retry.call_with_retry(
+                ride_out_outage(
                     lambda: self._ship(batch),
                     self._log_not_shipped,
-                    is_retryable=lambda _exc: keep_trying is None or keep_trying.is_set(),
+                    backoff=WRITE_BACKOFF,
+                    keep_trying=None if keep_trying is None else keep_trying.is_set,
                 )
             finally:
                 self._logs_stalled = False
-            self._down_since = None
+            self.budget.answered()
             self._sent += len(entries)
             return True
 
-    def _log_not_shipped(self, exc: Exception) -> None:
+    def _log_not_shipped(self, exc: Exception, failures: int) -> None:
         self._logs_stalled = True
-        self._unreachable()
+        self.budget.failed()
         log.warning("execution %s: log batch not shipped yet: %s", self.execution_id, exc)
 
     @property
@@ -212,7 +174,7 @@ class ExecutionChannels:
             self._eof = True
             batch = LogBatch(seq=self._sent, eof=True)
         try:
-            self._with_retry(lambda: self._ship(batch), lambda exc: None)
+            within_budget(lambda: self._ship(batch), self.budget, backoff=WRITE_BACKOFF)
         except Exception as exc:  # noqa: BLE001 - the outcome still matters more than eof
             log.error("execution %s: could not send log eof: %s", self.execution_id, exc)
 
@@ -221,7 +183,7 @@ class ExecutionChannels:
         stream = self.keys.log_stream(self.execution_id)
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.publish(self.keys.logs_channel(self.execution_id), payload)
-            pipe.xadd(stream, {"batch": payload}, maxlen=self.log_stream_maxlen, approximate=True)
+            pipe.xadd(stream, {LOG_STREAM_FIELD: payload}, maxlen=self.log_stream_maxlen, approximate=True)
             pipe.expire(stream, self.retention_seconds)
             pipe.execute()
 
@@ -234,9 +196,11 @@ class ExecutionChannels:
         True when this call's outcome is the one stored. Raises the last Redis
         error once Redis has been unreachable for outcome_retry_seconds.
         """
-        written = self._with_retry(
+        written = within_budget(
             lambda: self._store_outcome(outcome.model_dump_json()),
+            self.budget,
             lambda exc: log.warning("execution %s: outcome not written yet: %s", self.execution_id, exc),
+            backoff=WRITE_BACKOFF,
         )
         if written:
             self.set_state(ExecutionState(outcome.status.value), **meta)

@@ -18,7 +18,7 @@ from docker.types import DeviceRequest, LogConfig
 
 from schemas import ExecutionRequest, GpuRequest
 
-from .errors import GpuUnavailableError, MountNotAllowed
+from .errors import GpuUnavailableError, MountNotAllowed, RequestRejected
 
 LABEL_EXECUTOR = "dockrq.executor"
 LABEL_EXECUTION = "dockrq.execution"
@@ -34,10 +34,21 @@ _NAME_UNSAFE = re.compile(r"[^a-zA-Z0-9_.-]")
 
 @dataclass(frozen=True)
 class ExecutorPolicy:
-    """What the operator allows on this node, whatever a request asks for."""
+    """What the operator allows on this node, whatever a request asks for.
+
+    Its two checks are ``checked_binds`` (mounts) and ``bridge_refusal`` (network);
+    ``build_container_spec`` enforces both, and a worker's ``WorkerPolicy.check``
+    reports them with the setting to change.
+    """
 
     allowed_mount_roots: tuple[str, ...] = ()
     allow_bridge_network: bool = True
+
+    def bridge_refusal(self, request: ExecutionRequest) -> RequestRejected | None:
+        """The error for a request asking for the bridge network where it is not allowed, else None."""
+        if request.network == "bridge" and not self.allow_bridge_network:
+            return RequestRejected("network: 'bridge' is not allowed on this worker")
+        return None
 
 
 @dataclass(frozen=True)
@@ -134,10 +145,9 @@ def _gpu_host_config(gpus: GpuRequest) -> dict[str, Any]:
 def build_container_spec(request: ExecutionRequest, executor_id: str, policy: ExecutorPolicy) -> ContainerSpec:
     """Raises MountNotAllowed / RequestRejected-family errors before Docker is touched."""
     binds = checked_binds(request, policy)
-    if request.network == "bridge" and not policy.allow_bridge_network:
-        from .errors import RequestRejected
-
-        raise RequestRejected("network: 'bridge' is not allowed on this worker")
+    bridge = policy.bridge_refusal(request)
+    if bridge is not None:
+        raise bridge
 
     engine, res = request.engine, request.resources
     labels = {

@@ -20,25 +20,52 @@ import redis
 from rq.serializers import JSONSerializer
 from rq.worker_pool import WorkerPool
 
-from worker.executor import CleanupError, DockerUnavailableError, ExecutorError, new_executor
+from schemas import format_size
+from schemas.connections import client_from_url
+from worker.executor import CleanupError, DockerUnavailableError, ExecutorError
 
-from . import doctor
-from .policy import PULL_POLICIES
-from .rq_worker import DockrqWorker
-from .runtime import WorkerRuntime, install
-from .settings import SettingsError, WorkerSettings
+from worker.service import doctor
+from worker.config.policy import DEFAULT_MAX_GPUS, PULL_POLICIES, WorkerPolicy
+from worker.service.worker import DockrqWorker
+from worker.service.runtime import WorkerRuntime, build_executor, install
+from worker.config.settings import SETTING_ENV, SettingsError, WorkerSettings
 
 LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
+
+
+_ANY_IMAGE = "'*'"
+_SIZES = {"max_request_bytes", "max_memory", "max_output_bytes", "default_memory"}
+
+
+def _setting(field: str, *, default: str | None = None, comma_list: bool = False) -> str:
+    """``env DOCKRQ_X[, comma list][; default Y]`` for a settings field, both read from
+    ``worker.config.settings`` (the one place env names and defaults are spelled).
+    ``default`` overrides the default's text ('' shows none)."""
+    var = SETTING_ENV[field]
+    if default is None:
+        model = WorkerPolicy if field in WorkerPolicy.model_fields else WorkerSettings
+        value = model.model_fields[field].default
+        if value is None:
+            default = "none"
+        elif isinstance(value, bool):
+            default = "yes" if value else "no"
+        elif field in _SIZES:
+            default = format_size(value)
+        else:
+            default = f"{value:g}" if isinstance(value, int | float) else str(value)
+    return f"env {var}" + (", comma list" if comma_list else "") + (f"; default {default}" if default else "")
 
 
 def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     """Options every subcommand shares; None means 'not given' (the environment decides)."""
     for decorator in reversed(
         [
-            click.option("--redis-url", help="Redis URL (env DOCKRQ_REDIS_URL; default redis://127.0.0.1:6379/0)."),
-            click.option("--prefix", help="Key prefix of the wire contract (env DOCKRQ_PREFIX; default dockrq)."),
-            click.option("--executor-id", help="Label of this node's containers (env DOCKRQ_EXECUTOR_ID; default hostname)."),
+            click.option("--redis-url", help=f"Redis URL ({_setting('redis_url')})."),
+            click.option("--prefix", help=f"Key prefix of the wire contract ({_setting('prefix')})."),
+            click.option(
+                "--executor-id", help=f"Label of this node's containers ({_setting('executor_id', default='hostname')})."
+            ),
             click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Default INFO."),
         ]
     ):
@@ -51,23 +78,25 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
         [
             click.option(
                 "-q", "--queue", "queues", multiple=True,
-                help="Queue to work on; repeat for several, highest priority first (env DOCKRQ_QUEUES, comma list).",
+                help="Queue to work on; repeat for several, highest priority first "
+                f"({_setting('queues', default='', comma_list=True)}).",
             ),
             click.option("--name", help="rq worker name (default <executor id>.<pid>.<random>)."),
             click.option("--burst", is_flag=True, default=None, help="Quit once the queues are empty."),
             click.option("--pool", type=click.IntRange(min=1), help="Run N workers with rq's WorkerPool."),
             click.option(
                 "--stop-grace", "stop_grace_seconds", type=click.FloatRange(min=0),
-                help="Seconds between SIGTERM and SIGKILL when a container is stopped (env DOCKRQ_STOP_GRACE_SECONDS).",
+                help="Seconds between SIGTERM and SIGKILL when a container is stopped "
+                f"({_setting('stop_grace_seconds', default='')}).",
             ),
             click.option(
                 "--max-request-bytes",
-                help="Largest request taken; larger rq jobs end rejected unread (env DOCKRQ_MAX_REQUEST_BYTES; default 1m).",
+                help=f"Largest request taken; larger rq jobs end rejected unread ({_setting('max_request_bytes')}).",
             ),
             click.option(
                 "--outcome-retry", "outcome_retry_seconds", type=click.FloatRange(min=0.5),
                 help="Seconds an execution's writes wait for an unreachable Redis before the worker keeps "
-                "its outcome for later (env DOCKRQ_OUTCOME_RETRY_SECONDS; default 600).",
+                f"its outcome for later ({_setting('outcome_retry_seconds')}).",
             ),
             *_POLICY_OPTIONS,
         ]
@@ -76,38 +105,43 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     return fn
 
 
-# What requests may ask for (worker/policy.py). Sizes take '1g'; 'none' lifts a limit.
+# What requests may ask for (worker.config.policy). Sizes take '1g'; 'none' lifts a limit.
 _POLICY_OPTIONS = [
-    click.option("--max-memory", help="Largest memory limit a request may ask for (env DOCKRQ_MAX_MEMORY; default 8g)."),
-    click.option("--max-cpus", help="Largest CPU limit in cores (env DOCKRQ_MAX_CPUS; default none)."),
-    click.option("--max-pids", help="Largest process limit (env DOCKRQ_MAX_PIDS; default 4096)."),
+    click.option("--max-memory", help=f"Largest memory limit a request may ask for ({_setting('max_memory')})."),
+    click.option("--max-cpus", help=f"Largest CPU limit in cores ({_setting('max_cpus')})."),
+    click.option("--max-pids", help=f"Largest process limit ({_setting('max_pids')})."),
     click.option(
         "--max-timeout", "max_timeout_seconds",
-        help="Longest timeout_seconds; also the limit of requests without one (env DOCKRQ_MAX_TIMEOUT_SECONDS; default 86400).",
+        help=f"Longest timeout_seconds; also the limit of requests without one ({_setting('max_timeout_seconds')}).",
     ),
     click.option(
         "--max-output", "max_output_bytes",
-        help="Largest output_limit_bytes per stream (env DOCKRQ_MAX_OUTPUT_BYTES; default 16m).",
+        help=f"Largest output_limit_bytes per stream ({_setting('max_output_bytes')}).",
     ),
-    click.option("--max-gpus", help="Most GPUs a request may ask for (env DOCKRQ_MAX_GPUS; default 0: no GPU access)."),
+    click.option(
+        "--max-gpus",
+        help=f"Most GPUs a request may ask for ({_setting('max_gpus', default=f'{DEFAULT_MAX_GPUS}: no GPU access')}).",
+    ),
     click.option(
         "--allow-image", "allowed_images", multiple=True, metavar="PATTERN",
-        help="Image glob allowed to run, e.g. 'registry.local/team/*'; repeatable (env DOCKRQ_ALLOWED_IMAGES, comma list; default '*').",
+        help="Image glob allowed to run, e.g. 'registry.local/team/*'; repeatable "
+        f"({_setting('allowed_images', default=_ANY_IMAGE, comma_list=True)}).",
     ),
     click.option(
         "--allow-pull", "allowed_pull_policies", multiple=True, type=click.Choice(PULL_POLICIES),
-        help="Pull policy requests may use; repeatable, e.g. only 'never' (env DOCKRQ_ALLOWED_PULL_POLICIES, comma list; default all).",
+        help="Pull policy requests may use; repeatable, e.g. only 'never' "
+        f"({_setting('allowed_pull_policies', default='all', comma_list=True)}).",
     ),
     click.option(
         "--allow-mount-root", "allowed_mount_roots", multiple=True, metavar="PATH",
-        help="Host path below which bind mounts are allowed; repeatable (env DOCKRQ_ALLOWED_MOUNT_ROOTS; default none).",
+        help=f"Host path below which bind mounts are allowed; repeatable ({_setting('allowed_mount_roots', default='none')}).",
     ),
     click.option(
         "--allow-bridge/--no-bridge", "allow_bridge", default=None,
-        help="Whether requests may use the 'bridge' network (env DOCKRQ_ALLOW_BRIDGE; default no).",
+        help=f"Whether requests may use the 'bridge' network ({_setting('allow_bridge')}).",
     ),
-    click.option("--default-memory", help="Memory limit of requests that give none (env DOCKRQ_DEFAULT_MEMORY; default 1g)."),
-    click.option("--default-pids", help="Process limit of requests that give none (env DOCKRQ_DEFAULT_PIDS; default 512)."),
+    click.option("--default-memory", help=f"Memory limit of requests that give none ({_setting('default_memory')})."),
+    click.option("--default-pids", help=f"Process limit of requests that give none ({_setting('default_pids')})."),
 ]
 _POLICY_FIELDS = (
     "max_memory", "max_cpus", "max_pids", "max_timeout_seconds", "max_output_bytes", "max_gpus", "allowed_images",
@@ -175,7 +209,7 @@ def run(ctx: click.Context, **given: Any) -> None:
     opts = _options(ctx, given)
     settings = _settings(opts)
     level = _setup_logging(opts.get("log_level"))
-    connection = redis.Redis.from_url(settings.redis_url)
+    connection = client_from_url(settings.redis_url)
     _require(doctor.check_redis(settings))
     _require(doctor.check_docker(settings))
     runtime = install(WorkerRuntime(settings))
@@ -206,7 +240,7 @@ def cleanup(ctx: click.Context, **given: Any) -> None:
     """
     settings = _settings(_options(ctx, given))
     _setup_logging(_options(ctx, given).get("log_level") or "WARNING")
-    executor = new_executor(settings.executor_id)
+    executor = build_executor(settings)
     try:
         report = executor.cleanup()
     except CleanupError as exc:

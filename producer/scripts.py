@@ -1,0 +1,28 @@
+"""The Lua scripts a producer runs in Redis (each atomic, one round trip)."""
+
+# Claims ids for one submit, atomically. KEYS: per id its claim, rq job and outcome
+# keys; ARGV: queue name, claim TTL. An id is taken when its claim is held or an rq
+# job or outcome exists for it; if any is, the claims this call won for free ids are
+# given back (a claim won for an id whose job or outcome exists stays: it names that
+# execution). Returns the 1-based positions of the taken ids.
+CLAIM_LUA = """
+local taken, won = {}, {}
+for i = 1, #KEYS, 3 do
+  local claimed = redis.call('SET', KEYS[i], ARGV[1], 'NX', 'EX', ARGV[2])
+  local exists = redis.call('EXISTS', KEYS[i + 1], KEYS[i + 2])
+  if not claimed or exists > 0 then
+    taken[#taken + 1] = (i + 2) / 3
+  else
+    won[#won + 1] = KEYS[i]
+  end
+end
+if #taken > 0 then
+  for _, key in ipairs(won) do redis.call('DEL', key) end
+end
+return taken
+"""
+# One message per ARGV on the channel KEYS[1]: a batch's events in one command.
+PUBLISH_MANY_LUA = """
+for i = 1, #ARGV do redis.call('PUBLISH', KEYS[1], ARGV[i]) end
+return #ARGV
+"""

@@ -1,0 +1,196 @@
+"""Redis connections: the one place a dockrq component builds a client, and the one
+definition of "Redis is away" and of how to wait for it to come back.
+
+Every component (worker, ``dockrq-worker``, ``doctor``, ``Producer``, ``dockrq``,
+``scripts/dashboard.sh``'s check) makes its client with :func:`client_from_url`.
+The client carries redis-py's own ``Retry`` (``ExponentialWithJitterBackoff``,
+retried on :data:`REDIS_DOWN`), handed to the connection pool the way arq's
+``connections.py`` does: a dropped connection is reconnected and the command
+sent again a few times within about a second, invisibly to the caller.
+
+Outages longer than that reach the caller as one of :data:`REDIS_DOWN`. Code
+that must ride them out waits with :func:`ride_out_outage` (with
+backoff) or, where a documented budget bounds the wait
+(``DOCKRQ_OUTCOME_RETRY_SECONDS``), with :func:`within_budget` and an
+:class:`OutageBudget`: both are redis-py ``Retry`` objects, not hand-written loops.
+
+redis-py 8 gives every connection a 5 s socket timeout. Blocking reads (BLMOVE,
+pub/sub) wait in slices of at most ``BLOCK_SLICE_SECONDS``, on a client whose
+socket timeout (``BLOCKING_SOCKET_TIMEOUT``) sits well above that, so it never
+times out in the middle of a legitimate wait yet still notices a dead connection.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+from typing import Any, TypeVar
+from urllib.parse import urlsplit, urlunsplit
+
+import redis
+from redis._defaults import DEFAULT_RETRY_BASE, DEFAULT_RETRY_CAP, DEFAULT_RETRY_COUNT
+from redis.backoff import AbstractBackoff, ExponentialWithJitterBackoff
+from redis.retry import Retry
+
+T = TypeVar("T")
+
+DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+
+#: Redis is away (restarting, failing over, unreachable): what is worth waiting out.
+#: Any other ``redis.RedisError`` is an answer (a refusal, a script error) and is not retried.
+REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+
+BLOCK_SLICE_SECONDS = 1.0
+BLOCKING_SOCKET_TIMEOUT = 30.0
+
+#: How a waiter (producer, follower, a worker's main thread) backs off while Redis is away:
+#: jittered, doubling from ``base``, at most ``cap`` seconds.
+RECONNECT_BACKOFF = ExponentialWithJitterBackoff(cap=5.0, base=0.1)
+#: How an execution's writes (log batches, eof, outcome) back off: sooner, so logs resume quickly.
+WRITE_BACKOFF = ExponentialWithJitterBackoff(cap=2.0, base=0.05)
+
+# Per-pool bookkeeping redis-py adds to connection_kwargs; a new pool makes its own.
+_POOL_INTERNALS = frozenset(
+    {
+        "maint_notifications_pool_handler",
+        "orig_host_address",
+        "orig_socket_timeout",
+        "orig_socket_connect_timeout",
+        "himport_registry",
+    }
+)
+
+
+def command_retry() -> Retry:
+    """The retry every client's pool gets: redis-py's defaults (10 tries, 10 ms doubling to
+    1 s, jittered) on :data:`REDIS_DOWN`, spelled out so it is dockrq's choice, not an accident."""
+    return Retry(
+        ExponentialWithJitterBackoff(base=DEFAULT_RETRY_BASE, cap=DEFAULT_RETRY_CAP),
+        DEFAULT_RETRY_COUNT,
+        supported_errors=REDIS_DOWN,
+    )
+
+
+def client_from_url(url: str, **options: Any) -> redis.Redis:
+    """A client for a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL, with
+    :func:`command_retry` on its pool; ``options`` are ``redis.Redis`` keyword arguments
+    (``socket_timeout``, ...). Raises ValueError for a URL redis-py cannot read."""
+    options.setdefault("retry", command_retry())
+    options.setdefault("retry_on_error", list(REDIS_DOWN))
+    return redis.Redis.from_url(url, **options)
+
+
+def clients_from_url(url: str) -> tuple[redis.Redis, redis.Redis]:
+    """A normal client and a blocking one (socket timeout ``BLOCKING_SOCKET_TIMEOUT``)."""
+    return client_from_url(url), client_from_url(url, socket_timeout=BLOCKING_SOCKET_TIMEOUT)
+
+
+def blocking_twin(client: redis.Redis) -> redis.Redis:
+    """A client on the same server and database as ``client`` whose socket timeout suits blocking reads.
+
+    Works for any client built on a ``ConnectionPool`` (including fakeredis), so a
+    caller that hands the producer its own connection keeps its TLS/auth settings.
+    """
+    pool = client.connection_pool
+    kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in _POOL_INTERNALS}
+    kwargs["socket_timeout"] = BLOCKING_SOCKET_TIMEOUT
+    twin_pool = type(pool)(connection_class=pool.connection_class, **kwargs)
+    return redis.Redis(connection_pool=twin_pool)
+
+
+def redact_url(url: str) -> str:
+    """The URL with its password replaced, for error messages and logs."""
+    parts = urlsplit(url)
+    if not parts.password:
+        return url
+    user = parts.username or ""
+    host = parts.hostname or ""
+    if ":" in host:  # IPv6 literal: urlsplit dropped its brackets
+        host = f"[{host}]"
+    if parts.port:
+        host = f"{host}:{parts.port}"
+    return urlunsplit(parts._replace(netloc=f"{user}:***@{host}"))
+
+
+# -- waiting out an outage -----------------------------------------------------------
+
+
+def ride_out_outage(
+    call: Callable[[], T],
+    on_error: Callable[[Exception, int], Any] = lambda exc, failures: None,
+    *,
+    backoff: AbstractBackoff = RECONNECT_BACKOFF,
+    retries: int = -1,
+    keep_trying: Callable[[], bool] | None = None,
+) -> T:
+    """``call()``, retried with ``backoff`` while it raises one of :data:`REDIS_DOWN`
+    (``on_error(exc, failures)`` after each failure): forever, or ``retries`` times, or until
+    ``keep_trying()`` is false; then the last error is raised. Other errors propagate at once.
+    redis-py's ``Retry``."""
+    retry = Retry(backoff, retries, supported_errors=REDIS_DOWN)
+    retryable = None if keep_trying is None else (lambda _exc: keep_trying())
+    return retry.call_with_retry(call, on_error, is_retryable=retryable, with_failure_count=True)
+
+
+class OutageBudget:
+    """How long writes may keep waiting for Redis, on one clock from the first failure.
+
+    ``seconds`` is the budget (``DOCKRQ_OUTCOME_RETRY_SECONDS`` for an execution's end):
+    several writes sharing one budget wait that long in all, not each. Any success
+    (:meth:`answered`) restarts the clock.
+    """
+
+    def __init__(self, seconds: float) -> None:
+        self.seconds = seconds
+        self.down_since: float | None = None
+
+    def failed(self) -> None:
+        if self.down_since is None:
+            self.down_since = time.monotonic()
+
+    def answered(self) -> None:
+        self.down_since = None
+
+    def left(self) -> float:
+        """Seconds the writes may still wait (the whole budget while Redis answers)."""
+        down_since = self.down_since
+        return self.seconds - (0.0 if down_since is None else time.monotonic() - down_since)
+
+    @property
+    def spent(self) -> bool:
+        return self.left() <= 0
+
+
+class BudgetBackoff(AbstractBackoff):
+    """``backoff``'s pauses, never past what is left of ``budget``."""
+
+    def __init__(self, backoff: AbstractBackoff, budget: OutageBudget) -> None:
+        self.backoff = backoff
+        self.budget = budget
+
+    def reset(self) -> None:
+        self.backoff.reset()
+
+    def compute(self, failures: int) -> float:
+        return max(0.0, min(self.backoff.compute(failures), self.budget.left()))
+
+
+def within_budget(
+    call: Callable[[], T],
+    budget: OutageBudget,
+    on_error: Callable[[Exception], Any] = lambda exc: None,
+    *,
+    backoff: AbstractBackoff,
+) -> T:
+    """``call()``, retried with ``backoff`` while Redis is away and ``budget`` is not spent;
+    raises the last of :data:`REDIS_DOWN` once it is. redis-py's ``Retry`` with
+    :class:`BudgetBackoff`, so the last pause ends exactly when the budget does."""
+
+    def retryable(_exc: Exception) -> bool:
+        budget.failed()
+        return not budget.spent
+
+    retry = Retry(BudgetBackoff(backoff, budget), -1, supported_errors=REDIS_DOWN)
+    result = retry.call_with_retry(call, on_error, is_retryable=retryable)
+    budget.answered()
+    return result

@@ -1,0 +1,56 @@
+"""The containers dockrq owns on a daemon, as the reaper and adoption see them.
+
+Every container the executor creates carries ``dockrq.execution`` (and
+``dockrq.executor``, ``dockrq.created``) labels (``worker.executor.spec``). The
+reaper finds dead workers' and orphaned containers by those labels, adoption
+follows one; both read them through ``OwnedContainer``, parsed once here, and
+remove them through ``DockerExecutor.remove_container`` (Nomad's docker driver
+keeps its dangling-container reconciler inside the driver for the same reason).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .spec import LABEL_CREATED, LABEL_EXECUTION, LABEL_EXECUTOR
+
+#: Docker container states in which a container still holds an execution's process or result.
+LIVE_STATES = frozenset({"created", "running", "paused", "restarting", "exited"})
+
+
+@dataclass(frozen=True)
+class OwnedContainer:
+    """One labelled container from the daemon's container list (``GET /containers/json``)."""
+
+    id: str
+    execution_id: str
+    executor_id: str | None
+    state: str  # Docker's State: created, running, exited, ...
+    created: float  # unix time: the dockrq.created label (sub-second), else Docker's Created
+    labels: Mapping[str, str]
+
+    @classmethod
+    def from_listing(cls, container: Mapping[str, Any]) -> OwnedContainer:
+        labels = dict(container.get("Labels") or {})
+        try:
+            created = float(labels.get(LABEL_CREATED) or container.get("Created") or 0)
+        except ValueError:
+            created = float(container.get("Created") or 0)
+        return cls(
+            id=container["Id"],
+            execution_id=labels.get(LABEL_EXECUTION, ""),
+            executor_id=labels.get(LABEL_EXECUTOR),
+            state=str(container.get("State") or ""),
+            created=created,
+            labels=labels,
+        )
+
+    @property
+    def short_id(self) -> str:
+        return self.id[:12]
+
+    @property
+    def live(self) -> bool:
+        return self.state in LIVE_STATES

@@ -1,0 +1,151 @@
+"""What every reaper sweep works with: the worker's Redis, the reap lock, lost outcomes,
+container removal through the executor, and the report of a pass.
+
+A sweep (``worker.faults.dead_workers``, ``dequeued``, ``failed``, ``orphans``)
+takes the execution's reap lock (``SET P:exec:ID:reaping NX PX``) before it
+changes anything, so two workers' reapers, or a reaper and an adopter, never act
+on one execution at once. Outcomes are written with the first-writer-wins
+script, so a reaper and a late worker never give one execution two outcomes.
+"""
+
+from __future__ import annotations
+
+import logging
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from rq.exceptions import DeserializationError
+from rq.job import Job, JobStatus
+
+from schemas import JOB_FUNCTION, Event, ExecutionState, ExecutionStatus, Outcome
+from worker.execution.channels import ExecutionChannels
+from worker.execution.logs import LogResume
+from worker.executor import DAEMON_ERRORS, DockerExecutor, DockerUnavailableError, OwnedContainer
+
+if TYPE_CHECKING:
+    import redis
+
+    from worker.faults.adoption import Adoptions
+    from worker.faults.liveness import Liveness
+    from worker.service.runtime import WorkerRuntime
+    from worker.service.worker import DockrqWorker
+
+log = logging.getLogger(__name__)
+
+_RELEASE_LUA = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
+QUEUED_STATES = {JobStatus.QUEUED.value, JobStatus.SCHEDULED.value, JobStatus.DEFERRED.value}
+ENDED_STATES = {JobStatus.FINISHED.value, JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
+
+
+@dataclass
+class ReapReport:
+    """What one pass did (execution ids; short container ids), for logs and tests."""
+
+    adopted: list[str] = field(default_factory=list)
+    requeued: list[str] = field(default_factory=list)
+    lost: list[str] = field(default_factory=list)
+    settled: list[str] = field(default_factory=list)
+    unstuck: list[str] = field(default_factory=list)
+    removed_containers: list[str] = field(default_factory=list)
+
+    def __bool__(self) -> bool:
+        return any(getattr(self, f) for f in self.__dataclass_fields__)
+
+
+@dataclass
+class Pass:
+    """One pass's view: Redis's clock and uptime (worker.faults.liveness), the executor if its
+    daemon answers (None: nothing on Docker is touched), and the report."""
+
+    now: float
+    uptime: float
+    docker: DockerExecutor | None
+    report: ReapReport
+
+
+class SweepContext:
+    """Shared by the sweeps of one worker's reaper."""
+
+    def __init__(self, worker: DockrqWorker, runtime: WorkerRuntime, liveness: Liveness, adoptions: Adoptions) -> None:
+        self.worker = worker
+        self.runtime = runtime
+        self.settings = runtime.settings
+        self.connection: redis.Redis = worker.connection
+        self.keys = runtime.keys
+        self.liveness = liveness
+        self.adoptions = adoptions
+        self._release = self.connection.register_script(_RELEASE_LUA)
+
+    @contextmanager
+    def locked(self, execution_id: str) -> Iterator[bool]:
+        """The execution's reap lock, if no one else holds it (yields whether it was got)."""
+        key, token = self.keys.reap_lock(execution_id), uuid.uuid4().hex
+        ttl_ms = int((self.settings.stop_grace_seconds + 60) * 1000)
+        got = bool(self.connection.set(key, token, nx=True, px=ttl_ms))
+        try:
+            yield got
+        finally:
+            if got:
+                self._release(keys=[key], args=[token])
+
+    def channels(self, job: Job) -> ExecutionChannels:
+        """The execution's channels, written in this worker's name."""
+        return self.runtime.channels(job.id, job, worker=self.worker.name)
+
+    def write_lost(self, channels: ExecutionChannels, execution_id: str, message: str) -> bool:
+        """Close the execution's log (continuing its seq) and write a ``lost``/``worker_lost`` outcome."""
+        channels.resume_logs(LogResume.read(self.connection, self.keys.log_stream(execution_id)).entries)
+        channels.send_eof()
+        return channels.finish(Outcome.failure(execution_id, ExecutionStatus.LOST, "worker_lost", message))
+
+    def remove(self, docker: DockerExecutor | None, containers: list[OwnedContainer], report: ReapReport, grace: float = 0) -> None:
+        if docker is None:
+            return
+        for c in containers:
+            try:
+                docker.remove_container(c, grace)
+                report.removed_containers.append(c.short_id)
+            except DAEMON_ERRORS as exc:
+                log.warning("reaper: removing container %s failed: %s", c.short_id, exc)
+
+    def publish(self, execution_id: str, state: ExecutionState) -> None:
+        event = Event(execution_id=execution_id, status=state, worker=self.worker.name)
+        self.connection.publish(self.keys.events, event.model_dump_json())
+
+    def running_here(self) -> set[str]:
+        """Executions this process runs or follows (never orphans, whatever Redis says)."""
+        try:
+            executions = set(getattr(self.runtime.executor, "executions", lambda: ())())
+        except DockerUnavailableError:
+            executions = set()
+        return executions | self.adoptions.active()
+
+
+def is_execution(job: Job) -> bool:
+    """Whether the rq job is a dockrq execution (``worker.jobs.execute``)."""
+    try:
+        return job.func_name == JOB_FUNCTION
+    except DeserializationError:
+        return False
+
+
+def retries_allowed(job: Job) -> int:
+    """The request's ``retries`` (0 when the job's data cannot say)."""
+    try:
+        request = job.args[0] if job.args else None
+    except DeserializationError:
+        return 0
+    return as_int(request.get("retries") if isinstance(request, dict) else None, 0)
+
+
+def as_int(value: Any, default: int) -> int:
+    try:
+        return int(value)
+    except (TypeError, ValueError):
+        return default

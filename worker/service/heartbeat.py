@@ -1,0 +1,54 @@
+"""The worker's heartbeat thread: the worker visibly alive for as long as its process lives.
+
+Every ``heartbeat_seconds``, busy or idle, it refreshes the rq worker hash (or,
+while an execution runs, the current job's started entry as rq's monitoring
+parent would) and the started entries of adopted executions. A worker is judged
+dead only when its process is (``worker.faults.liveness``), never because its
+main thread was busy stopping a container or writing an outcome.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import TYPE_CHECKING
+
+from schemas.connections import REDIS_DOWN
+
+if TYPE_CHECKING:
+    from worker.faults.adoption import Adoptions
+    from worker.service.worker import DockrqWorker
+
+log = logging.getLogger(__name__)
+
+
+class Heartbeat(threading.Thread):
+    """Beats every ``interval`` seconds until :meth:`stop`; a Redis outage is logged once, then ridden out."""
+
+    def __init__(self, worker: DockrqWorker, adoptions: Adoptions, interval: float) -> None:
+        super().__init__(name="dockrq-heartbeat", daemon=True)
+        self.worker = worker
+        self.adoptions = adoptions
+        self.interval = interval
+        self._halt = threading.Event()
+
+    def run(self) -> None:
+        failing = False
+        while not self._halt.wait(self.interval):
+            try:
+                if self.worker.executions:
+                    self.worker.heartbeat_current_job()
+                else:
+                    self.worker.heartbeat(raise_errors=True)
+                self.adoptions.keep_alive()
+                failing = False
+            except REDIS_DOWN as exc:
+                if not failing:
+                    log.warning("heartbeat: Redis unreachable (%s); still trying", exc)
+                failing = True
+            except Exception:  # noqa: BLE001 - the heartbeat must keep going
+                log.exception("heartbeat failed")
+
+    def stop(self) -> None:
+        self._halt.set()
+        self.join(timeout=5)
