@@ -379,7 +379,7 @@ class Producer:
         has ended without one. Raises ExecutionNotFound for an unknown id.
         """
         self._check_id(execution_id)
-        if not self._client.exists(self.keys.log_stream(execution_id)):
+        if not self._client.exists(self.keys.log_stream(execution_id), self.keys.log_compact(execution_id)):
             self._require_known(execution_id)
         reader = LogReader(
             self._client,
@@ -389,6 +389,7 @@ class Producer:
             tail=tail,
             follow=follow,
             is_over=lambda: self._is_over(execution_id),
+            compact_key=self.keys.log_compact(execution_id),
         )
         return iter(reader)
 
