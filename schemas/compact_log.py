@@ -69,3 +69,13 @@ def read_compact_log(client: Any, key: str) -> list[LogBatch] | None:
         return decode_compact_log(value)
     except ValueError:
         return None
+
+
+def log_batches(client: Any, stream_key: str, compact_key: str) -> list[LogBatch]:
+    """Every batch of one execution's log as stored: the stream's (``XRANGE``), or, when there is
+    no stream, the compact log's. For tools and tests; followers use ``producer.logs.LogReader``."""
+    from .wire import LOG_STREAM_FIELD
+
+    field = LOG_STREAM_FIELD.encode()
+    stream = [LogBatch.model_validate_json(fields[field]) for _, fields in client.xrange(stream_key)]
+    return stream or read_compact_log(client, compact_key) or []

@@ -15,6 +15,7 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
+from schemas.compact_log import log_batches
 from schemas import CANCEL_MESSAGE, JOB_FUNCTION, Event, ExecutionStatus, Keys, LogBatch, Outcome
 
 pytestmark = pytest.mark.integration
@@ -63,8 +64,8 @@ class Wire:
         self.redis.publish(self.keys.control_channel(self.id(name)), CANCEL_MESSAGE)
 
     def replay(self, name) -> list[LogBatch]:
-        entries = self.redis.xrange(self.keys.log_stream(self.id(name)))
-        return [LogBatch.model_validate_json(f[b"batch"]) for _, f in entries]
+        # the stream, or the compact log that replaced it once the log ended (issue 14)
+        return log_batches(self.redis, self.keys.log_stream(self.id(name)), self.keys.log_compact(self.id(name)))
 
     def job(self, name) -> Job:
         return Job.fetch(self.id(name), connection=self.redis, serializer=JSONSerializer)

@@ -27,6 +27,7 @@ from __future__ import annotations
 import time
 from typing import TYPE_CHECKING, Any
 
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
 from rq.job import JobStatus
 from rq.scheduler import RQScheduler
 from rq.suspension import WORKERS_SUSPENDED
@@ -81,14 +82,21 @@ class FewerCommands:
 
     # -- rq's scheduler --------------------------------------------------------------------
 
-    def _start_scheduler(self, burst: bool = False, logging_level: str | None = "INFO", **kwargs: Any) -> None:
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ) -> None:
         """rq's ``BaseWorker._start_scheduler`` (rq 3.0) with :class:`LeanScheduler` in place of ``RQScheduler``."""
         self.scheduler = LeanScheduler(
             self.queues,  # type: ignore[attr-defined]
             connection=self.connection,  # type: ignore[attr-defined]
             logging_level=logging_level if logging_level is not None else self.log.level,  # type: ignore[attr-defined]
+            date_format=date_format,
+            log_format=log_format,
             serializer=self.serializer,  # type: ignore[attr-defined]
-            **kwargs,
         )
         self.scheduler.acquire_locks()
         if self.scheduler.acquired_locks:
