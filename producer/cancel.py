@@ -9,6 +9,7 @@ case so a worker that dequeues the job concurrently sees it.
 
 from __future__ import annotations
 
+import time
 from typing import Literal
 
 import redis
@@ -62,7 +63,10 @@ def _cancel_watched(
     cancelled = Outcome.failure(
         execution_id, ExecutionStatus.CANCELLED, "cancelled", f"cancelled while {rq_status.value}, before it started"
     )
-    pipe.eval(WRITE_OUTCOME_LUA, 1, keys.outcome(execution_id), cancelled.model_dump_json(), retention_seconds)
+    pipe.eval(  # with the id in the queue's status index, P:ended:QUEUE:cancelled (Keys.ended)
+        WRITE_OUTCOME_LUA, 2, keys.outcome(execution_id), keys.ended(job.origin, ExecutionStatus.CANCELLED.value),
+        cancelled.model_dump_json(), retention_seconds, execution_id, time.time(),
+    )
     pipe.publish(keys.events, Event(execution_id=execution_id, status=ExecutionState.CANCELLED).model_dump_json())
     pipe.execute()
     return "cancelled"

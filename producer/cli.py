@@ -11,12 +11,13 @@ Exit codes (``submit`` attached and ``wait``; the other commands return 0 or 1):
 130  the execution was cancelled (Ctrl-C on an attached submit cancels it)
  75  ``wait --timeout`` elapsed while the execution still runs (EX_TEMPFAIL)
   1  any error of ``logs``, ``cancel``, ``status``, ``ls``
-  2  bad command line (click's usage errors)
+125  bad command line: unknown flag, missing argument (as ``docker``)
 141  the output pipe was closed (``dockrq logs ID | head``)
 ===  =====================================================================
 
 Errors are one line on stderr, never a traceback. ``--json`` (before or after
-the command name) switches every command's output to JSON for scripts.
+the command name) switches every command's output to JSON for scripts, errors
+included (``{"error", "exit_code"}`` on stdout).
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from __future__ import annotations
 import json
 import os
 import sys
-from contextlib import suppress
+from contextlib import nullcontext, suppress
 from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from typing import Any, NoReturn
@@ -47,7 +48,10 @@ from schemas.connections import DEFAULT_REDIS_URL, REDIS_DOWN, redact_url
 from .client import Producer
 from .flags import build_request
 from .errors import ExecutionAlreadyFinished, InvalidRequest, ProducerError
+from .progress import SubmitProgress
+from .run_flags import apply_run_flags, run_flag_options
 from .status import ExecutionStatusView
+from .usage import DockerUsageErrors, DockrqGroup, json_error
 
 EXIT_ERROR = 1
 EXIT_WAIT_TIMEOUT = 75
@@ -89,11 +93,15 @@ class Settings:
 
 
 def fail(message: str, code: int) -> NoReturn:
-    click.echo(f"dockrq: {message}", err=True)
+    ctx = click.get_current_context(silent=True)
+    if ctx is not None and getattr(ctx.find_root().obj, "as_json", False):
+        json_error(message, code)
+    else:
+        click.echo(f"dockrq: {message}", err=True)
     raise click.exceptions.Exit(code)
 
 
-class DockrqCommand(click.Command):
+class DockrqCommand(DockerUsageErrors, click.Command):
     """Turns expected failures into one line on stderr and the command's failure exit code."""
 
     def __init__(self, *args: Any, failure_code: int = EXIT_ERROR, **kwargs: Any) -> None:
@@ -111,6 +119,8 @@ class DockrqCommand(click.Command):
             fail(f"cannot reach Redis at {url}: {exc}", self.failure_code)
         except redis.RedisError as exc:
             fail(f"Redis error: {exc}", self.failure_code)
+        except UnicodeError as exc:  # text no check caught (a host name IDNA refuses...): still one line
+            fail(f"cannot use this input: {exc}", self.failure_code)
         except KeyboardInterrupt:
             raise click.exceptions.Exit(EXIT_CANCELLED) from None
         except BrokenPipeError:
@@ -131,7 +141,7 @@ json_option = click.option(
 )
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=DockrqGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.option("--redis-url", envvar="DOCKRQ_REDIS_URL", default=DEFAULT_REDIS_URL, show_default=True,
               help="Redis URL (redis://, rediss:// for TLS; user and password may be in it). Env DOCKRQ_REDIS_URL.")
 @click.option("--prefix", envvar="DOCKRQ_PREFIX", default=DEFAULT_PREFIX, show_default=True,
@@ -182,6 +192,11 @@ def _report(outcome: Outcome, settings: Settings, *, summary: bool) -> int:
     else:
         if outcome.result.oom_killed:
             click.echo(f"dockrq: execution {outcome.execution_id} was killed: out of memory", err=True)
+        elif outcome.result.oom_kills:  # a child killed, the main process went on: said, not failed
+            click.echo(
+                f"dockrq: execution {outcome.execution_id}: the OOM killer acted {outcome.result.oom_kills} "
+                f"time(s) inside the container (the main process was not killed)", err=True,
+            )
         if summary:
             click.echo(f"{outcome.status.value} (exit {outcome.exit_code})")
     return exit_code_for(outcome)
@@ -212,13 +227,13 @@ def _span(seconds: float | None) -> str:
 
 
 @cli.command(context_settings={"allow_interspersed_args": False}, failure_code=EXIT_DOCKRQ_FAILED)
-@click.option("--id", "execution_id", help="Execution id ([A-Za-z0-9_-]{1,64}); generated if absent.")
+@click.option("--id", "--name", "execution_id", help="Execution id ([A-Za-z0-9_-]{1,64}); generated if absent.")
 @click.option("--queue", "queue_name", help="rq queue for this execution (default: the global --queue).")
 @click.option("-e", "--env", multiple=True, metavar="K=V", help="Environment variable; repeatable.")
 @click.option("-w", "--workdir", help="Working directory inside the container.")
 @click.option("--entrypoint", help="Overwrite the image's entrypoint.")
 @click.option("--cpus", type=float, help="CPU limit in cores.")
-@click.option("--memory", help="Memory limit, e.g. 256m.")
+@click.option("-m", "--memory", help="Memory limit, e.g. 256m.")
 @click.option("--pids", type=int, help="Process count limit.")
 @click.option("--gpus", help="GPUs: 'all', a count (nvidia only), or 'device=0,1'.")
 @click.option("--gpu-vendor", type=click.Choice(["nvidia", "amd", "intel"]), default="nvidia", show_default=True,
@@ -231,6 +246,7 @@ def _span(seconds: float | None) -> str:
 @click.option("--pull", type=click.Choice(["always", "if_not_present", "never"]), help="Image pull policy.")
 @click.option("--retries", type=int, help="Re-runs allowed after a lost worker.")
 @click.option("-d", "--detach", is_flag=True, help="Print the execution id and return at once.")
+@run_flag_options
 @json_option
 @click.argument("image")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
@@ -240,17 +256,25 @@ def submit(
 ) -> None:
     """Run IMAGE [CMD...] on a worker; stay attached to its output and exit with its exit code."""
     producer = settings.producer()
-    execution_id = producer.submit(build_request(image, cmd, options), queue=queue_name)
-    if detach:
-        click.echo(json.dumps({"execution_id": execution_id}) if settings.as_json else execution_id)
-        return
-    try:
-        if not settings.as_json:
-            for entry in producer.logs(execution_id, tail=True, follow=True):
-                _write_entry(entry, as_json=False)
-        outcome = producer.wait(execution_id)
-    except KeyboardInterrupt:
-        _cancel_after_interrupt(producer, execution_id)
+    request = apply_run_flags(build_request(image, cmd, options), options)
+    # While attached: waiting for a worker and the image pull, on stderr (producer/progress.py).
+    progress = None if detach or settings.as_json else SubmitProgress.before_submit(producer, request, queue_name)
+    with progress or nullcontext():
+        execution_id = producer.submit(request, queue=queue_name)
+        if detach:
+            click.echo(json.dumps({"execution_id": execution_id}) if settings.as_json else execution_id)
+            return
+        try:
+            if progress is not None:  # not --json: the container's output
+                for entry in producer.logs(execution_id, tail=True, follow=True):
+                    progress.close()
+                    _write_entry(entry, as_json=False)
+                progress.close()
+            outcome = producer.wait(execution_id)
+        except KeyboardInterrupt:
+            if progress is not None:
+                progress.close()
+            _cancel_after_interrupt(producer, execution_id)
     raise click.exceptions.Exit(_report(outcome, settings, summary=False))
 
 
@@ -294,7 +318,8 @@ class _Tail(click.ParamType):
 
 @cli.command()
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming until the execution ends.")
-@click.option("--tail", type=_Tail(), default="all", show_default=True, help="Last N entries of the history.")
+@click.option("-n", "--tail", type=_Tail(), default="all", show_default=True,
+              help="Last N lines of the output (both streams, as docker logs --tail), or all.")
 @json_option
 @click.argument("execution_id")
 @pass_settings
@@ -345,51 +370,24 @@ def _status_rows(view: ExecutionStatusView) -> list[tuple[str, str]]:
         ("worker", view.worker or "-"),
         ("container", view.container_id or "-"),
         ("enqueued", _ago(view.enqueued_at) + " ago" if view.enqueued_at else "-"),
-        ("duration", _span(view.duration_seconds)),
+        ("queued", _span(view.queued_seconds)),
+        ("pulling", _span(view.pull_seconds)),
+        ("running", _span(view.run_seconds)),
     ]
     if outcome is not None and outcome.exit_code is not None:
         rows.append(("exit code", str(outcome.exit_code)))
     if outcome is not None and outcome.result is not None and outcome.result.oom_killed:
         rows.append(("oom killed", "yes"))
+    if outcome is not None and outcome.result is not None and outcome.result.oom_kills:
+        rows.append(("oom kills", str(outcome.result.oom_kills)))
     if outcome is not None and outcome.error is not None:
         rows.append(("error", f"{outcome.error.code}: {outcome.error.message}"))
     return rows
 
 
-@cli.command(name="ls")
-@click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
-@json_option
-@pass_settings
-def list_executions(settings: Settings, limit: int) -> None:
-    """List recent executions of the queue, newest first."""
-    views = settings.producer().list_recent(limit)
-    if settings.as_json:
-        click.echo("[" + ",".join(v.model_dump_json() for v in views) + "]")
-        return
-    table = Table(box=None, header_style="bold")
-    for column in ("ID", "STATUS", "IMAGE", "WORKER", "DURATION", "AGE"):
-        table.add_column(column, no_wrap=column in ("ID", "STATUS"))
-    for v in views:
-        table.add_row(
-            v.execution_id, _state_shown(v), v.image or "-", v.worker or "-", _span(v.duration_seconds),
-            _ago(v.enqueued_at),
-        )
-    _console().print(table)
+from .cli_list import list_executions  # noqa: E402 - needs the group and helpers above
 
-
-def _state_shown(view: ExecutionStatusView) -> str:
-    """The state, with what an operator scanning the list asks next: which exit code, OOM or not,
-    and the error code of a run dockrq itself could not finish."""
-    outcome = view.outcome
-    if outcome is None:
-        return view.state.value
-    if outcome.result is not None and outcome.result.oom_killed:
-        return f"{view.state.value} (oom)"
-    if outcome.status == ExecutionStatus.FAILED and outcome.exit_code is not None:
-        return f"{view.state.value} ({outcome.exit_code})"
-    if outcome.error is not None and outcome.error.code != outcome.status.value:
-        return f"{view.state.value} ({outcome.error.code})"
-    return view.state.value
+cli.add_command(list_executions)
 
 
 def main(argv: list[str] | None = None) -> None:

@@ -51,7 +51,6 @@ from schemas import (
     as_json_object,
     request_size,
 )
-
 from schemas.connections import (
     BLOCK_SLICE_SECONDS,
     DEFAULT_REDIS_URL,
@@ -61,6 +60,7 @@ from schemas.connections import (
     ride_out_outage,
 )
 
+from . import listing
 from .cancel import CancelResult
 from .cancel import cancel as cancel_execution
 from .describe import describe
@@ -68,7 +68,7 @@ from .errors import DuplicateExecution, ExecutionNotFound, InvalidRequest, Reque
 from .jobhash import JobWriter
 from .logs import LogReader
 from .scripts import CLAIM_LUA, PUBLISH_MANY_LUA
-from .status import ExecutionStatusView, build_view, recent_views
+from .status import ExecutionStatusView, build_view
 
 log = logging.getLogger(__name__)
 
@@ -113,7 +113,10 @@ class Producer:
     ) -> None:
         if max_request_bytes < MIN_MAX_REQUEST_BYTES:
             raise ValueError(f"max_request_bytes must be at least {MIN_MAX_REQUEST_BYTES}")
+        InvalidRequest.check_storable(prefix, "prefix")
+        InvalidRequest.check_storable(queue, "queue")
         if connection is None:
+            InvalidRequest.check_storable(redis_url, "redis_url")
             self._client, self._blocking = clients_from_url(redis_url)
         else:
             self._client, self._blocking = connection, blocking_twin(connection)
@@ -151,6 +154,7 @@ class Producer:
         """The rq queue ``name`` (default: this producer's), with the JSON serializer."""
         name = name or self.queue
         if name not in self._queues:
+            InvalidRequest.check_storable(name, "queue")
             self._queues[name] = Queue(name, connection=self._client, serializer=JSONSerializer)
         return self._queues[name]
 
@@ -407,13 +411,24 @@ class Producer:
             raise ExecutionNotFound(execution_id)
         return build_view(execution_id, job, outcome)
 
-    def list_recent(self, limit: int = 50, queues: Iterable[str] | None = None) -> list[ExecutionStatusView]:
-        """The newest executions of the queues (default: this producer's), newest first.
+    def list_recent(
+        self, limit: int = 50, queues: Iterable[str] | None = None, *, states: Iterable[ExecutionState | str] | None = None
+    ) -> list[ExecutionStatusView]:
+        """The newest executions of the queues (default: this producer's; ``queue_names()``
+        for every queue), newest first; with ``states`` only those in one of them.
 
         Reads rq's queue and registries (queued, scheduled, started, finished,
         failed, canceled) without cleaning them: listing must not change state.
+        Jobs that are not dockrq executions are left out. Raises ValueError for an
+        unknown state.
         """
-        return recent_views(self._client, self.keys, [self.rq_queue(n) for n in queues or [self.queue]], limit)
+        wanted = {ExecutionState(s) for s in states} if states is not None else None
+        rq_queues = [self.rq_queue(name) for name in (queues or [self.queue])]
+        return listing.list_recent(self._client, self.keys, rq_queues, limit, wanted)
+
+    def queue_names(self) -> list[str]:
+        """Every rq queue of this Redis database (rq's own ``rq:queues`` set), by name."""
+        return listing.queue_names(self._client)
 
     # -- cancel --------------------------------------------------------------
 

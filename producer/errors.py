@@ -10,6 +10,7 @@ from __future__ import annotations
 from pydantic import ValidationError
 
 from schemas import describe_validation_error
+from schemas.text import storable_name
 
 
 class ProducerError(Exception):
@@ -25,6 +26,15 @@ class InvalidRequest(ProducerError, ValueError):
     @classmethod
     def from_validation_error(cls, exc: ValidationError) -> InvalidRequest:
         return cls(describe_validation_error(exc))
+
+    @classmethod
+    def check_storable(cls, name: str, what: str) -> None:
+        """Raise InvalidRequest naming ``what`` when ``name`` cannot be stored in Redis (not
+        valid UTF-8, schemas.text)."""
+        try:
+            storable_name(name, what)
+        except ValueError as exc:
+            raise cls(str(exc)) from None
 
 
 class RequestTooLarge(InvalidRequest):

@@ -20,7 +20,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, replace
 
 import redis
@@ -28,8 +28,9 @@ from redis.client import PubSub
 
 from schemas import LogBatch, LogEntry
 from schemas.compact_log import read_compact_log
-
 from schemas.connections import BLOCK_SLICE_SECONDS, BLOCKING_SOCKET_TIMEOUT, REDIS_DOWN, ride_out_outage
+
+from .tail import tail_lines
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class LogReader:
     """Iterates the entries of one execution; ``tail`` and ``follow`` as in ``docker logs``.
 
     ``tail``: True for the whole history, False or 0 for none, N for the last N
-    entries. ``follow``: keep reading live until the eof batch, or until
+    lines of the combined output, however they were chunked (``docker logs --tail``). ``follow``: keep reading live until the eof batch, or until
     ``is_over()`` says the execution ended without one (rejected, cancelled
     before start, worker lost), so a follower never hangs.
     """
@@ -113,30 +114,37 @@ class LogReader:
         if wanted is None:
             yield from self._catch_up()
             return
+        # The newest batches, read backwards a page at a time until they hold the last
+        # ``wanted`` lines (producer.tail: lines, not entries, as docker logs --tail).
         newest_first: list[tuple[bytes, LogBatch]] = []
-        have = 0
         upper = "+"
         while True:
             page = self._client.xrevrange(self._stream, upper, "-", count=_PAGE if wanted else 1)
-            for entry_id, fields in page:
-                newest_first.append((entry_id, LogBatch.from_stream_entry(fields)))
-                have += len(newest_first[-1][1].entries)
-            if not page or have >= wanted or len(page) < _PAGE:
+            newest_first.extend((entry_id, LogBatch.from_stream_entry(fields)) for entry_id, fields in page)
+            exhausted = len(page) < (_PAGE if wanted else 1)
+            if not newest_first:
+                yield from self._compact_tail(wanted)
+                return
+            entries = _entries_of(reversed(newest_first))
+            kept, sure = tail_lines(entries, wanted)
+            if not page or sure or exhausted or not wanted:
                 break
             upper = "(" + page[-1][0].decode()
-        if not newest_first:
-            compact = self._compact()
-            if compact:
-                self.cursor.next_seq = max(0, compact[-1].seq + len(compact[-1].entries) - wanted)
-                for batch in compact:
-                    yield from self.cursor.take(batch, skip_gap=True) or ()
-            return
         newest_id, newest = newest_first[0]
-        total = newest.seq + len(newest.entries)
-        self.cursor.next_seq = max(0, total - wanted)
-        for _, batch in reversed(newest_first):
-            yield from self.cursor.take(batch, skip_gap=True) or ()
+        self.cursor.next_seq = newest.seq + len(newest.entries)
+        self.cursor.eof = any(batch.eof for _, batch in newest_first)
         self.cursor.last_id = newest_id
+        yield from kept
+
+    def _compact_tail(self, wanted: int) -> Iterator[LogEntry]:
+        """The last ``wanted`` lines of an ended log whose stream was replaced by the compact key."""
+        compact = self._compact()
+        if not compact:
+            return
+        kept, _ = tail_lines(_entries_of((b"", batch) for batch in compact), wanted)
+        self.cursor.next_seq = compact[-1].seq + len(compact[-1].entries)
+        self.cursor.eof = any(batch.eof for batch in compact)
+        yield from kept
 
     def _catch_up(self) -> Iterator[LogEntry]:
         """Everything the stream holds after the last id read, deduplicated by seq."""
@@ -220,12 +228,23 @@ def _follow_interrupted(exc: Exception, failures: int) -> None:
     log.warning("log follow: Redis error (%s); retrying", exc)
 
 
+def _entries_of(batches: Iterable[tuple[bytes, LogBatch]]) -> list[LogEntry]:
+    """The entries of ``batches`` (oldest first) in order, each once (by ``seq``), over any gap."""
+    cursor: LogCursor | None = None
+    entries: list[LogEntry] = []
+    for _, batch in batches:
+        if cursor is None:
+            cursor = LogCursor(next_seq=batch.seq)
+        entries.extend(cursor.take(batch, skip_gap=True) or ())
+    return entries
+
+
 def _entries_wanted(tail: bool | int) -> int | None:
-    """None for the whole history, else how many of the last entries to replay."""
+    """None for the whole history, else how many of the last lines to replay."""
     if tail is True:
         return None
     if tail is False:
         return 0
     if isinstance(tail, int) and tail >= 0:
         return tail
-    raise ValueError(f"tail must be True, False or a number of entries >= 0, not {tail!r}")
+    raise ValueError(f"tail must be True, False or a number of lines >= 0, not {tail!r}")

@@ -8,16 +8,14 @@ which worker and container run it. The view merges them, the outcome winning.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timezone
 from typing import Any
 
-import redis
 from pydantic import BaseModel
-from rq import Queue
 from rq.job import Job, JobStatus
-from rq.serializers import JSONSerializer
 
-from schemas import ExecutionState, Keys, Outcome
+from schemas import ExecutionState, Outcome
 
 # States the producer itself writes into meta at submit; anything else came from a worker.
 _SUBMIT_STATES = {ExecutionState.QUEUED, ExecutionState.SCHEDULED}
@@ -52,6 +50,11 @@ class ExecutionStatusView(BaseModel):
     started_at: datetime | None = None
     ended_at: datetime | None = None
     outcome: Outcome | None = None
+    # Where the time went, in seconds (so far, while it lasts; kept in the outcome after the end):
+    # waiting for a worker, pulling the image (None: no pull), the container running.
+    queued_seconds: float | None = None
+    pull_seconds: float | None = None
+    run_seconds: float | None = None
 
     @property
     def duration_seconds(self) -> float | None:
@@ -67,6 +70,38 @@ def _state(value: Any) -> ExecutionState | None:
         return ExecutionState(value)
     except ValueError:
         return None
+
+
+def _epoch(value: Any) -> float | None:
+    return float(value) if isinstance(value, (int, float)) and not isinstance(value, bool) else None
+
+
+def _times(
+    state: ExecutionState, job: Job | None, meta: dict[str, Any], outcome: Outcome | None
+) -> tuple[float | None, float | None, float | None]:
+    """(queued, pulling, running) seconds. Once ended, the result's own figures (the worker
+    wrote them); before, the rq job's enqueue time and the worker's ``pulling_at``,
+    ``running_at`` and ``pull_seconds`` in its meta, measured to now while they last."""
+    now = time.time()
+    result = outcome.result if outcome else None
+    if result is not None:
+        running = result.duration_seconds
+        return result.queued_seconds, result.pull_seconds, running
+    pulling_at, running_at = _epoch(meta.get("pulling_at")), _epoch(meta.get("running_at"))
+    enqueued = job.enqueued_at if job is not None else None
+    queued = None
+    if enqueued is not None:
+        if enqueued.tzinfo is None:
+            enqueued = enqueued.replace(tzinfo=timezone.utc)
+        end = pulling_at or (None if state.final else now)
+        if end is None and outcome is not None and job is not None and job.ended_at is not None:
+            end = job.ended_at.replace(tzinfo=job.ended_at.tzinfo or timezone.utc).timestamp()
+        queued = max(0.0, end - enqueued.timestamp()) if end is not None else None
+    pulling = _epoch(meta.get("pull_seconds"))
+    if pulling is None and state == ExecutionState.PULLING and pulling_at is not None:
+        pulling = max(0.0, now - pulling_at)
+    running = max(0.0, now - running_at) if state == ExecutionState.RUNNING and running_at is not None else None
+    return queued, pulling, running
 
 
 def build_view(execution_id: str, job: Job | None, outcome: Outcome | None) -> ExecutionStatusView:
@@ -86,8 +121,12 @@ def build_view(execution_id: str, job: Job | None, outcome: Outcome | None) -> E
             state = rq_state
     else:
         state = ExecutionState.QUEUED  # claimed, enqueue in flight
+    queued, pulling, running = _times(state, job, meta, outcome)
     return ExecutionStatusView(
         execution_id=execution_id,
+        queued_seconds=queued,
+        pull_seconds=pulling,
+        run_seconds=running,
         state=state,
         queue=job.origin if job is not None else None,
         image=meta.get("image"),
@@ -98,31 +137,3 @@ def build_view(execution_id: str, job: Job | None, outcome: Outcome | None) -> E
         ended_at=(result.finished_at if result and result.finished_at else job.ended_at if job else None),
         outcome=outcome,
     )
-
-
-def recent_views(client: redis.Redis, keys: Keys, queues: list[Queue], limit: int) -> list[ExecutionStatusView]:
-    """The newest ``limit`` executions of ``queues``, newest first, from rq's queue and registries
-    (read without cleaning them: listing must not change state) and the outcomes."""
-    ids: dict[str, None] = {}
-    for q in queues:
-        ids.update(dict.fromkeys(reversed(q.get_job_ids(offset=-limit))))
-        for registry in (
-            q.started_job_registry,
-            q.scheduled_job_registry,
-            q.finished_job_registry,
-            q.failed_job_registry,
-            q.canceled_job_registry,
-        ):
-            ids.update(dict.fromkeys(registry.get_job_ids(0, limit - 1, desc=True, cleanup=False)))
-    jobs = [j for j in Job.fetch_many(list(ids), connection=client, serializer=JSONSerializer) if j]
-    with client.pipeline(transaction=False) as pipe:
-        for job in jobs:
-            pipe.lindex(keys.outcome(job.id), 0)
-        raw_outcomes = pipe.execute()
-    views = [
-        build_view(job.id, job, Outcome.model_validate_json(raw) if raw else None)
-        for job, raw in zip(jobs, raw_outcomes, strict=True)
-    ]
-    epoch = datetime.min.replace(tzinfo=timezone.utc)
-    views.sort(key=lambda v: v.enqueued_at or epoch, reverse=True)
-    return views[:limit]

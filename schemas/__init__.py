@@ -1,5 +1,7 @@
 """The wire contract of dockrq: pydantic models and Redis key names. No I/O here."""
 
+from .container import MAX_STDIN_BYTES, TmpfsMount, Ulimit, compact_payload
+
 from .execution import (
     DEFAULT_OUTPUT_LIMIT,
     EXECUTION_ID_PATTERN,
@@ -33,6 +35,7 @@ from .wire import (
     LogBatch,
     Outcome,
     OutcomeError,
+    PullReport,
     as_json_object,
     describe_validation_error,
     request_size,
@@ -50,6 +53,7 @@ __all__ = [
     "JOB_FRAMING_BYTES",
     "JOB_FUNCTION",
     "LOG_STREAM_FIELD",
+    "MAX_STDIN_BYTES",
     "MIN_MAX_REQUEST_BYTES",
     "EngineSpec",
     "Event",
@@ -65,8 +69,12 @@ __all__ = [
     "Mount",
     "Outcome",
     "OutcomeError",
+    "PullReport",
     "Resources",
+    "TmpfsMount",
+    "Ulimit",
     "as_json_object",
+    "compact_payload",
     "describe_validation_error",
     "format_size",
     "new_execution_id",

@@ -9,21 +9,38 @@ must not quietly run a job without a time limit.
 
 from __future__ import annotations
 
+import base64
 import enum
 import math
 import re
 import uuid
 from datetime import datetime
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    SerializerFunctionWrapHandler,
     StringConstraints,
     field_validator,
+    model_serializer,
     model_validator,
 )
+
+from .container import (
+    TmpfsMount,
+    Ulimit,
+    check_labels,
+    check_stdin,
+    check_tmpfs,
+    check_ulimits,
+    check_user,
+    compact_payload,
+    normalize_capability,
+    normalize_signal,
+)
+from .text import check_storable
 
 EXECUTION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 DEFAULT_OUTPUT_LIMIT = 1024 * 1024  # bytes per stream
@@ -84,6 +101,7 @@ class EngineSpec(_Model):
     cmd: list[str] | None = None
     env: dict[str, str] = Field(default_factory=dict)
     working_dir: str | None = None
+    user: str | None = Field(default=None, description="docker run --user: uid[:gid] or name[:group]")
 
     @field_validator("image")
     @classmethod
@@ -115,6 +133,11 @@ class EngineSpec(_Model):
         if v is not None and not v.startswith("/"):
             raise ValueError("working_dir must be an absolute path")
         return v if v is None else _no_nul(v, "working_dir")
+
+    @field_validator("user")
+    @classmethod
+    def _user(cls, v: str | None) -> str | None:
+        return check_user(v)
 
 
 class GpuRequest(_Model):
@@ -158,6 +181,8 @@ class Resources(_Model):
     memory: int | None = Field(default=None, ge=6 * 1024 * 1024, description="bytes; '256m' accepted")
     pids: int | None = Field(default=None, ge=1)
     gpus: GpuRequest | None = None
+    # /dev/shm (docker run --shm-size); Docker's default is 64 MiB. Counted against memory.
+    shm_size: int | None = Field(default=None, ge=4096, description="bytes; '256m' accepted")
 
     @field_validator("cpus")
     @classmethod
@@ -166,7 +191,7 @@ class Resources(_Model):
             raise ValueError("cpus must be a finite number")
         return v
 
-    @field_validator("memory", mode="before")
+    @field_validator("memory", "shm_size", mode="before")
     @classmethod
     def _memory(cls, v: object) -> object:
         return v if v is None else parse_size(v)  # type: ignore[arg-type]
@@ -202,6 +227,17 @@ class ExecutionRequest(_Model):
     output_limit_bytes: int = Field(default=DEFAULT_OUTPUT_LIMIT, ge=0, le=MAX_OUTPUT_LIMIT)
     pull_policy: Literal["if_not_present", "always", "never"] = "if_not_present"
     retries: int = Field(default=0, ge=0, le=10, description="re-runs allowed after a lost worker")
+    # docker run options (schemas/container.py); the worker's policy bounds cap_add and stop_timeout.
+    read_only: bool = False
+    tmpfs: list[TmpfsMount] = Field(default_factory=list, max_length=16)
+    cap_add: list[str] = Field(default_factory=list, max_length=64)
+    cap_drop: list[str] = Field(default_factory=list, max_length=64)
+    ulimits: list[Ulimit] = Field(default_factory=list, max_length=16)
+    init: bool = False
+    stop_signal: str | None = None
+    stop_timeout: int | None = Field(default=None, ge=0, le=24 * 3600, description="seconds; grace of every stop")
+    labels: dict[str, str] = Field(default_factory=dict)
+    stdin_base64: str | None = Field(default=None, description="bytes given to the container's stdin (docker run -i)")
 
     @field_validator("timeout_seconds")
     @classmethod
@@ -209,6 +245,52 @@ class ExecutionRequest(_Model):
         if v is not None and not math.isfinite(v):
             raise ValueError("timeout_seconds must be a finite number")
         return v
+
+    @field_validator("cap_add", "cap_drop")
+    @classmethod
+    def _caps(cls, v: list[str]) -> list[str]:
+        return list(dict.fromkeys(normalize_capability(c) for c in v))
+
+    @field_validator("stop_signal")
+    @classmethod
+    def _signal(cls, v: str | None) -> str | None:
+        return v if v is None else normalize_signal(v)
+
+    @field_validator("labels")
+    @classmethod
+    def _labels(cls, v: dict[str, str]) -> dict[str, str]:
+        return check_labels(v)
+
+    @field_validator("stdin_base64")
+    @classmethod
+    def _stdin(cls, v: str | None) -> str | None:
+        return check_stdin(v)
+
+    @field_validator("tmpfs")
+    @classmethod
+    def _tmpfs(cls, v: list[TmpfsMount]) -> list[TmpfsMount]:
+        return check_tmpfs(v)
+
+    @field_validator("ulimits")
+    @classmethod
+    def _ulimits(cls, v: list[Ulimit]) -> list[Ulimit]:
+        return check_ulimits(v)
+
+    @model_serializer(mode="wrap")
+    def _wire_form(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        # The docker run options a request does not use are left out, so such a request is
+        # stored byte for byte as before them and workers from before them still take it.
+        return compact_payload(handler(self))
+
+    @property
+    def stdin_bytes(self) -> bytes | None:
+        """The input for the container's stdin (``stdin_base64`` decoded), or None: no stdin."""
+        return None if self.stdin_base64 is None else base64.b64decode(self.stdin_base64)
+
+    @model_validator(mode="after")
+    def _storable(self) -> ExecutionRequest:
+        check_storable(self)  # every string, whichever field: UTF-8 or refused, naming the field
+        return self
 
 
 class ExecutionStatus(str, enum.Enum):
@@ -260,12 +342,26 @@ class ExecutionResult(BaseModel):
     stderr: str = ""
     stdout_truncated: bool = False
     stderr_truncated: bool = False
+    # True when the main process was killed by the kernel's OOM killer (it ended by SIGKILL,
+    # exit 137, and the OOM killer acted in the container); the status is then "failed".
     oom_killed: bool = False
+    # How many times the OOM killer acted inside the container (the daemon's "oom" events;
+    # at least 1 when oom_killed). A child killed while the main process lives on counts
+    # here without changing the status: the status follows the main process.
+    oom_kills: int = 0
     error_code: str | None = None
     error_msg: str | None = None
     container_id: str | None = None
     started_at: datetime | None = None
     finished_at: datetime | None = None
+    # What ran: the image's registry digest (the manifest digest ``repo@sha256:...`` pins;
+    # for an image never pulled or pushed, its local id) and its local id (``sha256:...``).
+    image_digest: str | None = None
+    image_id: str | None = None
+    # Seconds spent pulling the image for this execution (also a pull that failed); None: no pull.
+    pull_seconds: float | None = None
+    # Seconds from enqueue until a worker took it (set by the worker; None outside rq).
+    queued_seconds: float | None = None
 
     @property
     def duration_seconds(self) -> float | None:

@@ -15,6 +15,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .execution import ExecutionResult, ExecutionState, ExecutionStatus, LogEntry
+from .text import NOT_UTF8
 
 DEFAULT_PREFIX = "dockrq"
 DEFAULT_QUEUE = "dockrq"
@@ -26,10 +27,17 @@ CANCEL_MESSAGE = "cancel"
 # First writer wins: the worker, a producer cancelling a queued job and the reaper
 # may race to end one execution, and the outcome list must hold exactly one element.
 # KEYS[1] outcome list; ARGV[1] outcome JSON; ARGV[2] retention seconds. Returns 1 if written.
+# Optional: KEYS[2] the status index ``P:ended:QUEUE:STATUS`` (``Keys.ended``), ARGV[3] the
+# execution id, ARGV[4] the end time (Unix seconds): the id is added to the index with that
+# score, and entries older than the retention leave it, in the same atomic step.
 WRITE_OUTCOME_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
+if KEYS[2] then
+  redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
+  redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(ARGV[4]) - tonumber(ARGV[2])))
+end
 return 1
 """
 DEFAULT_RETENTION_SECONDS = 24 * 3600
@@ -82,6 +90,11 @@ class Keys:
     def reap_lock(self, execution_id: str) -> str:
         """SET NX PX by the worker that reaps or adopts the execution of a dead worker."""
         return f"{self.prefix}:exec:{execution_id}:reaping"
+
+    def ended(self, queue: str, status: str) -> str:
+        """Sorted set of the executions of rq queue ``queue`` that ended with ``status`` within
+        the retention, scored by end time (Unix seconds); written with the outcome."""
+        return f"{self.prefix}:ended:{queue}:{status}"
 
     @property
     def events(self) -> str:
@@ -151,8 +164,25 @@ class LogBatch(BaseModel):
         return self.model_dump_json(include={"seq", "entries"})
 
 
+class PullReport(BaseModel):
+    """How far an image pull is, on ``P:events`` with status ``pulling`` (a few a second at most).
+
+    Bytes are the compressed layer bytes downloaded of those announced so far (a
+    layer's size is known once its download starts); ``done`` on the last one.
+    """
+
+    model_config = ConfigDict(extra="ignore")
+
+    image: str
+    layers_done: int = Field(ge=0)
+    layers_total: int = Field(ge=0)
+    bytes_done: int = Field(ge=0)
+    bytes_total: int = Field(ge=0)
+    done: bool = False
+
+
 class Event(BaseModel):
-    """A state change on ``P:events``."""
+    """A state change on ``P:events``; ``pulling`` events may repeat with ``progress``."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -160,6 +190,7 @@ class Event(BaseModel):
     status: ExecutionState
     ts: float = Field(default_factory=time.time)
     worker: str | None = None
+    progress: PullReport | None = None
 
 
 # Error messages end up in outcomes, logs and terminals: a hostile request with
@@ -189,9 +220,11 @@ def _loc_part(part: Any) -> str:
 def describe_validation_error(exc: ValidationError) -> str:
     """One readable line naming each bad field, e.g. ``engine.image: Field required``."""
     parts = []
-    errors = exc.errors(include_url=False, include_input=False, include_context=False)
+    errors = exc.errors(include_url=False, include_input=False, include_context=True)
     for err in errors[:MAX_DESCRIBED_ERRORS]:
         loc = ".".join(_loc_part(p) for p in err.get("loc", ())) or "request"
+        if err.get("type") == NOT_UTF8:  # found below the model's own location (schemas.text)
+            loc = _short(err.get("ctx", {}).get("at", loc), MAX_LOC_PART * 4)
         parts.append(f"{loc}: {_short(err.get('msg', 'invalid'), MAX_MESSAGE)}")
     if len(errors) > MAX_DESCRIBED_ERRORS:
         parts.append(f"{len(errors) - MAX_DESCRIBED_ERRORS} more errors: not listed")

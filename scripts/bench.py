@@ -20,6 +20,8 @@ What is measured (see BENCHMARKS.md for the method and a recorded run):
 * what one execution costs (issue 14, scripts/bench_cost.py, on a private
   redis-server): Redis commands and retained bytes per execution, an idle
   worker's commands per second, worker CPU per execution beside the raw client's.
+* an image pull: ``docker pull`` vs a pull through dockrq of a ~200 MB image from a
+  loopback registry of the run's own (scripts/bench_pull.py).
 
 Everything the run creates is namespaced by a random token (queue, key prefix,
 execution ids, executor id, container labels) and removed at the end: worker
@@ -54,6 +56,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn
 from rich.table import Table
 
 from bench_cost import measure_cost
+from bench_pull import measure_pull
 from producer import Producer
 from schemas import WRITE_OUTCOME_LUA, ExecutionStatus, Outcome, parse_size
 
@@ -80,6 +83,7 @@ TARGETS = {  # key: (comparison, bound, what the issue asks)
     "redis_bytes_per_execution": ("<=", 4096.0, "Redis bytes per retained execution <= 4,096"),
     "idle_worker_commands_per_s": ("<=", 2.0, "idle worker Redis commands/s <= 2"),
     "worker_cpu_ms_per_execution": ("<=", 12.0, "worker CPU per execution <= 12 ms"),
+    "pull_ratio": (">=", 0.9, "image pull >= 0.9 x docker pull speed (~200 MB)"),
 }
 COST_KEYS = ("redis_commands_per_execution", "redis_bytes_per_execution", "idle_worker_commands_per_s",
              "worker_cpu_ms_per_execution", "producer_cpu_ms_per_execution", "raw_cpu_ms_per_execution")
@@ -590,6 +594,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             # -- wake latency --
             task = progress.add_task("wake: outcome -> waiter", total=args.wake_samples)
             wake = bench.run_wake(args.wake_samples, lambda: progress.advance(task))
+
+            # -- image pull: docker pull vs dockrq --
+            task = progress.add_task(f"pull: {args.pull_mb} MB, docker vs dockrq", total=2 * args.pull_rounds)
+            pull = measure_pull(bench, args.pull_mb, args.pull_rounds, lambda: progress.advance(task))
     finally:
         cleaned = bench.cleanup()
 
@@ -627,13 +635,14 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     result["worker_baseline_rss_mb"] = rss["worker_baseline_rss_mb"]
     for key in COST_KEYS:
         result[key] = cost[key]
+    result["pull_ratio"] = pull["pull_ratio"]
     result["targets"] = {
         key: {"target": f"{op} {bound:g}", "value": result[key], "met": _met(result[key], op, bound), "goal": goal}
         for key, (op, bound, goal) in TARGETS.items()
     }
     result["details"] = {
         "concurrency": per_c, "logs": {"raw": log_raw, "dockrq": log_ours}, "rss": rss,
-        "enqueue": enqueue, "wake": wake, "cost": cost, "cleanup": cleaned,
+        "enqueue": enqueue, "wake": wake, "cost": cost, "pull": pull, "cleanup": cleaned,
     }
     result["run"] = {
         "token": bench.token, "quick": args.quick, "samples_per_concurrency": {c: len(raw[c][0]) for c in CONCURRENCY},
@@ -747,6 +756,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wake-samples", type=int)
     p.add_argument("--cost-executions", type=int, help="executions of the cost probe (private Redis)")
     p.add_argument("--idle-seconds", type=float, help="how long the cost probe watches an idle worker")
+    p.add_argument("--pull-mb", type=int, help="size of the pulled image in MB (default 200; --quick 20)")
+    p.add_argument("--pull-rounds", type=int, help="docker pull / dockrq pull pairs (median counts)")
     p.add_argument("--log-dir", help="keep the workers' output here")
     args = p.parse_args(argv)
     defaults = {
@@ -754,6 +765,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "samples": (60, 8), "log_lines": (200_000, 20_000), "log_rounds": (3, 1),
         "rss_bytes": (1 << 30, 64 << 20), "enqueue": (20_000, 2_000), "enqueue_batch": (1_000, 1_000),
         "wake_samples": (200, 30), "cost_executions": (100, 20), "idle_seconds": (30.0, 12.0),
+        "pull_mb": (200, 20), "pull_rounds": (3, 1),
     }
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:

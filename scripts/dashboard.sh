@@ -8,7 +8,10 @@
 #
 # Env: DOCKRQ_REDIS_URL (default redis://127.0.0.1:6379/0), DOCKRQ_DASHBOARD_PORT
 # (9181), DOCKRQ_DASHBOARD_BIND (127.0.0.1: the dashboard can delete and requeue
-# jobs, so it is not exposed unless asked). Extra arguments go to rq-dashboard.
+# jobs, so it is not exposed unless asked); read by worker/observe/dashboard_views.py:
+# DOCKRQ_PREFIX (dockrq), DOCKRQ_QUEUE or the first of DOCKRQ_QUEUES (the queue the
+# Jobs tab opens; dockrq), DOCKRQ_RETENTION_SECONDS (86400: the window of the
+# per-outcome counts). Extra arguments go to rq-dashboard.
 set -euo pipefail
 ROOT=$(cd "$(dirname "$0")/.." && pwd)
 

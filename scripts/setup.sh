@@ -16,11 +16,25 @@ dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v openssl >/dev/null || need+=(openssl)
 command -v debootstrap >/dev/null || need+=(debootstrap)  # scripts/offline_base.sh (compose test)
+command -v docker-registry >/dev/null || need+=(docker-registry)  # loopback registries of the suite/bench (scripts/registry.py)
+command -v htpasswd >/dev/null || need+=(apache2-utils)           # the private one's bcrypt htpasswd file
 if [ ${#need[@]} -gt 0 ]; then
   log "installing ${need[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
-  apt-get install -y -qq "${need[@]}" >/dev/null
+  apt-get install -y -qq -o DPkg::Lock::Timeout=300 "${need[@]}" >/dev/null
+fi
+# Observability tests: a real Prometheus scrapes a worker, a real headless browser reads the
+# dashboard. No recommends: prometheus would pull in its node exporter (a running daemon) too.
+extra=()
+command -v prometheus >/dev/null || extra+=(prometheus)
+command -v chromium >/dev/null || extra+=(chromium)
+command -v chromedriver >/dev/null || extra+=(chromium-driver)
+if [ ${#extra[@]} -gt 0 ]; then
+  log "installing ${extra[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${extra[@]}" >/dev/null
 fi
 
 # --- dockerd ---------------------------------------------------------------
@@ -72,4 +86,9 @@ DOCKERFILE
   docker build -q -t "$IMAGE" "$ctx" >/dev/null 2>"$ctx/build.log" || { cat "$ctx/build.log" >&2; exit 1; }
   rm -rf "$ctx"
 fi
+
+# Registries: setup.sh only installs docker-registry and apache2-utils (htpasswd) above and
+# starts none. The suite's session fixture (tests/integration/conftest.py) and scripts/bench.py
+# start their own through scripts/registry.py, on free loopback ports, and stop them after.
+
 log "ready: docker $(docker version -f '{{.Server.Version}}'), redis on :$REDIS_PORT, image $IMAGE"

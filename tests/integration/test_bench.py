@@ -20,7 +20,7 @@ pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = [
     "throughput_ratio_c1", "throughput_ratio_c4", "overhead_p50_ms", "enqueue_per_s", "wake_p50_ms",
-    "log_follow_ratio", "lost_lines", "worker_peak_rss_mb",
+    "log_follow_ratio", "lost_lines", "worker_peak_rss_mb", "pull_ratio",
     "redis_commands_per_execution", "redis_bytes_per_execution", "idle_worker_commands_per_s",
     "worker_cpu_ms_per_execution",
 ]
@@ -29,7 +29,7 @@ POSITIVE = [
     "raw_c1_p50_ms", "raw_c1_p95_ms", "dockrq_c1_p50_ms", "dockrq_c1_p95_ms", "dockrq_c4_p95_ms",
     "throughput_ratio_c1", "throughput_ratio_c2", "throughput_ratio_c4", "enqueue_per_s", "wake_p50_ms",
     "wake_p95_ms", "log_raw_lines_per_s", "log_follow_lines_per_s", "log_follow_ratio",
-    "worker_peak_rss_mb", "worker_baseline_rss_mb",
+    "worker_peak_rss_mb", "worker_baseline_rss_mb", "pull_ratio",
     "redis_commands_per_execution", "redis_bytes_per_execution", "idle_worker_commands_per_s",
     "worker_cpu_ms_per_execution", "producer_cpu_ms_per_execution", "raw_cpu_ms_per_execution",
 ]
@@ -39,7 +39,7 @@ def test_quick_bench_reports_every_figure_and_cleans_up(tmp_path, redis_url, red
     out = tmp_path / "bench.json"
     args = [
         sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--samples", "3", "--log-lines", "500",
-        "--rss-bytes", "4m", "--enqueue", "200", "--enqueue-batch", "100", "--wake-samples", "5",
+        "--rss-bytes", "4m", "--enqueue", "200", "--enqueue-batch", "100", "--wake-samples", "5", "--pull-mb", "4",
         "--cost-executions", "3", "--idle-seconds", "2",
         "--redis-url", redis_url, "--image", test_image, "--json", str(out),
     ]
@@ -78,3 +78,9 @@ def test_quick_bench_reports_every_figure_and_cleans_up(tmp_path, redis_url, red
         assert not docker_client.containers.list(all=True, filters={"label": label})
     assert not list(redis_client.scan_iter(match=f"*{token}*"))
     assert not [m for m in redis_client.smembers("rq:workers") if token.encode() in m]
+    # ... nor the loopback registry of its pull figure (scripts/bench_pull.py starts and stops it)
+    registries = [p for p in psutil.process_iter(["name", "cmdline", "status"]) if p.info["name"] == "docker-registry"]
+    assert not [
+        p for p in registries
+        if p.info["status"] != psutil.STATUS_ZOMBIE and "dockrq-bench-registry-" in " ".join(p.info["cmdline"] or [])
+    ]

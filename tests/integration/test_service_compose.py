@@ -43,6 +43,9 @@ def test_compose_config_has_redis_worker_dashboard():
     assert re.search(r"- --appendonly\n\s+- [\"']?yes", svc["redis"]), svc["redis"]
     worker = svc["worker"]
     assert "/var/run/docker.sock:/var/run/docker.sock" in worker
+    # registry logins: the host's Docker config, read-only, where DOCKER_CONFIG points
+    assert re.search(r"- /[^\n]*/\.docker:/etc/dockrq/docker:ro\n", worker), worker
+    assert "DOCKER_CONFIG: /etc/dockrq/docker" in worker
     # --scale worker=N needs no fixed name and no host port on the worker
     assert "container_name" not in worker and "ports:" not in worker
     assert "DOCKRQ_REDIS_URL: redis://redis:6379/0" in worker

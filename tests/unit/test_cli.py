@@ -28,6 +28,9 @@ def fake_producer(fake_redis, monkeypatch):
         return Producer(connection=fake_redis, queue=queue, prefix="p", retention_seconds=retention_seconds)
 
     monkeypatch.setattr(cli_module, "Producer", make)
+    # No worker publishes events here: however slow the machine, no "waiting for a worker"
+    # notice joins the stderr these tests compare (tests/unit/test_submit_progress.py has it).
+    monkeypatch.setattr("producer.progress.WAITING_NOTICE_SECONDS", 3600.0)
     return fake_redis
 
 

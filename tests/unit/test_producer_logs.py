@@ -133,10 +133,55 @@ def test_overlapping_batches_are_deduplicated_by_seq(producer, running):
 )
 def test_tail(producer, running, tail, expected):
     for chunk in ("012", "345", "678", "9"):
-        running.batch(*chunk)
+        running.batch(*(f"{c}\n" for c in chunk))
     running.eof()
-    assert _data(producer.logs("ex", tail=tail, follow=False)) == expected
-    assert _data(producer.logs("ex", tail=tail, follow=True)) == expected
+    lines = [f"{c}\n" for c in expected]
+    assert _data(producer.logs("ex", tail=tail, follow=False)) == lines
+    assert _data(producer.logs("ex", tail=tail, follow=True)) == lines
+
+
+def test_tail_counts_lines_not_entries(producer, running):
+    # `seq 1 10` arrives as one entry: --tail 2 is its last two lines, as docker logs --tail 2
+    running.batch("".join(f"{i}\n" for i in range(1, 11)))
+    running.eof()
+    assert "".join(_data(producer.logs("ex", tail=2, follow=False))) == "9\n10\n"
+
+
+def test_tail_keeps_a_line_split_over_entries_and_streams_apart(producer, running):
+    running.batch("old\nhal")
+    running.batch("warn\n", stream="stderr")
+    running.batch("f line\nlast unfinished")
+    running.eof()
+    entries = list(producer.logs("ex", tail=3, follow=False))
+    assert [(e.stream, e.data) for e in entries] == [
+        ("stdout", "hal"), ("stderr", "warn\n"), ("stdout", "f line\nlast unfinished")
+    ]
+
+
+def test_tail_reads_back_past_a_page_of_batches(producer, running):
+    # one long line started in the first of 1200 batches, the rest single-character chunks
+    running.batch("first\nlong:")
+    for _ in range(1200):
+        running.batch("x")
+    running.batch("\nend\n")
+    running.eof()
+    assert "".join(_data(producer.logs("ex", tail=2, follow=False))) == "long:" + "x" * 1200 + "\nend\n"
+
+
+@given(
+    text=st.text(alphabet="ab\n\r", max_size=60),
+    cuts=st.lists(st.integers(min_value=0, max_value=60), max_size=8),
+    n=st.integers(min_value=0, max_value=12),
+)
+def test_tail_is_the_last_lines_however_the_output_was_chunked(text, cuts, n):
+    from producer.tail import tail_lines
+
+    bounds = sorted({0, len(text), *(c for c in cuts if c <= len(text))})
+    entries = [LogEntry(stream="stdout", ts=0, data=text[a:b]) for a, b in zip(bounds, bounds[1:]) if b > a]
+    lines = text.split("\n")
+    whole = [line + "\n" for line in lines[:-1]] + ([lines[-1]] if lines[-1] else [])
+    kept, _ = tail_lines(entries, n)
+    assert "".join(e.data for e in kept) == ("".join(whole[-n:]) if n else "")
 
 
 def test_tail_must_be_a_count(producer, running):

@@ -443,8 +443,11 @@ def test_worker_runs_jobs_and_mirrors_meta(fake_redis, installed, caplog):
     # one copy of the result (issue 14): the outcome; rq keeps no results stream for it
     assert outcome(fake_redis, "a1").summary() == {"execution_id": "a1", "status": "succeeded", "exit_code": 0}
     assert a1.return_value() is None and not fake_redis.exists("rq:results:a1")
+    times = {k: a1.meta.pop(k) for k in ("pulling_at", "running_at")}  # epoch seconds: pulling, then running
+    assert times["pulling_at"] <= times["running_at"]
     assert a1.meta == {
         "image": "busybox", "status": "succeeded", "execution_id": "a1", "worker": "w-unit", "container_id": "c0ffee",
+        "node": "node-t", "exit_code": 0,  # for the dashboard's rows (worker/dashboard.py)
     }
     a2 = Job.fetch("a2", connection=fake_redis, serializer=JSONSerializer)
     assert a2.get_status() == JobStatus.FINISHED and a2.meta["status"] == "rejected"

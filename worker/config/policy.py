@@ -22,6 +22,7 @@ from typing import Annotated, Any, get_args
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
 from schemas import ExecutionRequest, format_size, parse_size
+from schemas.container import ALL_CAPABILITIES, normalize_capability
 from worker.executor import MountNotAllowed, RequestRejected
 from worker.executor.spec import ExecutorPolicy, checked_binds, gpus_granted
 from worker.config.images import ImagePattern, image_allowed
@@ -36,6 +37,8 @@ DEFAULT_MAX_TIMEOUT_SECONDS = 24 * 3600.0
 DEFAULT_MAX_OUTPUT_BYTES = 16 * MiB
 # A GPU is host hardware shared by every container on it: none unless the operator says how many.
 DEFAULT_MAX_GPUS = 0
+# docker run --stop-timeout: a longer grace holds a cancel, a timeout and the worker's shutdown this long.
+DEFAULT_MAX_STOP_TIMEOUT_SECONDS = 60
 # The request schema's pull policies, and the one a request carries when it names none.
 PULL_POLICIES: tuple[str, ...] = get_args(ExecutionRequest.model_fields["pull_policy"].annotation)
 DEFAULT_PULL_POLICY: str = ExecutionRequest.model_fields["pull_policy"].default
@@ -56,6 +59,8 @@ POLICY_ENV_VARS: dict[str, str] = {
     "allow_bridge": "DOCKRQ_ALLOW_BRIDGE",
     "default_memory": "DOCKRQ_DEFAULT_MEMORY",
     "default_pids": "DOCKRQ_DEFAULT_PIDS",
+    "allowed_caps": "DOCKRQ_ALLOWED_CAPS",
+    "max_stop_timeout_seconds": "DOCKRQ_MAX_STOP_TIMEOUT_SECONDS",
 }
 
 _UNLIMITED = {"none", "unlimited", "off"}
@@ -108,8 +113,11 @@ class WorkerPolicy(BaseModel):
     allow_bridge: bool = False
     default_memory: MemorySize = DEFAULT_MEMORY
     default_pids: Count = DEFAULT_PIDS
+    # Capabilities a request may add (cap_add); none by default. Dropping is always allowed.
+    allowed_caps: tuple[str, ...] = ()
+    max_stop_timeout_seconds: CountOrZero = DEFAULT_MAX_STOP_TIMEOUT_SECONDS
 
-    @field_validator("allowed_images", "allowed_pull_policies", "allowed_mount_roots", mode="before")
+    @field_validator("allowed_images", "allowed_pull_policies", "allowed_mount_roots", "allowed_caps", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
         return _list(value)
@@ -135,6 +143,11 @@ class WorkerPolicy(BaseModel):
             if policy not in PULL_POLICIES:
                 raise ValueError(f"{policy!r} is not a pull policy (one of {', '.join(PULL_POLICIES)})")
         return tuple(dict.fromkeys(policies))
+
+    @field_validator("allowed_caps")
+    @classmethod
+    def _caps(cls, caps: tuple[str, ...]) -> tuple[str, ...]:
+        return tuple(dict.fromkeys(normalize_capability(c) for c in caps))  # 'cap_net_admin' is NET_ADMIN
 
     @field_validator("allowed_mount_roots")
     @classmethod
@@ -215,6 +228,14 @@ class WorkerPolicy(BaseModel):
         if request.timeout_seconds is not None:
             over("timeout_seconds", request.timeout_seconds, self.max_timeout_seconds, "max_timeout_seconds")
         over("output_limit_bytes", request.output_limit_bytes, self.max_output_bytes, "max_output_bytes")
+        if request.stop_timeout is not None:
+            over("stop_timeout", request.stop_timeout, self.max_stop_timeout_seconds, "max_stop_timeout_seconds")
+        refused_caps = [c for c in request.cap_add if not self.cap_allowed(c)]
+        if refused_caps:
+            problems.append(
+                f"cap_add: {', '.join(refused_caps)} {'is' if len(refused_caps) == 1 else 'are'} not allowed on this worker "
+                f"(allowed: {', '.join(self.allowed_caps) or 'none'}) ({POLICY_ENV_VARS['allowed_caps']})"
+            )
         if not image_allowed(request.engine.image, self.allowed_images):
             problems.append(
                 f"engine.image: {request.engine.image!r} is not allowed on this worker "
@@ -239,6 +260,11 @@ class WorkerPolicy(BaseModel):
             error = MountNotAllowed if mounts_refused and len(problems) == 1 else PolicyViolation
             raise error("; ".join(_clip(p) for p in problems))
         return self._with_defaults(request)
+
+    def cap_allowed(self, capability: str) -> bool:
+        """Whether a request may add ``capability`` (normalised, e.g. ``NET_ADMIN``) on this worker:
+        listed in DOCKRQ_ALLOWED_CAPS, or that lists ALL. Adding ALL needs ALL listed."""
+        return ALL_CAPABILITIES in self.allowed_caps or capability in self.allowed_caps
 
     def _with_defaults(self, request: ExecutionRequest) -> ExecutionRequest:
         res = request.resources
@@ -272,7 +298,8 @@ class WorkerPolicy(BaseModel):
             f"output max {show(self.max_output_bytes, True)} per stream, "
             f"images {','.join(self.allowed_images)}, pull {','.join(self.allowed_pull_policies)}, "
             f"mount roots {','.join(self.allowed_mount_roots) or 'none'}, "
-            f"bridge {'allowed' if self.allow_bridge else 'refused'}"
+            f"bridge {'allowed' if self.allow_bridge else 'refused'}, "
+            f"caps added {','.join(self.allowed_caps) or 'none'}, stop timeout max {show(self.max_stop_timeout_seconds)} s"
         )
 
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import os
 import socket
 from collections.abc import Mapping
-from typing import Annotated, Any
+from typing import Annotated, Any, Literal
 
 from pydantic import (
     BaseModel,
@@ -44,6 +44,7 @@ DEFAULT_REAP_AFTER_SECONDS = 30.0
 DEFAULT_REAP_INTERVAL_SECONDS = 10.0
 DEFAULT_ORPHAN_GRACE_SECONDS = 60.0
 DEFAULT_OUTCOME_RETRY_SECONDS = 600.0
+DEFAULT_PULL_TIMEOUT_SECONDS = 300.0
 
 # Environment variable -> settings field. The only place env names are spelled.
 ENV_VARS: dict[str, str] = {
@@ -63,6 +64,13 @@ ENV_VARS: dict[str, str] = {
     "DOCKRQ_REAP_INTERVAL_SECONDS": "reap_interval_seconds",
     "DOCKRQ_ORPHAN_GRACE_SECONDS": "orphan_grace_seconds",
     "DOCKRQ_OUTCOME_RETRY_SECONDS": "outcome_retry_seconds",
+    # Operations: Prometheus metrics (worker/observe/metrics.py, worker/observe/exporter.py) and log lines
+    "DOCKRQ_METRICS_PORT": "metrics_port",
+    "DOCKRQ_METRICS_ADDR": "metrics_addr",
+    "DOCKRQ_QUEUE_METRICS": "queue_metrics",
+    "DOCKRQ_LOG_FORMAT": "log_format",
+    # Image pulls (worker/executor/pull.py)
+    "DOCKRQ_PULL_TIMEOUT_SECONDS": "pull_timeout_seconds",
     # What requests may ask for (worker/config/policy.py): DOCKRQ_MAX_MEMORY, DOCKRQ_ALLOWED_MOUNT_ROOTS, ...
     **{var: f"policy.{field}" for field, var in POLICY_ENV_VARS.items()},
 }
@@ -115,6 +123,14 @@ class WorkerSettings(BaseModel):
     # An ended execution whose outcome Redis does not take for this long (unreachable) stops
     # waiting; the worker keeps the outcome and writes it once Redis is back (worker/faults/outage.py).
     outcome_retry_seconds: float = Field(default=DEFAULT_OUTCOME_RETRY_SECONDS, ge=0.5, le=86400)
+    # Prometheus metrics on http://metrics_addr:metrics_port/metrics (None: not served); with
+    # queue_metrics the endpoint also reads the queues' depth from Redis at each scrape.
+    metrics_port: int | None = Field(default=None, ge=1, le=65535)
+    metrics_addr: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=255)] = "0.0.0.0"
+    queue_metrics: bool = False
+    log_format: Literal["text", "json"] = "text"
+    # An image pull taking longer ends its execution error/image_pull (a registry that stopped answering).
+    pull_timeout_seconds: float = Field(default=DEFAULT_PULL_TIMEOUT_SECONDS, ge=1, le=86400)
 
     @field_validator("queues", mode="before")
     @classmethod

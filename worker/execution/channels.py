@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import logging
 import threading
+import time
 from collections.abc import Sequence
 from typing import TYPE_CHECKING, Any
 
@@ -21,6 +22,7 @@ from schemas import LOG_STREAM_FIELD, WRITE_OUTCOME_LUA, Event, ExecutionState, 
 from schemas.connections import WRITE_BACKOFF, OutageBudget, ride_out_outage, within_budget
 from worker.config.settings import DEFAULT_OUTCOME_RETRY_SECONDS
 from worker.execution.log_compaction import LogKeeper
+from worker.observe import metrics
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -74,6 +76,7 @@ class ExecutionChannels:
         self._sent = 0  # log entries shipped so far: the next batch's seq
         self._logs_stalled = False
         self._eof = False
+        self._ending_status: str | None = None
 
     # -- start-of-run checks -------------------------------------------------
 
@@ -223,19 +226,33 @@ class ExecutionChannels:
         True when this call's outcome is the one stored. Raises the last Redis
         error once Redis has been unreachable for outcome_retry_seconds.
         """
+        self._ending_status = outcome.status.value  # which status index _store_outcome adds the id to
         written = within_budget(
             lambda: self._store_outcome(outcome.model_dump_json()),
             self.budget,
-            lambda exc: log.warning("execution %s: outcome not written yet: %s", self.execution_id, exc),
+            self._outcome_not_written,
             backoff=WRITE_BACKOFF,
         )
         if written:
-            self.set_state(ExecutionState(outcome.status.value), **meta)
+            metrics.outcome_written(outcome)
+            self.set_state(
+                ExecutionState(outcome.status.value), exit_code=outcome.exit_code,
+                error_code=outcome.error.code if outcome.error else None, **meta,
+            )
         return written
+
+    def _outcome_not_written(self, exc: Exception) -> None:
+        metrics.outcome_write_retried()
+        log.warning("execution %s: outcome not written yet: %s", self.execution_id, exc)
 
     def _store_outcome(self, payload: str) -> bool:
         key = self.keys.outcome(self.execution_id)
-        if self._write_outcome(keys=[key], args=[payload, self.retention_seconds]):
+        keys, args = [key], [payload, self.retention_seconds]
+        origin, status = getattr(self.job, "origin", None), self._ending_status
+        if isinstance(origin, str) and origin and status:  # the status index of the job's queue (P:ended:QUEUE:STATUS), written by the same script
+            keys.append(self.keys.ended(origin, status))
+            args += [self.execution_id, time.time()]
+        if self._write_outcome(keys=keys, args=args):
             return True
         # Lost the race -- or won it on an attempt whose reply a dropped connection ate.
         existing = self.connection.lindex(key, 0)

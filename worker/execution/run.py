@@ -32,6 +32,7 @@ from schemas import (
     describe_validation_error,
 )
 from schemas.connections import REDIS_DOWN
+from worker.execution import pulls
 from worker.execution.channels import ExecutionChannels
 from worker.execution.interrupt import interruption, signals_deferred
 from worker.execution.logs import LogShipper
@@ -107,6 +108,8 @@ class ExecutionRun:
         self._finished = False
         self._outcome_abandoned = False  # Redis stayed away for outcome_retry_seconds
         self._shipper: LogShipper | None = None
+        self._taken_at = pulls.now()  # when this worker took the job: the end of its queued time
+        self._stop_timeout: int | None = None  # the request's --stop-timeout: its grace instead of the worker's
 
     # -- entry -----------------------------------------------------------------
 
@@ -143,7 +146,11 @@ class ExecutionRun:
             executor = self.runtime.executor
         except DockerUnavailableError as exc:
             return self._end(Outcome.failure(self.execution_id, ExecutionStatus.ERROR, exc.code, str(exc)))
-        self.channels.set_state(ExecutionState.PULLING, image=request.engine.image)
+        self._stop_timeout = request.stop_timeout
+        self.channels.set_state(
+            ExecutionState.PULLING, image=request.engine.image, pulling_at=self._taken_at,
+            node=self.runtime.settings.executor_id,
+        )
         try:
             with self.runtime.track(self, self.channels.connection):
                 rejected = self._start(executor, request)
@@ -174,7 +181,7 @@ class ExecutionRun:
 
         def start() -> None:
             try:
-                executor.start(request)
+                pulls.start_with_progress(executor, request, pulls.PullPublisher(self.channels))
             finally:
                 self._started.set()
 
@@ -197,10 +204,14 @@ class ExecutionRun:
         if future.done():  # failed to start: there is nothing running to announce
             self._ship_logs(executor)
             return
-        container_id = None
+        container_id = pull_seconds = None
         with suppress(ExecutorError):
-            container_id = executor.info(self.execution_id).container_id
-        flagged = self.channels.set_state(ExecutionState.RUNNING, check_cancel=True, container_id=container_id)
+            info = executor.info(self.execution_id)
+            container_id, pull_seconds = info.container_id, getattr(info, "pull_seconds", None)
+        flagged = self.channels.set_state(
+            ExecutionState.RUNNING, check_cancel=True, container_id=container_id, running_at=pulls.now(),
+            pull_seconds=pull_seconds,
+        )
         self._ship_logs(executor)
         if flagged or self._cancel_reason:
             self.cancel(self._cancel_reason or "cancel flag set")
@@ -248,10 +259,16 @@ class ExecutionRun:
 
     def _try_cancel(self) -> bool:
         try:
-            self.runtime.executor.cancel(self.execution_id, grace_seconds=self.runtime.settings.stop_grace_seconds)
+            self.runtime.executor.cancel(self.execution_id, grace_seconds=self.stop_grace)
         except (ExecutionNotFound, ExecutionAlreadyFinished):
             return False
         return True
+
+    @property
+    def stop_grace(self) -> float:
+        """Seconds between SIGTERM and SIGKILL when this execution is stopped: the request's
+        ``stop_timeout`` (docker run --stop-timeout), else the worker's DOCKRQ_STOP_GRACE_SECONDS."""
+        return self.runtime.settings.stop_grace_seconds if self._stop_timeout is None else self._stop_timeout
 
     def stop_by_rq(self) -> None:
         """rq's stop-job command: cancel, and report the job to rq as stopped."""
@@ -280,7 +297,7 @@ class ExecutionRun:
             log.error("execution %s: start still in progress after %.0f s", self.execution_id, START_DRAIN_SECONDS)
             return None
         self._try_cancel()
-        grace = self.runtime.settings.stop_grace_seconds
+        grace = self.stop_grace
         try:
             return executor.wait(self.execution_id).result(timeout=grace + STOP_MARGIN_SECONDS)
         except ExecutionNotFound:
@@ -298,6 +315,9 @@ class ExecutionRun:
             self._shipper.drain()
         self.channels.send_eof()
         result = outcome.result
+        if result is not None and result.queued_seconds is None and self.job is not None:
+            result = result.model_copy(update={"queued_seconds": pulls.queued_seconds(self.job, self._taken_at)})
+            outcome = outcome.model_copy(update={"result": result})
         try:
             written = self.channels.finish(outcome, container_id=result.container_id if result else None)
         except REDIS_DOWN:

@@ -22,10 +22,12 @@ from .errors import (
     MountNotAllowed,
     RequestRejected,
     StartError,
+    StartFailed,
 )
 from .executor import CleanupError, CleanupReport, DockerExecutor, ExecutionInfo, new_executor
 from .output import LogStream
 from .owned import OwnedContainer
+from .pull import PresentImage, PullProgress, PullRecord
 from .spec import LABEL_CREATED, LABEL_EXECUTION, LABEL_EXECUTOR, LABEL_JOB, ExecutorPolicy
 
 __all__ = [
@@ -52,7 +54,11 @@ __all__ = [
     "LogStream",
     "MountNotAllowed",
     "OwnedContainer",
+    "PresentImage",
+    "PullProgress",
+    "PullRecord",
     "RequestRejected",
     "StartError",
+    "StartFailed",
     "new_executor",
 ]

@@ -15,15 +15,17 @@ import struct
 import threading
 import time
 from collections.abc import Iterator
+from dataclasses import replace
 from typing import Any
 
 import docker
-import docker.auth
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
 from .errors import DAEMON_ERRORS, ContainerCreateError, DaemonError, DockerUnavailableError, GpuUnavailableError, ImagePullError
-from .spec import LABEL_EXECUTION, LABEL_EXECUTOR, ContainerSpec, image_reference
+from .pull import PresentImage, ProgressCallback, PullHandle
+from .pull import pull as pull_image
+from .spec import LABEL_EXECUTION, LABEL_EXECUTOR, ContainerSpec
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +49,7 @@ class DockerClient:
         # Images this client has seen present (inspected or pulled): an execution of
         # one of them skips the inspect. If one is removed meanwhile, create says so
         # (ImageMissing) and the handler makes it present again and retries.
-        self._present: set[str] = set()
+        self._present: dict[str, PresentImage] = {}
         # When the daemon last answered a request (any status): see answered_within.
         self._answered_at = float("-inf")
         hooks = getattr(self.api, "hooks", None)
@@ -93,95 +95,50 @@ class DockerClient:
             fresh.close()
 
     # -- images ----------------------------------------------------------------
-    def ensure_image(self, image: str, policy: str, handle: PullHandle | None = None) -> None:
-        """Make ``image`` present according to the pull policy, within the pull deadline.
+    def ensure_image(
+        self, image: str, policy: str, handle: PullHandle | None = None, progress: ProgressCallback | None = None
+    ) -> PresentImage:
+        """Make ``image`` present according to the pull policy, within the pull deadline
+        (worker/executor/pull.py: fresh credentials, progress, one-line errors).
 
-        ``handle.abort()`` from another thread ends a pull in progress (ImagePullError)."""
+        ``handle.abort()`` from another thread ends a pull in progress (ImagePullError).
+        Returns the image's id, registry digest and the pull, if one was made."""
         if policy != "always":
-            if image in self._present:
-                return
+            known = self._present.get(image)
+            if known is not None:
+                return known
             try:
-                self.api.inspect_image(image)
-                self._present.add(image)
-                return
+                present = PresentImage.of(image, self.api.inspect_image(image))
+                self._present[image] = present
+                return present
             except ImageNotFound:
                 if policy == "never":
-                    raise ImagePullError(f"image {image!r} is not present and pull_policy is 'never'") from None
+                    raise ImagePullError(f"image {image}: not present on this host and pull_policy is 'never'") from None
             except DAEMON_ERRORS as exc:
                 raise DaemonError(f"inspecting image {image!r} failed: {exc}") from exc
-        self._pull(image, handle)
-        self._present.add(image)
-
-    def _pull(self, image: str, handle: PullHandle | None = None) -> None:
-        # The daemon may hold the response headers back until the registry answers, so
-        # the request itself can block: it runs in a thread the caller stops waiting for
-        # when the execution is stopped or the pull deadline passes.
-        handle = handle or PullHandle()
-        deadline = time.monotonic() + self.pull_timeout
-        failure: list[BaseException] = []
-
-        def pull() -> None:
-            try:
-                self._pull_now(image, handle)
-            except BaseException as exc:  # noqa: BLE001 - handed to the waiting thread
-                failure.append(exc)
-            finally:
-                handle.done.set()
-
-        threading.Thread(target=pull, name="dockrq-pull", daemon=True).start()
-        while not handle.done.wait(0.1):
-            if handle.aborted:
-                raise ImagePullError(f"pulling {image!r} was cut short: the execution was stopped")
-            if time.monotonic() > deadline + 1:
-                handle.abort()
-                raise ImagePullError(f"pulling {image!r} took longer than {self.pull_timeout:g} s")
-        if failure:
-            raise failure[0]
-        if handle.aborted:
-            raise ImagePullError(f"pulling {image!r} was cut short: the execution was stopped")
-
-    def _pull_now(self, image: str, handle: PullHandle | None) -> None:
-        repo, tag = image_reference(image)
-        deadline = time.monotonic() + self.pull_timeout
+        record = pull_image(self.api, image, timeout=self.pull_timeout, handle=handle, progress=progress)
         try:
-            response = self._start_pull(repo, tag)
-            if handle is not None:
-                handle.attach(response)
-            for message in self.api._stream_helper(response, decode=True):
-                if "error" in message:
-                    raise ImagePullError(f"pulling {image!r} failed: {message['error']}")
-                if time.monotonic() > deadline:
-                    raise ImagePullError(f"pulling {image!r} took longer than {self.pull_timeout:g} s")
-        except ImagePullError:
-            raise
-        except DAEMON_ERRORS as exc:
-            raise ImagePullError(f"pulling {image!r} failed: {_explain(exc)}") from exc
-
-    def _start_pull(self, repo: str, tag: str) -> requests.Response:
-        """``APIClient.pull(stream=True)`` minus the generator, so the response can be cut from another thread."""
-        registry, _ = docker.auth.resolve_repository_name(repo)
-        headers = {}
-        header = docker.auth.get_config_header(self.api, registry)
-        if header:
-            headers["X-Registry-Auth"] = header
-        response = self.api._post(
-            self.api._url("/images/create"), params={"fromImage": repo, "tag": tag}, headers=headers,
-            stream=True, timeout=None,
-        )
-        self.api._raise_for_status(response)
-        return response
+            present = PresentImage.of(image, self.api.inspect_image(image), record)
+        except DAEMON_ERRORS:  # pulled, yet not found under this name: the digest still says what it is
+            present = PresentImage(None, record.digest, record)
+        self._present[image] = replace(present, pull=None)
+        return present
 
     # -- containers --------------------------------------------------------------
     def create(self, spec: ContainerSpec) -> tuple[str, bool]:
         """Container id and whether it was created now (False: it already existed)."""
         try:
             host_config = self.api.create_host_config(**spec.host_config)
-            created = self.api.create_container(
-                spec.image, name=spec.name, host_config=host_config, **spec.create
-            )
+            create = dict(spec.create)
+            if create.pop("stdin_once", False):  # docker-py has no argument for it (docker run -i sets it)
+                config = self.api.create_container_config(spec.image, host_config=host_config, **create)
+                config["StdinOnce"] = True
+                created = self.api.create_container_from_config(config, spec.name)
+            else:
+                created = self.api.create_container(spec.image, name=spec.name, host_config=host_config, **create)
             return created["Id"], True
         except ImageNotFound as exc:
-            self._present.discard(spec.image)
+            self._present.pop(spec.image, None)
             raise ImageMissing(f"the daemon refused the container: {_explain(exc)}") from exc
         except APIError as exc:
             if exc.status_code == 409:
@@ -205,7 +162,7 @@ class DockerClient:
         except NotFound:
             return None
 
-    def attach(self, container_id: str, *, logs: bool) -> Attached:
+    def attach(self, container_id: str, *, logs: bool, stdin: bool = False) -> Attached:
         """Live output of a container, stdout and stderr kept apart.
 
         Attach before start and nothing is missed without a log replay; attach
@@ -213,9 +170,10 @@ class DockerClient:
         are read through the HTTP response's own buffer (docker-py reads the raw
         socket and so drops whatever the header parser buffered after the
         headers, i.e. the start of a replay), and with no read timeout, so a
-        container silent for an hour is still followed.
+        container silent for an hour is still followed. With ``stdin`` the connection also
+        carries the container's stdin (``Attached.send_stdin``).
         """
-        params = {"stdout": 1, "stderr": 1, "stream": 1, "logs": 1 if logs else 0}
+        params = {"stdout": 1, "stderr": 1, "stream": 1, "logs": 1 if logs else 0, "stdin": 1 if stdin else 0}
         url = self.api._url("/containers/{0}/attach", container_id)
         response = self.api.post(url, params=params, headers={"Connection": "Upgrade", "Upgrade": "tcp"}, stream=True)
         self.api._raise_for_status(response)
@@ -238,12 +196,20 @@ class DockerClient:
     def inspect(self, container_id: str) -> dict[str, Any]:
         return self.api.inspect_container(container_id)
 
-    def stop(self, container_id: str, grace: float) -> None:
-        """SIGTERM, ``grace`` seconds, then SIGKILL (docker stop)."""
-        try:
-            self.api.stop(container_id, timeout=max(0, int(round(grace))))
-        except NotFound:
-            pass
+    def stop(self, container_id: str, grace: float) -> bool:
+        """SIGTERM, ``grace`` seconds, then SIGKILL (docker stop). Whether the container was
+        still running, i.e. this stop ended it: False when the daemon answers 304 Not
+        Modified (it had already exited) or 404 (it is gone). ``APIClient.stop`` minus
+        discarding that answer. Daemon failures raise (DAEMON_ERRORS)."""
+        timeout = max(0, int(round(grace)))
+        conn_timeout = None if self.api.timeout is None else self.api.timeout + timeout
+        response = self.api._post(
+            self.api._url("/containers/{0}/stop", container_id), params={"t": timeout}, timeout=conn_timeout
+        )
+        if response.status_code in (304, 404):
+            return False
+        self.api._raise_for_status(response)
+        return True
 
     def remove(self, container_id: str) -> None:
         try:
@@ -286,47 +252,6 @@ class DockerClient:
         return removed[0], removed[1], removed[2], errors
 
 
-class PullHandle:
-    """A pull in progress that another thread may cut short (a cancel while pulling)."""
-
-    def __init__(self) -> None:
-        self._lock = threading.Lock()
-        self._response: requests.Response | None = None
-        self.aborted = False
-        self.done = threading.Event()
-
-    def attach(self, response: requests.Response) -> None:
-        with self._lock:
-            self._response = response
-            aborted = self.aborted
-        if aborted:
-            _cut(response)
-
-    def abort(self) -> None:
-        with self._lock:
-            self.aborted = True
-            response = self._response
-        if response is not None:
-            _cut(response)
-
-
-def _cut(response: requests.Response) -> None:
-    """Unblock a reader stuck in recv on ``response``, then release it."""
-    try:
-        sock = getattr(response.raw._fp.fp.raw, "_sock", None)
-    except AttributeError:
-        sock = None
-    if sock is not None:
-        try:
-            sock.shutdown(socket.SHUT_RDWR)
-        except OSError:
-            pass
-    try:
-        response.close()
-    except OSError:
-        pass
-
-
 class Attached:
     """An attach connection: the demultiplexed frames and a way to cut it."""
 
@@ -353,6 +278,20 @@ class Attached:
                     return
                 length -= len(chunk)
                 yield name, chunk
+
+    def send_stdin(self, data: bytes, name: str = "dockrq-stdin") -> None:
+        """Write ``data`` to the container's stdin, then close it (EOF), from a thread of its own:
+        the daemon takes input only as fast as the container reads it. Attach with ``stdin``."""
+
+        def feed() -> None:
+            try:
+                if self._sock is not None:
+                    self._sock.sendall(data)
+                    self._sock.shutdown(socket.SHUT_WR)  # the half-close docker run -i makes at EOF
+            except OSError as exc:  # the container ended without reading it all, or we detached
+                log.debug("stdin of %s not fully written: %s", name, exc)
+
+        threading.Thread(target=feed, name=name, daemon=True).start()
 
     def close(self) -> None:
         """Unblock a reader stuck in recv, then release the connection."""

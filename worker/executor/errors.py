@@ -74,6 +74,13 @@ class GpuUnavailableError(StartError):
     code = "gpu_unavailable"
 
 
+class StartFailed(StartError):
+    """Starting failed for a reason none of the other errors names (an unexpected answer,
+    a bug): the execution is still finished with status ``error``, never left pending."""
+
+    code = "start_failed"
+
+
 class DaemonError(StartError):
     """The daemon failed or went away in the middle of an execution."""
 

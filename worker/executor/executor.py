@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
+from docker.errors import NotFound
 from pydantic import ValidationError
 
 from schemas import ExecutionRequest, ExecutionResult, ExecutionState, LogStreamRequest, describe_validation_error
@@ -33,12 +34,14 @@ from .errors import (
     ExecutionNotFound,
     ExecutorError,
     RequestRejected,
+    StartError,
 )
 from .handler import ExecutionHandler
 from .oom import OomWatcher
 from .output import LogStream
-from .owned import OwnedContainer
-from .spec import LABEL_EXECUTION, ExecutorPolicy, build_container_spec
+from .owned import OwnedContainer, owned_containers
+from .pull import ProgressCallback
+from .spec import ExecutorPolicy, build_container_spec
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +54,7 @@ class ExecutionInfo:
     adopted: bool
     started_at: datetime | None
     finished_at: datetime | None
+    pull_seconds: float | None = None  # the image pull made for it, once done
 
 
 @dataclass
@@ -106,15 +110,24 @@ class DockerExecutor:
         ``seconds`` (no request is made: a cheap stand-in for a fresh is_installed)."""
         return self.client.answered_within(seconds)
 
-    def start(self, request: ExecutionRequest | dict[str, Any]) -> None:
+    def start(self, request: ExecutionRequest | dict[str, Any], *, progress: ProgressCallback | None = None) -> None:
         """Start an execution; returns once its container runs.
 
+        ``progress`` gets the image pull's PullProgress (layers, bytes) from the pulling
+        thread, at most every ``pull.PROGRESS_INTERVAL`` seconds and once at its end.
+
         Raises RequestRejected (nothing recorded), ExecutionAlreadyStarted,
-        ExecutionAlreadyFinished, or a StartError (recorded as finished with
-        status ``error``, so ``wait`` still returns its result).
+        ExecutionAlreadyFinished, or a StartError, whatever its cause (GPU device
+        nodes missing, pull, create, the daemon, anything unexpected: StartFailed):
+        then the execution is recorded as finished with status ``error`` and its
+        code, so ``wait`` still returns its result.
         """
         request = self._validate(request)
-        spec = build_container_spec(request, self.executor_id, self.policy)
+        refused: StartError | None = None
+        try:
+            spec = build_container_spec(request, self.executor_id, self.policy)
+        except StartError as exc:  # e.g. GPU device nodes missing: recorded like any start error
+            spec, refused = None, exc
         self._prune_expired()
         with self._lock:
             existing = self._handlers.get(request.execution_id)
@@ -123,9 +136,14 @@ class DockerExecutor:
                     raise ExecutionAlreadyFinished(f"execution {request.execution_id} has already finished")
                 raise ExecutionAlreadyStarted(f"execution {request.execution_id} is already started")
             handler = ExecutionHandler(
-                request, self.client, grace=self.stop_grace_seconds, keep=self.keep_containers, oom=self._oom
+                request, self.client, grace=self.stop_grace_seconds, keep=self.keep_containers, oom=self._oom,
+                progress=progress,
             )
             self._handlers[request.execution_id] = handler
+        if refused is not None:
+            handler.refuse(refused)
+            raise refused
+        assert spec is not None
         handler.launch(spec)
 
     def wait(self, execution_id: str) -> Future[ExecutionResult]:
@@ -168,7 +186,7 @@ class DockerExecutor:
                 self.cancel(request.execution_id)
             except ExecutionAlreadyFinished:
                 return future.result()
-            self.wait(request.execution_id).result(self.stop_grace_seconds + 60)
+            self.wait(request.execution_id).result(max(self.stop_grace_seconds, request.stop_timeout or 0) + 60)
             raise TimeoutError(f"execution {request.execution_id} did not finish within {timeout:g} s") from None
 
     def cleanup(self) -> CleanupReport:
@@ -200,7 +218,9 @@ class DockerExecutor:
     # -- beyond the seed --------------------------------------------------------
     def info(self, execution_id: str) -> ExecutionInfo:
         h = self._get(execution_id)
-        return ExecutionInfo(execution_id, h.state, h.container_id, h.adopted, h.started_at, h.finished_at)
+        return ExecutionInfo(
+            execution_id, h.state, h.container_id, h.adopted, h.started_at, h.finished_at, h.pull_seconds
+        )
 
     def forget(self, execution_id: str) -> None:
         """Drop a finished execution's result and logs now (the worker does this
@@ -218,17 +238,30 @@ class DockerExecutor:
     def owned_containers(self, execution_id: str | None = None) -> list[OwnedContainer]:
         """Every container on this daemon labelled ``dockrq.execution`` (of any executor id: nodes
         may share a daemon), or only ``execution_id``'s. Raises one of DAEMON_ERRORS."""
-        label = LABEL_EXECUTION if execution_id is None else f"{LABEL_EXECUTION}={execution_id}"
-        listing = self.client.api.containers(all=True, filters={"label": [label]})
-        return [OwnedContainer.from_listing(c) for c in listing]
+        return owned_containers(self.client, execution_id)
 
-    def remove_container(self, container: OwnedContainer, grace: float = 0) -> None:
-        """Remove a container (and its anonymous volumes); a running one is first stopped with
-        ``grace`` seconds between SIGTERM and SIGKILL when ``grace`` is given (docker stop, docker
-        rm -f). A container already gone is fine. Raises one of DAEMON_ERRORS."""
-        if grace and container.state == "running":
+    def remove_container(
+        self, container: OwnedContainer, grace: float | None = None, max_grace: float | None = None
+    ) -> None:
+        """Remove a container (and its anonymous volumes); docker rm -f. When ``grace`` (seconds) is
+        given a running one is first stopped (docker stop: SIGTERM, the grace, SIGKILL): with its own
+        stop timeout if it has one (``Config.StopTimeout``, from the request's ``stop_timeout``, i.e.
+        docker run --stop-timeout), at most ``max_grace`` seconds (None: no bound), else ``grace``.
+        A container already gone is fine. Raises one of DAEMON_ERRORS."""
+        if grace is not None and container.state == "running":
+            own = self._stop_timeout(container.id)
+            if own is not None:
+                grace = own if max_grace is None else min(own, max_grace)
             self.client.stop(container.id, grace)
         self.client.remove(container.id)
+
+    def _stop_timeout(self, container_id: str) -> int | None:
+        """The container's ``Config.StopTimeout`` (docker run --stop-timeout); None if unset or gone."""
+        try:
+            value = self.client.inspect(container_id)["Config"].get("StopTimeout")
+        except NotFound:
+            return None
+        return int(value) if isinstance(value, int | float) and not isinstance(value, bool) else None
 
     def close(self) -> None:
         self._oom.close()

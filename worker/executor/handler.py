@@ -21,10 +21,21 @@ import requests
 
 from schemas import ExecutionRequest, ExecutionResult, ExecutionState, ExecutionStatus
 
+from .classify import Ending, StopRequests, classify
 from .client import Attached, DockerClient, ImageMissing, PullHandle
-from .errors import DAEMON_ERRORS, DaemonError, DaemonRestarted, ExecutionAlreadyFinished, StartError
+from .errors import (
+    DAEMON_ERRORS,
+    DaemonError,
+    DaemonRestarted,
+    ExecutionAlreadyFinished,
+    ImagePullError,
+    StartError,
+    StartFailed,
+)
+from .leftover import ENDED_STATES, find_leftover, finish_late_attach, open_output
 from .oom import OomWatcher
 from .output import OutputLog
+from .pull import PresentImage, ProgressCallback
 from .spec import ContainerSpec
 
 log = logging.getLogger(__name__)
@@ -54,7 +65,8 @@ def _now() -> datetime:
 
 class ExecutionHandler:
     def __init__(
-        self, request: ExecutionRequest, client: DockerClient, *, grace: float, keep: bool, oom: OomWatcher
+        self, request: ExecutionRequest, client: DockerClient, *, grace: float, keep: bool, oom: OomWatcher,
+        progress: ProgressCallback | None = None,
     ) -> None:
         self.request = request
         self.execution_id = request.execution_id
@@ -78,8 +90,16 @@ class ExecutionHandler:
         self._reader: threading.Thread | None = None
         self._attached: Attached | None = None
         self._pull = PullHandle()
+        self._progress = progress
+        self.image: PresentImage | None = None
+        self.pull_seconds: float | None = None  # the pull made for this execution, if any
+        self._container_image: str | None = None  # the image id the container was made from
         self._created_here = False
         self._waiting_for_daemon = False
+        self._late_attach = False  # attached to a container already running (adopted)
+        self._received = {"stdout": 0, "stderr": 0}  # bytes read per stream (before any cap)
+        self._stops = StopRequests()  # and whether one of them ended the container
+        self._stop_grace = 0.0  # the longest grace a stop was sent with (seconds)
 
     @property
     def finished(self) -> bool:
@@ -100,7 +120,12 @@ class ExecutionHandler:
                 if not self._start_container(spec):
                     return  # cancelled before it ran
                 break
-            except (StartError, *DAEMON_ERRORS) as exc:
+            except Exception as exc:  # noqa: BLE001 - every start error leaves a finished execution
+                if not isinstance(exc, (StartError, *DAEMON_ERRORS)):
+                    log.exception("execution %s: start failed", self.execution_id)
+                    err = StartFailed(f"starting the container failed: {type(exc).__name__}: {exc}")
+                    self._fail(err)
+                    raise err from exc
                 if self._daemon_came_back(exc, give_up):
                     log.warning("execution %s: the Docker daemon went away during start; starting again", self.execution_id)
                     self._detach()
@@ -133,24 +158,34 @@ class ExecutionHandler:
     def _start_container(self, spec: ContainerSpec) -> bool:
         """One attempt at pull, create (or adopt), attach, start; False if cancelled first."""
         self.state = ExecutionState.PULLING
-        self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
-        try:
-            self.container_id, created = self._client.create(spec)
-        except ImageMissing:  # removed since the client last saw it: once more, per the pull policy
-            self._client.ensure_image(self.request.engine.image, self.request.pull_policy, self._pull)
-            self.container_id, created = self._client.create(spec)
-        must_start = created
+        # A container of this execution may exist already (a predecessor's, whatever its
+        # name): found by its labels, it is followed, never doubled (worker.executor.leftover).
+        leftover = None if self._created_here else find_leftover(self._client, spec.labels)
+        if leftover is not None:
+            self.container_id, created = leftover.id, False
+        else:
+            self._ensure_image()
+            try:
+                self.container_id, created = self._client.create(spec)
+            except ImageMissing:  # removed since the client last saw it: once more, per the pull policy
+                self._ensure_image()
+                self.container_id, created = self._client.create(spec)
+        status = "created" if created else self._client.inspect(self.container_id)["State"]["Status"]
+        must_start = status == "created"
         if created:
             self._created_here = True
-        elif self._created_here:  # our own, from an attempt cut by the daemon going away
-            must_start = self._client.inspect(self.container_id)["State"]["Status"] == "created"
-        else:
-            must_start = self._adopt()
-        self._attached = self._client.attach(self.container_id, logs=not created)
+        elif not self._created_here:  # a predecessor's container: follow it instead of starting a twin
+            self.adopted = True
+            log.info("execution %s: adopting existing container %s (%s)", self.execution_id, self.container_id[:12], status)
+        stdin = self.request.stdin_bytes if must_start else None  # docker run -i; a running adoptee had its input
+        self._late_attach = not must_start and status not in ENDED_STATES
+        self._attached = open_output(self._client, self.container_id, status, created=created, stdin=stdin is not None)
         self._reader = threading.Thread(
             target=self._read, args=(self._attached.frames(),), name=f"dockrq-out-{self.execution_id}", daemon=True
         )
         self._reader.start()
+        if stdin is not None:
+            self._attached.send_stdin(stdin, name=f"dockrq-in-{self.execution_id}")
         with self._lock:
             cancelled_early = self._stop_reason is not None
         if cancelled_early:
@@ -159,6 +194,23 @@ class ExecutionHandler:
         if must_start:
             self._client.start(self.container_id)
         return True
+
+    def _ensure_image(self) -> None:
+        """Make the image present per the pull policy; record the pull (seconds, size) if one was made."""
+        image, began = self.request.engine.image, time.monotonic()
+        try:
+            self.image = self._client.ensure_image(image, self.request.pull_policy, self._pull, self._progress)
+        except ImagePullError:
+            if self.request.pull_policy != "never":
+                self.pull_seconds = (self.pull_seconds or 0.0) + time.monotonic() - began
+            raise
+        pulled = self.image.pull
+        if pulled is not None:
+            self.pull_seconds = (self.pull_seconds or 0.0) + pulled.seconds
+            log.info(
+                "execution %s: pulled %s (%.1f MB in %d layers, digest %s) in %.1f s", self.execution_id, image,
+                pulled.bytes_downloaded / 1e6, pulled.layers, self.image.digest or "-", pulled.seconds,
+            )
 
     def _running_now(self) -> None:
         self.started_at = _now()
@@ -174,14 +226,6 @@ class ExecutionHandler:
         if stop_now:
             self._stop(self._stop_reason or ExecutionStatus.CANCELLED)
 
-    def _adopt(self) -> bool:
-        """A container of this execution already exists (a predecessor created it):
-        follow it instead of starting a twin. Returns whether it still needs a start."""
-        self.adopted = True
-        status = self._client.inspect(self.container_id)["State"]["Status"]
-        log.info("execution %s: adopting existing container %s (%s)", self.execution_id, self.container_id[:12], status)
-        return status == "created"
-
     # -- stop -----------------------------------------------------------------
     def cancel(self, grace: float | None = None) -> None:
         if self.finished:
@@ -196,24 +240,28 @@ class ExecutionHandler:
                 return
             if self._stop_reason is None:
                 self._stop_reason = reason
-            running = self._running
             pulling = self.state == ExecutionState.PULLING
+            if self._running and self.container_id:
+                if grace is None:  # docker run --stop-timeout: the request's own grace, else the executor's
+                    grace = self._grace if self.request.stop_timeout is None else self.request.stop_timeout
+                self._stop_grace = max(self._stop_grace, grace)
+                # sent under the lock that set the reason: whoever sees the reason can wait for its answer
+                self._stops.send(lambda: self._stop_container(grace))
         if pulling:
             self._pull.abort()  # a cancel does not wait for a slow (or hung) pull
-        if running and self.container_id:
-            grace = self._grace if grace is None else grace
-            threading.Thread(target=self._stop_container, args=(grace,), daemon=True).start()
 
-    def _stop_container(self, grace: float) -> None:
+    def _stop_container(self, grace: float) -> bool | None:
         try:
-            self._client.stop(self.container_id, grace)
+            return self._client.stop(self.container_id, grace)
         except DAEMON_ERRORS as exc:
             log.warning("execution %s: stopping container failed: %s", self.execution_id, exc)
+            return None
 
     # -- run ------------------------------------------------------------------
     def _read(self, frames) -> None:
         try:
             for stream, data in frames:
+                self._received[stream] += len(data)
                 self.output.append(stream, data)
         except DAEMON_ERRORS as exc:
             if not self.finished:
@@ -269,7 +317,12 @@ class ExecutionHandler:
 
     def _drain(self) -> None:
         if self._reader is not None:
-            self._reader.join(DRAIN_SECONDS)
+            if self._late_attach and self.container_id:  # it may miss the end (worker.executor.leftover)
+                finish_late_attach(
+                    self._client, self.container_id, self._reader, self._received, self._detach, self._read, DRAIN_SECONDS
+                )
+            else:
+                self._reader.join(DRAIN_SECONDS)
         self._detach()
         self.output.close()
 
@@ -279,23 +332,30 @@ class ExecutionHandler:
             attached.close()
 
     def _classify(self, exit_code: int | None, error: DaemonError | None) -> ExecutionResult:
-        oom = False
+        """Wait, then inspect, then classify (worker.executor.classify): the status follows
+        the main process; OOM kills of other processes are counted, not a failure."""
+        oom_flag, oom_events = False, 0
         if self.container_id and error is None:
             try:
-                oom = bool(self._client.inspect(self.container_id)["State"].get("OOMKilled"))
+                inspected = self._client.inspect(self.container_id)
+                oom_flag = bool(inspected["State"].get("OOMKilled"))
+                self._container_image = inspected.get("Image")
             except DAEMON_ERRORS as exc:
                 log.warning("execution %s: inspect after exit failed: %s", self.execution_id, exc)
             # Only a SIGKILL we did not send can be the OOM killer's: then give its
             # event a moment to arrive (a busy daemon delivers it late).
-            suspect = exit_code == 137 and self._stop_reason is None
-            oom = oom or self._oom.saw(self.container_id, wait=OOM_EVENT_WAIT if suspect else 0.0)
+            suspect = exit_code == 137 and self._stop_reason is None and not oom_flag
+            oom_events = self._oom.kills(self.container_id, wait=OOM_EVENT_WAIT if suspect else 0.0)
+            self._oom.forget(self.container_id)
+        # A stop asked until now counts; whether it ended the container is the daemon's answer.
         reason = self._stop_reason
-        if reason is not None:
-            return self._result(reason, exit_code=exit_code, oom_killed=oom)
-        if error is not None:
+        ended_it = self._stops.ended_it(self._stop_grace + 30) if reason is not None else None
+        if error is not None and (reason is None or ended_it is False):
             return self._result(ExecutionStatus.ERROR, exit_code=exit_code, error_code=error.code, error_msg=str(error))
-        status = ExecutionStatus.SUCCEEDED if exit_code == 0 and not oom else ExecutionStatus.FAILED
-        return self._result(status, exit_code=exit_code, oom_killed=oom)
+        verdict = classify(Ending(exit_code, oom_flag, oom_events, reason, ended_it))
+        return self._result(
+            verdict.status, exit_code=exit_code, oom_killed=verdict.oom_killed, oom_kills=verdict.oom_kills
+        )
 
     def _result(self, status: ExecutionStatus, **fields: Any) -> ExecutionResult:
         return ExecutionResult(
@@ -308,10 +368,25 @@ class ExecutionHandler:
             container_id=self.container_id,
             started_at=self.started_at,
             finished_at=_now(),
+            pull_seconds=self.pull_seconds,
+            **self._image_fields(),
             **fields,
         )
 
+    def _image_fields(self) -> dict[str, str | None]:
+        """image_id and image_digest of what ran: the container's own image id wins (a tag that
+        moved after the pull would otherwise be reported for an image that did not run)."""
+        present = self.image
+        image_id = self._container_image or (present.id if present else None)
+        digest = present.digest if present is not None and present.id in (None, image_id) else None
+        return {"image_id": image_id, "image_digest": digest or image_id}
+
     # -- end ------------------------------------------------------------------
+    def refuse(self, exc: StartError) -> None:
+        """End the execution with ``exc`` before anything was made (e.g. the GPU device
+        nodes it asks for are missing): finished with status error, as any start error."""
+        self._fail(exc)
+
     def _fail(self, exc: StartError) -> None:
         if self._stop_reason is not None and (self._pull.aborted or self._waiting_for_daemon):
             self._end_before_running(self._result(self._stop_reason))  # cancelled while pulling / waiting
@@ -345,5 +420,4 @@ class ExecutionHandler:
             self.finished_at = result.finished_at
             self.finished_monotonic = time.monotonic()
             self.done.set_result(result)
-
 

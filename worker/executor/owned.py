@@ -12,9 +12,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from .spec import LABEL_CREATED, LABEL_EXECUTION, LABEL_EXECUTOR
+
+if TYPE_CHECKING:
+    from .client import DockerClient
 
 #: Docker container states in which a container still holds an execution's process or result.
 LIVE_STATES = frozenset({"created", "running", "paused", "restarting", "exited"})
@@ -54,3 +57,12 @@ class OwnedContainer:
     @property
     def live(self) -> bool:
         return self.state in LIVE_STATES
+
+
+def owned_containers(client: DockerClient, execution_id: str | None = None) -> list[OwnedContainer]:
+    """Every container on ``client``'s daemon labelled ``dockrq.execution`` (of any executor id:
+    nodes may share a daemon), or only ``execution_id``'s, whatever its name, in any state
+    (``GET /containers/json?all=1`` filtered by label). Raises one of DAEMON_ERRORS."""
+    label = LABEL_EXECUTION if execution_id is None else f"{LABEL_EXECUTION}={execution_id}"
+    listing = client.api.containers(all=True, filters={"label": [label]})
+    return [OwnedContainer.from_listing(c) for c in listing]

@@ -19,6 +19,7 @@ from docker.types import DeviceRequest, LogConfig
 from schemas import ExecutionRequest, GpuRequest
 
 from .errors import GpuUnavailableError, MountNotAllowed, RequestRejected
+from .run_options import run_options
 
 LABEL_EXECUTOR = "dockrq.executor"
 LABEL_EXECUTION = "dockrq.execution"
@@ -151,6 +152,7 @@ def build_container_spec(request: ExecutionRequest, executor_id: str, policy: Ex
 
     engine, res = request.engine, request.resources
     labels = {
+        **request.labels,  # the request's own (never in dockrq's namespace: the schema refuses it)
         LABEL_EXECUTOR: executor_id,
         LABEL_EXECUTION: request.execution_id,
         LABEL_CREATED: f"{time.time():.3f}",
@@ -184,6 +186,9 @@ def build_container_spec(request: ExecutionRequest, executor_id: str, policy: Ex
         "stdin_open": False,
         "tty": False,  # no TTY: stdout and stderr stay two streams
     }
+    options = run_options(request)  # --user, --read-only, --tmpfs, --cap-add, ... (run_options.py)
+    create.update(options.create)
+    host_config.update(options.host_config)
     return ContainerSpec(
         name=container_name(executor_id, request.execution_id),
         image=engine.image,

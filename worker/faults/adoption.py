@@ -6,9 +6,10 @@ same executor id on the same daemon (the restarted worker, a sibling of a
 
 - the rq job is re-pointed to the adopter (rq's execution record and the job's
   ``worker_name``), so reapers judge the adopter's heartbeat from now on;
-- the executor is asked to start the same request: the container name is
-  derived from executor id + execution id, so it finds the existing container
-  and follows it, replaying its output from the beginning;
+- the executor is asked to start the same request: it finds the existing
+  container by the execution's labels, whatever its name
+  (``worker.executor.leftover``), and follows it, replaying its output from the
+  beginning (an exited one is read from its log at once);
 - the log shipper skips what the predecessor already published (per stream, by
   characters, counted from the ``P:exec:ID:log`` stream; by entries when that
   stream was capped) and continues ``seq`` where the predecessor stopped, so
@@ -151,13 +152,15 @@ class Adoptions:
                 with self._lock:
                     return not self._active
 
-    def shut_down(self, timeout: float) -> None:
-        """Cold shutdown: cancel every adopted execution and wait (bounded) for their outcomes."""
+    def shut_down(self, margin: float) -> None:
+        """Cold shutdown: cancel every adopted execution and wait for their outcomes, at most the
+        longest stop grace among them (each request's ``stop_timeout``, else the worker's) plus
+        ``margin`` seconds."""
         with self._lock:
             adopted = list(self._active.values())
         for a in adopted:
             a.run.shut_down()
-        self.wait(timeout)
+        self.wait(max((a.run.stop_grace for a in adopted), default=0.0) + margin)
 
 
 def _remaining_time(payload: Any, container: OwnedContainer) -> Any:

@@ -34,6 +34,7 @@ from worker.faults.failed import FailedJobsSweep
 from worker.faults.liveness import Liveness, rq_heartbeat_ttl
 from worker.faults.orphans import OrphanContainersSweep
 from worker.faults.sweep import Pass, ReapReport, SweepContext
+from worker.observe import metrics
 
 if TYPE_CHECKING:
     from worker.service.runtime import WorkerRuntime
@@ -104,6 +105,7 @@ class Reaper:
         finally:
             self._pass_lock.release()
         self._failing = False
+        metrics.reaped(report)
         if report:
             log.info("reaper: %s", report)
         return report

@@ -41,6 +41,9 @@ return 0
 """
 QUEUED_STATES = {JobStatus.QUEUED.value, JobStatus.SCHEDULED.value, JobStatus.DEFERRED.value}
 ENDED_STATES = {JobStatus.FINISHED.value, JobStatus.FAILED.value, JobStatus.STOPPED.value, JobStatus.CANCELED.value}
+# The longest stop grace a reaper gives a dead worker's container when this worker's policy sets no
+# DOCKRQ_MAX_STOP_TIMEOUT_SECONDS (the same bound as DOCKRQ_STOP_GRACE_SECONDS's).
+UNBOUNDED_STOP_GRACE_SECONDS = 3600.0
 
 
 @dataclass
@@ -86,7 +89,7 @@ class SweepContext:
     def locked(self, execution_id: str) -> Iterator[bool]:
         """The execution's reap lock, if no one else holds it (yields whether it was got)."""
         key, token = self.keys.reap_lock(execution_id), uuid.uuid4().hex
-        ttl_ms = int((self.settings.stop_grace_seconds + 60) * 1000)
+        ttl_ms = int((self.longest_stop_grace + 60) * 1000)  # outlasts a container's stop (remove)
         got = bool(self.connection.set(key, token, nx=True, px=ttl_ms))
         try:
             yield got
@@ -105,12 +108,24 @@ class SweepContext:
         channels.send_eof()
         return channels.finish(Outcome.failure(execution_id, ExecutionStatus.LOST, "worker_lost", message))
 
-    def remove(self, docker: DockerExecutor | None, containers: list[OwnedContainer], report: ReapReport, grace: float = 0) -> None:
+    @property
+    def longest_stop_grace(self) -> float:
+        """Seconds the longest stop of a container may take here: the worker's stop grace, or the
+        longest ``stop_timeout`` its policy allows (``UNBOUNDED_STOP_GRACE_SECONDS`` if unbounded)."""
+        bound = self.settings.policy.max_stop_timeout_seconds
+        return max(self.settings.stop_grace_seconds, UNBOUNDED_STOP_GRACE_SECONDS if bound is None else bound)
+
+    def remove(
+        self, docker: DockerExecutor | None, containers: list[OwnedContainer], report: ReapReport,
+        grace: float | None = None,
+    ) -> None:
+        """Remove ``containers``; with ``grace``, running ones are first stopped with their own
+        stop timeout (the request's ``stop_timeout``, at most ``longest_stop_grace``), else ``grace``."""
         if docker is None:
             return
         for c in containers:
             try:
-                docker.remove_container(c, grace)
+                docker.remove_container(c, grace, max_grace=self.longest_stop_grace)
                 report.removed_containers.append(c.short_id)
             except DAEMON_ERRORS as exc:
                 log.warning("reaper: removing container %s failed: %s", c.short_id, exc)

@@ -10,7 +10,9 @@ from __future__ import annotations
 import functools
 import logging
 import os
+import signal
 import sys
+import threading
 import uuid
 from collections.abc import Callable
 from typing import Any
@@ -29,8 +31,12 @@ from worker.config.policy import DEFAULT_MAX_GPUS, PULL_POLICIES, WorkerPolicy
 from worker.service.worker import DockrqWorker
 from worker.service.runtime import WorkerRuntime, build_executor, install
 from worker.config.settings import SETTING_ENV, SettingsError, WorkerSettings
+from worker.observe import exporter, logformat
+from worker.observe.exporter import MetricsError
+from worker.observe.logformat import LOG_FORMATS
 
-LOG_FORMAT = "%(asctime)s %(levelname)s %(name)s: %(message)s"
+LOG_FORMAT = logformat.TEXT_FORMAT
+DEFAULT_EXPORTER_PORT = 9310
 LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
@@ -67,10 +73,37 @@ def _settings_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 "--executor-id", help=f"Label of this node's containers ({_setting('executor_id', default='hostname')})."
             ),
             click.option("--log-level", type=click.Choice(LOG_LEVELS, case_sensitive=False), help="Default INFO."),
+            click.option(
+                "--log-format", type=click.Choice(LOG_FORMATS),
+                help=f"Log lines as text or JSON objects with the execution id ({_setting('log_format')}).",
+            ),
         ]
     ):
         fn = decorator(fn)
     return fn
+
+
+_METRICS_OPTIONS = [
+    click.option(
+        "--metrics-port", type=click.IntRange(1, 65535),
+        help=f"Serve Prometheus metrics on this port, /metrics ({_setting('metrics_port', default='not served')}).",
+    ),
+    click.option("--metrics-addr", help=f"Address the metrics port listens on ({_setting('metrics_addr')})."),
+    click.option(
+        "--queue-metrics/--no-queue-metrics", default=None,
+        help="Also report queue depth from Redis at each scrape; give it to one worker only, or run "
+        f"`dockrq-worker metrics` ({_setting('queue_metrics')}).",
+    ),
+]
+
+
+def _metrics_options(fn: Callable[..., Any]) -> Callable[..., Any]:
+    for decorator in reversed(_METRICS_OPTIONS[:2]):  # the exporter serves queue metrics anyway
+        fn = decorator(fn)
+    return fn
+
+
+_METRICS_FIELDS = ("metrics_port", "metrics_addr", "queue_metrics", "log_format")
 
 
 def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -98,6 +131,12 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 help="Seconds an execution's writes wait for an unreachable Redis before the worker keeps "
                 f"its outcome for later ({_setting('outcome_retry_seconds')}).",
             ),
+            click.option(
+                "--pull-timeout", "pull_timeout_seconds", type=click.FloatRange(min=1),
+                help="Seconds an image pull may take before the execution ends error/image_pull "
+                "(env DOCKRQ_PULL_TIMEOUT_SECONDS; default 300).",
+            ),
+            *_METRICS_OPTIONS,
             *_POLICY_OPTIONS,
         ]
     ):
@@ -142,10 +181,20 @@ _POLICY_OPTIONS = [
     ),
     click.option("--default-memory", help=f"Memory limit of requests that give none ({_setting('default_memory')})."),
     click.option("--default-pids", help=f"Process limit of requests that give none ({_setting('default_pids')})."),
+    click.option(
+        "--allow-cap", "allowed_caps", multiple=True, metavar="CAP",
+        help="Capability requests may add (cap_add), e.g. NET_ADMIN, or ALL; repeatable "
+        f"({_setting('allowed_caps', default='none', comma_list=True)}).",
+    ),
+    click.option(
+        "--max-stop-timeout", "max_stop_timeout_seconds",
+        help=f"Longest stop_timeout (docker run --stop-timeout) in seconds ({_setting('max_stop_timeout_seconds')}).",
+    ),
 ]
 _POLICY_FIELDS = (
     "max_memory", "max_cpus", "max_pids", "max_timeout_seconds", "max_output_bytes", "max_gpus", "allowed_images",
     "allowed_pull_policies", "allowed_mount_roots", "allow_bridge", "default_memory", "default_pids",
+    "allowed_caps", "max_stop_timeout_seconds",
 )
 
 
@@ -154,7 +203,7 @@ def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         try:
             return fn(*args, **kwargs)
-        except (SettingsError, DockerUnavailableError, ExecutorError) as exc:
+        except (SettingsError, DockerUnavailableError, ExecutorError, MetricsError) as exc:
             raise click.ClickException(str(exc)) from None
         except redis.RedisError as exc:
             raise click.ClickException(f"Redis: {exc}") from None
@@ -172,15 +221,17 @@ def _options(ctx: click.Context, given: dict[str, Any]) -> dict[str, Any]:
 def _settings(opts: dict[str, Any]) -> WorkerSettings:
     fields = (
         "redis_url", "queues", "prefix", "executor_id", "stop_grace_seconds", "max_request_bytes",
-        "outcome_retry_seconds", *_POLICY_FIELDS,
+        "outcome_retry_seconds", "pull_timeout_seconds", *_METRICS_FIELDS, *_POLICY_FIELDS,
     )
     return WorkerSettings.load(**{f: opts.get(f) for f in fields})
 
 
-def _setup_logging(level: str | None) -> str:
+def _setup_logging(level: str | None, log_format: str = "text") -> str:
     level = (level or os.environ.get("DOCKRQ_LOG_LEVEL") or "INFO").upper()
     # One root handler: rq sees it and does not add its own, so all lines share a format.
-    logging.basicConfig(level=level, format=LOG_FORMAT, stream=sys.stderr)
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logformat.formatter(log_format))
+    logging.basicConfig(level=level, handlers=[handler])
     return level
 
 
@@ -208,13 +259,14 @@ def run(ctx: click.Context, **given: Any) -> None:
     """
     opts = _options(ctx, given)
     settings = _settings(opts)
-    level = _setup_logging(opts.get("log_level"))
+    level = _setup_logging(opts.get("log_level"), settings.log_format)
     connection = client_from_url(settings.redis_url)
     _require(doctor.check_redis(settings))
     _require(doctor.check_docker(settings))
     runtime = install(WorkerRuntime(settings))
     logging.getLogger(__name__).info("policy: %s", settings.policy.describe())
     pool = opts.get("pool") or 1
+    exporter.serve_worker_metrics(settings, pool=pool)  # before the pool forks: one endpoint for all
     if pool > 1:
         if opts.get("name"):
             raise click.UsageError("--name cannot be used with --pool (rq names pool workers)")
@@ -229,6 +281,37 @@ def run(ctx: click.Context, **given: Any) -> None:
     worker.work(burst=bool(opts.get("burst")), with_scheduler=True, logging_level=level)
 
 
+@main.command(name="metrics")
+@_settings_options
+@_metrics_options
+@click.option(
+    "-q", "--queue", "queues", multiple=True,
+    help="Queue to report; repeat for several (env DOCKRQ_QUEUES, comma list; default dockrq).",
+)
+@click.pass_context
+@_one_line_errors
+def metrics_command(ctx: click.Context, **given: Any) -> None:
+    """Serve the queues' depth and recent outcomes for Prometheus until SIGTERM (one per deployment).
+
+    Reads Redis at each scrape (dockrq_queue_jobs, dockrq_queue_outcomes,
+    dockrq_redis_up); the port is --metrics-port / DOCKRQ_METRICS_PORT (default 9310).
+    """
+    opts = _options(ctx, given)
+    if not os.environ.get("DOCKRQ_METRICS_PORT", "").strip():
+        opts.setdefault("metrics_port", DEFAULT_EXPORTER_PORT)
+    settings = _settings(opts)
+    _setup_logging(opts.get("log_level"), settings.log_format)
+    server = exporter.serve_queue_metrics(settings)
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    try:
+        while not stop.wait(1.0):
+            pass
+    finally:
+        server.close()
+
+
 @main.command()
 @_settings_options
 @click.pass_context
@@ -239,7 +322,7 @@ def cleanup(ctx: click.Context, **given: Any) -> None:
     Running executions of this node are stopped too: use it when no worker runs here.
     """
     settings = _settings(_options(ctx, given))
-    _setup_logging(_options(ctx, given).get("log_level") or "WARNING")
+    _setup_logging(_options(ctx, given).get("log_level") or "WARNING", settings.log_format)
     executor = build_executor(settings)
     try:
         report = executor.cleanup()

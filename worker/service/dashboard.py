@@ -46,3 +46,6 @@ def serialize_current_job(job: Job | None) -> Any:
 
 web.Worker = DashboardWorker
 web.serialize_current_job = serialize_current_job
+
+# Job lists, counts and pages that tell executions' endings apart, safe buttons (worker/observe/dashboard_views.py).
+from worker.observe import dashboard_views  # noqa: E402,F401 - registers on import, before rq-dashboard registers its blueprint

@@ -25,6 +25,7 @@ from worker.executor import ExecutorError, new_executor
 
 from worker.execution.channels import ExecutionChannels
 from worker.config.settings import WorkerSettings
+from worker.observe import metrics
 
 if TYPE_CHECKING:
     from rq.job import Job
@@ -36,9 +37,10 @@ log = logging.getLogger(__name__)
 
 def build_executor(settings: WorkerSettings) -> DockerExecutor:
     """The Docker executor of a worker with ``settings``: its executor id, the executor's part of
-    its policy (mounts, network) and its stop grace. Raises DockerUnavailableError."""
+    its policy (mounts, network), its stop grace and its pull timeout. Raises DockerUnavailableError."""
     return new_executor(
-        settings.executor_id, policy=settings.policy.executor_policy, stop_grace_seconds=settings.stop_grace_seconds
+        settings.executor_id, policy=settings.policy.executor_policy, stop_grace_seconds=settings.stop_grace_seconds,
+        pull_timeout_seconds=settings.pull_timeout_seconds,
     )
 
 
@@ -182,7 +184,8 @@ class WorkerRuntime:
                 self._control = ControlListener(connection, self.keys, self._cancel_from_control)
             self._running[run.execution_id] = run
         try:
-            yield
+            with metrics.running():
+                yield
         finally:
             with self._lock:
                 self._running.pop(run.execution_id, None)

@@ -49,6 +49,7 @@ from schemas.connections import REDIS_DOWN, ride_out_outage
 from worker.faults.liveness import identity, rq_heartbeat_ttl
 from worker.faults.outage import settle_after_outage, wait_for_docker
 from worker.faults.reaper import Reaper
+from worker.observe import logformat, metrics
 from worker.service import runtime as runtime_module
 from worker.service.bookkeeping import FewerCommands
 from worker.service.heartbeat import Heartbeat
@@ -127,7 +128,7 @@ class DockrqWorker(FewerCommands, SimpleWorker):
     def teardown(self) -> None:
         runtime = runtime_module.current()
         try:
-            interrupted = self._finish_adopted(runtime.settings.stop_grace_seconds)
+            interrupted = self._finish_adopted()
             if self._beats is not None:
                 self._beats.stop()
             try:
@@ -141,7 +142,7 @@ class DockrqWorker(FewerCommands, SimpleWorker):
                 runtime.worker = None
                 runtime.close()
 
-    def _finish_adopted(self, stop_grace_seconds: float) -> BaseException | None:
+    def _finish_adopted(self) -> BaseException | None:
         """Stop the reaper; let adopted executions end (warm shutdown) or stop them (cold).
         Returns the second SIGTERM's exception if it came meanwhile, to raise after teardown."""
         if self._reaper is None:
@@ -156,7 +157,7 @@ class DockrqWorker(FewerCommands, SimpleWorker):
         except BaseException as exc:  # second SIGTERM: stop them, write their outcomes
             interrupted = exc
         if adoptions.active():
-            adoptions.shut_down(stop_grace_seconds + 30)
+            adoptions.shut_down(30)  # beyond each adopted execution's own stop grace
         return interrupted
 
     def clean_registries(self) -> None:
@@ -276,9 +277,13 @@ class DockrqWorker(FewerCommands, SimpleWorker):
         return super().perform_job(job, queue, execution)
 
     def execute_job(self, job: Job, queue: Queue) -> None:
+        """rq's execute_job, counted (worker.observe.metrics), with the job's id on its log lines,
+        and settled once Redis is back if Redis failed around it."""
         self._performed_job_id = None
+        metrics.job_taken(job.enqueued_at)
         try:
-            super().execute_job(job, queue)
+            with logformat.execution_context(job.id):
+                super().execute_job(job, queue)
         except REDIS_DOWN as exc:
             self.log.error("Worker %s: Redis failed around job %s (%s); settling it once Redis is back", self.name, job.id, exc)
             ride_out_outage(self.connection.ping)

@@ -1,0 +1,94 @@
+"""Listing recent executions across rq queues, as ``dockrq ls`` shows them.
+
+Sources are rq's own: each queue's list and its registries (started,
+scheduled, finished, failed, canceled), read without rq's cleanup so listing
+never changes state. Every queue of the Redis database is known to rq (the
+``rq:queues`` set); jobs that are not dockrq executions (another application's
+queue on the same Redis) are left out. A filter by state may drop most of the
+newest jobs, so the sources are read deeper until enough rows match or they
+hold no more.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Iterable
+from datetime import datetime, timezone
+
+import redis
+from rq import Queue
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
+from schemas import JOB_FUNCTION, ExecutionState, Keys, Outcome
+
+from .status import ExecutionStatusView, build_view
+
+# How many ids per source a filtered listing reads at most before it settles for fewer rows.
+MAX_DEPTH = 20_000
+
+
+def queue_names(connection: redis.Redis) -> list[str]:
+    """Every rq queue of this Redis database (rq's ``rq:queues`` set), sorted by name."""
+    return sorted(q.name for q in Queue.all(connection=connection, serializer=JSONSerializer))
+
+
+def list_recent(
+    connection: redis.Redis,
+    keys: Keys,
+    queues: Iterable[Queue],
+    limit: int,
+    states: Collection[ExecutionState] | None = None,
+) -> list[ExecutionStatusView]:
+    """The newest ``limit`` dockrq executions of ``queues`` (newest first), only those in
+    ``states`` when given. Raises nothing of its own; Redis errors propagate."""
+    queues = list(queues)
+    wanted = set(states) if states else None
+    depth = limit
+    while True:
+        ids, deeper = _candidates(queues, depth)
+        views = [v for v in _views(connection, keys, ids) if wanted is None or v.state in wanted]
+        if len(views) >= limit or not deeper or depth >= MAX_DEPTH:
+            epoch = datetime.min.replace(tzinfo=timezone.utc)
+            views.sort(key=lambda v: v.enqueued_at or epoch, reverse=True)
+            return views[:limit]
+        depth = min(depth * 4, MAX_DEPTH)
+
+
+def _candidates(queues: list[Queue], depth: int) -> tuple[list[str], bool]:
+    """Up to ``depth`` newest ids of each source; and whether any source may hold more."""
+    ids: dict[str, None] = {}
+    deeper = False
+    for q in queues:
+        queued = q.get_job_ids(offset=-depth)
+        deeper = deeper or len(queued) >= depth
+        ids.update(dict.fromkeys(reversed(queued)))
+        for registry in (
+            q.started_job_registry,
+            q.scheduled_job_registry,
+            q.finished_job_registry,
+            q.failed_job_registry,
+            q.canceled_job_registry,
+        ):
+            found = registry.get_job_ids(0, depth - 1, desc=True, cleanup=False)
+            deeper = deeper or len(found) >= depth
+            ids.update(dict.fromkeys(found))
+    return list(ids), deeper
+
+
+def _is_execution(job: Job) -> bool:
+    try:
+        return job.func_name == JOB_FUNCTION
+    except Exception:  # noqa: BLE001 - another application's job (pickled, unreadable): not ours
+        return False
+
+
+def _views(connection: redis.Redis, keys: Keys, ids: list[str]) -> list[ExecutionStatusView]:
+    jobs = [j for j in Job.fetch_many(ids, connection=connection, serializer=JSONSerializer) if j and _is_execution(j)]
+    with connection.pipeline(transaction=False) as pipe:
+        for job in jobs:
+            pipe.lindex(keys.outcome(job.id), 0)
+        raw_outcomes = pipe.execute()
+    return [
+        build_view(job.id, job, Outcome.model_validate_json(raw) if raw else None)
+        for job, raw in zip(jobs, raw_outcomes, strict=True)
+    ]

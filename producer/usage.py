@@ -1,0 +1,67 @@
+"""Command-line usage errors the way ``docker run`` reports them.
+
+click exits 2 on a usage error (an unknown flag, a missing image, a bad value);
+``docker`` exits 125, the code scripts already read as "the tool itself failed,
+the container never ran". dockrq's commands exit 125 too, and with ``--json``
+the error is one JSON object on stdout (``{"error": message, "exit_code": 125}``)
+instead of click's usage text on stderr.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import click
+
+EXIT_USAGE = 125  # docker run's "error of the docker command itself"
+_NO_ARGS_IS_HELP: tuple[type, ...] = tuple(
+    t for t in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if t is not None
+)
+
+
+def json_error(message: str, exit_code: int) -> None:
+    """Print an error as the one JSON line ``--json`` callers read on stdout."""
+    click.echo(json.dumps({"error": message, "exit_code": exit_code}))
+
+
+def _wants_json(ctx: click.Context, args: list[str]) -> bool:
+    root = ctx.find_root()
+    if getattr(root.obj, "as_json", False) or root.params.get("as_json"):  # the group's --json, set or just parsed
+        return True
+    # --json after the failing token is not parsed yet: look for it among the options.
+    head = args[: args.index("--")] if "--" in args else args
+    return "--json" in head
+
+
+def usage_failure(exc: click.UsageError, ctx: click.Context, args: list[str]) -> click.ClickException | click.exceptions.Exit:
+    """What to raise for ``exc``: itself with docker's exit code, or (``--json``) an Exit after
+    the error was printed as JSON. ``dockrq`` alone (click's help for no arguments) is left as is."""
+    if isinstance(exc, _NO_ARGS_IS_HELP):
+        return exc
+    if _wants_json(ctx, args):
+        json_error(exc.format_message(), EXIT_USAGE)
+        return click.exceptions.Exit(EXIT_USAGE)
+    exc.exit_code = EXIT_USAGE
+    return exc
+
+
+class DockerUsageErrors:
+    """Mixin for click commands and groups: usage errors exit 125 (``--json``: JSON on stdout)."""
+
+    def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
+        original = list(args)
+        try:
+            return super().parse_args(ctx, args)  # type: ignore[misc]
+        except click.UsageError as exc:
+            raise usage_failure(exc, ctx, original) from None
+
+
+class DockrqGroup(DockerUsageErrors, click.Group):
+    """The ``dockrq`` group: an unknown command is a usage error too (exit 125)."""
+
+    def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
+        try:
+            return super().resolve_command(ctx, args)
+        except click.UsageError as exc:
+            raise usage_failure(exc, ctx, list(args)) from None

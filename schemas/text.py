@@ -1,0 +1,77 @@
+"""Text that can be stored: every string of a request must be valid UTF-8.
+
+Redis keys and values, rq's JSON job data and the Docker API all carry text as
+UTF-8. Python strings can hold what UTF-8 cannot encode: lone surrogates, which
+is how Python hands over command-line arguments and environment values that
+were not valid UTF-8 (``surrogateescape``: byte 0xE9 becomes U+DCE9), and what
+``json.loads`` makes of an escaped ``"\\udce9"``. Such a string would fail deep
+inside redis-py with a ``UnicodeEncodeError``; it is refused at validation
+instead, naming the field and the offending byte.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import Any
+
+from pydantic import BaseModel
+from pydantic_core import PydanticCustomError
+
+# The pydantic error type of an unstorable string; its ``ctx["at"]`` is the field's path,
+# which describe_validation_error reports as the error's location.
+NOT_UTF8 = "text_not_utf8"
+
+
+def utf8_problem(text: str) -> str | None:
+    """Why ``text`` cannot be encoded as UTF-8, or None if it can.
+
+    A surrogate in U+DC80..U+DCFF is an undecodable byte smuggled in by
+    ``surrogateescape``; it is reported as that byte.
+    """
+    if text.isascii():
+        return None
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as exc:
+        code = ord(text[exc.start])
+        if 0xDC80 <= code <= 0xDCFF:
+            what = f"byte 0x{code - 0xDC00:02x}"
+        else:
+            what = f"lone surrogate U+{code:04X}"
+        return f"not valid UTF-8 ({what} at character {exc.start}); only UTF-8 text can be stored"
+    return None
+
+
+def _walk(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], str]]:
+    if isinstance(value, str):
+        problem = utf8_problem(value)
+        if problem:
+            yield path, problem
+    elif isinstance(value, BaseModel):
+        for name in type(value).model_fields:
+            yield from _walk(getattr(value, name), (*path, name))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            if isinstance(key, str) and (problem := utf8_problem(key)):
+                yield (*path, key), problem  # the path shows the name, escaped
+            yield from _walk(item, (*path, key))
+    elif isinstance(value, (list, tuple)):
+        for index, item in enumerate(value):
+            yield from _walk(item, (*path, index))
+
+
+def check_storable(model: BaseModel) -> None:
+    """Raise a validation error naming the first string field of ``model`` (at any depth:
+    lists, dict keys and values, nested models) that is not valid UTF-8."""
+    for path, problem in _walk(model, ()):
+        # a dict key may be the unstorable string itself: shown escaped (\udce9), never raw
+        at = ".".join(str(p) if utf8_problem(str(p)) is None else repr(p)[1:-1] for p in path) or "request"
+        raise PydanticCustomError(NOT_UTF8, "{problem}", {"at": at, "problem": problem})
+
+
+def storable_name(value: str, what: str) -> str:
+    """``value`` unchanged if it can be stored, else ValueError naming ``what`` (a queue, a prefix)."""
+    problem = utf8_problem(value)
+    if problem:
+        raise ValueError(f"{what}: {problem}")
+    return value
