@@ -9,7 +9,8 @@ no persistence, default settings otherwise), so that ``INFO commandstats`` and
   ``Producer.submit`` then ``Producer.wait``), divided by N. Everything is
   counted: the producer, the waiter, the worker, its heartbeat, reaper and rq's
   scheduler meanwhile, ``MULTI``/``EXEC``, and every command a Lua script runs;
-* ``redis_bytes_per_execution``: the ``used_memory`` delta over those N executions,
+* ``redis_bytes_per_execution``: the ``used_memory`` delta (less the clients' buffers,
+  ``mem_clients_normal``) over those N executions,
   all retained (outcome, logs, rq job, registries), divided by N; the
   ``MEMORY USAGE`` of each key of the last execution is given beside it;
 * ``idle_worker_commands_per_s``: the same worker left idle afterwards (heartbeat,
@@ -109,13 +110,18 @@ def _free_port() -> int:
 
 
 def command_counts(client: redis.Redis) -> tuple[Counter[str], int]:
-    """(calls per command, used_memory) in one INFO call (which itself is counted once)."""
+    """(calls per command, used_memory less the clients' buffers) in one INFO call (counted once).
+
+    ``mem_clients_normal`` (query and output buffers of the connected clients: the
+    waiter, the worker's blocking dequeue, pub/sub) comes and goes with traffic, not
+    with what is retained; at a few KB per execution it would swamp the delta.
+    """
     info = client.execute_command("INFO", "commandstats", "memory")
     calls: Counter[str] = Counter()
     for key, value in info.items():
         if key.startswith("cmdstat_"):
             calls[key.removeprefix("cmdstat_")] = int(value["calls"])
-    return calls, int(info["used_memory"])
+    return calls, int(info["used_memory"]) - int(info.get("mem_clients_normal", 0))
 
 
 def process_cpu_seconds(pid: int) -> float:
