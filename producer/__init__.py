@@ -11,9 +11,15 @@ from .errors import (
     ProducerError,
     RequestTooLarge,
 )
+from .extract import ArchiveRefused, ExtractReport
+from .files import InputsTooLarge, OutputsUnavailable
 from .status import ExecutionStatusView
 
 __all__ = [
+    "ArchiveRefused",
+    "ExtractReport",
+    "InputsTooLarge",
+    "OutputsUnavailable",
     "DEFAULT_REDIS_URL",
     "CancelResult",
     "DuplicateExecution",

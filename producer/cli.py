@@ -226,6 +226,12 @@ def _span(seconds: float | None) -> str:
 # -- commands ----------------------------------------------------------------
 
 
+def _file_options(fn: Any) -> Any:
+    from .cli_files import file_options
+
+    return file_options(fn)
+
+
 @cli.command(context_settings={"allow_interspersed_args": False}, failure_code=EXIT_DOCKRQ_FAILED)
 @click.option("--id", "--name", "execution_id", help="Execution id ([A-Za-z0-9_-]{1,64}); generated if absent.")
 @click.option("--queue", "queue_name", help="rq queue for this execution (default: the global --queue).")
@@ -247,6 +253,7 @@ def _span(seconds: float | None) -> str:
 @click.option("--retries", type=int, help="Re-runs allowed after a lost worker.")
 @click.option("-d", "--detach", is_flag=True, help="Print the execution id and return at once.")
 @run_flag_options
+@_file_options  # --input, --output, --output-files-limit, --output-dir, --max-input (cli_files.py)
 @json_option
 @click.argument("image")
 @click.argument("cmd", nargs=-1, type=click.UNPROCESSED)
@@ -256,11 +263,13 @@ def submit(
 ) -> None:
     """Run IMAGE [CMD...] on a worker; stay attached to its output and exit with its exit code."""
     producer = settings.producer()
+    files = FileOptions.take(options, detach)
     request = apply_run_flags(build_request(image, cmd, options), options)
+    files.apply(request, producer)
     # While attached: waiting for a worker and the image pull, on stderr (producer/progress.py).
     progress = None if detach or settings.as_json else SubmitProgress.before_submit(producer, request, queue_name)
     with progress or nullcontext():
-        execution_id = producer.submit(request, queue=queue_name)
+        execution_id = producer.submit(request, queue=queue_name, inputs=files.inputs)
         if detach:
             click.echo(json.dumps({"execution_id": execution_id}) if settings.as_json else execution_id)
             return
@@ -275,7 +284,10 @@ def submit(
             if progress is not None:
                 progress.close()
             _cancel_after_interrupt(producer, execution_id)
-    raise click.exceptions.Exit(_report(outcome, settings, summary=False))
+    code = _report(outcome, settings, summary=False)
+    if not report_outputs(producer, outcome, files, settings.as_json):  # --output-dir (cli_files.py)
+        code = EXIT_DOCKRQ_FAILED
+    raise click.exceptions.Exit(code)
 
 
 def _cancel_after_interrupt(producer: Producer, execution_id: str) -> NoReturn:
@@ -382,12 +394,17 @@ def _status_rows(view: ExecutionStatusView) -> list[tuple[str, str]]:
         rows.append(("oom kills", str(outcome.result.oom_kills)))
     if outcome is not None and outcome.error is not None:
         rows.append(("error", f"{outcome.error.code}: {outcome.error.message}"))
+    if outcome is not None and outcome.result is not None and outcome.result.outputs_archive_bytes is not None:
+        rows.append(("outputs", describe_outputs(outcome.result)))
     return rows
 
 
 from .cli_list import list_executions  # noqa: E402 - needs the group and helpers above
 
 cli.add_command(list_executions)
+
+
+from .cli_files import FileOptions, describe_outputs, report_outputs  # noqa: E402 - registers `dockrq cp` too
 
 
 def main(argv: list[str] | None = None) -> None:

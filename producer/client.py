@@ -24,7 +24,7 @@ import math
 import re
 import time
 from collections import Counter
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
 from typing import Any
 
@@ -35,6 +35,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 from schemas import (
+    DEFAULT_MAX_INPUT_BYTES,
     DEFAULT_MAX_REQUEST_BYTES,
     DEFAULT_PREFIX,
     DEFAULT_QUEUE,
@@ -65,8 +66,10 @@ from .cancel import CancelResult
 from .cancel import cancel as cancel_execution
 from .describe import describe
 from .errors import DuplicateExecution, ExecutionNotFound, InvalidRequest, RequestTooLarge
+from .files import InputValue, build_input_archive, write_input_archive
 from .jobhash import JobWriter
 from .logs import LogReader
+from .outputs import OutputsMixin
 from .scripts import CLAIM_LUA, PUBLISH_MANY_LUA
 from .status import ExecutionStatusView, build_view
 
@@ -97,7 +100,7 @@ def parse_request(request: ExecutionRequest | dict[str, Any] | str | bytes) -> E
         raise InvalidRequest(f"request: not a JSON document: {exc}") from None
 
 
-class Producer:
+class Producer(OutputsMixin):
     """Submit, wait for, follow and cancel executions. One instance per process is plenty;
     it is safe to share between threads (redis-py pools its connections)."""
 
@@ -110,6 +113,7 @@ class Producer:
         *,
         retention_seconds: int = DEFAULT_RETENTION_SECONDS,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
     ) -> None:
         if max_request_bytes < MIN_MAX_REQUEST_BYTES:
             raise ValueError(f"max_request_bytes must be at least {MIN_MAX_REQUEST_BYTES}")
@@ -128,6 +132,9 @@ class Producer:
         # Larger requests are refused before anything is written (RequestTooLarge); keep it
         # at most the workers' DOCKRQ_MAX_REQUEST_BYTES, which reject larger ones unread.
         self.max_request_bytes = int(max_request_bytes)
+        # Input files above this (their contents, in all) are refused before anything is
+        # written (InputsTooLarge); keep it at most the workers' DOCKRQ_MAX_INPUT_BYTES.
+        self.max_input_bytes = int(max_input_bytes)
         self._queues: dict[str, Queue] = {}
         self._writers: dict[str, JobWriter | None] = {}
         self._claim_script = self._client.register_script(CLAIM_LUA)
@@ -167,20 +174,39 @@ class Producer:
         queue: str | None = None,
         at: datetime | None = None,
         delay: timedelta | None = None,
+        inputs: Mapping[str, InputValue] | None = None,
     ) -> str:
         """Enqueue one execution (or schedule it ``at`` a time / after a ``delay``); returns its id.
 
+        ``inputs`` maps container paths to a local file or directory, or bytes: they
+        are archived and written to ``P:exec:ID:inputs`` before the enqueue, and the
+        worker puts them into the container before it starts (``producer/files.py``).
+
         Raises InvalidRequest (nothing enqueued; RequestTooLarge above
-        ``max_request_bytes``) or DuplicateExecution.
+        ``max_request_bytes``, InputsTooLarge above ``max_input_bytes``) or DuplicateExecution.
         """
         req = parse_request(request)
         if at is not None and delay is not None:
             raise ValueError("give at or delay, not both")
+        archive = build_input_archive(inputs, self.max_input_bytes) if inputs is not None else None
+        try:
+            if archive is not None:
+                req = req.model_copy(update={"inputs": archive.spec})
+            self._enqueue_one(req, queue, at, delay, archive)
+        finally:
+            if archive is not None:
+                archive.close()
+        return req.execution_id
+
+    def _enqueue_one(self, req: ExecutionRequest, queue: str | None, at: datetime | None, delay: timedelta | None,
+                     archive: Any) -> None:
         when = datetime.now(timezone.utc) + delay if delay is not None else at
         spec = self._job_spec(req, scheduled=when is not None)
         rq_queue = self.rq_queue(queue)
         self._claim([req.execution_id], rq_queue.name)
         try:
+            if archive is not None:  # whole before the job exists, so a worker never finds it missing
+                write_input_archive(self._client, self.keys.inputs(req.execution_id), archive, self.retention_seconds)
             with self._client.pipeline() as pipe:
                 if when is None:
                     rq_queue.enqueue_call(**spec, pipeline=pipe)
@@ -190,9 +216,10 @@ class Producer:
                 self._publish_event(pipe, req.execution_id, spec["meta"]["status"])
                 pipe.execute()
         except BaseException:
+            if archive is not None:
+                self._release_inputs(req.execution_id)
             self._release_claims([req.execution_id])
             raise
-        return req.execution_id
 
     def submit_many(
         self, requests: Iterable[ExecutionRequest | dict[str, Any] | str | bytes], *, queue: str | None = None
@@ -288,6 +315,12 @@ class Producer:
             self._client.delete(*(self.keys.claim(i) for i in ids))
         except redis.RedisError as exc:  # the claim expires with the retention time anyway
             log.warning("could not release claims of %d execution(s): %s", len(ids), exc)
+
+    def _release_inputs(self, execution_id: str) -> None:
+        try:
+            self._client.delete(self.keys.inputs(execution_id))
+        except redis.RedisError as exc:  # it expires with the retention time anyway
+            log.warning("could not remove the input archive of %s: %s", execution_id, exc)
 
     def _publish_event(self, pipe: redis.client.Pipeline, execution_id: str, status: str) -> None:
         pipe.publish(self.keys.events, Event(execution_id=execution_id, status=status).model_dump_json())

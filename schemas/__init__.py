@@ -19,6 +19,20 @@ from .execution import (
     new_execution_id,
     parse_size,
 )
+from .files import (
+    ARCHIVE_CHUNK_BYTES,
+    DEFAULT_MAX_INPUT_BYTES,
+    DEFAULT_OUTPUT_FILES_LIMIT,
+    MAX_INPUT_ENTRIES,
+    MAX_OUTPUT_ENTRIES,
+    ChunkReader,
+    InputsSpec,
+    OutputFile,
+    archive_bound,
+    check_container_path,
+    drop_default_file_fields,
+    entry_name,
+)
 from .wire import (
     CANCEL_MESSAGE,
     DEFAULT_MAX_REQUEST_BYTES,
@@ -42,6 +56,18 @@ from .wire import (
 )
 
 __all__ = [
+    "ARCHIVE_CHUNK_BYTES",
+    "DEFAULT_MAX_INPUT_BYTES",
+    "DEFAULT_OUTPUT_FILES_LIMIT",
+    "MAX_INPUT_ENTRIES",
+    "MAX_OUTPUT_ENTRIES",
+    "ChunkReader",
+    "InputsSpec",
+    "OutputFile",
+    "archive_bound",
+    "check_container_path",
+    "drop_default_file_fields",
+    "entry_name",
     "CANCEL_MESSAGE",
     "DEFAULT_MAX_REQUEST_BYTES",
     "DEFAULT_OUTPUT_LIMIT",

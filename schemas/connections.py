@@ -32,6 +32,8 @@ from redis._defaults import DEFAULT_RETRY_BASE, DEFAULT_RETRY_CAP, DEFAULT_RETRY
 from redis.backoff import AbstractBackoff, ExponentialWithJitterBackoff
 from redis.retry import Retry
 
+from .packing import command_packer
+
 T = TypeVar("T")
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -77,6 +79,9 @@ def client_from_url(url: str, **options: Any) -> redis.Redis:
     (``socket_timeout``, ...). Raises ValueError for a URL redis-py cannot read."""
     options.setdefault("retry", command_retry())
     options.setdefault("retry_on_error", list(REDIS_DOWN))
+    packer = command_packer()  # packing.py: archive chunks are sent uncopied, not through hiredis
+    if packer is not None:
+        options.setdefault("command_packer", packer)
     return redis.Redis.from_url(url, **options)
 
 

@@ -28,6 +28,16 @@ from pydantic import (
     model_validator,
 )
 
+from .files import (
+    DEFAULT_OUTPUT_FILES_LIMIT,
+    MAX_FILE_PATHS,
+    MAX_OUTPUT_FILES_LIMIT,
+    ContainerPath,
+    InputsSpec,
+    OutputFile,
+    drop_default_file_fields,
+    overlapping,
+)
 from .container import (
     TmpfsMount,
     Ulimit,
@@ -238,6 +248,11 @@ class ExecutionRequest(_Model):
     stop_timeout: int | None = Field(default=None, ge=0, le=24 * 3600, description="seconds; grace of every stop")
     labels: dict[str, str] = Field(default_factory=dict)
     stdin_base64: str | None = Field(default=None, description="bytes given to the container's stdin (docker run -i)")
+    # Files in and out (schemas/files.py): the input archive's announcement, the container
+    # paths collected once the container has ended, and the bound on their contents.
+    inputs: InputsSpec | None = None
+    outputs: list[ContainerPath] = Field(default_factory=list, max_length=MAX_FILE_PATHS)
+    output_files_limit_bytes: int = Field(default=DEFAULT_OUTPUT_FILES_LIMIT, ge=0, le=MAX_OUTPUT_FILES_LIMIT)
 
     @field_validator("timeout_seconds")
     @classmethod
@@ -276,11 +291,19 @@ class ExecutionRequest(_Model):
     def _ulimits(cls, v: list[Ulimit]) -> list[Ulimit]:
         return check_ulimits(v)
 
+    @field_validator("outputs")
+    @classmethod
+    def _distinct_outputs(cls, v: list[str]) -> list[str]:
+        clash = overlapping(v)
+        if clash is not None:
+            raise ValueError(f"{clash[1]!r} is {clash[0]!r} or inside it")
+        return v
+
     @model_serializer(mode="wrap")
     def _wire_form(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
-        # The docker run options a request does not use are left out, so such a request is
-        # stored byte for byte as before them and workers from before them still take it.
-        return compact_payload(handler(self))
+        # The docker run options and file fields a request does not use are left out, so such
+        # a request is stored byte for byte as before them and workers from before them still take it.
+        return drop_default_file_fields(compact_payload(handler(self)))
 
     @property
     def stdin_bytes(self) -> bytes | None:
@@ -362,6 +385,12 @@ class ExecutionResult(BaseModel):
     pull_seconds: float | None = None
     # Seconds from enqueue until a worker took it (set by the worker; None outside rq).
     queued_seconds: float | None = None
+    # Output files (request.outputs): what the archive P:exec:ID:outputs holds, the paths
+    # that did not exist, whether anything was left out for the limit, the archive's size.
+    output_files: list[OutputFile] = Field(default_factory=list)
+    outputs_missing: list[str] = Field(default_factory=list)
+    outputs_truncated: bool = False
+    outputs_archive_bytes: int | None = None
 
     @property
     def duration_seconds(self) -> float | None:

@@ -87,6 +87,18 @@ class Keys:
     def control_channel(self, execution_id: str) -> str:
         return f"{self.prefix}:exec:{execution_id}:control"
 
+    def inputs(self, execution_id: str) -> str:
+        """The input archive (a string holding a tar), written by the producer before the enqueue."""
+        return f"{self.prefix}:exec:{execution_id}:inputs"
+
+    def outputs(self, execution_id: str) -> str:
+        """The output archive (a string holding a tar), renamed into place whole by the worker."""
+        return f"{self.prefix}:exec:{execution_id}:outputs"
+
+    def outputs_partial(self, execution_id: str) -> str:
+        """Where the worker appends the output archive before renaming it to ``outputs``."""
+        return f"{self.prefix}:exec:{execution_id}:outputs:partial"
+
     def reap_lock(self, execution_id: str) -> str:
         """SET NX PX by the worker that reaps or adopts the execution of a dead worker."""
         return f"{self.prefix}:exec:{execution_id}:reaping"

@@ -20,6 +20,8 @@ What is measured (see BENCHMARKS.md for the method and a recorded run):
 * what one execution costs (issue 14, scripts/bench_cost.py, on a private
   redis-server): Redis commands and retained bytes per execution, an idle
   worker's commands per second, worker CPU per execution beside the raw client's.
+* files in and out of a 16 MiB directory through dockrq against ``docker cp``
+  (scripts/bench_files.py);
 * an image pull: ``docker pull`` vs a pull through dockrq of a ~200 MB image from a
   loopback registry of the run's own (scripts/bench_pull.py).
 
@@ -60,6 +62,9 @@ from bench_pull import measure_pull
 from producer import Producer
 from schemas import WRITE_OUTCOME_LUA, ExecutionStatus, Outcome, parse_size
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from scripts.bench_files import FilesBench  # noqa: E402
+
 DEFAULT_IMAGE = os.environ.get("DOCKRQ_TEST_IMAGE", "dockrq-test/busybox:latest")
 DEFAULT_REDIS_URL = os.environ.get("DOCKRQ_BENCH_REDIS_URL", "redis://127.0.0.1:6379/12")
 CONCURRENCY = (1, 2, 4)
@@ -83,6 +88,8 @@ TARGETS = {  # key: (comparison, bound, what the issue asks)
     "redis_bytes_per_execution": ("<=", 4096.0, "Redis bytes per retained execution <= 4,096"),
     "idle_worker_commands_per_s": ("<=", 2.0, "idle worker Redis commands/s <= 2"),
     "worker_cpu_ms_per_execution": ("<=", 12.0, "worker CPU per execution <= 12 ms"),
+    "files_in_ratio": (">=", 0.5, "files in >= 0.5 x docker cp (16 MiB directory)"),
+    "files_out_ratio": (">=", 0.5, "files out >= 0.5 x docker cp (16 MiB directory)"),
     "pull_ratio": (">=", 0.9, "image pull >= 0.9 x docker pull speed (~200 MB)"),
 }
 COST_KEYS = ("redis_commands_per_execution", "redis_bytes_per_execution", "idle_worker_commands_per_s",
@@ -262,7 +269,9 @@ class Bench:
         entry = Path(sys.executable).with_name("dockrq-worker")
         base = [str(entry)] if entry.exists() else [sys.executable, "-m", "worker.service.cli"]
         # the log test keeps every line in the result: allow its output_limit_bytes
-        env = {**os.environ, "DOCKRQ_RETENTION_SECONDS": str(retention), "DOCKRQ_MAX_OUTPUT_BYTES": "1g"}
+        env = {**os.environ, "DOCKRQ_RETENTION_SECONDS": str(retention), "DOCKRQ_MAX_OUTPUT_BYTES": "1g",
+               # the files figures may move more than the default 16 MiB (--files-mib)
+               "DOCKRQ_MAX_INPUT_BYTES": "1g", "DOCKRQ_MAX_OUTPUT_FILES_BYTES": "1g"}
         args = [
             *base, "--redis-url", redis_url or self.args.redis_url, "-q", queue, "--prefix", self.prefix,
             "--executor-id", self.executor_id, "--stop-grace", "1", "--log-level", "WARNING",
@@ -587,6 +596,14 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
             rss = bench.run_rss(args.rss_bytes)
             progress.advance(task)
 
+            # -- files in and out: dockrq vs docker cp (workers: 4 running) --
+            task = progress.add_task(f"files: {args.files_mib} MiB vs docker cp", total=4 * args.files_rounds)
+            files_bench = FilesBench(bench, args.files_mib)
+            try:
+                files = files_bench.run(args.files_rounds, lambda: progress.advance(task))
+            finally:
+                files_bench.close()
+
             # -- enqueue rate --
             task = progress.add_task("submit_many", total=args.enqueue)
             enqueue = bench.run_enqueue(args.enqueue, args.enqueue_batch, lambda n: progress.advance(task, n))
@@ -635,6 +652,7 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     result["worker_baseline_rss_mb"] = rss["worker_baseline_rss_mb"]
     for key in COST_KEYS:
         result[key] = cost[key]
+    result.update({k: v for k, v in files.items() if k != "seconds"})
     result["pull_ratio"] = pull["pull_ratio"]
     result["targets"] = {
         key: {"target": f"{op} {bound:g}", "value": result[key], "met": _met(result[key], op, bound), "goal": goal}
@@ -642,14 +660,15 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     }
     result["details"] = {
         "concurrency": per_c, "logs": {"raw": log_raw, "dockrq": log_ours}, "rss": rss,
-        "enqueue": enqueue, "wake": wake, "cost": cost, "pull": pull, "cleanup": cleaned,
+        "enqueue": enqueue, "wake": wake, "cost": cost, "files": files, "pull": pull, "cleanup": cleaned,
     }
     result["run"] = {
         "token": bench.token, "quick": args.quick, "samples_per_concurrency": {c: len(raw[c][0]) for c in CONCURRENCY},
         "rounds": {c: len(rounds_of[c]) for c in CONCURRENCY},
         "log_lines": args.log_lines, "rss_bytes": args.rss_bytes, "enqueue": args.enqueue,
-        "wake_samples": args.wake_samples, "cost_executions": args.cost_executions,
-        "idle_seconds": args.idle_seconds, "image": args.image, "seconds": round(time.time() - started, 1),
+        "wake_samples": args.wake_samples, "cost_executions": args.cost_executions, "idle_seconds": args.idle_seconds,
+        "files_mib": args.files_mib, "files_rounds": args.files_rounds,
+        "image": args.image, "seconds": round(time.time() - started, 1),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "machine": _machine(),
         # other work on the machine skews every figure: the 1-minute load average around the run
@@ -724,6 +743,10 @@ def render(result: dict[str, Any], console: Console) -> None:
     other.add_row("idle worker", f"{c['idle_worker_commands_per_s']:.2f} Redis commands/s")
     other.add_row("CPU per execution", f"worker {c['worker_cpu_ms_per_execution']:.1f} ms, producer "
                   f"{c['producer_cpu_ms_per_execution']:.1f} ms, raw docker-py {c['raw_cpu_ms_per_execution']:.1f} ms")
+    other.add_row(f"files in: dockrq / docker cp ({result['files_mib']} MiB)",
+                  f"{result['files_in_mb_per_s']:.1f} / {result['docker_cp_in_mb_per_s']:.1f} MB/s")
+    other.add_row(f"files out: dockrq / docker cp ({result['files_mib']} MiB)",
+                  f"{result['files_out_mb_per_s']:.1f} / {result['docker_cp_out_mb_per_s']:.1f} MB/s")
     run = result["run"]
     other.add_row("machine", f"{run['machine'].get('cpus')} CPUs, docker {run['machine'].get('docker')}, "
                   f"redis {run['machine'].get('redis')}; load {run['loadavg_1m'][0]} -> {run['loadavg_1m'][1]}")
@@ -756,6 +779,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--wake-samples", type=int)
     p.add_argument("--cost-executions", type=int, help="executions of the cost probe (private Redis)")
     p.add_argument("--idle-seconds", type=float, help="how long the cost probe watches an idle worker")
+    p.add_argument("--files-mib", type=int, help="size of the files directory, in 1 MiB files (default 16)")
+    p.add_argument("--files-rounds", type=int, help="alternating rounds of the four files measures")
     p.add_argument("--pull-mb", type=int, help="size of the pulled image in MB (default 200; --quick 20)")
     p.add_argument("--pull-rounds", type=int, help="docker pull / dockrq pull pairs (median counts)")
     p.add_argument("--log-dir", help="keep the workers' output here")
@@ -765,7 +790,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         "samples": (60, 8), "log_lines": (200_000, 20_000), "log_rounds": (3, 1),
         "rss_bytes": (1 << 30, 64 << 20), "enqueue": (20_000, 2_000), "enqueue_batch": (1_000, 1_000),
         "wake_samples": (200, 30), "cost_executions": (100, 20), "idle_seconds": (30.0, 12.0),
-        "pull_mb": (200, 20), "pull_rounds": (3, 1),
+        "files_mib": (16, 16), "files_rounds": (5, 2), "pull_mb": (200, 20), "pull_rounds": (3, 1),
     }
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:

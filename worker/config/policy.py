@@ -21,7 +21,7 @@ from typing import Annotated, Any, get_args
 
 from pydantic import BaseModel, BeforeValidator, ConfigDict, Field, field_validator, model_validator
 
-from schemas import ExecutionRequest, format_size, parse_size
+from schemas import DEFAULT_MAX_INPUT_BYTES, ExecutionRequest, format_size, parse_size
 from schemas.container import ALL_CAPABILITIES, normalize_capability
 from worker.executor import MountNotAllowed, RequestRejected
 from worker.executor.spec import ExecutorPolicy, checked_binds, gpus_granted
@@ -35,6 +35,8 @@ DEFAULT_MAX_PIDS = 4096
 DEFAULT_PIDS = 512
 DEFAULT_MAX_TIMEOUT_SECONDS = 24 * 3600.0
 DEFAULT_MAX_OUTPUT_BYTES = 16 * MiB
+# Files in and out (worker/execution/files.py), counted as file contents per execution.
+DEFAULT_MAX_OUTPUT_FILES_BYTES = 16 * MiB
 # A GPU is host hardware shared by every container on it: none unless the operator says how many.
 DEFAULT_MAX_GPUS = 0
 # docker run --stop-timeout: a longer grace holds a cancel, a timeout and the worker's shutdown this long.
@@ -52,6 +54,8 @@ POLICY_ENV_VARS: dict[str, str] = {
     "max_pids": "DOCKRQ_MAX_PIDS",
     "max_timeout_seconds": "DOCKRQ_MAX_TIMEOUT_SECONDS",
     "max_output_bytes": "DOCKRQ_MAX_OUTPUT_BYTES",
+    "max_input_bytes": "DOCKRQ_MAX_INPUT_BYTES",
+    "max_output_files_bytes": "DOCKRQ_MAX_OUTPUT_FILES_BYTES",
     "max_gpus": "DOCKRQ_MAX_GPUS",
     "allowed_images": "DOCKRQ_ALLOWED_IMAGES",
     "allowed_pull_policies": "DOCKRQ_ALLOWED_PULL_POLICIES",
@@ -106,6 +110,8 @@ class WorkerPolicy(BaseModel):
     max_pids: Count = DEFAULT_MAX_PIDS
     max_timeout_seconds: Positive = DEFAULT_MAX_TIMEOUT_SECONDS
     max_output_bytes: Size = DEFAULT_MAX_OUTPUT_BYTES
+    max_input_bytes: Size = DEFAULT_MAX_INPUT_BYTES
+    max_output_files_bytes: Size = DEFAULT_MAX_OUTPUT_FILES_BYTES
     max_gpus: CountOrZero = DEFAULT_MAX_GPUS
     allowed_images: tuple[str, ...] = ("*",)
     allowed_pull_policies: tuple[str, ...] = PULL_POLICIES
@@ -228,6 +234,8 @@ class WorkerPolicy(BaseModel):
         if request.timeout_seconds is not None:
             over("timeout_seconds", request.timeout_seconds, self.max_timeout_seconds, "max_timeout_seconds")
         over("output_limit_bytes", request.output_limit_bytes, self.max_output_bytes, "max_output_bytes")
+        if request.inputs is not None:
+            over("inputs.bytes", request.inputs.bytes, self.max_input_bytes, "max_input_bytes")
         if request.stop_timeout is not None:
             over("stop_timeout", request.stop_timeout, self.max_stop_timeout_seconds, "max_stop_timeout_seconds")
         refused_caps = [c for c in request.cap_add if not self.cap_allowed(c)]
@@ -280,6 +288,9 @@ class WorkerPolicy(BaseModel):
             update["timeout_seconds"] = self.max_timeout_seconds
         if request.pull_policy not in self.allowed_pull_policies:  # the schema's default: check let it through
             update["pull_policy"] = self.default_pull_policy
+        cap = self.max_output_files_bytes  # output files are capped, not refused: what does not fit is left out
+        if request.outputs and cap is not None and request.output_files_limit_bytes > cap:
+            update["output_files_limit_bytes"] = cap
         return request.model_copy(update=update) if update else request
 
     def describe(self) -> str:
@@ -296,6 +307,7 @@ class WorkerPolicy(BaseModel):
             f"cpus max {show(self.max_cpus)}, gpus max {show(self.max_gpus)}, "
             f"timeout max {show(self.max_timeout_seconds)} s, "
             f"output max {show(self.max_output_bytes, True)} per stream, "
+            f"input files max {show(self.max_input_bytes, True)}, output files max {show(self.max_output_files_bytes, True)}, "
             f"images {','.join(self.allowed_images)}, pull {','.join(self.allowed_pull_policies)}, "
             f"mount roots {','.join(self.allowed_mount_roots) or 'none'}, "
             f"bridge {'allowed' if self.allow_bridge else 'refused'}, "

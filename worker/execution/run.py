@@ -34,6 +34,7 @@ from schemas import (
 from schemas.connections import REDIS_DOWN
 from worker.execution import pulls
 from worker.execution.channels import ExecutionChannels
+from worker.execution.files import execution_files
 from worker.execution.interrupt import interruption, signals_deferred
 from worker.execution.logs import LogShipper
 from worker.executor import (
@@ -179,9 +180,21 @@ class ExecutionRun:
         timeout and shutdown signals, and the heartbeats, keep working meanwhile.
         """
 
+        assert self.channels is not None
+        try:  # files in and out through Redis (files.py); a missing input archive is refused here
+            files = execution_files(
+                self.channels.connection, self.runtime.keys, request, self.runtime.settings.retention_seconds
+            )
+        except RequestRejected as exc:
+            self._started.set()
+            return Outcome.failure(self.execution_id, ExecutionStatus.REJECTED, exc.code, str(exc))
+
         def start() -> None:
             try:
-                pulls.start_with_progress(executor, request, pulls.PullPublisher(self.channels))
+                if files is None:
+                    pulls.start_with_progress(executor, request, pulls.PullPublisher(self.channels))
+                else:  # files need the real executor, which takes progress too
+                    executor.start(request, files=files, progress=pulls.PullPublisher(self.channels))
             finally:
                 self._started.set()
 

@@ -24,7 +24,9 @@ from .errors import (
     StartError,
     StartFailed,
 )
+from .archive import InputsRejected
 from .executor import CleanupError, CleanupReport, DockerExecutor, ExecutionInfo, new_executor
+from .files import ExecutionFiles, InputsUnavailable, OutputSink
 from .output import LogStream
 from .owned import OwnedContainer
 from .pull import PresentImage, PullProgress, PullRecord
@@ -45,14 +47,18 @@ __all__ = [
     "DockerUnavailableError",
     "ExecutionAlreadyFinished",
     "ExecutionAlreadyStarted",
+    "ExecutionFiles",
     "ExecutionInfo",
     "ExecutionNotFound",
     "ExecutorError",
     "ExecutorPolicy",
     "GpuUnavailableError",
     "ImagePullError",
+    "InputsRejected",
+    "InputsUnavailable",
     "LogStream",
     "MountNotAllowed",
+    "OutputSink",
     "OwnedContainer",
     "PresentImage",
     "PullProgress",

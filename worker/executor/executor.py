@@ -36,6 +36,7 @@ from .errors import (
     RequestRejected,
     StartError,
 )
+from .files import ExecutionFiles
 from .handler import ExecutionHandler
 from .oom import OomWatcher
 from .output import LogStream
@@ -110,11 +111,19 @@ class DockerExecutor:
         ``seconds`` (no request is made: a cheap stand-in for a fresh is_installed)."""
         return self.client.answered_within(seconds)
 
-    def start(self, request: ExecutionRequest | dict[str, Any], *, progress: ProgressCallback | None = None) -> None:
+    def start(
+        self, request: ExecutionRequest | dict[str, Any], *, progress: ProgressCallback | None = None,
+        files: ExecutionFiles | None = None,
+    ) -> None:
         """Start an execution; returns once its container runs.
 
         ``progress`` gets the image pull's PullProgress (layers, bytes) from the pulling
         thread, at most every ``pull.PROGRESS_INTERVAL`` seconds and once at its end.
+
+        ``files`` moves files in and out (``files.ExecutionFiles``): the input archive
+        ``request.inputs`` announces goes into the container after create and before
+        start (a bad one ends the execution ``rejected``, error code ``invalid_inputs``),
+        and ``request.outputs`` are collected into its sink once the container has ended.
 
         Raises RequestRejected (nothing recorded), ExecutionAlreadyStarted,
         ExecutionAlreadyFinished, or a StartError, whatever its cause (GPU device
@@ -137,7 +146,7 @@ class DockerExecutor:
                 raise ExecutionAlreadyStarted(f"execution {request.execution_id} is already started")
             handler = ExecutionHandler(
                 request, self.client, grace=self.stop_grace_seconds, keep=self.keep_containers, oom=self._oom,
-                progress=progress,
+                progress=progress, files=files,
             )
             self._handlers[request.execution_id] = handler
         if refused is not None:

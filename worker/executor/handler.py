@@ -33,6 +33,7 @@ from .errors import (
     StartFailed,
 )
 from .leftover import ENDED_STATES, find_leftover, finish_late_attach, open_output
+from .files import ExecutionFiles
 from .oom import OomWatcher
 from .output import OutputLog
 from .pull import PresentImage, ProgressCallback
@@ -66,7 +67,7 @@ def _now() -> datetime:
 class ExecutionHandler:
     def __init__(
         self, request: ExecutionRequest, client: DockerClient, *, grace: float, keep: bool, oom: OomWatcher,
-        progress: ProgressCallback | None = None,
+        progress: ProgressCallback | None = None, files: ExecutionFiles | None = None,
     ) -> None:
         self.request = request
         self.execution_id = request.execution_id
@@ -83,6 +84,7 @@ class ExecutionHandler:
         self._grace = grace
         self._keep = keep
         self._oom = oom
+        self._files = files
         self._lock = threading.Lock()
         self._running = False
         self._stop_reason: ExecutionStatus | None = None
@@ -192,6 +194,8 @@ class ExecutionHandler:
             self._end_before_running(self._result(ExecutionStatus.CANCELLED))
             return False
         if must_start:
+            if self._files is not None:  # files.py: inputs go in after create, before start
+                self._files.put_inputs(self._client, self.container_id, self.request)
             self._client.start(self.container_id)
         return True
 
@@ -276,6 +280,7 @@ class ExecutionHandler:
             log.exception("execution %s: supervisor failed", self.execution_id)
             self._drain()
             result = self._result(ExecutionStatus.ERROR, error_code=DaemonError.code, error_msg=str(exc))
+        result = self._with_outputs(result)
         self._remove_container()
         self._finish(result)
 
@@ -391,7 +396,8 @@ class ExecutionHandler:
         if self._stop_reason is not None and (self._pull.aborted or self._waiting_for_daemon):
             self._end_before_running(self._result(self._stop_reason))  # cancelled while pulling / waiting
             return
-        self._end_before_running(self._result(ExecutionStatus.ERROR, error_code=exc.code, error_msg=str(exc)))
+        status = ExecutionStatus(getattr(exc, "status", ExecutionStatus.ERROR))  # InputsRejected: rejected
+        self._end_before_running(self._result(status, error_code=exc.code, error_msg=str(exc)))
 
     def _end_before_running(self, result: ExecutionResult) -> None:
         """The container never ran (start failed or cancel came first): nothing to drain."""
@@ -399,8 +405,16 @@ class ExecutionHandler:
         if self._reader is not None:
             self._reader.join(2)
         self.output.close()
+        result = self._with_outputs(result)
         self._remove_container()
         self._finish(result)
+
+    def _with_outputs(self, result: ExecutionResult) -> ExecutionResult:
+        """The result with the output files collected from the ended container (files.py)."""
+        if self._files is None or not self.container_id or result.status == ExecutionStatus.REJECTED:
+            return result
+        fields = self._files.collect_outputs(self._client, self.container_id, self.request)
+        return result.model_copy(update=fields) if fields else result
 
     def _remove_container(self) -> None:
         if self._keep or not self.container_id:

@@ -41,7 +41,9 @@ LOG_LEVELS = ["DEBUG", "INFO", "WARNING", "ERROR"]
 
 
 _ANY_IMAGE = "'*'"
-_SIZES = {"max_request_bytes", "max_memory", "max_output_bytes", "default_memory"}
+_SIZES = {
+    "max_request_bytes", "max_memory", "max_output_bytes", "max_input_bytes", "max_output_files_bytes", "default_memory",
+}
 
 
 def _setting(field: str, *, default: str | None = None, comma_list: bool = False) -> str:
@@ -162,6 +164,14 @@ _POLICY_OPTIONS = [
         help=f"Most GPUs a request may ask for ({_setting('max_gpus', default=f'{DEFAULT_MAX_GPUS}: no GPU access')}).",
     ),
     click.option(
+        "--max-input", "max_input_bytes",
+        help=f"Largest input files of one execution, in file bytes ({_setting('max_input_bytes')}).",
+    ),
+    click.option(
+        "--max-output-files", "max_output_files_bytes",
+        help=f"Cap of output_files_limit_bytes: output files kept per execution ({_setting('max_output_files_bytes')}).",
+    ),
+    click.option(
         "--allow-image", "allowed_images", multiple=True, metavar="PATTERN",
         help="Image glob allowed to run, e.g. 'registry.local/team/*'; repeatable "
         f"({_setting('allowed_images', default=_ANY_IMAGE, comma_list=True)}).",
@@ -192,7 +202,8 @@ _POLICY_OPTIONS = [
     ),
 ]
 _POLICY_FIELDS = (
-    "max_memory", "max_cpus", "max_pids", "max_timeout_seconds", "max_output_bytes", "max_gpus", "allowed_images",
+    "max_memory", "max_cpus", "max_pids", "max_timeout_seconds", "max_output_bytes", "max_input_bytes",
+    "max_output_files_bytes", "max_gpus", "allowed_images",
     "allowed_pull_policies", "allowed_mount_roots", "allow_bridge", "default_memory", "default_pids",
     "allowed_caps", "max_stop_timeout_seconds",
 )

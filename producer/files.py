@@ -1,0 +1,305 @@
+"""The producer's side of files in and out: input archives it writes, output archives it reads.
+
+Inputs (``Producer.submit(..., inputs={CONTAINER_PATH: local path or bytes})``)
+become one tar archive, built into a spooled temporary file (memory up to one
+chunk, the rest on disk), checked against ``max_input_bytes`` *before* anything
+is written, then copied to ``P:exec:ID:inputs`` in chunks (``SET``, then
+``APPEND``) ahead of the enqueue. Outputs are read back from
+``P:exec:ID:outputs`` in ``GETRANGE`` chunks and extracted with
+``extract.safe_extract``. The format is the wire contract's (``schemas/files.py``).
+"""
+
+from __future__ import annotations
+
+import os
+import posixpath
+import stat
+import tarfile
+import tempfile
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, BinaryIO, Union
+
+import redis
+
+from schemas import (
+    ARCHIVE_CHUNK_BYTES,
+    MAX_INPUT_ENTRIES,
+    ChunkReader,
+    InputsSpec,
+    Outcome,
+    check_container_path,
+    entry_name,
+)
+from schemas.files import MAX_FILE_PATHS, MAX_PATH_BYTES, overlapping
+
+from .errors import InvalidRequest, ProducerError
+from .extract import ExtractReport, safe_extract
+
+InputValue = Union[str, os.PathLike, bytes, bytearray, memoryview]
+
+
+class InputsTooLarge(InvalidRequest):
+    """The input files are larger than the producer's ``max_input_bytes``; nothing was written."""
+
+    def __init__(self, size: int, limit: int) -> None:
+        self.size = size
+        self.limit = limit
+        super().__init__(
+            f"inputs: at least {size} bytes of files, above the limit of {limit} bytes "
+            f"(max_input_bytes, DOCKRQ_MAX_INPUT_BYTES)"
+        )
+
+
+class OutputsUnavailable(ProducerError):
+    """The execution has no output archive to read: not ended, asked for none, or expired."""
+
+
+@dataclass
+class InputArchive:
+    """A built input archive: the spooled tar and its announcement (``InputsSpec``)."""
+
+    file: IO[bytes]
+    spec: InputsSpec
+
+    def chunks(self, size: int = ARCHIVE_CHUNK_BYTES) -> Iterator[bytes]:
+        self.file.seek(0)
+        while chunk := self.file.read(size):
+            yield chunk
+
+    def close(self) -> None:
+        self.file.close()
+
+
+class _Builder:
+    def __init__(self, tar: tarfile.TarFile, limit: int) -> None:
+        self.tar = tar
+        self.limit = limit
+        self.entries = 0
+        self.bytes = 0
+
+    def _count(self, name: str, size: int = 0) -> None:
+        if len(name.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+            raise InvalidRequest(f"inputs: container path /{name[:80]}... is longer than {MAX_PATH_BYTES} bytes")
+        self.entries += 1
+        self.bytes += size
+        if self.entries > MAX_INPUT_ENTRIES:
+            raise InvalidRequest(f"inputs: more than {MAX_INPUT_ENTRIES} files and directories")
+        if self.bytes > self.limit:
+            raise InputsTooLarge(self.bytes, self.limit)
+
+    def _info(self, name: str, kind: bytes, mode: int, mtime: float, size: int = 0, link: str = "") -> tarfile.TarInfo:
+        info = tarfile.TarInfo(name)
+        info.type, info.mode, info.mtime, info.size, info.linkname = kind, mode & 0o777, int(max(0, mtime)), size, link
+        info.uid = info.gid = 0  # the worker gives every entry to the container's user
+        info.uname = info.gname = ""
+        return info
+
+    def add_bytes(self, name: str, data: bytes) -> None:
+        import io
+        import time
+
+        self._count(name, len(data))
+        self.tar.addfile(self._info(name, tarfile.REGTYPE, 0o644, time.time(), len(data)), io.BytesIO(data))
+
+    def add_path(self, name: str, local: Path) -> None:
+        try:
+            info = os.stat(local)  # the source itself may be a symlink: it is followed
+        except OSError as exc:
+            raise InvalidRequest(f"inputs: {local}: {exc.strerror or exc}") from None
+        if stat.S_ISDIR(info.st_mode):
+            self._add_tree(name, local, info)
+        elif stat.S_ISREG(info.st_mode):
+            self._add_file(name, local, info)
+        else:
+            raise InvalidRequest(f"inputs: {local} is not a regular file or a directory")
+
+    def _add_file(self, name: str, local: Path, info: os.stat_result) -> None:
+        self._count(name, info.st_size)
+        try:
+            with open(local, "rb") as source:
+                self.tar.addfile(self._info(name, tarfile.REGTYPE, info.st_mode, info.st_mtime, info.st_size), source)
+        except OSError as exc:
+            raise InvalidRequest(f"inputs: reading {local} failed: {exc}") from None
+
+    def _add_tree(self, name: str, top: Path, info: os.stat_result) -> None:
+        """Pre-order: each directory before what it holds, as the worker requires. Symlinks
+        inside are kept as symlinks (never followed); special files are refused."""
+        stack = [(name, top, info)]
+        while stack:
+            name, path, info = stack.pop()
+            self._count(name)
+            self.tar.addfile(self._info(name, tarfile.DIRTYPE, info.st_mode, info.st_mtime))
+            try:
+                children = sorted(os.scandir(path), key=lambda e: e.name)
+            except OSError as exc:
+                raise InvalidRequest(f"inputs: reading {path} failed: {exc.strerror or exc}") from None
+            later = []
+            for entry in children:
+                child, local = f"{name}/{entry.name}", Path(entry.path)
+                child_info = entry.stat(follow_symlinks=False)
+                if stat.S_ISDIR(child_info.st_mode):
+                    later.append((child, local, child_info))
+                elif stat.S_ISREG(child_info.st_mode):
+                    self._add_file(child, local, child_info)
+                elif stat.S_ISLNK(child_info.st_mode):
+                    link = os.readlink(local)
+                    if len(link.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+                        raise InvalidRequest(f"inputs: the target of symlink {local} is longer than {MAX_PATH_BYTES} bytes")
+                    self._count(child)
+                    self.tar.addfile(self._info(child, tarfile.SYMTYPE, 0o777, child_info.st_mtime, link=link))
+                else:
+                    raise InvalidRequest(f"inputs: {local} is not a regular file, directory or symlink")
+            stack.extend(reversed(later))  # popped in name order
+
+
+def build_input_archive(inputs: Mapping[str, InputValue], max_input_bytes: int) -> InputArchive:
+    """The archive of ``inputs`` (container path -> local file or directory, or bytes).
+
+    Raises InvalidRequest naming the path (bad container path, overlapping paths,
+    missing or unreadable local path, special file) or InputsTooLarge, before
+    anything is written to Redis. The caller closes the archive.
+    """
+    if not inputs:
+        raise InvalidRequest("inputs: give at least one container path")
+    if len(inputs) > MAX_FILE_PATHS:
+        raise InvalidRequest(f"inputs: more than {MAX_FILE_PATHS} container paths")
+    for target in inputs:
+        try:
+            check_container_path(target)
+        except ValueError as exc:
+            raise InvalidRequest(f"inputs: {str(target)[:200]!r}: {exc}") from None
+    clash = overlapping(inputs)
+    if clash is not None:
+        raise InvalidRequest(f"inputs: {clash[1]!r} is {clash[0]!r} or inside it")
+    spool = tempfile.SpooledTemporaryFile(max_size=ARCHIVE_CHUNK_BYTES)
+    try:
+        with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT, copybufsize=ARCHIVE_CHUNK_BYTES) as tar:
+            builder = _Builder(tar, max_input_bytes)
+            for target in sorted(inputs):
+                value = inputs[target]
+                if isinstance(value, (bytes, bytearray, memoryview)):
+                    builder.add_bytes(entry_name(target), bytes(value))
+                elif isinstance(value, (str, os.PathLike)):
+                    builder.add_path(entry_name(target), Path(value))
+                else:
+                    raise InvalidRequest(f"inputs: {target}: give a local path or bytes, not {type(value).__name__}")
+        spec = InputsSpec(paths=sorted(inputs), entries=builder.entries, bytes=builder.bytes, archive_bytes=spool.tell())
+    except BaseException:
+        spool.close()
+        raise
+    return InputArchive(spool, spec)
+
+
+def write_input_archive(client: redis.Redis, key: str, archive: InputArchive, retention_seconds: int) -> None:
+    """Copy the archive to ``key`` in chunks, expiring with the retention.
+
+    The string is made at its full length first (``SETRANGE`` of its last byte) and
+    then filled in with ``SETRANGE``: Redis grows a string by ``APPEND`` a megabyte at
+    a time, reallocating and copying as it goes, several times slower at 16 MiB. It is
+    written before the rq job exists, so nobody reads it half-filled.
+    """
+    size = archive.spec.archive_bytes
+    with client.pipeline(transaction=False) as pipe:
+        pipe.delete(key)
+        pipe.setrange(key, size - 1, b"\0")
+        pipe.expire(key, retention_seconds)
+        pipe.execute()
+    offset = 0
+    for chunk in archive.chunks():
+        client.setrange(key, offset, chunk)
+        offset += len(chunk)
+    written = client.strlen(key)
+    if offset != size or written != size:
+        raise ProducerError(f"inputs: {key} holds {written} bytes after writing {offset} of {size}")
+
+
+# -- outputs -----------------------------------------------------------------------
+
+
+def announced(outcome: Outcome) -> tuple[int, int, int]:
+    """(archive bytes, entries, file bytes) the outcome announces, or OutputsUnavailable."""
+    result = outcome.result
+    if result is None or result.outputs_archive_bytes is None:
+        if result is not None and result.outputs_truncated:
+            raise OutputsUnavailable(f"execution {outcome.execution_id}: its output files could not be collected")
+        raise OutputsUnavailable(
+            f"execution {outcome.execution_id} has no output files (it named none, or ended {outcome.status.value} "
+            "before its container existed)"
+        )
+    files = sum(f.size for f in result.output_files if f.type == "file")
+    return result.outputs_archive_bytes, len(result.output_files), files
+
+
+def archive_reader(client: redis.Redis, key: str, size: int) -> BinaryIO:
+    """A file object over the first ``size`` bytes at ``key``, read in ``GETRANGE`` chunks."""
+
+    def chunks() -> Iterator[bytes]:
+        offset = 0
+        while offset < size:
+            data = client.getrange(key, offset, min(offset + ARCHIVE_CHUNK_BYTES, size) - 1)
+            if not data:
+                raise EOFError(f"{key} ends at byte {offset} of {size}")
+            offset += len(data)
+            yield data
+
+    return ChunkReader(chunks())  # type: ignore[return-value]
+
+
+def copy_selection(outcome: Outcome, container_path: str, dest: Path) -> tuple[Path, Callable[[str], str | None]]:
+    """Where ``dockrq cp ID:container_path dest`` extracts, and how entry names map there.
+
+    As ``docker cp``: into an existing directory ``dest`` the path keeps its own
+    name (``dest/out``); otherwise it becomes ``dest`` itself. ``/`` copies
+    everything into the directory ``dest``. Raises OutputsUnavailable when the path
+    was not collected.
+    """
+    result = outcome.result
+    assert result is not None
+    if container_path != "/":
+        try:
+            check_container_path(container_path)
+        except ValueError as exc:
+            raise OutputsUnavailable(f"{container_path[:200]!r}: {exc}") from None
+        collected = any(f.path == container_path or f.path.startswith(container_path + "/") for f in result.output_files)
+        if not collected:
+            if container_path in result.outputs_missing:
+                raise OutputsUnavailable(f"{container_path} did not exist in the container of {outcome.execution_id}")
+            why = " (left out: over the output files limit)" if result.outputs_truncated else ""
+            raise OutputsUnavailable(f"{container_path} is not among the output files of {outcome.execution_id}{why}")
+    if container_path == "/":
+        return dest, lambda name: name
+    prefix = entry_name(container_path)
+    if dest.is_dir():
+        root, top = dest, posixpath.basename(container_path)
+    else:
+        root, top = dest.parent, dest.name
+
+    def rename(name: str) -> str | None:
+        if name == prefix:
+            return top
+        if name.startswith(prefix + "/"):
+            return top + name[len(prefix):]
+        return None
+
+    return root, rename
+
+
+def extract_outputs(
+    client: redis.Redis, key: str, outcome: Outcome, dest: Path, rename: Callable[[str], str | None] | None = None
+) -> ExtractReport:
+    """Extract the output archive at ``key`` into ``dest`` with ``extract.safe_extract``."""
+    size, entries, file_bytes = announced(outcome)
+    stored = int(client.strlen(key))
+    if stored == 0:
+        raise OutputsUnavailable(f"execution {outcome.execution_id}: its output archive {key} is gone (expired?)")
+    if stored != size:
+        raise OutputsUnavailable(f"execution {outcome.execution_id}: {key} holds {stored} bytes, the outcome announces {size}")
+    reader = archive_reader(client, key, size)
+    try:
+        return safe_extract(
+            reader, dest, rename=rename or (lambda name: name), max_entries=entries, max_file_bytes=file_bytes
+        )
+    finally:
+        reader.close()

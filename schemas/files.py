@@ -1,0 +1,177 @@
+"""Files in and out of an execution: the request and result fields, and the archive format.
+
+Both directions move one uncompressed POSIX tar archive (ustar, with pax headers
+for long names) per execution through Redis:
+
+* inputs: ``P:exec:ID:inputs``, written by the producer before the rq job is
+  enqueued; the request's ``inputs`` field announces it (its container paths,
+  entry count, file bytes and archive size) and the worker checks the archive
+  against that before anything reaches Docker;
+* outputs: ``P:exec:ID:outputs``, written by the worker once the container has
+  ended; the result lists what it holds (``output_files``) and its size.
+
+Entry names are container paths without the leading ``/`` (``data/in/a.csv``).
+Sizes that limits count are file *contents* (the sum of regular files' sizes);
+the archive adds a 512-byte header per entry and pads each file to 512 bytes.
+
+Nothing here does I/O: ``ChunkReader`` turns any iterator of byte chunks (a
+Redis ``GETRANGE`` loop, a Docker response) into the file object ``tarfile``
+reads in stream mode.
+"""
+
+from __future__ import annotations
+
+import io
+import posixpath
+from collections.abc import Iterable, Iterator
+from typing import Annotated, Any, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+
+MiB = 1024 * 1024
+DEFAULT_MAX_INPUT_BYTES = 16 * MiB  # producer's and worker's bound on input file contents
+DEFAULT_OUTPUT_FILES_LIMIT = 16 * MiB  # request default of output_files_limit_bytes
+MAX_OUTPUT_FILES_LIMIT = 1024 * MiB
+MAX_INPUT_ENTRIES = 10_000  # entries of one input archive
+MAX_OUTPUT_ENTRIES = 10_000  # entries collected (and listed in the result) per execution
+MAX_FILE_PATHS = 64  # container paths per request, inputs and outputs each
+MAX_PATH_BYTES = 1024  # a container path, an entry name or a symlink target
+# Per entry, an archive may add this much to its file contents (header, padding, a pax
+# header for a long name), plus the end-of-archive blocks and tarfile's record padding.
+ENTRY_FRAMING_BYTES = 3 * 1024
+ARCHIVE_END_BYTES = 10 * 1024
+# Redis reads and writes of an archive move this much per command: memory stays flat.
+ARCHIVE_CHUNK_BYTES = 1024 * 1024
+
+FileType = Literal["file", "dir", "symlink", "hardlink"]
+
+
+def check_container_path(value: str) -> str:
+    """An absolute, normalised container path other than ``/``: ``/data/in``, not
+    ``data``, ``/data/``, ``/a/../b``, ``/a//b`` or ``/``. Raises ValueError."""
+    if not isinstance(value, str) or not value.startswith("/"):
+        raise ValueError("must be an absolute container path")
+    if "\x00" in value or ":" in value:
+        raise ValueError("must not contain NUL or ':'")
+    if len(value.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        raise ValueError(f"must be at most {MAX_PATH_BYTES} bytes")
+    if value == "/":
+        raise ValueError("must name a path below '/', not the whole filesystem")
+    if posixpath.normpath(value) != value or value.startswith("//") or any(p in (".", "..") for p in value.split("/")):
+        raise ValueError(f"must be normalised (no '.', '..', '//' or trailing '/'): {value!r}")
+    return value
+
+
+ContainerPath = Annotated[str, AfterValidator(check_container_path)]
+
+
+def overlapping(paths: Iterable[str]) -> tuple[str, str] | None:
+    """Two of ``paths`` where one is the other or lies inside it, or None."""
+    ordered = sorted(paths)
+    for a, b in zip(ordered, ordered[1:]):
+        if b == a or b.startswith(a + "/"):
+            return a, b
+    return None
+
+
+def entry_name(container_path: str) -> str:
+    """The archive entry name of a container path: ``/data/in`` -> ``data/in``."""
+    return container_path.lstrip("/")
+
+
+def archive_bound(file_bytes: int, entries: int) -> int:
+    """The largest archive holding ``entries`` entries with ``file_bytes`` of contents."""
+    return file_bytes + entries * ENTRY_FRAMING_BYTES + ARCHIVE_END_BYTES
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InputsSpec(_Model):
+    """The request's announcement of its input archive (``P:exec:ID:inputs``).
+
+    ``paths``: the container paths the archive fills (each entry is one of them or
+    below one); ``entries``: how many entries it has; ``bytes``: the sum of its
+    regular files' sizes; ``archive_bytes``: its exact length in Redis.
+    """
+
+    paths: list[ContainerPath] = Field(min_length=1, max_length=MAX_FILE_PATHS)
+    entries: int = Field(ge=1, le=MAX_INPUT_ENTRIES)
+    bytes: int = Field(ge=0)
+    archive_bytes: int = Field(ge=1024)
+
+    @model_validator(mode="after")
+    def _consistent(self) -> InputsSpec:
+        clash = overlapping(self.paths)
+        if clash is not None:
+            raise ValueError(f"paths: {clash[1]!r} is {clash[0]!r} or inside it")
+        if self.archive_bytes > archive_bound(self.bytes, self.entries):
+            raise ValueError(
+                f"archive_bytes: {self.archive_bytes} is more than {self.entries} entries with "
+                f"{self.bytes} bytes of files can take ({archive_bound(self.bytes, self.entries)})"
+            )
+        return self
+
+
+class OutputFile(BaseModel):
+    """One entry of the output archive: its container path, size in bytes (files only)
+    and type; ``link`` is a symlink's target or a hard link's container path."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    path: str
+    size: int = 0
+    type: FileType
+    link: str | None = None
+
+
+# The request fields of this module with their defaults. A request that leaves them
+# at their defaults is sent without them, so workers from before files still take it.
+FILE_REQUEST_DEFAULTS: dict[str, Any] = {
+    "inputs": None,
+    "outputs": [],
+    "output_files_limit_bytes": DEFAULT_OUTPUT_FILES_LIMIT,
+}
+
+
+def drop_default_file_fields(payload: dict[str, Any]) -> dict[str, Any]:
+    """``payload`` (a request as JSON) without the file fields that hold their defaults."""
+    for name, default in FILE_REQUEST_DEFAULTS.items():
+        if name in payload and payload[name] == default:
+            del payload[name]
+    return payload
+
+
+class ChunkReader(io.RawIOBase):
+    """A read-only file object over an iterator of byte chunks (for ``tarfile`` stream mode).
+
+    ``consumed`` counts the bytes handed out. No seeking; memory is one chunk.
+    """
+
+    def __init__(self, chunks: Iterable[bytes]) -> None:
+        super().__init__()
+        self._chunks: Iterator[bytes] = iter(chunks)
+        self._buffer = memoryview(b"")
+        self.consumed = 0
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, target: Any) -> int:
+        while not self._buffer:
+            chunk = next(self._chunks, None)
+            if chunk is None:
+                return 0
+            self._buffer = memoryview(chunk)
+        n = min(len(target), len(self._buffer))
+        target[:n] = self._buffer[:n]
+        self._buffer = self._buffer[n:]
+        self.consumed += n
+        return n
+
+    def close(self) -> None:
+        close = getattr(self._chunks, "close", None)
+        if close is not None:
+            close()
+        super().close()

@@ -1,0 +1,89 @@
+"""The README's file commands, end to end: ``dockrq submit --input ... --output ... --output-dir``
+and ``dockrq cp`` as subprocesses against a real dockrq-worker, Redis and dockerd."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+pytestmark = pytest.mark.integration
+
+
+def dockrq(redis_url, worker, *args, cwd=None, env=None):
+    entry = Path(sys.executable).with_name("dockrq")
+    base = [str(entry)] if entry.exists() else [sys.executable, "-m", "producer.cli"]
+    return subprocess.run(
+        [*base, "--redis-url", redis_url, "--queue", worker.queue, "--prefix", worker.prefix, *args],
+        capture_output=True, text=True, timeout=120, cwd=cwd, env=env,
+    )
+
+
+def test_submit_with_inputs_and_outputs_then_cp(redis_url, spawn_worker, test_image, tmp_path):
+    spawn_worker()
+    src = tmp_path / "src"
+    (src / "nested").mkdir(parents=True)
+    (src / "nested" / "numbers.txt").write_text("3\n1\n2\n")
+    eid = f"cli-{uuid.uuid4().hex[:8]}"
+    got = dockrq(
+        redis_url, spawn_worker, "submit", "--id", eid, "--input", f"{src}:/work/in",
+        "--output", "/work/out", "--output", "/work/missing", "--output-dir", str(tmp_path / "results"),
+        test_image, "sh", "-c", "mkdir /work/out && sort /work/in/nested/numbers.txt > /work/out/sorted.txt && echo done",
+    )
+    assert got.returncode == 0, got.stderr
+    assert got.stdout == "done\n"
+    assert got.stderr == "dockrq: output /work/missing did not exist in the container\n"
+    assert (tmp_path / "results/work/out/sorted.txt").read_text() == "1\n2\n3\n"
+
+    # Later, like docker cp: into an existing directory, or as a new name.
+    (tmp_path / "here").mkdir()
+    got = dockrq(redis_url, spawn_worker, "cp", f"{eid}:/work/out", str(tmp_path / "here"))
+    assert (got.returncode, got.stderr) == (0, "")
+    assert (tmp_path / "here/out/sorted.txt").read_text() == "1\n2\n3\n"
+    got = dockrq(redis_url, spawn_worker, "cp", f"{eid}:/work/out/sorted.txt", "copy.txt", cwd=tmp_path)
+    assert got.returncode == 0 and (tmp_path / "copy.txt").read_text() == "1\n2\n3\n"
+    got = dockrq(redis_url, spawn_worker, "--json", "cp", f"{eid}:/work/out", str(tmp_path / "j"))
+    assert json.loads(got.stdout) == {"written": [str(tmp_path / "j"), str(tmp_path / "j/sorted.txt")], "skipped": []}
+
+    # The outcome lists what was collected.
+    status = json.loads(dockrq(redis_url, spawn_worker, "--json", "wait", eid).stdout)
+    assert [f["path"] for f in status["result"]["output_files"]] == ["/work/out", "/work/out/sorted.txt"]
+    assert status["result"]["outputs_missing"] == ["/work/missing"]
+    shown = dockrq(redis_url, spawn_worker, "status", eid).stdout
+    assert "outputs    2 entries, 1 files, 6 bytes; missing: /work/missing" in shown
+
+    # One-line errors, never a traceback.
+    for args, code, message in (
+        (("cp", f"{eid}:/work/missing", "x"), 1, f"dockrq: /work/missing did not exist in the container of {eid}\n"),
+        (("cp", "nocolon", "x"), 1, "dockrq: 'nocolon' is not ID:CONTAINER_PATH\n"),
+        (("cp", "unknown-id:/x", "x"), 1, "dockrq: no such execution: unknown-id\n"),
+        (("submit", "--input", f"{tmp_path}/nope:/in", test_image, "true"), 125,
+         f"dockrq: invalid request: inputs: {tmp_path}/nope: No such file or directory\n"),
+        (("submit", "--input", "no-colon", test_image, "true"), 125,
+         "dockrq: invalid request: inputs: 'no-colon' is not LOCAL_PATH:CONTAINER_PATH\n"),
+        (("submit", "-d", "--output", "/o", "--output-dir", "d", test_image, "true"), 125,
+         "dockrq: invalid request: --output-dir: needs an attached submit (without -d); use dockrq cp ID:PATH DEST later\n"),
+        (("submit", "--output", "o", test_image, "true"), 125,
+         "dockrq: invalid request: outputs.0: Value error, must be an absolute container path\n"),
+    ):
+        got = dockrq(redis_url, spawn_worker, *args, cwd=tmp_path)
+        assert (got.returncode, got.stderr) == (code, message), args
+
+
+def test_submit_refuses_inputs_over_max_input(redis_url, spawn_worker, test_image, tmp_path, redis_client):
+    (tmp_path / "f").write_bytes(b"x" * 2048)
+    eid = f"cli-big-{uuid.uuid4().hex[:8]}"
+    import os
+
+    env = {**os.environ, "DOCKRQ_MAX_INPUT_BYTES": "1k"}
+    got = dockrq(redis_url, spawn_worker, "submit", "--id", eid, "--input", f"{tmp_path}/f:/in/f", test_image, "true", env=env)
+    assert got.returncode == 125
+    assert got.stderr == (
+        "dockrq: invalid request: inputs: at least 2048 bytes of files, above the limit of 1024 bytes "
+        "(max_input_bytes, DOCKRQ_MAX_INPUT_BYTES)\n"
+    )
+    assert redis_client.keys(f"*{eid}*") == []

@@ -1,0 +1,194 @@
+"""Tar streams, one member at a time: checking an input archive and writing entries.
+
+Pure stream code (no Docker, no Redis): archives are read with ``tarfile`` in
+stream mode (``r|``) from a file object and written back out as header bytes,
+data chunks and padding, so an archive of any size passes through in a few
+chunks of memory. The format is the wire contract's (``schemas/files.py``).
+"""
+
+from __future__ import annotations
+
+import tarfile
+from collections.abc import Iterator
+from typing import BinaryIO
+
+from schemas import InputsSpec, entry_name
+from schemas.files import MAX_PATH_BYTES
+
+from .errors import StartError
+
+BLOCK = tarfile.BLOCKSIZE
+END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
+DATA_CHUNK = 256 * 1024
+STREAM_BUFFER = 256 * 1024  # tarfile's read size in stream mode (its default, 10 KiB, costs many small copies)
+TAR_ERRORS = (tarfile.TarError, EOFError, UnicodeError, ValueError)
+
+
+class InputsRejected(StartError):
+    """The input archive is missing, larger than announced or would write outside its
+    targets: the execution ends ``rejected`` and its container never starts."""
+
+    code = "invalid_inputs"
+    status = "rejected"
+
+
+def padding(size: int) -> bytes:
+    """NUL bytes that round ``size`` up to the next 512-byte block."""
+    return b"\0" * (-size % BLOCK)
+
+
+def header(info: tarfile.TarInfo) -> bytes:
+    """The bytes of ``info``'s header as written to the archive (a pax header first for long names)."""
+    return info.tobuf(tarfile.PAX_FORMAT, "utf-8", "surrogateescape")
+
+
+def new_info(name: str, kind: bytes, *, size: int = 0, mode: int = 0o644, mtime: float = 0, linkname: str = "",
+             uid: int = 0, gid: int = 0) -> tarfile.TarInfo:
+    info = tarfile.TarInfo(name)
+    info.type = kind
+    info.size = size if kind in tarfile.REGULAR_TYPES else 0
+    info.mode = mode & 0o777
+    info.mtime = max(0, int(mtime))
+    info.linkname = linkname
+    info.uid, info.gid = uid, gid
+    info.uname = info.gname = ""
+    return info
+
+
+def member_data(tar: tarfile.TarFile, member: tarfile.TarInfo, chunk: int = DATA_CHUNK) -> Iterator[bytes]:
+    """A regular member's data in chunks (stream mode: read before the next member)."""
+    source = tar.extractfile(member)
+    if source is None:
+        return
+    left = member.size
+    while left > 0:
+        data = source.read(min(chunk, left))
+        if not data:
+            raise tarfile.ReadError(f"{member.name}: archive ends inside the file")
+        left -= len(data)
+        yield data
+
+
+def plain_name(name: str) -> str | None:
+    """``name`` if it is a plain relative entry name (``a/b``), else None: empty,
+    absolute, NUL, ``.``/``..``/empty components or longer than the path limit."""
+    if not name or name.startswith("/") or "\x00" in name or len(name.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+        return None
+    if any(part in ("", ".", "..") for part in name.split("/")):
+        return None
+    return name
+
+
+class Coalesce:
+    """Gathers small pieces (headers, small files) into chunks of about ``size`` bytes."""
+
+    def __init__(self, size: int = DATA_CHUNK) -> None:
+        self.size = size
+        self._parts: list[bytes] = []
+        self._length = 0
+
+    def add(self, data: bytes) -> bytes | None:
+        self._parts.append(data)
+        self._length += len(data)
+        return self.flush() if self._length >= self.size else None
+
+    def flush(self) -> bytes | None:
+        if not self._parts:
+            return None
+        out = b"".join(self._parts)
+        self._parts, self._length = [], 0
+        return out
+
+
+class InputArchive:
+    """Checks an input archive against its announcement while re-writing it for Docker.
+
+    ``stream(source)`` yields the archive as Docker's ``put_archive`` should get it:
+    every entry owned by ``uid``:``gid`` (the container's user), modes without
+    setuid/setgid/sticky bits. It raises InputsRejected at the first entry that
+    breaks a rule, so the upload is cut there and the container never starts:
+
+    * names are plain relative paths (no ``/`` at the start, no ``..``, ``.`` or
+      empty components) equal to one of ``spec.paths`` or below one;
+    * every entry below a target comes after a directory entry for its parent, so
+      each level is a directory this archive made (Docker replaces a symlink the
+      image had there by that directory) and nothing is written through a symlink;
+    * a hard link names an earlier regular file of the archive; a name appears once;
+    * only regular files, directories, symlinks and hard links (no devices, fifos,
+      sparse files);
+    * no more entries, file bytes or archive bytes than announced.
+    """
+
+    def __init__(self, spec: InputsSpec, uid: int = 0, gid: int = 0) -> None:
+        self.spec = spec
+        self.uid, self.gid = uid, gid
+        self.targets = [entry_name(p) for p in spec.paths]
+        self.entries = 0
+        self.file_bytes = 0
+        self._seen: set[str] = set()
+        self._dirs: set[str] = set()
+        self._files: set[str] = set()
+
+    def stream(self, source: BinaryIO) -> Iterator[bytes]:
+        out = Coalesce()
+        try:
+            with tarfile.open(fileobj=source, mode="r|", bufsize=STREAM_BUFFER) as tar:
+                for member in tar:
+                    info = self._check(member)
+                    piece = out.add(header(info))
+                    if piece:
+                        yield piece
+                    if info.isreg():
+                        for data in member_data(tar, member):
+                            piece = out.add(data)
+                            if piece:
+                                yield piece
+                        piece = out.add(padding(info.size))
+                        if piece:
+                            yield piece
+        except TAR_ERRORS as exc:
+            raise InputsRejected(f"inputs: not a readable tar archive: {exc}") from None
+        if self.entries == 0:
+            raise InputsRejected("inputs: the archive has no entries")
+        out.add(END_OF_ARCHIVE)
+        yield out.flush() or b""
+
+    def _check(self, member: tarfile.TarInfo) -> tarfile.TarInfo:
+        name = member.name.rstrip("/") if member.isdir() else member.name
+        where = f"inputs: entry {name[:200]!r}"
+        if plain_name(name) is None:
+            raise InputsRejected(f"{where}: not a plain relative path (absolute, '..', '.' or empty parts)")
+        target = next((t for t in self.targets if name == t or name.startswith(t + "/")), None)
+        if target is None:
+            raise InputsRejected(f"{where}: outside the announced paths ({', '.join(self.spec.paths)})")
+        if name in self._seen:
+            raise InputsRejected(f"{where}: appears twice")
+        if name != target and name.rsplit("/", 1)[0] not in self._dirs:
+            raise InputsRejected(f"{where}: its parent is not a directory entry earlier in the archive")
+        self.entries += 1
+        if self.entries > self.spec.entries:
+            raise InputsRejected(f"inputs: more entries than the {self.spec.entries} announced")
+        if member.isreg() and member.sparse is None:
+            kind = tarfile.REGTYPE
+            self.file_bytes += member.size
+            if self.file_bytes > self.spec.bytes:
+                raise InputsRejected(f"inputs: more file bytes than the {self.spec.bytes} announced")
+            self._files.add(name)
+        elif member.isdir():
+            kind = tarfile.DIRTYPE
+            self._dirs.add(name)
+        elif member.issym():
+            kind = tarfile.SYMTYPE
+            if not member.linkname or "\x00" in member.linkname or len(member.linkname) > MAX_PATH_BYTES:
+                raise InputsRejected(f"{where}: bad symlink target")
+        elif member.islnk():
+            kind = tarfile.LNKTYPE
+            if member.linkname not in self._files:
+                raise InputsRejected(f"{where}: hard link to {member.linkname[:200]!r}, not an earlier file of the archive")
+        else:
+            raise InputsRejected(f"{where}: not a regular file, directory, symlink or hard link")
+        self._seen.add(name)
+        return new_info(
+            name, kind, size=member.size, mode=member.mode, mtime=member.mtime, linkname=member.linkname,
+            uid=self.uid, gid=self.gid,
+        )
