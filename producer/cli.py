@@ -23,42 +23,39 @@ included (``{"error", "exit_code"}`` on stdout).
 from __future__ import annotations
 
 import json
-import os
 import sys
-from contextlib import nullcontext, suppress
-from dataclasses import dataclass, field
+from contextlib import nullcontext
 from datetime import datetime, timezone
 from typing import Any, NoReturn
 
 import click
-import redis
 from rich.console import Console
 from rich.table import Table
 
-from schemas import (
-    DEFAULT_PREFIX,
-    DEFAULT_QUEUE,
-    DEFAULT_RETENTION_SECONDS,
-    ExecutionStatus,
-    LogEntry,
-    Outcome,
-)
-from schemas.connections import DEFAULT_REDIS_URL, REDIS_DOWN, redact_url
+from schemas import ExecutionStatus, LogEntry, Outcome
 
+from .command import (  # the exit codes are re-exported: producer.cli names them in its docstring
+    EXIT_BROKEN_PIPE,
+    EXIT_CANCELLED,
+    EXIT_DOCKRQ_FAILED,
+    EXIT_ERROR,
+    EXIT_TIMED_OUT,
+    EXIT_WAIT_TIMEOUT,
+    DockrqCommand,
+    Settings,
+    fail,
+    global_options,
+    json_option,
+)
 from .client import Producer
 from .flags import build_request
-from .errors import ExecutionAlreadyFinished, InvalidRequest, ProducerError
+from .errors import ExecutionAlreadyFinished
 from .progress import SubmitProgress
 from .run_flags import apply_run_flags, run_flag_options
 from .status import ExecutionStatusView
-from .usage import DockerUsageErrors, DockrqGroup, json_error
+from .usage import DockrqGroup
 
-EXIT_ERROR = 1
-EXIT_WAIT_TIMEOUT = 75
-EXIT_TIMED_OUT = 124
-EXIT_DOCKRQ_FAILED = 125
-EXIT_CANCELLED = 130
-EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
+__all__ = ["EXIT_BROKEN_PIPE", "EXIT_ERROR", "Producer", "cli", "exit_code_for", "main"]
 
 
 def exit_code_for(outcome: Outcome) -> int:
@@ -72,90 +69,16 @@ def exit_code_for(outcome: Outcome) -> int:
     return EXIT_DOCKRQ_FAILED
 
 
-@dataclass
-class Settings:
-    """Global options, and the producer built from them on first use."""
-
-    redis_url: str
-    prefix: str
-    queue: str
-    retention_seconds: int
-    as_json: bool = False
-    _producer: Producer | None = field(default=None, repr=False)
-
-    def producer(self) -> Producer:
-        if self._producer is None:
-            self._producer = Producer(
-                self.redis_url, queue=self.queue, prefix=self.prefix, retention_seconds=self.retention_seconds
-            )
-            click.get_current_context().call_on_close(self._producer.close)
-        return self._producer
-
-
-def fail(message: str, code: int) -> NoReturn:
-    ctx = click.get_current_context(silent=True)
-    if ctx is not None and getattr(ctx.find_root().obj, "as_json", False):
-        json_error(message, code)
-    else:
-        click.echo(f"dockrq: {message}", err=True)
-    raise click.exceptions.Exit(code)
-
-
-class DockrqCommand(DockerUsageErrors, click.Command):
-    """Turns expected failures into one line on stderr and the command's failure exit code."""
-
-    def __init__(self, *args: Any, failure_code: int = EXIT_ERROR, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.failure_code = failure_code
-
-    def invoke(self, ctx: click.Context) -> Any:
-        try:
-            return super().invoke(ctx)
-        except ProducerError as exc:
-            prefix = "invalid request: " if isinstance(exc, InvalidRequest) else ""
-            fail(f"{prefix}{exc}", self.failure_code)
-        except REDIS_DOWN as exc:
-            url = redact_url(ctx.find_object(Settings).redis_url)
-            fail(f"cannot reach Redis at {url}: {exc}", self.failure_code)
-        except redis.RedisError as exc:
-            fail(f"Redis error: {exc}", self.failure_code)
-        except UnicodeError as exc:  # text no check caught (a host name IDNA refuses...): still one line
-            fail(f"cannot use this input: {exc}", self.failure_code)
-        except KeyboardInterrupt:
-            raise click.exceptions.Exit(EXIT_CANCELLED) from None
-        except BrokenPipeError:
-            # The reader went away (``dockrq logs ID | head``): stop quietly like
-            # shell tools, and keep the interpreter's final flush from failing too.
-            with suppress(OSError, ValueError):
-                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
-            raise click.exceptions.Exit(EXIT_BROKEN_PIPE) from None
-
-
-def _set_json(ctx: click.Context, _param: click.Parameter, value: bool) -> None:
-    if value:
-        ctx.find_object(Settings).as_json = True
-
-
-json_option = click.option(
-    "--json", is_flag=True, expose_value=False, callback=_set_json, help="Machine-readable JSON output."
-)
-
-
 @click.group(cls=DockrqGroup, context_settings={"help_option_names": ["-h", "--help"]})
-@click.option("--redis-url", envvar="DOCKRQ_REDIS_URL", default=DEFAULT_REDIS_URL, show_default=True,
-              help="Redis URL (redis://, rediss:// for TLS; user and password may be in it). Env DOCKRQ_REDIS_URL.")
-@click.option("--prefix", envvar="DOCKRQ_PREFIX", default=DEFAULT_PREFIX, show_default=True,
-              help="Key prefix of the wire contract. Env DOCKRQ_PREFIX.")
-@click.option("--queue", envvar="DOCKRQ_QUEUE", default=DEFAULT_QUEUE, show_default=True,
-              help="rq queue. Env DOCKRQ_QUEUE.")
-@click.option("--retention", "retention_seconds", envvar="DOCKRQ_RETENTION_SECONDS", type=click.IntRange(min=1),
-              default=DEFAULT_RETENTION_SECONDS, show_default=True,
-              help="Seconds outcomes, flags and claims are kept. Env DOCKRQ_RETENTION_SECONDS.")
+@global_options
 @click.option("--json", "as_json", is_flag=True, help="Machine-readable JSON output.")
 @click.pass_context
-def cli(ctx: click.Context, redis_url: str, prefix: str, queue: str, retention_seconds: int, as_json: bool) -> None:
+def cli(
+    ctx: click.Context, redis_url: str, prefix: str, queue: str, retention_seconds: int,
+    replica_acks: int, replica_ack_timeout: float, as_json: bool,
+) -> None:
     """Run containers through a Redis queue of dockrq workers."""
-    ctx.obj = Settings(redis_url, prefix, queue, retention_seconds, as_json)
+    ctx.obj = Settings(redis_url, prefix, queue, retention_seconds, as_json, replica_acks, replica_ack_timeout)
 
 
 cli.command_class = DockrqCommand
@@ -379,6 +302,7 @@ def _status_rows(view: ExecutionStatusView) -> list[tuple[str, str]]:
         ("state", view.state.value),
         ("queue", view.queue or "-"),
         ("image", view.image or "-"),
+        ("node", view.node or "-"),
         ("worker", view.worker or "-"),
         ("container", view.container_id or "-"),
         ("enqueued", _ago(view.enqueued_at) + " ago" if view.enqueued_at else "-"),

@@ -44,11 +44,11 @@ def list_executions(
         click.echo("[" + ",".join(v.model_dump_json() for v in views) + "]")
         return
     table = Table(box=None, header_style="bold")
-    for column in ("ID", "STATUS", "IMAGE", "WORKER", "QUEUED", "PULL", "RUN", "AGE", "QUEUE"):
+    for column in ("ID", "STATUS", "IMAGE", "NODE", "WORKER", "QUEUED", "PULL", "RUN", "AGE", "QUEUE"):
         table.add_column(column, no_wrap=column in ("ID", "STATUS"))
     for v in views:
         table.add_row(
-            v.execution_id, _state_shown(v), v.image or "-", v.worker or "-", _span(v.queued_seconds),
+            v.execution_id, _state_shown(v), v.image or "-", v.node or "-", v.worker or "-", _span(v.queued_seconds),
             _span(v.pull_seconds), _span(v.run_seconds), _ago(v.enqueued_at), v.queue or "-",
         )
     _console().print(table)

@@ -22,7 +22,6 @@ import json
 import logging
 import math
 import re
-import time
 from collections import Counter
 from collections.abc import Iterable, Iterator, Mapping
 from datetime import datetime, timedelta, timezone
@@ -52,14 +51,8 @@ from schemas import (
     as_json_object,
     request_size,
 )
-from schemas.connections import (
-    BLOCK_SLICE_SECONDS,
-    DEFAULT_REDIS_URL,
-    REDIS_DOWN,
-    blocking_twin,
-    clients_from_url,
-    ride_out_outage,
-)
+from schemas.connections import DEFAULT_REDIS_URL, blocking_twin, clients_from_url
+from schemas.replication import DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS
 
 from . import listing
 from .cancel import CancelResult
@@ -67,11 +60,13 @@ from .cancel import cancel as cancel_execution
 from .describe import describe
 from .errors import DuplicateExecution, ExecutionNotFound, InvalidRequest, RequestTooLarge
 from .files import InputValue, build_input_archive, write_input_archive
+from .replicas import ProducerAcks
 from .jobhash import JobWriter
 from .logs import LogReader
 from .outputs import OutputsMixin
 from .scripts import CLAIM_LUA, PUBLISH_MANY_LUA
 from .status import ExecutionStatusView, build_view
+from .waiting import OutcomeWaiter
 
 log = logging.getLogger(__name__)
 
@@ -82,10 +77,6 @@ log = logging.getLogger(__name__)
 # inside the same rq job.
 JOB_TIMEOUT_MARGIN_SECONDS = 900
 NO_RQ_TIMEOUT = -1  # rq: never kill the work horse; the request has no time limit
-# How long an id may have a claim but no rq job before a waiter calls it gone
-# (the claim-then-enqueue window is milliseconds).
-VANISH_GRACE_SECONDS = 3.0
-
 _ID_RE = re.compile(EXECUTION_ID_PATTERN)
 
 def parse_request(request: ExecutionRequest | dict[str, Any] | str | bytes) -> ExecutionRequest:
@@ -114,6 +105,8 @@ class Producer(OutputsMixin):
         retention_seconds: int = DEFAULT_RETENTION_SECONDS,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+        replica_acks: int = 0,
+        replica_ack_timeout: float = DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS,
     ) -> None:
         if max_request_bytes < MIN_MAX_REQUEST_BYTES:
             raise ValueError(f"max_request_bytes must be at least {MIN_MAX_REQUEST_BYTES}")
@@ -138,6 +131,9 @@ class Producer(OutputsMixin):
         self._queues: dict[str, Queue] = {}
         self._writers: dict[str, JobWriter | None] = {}
         self._claim_script = self._client.register_script(CLAIM_LUA)
+        # Submissions return, and outcomes are handed to waiters, only once this many replicas
+        # have them (Redis WAIT; fewer when fewer are connected): schemas/replication.py.
+        self._acks = ProducerAcks(replica_acks, replica_ack_timeout, marker_key=self.keys.replication_marker)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -220,6 +216,7 @@ class Producer(OutputsMixin):
                 self._release_inputs(req.execution_id)
             self._release_claims([req.execution_id])
             raise
+        self._acks.confirm_submission(self._client, [req.execution_id])
 
     def submit_many(
         self, requests: Iterable[ExecutionRequest | dict[str, Any] | str | bytes], *, queue: str | None = None
@@ -257,6 +254,7 @@ class Producer(OutputsMixin):
         except BaseException:
             self._release_claims(ids)
             raise
+        self._acks.confirm_submission(self._client, ids)
         return ids
 
     def _job_writer(self, rq_queue: Queue) -> JobWriter | None:
@@ -362,52 +360,16 @@ class Producer(OutputsMixin):
         """The outcome, once the execution has ended (at once if it already has).
 
         Non-destructive, so any number of waiters get it. Raises TimeoutError
-        after ``timeout`` seconds, ExecutionNotFound for an unknown id or one
-        whose rq job disappears without an outcome. Redis outages while waiting
-        are retried with backoff.
+        after ``timeout`` seconds, ExecutionNotFound for an unknown id, and
+        ExecutionVanished (an ExecutionNotFound) for one Redis no longer knows
+        (producer.waiting). Redis outages while waiting are retried with backoff.
         """
         self._check_id(execution_id)
-        key = self.keys.outcome(execution_id)
         outcome = self._outcome(execution_id)
-        if outcome is not None:
+        if outcome is not None and self._acks.outcome_confirmed(self._client, execution_id):
             return outcome
         self._require_known(execution_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
-        missing_since: float | None = None
-
-        def redis_away(exc: Exception, failures: int) -> None:
-            log.warning("waiting for %s: Redis error (%s); retrying", execution_id, exc)
-
-        def in_time() -> bool:
-            return deadline is None or time.monotonic() < deadline
-
-        while True:
-            remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"execution {execution_id} still running after {timeout}s")
-            block = BLOCK_SLICE_SECONDS if remaining is None else max(min(BLOCK_SLICE_SECONDS, remaining), 0.01)
-            try:
-                raw, has_outcome, has_job = ride_out_outage(
-                    lambda: self._wait_slice(execution_id, key, block), redis_away, keep_trying=in_time
-                )
-            except REDIS_DOWN:
-                continue  # away past the deadline: TimeoutError above
-            if raw is not None:
-                return Outcome.model_validate_json(raw)
-            if has_outcome or has_job:
-                missing_since = None
-            elif missing_since is None:
-                missing_since = time.monotonic()
-            elif time.monotonic() - missing_since > VANISH_GRACE_SECONDS:
-                raise ExecutionNotFound(execution_id, "execution vanished (no rq job and no outcome)")
-
-    def _wait_slice(self, execution_id: str, key: str, block: float) -> tuple[bytes | None, bool, bool]:
-        """One BLMOVE of at most ``block`` seconds: (the outcome, or None and whether an outcome / rq job exists)."""
-        raw = self._blocking.blmove(key, key, block, "RIGHT", "LEFT")
-        if raw is not None:
-            return raw, True, True
-        has_outcome, has_job, _ = self._presence(execution_id)
-        return None, has_outcome, has_job
+        return OutcomeWaiter(self._client, self._blocking, self.keys, self._acks, self._presence).wait(execution_id, timeout)
 
     def logs(self, execution_id: str, tail: bool | int = True, follow: bool = True) -> Iterator[LogEntry]:
         """The execution's log entries: history (all, none or the last ``tail``), then live if ``follow``.

@@ -68,6 +68,28 @@ class ExecutionNotFound(ProducerError, LookupError):
         super().__init__(f"{detail}: {execution_id}")
 
 
+class ExecutionVanished(ExecutionNotFound):
+    """The execution was known (a waiter or follower saw it) and Redis no longer knows it: no rq
+    job and no outcome, e.g. Redis restarted without persistence, or a failover lost the
+    unreplicated writes. It will get no outcome; submit it again (the same id is free)."""
+
+    def __init__(self, execution_id: str) -> None:
+        super().__init__(
+            execution_id,
+            "execution vanished: Redis no longer knows it (no rq job, no outcome; its data was lost or expired)",
+        )
+
+
+class NotReplicated(ProducerError):
+    """``replica_acks``: the submission is on the Redis master but fewer replicas than asked
+    confirmed it in time, so a failover now could lose it. ``execution_ids`` were enqueued;
+    ``Producer.status``/``wait`` tell later whether they survived."""
+
+    def __init__(self, execution_ids: list[str], message: str) -> None:
+        self.execution_ids = list(execution_ids)
+        super().__init__(message)
+
+
 class ExecutionAlreadyFinished(ProducerError):
     """The execution has ended already, so there is nothing left to cancel."""
 

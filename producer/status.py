@@ -45,6 +45,7 @@ class ExecutionStatusView(BaseModel):
     queue: str | None = None
     image: str | None = None
     worker: str | None = None
+    node: str | None = None  # the executor id (DOCKRQ_EXECUTOR_ID) of the node that ran it, from meta "node"
     container_id: str | None = None
     enqueued_at: datetime | None = None
     started_at: datetime | None = None
@@ -131,6 +132,7 @@ def build_view(execution_id: str, job: Job | None, outcome: Outcome | None) -> E
         queue=job.origin if job is not None else None,
         image=meta.get("image"),
         worker=meta.get("worker"),
+        node=meta.get("node"),
         container_id=(result.container_id if result and result.container_id else meta.get("container_id")),
         enqueued_at=(job.enqueued_at or job.created_at) if job is not None else None,
         started_at=(result.started_at if result and result.started_at else job.started_at if job else None),

@@ -2,7 +2,13 @@
 definition of "Redis is away" and of how to wait for it to come back.
 
 Every component (worker, ``dockrq-worker``, ``doctor``, ``Producer``, ``dockrq``,
-``scripts/dashboard.sh``'s check) makes its client with :func:`client_from_url`.
+``scripts/dashboard.sh`` and rq-dashboard itself) makes its client with :func:`client_from_url`,
+for ``redis://``, ``rediss://``, ``unix://`` and Redis Sentinel's ``redis+sentinel://`` URLs
+(read by ``schemas.redis_url``). A Sentinel client is redis-py's
+``Sentinel(...).master_for(service)``: its pool asks the Sentinels for the master on every new
+connection and drops connections to a demoted master, so after a failover every component
+reconnects to the new master (the first commands fail with :data:`REDIS_DOWN`, ridden out as
+a Redis restart is).
 The client carries redis-py's own ``Retry`` (``ExponentialWithJitterBackoff``,
 retried on :data:`REDIS_DOWN`), handed to the connection pool the way arq's
 ``connections.py`` does: a dropped connection is reconnected and the command
@@ -31,6 +37,9 @@ import redis
 from redis._defaults import DEFAULT_RETRY_BASE, DEFAULT_RETRY_CAP, DEFAULT_RETRY_COUNT
 from redis.backoff import AbstractBackoff, ExponentialWithJitterBackoff
 from redis.retry import Retry
+from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool, SentinelManagedConnection
+
+from schemas.redis_url import is_sentinel_url, parse_sentinel_url
 
 from .packing import command_packer
 
@@ -44,6 +53,8 @@ REDIS_DOWN: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutE
 
 BLOCK_SLICE_SECONDS = 1.0
 BLOCKING_SOCKET_TIMEOUT = 30.0
+#: Sentinels answer at once or are down: discovery never waits on one of them for long.
+SENTINEL_SOCKET_TIMEOUT = 2.0
 
 #: How a waiter (producer, follower, a worker's main thread) backs off while Redis is away:
 #: jittered, doubling from ``base``, at most ``cap`` seconds.
@@ -59,6 +70,7 @@ _POOL_INTERNALS = frozenset(
         "orig_socket_timeout",
         "orig_socket_connect_timeout",
         "himport_registry",
+        "connection_pool",  # a SentinelConnectionPool's proxy: the twin pool makes its own
     }
 )
 
@@ -74,15 +86,48 @@ def command_retry() -> Retry:
 
 
 def client_from_url(url: str, **options: Any) -> redis.Redis:
-    """A client for a ``redis://``, ``rediss://`` (TLS) or ``unix://`` URL, with
-    :func:`command_retry` on its pool; ``options`` are ``redis.Redis`` keyword arguments
-    (``socket_timeout``, ...). Raises ValueError for a URL redis-py cannot read."""
+    """A client for a ``redis://``, ``rediss://`` (TLS), ``unix://`` or ``redis+sentinel://``
+    URL, with :func:`command_retry` on its connections; ``options`` are ``redis.Redis`` keyword
+    arguments (``socket_timeout``, ...), for a Sentinel URL applied to the master's connections.
+    Raises ValueError (naming what is wrong, never the password) for a URL that cannot be read."""
     options.setdefault("retry", command_retry())
     options.setdefault("retry_on_error", list(REDIS_DOWN))
     packer = command_packer()  # packing.py: archive chunks are sent uncopied, not through hiredis
     if packer is not None:
         options.setdefault("command_packer", packer)
-    return redis.Redis.from_url(url, **options)
+    if not is_sentinel_url(url):
+        return redis.Redis.from_url(url, **options)
+    parsed = parse_sentinel_url(url)
+    sentinel_options: dict[str, Any] = {
+        "socket_timeout": SENTINEL_SOCKET_TIMEOUT,
+        "socket_connect_timeout": SENTINEL_SOCKET_TIMEOUT,
+    }
+    if parsed.sentinel_username:
+        sentinel_options["username"] = parsed.sentinel_username
+    if parsed.sentinel_password:
+        sentinel_options["password"] = parsed.sentinel_password
+    master_options: dict[str, Any] = {**parsed.options, **options, "db": parsed.db}
+    if parsed.username:
+        master_options["username"] = parsed.username
+    if parsed.password is not None:
+        master_options["password"] = parsed.password
+    sentinel = Sentinel(list(parsed.hosts), sentinel_kwargs=sentinel_options)
+    return sentinel.master_for(parsed.service, connection_class=ClosingSentinelConnection, **master_options)
+
+
+class ClosingSentinelConnection(SentinelManagedConnection):
+    """redis-py's SentinelManagedConnection, closing on an error in a read as a plain Connection does.
+
+    redis-py 8's ``SentinelManagedConnection.read_response`` defaults ``disconnect_on_error`` to
+    False, unlike ``Connection``: a read cut short by an exception (rq's SIGTERM handler raising
+    in the middle of its blocking BLMOVE) leaves the connection in the pool with the reply still
+    due, and the next command on it (rq's register_death) waits behind that BLMOVE. Seen as a
+    worker that does not exit on SIGTERM after a failover.
+    """
+
+    def read_response(self, *args: Any, **kwargs: Any) -> Any:
+        kwargs.setdefault("disconnect_on_error", True)
+        return super().read_response(*args, **kwargs)
 
 
 def clients_from_url(url: str) -> tuple[redis.Redis, redis.Redis]:
@@ -94,18 +139,39 @@ def blocking_twin(client: redis.Redis) -> redis.Redis:
     """A client on the same server and database as ``client`` whose socket timeout suits blocking reads.
 
     Works for any client built on a ``ConnectionPool`` (including fakeredis), so a
-    caller that hands the producer its own connection keeps its TLS/auth settings.
+    caller that hands the producer its own connection keeps its TLS/auth settings; a
+    Sentinel client's twin follows the same Sentinels to the current master.
     """
     pool = client.connection_pool
     kwargs = {k: v for k, v in pool.connection_kwargs.items() if k not in _POOL_INTERNALS}
     kwargs["socket_timeout"] = BLOCKING_SOCKET_TIMEOUT
-    twin_pool = type(pool)(connection_class=pool.connection_class, **kwargs)
+    if isinstance(pool, SentinelConnectionPool):
+        twin_pool: redis.ConnectionPool = type(pool)(
+            pool.service_name, pool.sentinel_manager, is_master=pool.is_master,
+            connection_class=pool.connection_class, **kwargs,
+        )
+    else:
+        twin_pool = type(pool)(connection_class=pool.connection_class, **kwargs)
     return redis.Redis(connection_pool=twin_pool)
+
+
+def describe_redis_error(exc: BaseException) -> str:
+    """``str(exc)``, but one short line for redis-py's MasterNotFoundError (whose text repeats
+    every Sentinel client's full repr)."""
+    if isinstance(exc, MasterNotFoundError):
+        head = str(exc).split(" : ", 1)[0]
+        return f"{head} (no Sentinel listed in the URL is reachable and knows that service)"
+    return str(exc)
 
 
 def redact_url(url: str) -> str:
     """The URL with its password replaced, for error messages and logs."""
     parts = urlsplit(url)
+    if is_sentinel_url(url):  # several host:port in the netloc: urlsplit cannot read its port
+        auth, at, hosts = parts.netloc.rpartition("@")
+        if not at or ":" not in auth:
+            return url
+        return urlunsplit(parts._replace(netloc=f"{auth.partition(':')[0]}:***@{hosts}"))
     if not parts.password:
         return url
     user = parts.username or ""

@@ -112,6 +112,11 @@ class Keys:
     def events(self) -> str:
         return f"{self.prefix}:events"
 
+    @property
+    def replication_marker(self) -> str:
+        """Written just before a WAIT that confirms a write on the replicas (schemas/replication.py)."""
+        return f"{self.prefix}:replicated"
+
 
 class OutcomeError(BaseModel):
     code: str

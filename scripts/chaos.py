@@ -105,11 +105,11 @@ class WorkerSlot:
         cmd = [str(entry)] if entry.exists() else [sys.executable, "-m", "worker.service.cli"]
         self.proc = subprocess.Popen(
             [
-                *cmd, "--redis-url", s.redis.url, "-q", s.queue, "--prefix", s.prefix,
+                *cmd, "--redis-url", s.redis_url, "-q", s.queue, "--prefix", s.prefix,
                 "--executor-id", self.executor_id, "--name", self.name, "--stop-grace", "1",
             ],
             stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL, start_new_session=True,
-            env={**os.environ, **WORKER_ENV, "DOCKRQ_ALLOWED_MOUNT_ROOTS": str(s.runs)},
+            env={**os.environ, **WORKER_ENV, "DOCKRQ_ALLOWED_MOUNT_ROOTS": str(s.runs), **s.slot_env(self)},
         )
         log.close()
         self.starts += 1
@@ -216,6 +216,14 @@ class Session:
         self.docker = docker.from_env()
 
     # -- setup ------------------------------------------------------------------------------------
+
+    @property
+    def redis_url(self) -> str:
+        return self.redis.url
+
+    def slot_env(self, slot: WorkerSlot) -> dict[str, str]:
+        """Extra environment of one slot's worker (scripts/chaos_fleet.py: another node's DOCKER_HOST)."""
+        return {}
 
     def start(self) -> None:
         self.redis.start()
@@ -519,6 +527,13 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=None)
     parser.add_argument("--json", action="store_true", help="print the figures as one JSON object")
     parser.add_argument("--keep", action="store_true", help="keep worker logs even when all is well")
+    parser.add_argument("--nodes", type=int, choices=(1, 2), default=1,
+                        help="2: half the workers on a second dockerd of the run's own (scripts/docker_node.py), "
+                        "killed whole (workers + dockerd, SIGKILL) once and brought back (scripts/chaos_fleet.py)")
+    parser.add_argument("--node-down", type=float, default=8.0, help="seconds the killed node stays down")
+    parser.add_argument("--sentinel", action="store_true",
+                        help="Redis as a Sentinel group (master, replica, 3 Sentinels; DOCKRQ_REPLICA_ACKS=1): "
+                        "the Redis fault is a failover (master SIGKILLed, later back as a replica)")
     args = parser.parse_args(argv)
 
     import logging
@@ -527,7 +542,12 @@ def main(argv: list[str] | None = None) -> int:
     if not docker_up():
         print("chaos: no Docker daemon (run scripts/setup.sh)", file=sys.stderr)
         return 2
-    session = Session(args)
+    if args.nodes > 1 or args.sentinel:
+        from scripts.chaos_fleet import FleetSession
+
+        session: Session = FleetSession(args)
+    else:
+        session = Session(args)
     report = None
     try:
         report = session.run()

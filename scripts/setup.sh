@@ -16,6 +16,9 @@ dpkg -s busybox-static >/dev/null 2>&1 || need+=(busybox-static)
 command -v docker-compose >/dev/null || need+=(docker-compose)
 command -v openssl >/dev/null || need+=(openssl)
 command -v debootstrap >/dev/null || need+=(debootstrap)  # scripts/offline_base.sh (compose test)
+command -v redis-sentinel >/dev/null || need+=(redis-sentinel)  # scripts/sentinel_group.py (failover test)
+command -v ip >/dev/null || need+=(iproute2)  # scripts/docker_node.py: lo up in the node's network namespace
+command -v unshare >/dev/null || need+=(util-linux)  # scripts/docker_node.py: the node's own network namespace
 command -v docker-registry >/dev/null || need+=(docker-registry)  # loopback registries of the suite/bench (scripts/registry.py)
 command -v htpasswd >/dev/null || need+=(apache2-utils)           # the private one's bcrypt htpasswd file
 if [ ${#need[@]} -gt 0 ]; then

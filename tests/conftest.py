@@ -199,18 +199,30 @@ def spawn_worker(redis_url, unique, docker_client, tmp_path):
     entry = Path(sys.executable).with_name("dockrq-worker")
     base = [str(entry)] if entry.exists() else [sys.executable, "-m", "worker.service.cli"]
     client = redis.Redis.from_url(redis_url)
+    spawn_redis_url = redis_url
     started: list[WorkerProcess] = []
 
-    def listening() -> int:
-        return len(Worker.all(queue=Queue(queue, connection=client)))
+    executor_ids = {executor_id}
 
-    def spawn(*extra: str, ready: bool = True, stop_grace: float = 1.0, env: dict | None = None) -> WorkerProcess:
+    def listening(connection=client) -> int:
+        return len(Worker.all(queue=Queue(queue, connection=connection)))
+
+    def spawn(
+        *extra: str, ready: bool = True, stop_grace: float = 1.0, env: dict | None = None,
+        executor_id: str = executor_id, redis_url: str = redis_url,
+    ) -> WorkerProcess:
+        """``executor_id``/``env={"DOCKER_HOST": ...}``: a worker of another node (tests/integration
+        docker_node); ``redis_url``: another Redis (a Sentinel URL). Their containers are the node's to remove."""
         log_path = tmp_path / f"worker-{len(started)}.log"
         args = [
             *base, "--redis-url", redis_url, "-q", queue, "--prefix", prefix,
             "--executor-id", executor_id, "--stop-grace", str(stop_grace), *extra,
         ]
-        before = listening()
+        from schemas.connections import client_from_url
+
+        connection = client if redis_url == spawn_redis_url else client_from_url(redis_url)
+        executor_ids.add(executor_id)
+        before = listening(connection)
         with open(log_path, "wb") as out:
             popen = subprocess.Popen(
                 args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
@@ -219,10 +231,14 @@ def spawn_worker(redis_url, unique, docker_client, tmp_path):
         proc = WorkerProcess(popen, log_path, queue, prefix, executor_id)
         started.append(proc)
         deadline = time.monotonic() + 20
-        while ready and listening() <= before:
-            if popen.poll() is not None or time.monotonic() > deadline:
-                pytest.fail(f"dockrq-worker did not start:\n{proc.output()}")
-            time.sleep(0.05)
+        try:
+            while ready and listening(connection) <= before:
+                if popen.poll() is not None or time.monotonic() > deadline:
+                    pytest.fail(f"dockrq-worker did not start:\n{proc.output()}")
+                time.sleep(0.05)
+        finally:
+            if connection is not client:
+                connection.close()
         return proc
 
     spawn.queue, spawn.prefix, spawn.executor_id = queue, prefix, executor_id
@@ -231,8 +247,9 @@ def spawn_worker(redis_url, unique, docker_client, tmp_path):
     for proc in started:
         proc.kill()
     client.close()
-    for container in docker_client.containers.list(all=True, filters={"label": f"dockrq.executor={executor_id}"}):
-        container.remove(force=True)
+    for executor in executor_ids:  # on the default daemon; a docker_node removes its own
+        for container in docker_client.containers.list(all=True, filters={"label": f"dockrq.executor={executor}"}):
+            container.remove(force=True)
 
 
 @pytest.fixture

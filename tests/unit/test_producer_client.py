@@ -19,6 +19,7 @@ from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
 import producer.client as client_module
+import producer.waiting as waiting_module
 from producer import (
     DuplicateExecution,
     ExecutionAlreadyFinished,
@@ -284,7 +285,7 @@ def test_wait_returns_an_outcome_written_after(producer, fake_redis):
 def test_wait_unknown_id_fails_at_once(producer, monkeypatch):
     # With the vanish grace out of reach, the only ExecutionNotFound that can end this wait
     # (rather than its TimeoutError) is the one raised before it blocks at all.
-    monkeypatch.setattr(client_module, "VANISH_GRACE_SECONDS", 3600)
+    monkeypatch.setattr(waiting_module, "VANISH_GRACE_SECONDS", 3600)
     with pytest.raises(ExecutionNotFound) as raised:
         producer.wait("nobody", timeout=10)
     assert "vanished" not in str(raised.value)
@@ -299,7 +300,7 @@ def test_wait_times_out(producer):
 
 
 def test_wait_notices_a_job_that_vanishes(producer, fake_redis, monkeypatch):
-    monkeypatch.setattr(client_module, "VANISH_GRACE_SECONDS", 0.2)
+    monkeypatch.setattr(waiting_module, "VANISH_GRACE_SECONDS", 0.2)
     producer.submit(_request("doomed"))
     threading.Timer(0.2, fake_redis.delete, ("rq:job:doomed",)).start()
     with pytest.raises(ExecutionNotFound, match="vanished"):

@@ -433,7 +433,7 @@ def _wait_for(condition, timeout=5.0):
 
 def test_worker_runs_jobs_and_mirrors_meta(fake_redis, installed, caplog):
     caplog.set_level("DEBUG")
-    installed(FakeExecutor(lines=["hello"]))
+    runtime = installed(FakeExecutor(lines=["hello"]))
     _job(fake_redis, request("a1"), "a1")
     _job(fake_redis, {"engine": {}}, "a2")
     DockrqWorker(["q"], connection=fake_redis, name="w-unit").work(burst=True)

@@ -33,6 +33,9 @@ from schemas import (
     parse_size,
 )
 
+from schemas.replication import DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS
+from schemas.redis_url import parse_redis_url
+from worker.config.deployment import DEPLOYMENT_PATTERN, default_deployment
 from worker.config.policy import POLICY_ENV_VARS, WorkerPolicy
 
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
@@ -57,6 +60,10 @@ ENV_VARS: dict[str, str] = {
     "DOCKRQ_STOP_GRACE_SECONDS": "stop_grace_seconds",
     "DOCKRQ_LOG_STREAM_MAXLEN": "log_stream_maxlen",
     "DOCKRQ_MAX_REQUEST_BYTES": "max_request_bytes",
+    # Many hosts (worker/config/deployment.py, schemas/replication.py)
+    "DOCKRQ_DEPLOYMENT": "deployment",
+    "DOCKRQ_REPLICA_ACKS": "replica_acks",
+    "DOCKRQ_REPLICA_ACK_TIMEOUT_SECONDS": "replica_ack_timeout_seconds",
     # Faults survived (worker/service/worker.py, worker/faults/)
     "DOCKRQ_HEARTBEAT_SECONDS": "heartbeat_seconds",
     "DOCKRQ_IDLE_HEARTBEAT_SECONDS": "idle_heartbeat_seconds",
@@ -110,6 +117,11 @@ class WorkerSettings(BaseModel):
     # rq job data larger than this (the request plus its rq framing) is rejected unread (worker/service/job.py).
     max_request_bytes: Annotated[int, BeforeValidator(parse_size)] = Field(default=DEFAULT_MAX_REQUEST_BYTES, ge=MIN_MAX_REQUEST_BYTES)
     policy: WorkerPolicy = Field(default_factory=WorkerPolicy)
+    # Label dockrq.deployment on every container; None: derived from prefix + Redis location.
+    deployment: Annotated[str, StringConstraints(strip_whitespace=True, pattern=DEPLOYMENT_PATTERN)] | None = None
+    # Replicas that must confirm (Redis WAIT) an outcome write; 0: none asked (schemas/replication.py).
+    replica_acks: int = Field(default=0, ge=0, le=16)
+    replica_ack_timeout_seconds: float = Field(default=DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS, gt=0, le=60)
     # A worker refreshes its rq heartbeat this often; one silent for reap_after_seconds is dead,
     # and every worker's reaper (each reap_interval_seconds) adopts or ends its executions.
     heartbeat_seconds: float = Field(default=DEFAULT_HEARTBEAT_SECONDS, ge=0.1, le=300)
@@ -132,6 +144,13 @@ class WorkerSettings(BaseModel):
     # An image pull taking longer ends its execution error/image_pull (a registry that stopped answering).
     pull_timeout_seconds: float = Field(default=DEFAULT_PULL_TIMEOUT_SECONDS, ge=1, le=86400)
 
+    @field_validator("redis_url")
+    @classmethod
+    def _readable_url(cls, value: str) -> str:
+        # Refused here, naming DOCKRQ_REDIS_URL, rather than when the first client is made.
+        parse_redis_url(value)
+        return value
+
     @field_validator("queues", mode="before")
     @classmethod
     def _lists(cls, value: Any) -> Any:
@@ -145,6 +164,11 @@ class WorkerSettings(BaseModel):
                 f"({self.heartbeat_seconds:g}): a live worker would be taken for dead"
             )
         return self
+
+    @property
+    def deployment_id(self) -> str:
+        """``deployment``, or the one derived from the prefix and the Redis location (worker/config/deployment.py)."""
+        return self.deployment or default_deployment(self.prefix, self.redis_url)
 
     @property
     def allowed_mount_roots(self) -> tuple[str, ...]:

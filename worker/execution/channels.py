@@ -22,6 +22,7 @@ from schemas import LOG_STREAM_FIELD, WRITE_OUTCOME_LUA, Event, ExecutionState, 
 from schemas.connections import WRITE_BACKOFF, OutageBudget, ride_out_outage, within_budget
 from worker.config.settings import DEFAULT_OUTCOME_RETRY_SECONDS
 from worker.execution.log_compaction import LogKeeper
+from worker.execution.replicated import ReplicaAcks, confirm_outcome
 from worker.observe import metrics
 
 if TYPE_CHECKING:
@@ -56,6 +57,7 @@ class ExecutionChannels:
         job: Job | None = None,
         outcome_retry_seconds: float = DEFAULT_OUTCOME_RETRY_SECONDS,
         log_retention_seconds: int | None = None,
+        acks: ReplicaAcks | None = None,
     ) -> None:
         self.connection = connection
         self.keys = keys
@@ -68,6 +70,7 @@ class ExecutionChannels:
         self._keeper = LogKeeper()
         self.job = job
         self.outcome_retry_seconds = outcome_retry_seconds
+        self.acks = acks  # DOCKRQ_REPLICA_ACKS: the outcome write is confirmed by replicas (WAIT)
         # One clock for the log batches, the eof and the outcome, so an ending waits for
         # Redis about outcome_retry_seconds in all, not that long for each of them.
         self.budget = OutageBudget(outcome_retry_seconds)
@@ -226,14 +229,22 @@ class ExecutionChannels:
         True when this call's outcome is the one stored. Raises the last Redis
         error once Redis has been unreachable for outcome_retry_seconds.
         """
+        payload = outcome.model_dump_json()
         self._ending_status = outcome.status.value  # which status index _store_outcome adds the id to
         written = within_budget(
-            lambda: self._store_outcome(outcome.model_dump_json()),
+            lambda: self._store_outcome(payload),
             self.budget,
             self._outcome_not_written,
             backoff=WRITE_BACKOFF,
         )
         if written:
+            if self.acks:  # DOCKRQ_REPLICA_ACKS; a failover mid-way: written again (first writer wins) and confirmed
+                within_budget(
+                    lambda: confirm_outcome(self.acks, self.connection, self.execution_id, lambda: self._store_outcome(payload)),
+                    self.budget,
+                    lambda exc: log.warning("execution %s: outcome not confirmed by replicas yet: %s", self.execution_id, exc),
+                    backoff=WRITE_BACKOFF,
+                )
             metrics.outcome_written(outcome)
             self.set_state(
                 ExecutionState(outcome.status.value), exit_code=outcome.exit_code,

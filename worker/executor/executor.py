@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from concurrent.futures import Future, InvalidStateError
 from concurrent.futures import wait as futures_wait
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -87,6 +87,7 @@ class DockerExecutor:
         pull_timeout_seconds: float = 300.0,
         retention_seconds: float = 3600.0,
         keep_containers: bool = False,
+        labels: Mapping[str, str] | None = None,
     ) -> None:
         if not executor_id or not executor_id.strip():
             raise ValueError("executor_id must not be empty")
@@ -97,6 +98,8 @@ class DockerExecutor:
         self.stop_grace_seconds = stop_grace_seconds
         self.retention_seconds = retention_seconds
         self.keep_containers = keep_containers
+        # Extra labels on every container (e.g. dockrq.deployment); the executor's own win on a clash.
+        self.labels = dict(labels or {})
         self._handlers: dict[str, ExecutionHandler] = {}
         self._lock = threading.Lock()
         self._oom = OomWatcher(self.client, executor_id)
@@ -137,6 +140,9 @@ class DockerExecutor:
             spec = build_container_spec(request, self.executor_id, self.policy)
         except StartError as exc:  # e.g. GPU device nodes missing: recorded like any start error
             spec, refused = None, exc
+        if spec is not None:
+            for key, value in self.labels.items():
+                spec.labels.setdefault(key, value)  # the same dict the create call sends
         self._prune_expired()
         with self._lock:
             existing = self._handlers.get(request.execution_id)

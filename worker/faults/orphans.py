@@ -7,7 +7,8 @@ container's (several workers, and nodes, may share one daemon; ownership goes
 execution id -> rq job -> worker liveness). Containers of executions whose
 outcome exists, whose job is back on the queue or has ended are removed;
 containers unknown to this deployment's Redis (another prefix, a standalone
-executor) are left alone.
+executor, or this deployment's own whose data Redis lost: ``worker.faults.forgotten``)
+are left alone here.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """The reaper: every worker finishes what dead workers left behind.
 
 Each dockrq worker runs one reaper thread (every ``reap_interval_seconds``, and
-once at start-up, before rq's own registry maintenance). A pass runs four sweeps,
+once at start-up, before rq's own registry maintenance). A pass runs five sweeps,
 each its own unit:
 
 1. ``worker.faults.dead_workers``: started jobs of dead workers, adopted, settled,
@@ -9,9 +9,11 @@ each its own unit:
 2. ``worker.faults.dequeued``: jobs taken off the queue by a worker that died
    before starting them, put back;
 3. ``worker.faults.failed``: jobs rq failed without an outcome, ended ``lost``;
-4. ``worker.faults.orphans``: labelled containers on this daemon nobody owns, removed.
+4. ``worker.faults.orphans``: labelled containers on this daemon nobody owns, removed;
+5. ``worker.faults.forgotten``: this deployment's containers whose executions Redis
+   no longer knows (data lost or expired), removed; another deployment's never.
 
-Sweeps 1-3 look at the worker's queues; 4 (and the container side of 1) only
+Sweeps 1-3 look at the worker's queues; 4 and 5 (and the container side of 1) only
 while this worker's Docker daemon answers. Shared tools (reap lock, lost
 outcomes, container removal, the report) are in ``worker.faults.sweep``.
 """
@@ -31,6 +33,7 @@ from worker.faults.adoption import Adoptions
 from worker.faults.dead_workers import DeadWorkersSweep
 from worker.faults.dequeued import DequeuedJobsSweep
 from worker.faults.failed import FailedJobsSweep
+from worker.faults.forgotten import ForgottenContainersSweep
 from worker.faults.liveness import Liveness, rq_heartbeat_ttl
 from worker.faults.orphans import OrphanContainersSweep
 from worker.faults.sweep import Pass, ReapReport, SweepContext
@@ -62,6 +65,7 @@ class Reaper:
         self.dequeued = DequeuedJobsSweep(ctx)
         self.failed = FailedJobsSweep(ctx)
         self.orphans = OrphanContainersSweep(ctx)
+        self.forgotten = ForgottenContainersSweep(ctx)
         self._pass_lock = threading.Lock()
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
@@ -120,6 +124,7 @@ class Reaper:
             self.dequeued.run(queue, p)
             self.failed.run(queue, p)
         self.orphans.run(p)
+        self.forgotten.run(p)
         return p.report
 
     def _clock(self) -> tuple[float, float]:

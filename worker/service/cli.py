@@ -23,7 +23,7 @@ from rq.serializers import JSONSerializer
 from rq.worker_pool import WorkerPool
 
 from schemas import format_size
-from schemas.connections import client_from_url
+from schemas.connections import client_from_url, describe_redis_error
 from worker.executor import CleanupError, DockerUnavailableError, ExecutorError
 
 from worker.service import doctor
@@ -217,7 +217,7 @@ def _one_line_errors(fn: Callable[..., Any]) -> Callable[..., Any]:
         except (SettingsError, DockerUnavailableError, ExecutorError, MetricsError) as exc:
             raise click.ClickException(str(exc)) from None
         except redis.RedisError as exc:
-            raise click.ClickException(f"Redis: {exc}") from None
+            raise click.ClickException(f"Redis: {describe_redis_error(exc)}") from None
 
     return wrapper
 

@@ -18,6 +18,8 @@ from rq.exceptions import NoSuchJobError
 from rq.job import Job
 from rq_dashboard import web
 
+from schemas.connections import client_from_url
+
 
 class DashboardWorker(Worker):
     """rq's Worker as the dashboard lists it: serializer from ``--json``, gone jobs shown as idle."""
@@ -46,6 +48,16 @@ def serialize_current_job(job: Job | None) -> Any:
 
 web.Worker = DashboardWorker
 web.serialize_current_job = serialize_current_job
+
+
+def _connect(url: str, **_options: Any) -> tuple[None, Any]:
+    """rq-dashboard's Redis factory (``redis_sentinel_url.connect``), replaced by dockrq's own
+    (``schemas.connections.client_from_url``), so the dashboard reads ``DOCKRQ_REDIS_URL`` exactly
+    as workers and the CLI do: a ``redis+sentinel://`` URL's user too, the same options and Retry."""
+    return None, client_from_url(url)
+
+
+web.from_url = _connect
 
 # Job lists, counts and pages that tell executions' endings apart, safe buttons (worker/observe/dashboard_views.py).
 from worker.observe import dashboard_views  # noqa: E402,F401 - registers on import, before rq-dashboard registers its blueprint

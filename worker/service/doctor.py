@@ -12,7 +12,7 @@ from dataclasses import dataclass
 import redis
 
 from schemas import ExecutionRequest, ExecutionStatus, Keys
-from schemas.connections import client_from_url
+from schemas.connections import client_from_url, describe_redis_error
 from worker.executor import DockerUnavailableError, ExecutorError
 from worker.service.runtime import build_executor
 
@@ -36,6 +36,11 @@ def redis_target(connection: redis.Redis) -> str:
     """Where a client points, without its credentials."""
     pool = connection.connection_pool
     kw = pool.connection_kwargs
+    service = getattr(pool, "service_name", None)
+    if service is not None:  # redis.sentinel.SentinelConnectionPool
+        sentinels = ",".join(f"{c.connection_pool.connection_kwargs.get('host')}:{c.connection_pool.connection_kwargs.get('port')}"
+                             for c in pool.sentinel_manager.sentinels)
+        return f"redis+sentinel://{sentinels}/{service}/{kw.get('db', 0)}"
     if kw.get("path"):
         return f"unix://{kw['path']}?db={kw.get('db', 0)}"
     scheme = "rediss" if issubclass(pool.connection_class, redis.SSLConnection) else "redis"
@@ -57,7 +62,7 @@ def check_redis(settings: WorkerSettings) -> Check:
     except redis.AuthenticationError as exc:
         return Check("redis", False, f"{target}: authentication failed ({exc})")
     except redis.RedisError as exc:
-        return Check("redis", False, f"{target}: not reachable ({exc})")
+        return Check("redis", False, f"{target}: not reachable ({describe_redis_error(exc)})")
     finally:
         connection.close()
     if problem:

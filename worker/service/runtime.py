@@ -24,6 +24,8 @@ from schemas.connections import REDIS_DOWN, client_from_url
 from worker.executor import ExecutorError, new_executor
 
 from worker.execution.channels import ExecutionChannels
+from worker.execution.replicated import ReplicaAcks
+from worker.config.deployment import LABEL_DEPLOYMENT
 from worker.config.settings import WorkerSettings
 from worker.observe import metrics
 
@@ -37,10 +39,11 @@ log = logging.getLogger(__name__)
 
 def build_executor(settings: WorkerSettings) -> DockerExecutor:
     """The Docker executor of a worker with ``settings``: its executor id, the executor's part of
-    its policy (mounts, network), its stop grace and its pull timeout. Raises DockerUnavailableError."""
+    its policy (mounts, network), its stop grace, its pull timeout, and the deployment label on every
+    container (``dockrq.deployment``, worker.config.deployment). Raises DockerUnavailableError."""
     return new_executor(
         settings.executor_id, policy=settings.policy.executor_policy, stop_grace_seconds=settings.stop_grace_seconds,
-        pull_timeout_seconds=settings.pull_timeout_seconds,
+        pull_timeout_seconds=settings.pull_timeout_seconds, labels={LABEL_DEPLOYMENT: settings.deployment_id},
     )
 
 
@@ -121,6 +124,9 @@ class WorkerRuntime:
         self.settings = settings
         self.heartbeat_interval = settings.heartbeat_seconds
         self.keys = Keys(settings.prefix)
+        self.acks = ReplicaAcks(
+            settings.replica_acks, settings.replica_ack_timeout_seconds, marker_key=self.keys.replication_marker
+        )
         self.worker: WorkerHooks | None = None
         self._executor = executor
         self._connection = connection
@@ -172,6 +178,7 @@ class WorkerRuntime:
             job=job,
             outcome_retry_seconds=s.outcome_retry_seconds,
             log_retention_seconds=s.log_retention_seconds,
+            acks=self.acks,
         )
 
     # -- running executions --------------------------------------------------
