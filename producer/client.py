@@ -326,7 +326,7 @@ class Producer(SubmitPlanner, OutputsMixin):
         has ended without one. Raises ExecutionNotFound for an unknown id.
         """
         self._check_id(execution_id)
-        if not self._client.exists(self.keys.log_stream(execution_id)):
+        if not self._client.exists(self.keys.log_stream(execution_id), self.keys.log_compact(execution_id)):
             self._require_known(execution_id)
         reader = LogReader(
             self._client,
@@ -336,6 +336,7 @@ class Producer(SubmitPlanner, OutputsMixin):
             tail=tail,
             follow=follow,
             is_over=lambda: self._is_over(execution_id),
+            compact_key=self.keys.log_compact(execution_id),
         )
         return iter(reader)
 

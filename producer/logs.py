@@ -9,6 +9,11 @@ deduplication. A live batch that starts past what we have means messages were
 missed (slow consumer, reconnect): the stream is read again from the last id
 we saw. Entries the stream no longer holds (it is capped) are skipped over, so
 a reader never stalls on a gap that cannot be filled.
+
+Once an execution has ended, its worker may have replaced the stream with the
+compact log ``P:exec:ID:logz`` (``schemas.compact_log``): wherever the stream is
+found missing, the reader reads that one string instead (the same batches, by
+``seq``), so history, follow and catch-up work across the switch.
 """
 
 from __future__ import annotations
@@ -22,6 +27,7 @@ import redis
 from redis.client import PubSub
 
 from schemas import LogBatch, LogEntry
+from schemas.compact_log import read_compact_log
 from schemas.connections import BLOCK_SLICE_SECONDS, BLOCKING_SOCKET_TIMEOUT, REDIS_DOWN, ride_out_outage
 
 from .tail import tail_lines
@@ -91,6 +97,7 @@ class LogReader:
         follow: bool = True,
         is_over: Callable[[], bool],
         slice_seconds: float = BLOCK_SLICE_SECONDS,
+        compact_key: str | None = None,
     ) -> None:
         self._client = client
         self._blocking = blocking
@@ -100,6 +107,7 @@ class LogReader:
         self._follow = follow
         self._is_over = is_over
         self._slice = slice_seconds
+        self._compact_key = compact_key
         self.cursor = LogCursor()
 
     def __iter__(self) -> Iterator[LogEntry]:
@@ -128,6 +136,7 @@ class LogReader:
             newest_first.extend((entry_id, LogBatch.from_stream_entry(fields)) for entry_id, fields in page)
             exhausted = len(page) < (_PAGE if wanted else 1)
             if not newest_first:
+                yield from self._compact_tail(wanted)
                 return
             entries = _entries_of(reversed(newest_first))
             kept, sure = tail_lines(entries, wanted)
@@ -140,10 +149,28 @@ class LogReader:
         self.cursor.last_id = newest_id
         yield from kept
 
+    def _compact_tail(self, wanted: int) -> Iterator[LogEntry]:
+        """The last ``wanted`` lines of an ended log whose stream was replaced by the compact key."""
+        compact = self._compact()
+        if not compact:
+            return
+        kept, _ = tail_lines(_entries_of((b"", batch) for batch in compact), wanted)
+        self.cursor.next_seq = compact[-1].seq + len(compact[-1].entries)
+        self.cursor.eof = any(batch.eof for batch in compact)
+        yield from kept
+
     def _catch_up(self) -> Iterator[LogEntry]:
         """Everything the stream holds after the last id read, deduplicated by seq."""
+        first = True
         while not self.cursor.eof:
             page = self._client.xrange(self._stream, "(" + self.cursor.last_id.decode(), "+", count=_PAGE)
+            if first and not page:
+                compact = self._compact()
+                if compact is not None:
+                    for batch in compact:
+                        yield from self.cursor.take(batch, skip_gap=True) or ()
+                    return
+            first = False
             for entry_id, fields in page:
                 self.cursor.last_id = entry_id
                 yield from self.cursor.take(LogBatch.from_stream_entry(fields), skip_gap=True) or ()
@@ -151,6 +178,12 @@ class LogReader:
                     return
             if len(page) < _PAGE:
                 return
+
+    def _compact(self) -> list[LogBatch] | None:
+        """The ended log's batches, when the stream was replaced by the compact key."""
+        if self._compact_key is None or self._client.exists(self._stream):
+            return None
+        return read_compact_log(self._client, self._compact_key)
 
     # -- live --------------------------------------------------------------
 

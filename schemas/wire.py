@@ -73,6 +73,10 @@ class Keys:
     def log_stream(self, execution_id: str) -> str:
         return f"{self.prefix}:exec:{execution_id}:log"
 
+    def log_compact(self, execution_id: str) -> str:
+        """An ended execution's whole log as one string, in place of ``log_stream`` (schemas.compact_log)."""
+        return f"{self.prefix}:exec:{execution_id}:logz"
+
     def claim(self, execution_id: str) -> str:
         """Set NX by the producer that submits this id, so two submits never both enqueue it."""
         return f"{self.prefix}:exec:{execution_id}:claimed"

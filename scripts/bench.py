@@ -17,6 +17,9 @@ What is measured (see BENCHMARKS.md for the method and a recorded run):
   docker-py's attach stream vs followed end to end with ``Producer.logs``;
   lost and duplicated lines counted;
 * peak RSS of the worker processes while a container writes 1 GiB;
+* what one execution costs (issue 14, scripts/bench_cost.py, on a private
+  redis-server): Redis commands and retained bytes per execution, an idle
+  worker's commands per second, worker CPU per execution beside the raw client's.
 * files in and out of a 16 MiB directory through dockrq against ``docker cp``
   (scripts/bench_files.py);
 * an image pull: ``docker pull`` vs a pull through dockrq of a ~200 MB image from a
@@ -54,6 +57,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
+from bench_cost import measure_cost
 from bench_pull import measure_pull
 from producer import Producer
 from schemas import WRITE_OUTCOME_LUA, ExecutionStatus, Outcome, parse_size
@@ -70,8 +74,8 @@ LINE_BYTES = 8 + 1 + len(LINE_PAD) + 1  # "00000001 <pad>\n"
 RETENTION = 900  # seconds: anything the cleanup misses expires on its own
 
 TARGETS = {  # key: (comparison, bound, what the issue asks)
-    "throughput_ratio_c1": (">=", 0.9, "throughput >= 0.9 x raw at concurrency 1"),
-    "throughput_ratio_c4": (">=", 0.9, "throughput >= 0.9 x raw at concurrency 4"),
+    "throughput_ratio_c1": (">=", 0.95, "throughput >= 0.95 x raw at concurrency 1"),
+    "throughput_ratio_c4": (">=", 0.95, "throughput >= 0.95 x raw at concurrency 4"),
     "overhead_p50_ms": ("<=", 30.0, "p50 overhead per execution <= 30 ms"),
     "enqueue_per_s": (">=", 5000.0, "submit_many >= 5,000 executions/s"),
     "wake_p50_ms": ("<=", 5.0, "waiter wake p50 <= 5 ms"),
@@ -79,10 +83,17 @@ TARGETS = {  # key: (comparison, bound, what the issue asks)
     "lost_lines": ("<=", 0, "0 lost log lines"),
     "duplicated_lines": ("<=", 0, "0 duplicated log lines"),
     "worker_peak_rss_mb": ("<=", 150.0, "worker peak RSS <= 150 MB at 1 GiB of output"),
+    # issue 14: what one execution costs the shared Redis and the worker (scripts/bench_cost.py)
+    "redis_commands_per_execution": ("<=", 40.0, "Redis commands per execution <= 40"),
+    "redis_bytes_per_execution": ("<=", 4096.0, "Redis bytes per retained execution <= 4,096"),
+    "idle_worker_commands_per_s": ("<=", 2.0, "idle worker Redis commands/s <= 2"),
+    "worker_cpu_ms_per_execution": ("<=", 12.0, "worker CPU per execution <= 12 ms"),
     "files_in_ratio": (">=", 0.5, "files in >= 0.5 x docker cp (16 MiB directory)"),
     "files_out_ratio": (">=", 0.5, "files out >= 0.5 x docker cp (16 MiB directory)"),
     "pull_ratio": (">=", 0.9, "image pull >= 0.9 x docker pull speed (~200 MB)"),
 }
+COST_KEYS = ("redis_commands_per_execution", "redis_bytes_per_execution", "idle_worker_commands_per_s",
+             "worker_cpu_ms_per_execution", "producer_cpu_ms_per_execution", "raw_cpu_ms_per_execution")
 
 
 # -- helpers -----------------------------------------------------------------------
@@ -253,15 +264,16 @@ class Bench:
             self.workers.append(self._spawn(self.queue, f"w{n}"))
         self._wait_listening(self.queue, total, self.workers[first:])
 
-    def _spawn(self, queue: str, name: str) -> subprocess.Popen[bytes]:
+    def _spawn(self, queue: str, name: str, *, redis_url: str | None = None,
+               retention: int = RETENTION) -> subprocess.Popen[bytes]:
         entry = Path(sys.executable).with_name("dockrq-worker")
         base = [str(entry)] if entry.exists() else [sys.executable, "-m", "worker.service.cli"]
         # the log test keeps every line in the result: allow its output_limit_bytes
-        env = {**os.environ, "DOCKRQ_RETENTION_SECONDS": str(RETENTION), "DOCKRQ_MAX_OUTPUT_BYTES": "1g",
+        env = {**os.environ, "DOCKRQ_RETENTION_SECONDS": str(retention), "DOCKRQ_MAX_OUTPUT_BYTES": "1g",
                # the files figures may move more than the default 16 MiB (--files-mib)
                "DOCKRQ_MAX_INPUT_BYTES": "1g", "DOCKRQ_MAX_OUTPUT_FILES_BYTES": "1g"}
         args = [
-            *base, "--redis-url", self.args.redis_url, "-q", queue, "--prefix", self.prefix,
+            *base, "--redis-url", redis_url or self.args.redis_url, "-q", queue, "--prefix", self.prefix,
             "--executor-id", self.executor_id, "--stop-grace", "1", "--log-level", "WARNING",
             "--name", f"{self.executor_id}-{name}",
         ]
@@ -269,11 +281,12 @@ class Bench:
         return subprocess.Popen(args, stdout=out, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True)
 
-    def _wait_listening(self, queue: str, total: int, started: list[subprocess.Popen[bytes]]) -> None:
+    def _wait_listening(self, queue: str, total: int, started: list[subprocess.Popen[bytes]],
+                        connection: redis.Redis | None = None) -> None:
         from rq import Queue, Worker
 
         deadline = time.monotonic() + 60
-        q = Queue(queue, connection=self.redis)
+        q = Queue(queue, connection=connection or self.redis)
         while len(Worker.all(queue=q)) < total:
             dead = [p for p in started if p.poll() is not None]
             if dead or time.monotonic() > deadline:
@@ -281,14 +294,18 @@ class Bench:
             time.sleep(0.05)
 
     def stop_workers(self) -> None:
-        for p in self.workers:
+        self.stop_workers_of(list(self.workers))
+
+    def stop_workers_of(self, workers: list[subprocess.Popen[bytes]]) -> None:
+        """SIGTERM each worker's process group, then SIGKILL what is left after 5 s."""
+        for p in workers:
             if p.poll() is None:
                 try:
                     os.killpg(p.pid, signal.SIGTERM)
                 except ProcessLookupError:
                     pass
         deadline = time.monotonic() + 5
-        for p in self.workers:
+        for p in workers:
             try:
                 p.wait(max(0.1, deadline - time.monotonic()))
             except subprocess.TimeoutExpired:
@@ -298,7 +315,8 @@ class Bench:
             except (ProcessLookupError, PermissionError):
                 pass
             p.wait(5)
-        self.workers.clear()
+            if p in self.workers:
+                self.workers.remove(p)
 
     # -- submit_many -------------------------------------------------------------
 
@@ -540,6 +558,10 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     load_before = os.getloadavg()
     try:
         with progress:
+            # -- cost per execution on a private Redis (first: the machine is quietest) --
+            task = progress.add_task("cost: Redis commands, bytes, CPU", total=2 * args.cost_executions)
+            cost = measure_cost(bench, args.cost_executions, args.idle_seconds, lambda: progress.advance(task))
+
             # -- throughput and latency: raw vs dockrq, alternating rounds --
             for c in CONCURRENCY:
                 task = progress.add_task(f"workers: starting {c}", total=None)
@@ -628,6 +650,8 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     result["raw_lost_lines"] = sum(x["lost_lines"] for x in log_raw)
     result["worker_peak_rss_mb"] = rss["worker_peak_rss_mb"]
     result["worker_baseline_rss_mb"] = rss["worker_baseline_rss_mb"]
+    for key in COST_KEYS:
+        result[key] = cost[key]
     result.update({k: v for k, v in files.items() if k != "seconds"})
     result["pull_ratio"] = pull["pull_ratio"]
     result["targets"] = {
@@ -636,13 +660,14 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     }
     result["details"] = {
         "concurrency": per_c, "logs": {"raw": log_raw, "dockrq": log_ours}, "rss": rss,
-        "enqueue": enqueue, "wake": wake, "files": files, "pull": pull, "cleanup": cleaned,
+        "enqueue": enqueue, "wake": wake, "cost": cost, "files": files, "pull": pull, "cleanup": cleaned,
     }
     result["run"] = {
         "token": bench.token, "quick": args.quick, "samples_per_concurrency": {c: len(raw[c][0]) for c in CONCURRENCY},
         "rounds": {c: len(rounds_of[c]) for c in CONCURRENCY},
         "log_lines": args.log_lines, "rss_bytes": args.rss_bytes, "enqueue": args.enqueue,
-        "wake_samples": args.wake_samples, "files_mib": args.files_mib, "files_rounds": args.files_rounds,
+        "wake_samples": args.wake_samples, "cost_executions": args.cost_executions, "idle_seconds": args.idle_seconds,
+        "files_mib": args.files_mib, "files_rounds": args.files_rounds,
         "image": args.image, "seconds": round(time.time() - started, 1),
         "started": time.strftime("%Y-%m-%dT%H:%M:%S%z", time.localtime(started)),
         "machine": _machine(),
@@ -712,6 +737,12 @@ def render(result: dict[str, Any], console: Console) -> None:
     other.add_row("worker RSS baseline / peak",
                   f"{d['rss']['worker_baseline_rss_mb']:.1f} / {d['rss']['worker_peak_rss_mb']:.1f} MB "
                   f"({d['rss']['output_bytes'] >> 20} MiB written)")
+    c = d["cost"]
+    other.add_row("Redis per execution", f"{c['redis_commands_per_execution']:.1f} commands, "
+                  f"{c['redis_bytes_per_execution']:,} bytes retained ({c['executions']} x {' '.join(c['command'])})")
+    other.add_row("idle worker", f"{c['idle_worker_commands_per_s']:.2f} Redis commands/s")
+    other.add_row("CPU per execution", f"worker {c['worker_cpu_ms_per_execution']:.1f} ms, producer "
+                  f"{c['producer_cpu_ms_per_execution']:.1f} ms, raw docker-py {c['raw_cpu_ms_per_execution']:.1f} ms")
     other.add_row(f"files in: dockrq / docker cp ({result['files_mib']} MiB)",
                   f"{result['files_in_mb_per_s']:.1f} / {result['docker_cp_in_mb_per_s']:.1f} MB/s")
     other.add_row(f"files out: dockrq / docker cp ({result['files_mib']} MiB)",
@@ -721,7 +752,7 @@ def render(result: dict[str, Any], console: Console) -> None:
                   f"redis {run['machine'].get('redis')}; load {run['loadavg_1m'][0]} -> {run['loadavg_1m'][1]}")
     console.print(other)
 
-    targets = Table(title="targets (issue 5)")
+    targets = Table(title="targets (issues 5 and 14)")
     for col, justify in (("goal", "left"), ("value", "right"), ("target", "right"), ("met", "center")):
         targets.add_column(col, justify=justify)
     for t in result["targets"].values():
@@ -746,6 +777,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--enqueue", type=int, help="executions enqueued with submit_many")
     p.add_argument("--enqueue-batch", type=int, help="requests per submit_many call")
     p.add_argument("--wake-samples", type=int)
+    p.add_argument("--cost-executions", type=int, help="executions of the cost probe (private Redis)")
+    p.add_argument("--idle-seconds", type=float, help="how long the cost probe watches an idle worker")
     p.add_argument("--files-mib", type=int, help="size of the files directory, in 1 MiB files (default 16)")
     p.add_argument("--files-rounds", type=int, help="alternating rounds of the four files measures")
     p.add_argument("--pull-mb", type=int, help="size of the pulled image in MB (default 200; --quick 20)")
@@ -756,8 +789,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         # full run / quick run
         "samples": (60, 8), "log_lines": (200_000, 20_000), "log_rounds": (3, 1),
         "rss_bytes": (1 << 30, 64 << 20), "enqueue": (20_000, 2_000), "enqueue_batch": (1_000, 1_000),
-        "wake_samples": (200, 30), "files_mib": (16, 16), "files_rounds": (5, 2), "pull_mb": (200, 20),
-        "pull_rounds": (3, 1),
+        "wake_samples": (200, 30), "cost_executions": (100, 20), "idle_seconds": (30.0, 12.0),
+        "files_mib": (16, 16), "files_rounds": (5, 2), "pull_mb": (200, 20), "pull_rounds": (3, 1),
     }
     for name, (full, quick) in defaults.items():
         if getattr(args, name) is None:

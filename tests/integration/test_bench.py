@@ -21,6 +21,8 @@ ROOT = Path(__file__).resolve().parents[2]
 REQUIRED = [
     "throughput_ratio_c1", "throughput_ratio_c4", "overhead_p50_ms", "enqueue_per_s", "wake_p50_ms",
     "log_follow_ratio", "lost_lines", "worker_peak_rss_mb", "files_in_ratio", "files_out_ratio", "pull_ratio",
+    "redis_commands_per_execution", "redis_bytes_per_execution", "idle_worker_commands_per_s",
+    "worker_cpu_ms_per_execution",
 ]
 POSITIVE = [
     "raw_c1_per_s", "raw_c2_per_s", "raw_c4_per_s", "dockrq_c1_per_s", "dockrq_c2_per_s", "dockrq_c4_per_s",
@@ -29,6 +31,8 @@ POSITIVE = [
     "wake_p95_ms", "log_raw_lines_per_s", "log_follow_lines_per_s", "log_follow_ratio",
     "worker_peak_rss_mb", "worker_baseline_rss_mb", "files_in_mb_per_s", "files_out_mb_per_s",
     "docker_cp_in_mb_per_s", "docker_cp_out_mb_per_s", "files_in_ratio", "files_out_ratio", "pull_ratio",
+    "redis_commands_per_execution", "redis_bytes_per_execution", "idle_worker_commands_per_s",
+    "worker_cpu_ms_per_execution", "producer_cpu_ms_per_execution", "raw_cpu_ms_per_execution",
 ]
 
 
@@ -37,12 +41,13 @@ def test_quick_bench_reports_every_figure_and_cleans_up(tmp_path, redis_url, red
     args = [
         sys.executable, str(ROOT / "scripts" / "bench.py"), "--quick", "--samples", "3", "--log-lines", "500",
         "--rss-bytes", "4m", "--enqueue", "200", "--enqueue-batch", "100", "--wake-samples", "5", "--pull-mb", "4",
+        "--cost-executions", "3", "--idle-seconds", "2",
         "--files-mib", "2", "--files-rounds", "1",
         "--redis-url", redis_url, "--image", test_image, "--json", str(out),
     ]
     proc = subprocess.run(args, cwd=ROOT, capture_output=True, text=True, timeout=240)
     assert proc.returncode == 0, proc.stderr[-4000:]
-    assert "targets (issue 5)" in proc.stdout  # the readable table
+    assert "targets (issues 5 and 14)" in proc.stdout  # the readable table
 
     result = json.loads(out.read_text())
     for key in REQUIRED + POSITIVE + ["duplicated_lines", "overhead_p95_ms", "overhead_p50_paired_ms", "raw_lost_lines"]:
@@ -60,6 +65,11 @@ def test_quick_bench_reports_every_figure_and_cleans_up(tmp_path, redis_url, red
         assert sum(len(r["dockrq"]["latencies_ms"]) for r in row["rounds"]) == 3
         assert row["raw"]["p95_ms"] >= row["raw"]["p50_ms"] > 0
     assert result["details"]["enqueue"]["queue_length"] == 200 + 100  # + the warm-up batch
+    cost = result["details"]["cost"]
+    assert cost["executions"] == 3 and cost["commands_by_name_per_execution"]
+    # the last execution's keys were measured one by one: its outcome at least
+    assert cost["memory_usage_of_one_execution"]["total_of_keys"] > 0
+    assert any(k.endswith(":outcome") for k in cost["memory_usage_of_one_execution"])
     assert result["files_mib"] == 2 and all(len(v) == 1 for v in result["details"]["files"]["seconds"].values())
     assert set(result["targets"]) >= set(REQUIRED)
     assert all(isinstance(t["met"], bool) for t in result["targets"].values())

@@ -18,6 +18,7 @@ from rq.registry import FailedJobRegistry, StartedJobRegistry
 from rq.serializers import JSONSerializer
 
 from scripts.faults import FAST_REAP_ENV
+from schemas.compact_log import log_batches
 from schemas import ExecutionStatus, Keys, LogBatch
 
 pytestmark = pytest.mark.integration
@@ -61,8 +62,8 @@ def _containers(docker_client, execution_id):
 
 
 def _replay(redis_client, prefix, execution_id) -> list[LogBatch]:
-    entries = redis_client.xrange(Keys(prefix).log_stream(execution_id))
-    return [LogBatch.model_validate_json(f[b"batch"]) for _, f in entries]
+    # the stream, or the compact log that replaced it once the log ended (issue 14)
+    return log_batches(redis_client, Keys(prefix).log_stream(execution_id), Keys(prefix).log_compact(execution_id))
 
 
 def _rq_status(redis_client, execution_id) -> str:

@@ -346,8 +346,9 @@ def test_no_pickle_on_the_wire_and_environment_values_stay_in_the_job_data(
     assert (func, instance, kwargs, args[0]["engine"]["env"]) == ("worker.jobs.execute", None, {}, {"SECRET": SECRET})
     assert json.loads(raw[b"meta"]) == job.meta and job.meta["status"] == "succeeded"
     assert SECRET not in (job.description or "")
-    results = redis_client.xrange(f"rq:results:{eid}")
-    assert results and all(json.loads(base64.b64decode(f[b"return_value"])) for _, f in results)
+    # one copy of the result (issue 14): the outcome, no rq results stream
+    assert not redis_client.exists(f"rq:results:{eid}")
+    assert json.loads(redis_client.lindex(keys.outcome(eid), 0))["status"] == "succeeded"
 
     # pub/sub: events and live logs carried no pickle and no value
     assert events and all(not m.startswith(b"\x80") and SECRET.encode() not in m for m in events)

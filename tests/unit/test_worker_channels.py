@@ -10,6 +10,7 @@ import pytest
 from rq import Queue
 from rq.serializers import JSONSerializer
 
+from schemas.compact_log import read_compact_log
 from schemas import Event, ExecutionState, ExecutionStatus, Keys, LogBatch, LogEntry, Outcome
 from worker.execution.channels import ExecutionChannels
 
@@ -28,7 +29,9 @@ def entries(n, start=0):
 
 
 def stream_batches(redis, execution_id="e1"):
-    return [LogBatch.model_validate_json(fields[b"batch"]) for _, fields in redis.xrange(KEYS.log_stream(execution_id))]
+    """The replay: the stream's batches, or those of the compact log that replaced it once the log ended."""
+    stream = [LogBatch.model_validate_json(fields[b"batch"]) for _, fields in redis.xrange(KEYS.log_stream(execution_id))]
+    return stream or read_compact_log(redis, KEYS.log_compact(execution_id)) or []
 
 
 def drain(pubsub, quiet=0.2):
@@ -191,7 +194,9 @@ def test_log_batches_have_gap_free_seq_then_eof(fake_redis):
     ]
     replay = stream_batches(fake_redis)
     assert [(b.seq, len(b.entries), b.eof) for b in replay] == [(0, 3, False), (3, 2, False), (5, 0, True)]
-    assert 0 < fake_redis.ttl(KEYS.log_stream("e1")) <= 60
+    # the ended small log is one string now (issue 14), with the stream's retention
+    assert not fake_redis.exists(KEYS.log_stream("e1"))
+    assert 0 < fake_redis.ttl(KEYS.log_compact("e1")) <= 60
 
 
 def test_log_stream_is_capped(fake_redis):

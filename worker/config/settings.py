@@ -42,6 +42,7 @@ DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 DEFAULT_LOG_STREAM_MAXLEN = 10_000
 DEFAULT_STOP_GRACE_SECONDS = 10.0
 DEFAULT_HEARTBEAT_SECONDS = 10.0
+DEFAULT_IDLE_HEARTBEAT_SECONDS = 60.0
 DEFAULT_REAP_AFTER_SECONDS = 30.0
 DEFAULT_REAP_INTERVAL_SECONDS = 10.0
 DEFAULT_ORPHAN_GRACE_SECONDS = 60.0
@@ -54,6 +55,7 @@ ENV_VARS: dict[str, str] = {
     "DOCKRQ_QUEUES": "queues",
     "DOCKRQ_PREFIX": "prefix",
     "DOCKRQ_RETENTION_SECONDS": "retention_seconds",
+    "DOCKRQ_LOG_RETENTION_SECONDS": "log_retention_seconds",
     "DOCKRQ_EXECUTOR_ID": "executor_id",
     "DOCKRQ_STOP_GRACE_SECONDS": "stop_grace_seconds",
     "DOCKRQ_LOG_STREAM_MAXLEN": "log_stream_maxlen",
@@ -64,6 +66,7 @@ ENV_VARS: dict[str, str] = {
     "DOCKRQ_REPLICA_ACK_TIMEOUT_SECONDS": "replica_ack_timeout_seconds",
     # Faults survived (worker/service/worker.py, worker/faults/)
     "DOCKRQ_HEARTBEAT_SECONDS": "heartbeat_seconds",
+    "DOCKRQ_IDLE_HEARTBEAT_SECONDS": "idle_heartbeat_seconds",
     "DOCKRQ_REAP_AFTER_SECONDS": "reap_after_seconds",
     "DOCKRQ_REAP_INTERVAL_SECONDS": "reap_interval_seconds",
     "DOCKRQ_ORPHAN_GRACE_SECONDS": "orphan_grace_seconds",
@@ -104,6 +107,8 @@ class WorkerSettings(BaseModel):
     queues: tuple[Name, ...] = Field(default=(DEFAULT_QUEUE,), min_length=1, description="priority order")
     prefix: Name = DEFAULT_PREFIX
     retention_seconds: int = Field(default=DEFAULT_RETENTION_SECONDS, ge=1)
+    # An execution's log (stream or compact string) is kept this long after its last write; None: retention_seconds.
+    log_retention_seconds: int | None = Field(default=None, ge=1)
     executor_id: Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.-]{1,64}$")] = Field(
         default_factory=lambda: socket.gethostname()[:64] or "dockrq"
     )
@@ -120,6 +125,9 @@ class WorkerSettings(BaseModel):
     # A worker refreshes its rq heartbeat this often; one silent for reap_after_seconds is dead,
     # and every worker's reaper (each reap_interval_seconds) adopts or ends its executions.
     heartbeat_seconds: float = Field(default=DEFAULT_HEARTBEAT_SECONDS, ge=0.1, le=300)
+    # With no execution of its own and none adopted, a worker heartbeats this often instead:
+    # only owners of started jobs are judged by their heartbeat (worker/faults/liveness.py).
+    idle_heartbeat_seconds: float = Field(default=DEFAULT_IDLE_HEARTBEAT_SECONDS, ge=0.1, le=300)
     reap_after_seconds: float = Field(default=DEFAULT_REAP_AFTER_SECONDS, ge=0.5, le=3600)
     reap_interval_seconds: float = Field(default=DEFAULT_REAP_INTERVAL_SECONDS, ge=0.1, le=3600)
     # Containers younger than this are never removed as orphans (they may be being created).

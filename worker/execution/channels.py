@@ -3,7 +3,8 @@
 Everything here speaks the wire contract of ``schemas.wire`` and nothing else:
 the outcome list (written once, first writer wins), the live log topic plus its
 capped replay stream (one pipeline per batch, so both always carry the same
-``seq``), the global events topic and the rq job's ``meta``. Each state change
+``seq``), the compact log an ended small log becomes (``worker.execution.log_compaction``),
+the global events topic and the rq job's ``meta``. Each state change
 is one round trip; the per-execution overhead budget is a few milliseconds.
 """
 
@@ -30,6 +31,7 @@ from schemas import (
 )
 from schemas.connections import WRITE_BACKOFF, OutageBudget, ride_out_outage, within_budget
 from worker.config.settings import DEFAULT_OUTCOME_RETRY_SECONDS
+from worker.execution.log_compaction import LogKeeper
 from worker.execution.replicated import ReplicaAcks, confirm_outcome
 from worker.observe import metrics
 
@@ -64,6 +66,7 @@ class ExecutionChannels:
         log_stream_maxlen: int,
         job: Job | None = None,
         outcome_retry_seconds: float = DEFAULT_OUTCOME_RETRY_SECONDS,
+        log_retention_seconds: int | None = None,
         acks: ReplicaAcks | None = None,
     ) -> None:
         self.connection = connection
@@ -72,6 +75,9 @@ class ExecutionChannels:
         self.worker = worker
         self.retention_seconds = int(retention_seconds)
         self.log_stream_maxlen = log_stream_maxlen
+        # DOCKRQ_LOG_RETENTION_SECONDS: the log's stream or compact string lives this long (default: the retention)
+        self.log_retention_seconds = int(log_retention_seconds or retention_seconds)
+        self._keeper = LogKeeper()
         self.job = job
         self.outcome_retry_seconds = outcome_retry_seconds
         self.acks = acks  # DOCKRQ_REPLICA_ACKS: the outcome write is confirmed by replicas (WAIT)
@@ -141,10 +147,18 @@ class ExecutionChannels:
     def entries_sent(self) -> int:
         return self._sent
 
-    def resume_logs(self, entries_sent: int) -> None:
-        """Continue a log that another worker started (adoption): ``seq`` goes on from ``entries_sent``."""
+    def resume_logs(self, entries_sent: int, *, ended: bool = False) -> None:
+        """Continue a log that another worker started (adoption): ``seq`` goes on from ``entries_sent``.
+
+        That log ends in its stream (it is not compacted). ``ended``: the predecessor already
+        ended it (a compact log exists), so nothing more is shipped, eof included.
+        """
         with self._log_lock:
             self._sent = max(self._sent, entries_sent)
+            if entries_sent:
+                self._keeper.give_up()
+            if ended:
+                self._eof = True
 
     def send_logs(self, entries: Sequence[LogEntry], *, keep_trying: threading.Event | None = None) -> bool:
         """Ship one batch to the live topic and the replay stream, in one round trip.
@@ -168,6 +182,7 @@ class ExecutionChannels:
             finally:
                 self._logs_stalled = False
             self.budget.answered()
+            self._keeper.shipped(batch)
             self._sent += len(entries)
             return True
 
@@ -183,7 +198,11 @@ class ExecutionChannels:
         return self._logs_stalled and not self.gave_up
 
     def send_eof(self) -> None:
-        """The last log message, ``{"seq": total, "eof": true}``; later batches are dropped."""
+        """The last log message, ``{"seq": total, "eof": true}``; later batches are dropped.
+
+        A small log this worker shipped whole ends as the compact string ``P:exec:ID:logz``
+        (its stream deleted) rather than with the eof batch appended to its stream.
+        """
         with self._log_lock:
             if self._eof:
                 return
@@ -205,12 +224,20 @@ class ExecutionChannels:
             log.warning("execution %s: log marker not sent: %s", self.execution_id, exc)
 
     def _ship(self, batch: LogBatch) -> None:
+        """One batch to the topic and the stream; the eof of a log kept whole ends it compact instead:
+        SET the compact log, DEL the stream, then PUBLISH eof (one pipeline, in this order)."""
         payload = batch.to_json()
         stream = self.keys.log_stream(self.execution_id)
         with self.connection.pipeline(transaction=False) as pipe:
+            if batch.eof and self._keeper.queue_end(
+                pipe, batch, self.keys.log_compact(self.execution_id), stream, self.log_retention_seconds
+            ):
+                pipe.publish(self.keys.logs_channel(self.execution_id), payload)
+                pipe.execute()
+                return
             pipe.publish(self.keys.logs_channel(self.execution_id), payload)
             pipe.xadd(stream, {LOG_STREAM_FIELD: payload}, maxlen=self.log_stream_maxlen, approximate=True)
-            pipe.expire(stream, self.retention_seconds)
+            pipe.expire(stream, self.log_retention_seconds)
             pipe.execute()
 
     # -- the end ---------------------------------------------------------------

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Protocol
 
 from schemas import LogBatch, LogEntry, LogStreamRequest
+from schemas.compact_log import read_compact_log
 from worker.executor import ExecutionNotFound
 
 if TYPE_CHECKING:
@@ -110,12 +111,20 @@ class LogResume:
     entries: int = 0
     chars: dict[str, int] | None = field(default_factory=lambda: {"stdout": 0, "stderr": 0})
     attempt_start: int = 0  # seq where the running attempt began (its marker); its container's output starts there
+    ended: bool = False  # the predecessor already ended the log as a compact string: ship nothing more
 
     @classmethod
-    def read(cls, connection: redis.Redis, stream: str) -> LogResume:
+    def read(cls, connection: redis.Redis, stream: str, compact: str | None = None) -> LogResume:
+        """What ``stream`` holds; with no stream, the ended log at ``compact`` (schemas.compact_log) if any."""
         last = connection.xrevrange(stream, "+", "-", count=1)
         if not last:
-            return cls()
+            ended = read_compact_log(connection, compact) if compact is not None else None
+            if ended is None:
+                return cls()
+            chars = {"stdout": 0, "stderr": 0}
+            for e in (e for b in ended for e in b.entries):
+                chars[e.stream] += len(e.data)
+            return cls(entries=ended[-1].seq + len(ended[-1].entries), chars=chars, ended=True)
         newest = LogBatch.from_stream_entry(last[0][1])
         entries = newest.seq + len(newest.entries)
         chars = {"stdout": 0, "stderr": 0}

@@ -59,13 +59,13 @@ class AdoptedRun(ExecutionRun):
 
     def _ship_logs(self, executor: DockerExecutor) -> None:
         assert self.channels is not None
-        self.channels.resume_logs(self.resume.entries)
+        self.channels.resume_logs(self.resume.entries, ended=self.resume.ended)
         self._shipper = LogShipper(self.channels, ResumedSource(executor, self.resume), self.execution_id)
         self._shipper.start()
 
     def _end(self, outcome: Any, *, final: bool = False) -> Any:
         if self.channels is not None:
-            self.channels.resume_logs(self.resume.entries)  # the eof's seq counts the predecessor's entries
+            self.channels.resume_logs(self.resume.entries, ended=self.resume.ended)  # the eof's seq counts the predecessor's entries
         return super()._end(outcome, final=final)
 
     def _explain_cancel(self, result: ExecutionResult) -> ExecutionResult:
@@ -104,7 +104,8 @@ class Adoptions:
     def adopt(self, job: Job, queue: Queue, execution: Execution, container: OwnedContainer) -> None:
         """Take the execution over (the caller holds the execution's reap lock)."""
         connection = self.worker.connection
-        resume = LogResume.read(connection, self.runtime.keys.log_stream(job.id))
+        keys = self.runtime.keys
+        resume = LogResume.read(connection, keys.log_stream(job.id), keys.log_compact(job.id))
         settle.adopt(connection, self.worker, job, queue, execution, self.rq_ttl)
         payload = _remaining_time(job.args[0] if job.args else None, container)
         run = AdoptedRun(self.runtime, job, payload, resume)

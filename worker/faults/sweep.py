@@ -103,7 +103,8 @@ class SweepContext:
 
     def write_lost(self, channels: ExecutionChannels, execution_id: str, message: str) -> bool:
         """Close the execution's log (continuing its seq) and write a ``lost``/``worker_lost`` outcome."""
-        channels.resume_logs(LogResume.read(self.connection, self.keys.log_stream(execution_id)).entries)
+        resume = LogResume.read(self.connection, self.keys.log_stream(execution_id), self.keys.log_compact(execution_id))
+        channels.resume_logs(resume.entries, ended=resume.ended)
         channels.send_eof()
         return channels.finish(Outcome.failure(execution_id, ExecutionStatus.LOST, "worker_lost", message))
 

@@ -21,6 +21,7 @@ from typing import Any
 import redis
 from rq.job import Job, JobStatus
 
+from schemas.compact_log import read_compact_log
 from schemas import DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_RETENTION_SECONDS, ExecutionStatus, Keys, Outcome
 
 STATUSES: tuple[str, ...] = tuple(s.value for s in ExecutionStatus)
@@ -214,11 +215,14 @@ def execution(job: Job, connection: redis.Redis, settings: DashboardSettings) ->
 
 
 def _log_tail(connection: redis.Redis, settings: DashboardSettings, execution_id: str) -> tuple[str, str]:
-    """The end of a running execution's log stream, per stream."""
+    """The end of an execution's log (its stream, or the compact log it ended as), per stream."""
     out: dict[str, list[str]] = {"stdout": [], "stderr": []}
     size = 0
     try:
         batches = connection.xrevrange(settings.keys.log_stream(execution_id), count=64)
+        if not batches:  # an ended log compacted to one string (schemas.compact_log)
+            compact = read_compact_log(connection, settings.keys.log_compact(execution_id)) or []
+            batches = [(b"", {"batch": b.to_json()}) for b in reversed(compact)]
     except redis.ResponseError:
         return "", ""
     for _id, fields in batches:

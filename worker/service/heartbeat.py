@@ -5,6 +5,11 @@ while an execution runs, the current job's started entry as rq's monitoring
 parent would) and the started entries of adopted executions. A worker is judged
 dead only when its process is (``worker.faults.liveness``), never because its
 main thread was busy stopping a container or writing an outcome.
+
+Idle (no execution of its own, none adopted) it heartbeats only every
+``idle_interval`` (DOCKRQ_IDLE_HEARTBEAT_SECONDS), counting rq's own heartbeats
+(``worker.service.bookkeeping``): nothing judges an idle worker by its heartbeat,
+and taking a job heartbeats at once.
 """
 
 from __future__ import annotations
@@ -25,11 +30,12 @@ log = logging.getLogger(__name__)
 class Heartbeat(threading.Thread):
     """Beats every ``interval`` seconds until :meth:`stop`; a Redis outage is logged once, then ridden out."""
 
-    def __init__(self, worker: DockrqWorker, adoptions: Adoptions, interval: float) -> None:
+    def __init__(self, worker: DockrqWorker, adoptions: Adoptions, interval: float, idle_interval: float | None = None) -> None:
         super().__init__(name="dockrq-heartbeat", daemon=True)
         self.worker = worker
         self.adoptions = adoptions
         self.interval = interval
+        self.idle_interval = interval if idle_interval is None else max(interval, idle_interval)
         self._halt = threading.Event()
 
     def run(self) -> None:
@@ -38,7 +44,7 @@ class Heartbeat(threading.Thread):
             try:
                 if self.worker.executions:
                     self.worker.heartbeat_current_job()
-                else:
+                elif self.adoptions.active() or self.worker.beat_is_older_than(self.idle_interval - self.interval / 2):
                     self.worker.heartbeat(raise_errors=True)
                 self.adoptions.keep_alive()
                 failing = False

@@ -30,6 +30,7 @@ from rq.job import Job
 from schemas import EXECUTION_ID_PATTERN, JOB_FRAMING_BYTES, JOB_FUNCTION, ExecutionStatus, Outcome
 
 from worker.service import runtime as runtime_module
+from worker.service.bookkeeping import record_success
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,10 @@ class DockrqJob(Job):
         if self._oversized is not None:
             obj["data"] = self._oversized
         return obj
+
+    def _handle_success(self, result_ttl: int, pipeline: Any, *args: Any, **kwargs: Any) -> None:
+        """One copy of the result: the outcome, not rq's results stream as well (``record_success``)."""
+        record_success(self, result_ttl, pipeline)
 
     @property
     def func_name(self) -> str:

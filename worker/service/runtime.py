@@ -177,6 +177,7 @@ class WorkerRuntime:
             log_stream_maxlen=s.log_stream_maxlen,
             job=job,
             outcome_retry_seconds=s.outcome_retry_seconds,
+            log_retention_seconds=s.log_retention_seconds,
             acks=self.acks,
         )
 

@@ -51,6 +51,7 @@ from worker.faults.outage import settle_after_outage, wait_for_docker
 from worker.faults.reaper import Reaper
 from worker.observe import logformat, metrics
 from worker.service import runtime as runtime_module
+from worker.service.bookkeeping import FewerCommands
 from worker.service.heartbeat import Heartbeat
 from worker.service.job import DockrqJob
 
@@ -73,8 +74,8 @@ class _NoJobArguments(logging.Filter):
 _no_job_arguments = _NoJobArguments()
 
 
-class DockrqWorker(SimpleWorker):
-    """SimpleWorker + the dockrq runtime, the heartbeat thread, the reaper (adoption of a dead
+class DockrqWorker(FewerCommands, SimpleWorker):
+    """SimpleWorker (with fewer bookkeeping commands, ``worker.service.bookkeeping``) + the dockrq runtime, the heartbeat thread, the reaper (adoption of a dead
     predecessor's containers included) and outage handling; JSON serializer unless told otherwise."""
 
     job_class = DockrqJob  # runs worker.jobs.execute(request) and nothing else
@@ -118,7 +119,9 @@ class DockrqWorker(SimpleWorker):
         runtime.worker = self
         super().bootstrap(*args, **kwargs)
         self._reaper = Reaper(self, runtime)
-        self._beats = Heartbeat(self, self._reaper.adoptions, runtime.settings.heartbeat_seconds)
+        self._beats = Heartbeat(
+            self, self._reaper.adoptions, runtime.settings.heartbeat_seconds, runtime.settings.idle_heartbeat_seconds
+        )
         self._beats.start()
         self._reaper.start()  # its first pass runs now: a restarted worker adopts at once
 

@@ -1,0 +1,141 @@
+"""rq's worker bookkeeping with fewer Redis commands (issue 14).
+
+rq writes its worker hash more often than anything needs: between two jobs it
+sets the state ``idle`` twice and heartbeats three times (each ``HSET`` +
+``EXPIRE`` + ``EXPIRE``, wrapped in ``MULTI``/``EXEC``), checks for
+``rq suspend`` inside another transaction with a fourth heartbeat, and writes
+each finished job's return value into a results stream of its own (a stream
+costs about 4.7 KB of Redis memory for the retention). :class:`FewerCommands`,
+mixed into ``DockrqWorker``, keeps what these writes mean and drops the repeats:
+
+- a heartbeat within ``BEAT_DEDUPE_SECONDS`` of one that set at least as long a
+  TTL is not sent again (also on a pipeline: rq queues one in several of its transactions) (the hash's TTL and ``last_heartbeat`` differ by under a second);
+- the state is written when it changes (and at least every ``STATE_REWRITE_SECONDS``);
+- ``rq suspend`` is checked with one ``EXISTS``; rq's loop runs only when suspended;
+- an idle worker heartbeats every ``idle_heartbeat_seconds`` (``DOCKRQ_IDLE_HEARTBEAT_SECONDS``)
+  instead of every ``heartbeat_seconds``: liveness is only ever judged for a worker
+  that owns a started job (worker.faults.liveness), and starting a job heartbeats.
+
+:class:`LeanScheduler` is rq's scheduler (one per deployment holds the lock and
+moves due scheduled jobs to their queue every second) with its lock heartbeat
+(8 commands) every ``SCHEDULER_BEAT_SECONDS`` instead of every second; the lock
+lives ``interval + 60`` s, so it is refreshed at least twice before it could lapse.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import TYPE_CHECKING, Any
+
+from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq.job import JobStatus
+from rq.scheduler import RQScheduler
+from rq.suspension import WORKERS_SUSPENDED
+
+if TYPE_CHECKING:
+    from redis.client import Pipeline
+    from rq.job import Job
+
+BEAT_DEDUPE_SECONDS = 1.0
+STATE_REWRITE_SECONDS = 60.0
+SCHEDULER_BEAT_SECONDS = 20.0
+
+
+class FewerCommands:
+    """Mixin for an rq worker class (before rq's classes in the bases)."""
+
+    _beat_at = float("-inf")  # monotonic time of the last heartbeat sent (or queued on a pipeline)
+    _beat_ttl = 0
+    _state_written: str | None = None
+    _state_written_at = float("-inf")
+
+    # -- heartbeats --------------------------------------------------------------------
+
+    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        ttl = int(timeout or self.worker_ttl + 60)  # type: ignore[attr-defined] - rq's default
+        now = time.monotonic()
+        if now - self._beat_at < BEAT_DEDUPE_SECONDS and self._beat_ttl >= ttl:
+            return  # one went out a moment ago, with as long a TTL
+        super().heartbeat(timeout, pipeline=pipeline)  # type: ignore[misc]
+        self._beat_at, self._beat_ttl = now, ttl
+
+    def beat_is_older_than(self, seconds: float) -> bool:
+        """Whether the last heartbeat went out more than ``seconds`` ago (the heartbeat thread asks)."""
+        return time.monotonic() - self._beat_at >= seconds
+
+    # -- state -------------------------------------------------------------------------
+
+    def set_state(self, state: str, pipeline: Any = None) -> None:
+        now = time.monotonic()
+        if state == self._state_written and now - self._state_written_at < STATE_REWRITE_SECONDS:
+            self._state = state  # type: ignore[attr-defined] - what rq's own set_state keeps
+            return
+        super().set_state(state, pipeline=pipeline)  # type: ignore[misc]
+        self._state_written, self._state_written_at = state, now
+
+    # -- rq suspend --------------------------------------------------------------------
+
+    def check_for_suspension(self, burst: bool) -> None:
+        if not self.connection.exists(WORKERS_SUSPENDED):  # type: ignore[attr-defined]
+            return
+        super().check_for_suspension(burst)  # type: ignore[misc]
+
+    # -- rq's scheduler --------------------------------------------------------------------
+
+    def _start_scheduler(
+        self,
+        burst: bool = False,
+        logging_level: str | None = "INFO",
+        date_format: str = DEFAULT_LOGGING_DATE_FORMAT,
+        log_format: str = DEFAULT_LOGGING_FORMAT,
+    ) -> None:
+        """rq's ``BaseWorker._start_scheduler`` (rq 3.0) with :class:`LeanScheduler` in place of ``RQScheduler``."""
+        self.scheduler = LeanScheduler(
+            self.queues,  # type: ignore[attr-defined]
+            connection=self.connection,  # type: ignore[attr-defined]
+            logging_level=logging_level if logging_level is not None else self.log.level,  # type: ignore[attr-defined]
+            date_format=date_format,
+            log_format=log_format,
+            serializer=self.serializer,  # type: ignore[attr-defined]
+        )
+        self.scheduler.acquire_locks()
+        if self.scheduler.acquired_locks:
+            if burst:
+                try:
+                    self.scheduler.register_birth()
+                    self.scheduler.enqueue_scheduled_jobs()
+                finally:
+                    self.scheduler.release_locks()
+                    self.scheduler.register_death()
+            else:
+                self.scheduler.start()
+
+
+class LeanScheduler(RQScheduler):
+    """rq's scheduler; its lock heartbeat every ``SCHEDULER_BEAT_SECONDS`` rather than every ``interval``."""
+
+    _beat_at = float("-inf")
+
+    def heartbeat(self) -> None:
+        now = time.monotonic()
+        if now - self._beat_at < SCHEDULER_BEAT_SECONDS:
+            return
+        super().heartbeat()
+        self._beat_at = now
+
+
+def record_success(job: Job, result_ttl: int, pipeline: Pipeline) -> None:
+    """rq's ``Job._handle_success`` minus ``Result.create``: one copy of the result.
+
+    The execution's result is its outcome (``P:exec:ID:outcome``); rq's results
+    stream ``rq:results:ID`` held a summary of it (``{execution_id, status,
+    exit_code}``) in a stream of its own, about 4.7 KB for the retention, and is
+    no longer written for dockrq executions that finish. The job still ends
+    ``finished``, in rq's FinishedJobRegistry for ``result_ttl``, as rq-dashboard,
+    ``dockrq ls`` and the reaper expect; ``Job.return_value()`` is None (read the
+    outcome). The status goes in the same ``HSET`` as the rest of the job.
+    """
+    job._status = JobStatus.FINISHED
+    job.save(pipeline=pipeline, include_meta=False, include_result=False)
+    if result_ttl != 0:
+        job.finished_job_registry.add(job, result_ttl, pipeline)
