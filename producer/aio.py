@@ -323,7 +323,7 @@ class AsyncProducer:
 
         reader = AsyncLogReader(
             self._client, self.keys.log_stream(execution_id), self.keys.logs_channel(execution_id),
-            tail=tail, follow=follow, is_over=is_over,
+            tail=tail, follow=follow, is_over=is_over, compact_key=self.keys.log_compact(execution_id),
         )
         async for entry in reader:
             yield entry

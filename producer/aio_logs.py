@@ -17,9 +17,11 @@ import redis
 import redis.asyncio as aioredis
 
 from schemas import LogBatch, LogEntry
+from schemas.compact_log import decode_compact_log
 from schemas.connections import BLOCK_SLICE_SECONDS, REDIS_DOWN, ride_out_outage_async
 
-from .logs import _PAGE, GAP_RECHECK_SECONDS, LogCursor, _entries_wanted
+from .logs import _PAGE, GAP_RECHECK_SECONDS, LogCursor, _entries_of, _entries_wanted
+from .tail import tail_lines
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +38,7 @@ class AsyncLogReader:
         tail: bool | int = True,
         follow: bool = True,
         is_over: Callable[[], Awaitable[bool]],
+        compact_key: str | None = None,
     ) -> None:
         self._client = client
         self._stream = stream_key
@@ -43,6 +46,7 @@ class AsyncLogReader:
         self._tail = _entries_wanted(tail)
         self._follow = follow
         self._is_over = is_over
+        self._compact_key = compact_key
         self.cursor = LogCursor()
 
     async def __aiter__(self) -> AsyncIterator[LogEntry]:
@@ -58,33 +62,50 @@ class AsyncLogReader:
                 await pubsub.aclose()
 
     async def _history(self) -> list[LogEntry]:
+        """``LogReader._history`` on asyncio: the last ``tail`` lines (not entries, as
+        ``docker logs --tail``), or everything; the compact log once the stream was replaced."""
         wanted = self._tail
         if wanted is None:
             return await self._catch_up()
         newest_first: list[tuple[bytes, LogBatch]] = []
-        have, upper = 0, "+"
+        upper = "+"
         while True:
             page = await self._client.xrevrange(self._stream, upper, "-", count=_PAGE if wanted else 1)
-            for entry_id, fields in page:
-                newest_first.append((entry_id, LogBatch.from_stream_entry(fields)))
-                have += len(newest_first[-1][1].entries)
-            if not page or have >= wanted or len(page) < _PAGE:
+            newest_first.extend((entry_id, LogBatch.from_stream_entry(fields)) for entry_id, fields in page)
+            exhausted = len(page) < (_PAGE if wanted else 1)
+            if not newest_first:
+                return await self._compact_tail(wanted)
+            kept, sure = tail_lines(_entries_of(reversed(newest_first)), wanted)
+            if not page or sure or exhausted or not wanted:
                 break
             upper = "(" + page[-1][0].decode()
-        if not newest_first:
-            return []
         newest_id, newest = newest_first[0]
-        self.cursor.next_seq = max(0, newest.seq + len(newest.entries) - wanted)
-        out: list[LogEntry] = []
-        for _, batch in reversed(newest_first):
-            out.extend(self.cursor.take(batch, skip_gap=True) or ())
+        self.cursor.next_seq = newest.seq + len(newest.entries)
+        self.cursor.eof = any(batch.eof for _, batch in newest_first)
         self.cursor.last_id = newest_id
-        return out
+        return kept
+
+    async def _compact_tail(self, wanted: int) -> list[LogEntry]:
+        compact = await self._compact()
+        if not compact:
+            return []
+        kept, _ = tail_lines(_entries_of((b"", batch) for batch in compact), wanted)
+        self.cursor.next_seq = compact[-1].seq + len(compact[-1].entries)
+        self.cursor.eof = any(batch.eof for batch in compact)
+        return kept
 
     async def _catch_up(self) -> list[LogEntry]:
         out: list[LogEntry] = []
+        first = True
         while not self.cursor.eof:
             page = await self._client.xrange(self._stream, "(" + self.cursor.last_id.decode(), "+", count=_PAGE)
+            if first and not page:
+                compact = await self._compact()
+                if compact is not None:
+                    for batch in compact:
+                        out.extend(self.cursor.take(batch, skip_gap=True) or ())
+                    return out
+            first = False
             for entry_id, fields in page:
                 self.cursor.last_id = entry_id
                 out.extend(self.cursor.take(LogBatch.from_stream_entry(fields), skip_gap=True) or ())
@@ -93,6 +114,18 @@ class AsyncLogReader:
             if len(page) < _PAGE:
                 break
         return out
+
+    async def _compact(self) -> list[LogBatch] | None:
+        """The ended log's batches when the stream was replaced by the compact key (issue 14)."""
+        if self._compact_key is None or await self._client.exists(self._stream):
+            return None
+        value = await self._client.get(self._compact_key)
+        if value is None:
+            return None
+        try:
+            return decode_compact_log(value)
+        except ValueError:
+            return None
 
     async def _subscribe(self) -> aioredis.client.PubSub:
         pubsub = self._client.pubsub()

@@ -90,3 +90,27 @@ def test_async_errors_and_wire_match_the_sync_producer(redis_url, redis_client, 
     assert a.meta.keys() == s.meta.keys() and a.description.replace("wa-", "ws-") == s.description
     assert redis_client.lrange(f"rq:queue:{queue}", 0, -1) == [f"wa-{unique}".encode(), f"ws-{unique}".encode()]
     sync.close()
+
+
+def test_async_logs_of_an_ended_execution_read_its_compact_log(redis_url, redis_client, spawn_worker, test_image, unique):
+    """A small log that ended is kept as one compact key (P:exec:ID:logz), not a stream: the async
+    reader finds it for the whole history and for --tail, which counts lines as docker logs does."""
+    from schemas import Keys
+
+    spawn_worker()
+
+    async def scenario():
+        async with AsyncProducer(redis_url, queue=spawn_worker.queue, prefix=spawn_worker.prefix) as ap:
+            eid = await ap.submit(_req(test_image, f"z-{unique}", "sh", "-c", "seq 1 10"))
+            await ap.wait(eid, timeout=60)
+            keys = Keys(spawn_worker.prefix)
+            compacted = redis_client.exists(keys.log_compact(eid)) and not redis_client.exists(keys.log_stream(eid))
+            everything = "".join([e.data async for e in ap.logs(eid, follow=False)])
+            followed = "".join([e.data async for e in ap.logs(eid, follow=True)])
+            last_two = "".join([e.data async for e in ap.logs(eid, tail=2, follow=False)])
+            return compacted, everything, followed, last_two
+
+    compacted, everything, followed, last_two = asyncio.run(scenario())
+    assert compacted
+    assert everything == followed == "".join(f"{i}\n" for i in range(1, 11))
+    assert last_two == "9\n10\n"
