@@ -17,7 +17,7 @@ import redis
 import redis.asyncio as aioredis
 
 from schemas import LogBatch, LogEntry
-from schemas.compact_log import decode_compact_log
+from schemas.compact_log import compact_log_or_none
 from schemas.connections import BLOCK_SLICE_SECONDS, REDIS_DOWN, ride_out_outage_async
 
 from .logs import _PAGE, GAP_RECHECK_SECONDS, LogCursor, _entries_of, _entries_wanted
@@ -119,13 +119,7 @@ class AsyncLogReader:
         """The ended log's batches when the stream was replaced by the compact key (issue 14)."""
         if self._compact_key is None or await self._client.exists(self._stream):
             return None
-        value = await self._client.get(self._compact_key)
-        if value is None:
-            return None
-        try:
-            return decode_compact_log(value)
-        except ValueError:
-            return None
+        return compact_log_or_none(await self._client.get(self._compact_key))
 
     async def _subscribe(self) -> aioredis.client.PubSub:
         pubsub = self._client.pubsub()

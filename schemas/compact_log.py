@@ -62,7 +62,11 @@ def decode_compact_log(value: bytes | str) -> list[LogBatch]:
 
 def read_compact_log(client: Any, key: str) -> list[LogBatch] | None:
     """The batches of the compact log at ``key`` (one ``GET``), or None when there is none (or it is unreadable)."""
-    value = client.get(key)
+    return compact_log_or_none(client.get(key))
+
+
+def compact_log_or_none(value: bytes | str | None) -> list[LogBatch] | None:
+    """``decode_compact_log``, with None for a missing or unreadable value (a reader then has no log)."""
     if value is None:
         return None
     try:

@@ -164,10 +164,11 @@ class Liveness:
             return None
         if state.pid == os.getpid():
             return True  # a previous incarnation of this process (same PID, another name)
-        return not _process_alive(state.pid)
+        return not process_alive(state.pid)
 
 
-def _process_alive(pid: int) -> bool:
+def process_alive(pid: int) -> bool:
+    """Whether a process of this pid exists on this host (signal 0; one of another user counts)."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:

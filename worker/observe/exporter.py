@@ -38,6 +38,7 @@ from schemas.connections import client_from_url
 
 from worker.observe import metrics
 from worker.config.settings import WorkerSettings
+from worker.faults.liveness import process_alive
 
 log = logging.getLogger(__name__)
 
@@ -142,19 +143,9 @@ class _LiveProcessesOnly:
     def collect(self) -> Iterator[Any]:
         for name in os.listdir(self.path):
             match = _LIVE_FILE_RE.match(name)
-            if match and not _alive(int(match.group(1))):
+            if match and not process_alive(int(match.group(1))):
                 self._multiprocess.mark_process_dead(int(match.group(1)), self.path)
         return self._inner.collect()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 class MetricsServer:
