@@ -256,7 +256,9 @@ def copy_selection(outcome: Outcome, container_path: str, dest: Path) -> tuple[P
     was not collected.
     """
     result = outcome.result
-    assert result is not None
+    if result is None:  # rejected, cancelled before it started, lost: no container, no outputs
+        status = outcome.status.value
+        raise OutputsUnavailable(f"{outcome.execution_id} ended {status} without running a container: it has no output files")
     if container_path != "/":
         try:
             check_container_path(container_path)

@@ -26,7 +26,9 @@ import posixpath
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from .text import escaped_text
 
 MiB = 1024 * 1024
 DEFAULT_MAX_INPUT_BYTES = 16 * MiB  # producer's and worker's bound on input file contents
@@ -124,6 +126,12 @@ class OutputFile(BaseModel):
     size: int = 0
     type: FileType
     link: str | None = None
+
+    @field_validator("path", "link")
+    @classmethod
+    def _storable(cls, value: str | None) -> str | None:
+        # The container chose these names: one that is not UTF-8 is listed escaped, not refused.
+        return None if value is None else escaped_text(value)
 
 
 # The request fields of this module with their defaults. A request that leaves them

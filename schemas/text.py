@@ -75,3 +75,15 @@ def storable_name(value: str, what: str) -> str:
     if problem:
         raise ValueError(f"{what}: {problem}")
     return value
+
+
+def escaped_text(value: str) -> str:
+    """``value`` made storable by escaping what is not UTF-8 (byte 0xFF becomes ``\\xff``).
+
+    For text dockrq reports but did not receive from a producer, such as the names a
+    container gave its output files: refusing it is not an option (the execution has
+    already run), and storing it raw would fail the outcome's write.
+    """
+    if utf8_problem(value) is None:
+        return value
+    return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")

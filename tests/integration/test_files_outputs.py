@@ -137,3 +137,28 @@ def test_files_over_the_limit_are_left_out_whole(producer, spawn_worker, test_im
     eid = producer.submit(req(test_image, "limit3", script, outputs=["/out/a", "/out/c"], output_files_limit_bytes=600))
     result = producer.wait(eid, timeout=60).result
     assert [f.path for f in result.output_files] == ["/out/a", "/out/c"] and not result.outputs_truncated
+
+
+def test_output_names_that_are_not_utf8_are_listed_escaped_and_the_run_keeps_its_outcome(producer, spawn_worker, test_image, tmp_path):
+    """The container names its files: a name (or symlink target) that is not valid UTF-8 must not
+    cost the execution its outcome (it once ended `lost`: the outcome could not be written)."""
+    spawn_worker()
+    script = 'mkdir /o && printf z > "/o/a$(printf "\\377")" && ln -s "$(printf "\\376")" /o/l && echo done'
+    eid = producer.submit(req(test_image, "bytes", script, outputs=["/o"]))
+    outcome = producer.wait(eid, timeout=60)
+    assert (outcome.status, outcome.result.stdout) == (ExecutionStatus.SUCCEEDED, "done\n")
+    listed = {f.path: f for f in outcome.result.output_files}
+    assert listed["/o/a\\xff"].size == 1 and listed["/o/l"].link == "\\xfe"
+    producer.outputs(eid, tmp_path / "got")  # the archive keeps the raw bytes
+    assert sorted(os.listdir(os.fsencode(tmp_path / "got" / "o"))) == [b"a\xff", b"l"]
+    assert (tmp_path / "got" / "o" / os.fsdecode(b"a\xff")).read_bytes() == b"z"
+
+
+def test_copying_from_an_execution_that_ran_no_container_says_so(producer, tmp_path):
+    """dockrq cp / Producer.copy_out of a rejected (or cancelled-before-start, lost) execution:
+    OutputsUnavailable with a message, never an assertion or a traceback."""
+    eid = producer.submit({"engine": {"image": "x", "cmd": ["true"]}, "outputs": ["/o"]})
+    producer.cancel(eid)  # nobody serves this queue: it ends cancelled before it starts
+    assert producer.wait(eid, timeout=10).result is None
+    with pytest.raises(OutputsUnavailable, match="without running a container"):
+        producer.copy_out(eid, "/o", tmp_path / "x")
