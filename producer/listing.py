@@ -1,7 +1,8 @@
 """Listing recent executions across rq queues, as ``dockrq ls`` shows them.
 
 Sources are rq's own: each queue's list and its registries (started,
-scheduled, finished, failed, canceled), read without rq's cleanup so listing
+scheduled, deferred, finished, failed, canceled) and the executions waiting for a
+concurrency slot (rq's rate-limit sets), read without rq's cleanup so listing
 never changes state. Every queue of the Redis database is known to rq (the
 ``rq:queues`` set); jobs that are not dockrq executions (another application's
 queue on the same Redis) are left out. A filter by state may drop most of the
@@ -17,6 +18,7 @@ from datetime import datetime, timezone
 import redis
 from rq import Queue
 from rq.job import Job
+from rq.rate_limit import RateLimitRegistry
 from rq.serializers import JSONSerializer
 
 from schemas import JOB_FUNCTION, ExecutionState, Keys, Outcome
@@ -46,7 +48,12 @@ def list_recent(
     depth = limit
     while True:
         ids, deeper = _candidates(queues, depth)
-        views = [v for v in _views(connection, keys, ids) if wanted is None or v.state in wanted]
+        waiting, more = _rate_limited(connection, depth)
+        ids, deeper = ids + [i for i in waiting if i not in set(ids)], deeper or more
+        origins = {q.name for q in queues}
+        views = [
+            v for v in _views(connection, keys, ids, origins) if wanted is None or v.state in wanted
+        ]
         if len(views) >= limit or not deeper or depth >= MAX_DEPTH:
             epoch = datetime.min.replace(tzinfo=timezone.utc)
             views.sort(key=lambda v: v.enqueued_at or epoch, reverse=True)
@@ -65,6 +72,7 @@ def _candidates(queues: list[Queue], depth: int) -> tuple[list[str], bool]:
         for registry in (
             q.started_job_registry,
             q.scheduled_job_registry,
+            q.deferred_job_registry,  # waiting for --depends-on
             q.finished_job_registry,
             q.failed_job_registry,
             q.canceled_job_registry,
@@ -82,8 +90,24 @@ def _is_execution(job: Job) -> bool:
         return False
 
 
-def _views(connection: redis.Redis, keys: Keys, ids: list[str]) -> list[ExecutionStatusView]:
-    jobs = [j for j in Job.fetch_many(ids, connection=connection, serializer=JSONSerializer) if j and _is_execution(j)]
+def _rate_limited(connection: redis.Redis, depth: int) -> tuple[list[str], bool]:
+    """The newest ``depth`` ids waiting for a concurrency slot under each of rq's rate-limit
+    keys (``rq:rl-keys``, ``rq:rl:KEY:rate_limited``: ``rq.rate_limit.RateLimitRegistry``).
+    They belong to no queue's registry until a slot frees; the caller keeps its queues' own."""
+    ids: list[str] = []
+    deeper = False
+    for key in sorted(k.decode() for k in connection.smembers(RateLimitRegistry.rl_keys_key)):
+        found = connection.zrevrange(RateLimitRegistry(key, connection).rate_limited_key, 0, depth - 1)
+        deeper = deeper or len(found) >= depth
+        ids.extend(i.decode() for i in found)
+    return ids, deeper
+
+
+def _views(connection: redis.Redis, keys: Keys, ids: list[str], origins: Collection[str]) -> list[ExecutionStatusView]:
+    jobs = [
+        j for j in Job.fetch_many(ids, connection=connection, serializer=JSONSerializer)
+        if j and _is_execution(j) and j.origin in origins
+    ]
     with connection.pipeline(transaction=False) as pipe:
         for job in jobs:
             pipe.lindex(keys.outcome(job.id), 0)

@@ -69,3 +69,21 @@ def test_group_lists_its_executions_with_their_states(producer, spawn_worker, re
 
     assert sorted(v["execution_id"] for v in json.loads(result.stdout)) == sorted(ids + more)
     producer.wait_many(more, timeout=60)
+
+
+def test_ls_lists_executions_waiting_on_a_dependency_or_a_concurrency_slot(producer, test_image, unique):
+    """Deferred (--depends-on) and rate-limited (--concurrency-limit) executions sit in no
+    queue list; `dockrq ls` / list_recent shows them as queued, as `status` does."""
+    first = producer.submit(_req(test_image, f"dep-{unique}"))  # nobody serves this queue: stays queued
+    after = producer.submit(_req(test_image, f"after-{unique}"), depends_on=[first])
+    limited = [
+        producer.submit(_req(test_image, f"lim{i}-{unique}", concurrency_key=f"k-{unique}", concurrency_limit=1))
+        for i in range(2)
+    ]
+    ids = {first, after, *limited}
+    listed = {v.execution_id: v.state.value for v in producer.list_recent(50) if v.execution_id in ids}
+    assert listed == {i: producer.status(i).state.value for i in ids}
+    assert set(listed) == ids and set(listed.values()) == {"queued"}
+    assert {v.execution_id for v in producer.list_recent(50, ["elsewhere"])} & ids == set()
+    for i in ids:
+        producer.cancel(i)
