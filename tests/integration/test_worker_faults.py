@@ -7,6 +7,7 @@ scenario ends quickly; the rules are the same as with the defaults.
 
 from __future__ import annotations
 
+import os
 import signal
 import socket
 import threading
@@ -331,3 +332,19 @@ def test_a_job_rq_failed_without_an_outcome_gets_a_lost_one(spawn_worker, produc
     got = producer.wait(eid, timeout=20)
     assert (got.status, got.error.code) == (ExecutionStatus.LOST, "worker_lost")
     assert "no outcome was written" in got.error.message
+
+
+def test_a_sigkilled_workers_scheduler_ends_and_frees_the_scheduler_lock(spawn_worker, redis_client):
+    """rq forks its scheduler from the worker; SIGKILL of the worker alone once left it running as
+    an orphan holding the scheduler lock, so no replacement worker could schedule anything."""
+    import psutil
+    from rq.scheduler import RQScheduler
+
+    worker = spawn_worker(env=FAST)
+    lock = RQScheduler.get_locking_key(spawn_worker.queue)
+    _wait(lambda: psutil.Process(worker.popen.pid).children() and redis_client.exists(lock), 30, "scheduler up")
+    (scheduler,) = psutil.Process(worker.popen.pid).children()
+    os.kill(worker.popen.pid, signal.SIGKILL)  # the worker only, not its process group
+    worker.popen.wait(10)
+    _wait(lambda: not scheduler.is_running() or scheduler.status() == psutil.STATUS_ZOMBIE, 60, "scheduler ended")
+    _wait(lambda: not redis_client.exists(lock), 30, "scheduler lock released")

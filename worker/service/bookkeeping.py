@@ -24,6 +24,9 @@ lives ``interval + 60`` s, so it is refreshed at least twice before it could lap
 
 from __future__ import annotations
 
+import ctypes
+import os
+import signal
 import time
 from typing import TYPE_CHECKING, Any
 
@@ -112,9 +115,23 @@ class FewerCommands:
 
 
 class LeanScheduler(RQScheduler):
-    """rq's scheduler; its lock heartbeat every ``SCHEDULER_BEAT_SECONDS`` rather than every ``interval``."""
+    """rq's scheduler; its lock heartbeat every ``SCHEDULER_BEAT_SECONDS`` rather than every ``interval``.
+
+    rq forks it from the worker (``RQScheduler.start``: a ``ForkProcess``); it ends with
+    its worker even when the worker is SIGKILLed, instead of living on as an orphan that
+    holds the scheduler lock so no replacement worker can take it.
+    """
 
     _beat_at = float("-inf")
+    _worker_pid = 0
+
+    def start(self) -> Any:
+        self._worker_pid = os.getpid()
+        return super().start()
+
+    def work(self) -> None:
+        _end_with_parent(self._worker_pid)
+        super().work()
 
     def heartbeat(self) -> None:
         now = time.monotonic()
@@ -139,3 +156,19 @@ def record_success(job: Job, result_ttl: int, pipeline: Pipeline) -> None:
     job.save(pipeline=pipeline, include_meta=False, include_result=False)
     if result_ttl != 0:
         job.finished_job_registry.add(job, result_ttl, pipeline)
+
+
+PR_SET_PDEATHSIG = 1  # prctl(2)
+
+
+def _end_with_parent(parent_pid: int) -> None:
+    """Ask Linux for SIGTERM when the parent dies (``prctl(PR_SET_PDEATHSIG)``); rq's
+    scheduler handles SIGTERM by releasing its locks and stopping. If the parent died
+    already, the signal comes now. Elsewhere than Linux this does nothing."""
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        libc.prctl(PR_SET_PDEATHSIG, int(signal.SIGTERM), 0, 0, 0)
+    except (OSError, AttributeError):
+        return
+    if parent_pid and os.getppid() != parent_pid:
+        os.kill(os.getpid(), signal.SIGTERM)
