@@ -32,7 +32,7 @@ from schemas import (
     check_container_path,
     entry_name,
 )
-from schemas.files import MAX_FILE_PATHS, MAX_PATH_BYTES, overlapping
+from schemas.files import MAX_FILE_PATHS, MAX_PATH_BYTES, archive_chunks, overlapping
 
 from .errors import InvalidRequest, ProducerError
 from .extract import ExtractReport, safe_extract
@@ -235,16 +235,7 @@ def announced(outcome: Outcome) -> tuple[int, int, int]:
 def archive_reader(client: redis.Redis, key: str, size: int) -> BinaryIO:
     """A file object over the first ``size`` bytes at ``key``, read in ``GETRANGE`` chunks."""
 
-    def chunks() -> Iterator[bytes]:
-        offset = 0
-        while offset < size:
-            data = client.getrange(key, offset, min(offset + ARCHIVE_CHUNK_BYTES, size) - 1)
-            if not data:
-                raise EOFError(f"{key} ends at byte {offset} of {size}")
-            offset += len(data)
-            yield data
-
-    return ChunkReader(chunks())  # type: ignore[return-value]
+    return ChunkReader(archive_chunks(client, key, size))  # type: ignore[return-value]
 
 
 def copy_selection(outcome: Outcome, container_path: str, dest: Path) -> tuple[Path, Callable[[str], str | None]]:

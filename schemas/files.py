@@ -48,6 +48,20 @@ ARCHIVE_CHUNK_BYTES = 1024 * 1024
 FileType = Literal["file", "dir", "symlink", "hardlink"]
 
 
+def archive_chunks(client: Any, key: str, size: int, chunk: int = ARCHIVE_CHUNK_BYTES) -> Iterator[bytes]:
+    """The first ``size`` bytes of the archive string at ``key``, one ``GETRANGE`` per ``chunk``
+    (producer and worker read archives this way: never a whole archive in memory).
+
+    Raises EOFError if the string ends (or expires) before ``size``."""
+    offset = 0
+    while offset < size:
+        data = client.getrange(key, offset, min(offset + chunk, size) - 1)
+        if not data:
+            raise EOFError(f"{key} ends at byte {offset} of {size}")
+        offset += len(data)
+        yield data
+
+
 def check_container_path(value: str) -> str:
     """An absolute, normalised container path other than ``/``: ``/data/in``, not
     ``data``, ``/data/``, ``/a/../b``, ``/a//b`` or ``/``. Raises ValueError."""

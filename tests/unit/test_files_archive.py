@@ -15,7 +15,8 @@ from producer.files import build_input_archive, write_input_archive
 from schemas import ChunkReader, ExecutionRequest, InputsSpec, Keys
 from worker.executor import InputsRejected
 from worker.executor.archive import InputArchive
-from worker.execution.files import InputsMissing, RedisArchiveSink, archive_chunks, execution_files
+from schemas.files import archive_chunks
+from worker.execution.files import InputsMissing, RedisArchiveSink, execution_files
 from worker.config.policy import PolicyViolation, WorkerPolicy
 
 

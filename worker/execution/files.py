@@ -16,6 +16,7 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from schemas import ARCHIVE_CHUNK_BYTES, ChunkReader, ExecutionRequest, Keys
+from schemas.files import archive_chunks
 from worker.executor import RequestRejected
 from worker.executor.files import ExecutionFiles
 
@@ -27,19 +28,6 @@ class InputsMissing(RequestRejected):
     """The input archive the request announces is not in Redis, or not the announced size."""
 
     code = "invalid_inputs"
-
-
-def archive_chunks(connection: Redis, key: str, size: int, chunk: int = ARCHIVE_CHUNK_BYTES) -> Iterator[bytes]:
-    """The first ``size`` bytes of the string at ``key``, one ``GETRANGE`` per chunk.
-
-    Raises EOFError if the string ends (or expires) before ``size``."""
-    offset = 0
-    while offset < size:
-        data = connection.getrange(key, offset, min(offset + chunk, size) - 1)
-        if not data:
-            raise EOFError(f"{key} ends at byte {offset} of {size}")
-        offset += len(data)
-        yield data
 
 
 def prefetched(chunks: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
