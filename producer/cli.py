@@ -5,6 +5,8 @@ Exit codes (``submit`` attached and ``wait``; the other commands return 0 or 1):
 ===  =====================================================================
  N   the container's own exit code (succeeded, failed, OOM-killed)
 124  the execution hit its ``--timeout`` (as ``timeout(1)``)
+127  the container's command was not found in the image (as ``docker run``)
+126  the container's command cannot be executed (as ``docker run``)
 125  dockrq itself failed: request rejected, image pull/create/daemon
      error, worker lost, invalid request, unknown or duplicate id, Redis
      unreachable (as ``docker run``)
@@ -69,7 +71,13 @@ def exit_code_for(outcome: Outcome) -> int:
         return EXIT_TIMED_OUT
     if outcome.status is ExecutionStatus.CANCELLED:
         return EXIT_CANCELLED
+    if outcome.error is not None and outcome.error.code in _EXIT_AS_DOCKER_RUN:
+        return _EXIT_AS_DOCKER_RUN[outcome.error.code]
     return EXIT_DOCKRQ_FAILED
+
+
+# docker run's codes for a command that could not be run (worker/executor/refusals.py)
+_EXIT_AS_DOCKER_RUN = {"command_not_found": 127, "command_not_executable": 126}
 
 
 @click.group(cls=DockrqGroup, context_settings={"help_option_names": ["-h", "--help"]})
