@@ -35,7 +35,7 @@ from .client import Producer
 from .errors import DuplicateExecution, ExecutionNotFound
 from .many import CHUNK, DEFAULT_RECHECK_SECONDS, SLICE_SECONDS, FollowState, WaitTimeout, unique_ids
 from .planning import Submission
-from .scripts import CLAIM_LUA
+from .scripts import CLAIM_AND_WRITE_LUA, CLAIM_LUA
 from .status import ExecutionStatusView, build_view
 
 log = logging.getLogger(__name__)
@@ -91,6 +91,7 @@ class AsyncProducer:
         self.keys = self.planner.keys
         self.retention_seconds = self.planner.retention_seconds
         self._claim_script = self._client.register_script(CLAIM_LUA)
+        self._claim_and_write_script = self._client.register_script(CLAIM_AND_WRITE_LUA)
         self._server_version: tuple[int, ...] | None = None
 
     async def aclose(self) -> None:
@@ -157,12 +158,16 @@ class AsyncProducer:
     async def _run(self, submission: Submission) -> list[str]:
         if not submission.ids:
             return []
-        commands = self.planner.recorded(submission)
         if submission.depends_on:
             keys = dependencies.missing_keys(self.keys, submission.depends_on)
             missing = await self._client.eval(dependencies.MISSING_LUA, len(keys), *keys)
             if missing:
                 raise dependencies.missing_error(submission.depends_on, missing)
+        argv = self.planner.scripted_writes(submission)
+        if argv is not None:  # one execution: claim and writes in one script, as Producer.submit
+            if await self._claim_and_write_script(keys=self.planner.claim_keys(submission.ids), args=argv):
+                raise DuplicateExecution(submission.ids)
+            return submission.ids
         taken = await self._claim_script(
             keys=self.planner.claim_keys(submission.ids), args=[submission.queue_name, self.retention_seconds]
         )
@@ -170,7 +175,7 @@ class AsyncProducer:
             raise DuplicateExecution([submission.ids[int(n) - 1] for n in taken])
         try:
             async with self._client.pipeline() as pipe:
-                for args, options in commands:
+                for args, options in self.planner.recorded(submission):
                     pipe.execute_command(*args, **options)
                 await pipe.execute()
         except BaseException:
