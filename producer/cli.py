@@ -5,6 +5,8 @@ Exit codes (``submit`` attached and ``wait``; the other commands return 0 or 1):
 ===  =====================================================================
  N   the container's own exit code (succeeded, failed, OOM-killed)
 124  the execution hit its ``--timeout`` (as ``timeout(1)``)
+127  the container's command was not found in the image (as ``docker run``)
+126  the container's command cannot be executed (as ``docker run``)
 125  dockrq itself failed: request rejected, image pull/create/daemon
      error, worker lost, invalid request, unknown or duplicate id, Redis
      unreachable (as ``docker run``)
@@ -49,6 +51,7 @@ from .command import (  # the exit codes are re-exported: producer.cli names the
 )
 from .client import Producer
 from .flags import build_request, scheduling_options
+from .params import EXECUTION_ID
 from .errors import ExecutionAlreadyFinished
 from .logs import AttemptStart
 from .progress import SubmitProgress
@@ -68,7 +71,13 @@ def exit_code_for(outcome: Outcome) -> int:
         return EXIT_TIMED_OUT
     if outcome.status is ExecutionStatus.CANCELLED:
         return EXIT_CANCELLED
+    if outcome.error is not None and outcome.error.code in _EXIT_AS_DOCKER_RUN:
+        return _EXIT_AS_DOCKER_RUN[outcome.error.code]
     return EXIT_DOCKRQ_FAILED
+
+
+# docker run's codes for a command that could not be run (worker/executor/refusals.py)
+_EXIT_AS_DOCKER_RUN = {"command_not_found": 127, "command_not_executable": 126}
 
 
 @click.group(cls=DockrqGroup, context_settings={"help_option_names": ["-h", "--help"]})
@@ -228,9 +237,9 @@ def _cancel_after_interrupt(producer: Producer, execution_id: str) -> NoReturn:
 
 
 @cli.command(failure_code=EXIT_DOCKRQ_FAILED)
-@click.option("--timeout", type=float, help="Give up after this many seconds (exit 75).")
+@click.option("--timeout", type=click.FloatRange(min=0), help="Give up after this many seconds (exit 75).")
 @json_option
-@click.argument("execution_ids", nargs=-1, required=True, metavar="ID...")
+@click.argument("execution_ids", nargs=-1, required=True, metavar="ID...", type=EXECUTION_ID)
 @pass_settings
 def wait(settings: Settings, execution_ids: tuple[str, ...], timeout: float | None) -> None:
     """Wait for executions to end; exit with the exit code of the worst (see ``worst_exit_code``)."""
@@ -239,10 +248,12 @@ def wait(settings: Settings, execution_ids: tuple[str, ...], timeout: float | No
         try:
             outcome = settings.producer().wait(execution_id, timeout=timeout)
         except TimeoutError:
-            fail(f"execution {execution_id} still running after {timeout:g}s", EXIT_WAIT_TIMEOUT)
+            fail(f"execution {execution_id} still running after {timeout:g}s", EXIT_WAIT_TIMEOUT, pending=[execution_id])
         raise click.exceptions.Exit(_report(outcome, settings, summary=True))
     report = one_line_reporter(settings.as_json, exit_code_for)
-    raise click.exceptions.Exit(wait_several(settings.producer(), list(execution_ids), timeout, report))
+    raise click.exceptions.Exit(
+        wait_several(settings.producer(), list(execution_ids), timeout, report, as_json=settings.as_json)
+    )
 
 
 class _Tail(click.ParamType):
@@ -265,7 +276,7 @@ class _Tail(click.ParamType):
 @click.option("-n", "--tail", type=_Tail(), default="all", show_default=True,
               help="Last N lines of the output (both streams, as docker logs --tail), or all.")
 @json_option
-@click.argument("execution_id")
+@click.argument("execution_id", type=EXECUTION_ID)
 @pass_settings
 def logs(settings: Settings, execution_id: str, follow: bool, tail: bool | int) -> None:
     """Print an execution's output (stdout to stdout, stderr to stderr)."""
@@ -275,7 +286,7 @@ def logs(settings: Settings, execution_id: str, follow: bool, tail: bool | int) 
 
 @cli.command()
 @json_option
-@click.argument("execution_id")
+@click.argument("execution_id", type=EXECUTION_ID)
 @pass_settings
 def cancel(settings: Settings, execution_id: str) -> None:
     """Cancel an execution: queued or scheduled ones never start, running ones are stopped."""
@@ -290,7 +301,7 @@ def cancel(settings: Settings, execution_id: str) -> None:
 
 @cli.command()
 @json_option
-@click.argument("execution_id")
+@click.argument("execution_id", type=EXECUTION_ID)
 @pass_settings
 def status(settings: Settings, execution_id: str) -> None:
     """Show where an execution is, or how it ended."""

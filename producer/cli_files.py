@@ -23,6 +23,7 @@ from .cli import EXIT_DOCKRQ_FAILED, Settings, cli, fail, json_option, pass_sett
 from .client import Producer
 from .errors import InvalidRequest, ProducerError
 from .extract import ExtractReport
+from .params import COPY_SOURCE
 
 
 def file_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -136,10 +137,10 @@ def _skipped(report: ExtractReport, quiet: bool = False) -> None:
 
 @cli.command()
 @json_option
-@click.argument("source", metavar="ID:CONTAINER_PATH")
+@click.argument("source", metavar="ID:CONTAINER_PATH", type=COPY_SOURCE)
 @click.argument("dest", metavar="LOCAL_DEST", type=click.Path(path_type=Path))
 @pass_settings
-def cp(settings: Settings, source: str, dest: Path) -> None:
+def cp(settings: Settings, source: tuple[str, str], dest: Path) -> None:
     """Copy an ended execution's output files to the local disk, like docker cp.
 
     CONTAINER_PATH is one of the execution's --output paths, a path below one, or /
@@ -147,9 +148,7 @@ def cp(settings: Settings, source: str, dest: Path) -> None:
     otherwise it becomes LOCAL_DEST. Entries that would leave LOCAL_DEST (absolute
     names, '..', symlinks pointing outside, devices) are skipped with a message.
     """
-    execution_id, sep, path = source.partition(":")
-    if not sep or not execution_id or not path:
-        fail(f"{source!r} is not ID:CONTAINER_PATH", 1)
+    execution_id, path = source  # params.COPY_SOURCE: a malformed one is a usage error (125)
     try:
         report = settings.producer().copy_out(execution_id, path, dest)
     except OSError as exc:

@@ -18,6 +18,7 @@ from rich.table import Table
 from schemas import ExecutionState
 
 from .cli import DockrqCommand, Settings, _ago, _console, _span, json_option, pass_settings
+from .params import GROUP_NAME
 from .status import ExecutionStatusView
 from .waitcli import outcome_shown
 
@@ -29,7 +30,7 @@ from .waitcli import outcome_shown
               help="Only executions in this state; repeatable.")
 @click.option("-q", "--quiet", is_flag=True, help="Only the execution ids, one a line (as docker ps -q).")
 @click.option("--limit", type=click.IntRange(min=1), default=50, show_default=True)
-@click.option("--group", "group_name", help="The executions of this group (submit_many(..., group=NAME)), oldest first.")
+@click.option("--group", "group_name", type=GROUP_NAME, help="The executions of this group (submit_many(..., group=NAME)), oldest first.")
 @json_option
 @pass_settings
 def list_executions(

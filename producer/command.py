@@ -19,7 +19,7 @@ from schemas.connections import DEFAULT_REDIS_URL, REDIS_DOWN, describe_redis_er
 from schemas.replication import DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS
 
 from .errors import InvalidRequest, ProducerError
-from .usage import DockerUsageErrors, json_error
+from .usage import EXIT_USAGE, DockerUsageErrors, json_error
 
 if TYPE_CHECKING:
     from .client import Producer
@@ -57,23 +57,32 @@ class Settings:
                 self._producer = cli.Producer(
                     self.redis_url, queue=self.queue, prefix=self.prefix, retention_seconds=self.retention_seconds, **acks
                 )
-            except ValueError as exc:  # redis-py / schemas.redis_url cannot read the URL
-                raise ProducerError(f"invalid --redis-url / DOCKRQ_REDIS_URL {redact_url(self.redis_url)}: {exc}") from None
+            except ValueError as exc:  # redis-py / schemas.redis_url cannot read the URL: a bad value (125)
+                raise BadOption(f"invalid --redis-url / DOCKRQ_REDIS_URL {redact_url(self.redis_url)}: {exc}") from None
             click.get_current_context().call_on_close(self._producer.close)
         return self._producer
 
 
-def fail(message: str, code: int) -> NoReturn:
+def fail(message: str, code: int, **details: Any) -> NoReturn:
+    """End the command with ``code``: ``dockrq: message`` on stderr, or with ``--json`` the
+    JSON error on stdout (``details`` added to it, e.g. ``pending`` ids of ``wait``)."""
     ctx = click.get_current_context(silent=True)
     if ctx is not None and getattr(ctx.find_root().obj, "as_json", False):
-        json_error(message, code)
+        json_error(message, code, **details)
     else:
         click.echo(f"dockrq: {message}", err=True)
     raise click.exceptions.Exit(code)
 
 
+class BadOption(ProducerError):
+    """A global option's value (``--redis-url``...) that can only be checked once it is used:
+    a bad command line all the same, exit 125 like click's own usage errors."""
+
+
 class DockrqCommand(DockerUsageErrors, click.Command):
-    """Turns expected failures into one line on stderr and the command's failure exit code."""
+    """Turns expected failures into one line on stderr and the command's failure exit code;
+    a value refused by the producer (InvalidRequest, BadOption) is a usage error of every
+    command (125, as ``docker``), whatever the command's own failure code."""
 
     def __init__(self, *args: Any, failure_code: int = EXIT_ERROR, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
@@ -82,9 +91,12 @@ class DockrqCommand(DockerUsageErrors, click.Command):
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
+        except InvalidRequest as exc:
+            fail(f"invalid request: {exc}", EXIT_USAGE)
+        except BadOption as exc:
+            fail(str(exc), EXIT_USAGE)
         except ProducerError as exc:
-            prefix = "invalid request: " if isinstance(exc, InvalidRequest) else ""
-            fail(f"{prefix}{exc}", self.failure_code)
+            fail(str(exc), self.failure_code)
         except REDIS_DOWN as exc:
             url = redact_url(ctx.find_object(Settings).redis_url)
             fail(f"cannot reach Redis at {url}: {describe_redis_error(exc)}", self.failure_code)

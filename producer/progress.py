@@ -5,8 +5,11 @@ queue, or one no worker serves) and for the image pull. :class:`SubmitProgress`
 listens on ``P:events`` (subscribed *before* the submit, so no event of the
 execution is missed) and shows:
 
-* ``waiting for a worker on queue Q`` once the execution has been queued for
-  ``WAITING_NOTICE_SECONDS`` with no worker's event;
+* what it waits for once it has been waiting ``WAITING_NOTICE_SECONDS`` with no
+  worker's event (``producer.waiting_for``): ``waiting for a worker on queue Q``,
+  ``waiting for dependency A to succeed (--depends-on)``, a concurrency slot, or the
+  scheduled time; read again every ``WAITING_RECHECK_SECONDS`` and shown anew when it
+  changes (a dependency succeeded: now it waits for a worker);
 * the pull's progress (``schemas.PullReport``: bytes, layers): a rich progress
   bar on a terminal, one plain line when stderr is not one (written when the
   pull ends, so a log file gets a single line).
@@ -29,8 +32,12 @@ from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, Ta
 
 from schemas import Event, ExecutionState, Keys, PullReport, new_execution_id
 
+from .waiting_for import waiting_for
+
 # An execution still waiting for a worker this long (seconds) gets the notice.
 WAITING_NOTICE_SECONDS = 1.0
+# Then what it waits for is read again this often (seconds) until a worker takes it.
+WAITING_RECHECK_SECONDS = 1.0
 
 
 def _megabytes(n: int) -> str:
@@ -54,13 +61,16 @@ class SubmitProgress:
         self._stream = stream or sys.stderr
         self._tty = self._stream.isatty() if tty is None else tty
         self._waiting_after = WAITING_NOTICE_SECONDS if waiting_after is None else waiting_after
+        self._connection = connection
+        self._keys = keys
         self._pubsub = connection.pubsub(ignore_subscribe_messages=True)
         self._channel = keys.events
         self._lock = threading.Lock()
         self._closed = threading.Event()
         self._thread: threading.Thread | None = None
         self._taken = False  # a worker's event was seen
-        self._waiting_shown = False
+        self._waiting_shown: str | None = None  # the notice shown, if any
+        self._waiting_read = 0.0  # when it was last read (monotonic)
         self._pull: PullReport | None = None
         self._pull_began: float | None = None
         self._pull_reported = False
@@ -119,11 +129,24 @@ class SubmitProgress:
                 return  # no display beats a broken one; the submit itself goes on
             if message is not None:
                 self._on_message(message.get("data"))
+            if self._taken or time.monotonic() - self._began < self._waiting_after:
+                continue
+            if self._waiting_shown is not None and time.monotonic() - self._waiting_read < WAITING_RECHECK_SECONDS:
+                continue
+            text = self._what_it_waits_for()
             with self._lock:
                 if self._closed.is_set():
                     return
-                if not self._taken and not self._waiting_shown and time.monotonic() - self._began >= self._waiting_after:
-                    self._show_waiting()
+                if not self._taken and text != self._waiting_shown:
+                    self._show_waiting(text)
+
+    def _what_it_waits_for(self) -> str:
+        """``producer.waiting_for``'s line (read outside the lock); a worker when Redis cannot tell."""
+        self._waiting_read = time.monotonic()
+        try:
+            return waiting_for(self._connection, self._keys, self.execution_id, self.queue)
+        except (redis.RedisError, OSError, ValueError):
+            return f"waiting for a worker on queue {self.queue}"
 
     def _on_message(self, data: Any) -> None:
         try:
@@ -146,12 +169,14 @@ class SubmitProgress:
 
     # -- display (lock held) -------------------------------------------------------
 
-    def _show_waiting(self) -> None:
-        self._waiting_shown = True
-        text = f"waiting for a worker on queue {self.queue}"
+    def _show_waiting(self, text: str) -> None:
+        self._waiting_shown = text
         if self._tty:
             bar = self._ensure_bar()
-            self._task = bar.add_task(text, total=None)
+            if self._task is None:
+                self._task = bar.add_task(text, total=None)
+            else:
+                bar.update(self._task, description=text)
         else:
             self._stream.write(f"dockrq: {text}\n")
             self._stream.flush()

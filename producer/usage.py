@@ -20,9 +20,10 @@ _NO_ARGS_IS_HELP: tuple[type, ...] = tuple(
 )
 
 
-def json_error(message: str, exit_code: int) -> None:
-    """Print an error as the one JSON line ``--json`` callers read on stdout."""
-    click.echo(json.dumps({"error": message, "exit_code": exit_code}))
+def json_error(message: str, exit_code: int, **details: Any) -> None:
+    """Print an error as the one JSON line ``--json`` callers read on stdout:
+    ``{"error": message, "exit_code": N, **details}``."""
+    click.echo(json.dumps({"error": message, "exit_code": exit_code, **details}))
 
 
 def _wants_json(ctx: click.Context, args: list[str]) -> bool:
@@ -35,15 +36,20 @@ def _wants_json(ctx: click.Context, args: list[str]) -> bool:
 
 
 def usage_failure(exc: click.UsageError, ctx: click.Context, args: list[str]) -> click.ClickException | click.exceptions.Exit:
-    """What to raise for ``exc``: itself with docker's exit code, or (``--json``) an Exit after
-    the error was printed as JSON. ``dockrq`` alone (click's help for no arguments) is left as is."""
+    """What to raise for ``exc``, once it is printed: an Exit with docker's exit code. The error is
+    one line on stderr naming the argument or option, with where to read more, as docker puts it
+    (``dockrq: Invalid value for '--timeout': ... See 'dockrq wait --help'.``), or (``--json``)
+    the JSON error on stdout. ``dockrq`` alone is no error: its help, on stdout, exit 0 (as ``docker``)."""
     if isinstance(exc, _NO_ARGS_IS_HELP):
-        return exc
+        click.echo(ctx.get_help())
+        return click.exceptions.Exit(0)
     if _wants_json(ctx, args):
         json_error(exc.format_message(), EXIT_USAGE)
-        return click.exceptions.Exit(EXIT_USAGE)
-    exc.exit_code = EXIT_USAGE
-    return exc
+    else:
+        message = exc.format_message().rstrip()
+        where = (exc.ctx or ctx).command_path
+        click.echo(f"dockrq: {message}{'' if message.endswith('.') else '.'} See '{where} --help'.", err=True)
+    return click.exceptions.Exit(EXIT_USAGE)
 
 
 class DockerUsageErrors:

@@ -6,7 +6,8 @@ Worst, from best to worst (the exit code of the worst one is the command's):
 2. failed: the container's exit code (the highest of them when several failed)
 3. timed_out: 124
 4. cancelled: 130
-5. ``--timeout`` ran out with some still running: 75 (those are named on stderr)
+5. ``--timeout`` ran out with some still running: 75 (those are named on stderr; with ``--json``
+   a last line ``{"error", "exit_code": 75, "pending": [ids]}`` on stdout)
 6. rejected, error, lost, or an unknown id: 125 (an unknown id is refused before waiting)
 """
 
@@ -20,6 +21,7 @@ from schemas import ExecutionStatus, Outcome
 
 from .client import Producer
 from .many import WaitTimeout
+from .usage import json_error
 
 EXIT_WAIT_TIMEOUT = 75
 _RANK = {
@@ -38,11 +40,14 @@ def rank(outcome: Outcome) -> tuple[int, int]:
 
 
 def wait_several(
-    producer: Producer, execution_ids: list[str], timeout: float | None, report: Callable[[Outcome], int]
+    producer: Producer, execution_ids: list[str], timeout: float | None, report: Callable[[Outcome], int],
+    *, as_json: bool = False,
 ) -> int:
     """Follow the executions with ``Producer.as_completed``; ``report`` prints one and returns its exit code.
 
-    Returns the exit code of the worst (module doc).
+    Returns the exit code of the worst (module doc). When ``timeout`` runs out, the ids still
+    running are named on stderr, or (``as_json``) in a last JSON line ``{"error", "exit_code",
+    "pending": [ids]}`` on stdout, the form of every ``--json`` error.
     """
     worst: tuple[tuple[int, int], int] = ((-1, 0), 0)
     try:
@@ -50,7 +55,10 @@ def wait_several(
             code = report(outcome)
             worst = max(worst, (rank(outcome), code))
     except WaitTimeout as exc:
-        click.echo(f"dockrq: {exc}", err=True)
+        if as_json:
+            json_error(str(exc), EXIT_WAIT_TIMEOUT, pending=exc.pending)
+        else:
+            click.echo(f"dockrq: {exc}", err=True)
         worst = max(worst, ((_RANK_WAIT_TIMEOUT, 0), EXIT_WAIT_TIMEOUT))
     return worst[1]
 

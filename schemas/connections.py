@@ -41,7 +41,7 @@ from redis.backoff import AbstractBackoff, ExponentialWithJitterBackoff
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
-from schemas.redis_url import is_sentinel_url, parse_sentinel_url
+from schemas.redis_url import check_db, is_sentinel_url, parse_sentinel_url
 
 from .packing import command_packer
 
@@ -98,6 +98,7 @@ def client_from_url(url: str, **options: Any) -> redis.Redis:
     if packer is not None:
         options.setdefault("command_packer", packer)
     if not is_sentinel_url(url):
+        check_db(url)  # redis-py reads redis://host/abc as database 0
         return redis.Redis.from_url(url, **options)
     parsed = parse_sentinel_url(url)
     sentinel_options: dict[str, Any] = {
@@ -144,6 +145,7 @@ def async_client_from_url(url: str, **options: Any) -> aioredis.Redis:
         ),
     )
     options.setdefault("retry_on_error", list(REDIS_DOWN))
+    check_db(url)
     return aioredis.Redis.from_url(url, **options)
 
 

@@ -16,7 +16,7 @@ import binascii
 import re
 from typing import Annotated
 
-from pydantic import BaseModel, ConfigDict, Field, StringConstraints, field_validator, model_validator
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, field_validator, model_validator
 
 # Input given to the container on its stdin (``docker run -i``), at most this many bytes: it
 # travels inside the request, which is at most 1 MiB of JSON by default (base64 adds a third).
@@ -90,13 +90,18 @@ def normalize_signal(value: str) -> str:
     raise ValueError(f"{value!r} is not a signal name or number (e.g. SIGTERM, SIGUSR1, 15)")
 
 
+#: The largest size or count Docker takes: its API's fields are Go int64s (a larger number is
+#: refused by the daemon's JSON decoder: ``cannot unmarshal number ... of type int64``).
+INT64_MAX = 2**63 - 1
+
+
 class TmpfsMount(_Model):
     """A tmpfs mounted at ``target`` (``docker run --tmpfs target:size=64m``); memory-backed,
     so its pages count against the container's memory limit. ``size`` in bytes ('64m' accepted);
     none: the kernel's default (half the host's RAM, still within the memory limit)."""
 
     target: Annotated[str, StringConstraints(min_length=2, max_length=4096)]
-    size: int | None = Field(default=None, ge=4096, description="bytes; '64m' accepted")
+    size: StrictInt | None = Field(default=None, ge=4096, le=INT64_MAX, description="bytes; '64m' accepted")
 
     @field_validator("target")
     @classmethod
@@ -120,8 +125,8 @@ class Ulimit(_Model):
     -1 is unlimited."""
 
     name: str
-    soft: int = Field(ge=-1, le=2**63 - 1)
-    hard: int | None = Field(default=None, ge=-1, le=2**63 - 1)
+    soft: StrictInt = Field(ge=-1, le=INT64_MAX)
+    hard: StrictInt | None = Field(default=None, ge=-1, le=INT64_MAX)
 
     @field_validator("name")
     @classmethod

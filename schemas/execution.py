@@ -22,6 +22,8 @@ from pydantic import (
     ConfigDict,
     Field,
     SerializerFunctionWrapHandler,
+    StrictFloat,
+    StrictInt,
     StringConstraints,
     field_validator,
     model_serializer,
@@ -39,6 +41,7 @@ from .files import (
     overlapping,
 )
 from .container import (
+    INT64_MAX,
     TmpfsMount,
     Ulimit,
     check_labels,
@@ -62,6 +65,7 @@ from .scheduling import (
     check_concurrency_pair,
     compact_scheduling,
 )
+from .reference import check_image_reference
 from .text import check_storable
 
 EXECUTION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
@@ -130,7 +134,7 @@ class EngineSpec(_Model):
     def _image(cls, v: str) -> str:
         if any(c.isspace() for c in v):
             raise ValueError("image must not contain whitespace")
-        return _no_nul(v, "image")
+        return check_image_reference(_no_nul(v, "image"))  # Docker's grammar: schemas/reference.py
 
     @field_validator("entrypoint", "cmd")
     @classmethod
@@ -173,7 +177,7 @@ class GpuRequest(_Model):
     """
 
     vendor: Literal["nvidia", "amd", "intel"] = "nvidia"
-    count: int | None = Field(default=None, ge=-1, description="-1 means all GPUs")
+    count: StrictInt | None = Field(default=None, ge=-1, description="-1 means all GPUs")
     device_ids: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]] | None = Field(
         default=None, min_length=1
     )
@@ -199,12 +203,13 @@ class Resources(_Model):
     """Limits that become real cgroup limits: cpus in cores, memory in bytes."""
 
     # Docker's smallest CPU quota is 0.01 core; below it a limit would be refused or lost.
-    cpus: float | None = Field(default=None, ge=0.01, le=1024)
-    memory: int | None = Field(default=None, ge=6 * 1024 * 1024, description="bytes; '256m' accepted")
-    pids: int | None = Field(default=None, ge=1)
+    # Numbers are strict (here and in every request field): a JSON true is not 1.
+    cpus: StrictFloat | None = Field(default=None, ge=0.01, le=1024)
+    memory: StrictInt | None = Field(default=None, ge=6 * 1024 * 1024, le=INT64_MAX, description="bytes; '256m' accepted")
+    pids: StrictInt | None = Field(default=None, ge=1, le=INT64_MAX)
     gpus: GpuRequest | None = None
     # /dev/shm (docker run --shm-size); Docker's default is 64 MiB. Counted against memory.
-    shm_size: int | None = Field(default=None, ge=4096, description="bytes; '256m' accepted")
+    shm_size: StrictInt | None = Field(default=None, ge=4096, le=INT64_MAX, description="bytes; '256m' accepted")
 
     @field_validator("cpus")
     @classmethod
@@ -245,10 +250,10 @@ class ExecutionRequest(_Model):
     resources: Resources = Field(default_factory=Resources)
     mounts: list[Mount] = Field(default_factory=list)
     network: Literal["none", "bridge"] = "none"
-    timeout_seconds: float | None = Field(default=None, gt=0, le=7 * 24 * 3600)
-    output_limit_bytes: int = Field(default=DEFAULT_OUTPUT_LIMIT, ge=0, le=MAX_OUTPUT_LIMIT)
+    timeout_seconds: StrictFloat | None = Field(default=None, gt=0, le=7 * 24 * 3600)
+    output_limit_bytes: StrictInt = Field(default=DEFAULT_OUTPUT_LIMIT, ge=0, le=MAX_OUTPUT_LIMIT)
     pull_policy: Literal["if_not_present", "always", "never"] = "if_not_present"
-    retries: int = Field(default=0, ge=0, le=MAX_RETRIES, description="attempts allowed after the first (see retry_on)")
+    retries: StrictInt = Field(default=0, ge=0, le=MAX_RETRIES, description="attempts allowed after the first (see retry_on)")
     # Retries and concurrency limits (schemas/scheduling.py; worker/execution/retries.py,
     # producer/concurrency.py). Written into the rq job only when set (``_wire_form``).
     retry_on: list[RetryStatus] = Field(
@@ -259,7 +264,7 @@ class ExecutionRequest(_Model):
         default=0, description="wait before each retry, as rq's Retry(interval=): a number, or one per retry (the last repeats)"
     )
     concurrency_key: ConcurrencyKey | None = None
-    concurrency_limit: int | None = Field(default=None, ge=1, le=MAX_CONCURRENCY_LIMIT)
+    concurrency_limit: StrictInt | None = Field(default=None, ge=1, le=MAX_CONCURRENCY_LIMIT)
     # docker run options (schemas/container.py); the worker's policy bounds cap_add and stop_timeout.
     read_only: bool = False
     tmpfs: list[TmpfsMount] = Field(default_factory=list, max_length=16)
@@ -268,14 +273,14 @@ class ExecutionRequest(_Model):
     ulimits: list[Ulimit] = Field(default_factory=list, max_length=16)
     init: bool = False
     stop_signal: str | None = None
-    stop_timeout: int | None = Field(default=None, ge=0, le=24 * 3600, description="seconds; grace of every stop")
+    stop_timeout: StrictInt | None = Field(default=None, ge=0, le=24 * 3600, description="seconds; grace of every stop")
     labels: dict[str, str] = Field(default_factory=dict)
     stdin_base64: str | None = Field(default=None, description="bytes given to the container's stdin (docker run -i)")
     # Files in and out (schemas/files.py): the input archive's announcement, the container
     # paths collected once the container has ended, and the bound on their contents.
     inputs: InputsSpec | None = None
     outputs: list[ContainerPath] = Field(default_factory=list, max_length=MAX_FILE_PATHS)
-    output_files_limit_bytes: int = Field(default=DEFAULT_OUTPUT_FILES_LIMIT, ge=0, le=MAX_OUTPUT_FILES_LIMIT)
+    output_files_limit_bytes: StrictInt = Field(default=DEFAULT_OUTPUT_FILES_LIMIT, ge=0, le=MAX_OUTPUT_FILES_LIMIT)
 
     @field_validator("timeout_seconds")
     @classmethod

@@ -26,7 +26,7 @@ import posixpath
 from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
 from .text import escaped_text
 
@@ -113,9 +113,9 @@ class InputsSpec(_Model):
     """
 
     paths: list[ContainerPath] = Field(min_length=1, max_length=MAX_FILE_PATHS)
-    entries: int = Field(ge=1, le=MAX_INPUT_ENTRIES)
-    bytes: int = Field(ge=0)
-    archive_bytes: int = Field(ge=1024)
+    entries: StrictInt = Field(ge=1, le=MAX_INPUT_ENTRIES)
+    bytes: StrictInt = Field(ge=0)
+    archive_bytes: StrictInt = Field(ge=1024)
 
     @model_validator(mode="after")
     def _consistent(self) -> InputsSpec:

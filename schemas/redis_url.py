@@ -125,12 +125,33 @@ def redis_location(url: str) -> str:
     return f"{parts.hostname or 'localhost'}:{port}/{db}"
 
 
+def check_db(url: str) -> None:
+    """Refuse a ``redis://``/``rediss://`` URL whose database is not a number.
+
+    redis-py's ``parse_url`` drops a path it cannot read as an integer
+    (``redis://host:6379/abc`` is database 0), joins the parts of a longer one
+    (``/1/2`` is 12) and takes ``/-1``; the server would then be asked for another
+    database than the one meant, or refuse it only at the first command. The database
+    is ``/N`` (or ``?db=N``), N a whole number >= 0. Raises ValueError naming it.
+    """
+    parts = urlsplit(url.strip())
+    if parts.scheme.lower() not in ("redis", "rediss", "unix"):
+        return
+    values = parse_qs(parts.query).get("db", [])
+    if parts.scheme.lower() != "unix" and parts.path.strip("/"):
+        values = [unquote(parts.path[1:] if parts.path.startswith("/") else parts.path), *values]
+    for value in values:
+        if not value.isascii() or not value.isdigit():
+            raise ValueError(f"the database must be a number >= 0 (/N or ?db=N), not {value[:40]!r}")
+
+
 def parse_redis_url(url: str) -> None:
     """Check that ``url`` can be read: a ``redis+sentinel://`` URL here, any other through
-    redis-py's own parser. Raises ValueError saying what is wrong."""
+    redis-py's own parser and :func:`check_db`. Raises ValueError saying what is wrong."""
     if is_sentinel_url(url):
         parse_sentinel_url(url)
     else:
         from redis.connection import parse_url
 
+        check_db(url)
         parse_url(url)

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, StringConstraints
+from pydantic import Field, StrictInt, StringConstraints
 
 MAX_RETRIES = 10
 MAX_BACKOFF_SECONDS = 7 * 24 * 3600
@@ -18,7 +18,7 @@ MAX_CONCURRENCY_LIMIT = 100_000
 CONCURRENCY_KEY_PATTERN = r"^[A-Za-z0-9_.:-]{1,128}$"
 RetryStatus = Literal["failed", "timed_out", "error", "lost"]
 DEFAULT_RETRY_ON: tuple[RetryStatus, ...] = ("lost",)  # what ``retries`` always meant
-BackoffSeconds = Annotated[int, Field(ge=0, le=MAX_BACKOFF_SECONDS)]
+BackoffSeconds = Annotated[StrictInt, Field(ge=0, le=MAX_BACKOFF_SECONDS)]  # strict: JSON true is no number
 ConcurrencyKey = Annotated[str, StringConstraints(pattern=CONCURRENCY_KEY_PATTERN)]
 
 _DEFAULTS: dict[str, Any] = {

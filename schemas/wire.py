@@ -143,7 +143,9 @@ class Outcome(BaseModel):
     """The one element of ``P:exec:ID:outcome``: how the execution ended.
 
     A retried execution's outcome is its last attempt's, with ``attempts`` (how many
-    ran) and ``previous_attempts`` (how each earlier one ended). Both are left out of
+    ran) and ``previous_attempts`` (how each earlier one ended). Cancelled before a
+    retry began, it lists every attempt that ran in ``previous_attempts`` and
+    ``attempts`` is their number (``with_attempts``). Both are left out of
     the JSON for an execution that ran once, as outcomes were before retries existed.
     """
 
@@ -165,9 +167,16 @@ class Outcome(BaseModel):
         return data
 
     def with_attempts(self, attempts: int, previous: list[AttemptRecord]) -> Outcome:
-        """This outcome as the last of ``attempts`` attempts, the earlier ones ``previous``."""
+        """This outcome as the last of ``attempts`` attempts, the earlier ones ``previous``.
+
+        A cancel that came before the next attempt started (during a retry's backoff, or
+        while it waited in the queue: ``cancelled`` with no container result) ended no attempt
+        of its own: ``attempts`` is then the number that really ran, all of them in ``previous``.
+        """
         if attempts <= 1 and not previous:
             return self
+        if self.status is ExecutionStatus.CANCELLED and self.result is None and previous:
+            return self.model_copy(update={"attempts": len(previous), "previous_attempts": list(previous)})
         return self.model_copy(update={"attempts": max(attempts, len(previous) + 1), "previous_attempts": list(previous)})
 
     @classmethod

@@ -172,7 +172,8 @@ def test_create_error_is_typed_and_leaves_no_container(executor, test_image, doc
     with pytest.raises(ContainerCreateError):
         executor.start(req(test_image, "badcmd", "/no/such/binary"))
     result = executor.wait("badcmd").result(5)
-    assert result.status is ExecutionStatus.ERROR and result.error_code == "container_create"
+    # named by its reason (worker/executor/refusals.py; tests/integration/test_start_refusals.py)
+    assert result.status is ExecutionStatus.ERROR and result.error_code == "command_not_found"
     assert labelled(docker_client, executor, "badcmd") == []
 
 

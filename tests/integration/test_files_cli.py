@@ -59,7 +59,8 @@ def test_submit_with_inputs_and_outputs_then_cp(redis_url, spawn_worker, test_im
     # One-line errors, never a traceback.
     for args, code, message in (
         (("cp", f"{eid}:/work/missing", "x"), 1, f"dockrq: /work/missing did not exist in the container of {eid}\n"),
-        (("cp", "nocolon", "x"), 1, "dockrq: 'nocolon' is not ID:CONTAINER_PATH\n"),
+        (("cp", "nocolon", "x"), 125,  # a bad command line: docker's usage exit code
+         "dockrq: Invalid value for 'ID:CONTAINER_PATH': 'nocolon' is not ID:CONTAINER_PATH. See 'dockrq cp --help'.\n"),
         (("cp", "unknown-id:/x", "x"), 1, "dockrq: no such execution: unknown-id\n"),
         (("submit", "--input", f"{tmp_path}/nope:/in", test_image, "true"), 125,
          f"dockrq: invalid request: inputs: {tmp_path}/nope: No such file or directory\n"),

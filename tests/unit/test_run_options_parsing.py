@@ -307,7 +307,7 @@ def test_env_file_errors_name_file_and_line(tmp_path):
 def test_usage_errors_exit_125(fake_producer, args):
     result = run(*args)
     assert result.exit_code == 125, result.output
-    assert "Error:" in result.stderr and result.stdout == ""
+    assert result.stderr.startswith("dockrq: ") and result.stderr.count("\n") == 1 and result.stdout == ""
 
 
 @pytest.mark.parametrize(

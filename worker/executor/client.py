@@ -22,6 +22,7 @@ import docker
 import requests
 from docker.errors import APIError, DockerException, ImageNotFound, NotFound
 
+from .refusals import explain_refusal
 from .errors import DAEMON_ERRORS, ContainerCreateError, DaemonError, DockerUnavailableError, GpuUnavailableError, ImagePullError
 from .pull import PresentImage, ProgressCallback, PullHandle
 from .pull import pull as pull_image
@@ -331,4 +332,5 @@ def _create_error(exc: APIError) -> Exception:
     text = _explain(exc)
     if "could not select device driver" in text:
         return GpuUnavailableError(f"resources.gpus: this Docker daemon cannot provide GPUs ({text})")
-    return ContainerCreateError(f"the daemon refused the container: {text}")
+    named = explain_refusal(text)  # a missing user or executable, named (refusals.py)
+    return named if named is not None else ContainerCreateError(f"the daemon refused the container: {text}")
