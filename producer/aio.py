@@ -11,9 +11,10 @@ connections for any number of ids); logs use ``producer.logs``' cursor.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
-from collections.abc import AsyncIterator, Iterable
+from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -23,7 +24,7 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 from rq.utils import as_text
 
-from schemas import DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_RETENTION_SECONDS, ExecutionRequest, LogEntry, Outcome
+from schemas import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_RETENTION_SECONDS, ExecutionRequest, LogEntry, Outcome
 
 from schemas.connections import DEFAULT_REDIS_URL, async_client_from_url, ride_out_outage_async
 
@@ -33,8 +34,9 @@ from .aio_logs import AsyncLogReader
 from .cancel import CancelResult
 from .client import Producer
 from .errors import DuplicateExecution, ExecutionNotFound
+from .files import InputArchive, InputValue, build_input_archive, write_input_archive_async
 from .many import CHUNK, DEFAULT_RECHECK_SECONDS, SLICE_SECONDS, FollowState, WaitTimeout, unique_ids
-from .planning import Submission
+from .planning import Submission, parse_request
 from .scripts import CLAIM_LUA
 from .status import ExecutionStatusView, build_view
 
@@ -77,6 +79,7 @@ class AsyncProducer:
         *,
         retention_seconds: int = DEFAULT_RETENTION_SECONDS,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
+        max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
     ) -> None:
         self._client = connection if connection is not None else async_client_from_url(redis_url)
         self._owns_client = connection is None
@@ -86,6 +89,7 @@ class AsyncProducer:
             prefix=prefix,
             retention_seconds=retention_seconds,
             max_request_bytes=max_request_bytes,
+            max_input_bytes=max_input_bytes,  # submit(inputs=) refuses more (InputsTooLarge), as Producer
         )
         self.queue = queue
         self.keys = self.planner.keys
@@ -118,20 +122,35 @@ class AsyncProducer:
         delay: timedelta | None = None,
         at_front: bool = False,
         depends_on: Iterable[str] | None = None,
+        inputs: Mapping[str, InputValue] | None = None,
     ) -> str:
-        """As ``Producer.submit``."""
+        """As ``Producer.submit``, ``inputs`` included: the archive is built in a thread (it reads
+        local files) and written before the enqueue, with ``producer.files``' writes."""
         await self._ready(queue)
-        submission = self.planner._prepare_submit(
-            request, queue=queue, at=at, delay=delay, at_front=at_front, depends_on=depends_on
-        )
-        return (await self._run(submission))[0]
+        req = parse_request(request)
+        archive = None
+        if inputs is not None:
+            archive = await asyncio.to_thread(build_input_archive, inputs, self.planner.max_input_bytes)
+        try:
+            if archive is not None:
+                req = req.model_copy(update={"inputs": archive.spec})
+            submission = self.planner._prepare_submit(
+                req, queue=queue, at=at, delay=delay, at_front=at_front, depends_on=depends_on
+            )
+            return (await self._run(submission, archive))[0]
+        finally:
+            if archive is not None:
+                archive.close()
 
     async def submit_many(
-        self, requests: Iterable[Request], *, queue: str | None = None, group: str | None = None
+        self, requests: Iterable[Request], *, queue: str | None = None, group: str | None = None,
+        depends_on: Iterable[str] | None = None,
     ) -> list[str]:
-        """As ``Producer.submit_many``: all or nothing, two round trips; ``group`` as there."""
+        """As ``Producer.submit_many``: all or nothing, two round trips; ``group``, ``depends_on`` as there."""
         await self._ready(queue)
-        return await self._run(self.planner._prepare_submit_many(requests, queue=queue, group=group))
+        return await self._run(
+            self.planner._prepare_submit_many(requests, queue=queue, group=group, depends_on=depends_on)
+        )
 
     async def group(self, name: str) -> list[ExecutionStatusView]:
         """As ``Producer.group``."""
@@ -154,7 +173,7 @@ class AsyncProducer:
                 self._server_version = tuple(int(part) for part in str(version).split(".")[:3])
             rq_queue.redis_server_version = self._server_version
 
-    async def _run(self, submission: Submission) -> list[str]:
+    async def _run(self, submission: Submission, archive: InputArchive | None = None) -> list[str]:
         if not submission.ids:
             return []
         commands = self.planner.recorded(submission)
@@ -168,19 +187,23 @@ class AsyncProducer:
         )
         if taken:
             raise DuplicateExecution([submission.ids[int(n) - 1] for n in taken])
+        inputs_key = self.keys.inputs(submission.ids[0]) if archive is not None else None
         try:
+            if archive is not None and inputs_key is not None:  # whole before the job exists, as Producer
+                await write_input_archive_async(self._client, inputs_key, archive, self.retention_seconds)
             async with self._client.pipeline() as pipe:
                 for args, options in commands:
                     pipe.execute_command(*args, **options)
                 await pipe.execute()
         except BaseException:
-            await self._release_claims(submission.ids)
+            await self._release_claims(submission.ids, *([inputs_key] if inputs_key else []))
             raise
         return submission.ids
 
-    async def _release_claims(self, ids: list[str]) -> None:
+    async def _release_claims(self, ids: list[str], *keys: str) -> None:
+        """Give the claims back (and ``keys``: the input archive of a submit that failed)."""
         try:
-            await self._client.delete(*(self.keys.claim(i) for i in ids))
+            await self._client.delete(*(self.keys.claim(i) for i in ids), *keys)
         except redis.RedisError as exc:  # the claim expires with the retention time anyway
             log.warning("could not release claims of %d execution(s): %s", len(ids), exc)
 

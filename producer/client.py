@@ -190,6 +190,7 @@ class Producer(SubmitPlanner, OutputsMixin):
         *,
         queue: str | None = None,
         group: str | None = None,
+        depends_on: Iterable[str] | None = None,
     ) -> list[str]:
         """Enqueue many executions in one round trip for the claims and one MULTI for the jobs.
 
@@ -197,8 +198,10 @@ class Producer(SubmitPlanner, OutputsMixin):
         field; RequestTooLarge its index and size) or a duplicate id
         (DuplicateExecution lists them) enqueues none. ``group`` adds them to that
         rq Group (``producer.groups``; ``[A-Za-z0-9_.-]{1,128}``), listed by ``group()``.
+        ``depends_on``: every one of them starts only once each of these executions has
+        ``succeeded`` (as ``submit(depends_on=)``; unknown ids are refused, InvalidRequest).
         """
-        return self._run(self._prepare_submit_many(requests, queue=queue, group=group))
+        return self._run(self._prepare_submit_many(requests, queue=queue, group=group, depends_on=depends_on))
 
     def group(self, name: str) -> list[ExecutionStatusView]:
         """The executions of rq group ``name`` still kept (retention), oldest first, with their states.

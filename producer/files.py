@@ -16,12 +16,13 @@ import posixpath
 import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Generator, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, BinaryIO, Union
+from typing import IO, Any, BinaryIO, Union
 
 import redis
+import redis.asyncio as aioredis
 
 from schemas import (
     ARCHIVE_CHUNK_BYTES,
@@ -193,24 +194,63 @@ def build_input_archive(inputs: Mapping[str, InputValue], max_input_bytes: int) 
 
 
 def write_input_archive(client: redis.Redis, key: str, archive: InputArchive, retention_seconds: int) -> None:
-    """Copy the archive to ``key`` in chunks, expiring with the retention.
+    """Copy the archive to ``key`` in chunks, expiring with the retention (:func:`_archive_writes`)."""
+    writes = _archive_writes(key, archive, retention_seconds)
+    replies: list[Any] | None = None
+    while True:
+        try:
+            batch = writes.send(replies)
+        except StopIteration:
+            return
+        if len(batch) == 1:
+            replies = [client.execute_command(*batch[0])]
+        else:
+            with client.pipeline(transaction=False) as pipe:
+                for command in batch:
+                    pipe.execute_command(*command)
+                replies = pipe.execute()
+
+
+async def write_input_archive_async(
+    client: aioredis.Redis, key: str, archive: InputArchive, retention_seconds: int
+) -> None:
+    """:func:`write_input_archive` on ``redis.asyncio`` (``AsyncProducer.submit(inputs=)``): the same writes."""
+    writes = _archive_writes(key, archive, retention_seconds)
+    replies: list[Any] | None = None
+    while True:
+        try:
+            batch = writes.send(replies)
+        except StopIteration:
+            return
+        if len(batch) == 1:
+            replies = [await client.execute_command(*batch[0])]
+        else:
+            async with client.pipeline(transaction=False) as pipe:
+                for command in batch:
+                    pipe.execute_command(*command)
+                replies = await pipe.execute()
+
+
+def _archive_writes(
+    key: str, archive: InputArchive, retention_seconds: int
+) -> Generator[list[tuple[Any, ...]], list[Any] | None, None]:
+    """The Redis commands that copy the archive to ``key``, batch by batch (no I/O of its own): a
+    driver sends each batch (one round trip) and sends its replies back in.
 
     The string is made at its full length first (``SETRANGE`` of its last byte) and
     then filled in with ``SETRANGE``: Redis grows a string by ``APPEND`` a megabyte at
     a time, reallocating and copying as it goes, several times slower at 16 MiB. It is
-    written before the rq job exists, so nobody reads it half-filled.
+    written before the rq job exists, so nobody reads it half-filled. Raises ProducerError
+    when the key does not hold the whole archive afterwards.
     """
     size = archive.spec.archive_bytes
-    with client.pipeline(transaction=False) as pipe:
-        pipe.delete(key)
-        pipe.setrange(key, size - 1, b"\0")
-        pipe.expire(key, retention_seconds)
-        pipe.execute()
+    yield [("DEL", key), ("SETRANGE", key, size - 1, b"\0"), ("EXPIRE", key, retention_seconds)]
     offset = 0
     for chunk in archive.chunks():
-        client.setrange(key, offset, chunk)
+        yield [("SETRANGE", key, offset, chunk)]
         offset += len(chunk)
-    written = client.strlen(key)
+    replies = yield [("STRLEN", key)]
+    written = int(replies[0]) if replies else -1
     if offset != size or written != size:
         raise ProducerError(f"inputs: {key} holds {written} bytes after writing {offset} of {size}")
 

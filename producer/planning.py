@@ -115,15 +115,8 @@ class SubmitPlanner:
         rq_queue = self.rq_queue(queue)
 
         def write(pipe: redis.client.Pipeline) -> None:
-            if deps:  # as rq's setup_dependencies writes a job whose dependencies are unfinished
-                job = rq_queue.create_job(
-                    **spec, depends_on=Dependency(jobs=deps, allow_failure=True), status=JobStatus.DEFERRED,
-                    rate_limit=limit,
-                )
-                job.redis_server_version = rq_queue.get_redis_server_version()
-                job.enqueue_at_front = at_front or None
-                job.register_dependency(pipeline=pipe)
-                job.save(pipeline=pipe)
+            if deps:
+                _write_deferred(pipe, rq_queue, spec, deps, limit, at_front=at_front)
             elif when is not None:
                 job = rq_queue.create_job(**spec, status=JobStatus.SCHEDULED, rate_limit=limit)
                 job.enqueue_at_front = at_front or None
@@ -142,9 +135,11 @@ class SubmitPlanner:
         *,
         queue: str | None,
         group: str | None = None,
+        depends_on: Iterable[str] | None = None,
     ) -> Submission:
         if group is not None:
             groups.check_group_name(group)
+        deps = dependencies.check_depends_on("", depends_on or ())
         reqs = []
         for index, request in enumerate(requests):
             try:
@@ -155,6 +150,9 @@ class SubmitPlanner:
         repeated = [i for i, n in Counter(ids).items() if n > 1]
         if repeated:
             raise DuplicateExecution(repeated)
+        for index, execution_id in enumerate(ids):
+            if execution_id in deps:
+                raise InvalidRequest(f"requests[{index}]: depends_on: an execution cannot depend on itself ({execution_id})")
         specs = [self._job_spec(r, where=f"requests[{index}]") for index, r in enumerate(reqs)]
         limits = [concurrency.rate_limit(r) for r in reqs]
         plain = [s for s, limit in zip(specs, limits, strict=True) if limit is None]
@@ -165,18 +163,21 @@ class SubmitPlanner:
         writer = self._job_writer(rq_queue) if plain else None
 
         def write(pipe: redis.client.Pipeline) -> None:
-            if plain and group is None and writer is not None and all(writer.accepts(s) for s in plain):
+            if deps:  # every one deferred until all of depends_on succeeded, as submit(depends_on=) writes it
+                for spec, limit in zip(specs, limits, strict=True):
+                    _write_deferred(pipe, rq_queue, spec, deps, limit, at_front=False, group=group)
+            elif plain and group is None and writer is not None and all(writer.accepts(s) for s in plain):
                 writer.write(pipe, plain)
             elif plain:
                 rq_queue.enqueue_many([Queue.prepare_data(**s) for s in plain], pipeline=pipe, group_id=group)
-            for spec, limit in limited:
+            for spec, limit in limited if not deps else ():
                 job = rq_queue.create_job(**spec, rate_limit=limit, group_id=group)
                 concurrency.enqueue_limited(rq_queue, job, pipe, at_front=False)
             if group is not None:
                 groups.write_group(pipe, group, ids)
             self._publish_events(pipe, ids, ExecutionState.QUEUED.value)
 
-        return Submission(ids, rq_queue.name, write)
+        return Submission(ids, rq_queue.name, write, deps)
 
     def recorded(self, submission: Submission) -> list[tuple[tuple[Any, ...], dict[str, Any]]]:
         """The commands ``submission`` writes, recorded from a pipeline that is never sent."""
@@ -241,3 +242,19 @@ class SubmitPlanner:
         """One event per id, published by one script call instead of a PUBLISH each."""
         events = [Event(execution_id=i, status=status).model_dump_json() for i in ids]
         pipe.eval(PUBLISH_MANY_LUA, 1, self.keys.events, *events)
+
+
+def _write_deferred(
+    pipe: redis.client.Pipeline, rq_queue: Queue, spec: dict[str, Any], deps: list[str], limit: RateLimit | None,
+    *, at_front: bool, group: str | None = None,
+) -> None:
+    """One job waiting on ``deps``, as rq's ``setup_dependencies`` writes a job whose dependencies
+    are unfinished (status ``deferred``, DeferredJobRegistry, each dependency's dependents set)."""
+    job = rq_queue.create_job(
+        **spec, depends_on=Dependency(jobs=deps, allow_failure=True), status=JobStatus.DEFERRED,
+        rate_limit=limit, group_id=group,
+    )
+    job.redis_server_version = rq_queue.get_redis_server_version()
+    job.enqueue_at_front = at_front or None
+    job.register_dependency(pipeline=pipe)
+    job.save(pipeline=pipe)
