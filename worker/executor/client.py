@@ -27,6 +27,7 @@ from .errors import DAEMON_ERRORS, ContainerCreateError, DaemonError, DockerUnav
 from .pull import PresentImage, ProgressCallback, PullHandle
 from .pull import pull as pull_image
 from .spec import LABEL_EXECUTION, LABEL_EXECUTOR, ContainerSpec
+from .transport import LeanRequests
 
 log = logging.getLogger(__name__)
 
@@ -47,6 +48,8 @@ class DockerClient:
             # yet requests would look for them in the whole environment on every call
             # (a third of the client-side CPU of a Docker call, measured).
             self.api.trust_env = False
+        # docker-py's calls to a local socket skip requests' per-call work (worker/executor/transport.py)
+        self._lean = LeanRequests.install(self.api)
         # Images this client has seen present (inspected or pulled): an execution of
         # one of them skips the inspect. If one is removed meanwhile, create says so
         # (ImageMissing) and the handler makes it present again and retries.
@@ -67,6 +70,8 @@ class DockerClient:
 
     def close(self) -> None:
         self.api.close()
+        if self._lean is not None:
+            self._lean.close()
 
     def ping(self) -> bool:
         try:

@@ -22,6 +22,7 @@ import requests
 from schemas import ExecutionRequest, ExecutionResult, ExecutionState, ExecutionStatus
 
 from .classify import Ending, StopRequests, classify
+from .deadlines import DEADLINES, Deadline
 from .client import Attached, DockerClient, ImageMissing, PullHandle
 from .errors import (
     DAEMON_ERRORS,
@@ -88,7 +89,7 @@ class ExecutionHandler:
         self._lock = threading.Lock()
         self._running = False
         self._stop_reason: ExecutionStatus | None = None
-        self._timer: threading.Timer | None = None
+        self._timer: Deadline | None = None  # timeout_seconds, on the process's one deadlines thread
         self._reader: threading.Thread | None = None
         self._attached: Attached | None = None
         self._pull = PullHandle()
@@ -223,9 +224,7 @@ class ExecutionHandler:
             self.state = ExecutionState.RUNNING
             stop_now = self._stop_reason is not None
         if self.request.timeout_seconds is not None:
-            self._timer = threading.Timer(self.request.timeout_seconds, self._stop, args=(ExecutionStatus.TIMED_OUT,))
-            self._timer.daemon = True
-            self._timer.start()
+            self._timer = DEADLINES.call_later(self.request.timeout_seconds, lambda: self._stop(ExecutionStatus.TIMED_OUT))
         threading.Thread(target=self._supervise, name=f"dockrq-exec-{self.execution_id}", daemon=True).start()
         if stop_now:
             self._stop(self._stop_reason or ExecutionStatus.CANCELLED)
