@@ -67,6 +67,7 @@ class AsyncProducer:
 
     ``connection`` is a ``redis.asyncio.Redis`` (else one is made from ``redis_url``);
     its socket timeout must exceed ``producer.many.SLICE_SECONDS`` (the default 5 s does).
+    ``max_input_bytes`` bounds ``submit(inputs=)``'s file contents, as ``Producer``'s does.
     Methods raise exactly what ``Producer``'s do; Redis errors are redis-py's.
     """
 
