@@ -252,9 +252,12 @@ def _key_sizes(client: redis.Redis, execution_id: str) -> dict[str, Any]:
     """MEMORY USAGE (bytes, all samples) of every key named after the execution, by key with the id
     replaced by ``ID``; plus the finished registry, which holds one member per execution."""
     sizes: dict[str, Any] = {}
+    time.sleep(0.5)  # the worker's rq bookkeeping (execution record removed) ends after the outcome
     for key in client.scan_iter(match=f"*{execution_id}*", count=1000):
         name = key.decode().replace(execution_id, "ID")
-        sizes[name] = {"type": client.type(key).decode(), "bytes": client.memory_usage(key, samples=0)}
+        size = client.memory_usage(key, samples=0)
+        if size is not None:  # None: gone since the scan
+            sizes[name] = {"type": client.type(key).decode(), "bytes": size}
     sizes["total_of_keys"] = sum(v["bytes"] for v in sizes.values())
     return sizes
 
