@@ -226,7 +226,10 @@ def _key_sizes(client: redis.Redis, execution_id: str) -> dict[str, Any]:
     sizes: dict[str, Any] = {}
     for key in client.scan_iter(match=f"*{execution_id}*", count=1000):
         name = key.decode().replace(execution_id, "ID")
-        sizes[name] = {"type": client.type(key).decode(), "bytes": client.memory_usage(key, samples=0)}
+        size = client.memory_usage(key, samples=0)
+        if size is None:  # gone since the scan (e.g. a log stream compacted meanwhile)
+            continue
+        sizes[name] = {"type": client.type(key).decode(), "bytes": size}
     sizes["total_of_keys"] = sum(v["bytes"] for v in sizes.values())
     return sizes
 
