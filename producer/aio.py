@@ -37,7 +37,7 @@ from .errors import DuplicateExecution, ExecutionNotFound
 from .files import InputArchive, InputValue, build_input_archive, write_input_archive_async
 from .many import CHUNK, DEFAULT_RECHECK_SECONDS, SLICE_SECONDS, FollowState, WaitTimeout, unique_ids
 from .planning import Submission, parse_request
-from .scripts import CLAIM_LUA
+from .scripts import CLAIM_AND_WRITE_LUA, CLAIM_LUA
 from .status import ExecutionStatusView, build_view
 
 log = logging.getLogger(__name__)
@@ -67,6 +67,7 @@ class AsyncProducer:
 
     ``connection`` is a ``redis.asyncio.Redis`` (else one is made from ``redis_url``);
     its socket timeout must exceed ``producer.many.SLICE_SECONDS`` (the default 5 s does).
+    ``max_input_bytes`` bounds ``submit(inputs=)``'s file contents, as ``Producer``'s does.
     Methods raise exactly what ``Producer``'s do; Redis errors are redis-py's.
     """
 
@@ -95,6 +96,7 @@ class AsyncProducer:
         self.keys = self.planner.keys
         self.retention_seconds = self.planner.retention_seconds
         self._claim_script = self._client.register_script(CLAIM_LUA)
+        self._claim_and_write_script = self._client.register_script(CLAIM_AND_WRITE_LUA)
         self._server_version: tuple[int, ...] | None = None
 
     async def aclose(self) -> None:
@@ -176,12 +178,16 @@ class AsyncProducer:
     async def _run(self, submission: Submission, archive: InputArchive | None = None) -> list[str]:
         if not submission.ids:
             return []
-        commands = self.planner.recorded(submission)
         if submission.depends_on:
             keys = dependencies.missing_keys(self.keys, submission.depends_on)
             missing = await self._client.eval(dependencies.MISSING_LUA, len(keys), *keys)
             if missing:
                 raise dependencies.missing_error(submission.depends_on, missing)
+        argv = self.planner.scripted_writes(submission) if archive is None else None
+        if argv is not None:  # one execution: claim and writes in one script, as Producer.submit
+            if await self._claim_and_write_script(keys=self.planner.claim_keys(submission.ids), args=argv):
+                raise DuplicateExecution(submission.ids)
+            return submission.ids
         taken = await self._claim_script(
             keys=self.planner.claim_keys(submission.ids), args=[submission.queue_name, self.retention_seconds]
         )
@@ -192,7 +198,7 @@ class AsyncProducer:
             if archive is not None and inputs_key is not None:  # whole before the job exists, as Producer
                 await write_input_archive_async(self._client, inputs_key, archive, self.retention_seconds)
             async with self._client.pipeline() as pipe:
-                for args, options in commands:
+                for args, options in self.planner.recorded(submission):
                     pipe.execute_command(*args, **options)
                 await pipe.execute()
         except BaseException:

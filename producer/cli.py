@@ -51,7 +51,7 @@ from .command import (  # the exit codes are re-exported: producer.cli names the
 )
 from .client import Producer
 from .flags import build_request, scheduling_options
-from .params import EXECUTION_ID
+from .params import EXECUTION_ID, Seconds
 from .errors import ExecutionAlreadyFinished
 from .logs import AttemptStart
 from .progress import SubmitProgress
@@ -237,7 +237,7 @@ def _cancel_after_interrupt(producer: Producer, execution_id: str) -> NoReturn:
 
 
 @cli.command(failure_code=EXIT_DOCKRQ_FAILED)
-@click.option("--timeout", type=click.FloatRange(min=0), help="Give up after this many seconds (exit 75).")
+@click.option("--timeout", type=Seconds(), help="Give up after this many seconds (exit 75).")
 @json_option
 @click.argument("execution_ids", nargs=-1, required=True, metavar="ID...", type=EXECUTION_ID)
 @pass_settings

@@ -8,7 +8,8 @@ Duplicate ids: ``SET P:exec:ID:claimed NX`` inside one script (``CLAIM_LUA``,
 atomic, one round trip for any number of ids) that also checks that neither an
 rq job nor an outcome exists for the id. Only one of two concurrent submits can
 win the SET, and the winner alone enqueues; the checks cover ids whose claim has
-expired while the job or its outcome lives on.
+expired while the job or its outcome lives on. ``submit`` of one execution (no input
+files) runs the claim and its writes as one script, ``CLAIM_AND_WRITE_LUA``.
 
 ``submit_many`` costs two round trips whatever the batch size (claims, then one
 MULTI with the jobs and their events) and writes the rq job hashes through
@@ -65,7 +66,7 @@ from .planning import (  # noqa: F401 - re-exported: submit planning lived here 
     SubmitPlanner,
     parse_request,
 )
-from .scripts import CLAIM_LUA
+from .scripts import CLAIM_AND_WRITE_LUA, CLAIM_LUA
 from .status import ExecutionStatusView, build_view
 from .waiting import OutcomeWaiter
 
@@ -118,6 +119,7 @@ class Producer(SubmitPlanner, OutputsMixin):
         self._queues: dict[str, Queue] = {}
         self._writers: dict[str, JobWriter | None] = {}
         self._claim_script = self._client.register_script(CLAIM_LUA)
+        self._claim_and_write_script = self._client.register_script(CLAIM_AND_WRITE_LUA)
         # Submissions return, and outcomes are handed to waiters, only once this many replicas
         # have them (Redis WAIT; fewer when fewer are connected): schemas/replication.py.
         self._acks = ProducerAcks(replica_acks, replica_ack_timeout, marker_key=self.keys.replication_marker)
@@ -218,7 +220,8 @@ class Producer(SubmitPlanner, OutputsMixin):
 
     def _run(self, submission: Submission, archive: Any = None) -> list[str]:
         """Claim the ids, then write the jobs in one MULTI (a single submit's input ``archive`` whole
-        before it, so a worker never finds it missing); claims and archive are given back if that fails."""
+        before it, so a worker never finds it missing); claims and archive are given back if that fails.
+        One execution without an archive is claimed and written by one script (CLAIM_AND_WRITE_LUA)."""
         if not submission.ids:
             return []
         if submission.depends_on:
@@ -226,6 +229,12 @@ class Producer(SubmitPlanner, OutputsMixin):
             missing = self._client.eval(dependencies.MISSING_LUA, len(keys), *keys)
             if missing:
                 raise dependencies.missing_error(submission.depends_on, missing)
+        argv = self.scripted_writes(submission) if archive is None else None
+        if argv is not None:  # one execution: claim and writes in one script
+            if self._claim_and_write_script(keys=self.claim_keys(submission.ids), args=argv):
+                raise DuplicateExecution(submission.ids)
+            self._acks.confirm_submission(self._client, submission.ids)
+            return submission.ids
         self._claim(submission.ids, submission.queue_name)
         try:
             if archive is not None:
@@ -298,10 +307,9 @@ class Producer(SubmitPlanner, OutputsMixin):
         (producer.waiting). Redis outages while waiting are retried with backoff.
         """
         self._check_id(execution_id)
-        outcome = self._outcome(execution_id)
-        if outcome is not None and self._acks.outcome_confirmed(self._client, execution_id):
-            return outcome
-        self._require_known(execution_id)
+        # One EXISTS for the three keys; the waiter's first BLMOVE returns an outcome already there.
+        if not self._client.exists(self.keys.outcome(execution_id), Job.key_for(execution_id), self.keys.claim(execution_id)):
+            raise ExecutionNotFound(execution_id)
         return OutcomeWaiter(self._client, self._blocking, self.keys, self._acks, self._presence).wait(execution_id, timeout)
 
     def as_completed(

@@ -19,6 +19,7 @@ from schemas.connections import DEFAULT_REDIS_URL, REDIS_DOWN, describe_redis_er
 from schemas.replication import DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS
 
 from .errors import InvalidRequest, ProducerError
+from .params import Seconds
 from .usage import EXIT_USAGE, DockerUsageErrors, json_error
 
 if TYPE_CHECKING:
@@ -145,7 +146,7 @@ _GLOBAL_OPTIONS = [
     click.option("--replica-acks", envvar="DOCKRQ_REPLICA_ACKS", type=click.IntRange(min=0, max=16), default=0,
                  show_default=True, help="Replicas that must confirm a submission and an outcome (Redis WAIT). "
                  "Env DOCKRQ_REPLICA_ACKS."),
-    click.option("--replica-ack-timeout", envvar="DOCKRQ_REPLICA_ACK_TIMEOUT_SECONDS", type=click.FloatRange(min=0.001),
+    click.option("--replica-ack-timeout", envvar="DOCKRQ_REPLICA_ACK_TIMEOUT_SECONDS", type=Seconds(min=0.001),
                  default=DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS, show_default=True,
                  help="Seconds to wait for those confirmations. Env DOCKRQ_REPLICA_ACK_TIMEOUT_SECONDS."),
 ]

@@ -9,6 +9,7 @@ that nobody submitted) stays a runtime error (``no such execution``, exit 1).
 
 from __future__ import annotations
 
+import math
 import re
 from typing import Any
 
@@ -60,6 +61,22 @@ class CopySourceType(click.ParamType):
         if not sep or not execution_id or not path:
             self.fail(f"{_shown(str(value))} is not ID:CONTAINER_PATH", param, ctx)
         return ExecutionIdType().convert(execution_id, param, ctx), path
+
+
+class Seconds(click.FloatRange):
+    """A number of seconds, at least ``min``: click's FloatRange, also refusing ``nan`` and
+    ``inf`` (which a range check lets through, and which would wait forever)."""
+
+    name = "SECONDS"
+
+    def __init__(self, min: float = 0.0) -> None:  # noqa: A002 - click's own name
+        super().__init__(min=min)
+
+    def convert(self, value: Any, param: click.Parameter | None, ctx: click.Context | None) -> float:
+        seconds = super().convert(value, param, ctx)
+        if not math.isfinite(seconds):
+            self.fail(f"{value!r} is not a finite number of seconds", param, ctx)
+        return seconds
 
 
 EXECUTION_ID = ExecutionIdType()

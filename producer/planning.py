@@ -58,6 +58,10 @@ JOB_TIMEOUT_MARGIN_SECONDS = 900
 NO_RQ_TIMEOUT = -1  # rq: never kill the work horse; the request has no time limit
 
 
+# Commands Redis refuses inside a Lua script (besides blocking ones, which a write never is).
+NOT_IN_SCRIPTS = frozenset({"EVAL", "EVALSHA", "EVAL_RO", "EVALSHA_RO", "FCALL", "FCALL_RO", "MULTI", "EXEC", "WATCH"})
+
+
 @dataclass
 class Submission:
     """One submit, validated and built: ``write(pipe)`` queues its rq jobs and events into a MULTI."""
@@ -123,6 +127,8 @@ class SubmitPlanner:
                 rq_queue.schedule_job(job, when, pipeline=pipe)
             elif limit is not None:
                 concurrency.enqueue_limited(rq_queue, rq_queue.create_job(**spec, rate_limit=limit), pipe, at_front=at_front)
+            elif not at_front and (writer := self._job_writer(rq_queue)) is not None and writer.accepts(spec):
+                writer.write(pipe, [spec])  # rq's writes for it, the job hash in one HSET (producer.jobhash)
             else:
                 rq_queue.enqueue_call(**spec, pipeline=pipe, at_front=at_front)
             self._publish_event(pipe, req.execution_id, spec["meta"]["status"])
@@ -187,6 +193,18 @@ class SubmitPlanner:
             return [(tuple(args), dict(options)) for args, options in pipe.command_stack]
         finally:
             pipe.reset()
+
+    def scripted_writes(self, submission: Submission) -> list[Any] | None:
+        """ARGV of CLAIM_AND_WRITE_LUA for a one-execution ``submission``: its writes, flattened;
+        None when they cannot run inside a script (rq's rate limit runs a script of its own)."""
+        if len(submission.ids) != 1:
+            return None
+        argv: list[Any] = [submission.queue_name, self.retention_seconds]
+        for args, _options in self.recorded(submission):
+            if str(args[0]).upper() in NOT_IN_SCRIPTS:
+                return None
+            argv += [len(args), *args]
+        return argv
 
     def claim_keys(self, ids: list[str]) -> list[str]:
         """KEYS of CLAIM_LUA for ``ids``: per id its claim, rq job and outcome keys."""

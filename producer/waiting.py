@@ -55,19 +55,19 @@ class OutcomeWaiter:
         def in_time() -> bool:
             return deadline is None or time.monotonic() < deadline
 
-        while True:
+        while True:  # the first slice runs even with no time left: an ended execution's outcome is at hand
             remaining = None if deadline is None else deadline - time.monotonic()
-            if remaining is not None and remaining <= 0:
-                raise TimeoutError(f"execution {execution_id} still running after {timeout}s")
             block = BLOCK_SLICE_SECONDS if remaining is None else max(min(BLOCK_SLICE_SECONDS, remaining), 0.01)
             try:
                 raw, has_outcome, has_job = ride_out_outage(
                     lambda: self._slice(execution_id, key, block), redis_away, keep_trying=in_time
                 )
             except REDIS_DOWN:
-                continue  # away past the deadline: TimeoutError above
+                raw, has_outcome, has_job = None, True, True  # away past the deadline
             if raw is not None and self.acks.outcome_confirmed(self.client, execution_id):
                 return Outcome.model_validate_json(raw)
+            if not in_time():
+                raise TimeoutError(f"execution {execution_id} still running after {timeout}s")
             if has_outcome or has_job:
                 missing_since = None
             elif missing_since is None:

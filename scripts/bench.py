@@ -789,7 +789,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         # full run / quick run
         "samples": (60, 8), "log_lines": (200_000, 20_000), "log_rounds": (3, 1),
         "rss_bytes": (1 << 30, 64 << 20), "enqueue": (20_000, 2_000), "enqueue_batch": (1_000, 1_000),
-        "wake_samples": (200, 30), "cost_executions": (100, 20), "idle_seconds": (30.0, 12.0),
+        "wake_samples": (200, 30), "cost_executions": (300, 20), "idle_seconds": (60.0, 12.0),
         "files_mib": (16, 16), "files_rounds": (5, 2), "pull_mb": (200, 20), "pull_rounds": (3, 1),
     }
     for name, (full, quick) in defaults.items():

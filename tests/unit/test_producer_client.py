@@ -28,6 +28,7 @@ from producer import (
     Producer,
     ProducerError,
 )
+from producer.jobhash import JobWriter
 from producer.status import build_view
 from schemas import (
     CANCEL_MESSAGE,
@@ -189,16 +190,38 @@ def test_concurrent_submits_of_one_id_enqueue_once(producer):
     assert producer.rq_queue().get_job_ids() == ["race"]
 
 
-def test_failed_enqueue_releases_the_claim(producer, fake_redis, monkeypatch):
+def test_failed_enqueue_releases_the_claims(producer, fake_redis, monkeypatch):
     def broken(*args, **kwargs):
         raise redis.ConnectionError("gone")
 
-    monkeypatch.setattr(producer.rq_queue(), "enqueue_call", broken)
+    monkeypatch.setattr(producer.rq_queue(), "enqueue_many", broken)
+    monkeypatch.setattr(JobWriter, "write", broken)
+    with pytest.raises(redis.ConnectionError):
+        producer.submit_many([_request("retry-a"), _request("retry-b")])
+    assert not fake_redis.exists("p:exec:retry-a:claimed", "p:exec:retry-b:claimed")
+    monkeypatch.undo()
+    assert producer.submit_many([_request("retry-a"), _request("retry-b")]) == ["retry-a", "retry-b"]
+
+
+def test_submit_claims_and_writes_in_one_script(producer, fake_redis, monkeypatch):
+    """All of it or none of it: a submit whose script never ran leaves no claim behind."""
+    real = producer._claim_and_write_script
+    calls = []
+
+    def broken(*args, **kwargs):
+        calls.append(1)
+        raise redis.ConnectionError("gone")
+
+    monkeypatch.setattr(producer, "_claim_and_write_script", broken)
     with pytest.raises(redis.ConnectionError):
         producer.submit(_request("retry-me"))
-    assert not fake_redis.exists("p:exec:retry-me:claimed")
-    monkeypatch.undo()
+    assert calls and not fake_redis.exists("p:exec:retry-me:claimed", "rq:job:retry-me")
+    monkeypatch.setattr(producer, "_claim_and_write_script", real)
     assert producer.submit(_request("retry-me")) == "retry-me"
+    assert fake_redis.get("p:exec:retry-me:claimed") == b"q"
+    assert producer.rq_queue().get_job_ids() == ["retry-me"]
+    with pytest.raises(DuplicateExecution):
+        producer.submit(_request("retry-me"))
 
 
 @pytest.mark.parametrize(

@@ -60,7 +60,7 @@ def test_job_whose_start_bookkeeping_failed_goes_back_to_its_queue(fake_redis, i
 def test_bookkeeping_cut_for_good_is_settled_from_the_outcome(fake_redis, installed, monkeypatch):
     installed(FakeExecutor())
     job = _job(fake_redis, request("r3"), "r3")
-    real = BaseWorker.handle_execution_ended
+    real = DockrqWorker.handle_execution_ended
     calls = []
 
     def down_twice(self, *args, **kwargs):  # success and then failure handling both cut
@@ -69,7 +69,7 @@ def test_bookkeeping_cut_for_good_is_settled_from_the_outcome(fake_redis, instal
             raise redis.ConnectionError("Redis went away")
         return real(self, *args, **kwargs)
 
-    monkeypatch.setattr(BaseWorker, "handle_execution_ended", down_twice)
+    monkeypatch.setattr(DockrqWorker, "handle_execution_ended", down_twice)
     worker = DockrqWorker(["q"], connection=fake_redis)
     worker.work(burst=True)
 

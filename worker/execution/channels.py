@@ -94,7 +94,10 @@ class ExecutionChannels:
     # -- start-of-run checks -------------------------------------------------
 
     def ended_or_cancelled(self) -> tuple[Outcome | None, bool]:
-        """(the outcome if one was already written, whether cancel was asked), in one round trip."""
+        """(the outcome if one was already written, whether cancel was asked): one ``EXISTS`` of
+        both keys, and when either is there, a second round trip to tell which."""
+        if not self.connection.exists(self.keys.outcome(self.execution_id), self.keys.cancel_flag(self.execution_id)):
+            return None, False
         with self.connection.pipeline(transaction=False) as pipe:
             pipe.lindex(self.keys.outcome(self.execution_id), 0)
             pipe.exists(self.keys.cancel_flag(self.execution_id))

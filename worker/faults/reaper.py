@@ -121,8 +121,7 @@ class Reaper:
     # -- one pass -------------------------------------------------------------------
 
     def _pass(self) -> ReapReport:
-        now, uptime = self._clock()
-        p = Pass(now, uptime, self._docker(), ReapReport())
+        p = Pass(self._clock, self._docker(), ReapReport())
         for queue in self.worker.queues:
             self.dead_workers.run(queue, p)
             self.dequeued.run(queue, p)

@@ -12,9 +12,10 @@ from __future__ import annotations
 
 import logging
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import TYPE_CHECKING
 
 from rq.exceptions import DeserializationError
@@ -64,12 +65,27 @@ class ReapReport:
 @dataclass
 class Pass:
     """One pass's view: Redis's clock and uptime (worker.faults.liveness), the executor if its
-    daemon answers (None: nothing on Docker is touched), and the report."""
+    daemon answers (None: nothing on Docker is touched), and the report.
 
-    now: float
-    uptime: float
+    The clock (``TIME`` and ``INFO server``) is read the first time a sweep asks for
+    ``now`` or ``uptime``: a pass that finds nothing to judge (an idle fleet's) never reads it.
+    """
+
+    clock: Callable[[], tuple[float, float]]
     docker: DockerExecutor | None
     report: ReapReport
+
+    @cached_property
+    def _read_clock(self) -> tuple[float, float]:
+        return self.clock()
+
+    @property
+    def now(self) -> float:
+        return self._read_clock[0]
+
+    @property
+    def uptime(self) -> float:
+        return self._read_clock[1]
 
 
 class SweepContext:

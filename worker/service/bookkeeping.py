@@ -12,6 +12,14 @@ mixed into ``DockrqWorker``, keeps what these writes mean and drops the repeats:
   TTL is not sent again (also on a pipeline: rq queues one in several of its transactions) (the hash's TTL and ``last_heartbeat`` differ by under a second);
 - the state is written when it changes (and at least every ``STATE_REWRITE_SECONDS``);
 - ``rq suspend`` is checked with one ``EXISTS``; rq's loop runs only when suspended;
+- a job's start is one transaction: rq's ``prepare_execution`` (execution record,
+  StartedJobRegistry, state ``busy``) and ``prepare_job_execution`` (heartbeat, job
+  ``started``, ``PERSIST``, intermediate queue) went out as two, after a heartbeat of
+  their own once the job was dequeued; the job's own ``last_heartbeat`` is written
+  once (``prepare_for_execution`` sets it), not again by ``Job.heartbeat``, and
+  ``handle_execution_ended`` keeps the end time for the job's final save instead of
+  writing a heartbeat of its own a moment before it; the worker's return to ``idle``
+  and its idle heartbeat go in the job's success transaction;
 - an idle worker heartbeats every ``idle_heartbeat_seconds`` (``DOCKRQ_IDLE_HEARTBEAT_SECONDS``)
   instead of every ``heartbeat_seconds``: liveness is only ever judged for a worker
   that owns a started job (worker.faults.liveness), and starting a job heartbeats.
@@ -31,7 +39,11 @@ import time
 from typing import TYPE_CHECKING, Any
 
 from rq.defaults import DEFAULT_LOGGING_DATE_FORMAT, DEFAULT_LOGGING_FORMAT
+from rq.executions import Execution
 from rq.job import JobStatus
+from rq.queue import Queue
+from rq.utils import now, utcformat
+from rq.worker.base import WorkerStatus
 from rq.scheduler import RQScheduler
 from rq.suspension import WORKERS_SUSPENDED
 
@@ -51,30 +63,93 @@ class FewerCommands:
     _beat_ttl = 0
     _state_written: str | None = None
     _state_written_at = float("-inf")
+    _job_taken = False  # a job was just dequeued: its start transaction carries the heartbeat
+    _prepared_job_id: str | None = None  # the job whose start prepare_execution wrote whole
 
     # -- heartbeats --------------------------------------------------------------------
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
+        if self._job_taken:
+            return  # rq's heartbeat after a dequeue: prepare_execution sends it with the job's start
         ttl = int(timeout or self.worker_ttl + 60)  # type: ignore[attr-defined] - rq's default
-        now = time.monotonic()
-        if now - self._beat_at < BEAT_DEDUPE_SECONDS and self._beat_ttl >= ttl:
+        at = time.monotonic()
+        if at - self._beat_at < BEAT_DEDUPE_SECONDS and self._beat_ttl >= ttl:
             return  # one went out a moment ago, with as long a TTL
         super().heartbeat(timeout, pipeline=pipeline)  # type: ignore[misc]
-        self._beat_at, self._beat_ttl = now, ttl
+        self._beat_at, self._beat_ttl = at, ttl
+
+    def reorder_queues(self, reference_queue: Queue) -> None:
+        """rq calls this right after a dequeue that returned a job, before its own heartbeat."""
+        self._job_taken = True
+        super().reorder_queues(reference_queue)  # type: ignore[misc]
 
     def beat_is_older_than(self, seconds: float) -> bool:
         """Whether the last heartbeat went out more than ``seconds`` ago (the heartbeat thread asks)."""
         return time.monotonic() - self._beat_at >= seconds
 
+    # -- a job's start and end ---------------------------------------------------------
+
+    def prepare_execution(self, job: Job) -> Execution:
+        """rq's ``prepare_execution`` and ``prepare_job_execution`` (rq 3.0, ``rq/executions.py``
+        and ``BaseWorker.prepare_job_execution``) as one transaction: the same writes, minus
+        the repeats (see the module docstring). Raises what the pipeline raises (RedisError)."""
+        self._job_taken = False
+        ttl = self.get_heartbeat_ttl(job)  # type: ignore[attr-defined]
+        with self.connection.pipeline() as pipe:  # type: ignore[attr-defined]
+            execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)  # type: ignore[attr-defined]
+            self.executions[execution.id] = execution  # type: ignore[attr-defined]
+            self._state_beat(WorkerStatus.BUSY, ttl, pipe)
+            job.prepare_for_execution(self.name, pipeline=pipe)  # type: ignore[attr-defined] - last_heartbeat too
+            pipe.persist(job.key)
+            if len(self.queues) == 1:  # type: ignore[attr-defined] - as rq's perform_job decides
+                pipe.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)  # type: ignore[attr-defined]
+            pipe.execute()
+        self._prepared_job_id = job.id
+        return execution
+
+    def _state_beat(self, state: str, ttl: int, pipe: Pipeline) -> None:
+        """rq's ``set_state(state)`` and ``heartbeat(ttl)`` as one ``HSET`` and one ``EXPIRE``.
+
+        rq's heartbeat also extends the worker's executions set: at a job's start
+        ``Execution.create`` has just given it ``ttl + 60``, and at its end the same
+        transaction removes its one member, which deletes it."""
+        stamp = now()
+        pipe.hset(self.key, mapping={"state": state, "last_heartbeat": utcformat(stamp)})  # type: ignore[attr-defined]
+        pipe.expire(self.key, ttl)  # type: ignore[attr-defined]
+        self._state = state  # what rq's set_state and heartbeat keep
+        self.last_heartbeat = stamp
+        self._state_written, self._state_written_at = state, time.monotonic()
+        self._beat_at, self._beat_ttl = time.monotonic(), ttl
+
+    def increment_successful_job_count(self, pipeline: Pipeline | None = None) -> None:
+        """rq calls this inside a job's success transaction (``handle_job_success``): the worker's
+        return to ``idle``, and its idle heartbeat, go in that transaction too."""
+        super().increment_successful_job_count(pipeline=pipeline)  # type: ignore[misc]
+        if pipeline is not None and len(self.executions) <= 1:  # type: ignore[attr-defined]
+            self._state_beat(WorkerStatus.IDLE, self.worker_ttl + 60, pipeline)  # type: ignore[attr-defined]
+
+    def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
+        if self._prepared_job_id == job.id:  # written with the execution record
+            self._prepared_job_id = None
+            self.procline(f"Processing {job.func_name} from {job.origin} since {time.time()}")  # type: ignore[attr-defined]
+            return
+        super().prepare_job_execution(job, remove_from_intermediate_queue)  # type: ignore[misc]
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        """rq writes the job's ``last_heartbeat`` here and saves the whole job (that field
+        included) a moment later, ending it: the end time is kept for that save."""
+        job.ended_at = now()
+        job.last_heartbeat = job.ended_at
+
     # -- state -------------------------------------------------------------------------
 
     def set_state(self, state: str, pipeline: Any = None) -> None:
-        now = time.monotonic()
-        if state == self._state_written and now - self._state_written_at < STATE_REWRITE_SECONDS:
+        at = time.monotonic()
+        if state == self._state_written and at - self._state_written_at < STATE_REWRITE_SECONDS:
             self._state = state  # type: ignore[attr-defined] - what rq's own set_state keeps
             return
         super().set_state(state, pipeline=pipeline)  # type: ignore[misc]
-        self._state_written, self._state_written_at = state, now
+        self._state_written, self._state_written_at = state, at
 
     # -- rq suspend --------------------------------------------------------------------
 

@@ -66,6 +66,16 @@ class DockrqJob(Job):
         """One copy of the result: the outcome, not rq's results stream as well (``record_success``)."""
         record_success(self, result_ttl, pipeline)
 
+    def cleanup(self, ttl: int | None = None, pipeline: Any = None, remove_from_queue: bool = True) -> None:
+        """rq's ``Job.cleanup`` (rq 3.0), without the ``EXPIRE`` of a dependencies set that a job
+        with no dependencies never had (an execution submitted without ``depends_on``)."""
+        if ttl is not None and ttl > 0 and not self._dependency_ids:
+            connection = pipeline if pipeline is not None else self.connection
+            connection.expire(self.key, ttl)
+            connection.expire(self.dependents_key, ttl)
+            return
+        super().cleanup(ttl, pipeline, remove_from_queue)
+
     @property
     def func_name(self) -> str:
         # rq reads the name for its process title before running the job: undecodable
