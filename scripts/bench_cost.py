@@ -256,7 +256,7 @@ def _key_sizes(client: redis.Redis, execution_id: str) -> dict[str, Any]:
     for key in client.scan_iter(match=f"*{execution_id}*", count=1000):
         name = key.decode().replace(execution_id, "ID")
         size = client.memory_usage(key, samples=0)
-        if size is not None:  # None: gone since the scan
+        if size is not None:  # None: gone since the scan (a log stream compacted, the execution record removed)
             sizes[name] = {"type": client.type(key).decode(), "bytes": size}
     sizes["total_of_keys"] = sum(v["bytes"] for v in sizes.values())
     return sizes

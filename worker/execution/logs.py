@@ -21,6 +21,7 @@ from typing import TYPE_CHECKING, Protocol
 from schemas import LogBatch, LogEntry, LogStreamRequest
 from schemas.compact_log import read_compact_log
 from worker.executor import ExecutionNotFound
+from worker.executor.threads import REUSE, Ran
 
 if TYPE_CHECKING:
     import redis
@@ -50,16 +51,28 @@ class LogSource(Protocol):
     def get_log_stream(self, request: LogStreamRequest) -> BatchReader: ...
 
 
-class LogShipper(threading.Thread):
-    """Moves one execution's log entries from the executor to Redis, in batches."""
+class LogShipper:
+    """Moves one execution's log entries from the executor to Redis, in batches, on a thread
+    of its own (``start``; a reused one, worker.executor.threads; ``is_alive``/``join`` as a Thread's)."""
 
     def __init__(self, channels: ExecutionChannels, source: LogSource, execution_id: str) -> None:
-        super().__init__(name=f"dockrq-logs-{execution_id}", daemon=True)
+        self.name = f"dockrq-logs-{execution_id}"
+        self._ran: Ran | None = None
         self.channels = channels
         self.source = source
         self.execution_id = execution_id
         self._keep_going = threading.Event()
         self._keep_going.set()
+
+    def start(self) -> None:
+        self._ran = REUSE.run(self.run, self.name)
+
+    def is_alive(self) -> bool:
+        return self._ran is not None and self._ran.is_alive()
+
+    def join(self, timeout: float | None = None) -> None:
+        if self._ran is not None:
+            self._ran.join(timeout)
 
     def run(self) -> None:
         try:

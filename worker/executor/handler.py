@@ -23,6 +23,7 @@ from schemas import ExecutionRequest, ExecutionResult, ExecutionState, Execution
 
 from .classify import Ending, StopRequests, classify
 from .deadlines import DEADLINES, Deadline
+from .threads import REUSE, Ran
 from .client import Attached, DockerClient, ImageMissing, PullHandle
 from .errors import (
     DAEMON_ERRORS,
@@ -90,7 +91,7 @@ class ExecutionHandler:
         self._running = False
         self._stop_reason: ExecutionStatus | None = None
         self._timer: Deadline | None = None  # timeout_seconds, on the process's one deadlines thread
-        self._reader: threading.Thread | None = None
+        self._reader: Ran | None = None  # the attach reader, on a reused thread
         self._attached: Attached | None = None
         self._pull = PullHandle()
         self._progress = progress
@@ -183,10 +184,8 @@ class ExecutionHandler:
         stdin = self.request.stdin_bytes if must_start else None  # docker run -i; a running adoptee had its input
         self._late_attach = not must_start and status not in ENDED_STATES
         self._attached = open_output(self._client, self.container_id, status, created=created, stdin=stdin is not None)
-        self._reader = threading.Thread(
-            target=self._read, args=(self._attached.frames(),), name=f"dockrq-out-{self.execution_id}", daemon=True
-        )
-        self._reader.start()
+        frames = self._attached.frames()
+        self._reader = REUSE.run(lambda: self._read(frames), f"dockrq-out-{self.execution_id}")  # threads.py
         if stdin is not None:
             self._attached.send_stdin(stdin, name=f"dockrq-in-{self.execution_id}")
         with self._lock:
@@ -225,7 +224,7 @@ class ExecutionHandler:
             stop_now = self._stop_reason is not None
         if self.request.timeout_seconds is not None:
             self._timer = DEADLINES.call_later(self.request.timeout_seconds, lambda: self._stop(ExecutionStatus.TIMED_OUT))
-        threading.Thread(target=self._supervise, name=f"dockrq-exec-{self.execution_id}", daemon=True).start()
+        REUSE.run(self._supervise, f"dockrq-exec-{self.execution_id}")
         if stop_now:
             self._stop(self._stop_reason or ExecutionStatus.CANCELLED)
 

@@ -30,6 +30,7 @@ from .client import Attached, DockerClient
 from .errors import DAEMON_ERRORS
 from .owned import OwnedContainer, owned_containers
 from .spec import LABEL_EXECUTION, LABEL_EXECUTOR
+from .threads import Ran
 
 # Which leftover to follow when there are several: one that runs (it is doing the
 # work), then one never started, then one that has ended; the newest of a kind.
@@ -108,7 +109,7 @@ def skipping(frames: Frames, skip: dict[str, int]) -> Frames:
 
 
 def settle_late_attach(
-    reader: threading.Thread,
+    reader: threading.Thread | Ran,
     received: dict[str, int],
     idle: float,
     budget: float,
@@ -141,7 +142,7 @@ def open_output(client: DockerClient, container_id: str, status: str, *, created
 def finish_late_attach(
     client: DockerClient,
     container_id: str,
-    reader: threading.Thread,
+    reader: threading.Thread | Ran,
     received: dict[str, int],
     detach: Callable[[], None],
     read: Callable[[Frames], None],

@@ -53,6 +53,8 @@ from urllib3.util import Timeout
 
 log = logging.getLogger(__name__)
 
+#: Connections kept to the daemon's socket (at least; docker-py's max_pool_size if larger).
+POOL_SIZE = 64
 _PLAIN_BODY = (str, bytes, type(None))
 # Session.request's keywords the lean path takes; any other one given (not None) goes to requests.
 _HANDLED = frozenset({"params", "data", "headers", "timeout", "stream", "allow_redirects"})
@@ -64,8 +66,11 @@ class LeanRequests:
     def __init__(self, api: docker.APIClient, adapter: UnixHTTPAdapter) -> None:
         self.api = api
         self.base = f"{api.base_url}/"
+        # Long requests hold a connection each (every execution's wait and attach, the OOM watcher's
+        # events): room for many executions at once before urllib3 would discard (and warn about)
+        # connections it has no place for; idle ones are only those a burst left open.
         self.pool = UnixHTTPConnectionPool(api.base_url, adapter.socket_path, adapter.timeout,
-                                           maxsize=adapter.max_pool_size)
+                                           maxsize=max(adapter.max_pool_size, POOL_SIZE))
         self.retries = adapter.max_retries  # requests' default: Retry(0, read=False), as the adapter sends
         self._session_request: Callable[..., requests.Response] = type(api).request.__get__(api)
 
