@@ -48,7 +48,7 @@ import redis
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from bench_cost import PrivateRedis, command_counts  # noqa: E402
+from bench_cost import LISTPACK_ARGS, PrivateRedis, command_counts  # noqa: E402
 
 from producer import Producer  # noqa: E402
 from schemas import ExecutionResult, ExecutionState, ExecutionStatus  # noqa: E402
@@ -276,7 +276,7 @@ def load(url: str, queue: str, prefix: str, rate: float, threads: int):
 def simulate(args: argparse.Namespace) -> dict[str, Any]:
     token = uuid.uuid4().hex[:6]
     queue, prefix = f"sim-{token}", f"sim-{token}"
-    with PrivateRedis() as server:
+    with PrivateRedis(*(LISTPACK_ARGS if args.listpack else ())) as server:
         client = redis.Redis.from_url(server.url)
         fleet = Fleet(server.url, queue, prefix, args.run_ms, args.retention)
         try:
@@ -297,7 +297,7 @@ def simulate(args: argparse.Namespace) -> dict[str, Any]:
     exec_cpu = max(busy["redis_cpu_s"] - idle["redis_cpu_s"] / idle["seconds"] * busy["seconds"], 0.0) / ex
     bytes_per_exec = busy["memory_delta"] / ex
     result = {
-        "workers": n, "rate_asked_per_s": args.rate, "run_ms": args.run_ms,
+        "workers": n, "rate_asked_per_s": args.rate, "run_ms": args.run_ms, "listpack": args.listpack,
         "idle": idle, "busy": busy, "keys_at_end": keys,
         "executions_per_s": round(busy["executions"] / busy["seconds"], 2),
         "idle_commands_per_worker_per_s": round(idle_cmd_per_worker, 3),
@@ -369,6 +369,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--host-rate", type=float, default=7.0, help="executions/s one host runs (BENCHMARKS.md, c=4)")
     p.add_argument("--hosts", type=int, nargs="*", default=[1, 10, 100, 300, 1000])
     p.add_argument("--redis-budget", type=float, default=0.5, help="Redis CPU to plan for, in cores")
+    p.add_argument("--listpack", action="store_true",
+                   help="run Redis with docker-compose.yml's hash-max-listpack-value 1024 (default: Redis's defaults)")
     p.add_argument("--json", metavar="FILE")
     # a simulated worker process (started by the fleet)
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
