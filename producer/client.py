@@ -9,7 +9,8 @@ atomic, one round trip for any number of ids) that also checks that neither an
 rq job nor an outcome exists for the id. Only one of two concurrent submits can
 win the SET, and the winner alone enqueues; the checks cover ids whose claim has
 expired while the job or its outcome lives on. ``submit`` of one execution (no input
-files) runs the claim and its writes as one script, ``CLAIM_AND_WRITE_LUA``.
+files) checks the id and writes as one script, ``CLAIM_AND_WRITE_LUA``, with no claim key:
+the rq job and then the outcome keep its id taken.
 
 ``submit_many`` costs two round trips whatever the batch size (claims, then one
 MULTI with the jobs and their events) and writes the rq job hashes through

@@ -199,7 +199,7 @@ class SubmitPlanner:
         None when they cannot run inside a script (rq's rate limit runs a script of its own)."""
         if len(submission.ids) != 1:
             return None
-        argv: list[Any] = [submission.queue_name, self.retention_seconds]
+        argv: list[Any] = []
         for args, _options in self.recorded(submission):
             if str(args[0]).upper() in NOT_IN_SCRIPTS:
                 return None

@@ -21,18 +21,18 @@ if #taken > 0 then
 end
 return taken
 """
-# One execution's claim and its writes in one script (Producer.submit): KEYS: its claim,
-# rq job and outcome keys; ARGV: queue name, claim TTL, then the writes, each as its
-# argument count followed by the command and its arguments (rq's commands recorded from
-# a pipeline: SubmitPlanner.scripted_writes). Returns 1, writing nothing, when the id is
-# taken (as CLAIM_LUA: a claim won for an id whose job or outcome exists stays), else 0.
-# Atomic as the MULTI it replaces, and 3 commands fewer (MULTI, EXEC, a second call).
+# One execution's writes, if its id is free (Producer.submit). KEYS: its claim, rq job and
+# outcome keys; ARGV: the writes, each as its argument count followed by the command and its
+# arguments (rq's commands recorded from a pipeline: SubmitPlanner.scripted_writes). Returns
+# 1, writing nothing, when any of the three exists (another submit holds the id, or it names
+# an execution still kept), else 0. No claim is written: the check and the writes are one
+# atomic step, and the rq job or the outcome then keeps the id taken for the retention.
+# Atomic as the MULTI it replaces, and 4 commands fewer (MULTI, EXEC, a second call, the SET).
 # The written keys are not declared in KEYS: dockrq runs on one Redis (with replicas and
 # Sentinel), never Redis Cluster, where they would have to be.
 CLAIM_AND_WRITE_LUA = """
-if not redis.call('SET', KEYS[1], ARGV[1], 'NX', 'EX', ARGV[2]) then return 1 end
-if redis.call('EXISTS', KEYS[2], KEYS[3]) > 0 then return 1 end
-local i = 3
+if redis.call('EXISTS', KEYS[1], KEYS[2], KEYS[3]) > 0 then return 1 end
+local i = 1
 while i <= #ARGV do
   local n = tonumber(ARGV[i])
   redis.call(unpack(ARGV, i + 1, i + n))

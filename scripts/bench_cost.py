@@ -30,7 +30,8 @@ import subprocess
 import tempfile
 import time
 from collections import Counter
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 import psutil
@@ -140,9 +141,16 @@ def process_cpu_seconds(pid: int) -> float:
     return total
 
 
-def measure_cost(bench: Bench, executions: int, idle_seconds: float, tick: Callable[[], None]) -> dict[str, Any]:
-    """Run the cost probe on a private Redis; see the module docstring for what is measured."""
-    with PrivateRedis() as server:
+# Redis's own setting that dockrq's docker-compose.yml sets: a hash whose values are up to
+# 1 KiB stays a listpack (rq's job hash: its request, description and meta are 70-330
+# bytes each, above the default 64, which makes it a hashtable twice the size).
+LISTPACK_ARGS = ("--hash-max-listpack-value", "1024")
+
+
+@contextmanager
+def _cost_setup(bench: Bench, *server_args: str) -> Iterator[tuple[redis.Redis, Producer, subprocess.Popen[bytes]]]:
+    """A private Redis (``server_args`` added), a producer and one warm dockrq-worker on it."""
+    with PrivateRedis(*server_args) as server:
         client = redis.Redis.from_url(server.url)
         queue = f"{bench.queue}-cost"
         producer = Producer(redis_url=server.url, queue=queue, prefix=bench.prefix, retention_seconds=86400)
@@ -150,40 +158,57 @@ def measure_cost(bench: Bench, executions: int, idle_seconds: float, tick: Calla
         bench.workers.append(worker)
         try:
             bench._wait_listening(queue, 1, [worker], connection=client)
-            request = lambda: bench.request("cost", COST_COMMAND)  # noqa: E731
             for _ in range(2):  # warm-up: imports, connections, the image, rq's scheduler
-                _run_one(producer, request())
+                _run_one(producer, _request(bench))
             time.sleep(0.5)
-
-            # -- N executions, one at a time --
-            cpu0, before = process_cpu_seconds(worker.pid), command_counts(client)
-            producer_cpu = 0.0
-            last = ""
-            for _ in range(executions):
-                t0 = time.thread_time()
-                last = _run_one(producer, request())
-                producer_cpu += time.thread_time() - t0
-                tick()
-            after = command_counts(client)
-            worker_cpu = process_cpu_seconds(worker.pid) - cpu0
-            calls = after[0] - before[0]
-            calls["info"] -= 1  # the probe's own INFO
-            calls = +calls
-            per_key = _key_sizes(client, last)
-
-            # -- the same worker, idle --
-            time.sleep(1.0)
-            idle_before = command_counts(client)
-            idle_t0 = time.monotonic()
-            time.sleep(idle_seconds)
-            idle_calls = command_counts(client)[0] - idle_before[0]
-            idle_elapsed = time.monotonic() - idle_t0
-            idle_calls["info"] -= 1
-            idle_calls = +idle_calls
+            yield client, producer, worker
         finally:
             bench.stop_workers_of([worker])
             producer.close()
             client.close()
+
+
+def _request(bench: Bench) -> dict[str, Any]:
+    return bench.request("cost", COST_COMMAND)
+
+
+def measure_cost(bench: Bench, executions: int, idle_seconds: float, tick: Callable[[], None]) -> dict[str, Any]:
+    """Run the cost probe on a private Redis; see the module docstring for what is measured."""
+    with _cost_setup(bench) as (client, producer, worker):
+        # -- N executions, one at a time --
+        cpu0, before = process_cpu_seconds(worker.pid), command_counts(client)
+        producer_cpu = 0.0
+        last = ""
+        for _ in range(executions):
+            t0 = time.thread_time()
+            last = _run_one(producer, _request(bench))
+            producer_cpu += time.thread_time() - t0
+            tick()
+        after = command_counts(client)
+        worker_cpu = process_cpu_seconds(worker.pid) - cpu0
+        calls = after[0] - before[0]
+        calls["info"] -= 1  # the probe's own INFO
+        calls = +calls
+        per_key = _key_sizes(client, last)
+
+        # -- the same worker, idle --
+        time.sleep(1.0)
+        idle_before = command_counts(client)
+        idle_t0 = time.monotonic()
+        time.sleep(idle_seconds)
+        idle_calls = command_counts(client)[0] - idle_before[0]
+        idle_elapsed = time.monotonic() - idle_t0
+        idle_calls["info"] -= 1
+        idle_calls = +idle_calls
+
+    # -- bytes again, on a Redis with the hash setting of docker-compose.yml --
+    with _cost_setup(bench, *LISTPACK_ARGS) as (client, producer, _worker):
+        before_lp = command_counts(client)[1]
+        for _ in range(executions):
+            last_lp = _run_one(producer, _request(bench))
+            tick()
+        bytes_lp = command_counts(client)[1] - before_lp
+        per_key_lp = _key_sizes(client, last_lp)
 
     # -- the raw client's CPU for its create/start/wait/remove --
     raw_cpu = 0.0
@@ -203,6 +228,9 @@ def measure_cost(bench: Bench, executions: int, idle_seconds: float, tick: Calla
         },
         "redis_bytes_per_execution": round((after[1] - before[1]) / executions),
         "memory_usage_of_one_execution": per_key,
+        "redis_bytes_per_execution_listpack": round(bytes_lp / executions),
+        "listpack_server_args": list(LISTPACK_ARGS),
+        "memory_usage_of_one_execution_listpack": per_key_lp,
         "idle_seconds": round(idle_elapsed, 2),
         "idle_worker_commands_per_s": round(sum(idle_calls.values()) / idle_elapsed, 3),
         "idle_commands_by_name": dict(idle_calls.most_common()),
@@ -224,12 +252,12 @@ def _key_sizes(client: redis.Redis, execution_id: str) -> dict[str, Any]:
     """MEMORY USAGE (bytes, all samples) of every key named after the execution, by key with the id
     replaced by ``ID``; plus the finished registry, which holds one member per execution."""
     sizes: dict[str, Any] = {}
+    time.sleep(0.5)  # the worker's rq bookkeeping (execution record removed) ends after the outcome
     for key in client.scan_iter(match=f"*{execution_id}*", count=1000):
         name = key.decode().replace(execution_id, "ID")
         size = client.memory_usage(key, samples=0)
-        if size is None:  # gone since the scan (e.g. a log stream compacted meanwhile)
-            continue
-        sizes[name] = {"type": client.type(key).decode(), "bytes": size}
+        if size is not None:  # None: gone since the scan (a log stream compacted, the execution record removed)
+            sizes[name] = {"type": client.type(key).decode(), "bytes": size}
     sizes["total_of_keys"] = sum(v["bytes"] for v in sizes.values())
     return sizes
 
