@@ -11,9 +11,8 @@ tree first on ``PYTHONPATH`` (this checkout's virtualenv for the packages).
     .venv/bin/python scripts/bench_cpu.py --tree before=/tmp/old-checkout --tree after=. \
         --rounds 5 --executions 100
 
-``--py-spy FILE`` records the worker of the first tree's first round with
-``py-spy record`` (all threads, idle ones left out, speedscope or flamegraph by
-the file's suffix) to see where the CPU goes.
+To see where the CPU goes, attach ``py-spy record --gil --pid PID`` to a worker
+(BENCHMARKS.md, "Worker CPU per execution: where it goes").
 """
 
 from __future__ import annotations
@@ -21,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import shutil
 import statistics
 import subprocess
 import sys
@@ -38,12 +36,11 @@ from bench_cost import measure_cost  # noqa: E402
 
 
 class TreeBench(bench.Bench):
-    """The bench, with its workers run from another source tree (and maybe under py-spy)."""
+    """The bench, with its workers run from another source tree."""
 
-    def __init__(self, args: argparse.Namespace, console: Console, tree: Path, spy: str | None) -> None:
+    def __init__(self, args: argparse.Namespace, console: Console, tree: Path) -> None:
         super().__init__(args, console)
         self.tree = tree
-        self.spy = spy
 
     def _spawn(self, queue: str, name: str, *, redis_url: str | None = None,
                retention: int = bench.RETENTION) -> subprocess.Popen[bytes]:
@@ -54,10 +51,6 @@ class TreeBench(bench.Bench):
                "--redis-url", redis_url or self.args.redis_url, "-q", queue, "--prefix", self.prefix,
                "--executor-id", self.executor_id, "--stop-grace", "1", "--log-level", "WARNING",
                "--name", f"{self.executor_id}-{name}"]
-        if self.spy:
-            spy = shutil.which("py-spy") or str(Path(sys.executable).with_name("py-spy"))
-            fmt = "speedscope" if self.spy.endswith(".json") else "flamegraph"
-            cmd = [spy, "record", "--rate", "250", "--format", fmt, "-o", self.spy, "--", *cmd]
         return subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, stdin=subprocess.DEVNULL,
                                 env=env, start_new_session=True, cwd=str(self.tree))
 
@@ -67,7 +60,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tree", action="append", required=True, metavar="NAME=DIR", help="a source tree to measure")
     p.add_argument("--rounds", type=int, default=5)
     p.add_argument("--executions", type=int, default=100)
-    p.add_argument("--py-spy", metavar="FILE", help="profile the first tree's first worker into FILE")
     p.add_argument("--json", metavar="FILE")
     opts = p.parse_args(argv)
     trees = [(t.split("=", 1)[0], Path(t.split("=", 1)[1]).resolve()) for t in opts.tree]
@@ -76,8 +68,7 @@ def main(argv: list[str] | None = None) -> int:
     figures: dict[str, list[dict[str, Any]]] = {name: [] for name, _ in trees}
     for r in range(opts.rounds):
         for name, tree in trees:
-            spy = opts.py_spy if (r == 0 and name == trees[0][0]) else None
-            b = TreeBench(args, console, tree, spy)
+            b = TreeBench(args, console, tree)
             load = os.getloadavg()[0]
             try:
                 cost = measure_cost(b, opts.executions, 0.5, lambda: None)
