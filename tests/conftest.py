@@ -91,6 +91,22 @@ def fake_redis():
     client.close()
 
 
+@pytest.fixture
+def fake_producer(fake_redis, monkeypatch):
+    """Every Producer the ``dockrq`` CLI builds talks to ``fake_redis``, with prefix ``p``."""
+    from producer import Producer
+    from producer import cli as cli_module
+
+    def make(url, *, queue, prefix, retention_seconds):
+        return Producer(connection=fake_redis, queue=queue, prefix="p", retention_seconds=retention_seconds)
+
+    monkeypatch.setattr(cli_module, "Producer", make)
+    # No worker publishes events here: however slow the machine, no "waiting for a worker"
+    # notice joins the stderr these tests compare (tests/unit/test_submit_progress.py has it).
+    monkeypatch.setattr("producer.progress.WAITING_NOTICE_SECONDS", 3600.0)
+    return fake_redis
+
+
 class VirtualClock:
     """Stands in for a module's ``time``: ``sleep`` advances ``monotonic`` at once, by exactly
     what was asked, so a test asserts on waits and budgets exactly, however loaded the machine.

@@ -11,27 +11,11 @@ from click.testing import CliRunner
 from rq.job import Job, JobStatus
 from rq.serializers import JSONSerializer
 
-import producer.cli as cli_module
-from producer import Producer
 from producer.cli import cli, exit_code_for
 from schemas.connections import redact_url
 from schemas import ExecutionResult, ExecutionStatus, Keys, LogBatch, LogEntry, Outcome
 
 KEYS = Keys("p")
-
-
-@pytest.fixture
-def fake_producer(fake_redis, monkeypatch):
-    """Every Producer the CLI builds talks to the fake server, with prefix ``p``."""
-
-    def make(url, *, queue, prefix, retention_seconds):
-        return Producer(connection=fake_redis, queue=queue, prefix="p", retention_seconds=retention_seconds)
-
-    monkeypatch.setattr(cli_module, "Producer", make)
-    # No worker publishes events here: however slow the machine, no "waiting for a worker"
-    # notice joins the stderr these tests compare (tests/unit/test_submit_progress.py has it).
-    monkeypatch.setattr("producer.progress.WAITING_NOTICE_SECONDS", 3600.0)
-    return fake_redis
 
 
 def run(*args: str, env: dict | None = None):

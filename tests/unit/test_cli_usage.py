@@ -10,7 +10,6 @@ import json
 import pytest
 from click.testing import CliRunner
 
-import producer.cli as cli_module
 from producer import Producer
 from producer.cli import cli
 from schemas import ExecutionResult, ExecutionStatus, Keys, Outcome
@@ -18,16 +17,6 @@ from schemas.connections import async_client_from_url, client_from_url
 from schemas.redis_url import check_db, parse_redis_url
 
 KEYS = Keys("p")
-
-
-@pytest.fixture
-def fake_producer(fake_redis, monkeypatch):
-    def make(url, *, queue, prefix, retention_seconds):
-        return Producer(connection=fake_redis, queue=queue, prefix="p", retention_seconds=retention_seconds)
-
-    monkeypatch.setattr(cli_module, "Producer", make)
-    monkeypatch.setattr("producer.progress.WAITING_NOTICE_SECONDS", 3600.0)
-    return fake_redis
 
 
 def run(*args: str):

@@ -16,8 +16,7 @@ from pydantic import ValidationError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
-import producer.cli as cli_module
-from producer import InvalidRequest, Producer
+from producer import InvalidRequest
 from producer.cli import cli
 from producer.describe import describe
 from producer.run_flags import read_env_files, read_stdin
@@ -194,15 +193,6 @@ def test_description_of_a_plain_request_is_unchanged():
 
 
 # -- dockrq submit flags -------------------------------------------------------------------
-
-
-@pytest.fixture
-def fake_producer(fake_redis, monkeypatch):
-    def make_producer(url, *, queue, prefix, retention_seconds):
-        return Producer(connection=fake_redis, queue=queue, prefix="p", retention_seconds=retention_seconds)
-
-    monkeypatch.setattr(cli_module, "Producer", make_producer)
-    return fake_redis
 
 
 def run(*args: str, input: bytes | None = None, env: dict | None = None):
