@@ -17,6 +17,7 @@ from rq.serializers import JSONSerializer
 from producer import AsyncProducer
 from scripts.faults import FAST_REAP_ENV
 from schemas import ExecutionStatus
+from polling import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -33,13 +34,6 @@ def _req(image, eid, key, limit, *cmd, **fields):
     }
 
 
-def _wait(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 class Running:
     """Follows P:events from before anything is submitted: which executions run, in what order, how many at once."""
 
@@ -50,7 +44,7 @@ class Running:
         self.most = 0
         self._pubsub = redis_client.pubsub()
         self._pubsub.subscribe(channel)
-        _wait(lambda: (m := self._pubsub.get_message(timeout=0.1)) is not None and m["type"] == "subscribe", 5, "sub")
+        wait_until(lambda: (m := self._pubsub.get_message(timeout=0.1)) is not None and m["type"] == "subscribe", 5, "sub")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -103,7 +97,7 @@ def test_at_most_n_run_at_once_fleet_wide_in_order(producer, spawn_worker, test_
     for i, (start, _) in enumerate(spans):  # never a third one of the key running
         assert sum(1 for s, f in spans[:i] if f > start) <= 1
     registry = RateLimitRegistry(key, redis_client)
-    _wait(lambda: registry.get_allowed_job_count() == 0, 10, "slots freed")
+    wait_until(lambda: registry.get_allowed_job_count() == 0, 10, "slots freed")
 
 
 def test_cancel_frees_and_skips_waiting_slots(producer, spawn_worker, test_image, unique, redis_client, redis_url):
@@ -126,11 +120,11 @@ def test_cancel_frees_and_skips_waiting_slots(producer, spawn_worker, test_image
     assert registry.get_allowed_job_ids() == [third] and status(third) == JobStatus.QUEUED
     assert registry.get_rate_limited_job_ids() == [last]
     spawn_worker(env=FAST_REAP_ENV)
-    _wait(lambda: producer.status(third).state.value == "running", 60, "third running")
+    wait_until(lambda: producer.status(third).state.value == "running", 60, "third running")
     assert producer.cancel(third) == "signalled"  # running: stopped, and its slot freed when it ends
     outcomes = producer.wait_many([holder, waiting, third, last], timeout=60)
     assert [o.status for o in outcomes.values()] == [ExecutionStatus.CANCELLED] * 3 + [ExecutionStatus.SUCCEEDED]
-    _wait(lambda: registry.get_allowed_job_count() == 0, 10, "slots freed")
+    wait_until(lambda: registry.get_allowed_job_count() == 0, 10, "slots freed")
 
 
 def test_a_killed_workers_slot_is_freed_when_its_execution_is_reaped(
@@ -140,7 +134,7 @@ def test_a_killed_workers_slot_is_freed_when_its_execution_is_reaped(
     doomed = spawn_worker(env=FAST_REAP_ENV)
     watch = Running(redis_client, producer.keys.events)
     first = producer.submit(_req(test_image, f"first-{unique}", key, 1, "sleep", "300"))
-    _wait(lambda: producer.status(first).state.value == "running", 60, "first running")
+    wait_until(lambda: producer.status(first).state.value == "running", 60, "first running")
     rest = [producer.submit(_req(test_image, f"rest-{i}-{unique}", key, 1, "sleep", "1")) for i in range(2)]
     spawn_worker("--executor-id", f"{spawn_worker.executor_id}-b", env=FAST_REAP_ENV)  # idle: the key is full
     time.sleep(1)
@@ -152,7 +146,7 @@ def test_a_killed_workers_slot_is_freed_when_its_execution_is_reaped(
     assert [outcomes[e].status for e in rest] == [ExecutionStatus.SUCCEEDED] * 2
     assert watch.started == [first, *rest] and watch.most == 1
     assert not docker_client.containers.list(all=True, filters={"label": f"dockrq.execution={first}"})
-    _wait(lambda: RateLimitRegistry(key, redis_client).get_allowed_job_count() == 0, 10, "slots freed")
+    wait_until(lambda: RateLimitRegistry(key, redis_client).get_allowed_job_count() == 0, 10, "slots freed")
 
 
 def test_retries_keep_their_slot_and_a_killed_retry_is_reaped(producer, spawn_worker, test_image, unique, redis_client):
@@ -161,10 +155,10 @@ def test_retries_keep_their_slot_and_a_killed_retry_is_reaped(producer, spawn_wo
     doomed = spawn_worker(env=FAST_REAP_ENV)
     eid = producer.submit(_req(test_image, f"mix-{unique}", key, 1, "sleep", "300", retries=1))
     other = producer.submit(_req(test_image, f"other-{unique}", key, 1))
-    _wait(lambda: producer.status(eid).state.value == "running", 60, "running")
+    wait_until(lambda: producer.status(eid).state.value == "running", 60, "running")
     doomed.kill()
     spawn_worker("--executor-id", f"{spawn_worker.executor_id}-b", env=FAST_REAP_ENV)
-    _wait(lambda: Job.fetch(eid, connection=redis_client, serializer=JSONSerializer).meta.get("attempts") == 2
+    wait_until(lambda: Job.fetch(eid, connection=redis_client, serializer=JSONSerializer).meta.get("attempts") == 2
           and producer.status(eid).state.value == "running", 60, "second attempt running")
     assert producer.status(other).state.value == "queued"  # the retry kept the slot
     producer.cancel(eid)

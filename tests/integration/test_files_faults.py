@@ -3,21 +3,14 @@ re-run on another node gets the inputs again (they stay in Redis for the retenti
 
 from __future__ import annotations
 
-import time
 
 import pytest
 
 from schemas import ExecutionStatus
 from scripts.faults import FAST_REAP_ENV
+from polling import wait_until
 
 pytestmark = pytest.mark.integration
-
-
-def _wait(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def _request(unique, name, script, **fields):
@@ -29,7 +22,7 @@ def test_adopter_collects_the_outputs_of_the_container_it_adopted(spawn_worker, 
     first = spawn_worker(env=FAST_REAP_ENV)
     script = "mkdir /out && cp /in/f /out/copy && sleep 3 && echo late > /out/late"
     eid = producer.submit(_request(unique, "adopt-files", script, outputs=["/out"]), inputs={"/in/f": b"given"})
-    _wait(lambda: producer.status(eid).state.value == "running", 30, "running")
+    wait_until(lambda: producer.status(eid).state.value == "running", 30, "running")
     first.kill()  # SIGKILL: the container keeps running
     second = spawn_worker(env=FAST_REAP_ENV)  # same executor id: adopts it
     outcome = producer.wait(eid, timeout=60)
@@ -46,7 +39,7 @@ def test_a_rerun_after_a_lost_worker_gets_its_inputs_again(spawn_worker, produce
         _request(unique, "rerun-files", "cat /in/f; sleep 3; mkdir /out; echo run > /out/r", outputs=["/out"], retries=1),
         inputs={"/in/f": b"input\n"},
     )
-    _wait(lambda: producer.status(eid).state.value == "running", 30, "running")
+    wait_until(lambda: producer.status(eid).state.value == "running", 30, "running")
     # Another node (same daemon, other executor id): it reaps and re-enqueues, then runs it afresh.
     spawn_worker("--executor-id", f"{spawn_worker.executor_id}-b", env=FAST_REAP_ENV)
     doomed.kill()

@@ -23,17 +23,11 @@ from schemas import ExecutionStatus
 from scripts.faults import FAST_REAP_ENV, RedisServer
 from worker.config.deployment import LABEL_DEPLOYMENT
 from worker.executor import new_executor
+from polling import wait_until
 
 pytestmark = pytest.mark.integration
 
 DOCKRQ = str(Path(sys.executable).with_name("dockrq"))
-
-
-def _wait(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def _request(eid, *cmd, **fields):
@@ -117,7 +111,7 @@ def test_forgotten_containers_of_this_deployment_are_removed_and_another_deploym
         return docker_client.containers.list(all=True, filters={"label": f"{LABEL_DEPLOYMENT}={deployment}"})
 
     try:
-        _wait(lambda: not present(ours), 60, "this deployment's forgotten container to be removed")
+        wait_until(lambda: not present(ours), 60, "this deployment's forgotten container to be removed")
         time.sleep(2 * float(FAST_REAP_ENV["DOCKRQ_REAP_INTERVAL_SECONDS"]) + 1)  # more passes: still spared
         assert len(present(theirs)) == 1
     finally:
@@ -138,7 +132,7 @@ def test_waiters_end_when_redis_loses_its_data(spawn_worker, tmp_path, unique, d
         # Runs well past the waiter's give-up (a few seconds): had it ended first, the worker would
         # have written its outcome to the empty Redis and the waiter would have that instead.
         eid = producer.submit(_request(f"forgot-{unique}", "sh", "-c", "echo started; sleep 25; echo done"))
-        _wait(lambda: producer.status(eid).state.value == "running", 60, "the execution to run")
+        wait_until(lambda: producer.status(eid).state.value == "running", 60, "the execution to run")
         ended: dict[str, BaseException | object] = {}
 
         def wait() -> None:
@@ -195,7 +189,7 @@ def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_
     again, once = f"again-{unique}", f"once-{unique}"
     producer.submit(_request(again, *cmd, retries=1))
     producer.submit(_request(once, *cmd, retries=0))
-    _wait(lambda: all(producer.status(e).state.value == "running" for e in (again, once)), 60, "both running on B")
+    wait_until(lambda: all(producer.status(e).state.value == "running" for e in (again, once)), 60, "both running on B")
     assert {producer.status(e).node for e in (again, once)} == {b}
     for _ in range(2):
         spawn_worker(executor_id=a, env=FAST_REAP_ENV)
@@ -223,7 +217,7 @@ def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_
     for w in b_workers:  # the whole node at once: workers and daemon, SIGKILL
         w.kill()
     node_b.kill()
-    _wait(lambda: redis_client.exists(producer.keys.outcome(once)), 60, "the lost execution's outcome")
+    wait_until(lambda: redis_client.exists(producer.keys.outcome(once)), 60, "the lost execution's outcome")
     lost_after = time.monotonic() - killed
     for t in threads:
         t.join(120)
@@ -240,12 +234,12 @@ def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_
 
     # Node A runs something while B comes back: B's worker must leave it alone.
     on_a = producer.submit(_request(f"on-a-{unique}", "sh", "-c", "sleep 6; echo fine"))
-    _wait(lambda: producer.status(on_a).state.value == "running", 60, "A's execution to run")
+    wait_until(lambda: producer.status(on_a).state.value == "running", 60, "A's execution to run")
     node_b.start()  # dockerd's restore stops the containers its shims kept running
     old = client_b.containers.list(all=True, filters={"label": "dockrq.execution"})
     assert {c.labels["dockrq.execution"] for c in old} >= {again, once, f"stranger-{unique}"}
     spawn_worker(executor_id=b, env=env_b)
-    _wait(
+    wait_until(
         lambda: {c["Labels"]["dockrq.execution"] for c in client_b.api.containers(all=True)} == {f"stranger-{unique}"},
         60 + grace, "B's worker to remove its old containers",
     )

@@ -24,6 +24,7 @@ from rq.serializers import JSONSerializer
 from producer import Producer
 from schemas import ExecutionStatus
 from scripts.faults import RedisServer
+from polling import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -42,20 +43,13 @@ def own_redis(tmp_path):
     server.kill()
 
 
-def _wait(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 def test_redis_restart_mid_execution(own_redis, spawn_worker, unique, test_image):
     client = redis.Redis.from_url(own_redis.url)
     queue = Queue(spawn_worker.queue, connection=client)
     busy = spawn_worker("--redis-url", own_redis.url, ready=False, env=FAST)
     idle = spawn_worker("--redis-url", own_redis.url, ready=False, env=FAST)
     third = spawn_worker("--redis-url", own_redis.url, ready=False, env=FAST)  # idle through the outage
-    _wait(lambda: len(Worker.all(queue=queue)) == 3, 20, "three workers listening")
+    wait_until(lambda: len(Worker.all(queue=queue)) == 3, 20, "three workers listening")
     producer = Producer(own_redis.url, queue=spawn_worker.queue, prefix=spawn_worker.prefix)
     eid = producer.submit({
         "execution_id": f"through-{unique}",
@@ -72,8 +66,8 @@ def test_redis_restart_mid_execution(own_redis, spawn_worker, unique, test_image
     )
     waiter.start()
     follower.start()
-    _wait(lambda: ("stdout", "before\n") in followed, 30, "the first log line")
-    _wait(lambda: producer.status(quiet).state == "running", 30, "the second execution running")
+    wait_until(lambda: ("stdout", "before\n") in followed, 30, "the first log line")
+    wait_until(lambda: producer.status(quiet).state == "running", 30, "the second execution running")
 
     own_redis.kill()  # mid-execution; the container ends while Redis is away (after 3 s)
     time.sleep(10)
@@ -88,7 +82,7 @@ def test_redis_restart_mid_execution(own_redis, spawn_worker, unique, test_image
     assert (got.status, got.result.stdout, got.result.stderr) == (ExecutionStatus.SUCCEEDED, "before\n", "after\n")
     assert followed == [("stdout", "before\n"), ("stderr", "after\n")]
     job = Job.fetch(eid, connection=client, serializer=JSONSerializer)
-    _wait(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, "rq job finished")
+    wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, "rq job finished")
     # The execution ended while Redis was away; what it produced was kept and written on its return.
     assert got.result.finished_at.timestamp() < back_at
     assert "not shipped yet" in busy.output() + idle.output() + third.output()
@@ -96,7 +90,7 @@ def test_redis_restart_mid_execution(own_redis, spawn_worker, unique, test_image
     assert (late.status, late.exit_code) == (ExecutionStatus.FAILED, 3)
     assert late.result.finished_at.timestamp() < back_at
     quiet_job = Job.fetch(quiet, connection=client, serializer=JSONSerializer)
-    _wait(lambda: quiet_job.get_status(refresh=True) == JobStatus.FINISHED, 20, "rq job finished")  # follows the outcome
+    wait_until(lambda: quiet_job.get_status(refresh=True) == JobStatus.FINISHED, 20, "rq job finished")  # follows the outcome
 
     # Every worker is still there, and they serve again.
     assert [w.popen.poll() for w in (busy, idle, third)] == [None, None, None]
@@ -118,7 +112,7 @@ def test_redis_away_beyond_the_outcome_retry_budget(own_redis, spawn_worker, uni
     client = redis.Redis.from_url(own_redis.url)
     queue = Queue(spawn_worker.queue, connection=client)
     worker = spawn_worker("--redis-url", own_redis.url, ready=False, env={**FAST, "DOCKRQ_OUTCOME_RETRY_SECONDS": "2"})
-    _wait(lambda: len(Worker.all(queue=queue)) == 1, 20, "the worker listening")
+    wait_until(lambda: len(Worker.all(queue=queue)) == 1, 20, "the worker listening")
     producer = Producer(own_redis.url, queue=spawn_worker.queue, prefix=spawn_worker.prefix)
     eid = producer.submit({
         "execution_id": f"beyond-{unique}",
@@ -127,12 +121,12 @@ def test_redis_away_beyond_the_outcome_retry_budget(own_redis, spawn_worker, uni
     waited: list = []
     waiter = threading.Thread(target=lambda: waited.append(producer.wait(eid, timeout=60)), daemon=True)
     waiter.start()
-    _wait(lambda: producer.status(eid).state == "running", 30, "the execution running")
+    wait_until(lambda: producer.status(eid).state == "running", 30, "the execution running")
 
     own_redis.kill()  # the container ends 2 s later, with Redis away for good (as far as the budget goes)
-    _wait(lambda: "settling it once Redis is back" in worker.output(), 30, "the worker giving up on the outcome")
+    wait_until(lambda: "settling it once Redis is back" in worker.output(), 30, "the worker giving up on the outcome")
     label = f"dockrq.execution={eid}"
-    _wait(lambda: not docker_client.containers.list(all=True, filters={"label": label}), 10, "the container removed")
+    wait_until(lambda: not docker_client.containers.list(all=True, filters={"label": label}), 10, "the container removed")
     assert waited == [] and worker.popen.poll() is None
     own_redis.start()
 
@@ -145,7 +139,7 @@ def test_redis_away_beyond_the_outcome_retry_budget(own_redis, spawn_worker, uni
     assert producer.wait(eid, timeout=5) == got  # every later waiter gets the same one
     assert "outcome written after the outage" in worker.output()
     job = Job.fetch(eid, connection=client, serializer=JSONSerializer)
-    _wait(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, "rq job settled")
+    wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, "rq job settled")
 
     # The worker is still there, and serves again.
     assert worker.popen.poll() is None

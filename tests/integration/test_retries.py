@@ -14,6 +14,7 @@ from rq.serializers import JSONSerializer
 from producer.logs import AttemptStart
 from scripts.faults import FAST_REAP_ENV
 from schemas import ExecutionStatus
+from polling import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -36,13 +37,6 @@ def _runs(data_dir) -> int:
     return int(text) if text else 0  # empty: read while the container rewrites it
 
 
-def _wait(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
-
-
 class Events:
     """Every event of one execution on P:events, from before it is submitted."""
 
@@ -51,7 +45,7 @@ class Events:
         self._pubsub = redis_client.pubsub()
         self._pubsub.subscribe(channel)
         self._id = execution_id
-        _wait(lambda: (m := self._pubsub.get_message(timeout=0.1)) is not None and m["type"] == "subscribe", 5, "sub")
+        wait_until(lambda: (m := self._pubsub.get_message(timeout=0.1)) is not None and m["type"] == "subscribe", 5, "sub")
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -113,7 +107,7 @@ def test_failed_attempts_are_retried_until_one_succeeds(
         "run 1\n", 2, "run 2\n", 3, "run 3\n"
     ]
     job = Job.fetch(eid, connection=redis_client, serializer=JSONSerializer)
-    _wait(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 10, "rq job finished")
+    wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 10, "rq job finished")
     assert job.get_meta(refresh=True)["attempts"] == 3
     assert not docker_client.containers.list(all=True, filters={"label": f"dockrq.execution={eid}"})
 
@@ -146,7 +140,7 @@ def test_cancel_during_the_backoff_ends_it_with_the_history(
     eid = producer.submit(_counting_request(
         test_image, f"backoff-{unique}", data_dir, "exit 7", retries=2, retry_on=["failed"], retry_backoff_seconds=60,
     ))
-    _wait(lambda: producer.status(eid).state.value == "scheduled" and _runs(data_dir) == 1, 60, "waiting to retry")
+    wait_until(lambda: producer.status(eid).state.value == "scheduled" and _runs(data_dir) == 1, 60, "waiting to retry")
     assert producer.status(eid).attempt == 2  # the next one, waiting for its backoff
     assert producer.cancel(eid) == "cancelled"
     outcome = producer.wait(eid, timeout=10)
@@ -167,7 +161,7 @@ def test_worker_killed_mid_attempt_is_retried_once_and_never_twice_at_once(
         test_image, f"killed-{unique}", data_dir, 'case $n in 1) exit 7;; 2) sleep 300;; esac',
         retries=3, retry_on=["failed", "lost"],
     ))
-    _wait(lambda: _runs(data_dir) == 2 and producer.status(eid).state.value == "running", 60, "attempt 2 running")
+    wait_until(lambda: _runs(data_dir) == 2 and producer.status(eid).state.value == "running", 60, "attempt 2 running")
     doomed.kill()
     _mounting_worker(spawn_worker, data_dir, "--executor-id", f"{spawn_worker.executor_id}-b")
     seen = []
@@ -192,7 +186,7 @@ def test_adopted_attempt_that_fails_is_retried(producer, spawn_worker, test_imag
         test_image, f"adopted-{unique}", data_dir, '[ "$n" -ge 2 ] && exit 0; sleep 3; echo late; exit 7',
         retries=1, retry_on=["failed"],
     ))
-    _wait(lambda: _runs(data_dir) == 1 and producer.status(eid).state.value == "running", 60, "attempt 1 running")
+    wait_until(lambda: _runs(data_dir) == 1 and producer.status(eid).state.value == "running", 60, "attempt 1 running")
     doomed.kill()
     _mounting_worker(spawn_worker, data_dir)  # same executor id: adopts the running container
     outcome = producer.wait(eid, timeout=90)

@@ -21,6 +21,7 @@ from rq.serializers import JSONSerializer
 from scripts.faults import FAST_REAP_ENV
 from schemas.compact_log import log_batches
 from schemas import ExecutionStatus, Keys, LogBatch
+from polling import wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -49,13 +50,6 @@ def _request(unique, name, *cmd, **fields):
         "engine": {"image": "dockrq-test/busybox:latest", "cmd": list(cmd)},
         **fields,
     }
-
-
-def _wait(condition, timeout, what):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert time.monotonic() < deadline, f"timed out waiting for {what}"
-        time.sleep(0.1)
 
 
 def _containers(docker_client, execution_id):
@@ -93,7 +87,7 @@ def test_restarted_worker_adopts_the_running_container(
         target=lambda: followed.extend((e.stream, e.data) for e in producer.logs(eid, follow=True)), daemon=True
     )
     follower.start()
-    _wait(lambda: sum(len(b.entries) for b in _replay(redis_client, spawn_worker.prefix, eid)) >= 4, 20, "first logs")
+    wait_until(lambda: sum(len(b.entries) for b in _replay(redis_client, spawn_worker.prefix, eid)) >= 4, 20, "first logs")
     (container,) = _containers(docker_client, eid)
 
     first.kill()  # SIGKILL: no outcome, no cleanup, the container keeps running
@@ -118,7 +112,7 @@ def test_restarted_worker_adopts_the_running_container(
     assert batches[-1].eof and sum(1 for b in batches if b.eof) == 1
     assert followed == entries
     # rq agrees (once the adopter has settled the job): finished, nothing left to call abandoned.
-    _wait(lambda: _rq_status(redis_client, eid) == JobStatus.FINISHED.value, 10, "rq job finished")
+    wait_until(lambda: _rq_status(redis_client, eid) == JobStatus.FINISHED.value, 10, "rq job finished")
     assert eid not in _started_ids(redis_client, spawn_worker.queue)
     assert eid not in FailedJobRegistry(spawn_worker.queue, connection=redis_client).get_job_ids(cleanup=False)
     assert "adopting container" in second.output()
@@ -134,7 +128,7 @@ def test_restarted_worker_adopts_the_running_container(
 def test_reaper_stops_the_container_and_writes_lost(spawn_worker, other_node, producer, redis_client, docker_client, unique):
     doomed = spawn_worker(env=FAST)
     eid = producer.submit(_request(unique, "lost", "sleep", "300"))
-    _wait(lambda: producer.status(eid).state == "running", 20, "running")
+    wait_until(lambda: producer.status(eid).state == "running", 20, "running")
     other_node()  # shares the daemon, not the executor id: it must not adopt, it reaps
 
     doomed.kill()
@@ -143,8 +137,8 @@ def test_reaper_stops_the_container_and_writes_lost(spawn_worker, other_node, pr
     got = producer.wait(eid, timeout=60)
     assert (got.status, got.error.code) == (ExecutionStatus.LOST, "worker_lost")
     assert "died while running" in got.error.message
-    _wait(lambda: not _containers(docker_client, eid), 30, "container removed")
-    _wait(lambda: _rq_status(redis_client, eid) == JobStatus.FAILED.value, 30, "rq job failed")
+    wait_until(lambda: not _containers(docker_client, eid), 30, "container removed")
+    wait_until(lambda: _rq_status(redis_client, eid) == JobStatus.FAILED.value, 30, "rq job failed")
     assert eid not in _started_ids(redis_client, spawn_worker.queue)
     assert redis_client.llen(Keys(spawn_worker.prefix).outcome(eid)) == 1
 
@@ -154,7 +148,7 @@ def test_reaper_reenqueues_when_the_request_allows_retries(
 ):
     doomed = spawn_worker(env=FAST)
     eid = producer.submit(_request(unique, "retry", "sh", "-c", "sleep 8; echo finished", retries=1))
-    _wait(lambda: producer.status(eid).state == "running" and _containers(docker_client, eid), 20, "running")
+    wait_until(lambda: producer.status(eid).state == "running" and _containers(docker_client, eid), 20, "running")
     (first_container,) = _containers(docker_client, eid)
     other_node()
 
@@ -162,7 +156,7 @@ def test_reaper_reenqueues_when_the_request_allows_retries(
     got = producer.wait(eid, timeout=60)
     assert (got.status, got.result.stdout) == (ExecutionStatus.SUCCEEDED, "finished\n")
     assert got.result.container_id != first_container.id  # a second, fresh run
-    _wait(lambda: _rq_status(redis_client, eid) == JobStatus.FINISHED.value, 10, "rq job finished")
+    wait_until(lambda: _rq_status(redis_client, eid) == JobStatus.FINISHED.value, 10, "rq job finished")
     meta = _meta(redis_client, eid)
     assert meta["attempts"] == 2 and meta["lost_worker"].startswith(spawn_worker.executor_id)
     assert not _containers(docker_client, eid)
@@ -173,17 +167,17 @@ def test_reaper_writes_lost_once_retries_are_used_up(
 ):
     doomed = spawn_worker(env=FAST)
     eid = producer.submit(_request(unique, "twice", "sleep", "300", retries=1))
-    _wait(lambda: producer.status(eid).state == "running", 20, "running")
+    wait_until(lambda: producer.status(eid).state == "running", 20, "running")
     second = other_node()  # reaps it, puts it back on the queue, and runs the retry itself...
     doomed.kill()
-    _wait(lambda: (_meta(redis_client, eid).get("attempts") == 2
+    wait_until(lambda: (_meta(redis_client, eid).get("attempts") == 2
                    and producer.status(eid).state == "running"), 40, "second attempt running")
     third = other_node()
     second.kill()  # ...and dies too: no retry left
     got = producer.wait(eid, timeout=40)
     assert (got.status, got.error.code) == (ExecutionStatus.LOST, "worker_lost")
-    _wait(lambda: not _containers(docker_client, eid), 10, "container removed")
-    _wait(lambda: _rq_status(redis_client, eid) == JobStatus.FAILED.value, 10, "rq job failed")
+    wait_until(lambda: not _containers(docker_client, eid), 10, "container removed")
+    wait_until(lambda: _rq_status(redis_client, eid) == JobStatus.FAILED.value, 10, "rq job failed")
     assert third.popen.poll() is None
 
 
@@ -195,7 +189,7 @@ def test_orphan_sweep_removes_unowned_containers_and_spares_owned_ones(
 ):
     owner = spawn_worker(env=FAST)
     running = producer.submit(_request(unique, "owned", "sleep", "300"))
-    _wait(lambda: producer.status(running).state == "running", 20, "running")
+    wait_until(lambda: producer.status(running).state == "running", 20, "running")
     keys = Keys(spawn_worker.prefix)
 
     def orphan(execution_id, executor):
@@ -213,7 +207,7 @@ def test_orphan_sweep_removes_unowned_containers_and_spares_owned_ones(
     stranger = orphan(f"stranger-{unique}", "elsewhere")
     try:
         sweeper = other_node()
-        _wait(lambda: not _containers(docker_client, ended), 20, "leftover container removed")
+        wait_until(lambda: not _containers(docker_client, ended), 20, "leftover container removed")
         time.sleep(2)  # several more passes
         stranger.reload()
         assert stranger.status == "running"
@@ -265,7 +259,7 @@ def test_second_sigterm_while_pulling_writes_outcome_and_leaves_nothing(
     request = _request(unique, "pulling", "true")
     request["engine"]["image"] = f"{silent_registry}/dockrq-test/never:latest"
     eid = producer.submit(request)
-    _wait(lambda: producer.status(eid).state == "pulling", 20, "pulling")
+    wait_until(lambda: producer.status(eid).state == "pulling", 20, "pulling")
     worker.signal(signal.SIGTERM)
     time.sleep(1.5)  # rq ignores a second signal within 1 s of the first
     assert worker.popen.poll() is None  # warm shutdown waits for the execution
@@ -282,14 +276,14 @@ def test_shutdown_of_an_adopter_ends_what_it_adopted(spawn_worker, producer, red
     finishing = producer.submit(_request(unique, "adopted-finish", "sh", "-c", "sleep 8; echo done"))
     stuck = producer.submit(_request(unique, "adopted-stuck", "sleep", "300"))
     second = spawn_worker(env=FAST)  # takes the second execution while the first worker has the first
-    _wait(lambda: all(producer.status(e).state == "running" and producer.status(e).container_id
+    wait_until(lambda: all(producer.status(e).state == "running" and producer.status(e).container_id
                       for e in (finishing, stuck)), 20, "both running")  # announced by their workers, not only rq
     owners = {_meta(redis_client, e)["worker"] for e in (finishing, stuck)}
     assert len(owners) == 2
     first.kill()
     second.kill()
     adopter = spawn_worker(env=FAST)  # same executor id: adopts both
-    _wait(lambda: adopter.output().count("adopting container") == 2, 20, "both adopted")
+    wait_until(lambda: adopter.output().count("adopting container") == 2, 20, "both adopted")
 
     adopter.signal(signal.SIGTERM)  # warm: the adopted executions are its current work
     time.sleep(1.5)
@@ -342,9 +336,9 @@ def test_a_sigkilled_workers_scheduler_ends_and_frees_the_scheduler_lock(spawn_w
 
     worker = spawn_worker(env=FAST)
     lock = RQScheduler.get_locking_key(spawn_worker.queue)
-    _wait(lambda: psutil.Process(worker.popen.pid).children() and redis_client.exists(lock), 30, "scheduler up")
+    wait_until(lambda: psutil.Process(worker.popen.pid).children() and redis_client.exists(lock), 30, "scheduler up")
     (scheduler,) = psutil.Process(worker.popen.pid).children()
     os.kill(worker.popen.pid, signal.SIGKILL)  # the worker only, not its process group
     worker.popen.wait(10)
-    _wait(lambda: not scheduler.is_running() or scheduler.status() == psutil.STATUS_ZOMBIE, 60, "scheduler ended")
-    _wait(lambda: not redis_client.exists(lock), 30, "scheduler lock released")
+    wait_until(lambda: not scheduler.is_running() or scheduler.status() == psutil.STATUS_ZOMBIE, 60, "scheduler ended")
+    wait_until(lambda: not redis_client.exists(lock), 30, "scheduler lock released")
