@@ -226,9 +226,18 @@ class Session:
         return {}
 
     def start(self) -> None:
+        self.start_backends()
+        self.start_workers()
+        say(f"{self.describe()}, files in {self.tmp}")
+
+    def start_backends(self) -> None:
+        """Redis (and whatever else the workers need) up, ``client`` and ``producer`` on it."""
         self.redis.start()
         self.client = redis.Redis.from_url(self.redis.url)
         self.producer = Producer(self.redis.url, queue=self.queue, prefix=self.prefix)
+
+    def start_workers(self) -> None:
+        """``args.workers`` worker slots, returning once rq lists them all on the queue."""
         for i in range(self.args.workers):
             slot = WorkerSlot(i, self)
             slot.start()
@@ -239,7 +248,9 @@ class Session:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"workers did not start; logs in {self.tmp}")
             time.sleep(0.1)
-        say(f"redis on :{self.redis.port}, {self.args.workers} workers on queue {self.queue}, files in {self.tmp}")
+
+    def describe(self) -> str:
+        return f"redis on :{self.redis.port}, {self.args.workers} workers on queue {self.queue}"
 
     def requests(self) -> list[dict[str, Any]]:
         out = []

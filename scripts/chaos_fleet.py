@@ -27,7 +27,6 @@ from collections import Counter
 from typing import Any
 
 import docker
-from rq import Queue, Worker
 
 from producer import Producer
 from schemas.connections import client_from_url
@@ -61,32 +60,22 @@ class FleetSession(Session):
             env["DOCKER_HOST"] = self.node.docker_host
         return env
 
-    def start(self) -> None:
+    def start_backends(self) -> None:
         if self.group is not None:
             self.group.start()
             self.client = client_from_url(self.group.url)
             self.producer = Producer(self.group.url, queue=self.queue, prefix=self.prefix, replica_acks=1)
         else:
-            self.redis.start()
-            self.client = client_from_url(self.redis.url)
-            self.producer = Producer(self.redis.url, queue=self.queue, prefix=self.prefix)
+            super().start_backends()
         if self.node is not None:
             self.node.start()
             self.node.load_image(IMAGE)
             self.node_docker = docker.DockerClient(base_url=self.node.docker_host)
-        for i in range(self.args.workers):
-            slot = WorkerSlot(i, self)
-            slot.start()
-            self.slots.append(slot)
-        q = Queue(self.queue, connection=self.client)
-        deadline = time.monotonic() + 60
-        while len(Worker.all(queue=q)) < self.args.workers:
-            if time.monotonic() > deadline:
-                raise RuntimeError(f"workers did not start; logs in {self.tmp}")
-            time.sleep(0.1)
+
+    def describe(self) -> str:
         where = self.group.url if self.group is not None else f"redis :{self.redis.port}"
         nodes = f", node B {self.node.docker_host}" if self.node is not None else ""
-        say(f"{where}, {self.args.workers} workers on queue {self.queue}{nodes}, files in {self.tmp}")
+        return f"{where}, {self.args.workers} workers on queue {self.queue}{nodes}"
 
     # -- faults ---------------------------------------------------------------------------------------
 
