@@ -110,8 +110,9 @@ def test_timeout_names_the_executions_still_running(producer, spawn_worker, test
     spawn_worker()
     quick = producer.submit(_req(test_image, f"quick-{unique}", "true"))
     slow = producer.submit(_req(test_image, f"slow-{unique}", "sleep", "300"))
+    producer.wait(quick, timeout=60)  # ended before the timed wait begins: no race with a slow machine
     with pytest.raises(WaitTimeout) as info:
-        producer.wait_many([quick, slow], timeout=20)
+        producer.wait_many([quick, slow], timeout=2)
     assert info.value.pending == [slow] and list(info.value.outcomes) == [quick]
     producer.cancel(slow)
     assert producer.wait_many([slow], timeout=30)[slow].status == ExecutionStatus.CANCELLED
