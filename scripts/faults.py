@@ -4,6 +4,7 @@ dockerd stopped and started again the way scripts/setup.sh starts it."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -14,6 +15,7 @@ from pathlib import Path
 
 import redis
 
+MAIN_DOCKERD_PIDFILE = "/var/run/docker.pid"  # dockerd's default --pidfile
 DOCKERD_START = "nohup dockerd >/var/log/dockrq-dockerd.log 2>&1 </dev/null &"  # as scripts/setup.sh
 
 # Worker settings under which a dead worker is noticed and reaped in seconds, not the
@@ -80,20 +82,41 @@ def docker_up() -> bool:
 
 
 def stop_dockerd(timeout: float = 60) -> None:
-    """SIGTERM (as ``kill`` does), SIGKILL after ``timeout``; returns once it is gone."""
-    out = subprocess.run(["pgrep", "-x", "dockerd"], capture_output=True, text=True)
-    pids = [int(p) for p in out.stdout.split()]
-    for pid in pids:
-        os.kill(pid, signal.SIGTERM)
+    """SIGTERM the machine's dockerd (as ``kill`` does), SIGKILL after ``timeout``; returns once
+    it is gone.
+
+    Only the daemon of ``/var/run/docker.sock``, found by its pidfile (``/var/run/docker.pid``,
+    dockerd's default): a second daemon (scripts/docker_node.py: its own ``--pidfile``) is
+    another node and is left running. A zombie counts as gone: a daemon that is some test
+    process's child stays in ``/proc`` until that process reaps it.
+    """
+    pid = _main_dockerd_pid()
+    if pid is None:
+        return
+    os.kill(pid, signal.SIGTERM)
     deadline = time.monotonic() + timeout
-    while any(os.path.exists(f"/proc/{pid}") for pid in pids):
+    while _alive(pid):
         if time.monotonic() > deadline:
-            for pid in pids:
-                try:
-                    os.kill(pid, signal.SIGKILL)
-                except ProcessLookupError:
-                    pass
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
         time.sleep(0.2)
+
+
+def _main_dockerd_pid() -> int | None:
+    try:
+        pid = int(Path(MAIN_DOCKERD_PIDFILE).read_text().strip())
+    except (OSError, ValueError):
+        return None
+    return pid if _alive(pid) else None
+
+
+def _alive(pid: int) -> bool:
+    """Running (not a zombie)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"
 
 
 def ensure_dockerd(timeout: float = 120) -> None:
