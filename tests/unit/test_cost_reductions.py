@@ -8,6 +8,8 @@ import time
 import zlib
 
 import pytest
+from rq import Queue, Worker
+from rq.registry import StartedJobRegistry
 
 from producer import Producer
 from schemas import Keys, LogBatch, LogEntry
@@ -140,6 +142,9 @@ class _Recorder:
     def check_for_suspension(self, burst):
         self.suspension_checks += 1
 
+    def reorder_queues(self, reference_queue):
+        pass
+
 
 class _Worker(FewerCommands, _Recorder):
     worker_ttl = 420
@@ -162,6 +167,48 @@ def test_repeated_heartbeats_and_states_are_not_sent_again(fake_redis):
     w.set_state("busy")
     w.set_state("idle")
     assert w.states == ["idle", "busy", "idle"]
+
+
+def test_only_the_heartbeat_right_after_a_dequeue_is_left_to_the_jobs_start(fake_redis):
+    w = _Worker(fake_redis)
+    w.reorder_queues(None)  # rq: a job was dequeued
+    w.heartbeat()  # rq's heartbeat after it: the start transaction carries it
+    assert w.beats == []
+    w.heartbeat()  # the job never started (an error in between): the next one goes out as ever
+    assert w.beats == [None]
+
+
+def test_a_jobs_start_is_one_transaction_with_rqs_writes(fake_redis, monkeypatch):
+    """prepare_execution + prepare_job_execution of rq 3.0, as one MULTI: what rq's readers read is there."""
+
+    class Lean(FewerCommands, Worker):
+        pass
+
+    queue = Queue("q", connection=fake_redis)
+    job = queue.enqueue("os.getcwd")
+    worker = Lean([queue], connection=fake_redis, name="w1")
+    worker.register_birth()
+    queue.pop_job_id()  # off the queue, as a dequeue leaves it
+    sent = []
+    pipe_class = type(fake_redis.pipeline())
+    real_execute = pipe_class.execute
+
+    def counting(pipe, *args, **kwargs):
+        sent.append(len(pipe.command_stack))
+        return real_execute(pipe, *args, **kwargs)
+
+    monkeypatch.setattr(pipe_class, "execute", counting)
+    execution = worker.prepare_execution(job)
+    worker.prepare_job_execution(job, remove_from_intermediate_queue=True)  # already written: nothing sent
+    monkeypatch.undo()
+    assert len(sent) == 1
+    job.refresh()
+    assert job.get_status() == "started" and job.worker_name == "w1" and job.last_heartbeat is not None
+    assert fake_redis.ttl(job.key) == -1  # PERSIST
+    assert (job.id, execution.id) in StartedJobRegistry("q", connection=fake_redis).get_job_and_execution_ids()
+    assert worker.get_state() == "busy" and Worker.find_by_key(worker.key, connection=fake_redis).last_heartbeat
+    assert fake_redis.ttl(worker.key) > 0
+    assert fake_redis.exists(execution.key)
 
 
 def test_suspension_is_checked_with_one_exists(fake_redis):

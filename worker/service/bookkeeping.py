@@ -69,8 +69,9 @@ class FewerCommands:
     # -- heartbeats --------------------------------------------------------------------
 
     def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        if self._job_taken:
-            return  # rq's heartbeat after a dequeue: prepare_execution sends it with the job's start
+        if self._job_taken:  # rq's one heartbeat right after a dequeue: prepare_execution sends it
+            self._job_taken = False  # with the job's start; only that one is skipped, whatever follows
+            return
         ttl = int(timeout or self.worker_ttl + 60)  # type: ignore[attr-defined] - rq's default
         at = time.monotonic()
         if at - self._beat_at < BEAT_DEDUPE_SECONDS and self._beat_ttl >= ttl:
