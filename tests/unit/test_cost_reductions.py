@@ -209,6 +209,8 @@ def test_a_jobs_start_is_one_transaction_with_rqs_writes(fake_redis, monkeypatch
     assert worker.get_state() == "busy" and Worker.find_by_key(worker.key, connection=fake_redis).last_heartbeat
     assert fake_redis.ttl(worker.key) > 0
     assert fake_redis.exists(execution.key)
+    # the worker's index of its executions lives no longer than the record (rq's heartbeat sets it so)
+    assert 0 < fake_redis.ttl(worker.executions_key) <= fake_redis.ttl(execution.key)
 
 
 def test_suspension_is_checked_with_one_exists(fake_redis):

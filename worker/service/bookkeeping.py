@@ -109,14 +109,18 @@ class FewerCommands:
         return execution
 
     def _state_beat(self, state: str, ttl: int, pipe: Pipeline) -> None:
-        """rq's ``set_state(state)`` and ``heartbeat(ttl)`` as one ``HSET`` and one ``EXPIRE``.
+        """rq's ``set_state(state)`` and ``heartbeat(ttl)`` as one ``HSET`` and ``EXPIRE``s.
 
-        rq's heartbeat also extends the worker's executions set: at a job's start
-        ``Execution.create`` has just given it ``ttl + 60``, and at its end the same
-        transaction removes its one member, which deletes it."""
+        rq's heartbeat also sets the TTL of the worker's executions set: at a job's start
+        that brings it back from ``Execution.create``'s ``ttl + 60`` to the execution
+        record's ``ttl`` (a set that outlived the record of a worker killed mid-job made
+        rq's ``Worker.get_current_job`` raise KeyError); at its end the same transaction
+        removes the set's one member, which deletes it."""
         stamp = now()
         pipe.hset(self.key, mapping={"state": state, "last_heartbeat": utcformat(stamp)})  # type: ignore[attr-defined]
         pipe.expire(self.key, ttl)  # type: ignore[attr-defined]
+        if state == WorkerStatus.BUSY:  # as rq's heartbeat: the index lives no longer than the record
+            pipe.expire(self.executions_key, ttl)  # type: ignore[attr-defined]
         self._state = state  # what rq's set_state and heartbeat keep
         self.last_heartbeat = stamp
         self._state_written, self._state_written_at = state, time.monotonic()

@@ -33,6 +33,8 @@ class DashboardWorker(Worker):
             return super().get_current_job()
         except NoSuchJobError:  # a worker that died busy, whose job has expired since
             return None
+        except KeyError:  # rq reads its execution record, expired a moment before the worker's index of it
+            return None
 
 
 def serialize_current_job(job: Job | None) -> Any:
