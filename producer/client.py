@@ -296,7 +296,8 @@ class Producer(SubmitPlanner, OutputsMixin):
         return outcome, job, claim
 
     def _require_known(self, execution_id: str) -> None:
-        if not any(self._presence(execution_id)):
+        """ExecutionNotFound unless an outcome, an rq job or a claim exists: one ``EXISTS`` of the three."""
+        if not self._client.exists(self.keys.outcome(execution_id), Job.key_for(execution_id), self.keys.claim(execution_id)):
             raise ExecutionNotFound(execution_id)
 
     def wait(self, execution_id: str, timeout: float | None = None) -> Outcome:
@@ -308,9 +309,7 @@ class Producer(SubmitPlanner, OutputsMixin):
         (producer.waiting). Redis outages while waiting are retried with backoff.
         """
         self._check_id(execution_id)
-        # One EXISTS for the three keys; the waiter's first BLMOVE returns an outcome already there.
-        if not self._client.exists(self.keys.outcome(execution_id), Job.key_for(execution_id), self.keys.claim(execution_id)):
-            raise ExecutionNotFound(execution_id)
+        self._require_known(execution_id)  # the waiter's first BLMOVE returns an outcome already there
         return OutcomeWaiter(self._client, self._blocking, self.keys, self._acks, self._presence).wait(execution_id, timeout)
 
     def as_completed(
