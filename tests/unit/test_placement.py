@@ -170,3 +170,20 @@ def test_put_archive_refusals_name_the_input(message, kind, named, why):
 def test_other_put_archive_failures_stay_daemon_errors():
     assert explain_put_refusal(_api_error(404, "No such container: abc"), ["/x"]) is None
     assert explain_put_refusal(_api_error(500, "Error processing tar file: write /x: no space left on device"), ["/x"]) is None
+
+
+def test_the_async_producer_refuses_the_same_before_writing():
+    import asyncio
+
+    from producer import AsyncProducer
+
+    async def scenario() -> list:
+        client = fakeredis.FakeAsyncRedis()
+        async with AsyncProducer(connection=client, prefix="p", queue="jobs") as producer:
+            producer._server_version = (7, 2, 0)  # fakeredis has no INFO (as test_producer_api_gaps)
+            with pytest.raises(InvalidRequest, match=r"^inputs: .*/scratch/x is at or under tmpfs /scratch"):
+                await producer.submit({"engine": {"image": "busybox"}, "tmpfs": [{"target": "/scratch"}]},
+                                      inputs={"/scratch/x": b"hi"})
+        return await client.keys("*")
+
+    assert asyncio.run(scenario()) == []
