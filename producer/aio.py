@@ -35,7 +35,8 @@ from .cancel import CancelResult
 from .client import Producer
 from .errors import DuplicateExecution, ExecutionNotFound
 from .files import InputArchive, InputValue, build_input_archive, write_input_archive_async
-from .many import CHUNK, DEFAULT_RECHECK_SECONDS, SLICE_SECONDS, FollowState, WaitTimeout, unique_ids
+from .many import DEFAULT_RECHECK_SECONDS, LISTEN, SLICE_SECONDS, FollowState, ReadOutcomes, WaitTimeout, follow_steps
+from .many import outcome_reads, unique_ids
 from .planning import Submission, parse_request, with_inputs
 from .scripts import CLAIM_AND_WRITE_LUA, CLAIM_LUA
 from .status import ExecutionStatusView, build_view
@@ -286,20 +287,22 @@ class AsyncProducer:
             state.remaining(time.monotonic())  # raises WaitTimeout once the deadline has passed
             return True
 
+        steps, reply = follow_steps(state), None
         try:
-            while state.pending:
-                wanted, full = state.to_read(time.monotonic())
-                if wanted:
-                    raws, exists = await ride_out_outage_async(
-                        lambda: self._read_outcomes(wanted, full), away, keep_trying=in_time
+            while True:  # producer.many.follow_steps, its requests carried out on redis.asyncio
+                try:
+                    item = steps.send(reply)
+                except StopIteration:
+                    return
+                reply = None
+                if isinstance(item, ReadOutcomes):
+                    reply = await ride_out_outage_async(
+                        lambda: self._read_outcomes(item.ids, item.full), away, keep_trying=in_time
                     )
-                    for outcome in state.on_outcomes(wanted, raws, time.monotonic(), exists):
-                        yield outcome
-                    if full:
-                        state.full_check_done()
-                    if not state.pending:
-                        return
-                await ride_out_outage_async(listen, away, keep_trying=in_time)
+                elif item == LISTEN:
+                    await ride_out_outage_async(listen, away, keep_trying=in_time)
+                else:
+                    yield item
         finally:
             if pubsub is not None:
                 await _close(pubsub)
@@ -320,20 +323,17 @@ class AsyncProducer:
             raise
 
     async def _read_outcomes(self, ids: list[str], full: bool) -> tuple[list[Any], list[Any] | None]:
-        raws: list[Any] = []
-        exists: list[Any] | None = [] if full else None
-        for start in range(0, len(ids), CHUNK):
+        """``producer.many.outcome_reads`` on redis.asyncio: ``(raws, exists)``."""
+        steps, replies = outcome_reads(self.keys, ids, full), None
+        while True:
+            try:
+                commands = steps.send(replies)
+            except StopIteration as stop:
+                return stop.value
             async with self._client.pipeline(transaction=False) as pipe:
-                for execution_id in ids[start : start + CHUNK]:
-                    pipe.lindex(self.keys.outcome(execution_id), 0)
-                    if full:
-                        pipe.exists(Job.key_for(execution_id), self.keys.claim(execution_id))
+                for name, args in commands:
+                    getattr(pipe, name)(*args)
                 replies = await pipe.execute()
-            step = 2 if full else 1
-            raws.extend(replies[0::step])
-            if exists is not None:
-                exists.extend(replies[1::step])
-        return raws, exists
 
     async def logs(self, execution_id: str, tail: bool | int = True, follow: bool = True) -> AsyncIterator[LogEntry]:
         """As ``Producer.logs``: history then live, no gap, no duplicate."""

@@ -15,7 +15,10 @@ written in between is seen one way or the other) and every ``recheck_seconds``.
 ``FollowState`` holds the logic without I/O, shared by the sync and async
 drivers: which ids are still pending, which to read next, the deadline, and
 the vanish check (no outcome, no rq job, no claim: ``ExecutionNotFound``, as
-``Producer.wait``).
+``Producer.wait``). ``follow_steps`` (the loop) and ``outcome_reads`` (the
+pipelined reads) are generators of what to do next, so each driver only
+carries the requests out: ``follow`` here on redis-py, ``AsyncProducer.as_completed``
+on redis.asyncio.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Generator, Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -182,23 +185,67 @@ class FollowState:
         self._first_full_done = True
 
 
-def read_outcomes(client: redis.Redis, keys: Keys, ids: list[str], full: bool) -> tuple[list[Any], list[Any] | None]:
-    """LINDEX of each outcome key (and with ``full`` EXISTS of its rq job and claim), pipelined in chunks."""
+@dataclass(frozen=True)
+class ReadOutcomes:
+    """A ``follow_steps`` request: read ``ids``' outcome keys (``full``: and whether their rq job
+    or claim exists), riding out outages; answered with ``(raws, exists)`` (``read_outcomes``)."""
+
+    ids: list[str]
+    full: bool
+
+
+LISTEN = "listen"  # a follow_steps request: read the subscription for one slice ((re)subscribing first)
+
+
+def follow_steps(state: FollowState) -> Generator[Outcome | ReadOutcomes | str, Any, None]:
+    """The follow loop without I/O, shared by ``follow`` and ``AsyncProducer.as_completed``: yields
+    a ``ReadOutcomes`` (answered with its replies), ``LISTEN`` (answered with None) or an Outcome
+    for the caller, until nothing is pending. Raises what ``FollowState`` raises."""
+    while state.pending:
+        wanted, full = state.to_read(time.monotonic())
+        if wanted:
+            raws, exists = yield ReadOutcomes(wanted, full)
+            yield from state.on_outcomes(wanted, raws, time.monotonic(), exists)
+            if full:
+                state.full_check_done()
+            if not state.pending:
+                return
+        yield LISTEN
+
+
+def outcome_reads(keys: Keys, ids: list[str], full: bool) -> Generator[list[tuple[str, tuple[Any, ...]]], list[Any], tuple[list[Any], list[Any] | None]]:
+    """The pipelines (``(command, args)`` lists, sent with ``transaction=False``; answered with their
+    replies) that read ``ids``' outcome keys in chunks of CHUNK: LINDEX of each outcome key and, with
+    ``full``, EXISTS of its rq job and claim. Returns ``(raws, exists)`` (``exists`` None unless ``full``)."""
     raws: list[Any] = []
     exists: list[Any] | None = [] if full else None
     for start in range(0, len(ids), CHUNK):
-        chunk = ids[start : start + CHUNK]
-        with client.pipeline(transaction=False) as pipe:
-            for execution_id in chunk:
-                pipe.lindex(keys.outcome(execution_id), 0)
-                if full:
-                    pipe.exists(Job.key_for(execution_id), keys.claim(execution_id))
-            replies = pipe.execute()
+        commands: list[tuple[str, tuple[Any, ...]]] = []
+        for execution_id in ids[start : start + CHUNK]:
+            commands.append(("lindex", (keys.outcome(execution_id), 0)))
+            if full:
+                commands.append(("exists", (Job.key_for(execution_id), keys.claim(execution_id))))
+        replies = yield commands
         step = 2 if full else 1
         raws.extend(replies[0::step])
         if exists is not None:
             exists.extend(replies[1::step])
     return raws, exists
+
+
+def read_outcomes(client: redis.Redis, keys: Keys, ids: list[str], full: bool) -> tuple[list[Any], list[Any] | None]:
+    """``outcome_reads`` on redis-py: ``(raws, exists)``."""
+    steps = outcome_reads(keys, ids, full)
+    replies: Any = None
+    while True:
+        try:
+            commands = steps.send(replies)
+        except StopIteration as stop:
+            return stop.value
+        with client.pipeline(transaction=False) as pipe:
+            for name, args in commands:
+                getattr(pipe, name)(*args)
+            replies = pipe.execute()
 
 
 def follow(
@@ -239,17 +286,20 @@ def follow(
         state.remaining(time.monotonic())  # raises WaitTimeout once the deadline has passed
         return True
 
+    steps, reply = follow_steps(state), None
     try:
-        while state.pending:
-            wanted, full = state.to_read(time.monotonic())
-            if wanted:
-                raws, exists = ride_out_outage(lambda: read_outcomes(client, keys, wanted, full), away, keep_trying=in_time)
-                yield from state.on_outcomes(wanted, raws, time.monotonic(), exists)
-                if full:
-                    state.full_check_done()
-                if not state.pending:
-                    return
-            ride_out_outage(listen, away, keep_trying=in_time)
+        while True:
+            try:
+                item = steps.send(reply)
+            except StopIteration:
+                return
+            reply = None
+            if isinstance(item, ReadOutcomes):
+                reply = ride_out_outage(lambda: read_outcomes(client, keys, item.ids, item.full), away, keep_trying=in_time)
+            elif item == LISTEN:
+                ride_out_outage(listen, away, keep_trying=in_time)
+            else:
+                yield item
     finally:
         if pubsub is not None:
             _close(pubsub)
