@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import aclosing
 from collections.abc import AsyncIterator, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
@@ -35,8 +36,9 @@ from .cancel import CancelResult
 from .client import Producer
 from .errors import DuplicateExecution, ExecutionNotFound
 from .files import InputArchive, InputValue, build_input_archive, write_input_archive_async
-from .many import DEFAULT_RECHECK_SECONDS, LISTEN, SLICE_SECONDS, FollowState, ReadOutcomes, WaitTimeout, follow_steps
+from .many import DEFAULT_RECHECK_SECONDS, SLICE_SECONDS, FollowState, ReadOutcomes, WaitTimeout, follow_steps, is_outcome
 from .many import outcome_reads, unique_ids
+from .steps import adrive, arun
 from .planning import Submission, parse_request, with_inputs
 from .scripts import CLAIM_AND_WRITE_LUA, CLAIM_LUA
 from .status import ExecutionStatusView, build_view
@@ -287,22 +289,16 @@ class AsyncProducer:
             state.remaining(time.monotonic())  # raises WaitTimeout once the deadline has passed
             return True
 
-        steps, reply = follow_steps(state), None
+        async def do(request: ReadOutcomes | str) -> Any:  # producer.many.follow_steps' requests
+            if isinstance(request, ReadOutcomes):
+                reads = lambda: arun(outcome_reads(self.keys, request.ids, request.full), self._pipelined)  # noqa: E731
+                return await ride_out_outage_async(reads, away, keep_trying=in_time)
+            return await ride_out_outage_async(listen, away, keep_trying=in_time)  # LISTEN
+
         try:
-            while True:  # producer.many.follow_steps, its requests carried out on redis.asyncio
-                try:
-                    item = steps.send(reply)
-                except StopIteration:
-                    return
-                reply = None
-                if isinstance(item, ReadOutcomes):
-                    reply = await ride_out_outage_async(
-                        lambda: self._read_outcomes(item.ids, item.full), away, keep_trying=in_time
-                    )
-                elif item == LISTEN:
-                    await ride_out_outage_async(listen, away, keep_trying=in_time)
-                else:
-                    yield item
+            async with aclosing(adrive(follow_steps(state), do, is_outcome)) as outcomes:
+                async for outcome in outcomes:
+                    yield outcome
         finally:
             if pubsub is not None:
                 await _close(pubsub)
@@ -322,18 +318,12 @@ class AsyncProducer:
             await _close(pubsub)
             raise
 
-    async def _read_outcomes(self, ids: list[str], full: bool) -> tuple[list[Any], list[Any] | None]:
-        """``producer.many.outcome_reads`` on redis.asyncio: ``(raws, exists)``."""
-        steps, replies = outcome_reads(self.keys, ids, full), None
-        while True:
-            try:
-                commands = steps.send(replies)
-            except StopIteration as stop:
-                return stop.value
-            async with self._client.pipeline(transaction=False) as pipe:
-                for name, args in commands:
-                    getattr(pipe, name)(*args)
-                replies = await pipe.execute()
+    async def _pipelined(self, commands: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+        """As ``producer.many.pipelined``, on redis.asyncio."""
+        async with self._client.pipeline(transaction=False) as pipe:
+            for name, args in commands:
+                getattr(pipe, name)(*args)
+            return await pipe.execute()
 
     async def logs(self, execution_id: str, tail: bool | int = True, follow: bool = True) -> AsyncIterator[LogEntry]:
         """As ``Producer.logs``: history then live, no gap, no duplicate."""

@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import Any, TypeVar
+from typing import Any
 
 import redis
 import redis.asyncio as aioredis
@@ -30,15 +30,14 @@ from .log_steps import (
     LogSource,
     Pause,
     Request,
-    Steps,
     entries_wanted,
     history,
+    is_entry,
     next_live,
 )
+from .steps import acollect
 
 log = logging.getLogger(__name__)
-
-R = TypeVar("R")
 
 
 class AsyncLogReader:
@@ -66,7 +65,7 @@ class AsyncLogReader:
     async def __aiter__(self) -> AsyncIterator[LogEntry]:
         pubsub = await self._subscribe() if self._follow else None
         try:
-            entries, _ = await self._collect(history(self._source, self.cursor, self._tail), None)
+            entries, _ = await acollect(history(self._source, self.cursor, self._tail), self._doer(None), is_entry)
             for entry in entries:
                 yield entry
             if pubsub is not None and not self.cursor.eof:
@@ -76,32 +75,22 @@ class AsyncLogReader:
             if pubsub is not None:
                 await pubsub.aclose()
 
-    async def _collect(self, steps: Steps[R], pubsub: aioredis.client.PubSub | None) -> tuple[list[LogEntry], R]:
-        """Run ``steps`` (``producer.log_steps``) to the end on redis.asyncio: (their entries, their result)."""
-        entries: list[LogEntry] = []
-        reply: Any = None
-        while True:
-            try:
-                item = steps.send(reply)
-            except StopIteration as stop:
-                return entries, stop.value
-            reply = None
-            if isinstance(item, list):
-                entries.extend(item)
-            else:
-                reply = await self._do(item, pubsub)
+    def _doer(self, pubsub: aioredis.client.PubSub | None) -> Callable[[Request], Awaitable[Any]]:
+        """What carries out the steps' requests (``producer.log_steps``) on redis.asyncio."""
 
-    async def _do(self, request: Request, pubsub: aioredis.client.PubSub | None) -> Any:
-        if isinstance(request, Command):
-            return await getattr(self._client, request.name)(*request.args, **request.kwargs)
-        if isinstance(request, Pause):
-            await asyncio.sleep(request.seconds)
-            return None
-        if request == NEXT_MESSAGE and pubsub is not None:
-            return await pubsub.get_message(timeout=BLOCK_SLICE_SECONDS)
-        if request == IS_OVER:
-            return await self._is_over()
-        raise ValueError(f"log reader: unknown request {request!r}")
+        async def do(request: Request) -> Any:
+            if isinstance(request, Command):
+                return await getattr(self._client, request.name)(*request.args, **request.kwargs)
+            if isinstance(request, Pause):
+                await asyncio.sleep(request.seconds)
+                return None
+            if request == NEXT_MESSAGE and pubsub is not None:
+                return await pubsub.get_message(timeout=BLOCK_SLICE_SECONDS)
+            if request == IS_OVER:
+                return await self._is_over()
+            raise ValueError(f"log reader: unknown request {request!r}")
+
+        return do
 
     async def _subscribe(self) -> aioredis.client.PubSub:
         pubsub = self._client.pubsub()
@@ -128,7 +117,7 @@ class AsyncLogReader:
         leaves the cursor as it was."""
         saved = replace(self.cursor)
         try:
-            return await self._collect(next_live(self._source, self.cursor), pubsub)
+            return await acollect(next_live(self._source, self.cursor), self._doer(pubsub), is_entry)
         except REDIS_DOWN:
             self.cursor = saved
             raise

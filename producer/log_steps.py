@@ -12,15 +12,16 @@ and gets the answer sent back in:
   (``PubSub.get_message(timeout=slice)``), answered with the message or None;
 - ``IS_OVER``: the reader's ``is_over()``, answered with its bool.
 
-It also yields lists of ``LogEntry`` for the caller (answered with None), and
-returns its result. A reader is only the driver that carries the requests out:
-``drive``/``collect`` here for redis-py, ``producer.aio_logs.collect_async``.
+It also yields each ``LogEntry`` for the caller (answered with None: ``is_entry``),
+and returns its result. A reader is only the driver that carries the requests
+out (``producer.steps``): ``producer.logs`` on redis-py, ``producer.aio_logs`` on
+redis.asyncio.
 """
 
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Generator, Iterable
+from collections.abc import Generator, Iterable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
@@ -95,7 +96,12 @@ IS_OVER = "is over"  # the reader's is_over()
 
 Request = Command | Pause | str
 R = TypeVar("R")
-Steps = Generator["Request | list[LogEntry]", Any, R]
+Steps = Generator["Request | LogEntry", Any, R]
+
+
+def is_entry(item: object) -> bool:
+    """Whether a step's yield is an entry for the caller (else a request)."""
+    return isinstance(item, LogEntry)
 
 
 @dataclass(frozen=True)
@@ -130,7 +136,7 @@ def history(src: LogSource, cursor: LogCursor, wanted: int | None) -> Steps[None
     cursor.next_seq = newest.seq + len(newest.entries)
     cursor.eof = any(batch.eof for _, batch in newest_first)
     cursor.last_id = newest_id
-    yield kept
+    yield from kept
 
 
 def _compact_tail(src: LogSource, cursor: LogCursor, wanted: int) -> Steps[None]:
@@ -141,7 +147,7 @@ def _compact_tail(src: LogSource, cursor: LogCursor, wanted: int) -> Steps[None]
     kept, _ = tail_lines(_entries_of((b"", batch) for batch in compact), wanted)
     cursor.next_seq = compact[-1].seq + len(compact[-1].entries)
     cursor.eof = any(batch.eof for batch in compact)
-    yield kept
+    yield from kept
 
 
 def catch_up(src: LogSource, cursor: LogCursor) -> Steps[None]:
@@ -153,12 +159,12 @@ def catch_up(src: LogSource, cursor: LogCursor) -> Steps[None]:
             compact = yield from _compact(src)
             if compact is not None:
                 for batch in compact:
-                    yield cursor.take(batch, skip_gap=True) or []
+                    yield from cursor.take(batch, skip_gap=True) or ()
                 return
         first = False
         for entry_id, fields in page:
             cursor.last_id = entry_id
-            yield cursor.take(LogBatch.from_stream_entry(fields), skip_gap=True) or []
+            yield from cursor.take(LogBatch.from_stream_entry(fields), skip_gap=True) or ()
             if cursor.eof:
                 return
         if len(page) < _PAGE:
@@ -193,35 +199,8 @@ def next_live(src: LogSource, cursor: LogCursor) -> Steps[bool]:
         yield Pause(pause)
         yield from catch_up(src, cursor)
         fresh = cursor.take(batch, skip_gap=False)
-    yield fresh if fresh is not None else cursor.take(batch, skip_gap=True) or []
+    yield from fresh if fresh is not None else cursor.take(batch, skip_gap=True) or ()
     return False
-
-
-def drive(steps: Steps[R], do: Callable[[Request], Any]) -> Generator[LogEntry, None, R]:
-    """Run ``steps`` with ``do`` carrying out each request (redis-py); yields their entries as
-    they come and returns the steps' result."""
-    reply: Any = None
-    while True:
-        try:
-            item = steps.send(reply)
-        except StopIteration as stop:
-            return stop.value
-        if isinstance(item, list):
-            reply = None
-            yield from item
-        else:
-            reply = do(item)
-
-
-def collect(steps: Steps[R], do: Callable[[Request], Any]) -> tuple[list[LogEntry], R]:
-    """``drive`` to the end: (every entry, the steps' result)."""
-    run = drive(steps, do)
-    entries: list[LogEntry] = []
-    while True:
-        try:
-            entries.append(next(run))
-        except StopIteration as stop:
-            return entries, stop.value
 
 
 def _entries_of(batches: Iterable[tuple[bytes, LogBatch]]) -> list[LogEntry]:

@@ -41,12 +41,12 @@ from .log_steps import (  # noqa: F401 - AttemptStart, LogCursor: importable fro
     LogSource,
     Pause,
     Request,
-    collect,
-    drive,
     entries_wanted,
     history,
+    is_entry,
     next_live,
 )
+from .steps import collect, drive
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,7 @@ class LogReader:
     def __iter__(self) -> Iterator[LogEntry]:
         pubsub = self._subscribe() if self._follow else None
         try:
-            yield from drive(history(self._source, self.cursor, self._tail), self._doer(None))
+            yield from drive(history(self._source, self.cursor, self._tail), self._doer(None), is_entry)
             if pubsub is not None and not self.cursor.eof:
                 yield from self._live(pubsub)
         finally:
@@ -138,7 +138,7 @@ class LogReader:
         batch (``log_steps.next_live``). All or nothing: a Redis error leaves the cursor as it was."""
         saved = replace(self.cursor)
         try:
-            return collect(next_live(self._source, self.cursor), self._doer(pubsub))
+            return collect(next_live(self._source, self.cursor), self._doer(pubsub), is_entry)
         except REDIS_DOWN:
             self.cursor = saved
             raise

@@ -37,6 +37,7 @@ from schemas import EXECUTION_ID_PATTERN, ExecutionStatus, Keys, Outcome
 from schemas.connections import ride_out_outage
 
 from .errors import ExecutionNotFound
+from .steps import drive, run
 
 if TYPE_CHECKING:
     from redis.client import PubSub
@@ -235,17 +236,20 @@ def outcome_reads(keys: Keys, ids: list[str], full: bool) -> Generator[list[tupl
 
 def read_outcomes(client: redis.Redis, keys: Keys, ids: list[str], full: bool) -> tuple[list[Any], list[Any] | None]:
     """``outcome_reads`` on redis-py: ``(raws, exists)``."""
-    steps = outcome_reads(keys, ids, full)
-    replies: Any = None
-    while True:
-        try:
-            commands = steps.send(replies)
-        except StopIteration as stop:
-            return stop.value
-        with client.pipeline(transaction=False) as pipe:
-            for name, args in commands:
-                getattr(pipe, name)(*args)
-            replies = pipe.execute()
+    return run(outcome_reads(keys, ids, full), lambda commands: pipelined(client, commands))
+
+
+def pipelined(client: redis.Redis, commands: list[tuple[str, tuple[Any, ...]]]) -> list[Any]:
+    """The replies of ``commands`` (``(command, args)``) sent in one pipeline (``transaction=False``)."""
+    with client.pipeline(transaction=False) as pipe:
+        for name, args in commands:
+            getattr(pipe, name)(*args)
+        return pipe.execute()
+
+
+def is_outcome(item: object) -> bool:
+    """Whether a ``follow_steps`` yield is an Outcome for the caller (else a request)."""
+    return isinstance(item, Outcome)
 
 
 def follow(
@@ -286,20 +290,13 @@ def follow(
         state.remaining(time.monotonic())  # raises WaitTimeout once the deadline has passed
         return True
 
-    steps, reply = follow_steps(state), None
+    def do(request: ReadOutcomes | str) -> Any:
+        if isinstance(request, ReadOutcomes):
+            return ride_out_outage(lambda: read_outcomes(client, keys, request.ids, request.full), away, keep_trying=in_time)
+        return ride_out_outage(listen, away, keep_trying=in_time)  # LISTEN
+
     try:
-        while True:
-            try:
-                item = steps.send(reply)
-            except StopIteration:
-                return
-            reply = None
-            if isinstance(item, ReadOutcomes):
-                reply = ride_out_outage(lambda: read_outcomes(client, keys, item.ids, item.full), away, keep_trying=in_time)
-            elif item == LISTEN:
-                ride_out_outage(listen, away, keep_trying=in_time)
-            else:
-                yield item
+        yield from drive(follow_steps(state), do, is_outcome)
     finally:
         if pubsub is not None:
             _close(pubsub)
