@@ -148,9 +148,9 @@ def _skip_line(message: str) -> None:
 @cli.command()
 @json_option
 @click.argument("source", metavar="ID:CONTAINER_PATH", type=COPY_SOURCE)
-@click.argument("dest", metavar="LOCAL_DEST|-", type=click.Path(path_type=Path))
+@click.argument("dest", metavar="LOCAL_DEST|-", type=click.Path())  # a str: a trailing '/' means a directory
 @pass_settings
-def cp(settings: Settings, source: tuple[str, str], dest: Path) -> None:
+def cp(settings: Settings, source: tuple[str, str], dest: str) -> None:
     """Copy an ended execution's output files to the local disk, like docker cp.
 
     CONTAINER_PATH is one of the execution's --output paths, a path below one, or /
@@ -164,7 +164,7 @@ def cp(settings: Settings, source: tuple[str, str], dest: Path) -> None:
     a message and the rest written; the exit code is then 1.
     """
     execution_id, path = source  # params.COPY_SOURCE: a malformed one is a usage error (125)
-    if str(dest) == "-":
+    if dest == "-":
         _cp_to_stdout(settings, execution_id, path)
         return
     live = None if settings.as_json else _skip_line

@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas import MAX_OUTPUT_ENTRIES, Outcome, check_container_path, entry_name
-from schemas.text import quoted_name
+from schemas.text import quoted_name, unescaped_name
 
 from .errors import CopyRefused
 from .files import OutputsUnavailable
@@ -107,16 +107,21 @@ def collected_kind(outcome: Outcome, container_path: str) -> bool:
         check_container_path(container_path)
     except ValueError as exc:
         raise OutputsUnavailable(f"{quoted_name(container_path[:200])}: {exc}") from None
-    below = [f for f in result.output_files if f.path == container_path or f.path.startswith(container_path + "/")]
+    # Listed names the container made that are not UTF-8 are escaped (OutputFile.escaped): compared
+    # as the raw names they stand for, which is what the archive holds and what cp is given.
+    listed = [(unescaped_name(f.path) if f.escaped else f.path, f) for f in result.output_files]
+    below = [(raw, f) for raw, f in listed if raw == container_path or raw.startswith(container_path + "/")]
     if not below:
         if container_path in result.outputs_missing:
             raise OutputsUnavailable(f"{container_path} did not exist in the container of {outcome.execution_id}")
         why = f" (left out: {truncation_reason(result)})" if result.outputs_truncated else ""
         raise OutputsUnavailable(f"{container_path} is not among the output files of {outcome.execution_id}{why}")
-    return any(f.type == "dir" or f.path != container_path for f in below)
+    return any(f.type == "dir" or raw != container_path for raw, f in below)
 
 
-def copy_selection(outcome: Outcome, container_path: str, dest: Path) -> tuple[Path, Callable[[str], str | None]]:
+def copy_selection(
+    outcome: Outcome, container_path: str, dest: str | os.PathLike[str]
+) -> tuple[Path, Callable[[str], str | None], str | None]:
     """Where ``dockrq cp ID:container_path dest`` extracts, and how entry names map there.
 
     ``docker cp``'s destination rules (``copy_dest.place``): into an existing
@@ -129,9 +134,9 @@ def copy_selection(outcome: Outcome, container_path: str, dest: Path) -> tuple[P
     if container_path == "/":
         placed = place(dest, source_is_dir=True)
         if placed.name is None:
-            return placed.directory, lambda name: name
-        top = placed.name
-        return placed.directory, lambda name: f"{top}/{name}"
+            return placed.directory, lambda name: name, None
+        new = placed.name
+        return placed.directory, lambda name: f"{new}/{name}", new
     placed = place(dest, source_is_dir)
     prefix = entry_name(container_path)
     top = placed.name if placed.name is not None else posixpath.basename(container_path)
@@ -143,7 +148,7 @@ def copy_selection(outcome: Outcome, container_path: str, dest: Path) -> tuple[P
             return top + name[len(prefix):]
         return None
 
-    return placed.directory, rename
+    return placed.directory, rename, placed.name  # a new name: its links stay inside it
 
 
 def truncation_reason(result: Any) -> str:

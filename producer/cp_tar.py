@@ -48,6 +48,8 @@ def write_path_tar(source: BinaryIO, out: BinaryIO, container_path: str) -> int:
                 if name is None:
                     continue
                 member.name = name
+                # tarfile writes a pax header's path/linkpath over name/linkname: drop the old ones
+                member.pax_headers = {k: v for k, v in member.pax_headers.items() if k not in ("path", "linkpath")}
                 if member.islnk():
                     linked = rebased(member.linkname)
                     if linked is None:

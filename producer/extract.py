@@ -105,24 +105,32 @@ def safe_extract(
     max_entries: int,
     max_file_bytes: int,
     on_skip: Callable[[str], None] | None = None,
+    link_root: str | None = None,
 ) -> ExtractReport:
     """Extract the tar stream ``source`` into ``dest`` (created if missing) by the rules above.
 
     ``rename`` maps each entry name to its path relative to ``dest`` (None: not
     wanted, passed over silently). ``max_entries`` and ``max_file_bytes`` are what
     the archive was announced to hold. ``on_skip`` is called with each skip line as
-    it happens (so a caller can show it even if the extraction fails later). Raises
+    it happens (so a caller can show it even if the extraction fails later).
+    ``link_root``: the entry (relative to ``dest``) that is the destination the user
+    named, when ``dest`` is only its parent (``dockrq cp ID:/out new``): symlinks below
+    it must stay inside it, not merely inside ``dest``. Raises
     ArchiveRefused (with the report so far), or OSError when ``dest`` cannot be made.
     """
-    return _Extraction(Path(dest), rename, on_skip).run(source, max_entries, max_file_bytes)
+    return _Extraction(Path(dest), rename, on_skip, link_root).run(source, max_entries, max_file_bytes)
 
 
 class _Extraction:
-    def __init__(self, dest: Path, rename: Callable[[str], str | None], on_skip: Callable[[str], None] | None) -> None:
+    def __init__(
+        self, dest: Path, rename: Callable[[str], str | None], on_skip: Callable[[str], None] | None,
+        link_root: str | None = None,
+    ) -> None:
         dest.mkdir(parents=True, exist_ok=True)
         self.root = Path(os.path.realpath(dest))
         self.rename = rename
         self.on_skip = on_skip
+        self.link_root = link_root
         self.report = ExtractReport()
         self._files: dict[str, str] = {}  # archive name -> local rel of the regular files written
         self._dirs: list[tuple[Path, int, float]] = []
@@ -205,7 +213,8 @@ class _Extraction:
             self._skip(name, f"a directory, and {target} is a {kind}: not replaced (nothing under it copied)")
             self._refused_dirs.append(rel)
             return
-        if member.issym() and not link_stays_inside(rel, member.linkname):
+        inside = rel[len(self.link_root) + 1:] if self.link_root and rel.startswith(self.link_root + "/") else rel
+        if member.issym() and not link_stays_inside(inside, member.linkname):
             self._skip(name, f"a symlink to {quoted_name(member.linkname[:200])}, outside the destination")
             return
         if member.islnk() and member.linkname not in self._files:

@@ -342,7 +342,7 @@ def archive_reader(client: redis.Redis, key: str, size: int) -> BinaryIO:
 
 def extract_outputs(
     client: redis.Redis, key: str, outcome: Outcome, dest: Path, rename: Callable[[str], str | None] | None = None,
-    on_skip: Callable[[str], None] | None = None,
+    on_skip: Callable[[str], None] | None = None, link_root: str | None = None,
 ) -> ExtractReport:
     """Extract the output archive at ``key`` into ``dest`` with ``extract.safe_extract``."""
     size, entries, file_bytes = announced(outcome)
@@ -355,7 +355,7 @@ def extract_outputs(
     try:
         return safe_extract(
             reader, dest, rename=rename or (lambda name: name), max_entries=entries, max_file_bytes=file_bytes,
-            on_skip=on_skip,
+            on_skip=on_skip, link_root=link_root,
         )
     finally:
         reader.close()

@@ -74,8 +74,10 @@ class OutputsMixin:
         missing parent; otherwise returns and raises as ``outputs`` (skips are in the
         report, never silent)."""
         outcome = self._ended(execution_id)
-        root, rename = copy_selection(outcome, container_path, Path(dest))
-        return extract_outputs(self._client, self.keys.outputs(execution_id), outcome, root, rename, on_skip=on_skip)
+        root, rename, link_root = copy_selection(outcome, container_path, dest)  # a str keeps its trailing '/'
+        return extract_outputs(
+            self._client, self.keys.outputs(execution_id), outcome, root, rename, on_skip=on_skip, link_root=link_root
+        )
 
     def copy_out_archive(self, execution_id: str, container_path: str, out: BinaryIO) -> int:
         """``dockrq cp ID:CONTAINER_PATH -``: write to the binary file object ``out`` a tar of one

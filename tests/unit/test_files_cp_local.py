@@ -127,6 +127,20 @@ def test_a_file_cut_short_is_not_left_behind_and_the_skips_so_far_are_reported(t
     assert [p.name for p in info.value.report.written] == ["ok"]
 
 
+def test_links_of_a_copy_under_a_new_name_stay_inside_it(tmp_path):
+    """dockrq cp ID:/out new extracts into new's parent under the name new: a link there may not
+    climb out of new into its parent, where it would be inside the extraction root but not the copy."""
+    (tmp_path / "sibling").write_text("not yours")
+    report = extract(
+        tmp_path, member("out", tarfile.DIRTYPE), member("out/d", tarfile.DIRTYPE),
+        member("out/d/ok", tarfile.SYMTYPE, linkname="../x"), member("out/up", tarfile.SYMTYPE, linkname="../sibling"),
+        member("out/also", tarfile.SYMTYPE, linkname="../new/x"),
+        rename=lambda name: "new" + name[3:], link_root="new",
+    )
+    assert [s.split(":")[0] for s in report.skipped] == ["'out/up'", "'out/also'"]
+    assert os.readlink(tmp_path / "new/d/ok") == "../x" and not os.path.lexists(tmp_path / "new/up")
+
+
 def test_names_are_quoted_unambiguously():
     undecodable = os.fsdecode(b"caf\xe9")
     assert quoted_name(undecodable) == "'caf\\xe9'"
@@ -157,14 +171,16 @@ def test_the_tar_of_one_path_is_named_as_docker_cp_names_it():
         member("work", tarfile.DIRTYPE), member("work/out", tarfile.DIRTYPE), member("work/out/a", data=b"A" * 3000),
         member("work/out/l", tarfile.SYMTYPE, linkname="a"), member("work/outer", data=b"not me"),
         member("work/out/h", tarfile.LNKTYPE, linkname="work/out/a"), member("other", data=b"o"),
+        member("work/out/" + "long" * 40, data=b"L"), member(os.fsdecode(b"work/out/\xe9"), tarfile.SYMTYPE, linkname="é" * 60),
     )
     out = io.BytesIO()
-    assert write_path_tar(io.BytesIO(source), out, "/work/out") == 4
+    assert write_path_tar(io.BytesIO(source), out, "/work/out") == 6
     with tarfile.open(fileobj=io.BytesIO(out.getvalue())) as tar:
         got = [(m.name, m.type, m.linkname) for m in tar]
         assert tar.extractfile("out/a").read() == b"A" * 3000
     assert got == [("out", tarfile.DIRTYPE, ""), ("out/a", tarfile.REGTYPE, ""), ("out/l", tarfile.SYMTYPE, "a"),
-                   ("out/h", tarfile.LNKTYPE, "out/a")]
+                   ("out/h", tarfile.LNKTYPE, "out/a"), ("out/" + "long" * 40, tarfile.REGTYPE, ""),
+                   (os.fsdecode(b"out/\xe9"), tarfile.SYMTYPE, "é" * 60)]  # pax headers renamed too
     single = io.BytesIO()
     assert write_path_tar(io.BytesIO(source), single, "/work/out/a") == 1
     with tarfile.open(fileobj=io.BytesIO(single.getvalue())) as tar:
