@@ -6,6 +6,7 @@ archive handling itself is in ``files.py`` and ``extract.py``.
 
 from __future__ import annotations
 
+import os
 from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
@@ -13,6 +14,7 @@ from typing import TYPE_CHECKING, Any, BinaryIO
 from schemas import Outcome
 
 from .cp_tar import write_path_tar
+from .errors import CopyRefused
 from .extract import ExtractReport
 from .copy_dest import collected_kind, copy_selection
 from .files import OutputsUnavailable, announced, archive_reader, extract_outputs
@@ -56,11 +58,14 @@ class OutputsMixin:
         the local disk (name too long, permission) is skipped and the rest written. The
         returned ``ExtractReport`` lists ``written`` paths and ``skipped`` lines (one per
         entry not written; ``report.complete`` is False if any); ``on_skip`` gets each
-        skip line as it happens. Raises OutputsUnavailable (not ended, none collected,
+        skip line as it happens. Raises CopyRefused when ``dest_dir`` is there and is not a
+        directory (nothing written), OutputsUnavailable (not ended, none collected,
         expired), ArchiveRefused (its ``report`` has what was done before it stopped) or
         ExecutionNotFound.
         """
         outcome = self._ended(execution_id)
+        if os.path.lexists(dest_dir) and not os.path.isdir(dest_dir):
+            raise CopyRefused(f"{dest_dir}: not a directory; nothing copied")
         return extract_outputs(self._client, self.keys.outputs(execution_id), outcome, Path(dest_dir), on_skip=on_skip)
 
     def copy_out(

@@ -82,6 +82,8 @@ def test_cp_never_replaces_a_file_by_a_directory(producer, spawn_worker, redis_u
     assert got.returncode == 1 and json.loads(got.stdout)["exit_code"] == 1
     with pytest.raises(CopyRefused, match="cannot copy a directory to a file"):
         producer.copy_out(ended, "/work/out", here / "existing_file")
+    with pytest.raises(CopyRefused, match="existing_file: not a directory; nothing copied"):
+        producer.outputs(ended, here / "existing_file")
     assert state(here) == before
 
     # What docker cp allows: a file over a file, a file into a directory, a directory as a new name.
