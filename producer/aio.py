@@ -36,7 +36,7 @@ from .client import Producer
 from .errors import DuplicateExecution, ExecutionNotFound
 from .files import InputArchive, InputValue, build_input_archive, write_input_archive_async
 from .many import CHUNK, DEFAULT_RECHECK_SECONDS, SLICE_SECONDS, FollowState, WaitTimeout, unique_ids
-from .planning import Submission, parse_request
+from .planning import Submission, parse_request, with_inputs
 from .scripts import CLAIM_AND_WRITE_LUA, CLAIM_LUA
 from .status import ExecutionStatusView, build_view
 
@@ -135,7 +135,7 @@ class AsyncProducer:
             archive = await asyncio.to_thread(build_input_archive, inputs, self.planner.max_input_bytes)
         try:
             if archive is not None:
-                req = req.model_copy(update={"inputs": archive.spec})
+                req = with_inputs(req, archive.spec)  # validated again: planning.py
             submission = self.planner._prepare_submit(
                 req, queue=queue, at=at, delay=delay, at_front=at_front, depends_on=depends_on
             )

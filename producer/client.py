@@ -66,6 +66,7 @@ from .planning import (  # noqa: F401 - re-exported: submit planning lived here 
     Submission,
     SubmitPlanner,
     parse_request,
+    with_inputs,
 )
 from .scripts import CLAIM_AND_WRITE_LUA, CLAIM_LUA
 from .status import ExecutionStatusView, build_view
@@ -180,7 +181,7 @@ class Producer(SubmitPlanner, OutputsMixin):
         archive = build_input_archive(inputs, self.max_input_bytes) if inputs is not None else None
         try:
             if archive is not None:
-                req = req.model_copy(update={"inputs": archive.spec})
+                req = with_inputs(req, archive.spec)  # validated again: planning.py
             prepared = self._prepare_submit(req, queue=queue, at=at, delay=delay, at_front=at_front, depends_on=depends_on)
             return self._run(prepared, archive)[0]
         finally:

@@ -35,6 +35,7 @@ from schemas import (
     Event,
     ExecutionRequest,
     ExecutionState,
+    InputsSpec,
     Keys,
     as_json_object,
     request_size,
@@ -82,6 +83,15 @@ def parse_request(request: ExecutionRequest | dict[str, Any] | str | bytes) -> E
         raise InvalidRequest.from_validation_error(exc) from None
     except json.JSONDecodeError as exc:
         raise InvalidRequest(f"request: not a JSON document: {exc}") from None
+
+
+def with_inputs(request: ExecutionRequest, spec: InputsSpec) -> ExecutionRequest:
+    """``request`` announcing the input archive ``spec``, validated again as a whole (where its
+    paths land against tmpfs, mounts and read_only: schemas/placement.py), or InvalidRequest."""
+    try:
+        return ExecutionRequest.model_validate({**request.model_dump(), "inputs": spec})
+    except ValidationError as exc:
+        raise InvalidRequest.from_validation_error(exc) from None
 
 
 class SubmitPlanner:

@@ -115,7 +115,7 @@ class TmpfsMount(_Model):
     @field_validator("size", mode="before")
     @classmethod
     def _size(cls, v: object) -> object:
-        from .execution import parse_size
+        from .engine import parse_size
 
         return v if v is None else parse_size(v)  # type: ignore[arg-type]
 

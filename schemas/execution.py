@@ -12,7 +12,6 @@ from __future__ import annotations
 import base64
 import enum
 import math
-import re
 import uuid
 from datetime import datetime
 from typing import Annotated, Any, Literal
@@ -25,6 +24,7 @@ from pydantic import (
     StrictFloat,
     StrictInt,
     StringConstraints,
+    ValidationInfo,
     field_validator,
     model_serializer,
     model_validator,
@@ -41,14 +41,12 @@ from .files import (
     overlapping,
 )
 from .container import (
-    INT64_MAX,
     TmpfsMount,
     Ulimit,
     check_labels,
     check_stdin,
     check_tmpfs,
     check_ulimits,
-    check_user,
     compact_payload,
     normalize_capability,
     normalize_signal,
@@ -65,8 +63,17 @@ from .scheduling import (
     check_concurrency_pair,
     compact_scheduling,
 )
-from .reference import check_image_reference
+from .engine import EngineSpec, GpuRequest, Resources, format_size, parse_size
+from .placement import Mount, check_inputs_placement, check_outputs_placement
 from .text import check_storable
+
+# EngineSpec, GpuRequest, Resources and the sizes live in schemas/engine.py, Mount and the
+# check of where files land in schemas/placement.py; they stay importable from here.
+__all__ = [
+    "DEFAULT_OUTPUT_LIMIT", "EXECUTION_ID_PATTERN", "MAX_OUTPUT_LIMIT", "EngineSpec", "ExecutionId",
+    "ExecutionRequest", "ExecutionResult", "ExecutionState", "ExecutionStatus", "GpuRequest", "LogEntry",
+    "LogStreamRequest", "Mount", "Resources", "format_size", "new_execution_id", "parse_size",
+]
 
 EXECUTION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 DEFAULT_OUTPUT_LIMIT = 1024 * 1024  # bytes per stream
@@ -79,166 +86,8 @@ def new_execution_id() -> str:
     return uuid.uuid4().hex
 
 
-def _no_nul(value: str, what: str) -> str:
-    # Docker and the kernel cut strings at NUL; refusing them here keeps what runs
-    # identical to what was asked for.
-    if "\x00" in value:
-        raise ValueError(f"{what} must not contain NUL bytes")
-    return value
-
-
 class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
-
-
-_SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECASE)
-_SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
-
-
-def parse_size(value: int | str) -> int:
-    """Bytes from an int or a docker-style size string (``256m``, ``1g``, ``512KiB``)."""
-    if isinstance(value, bool):
-        raise ValueError("size must be a number of bytes or a string like '256m'")
-    if isinstance(value, int):
-        return value
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    if isinstance(value, str) and len(value) <= 32:
-        m = _SIZE_RE.match(value)
-        if m:
-            return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-    raise ValueError("size must be a number of bytes or a string like '256m'")
-
-
-def format_size(size: int) -> str:
-    """Bytes as docker writes them (``256m``) when that is exact, else plain bytes; ``parse_size`` reads it back."""
-    for suffix in ("g", "m", "k"):
-        unit = _SIZE_UNITS[suffix]
-        if size >= unit and size % unit == 0:
-            return f"{size // unit}{suffix}"
-    return str(size)
-
-
-class EngineSpec(_Model):
-    """What to run: the image and how to start it, as ``docker run`` would."""
-
-    image: Annotated[str, StringConstraints(strip_whitespace=True, min_length=1, max_length=512)]
-    entrypoint: list[str] | None = None
-    cmd: list[str] | None = None
-    env: dict[str, str] = Field(default_factory=dict)
-    working_dir: str | None = None
-    user: str | None = Field(default=None, description="docker run --user: uid[:gid] or name[:group]")
-
-    @field_validator("image")
-    @classmethod
-    def _image(cls, v: str) -> str:
-        if any(c.isspace() for c in v):
-            raise ValueError("image must not contain whitespace")
-        return check_image_reference(_no_nul(v, "image"))  # Docker's grammar: schemas/reference.py
-
-    @field_validator("entrypoint", "cmd")
-    @classmethod
-    def _argv(cls, v: list[str] | None) -> list[str] | None:
-        for arg in v or ():
-            _no_nul(arg, "arguments")
-        return v
-
-    @field_validator("env")
-    @classmethod
-    def _env(cls, v: dict[str, str]) -> dict[str, str]:
-        for key, value in v.items():
-            if not key or "=" in key:
-                raise ValueError(f"environment variable name {key!r} is empty or contains '='")
-            _no_nul(key, "environment names")
-            _no_nul(value, "environment values")
-        return v
-
-    @field_validator("working_dir")
-    @classmethod
-    def _working_dir(cls, v: str | None) -> str | None:
-        if v is not None and not v.startswith("/"):
-            raise ValueError("working_dir must be an absolute path")
-        return v if v is None else _no_nul(v, "working_dir")
-
-    @field_validator("user")
-    @classmethod
-    def _user(cls, v: str | None) -> str | None:
-        return check_user(v)
-
-
-class GpuRequest(_Model):
-    """GPUs by count or by device index. NVIDIA goes through Docker device requests;
-    ``amd``/``intel`` map the vendor's device nodes (``/dev/kfd``+``/dev/dri``, ``/dev/dri``).
-
-    An AMD/Intel GPU is its DRI render node, and nothing picks N of them for us the way
-    the NVIDIA runtime does: such a request names its render nodes (``device_ids``) or
-    asks for all of them (``count: -1``, the whole of ``/dev/dri``). A count of N is
-    refused rather than quietly given every GPU on the host.
-    """
-
-    vendor: Literal["nvidia", "amd", "intel"] = "nvidia"
-    count: StrictInt | None = Field(default=None, ge=-1, description="-1 means all GPUs")
-    device_ids: list[Annotated[str, StringConstraints(pattern=r"^[A-Za-z0-9_.:-]{1,128}$")]] | None = Field(
-        default=None, min_length=1
-    )
-
-    @model_validator(mode="after")
-    def _one_of(self) -> GpuRequest:
-        if (self.count is None) == (self.device_ids is None):
-            raise ValueError("give exactly one of count or device_ids")
-        if self.count == 0:
-            raise ValueError("count must be -1 (all) or at least 1")
-        if self.vendor != "nvidia" and self.count is not None and self.count != -1:
-            raise ValueError(
-                f"{self.vendor} GPUs are not picked by count ({self.count}): name their render nodes "
-                f"in device_ids (0, 1, ...) or give count -1 (all)"
-            )
-        # AMD/Intel ids index DRI render nodes; anything else would name a host device.
-        if self.vendor != "nvidia" and self.device_ids and not all(i.isdigit() for i in self.device_ids):
-            raise ValueError(f"device_ids for {self.vendor} are render node indexes (0, 1, ...)")
-        return self
-
-
-class Resources(_Model):
-    """Limits that become real cgroup limits: cpus in cores, memory in bytes."""
-
-    # Docker's smallest CPU quota is 0.01 core; below it a limit would be refused or lost.
-    # Numbers are strict (here and in every request field): a JSON true is not 1.
-    cpus: StrictFloat | None = Field(default=None, ge=0.01, le=1024)
-    memory: StrictInt | None = Field(default=None, ge=6 * 1024 * 1024, le=INT64_MAX, description="bytes; '256m' accepted")
-    pids: StrictInt | None = Field(default=None, ge=1, le=INT64_MAX)
-    gpus: GpuRequest | None = None
-    # /dev/shm (docker run --shm-size); Docker's default is 64 MiB. Counted against memory.
-    shm_size: StrictInt | None = Field(default=None, ge=4096, le=INT64_MAX, description="bytes; '256m' accepted")
-
-    @field_validator("cpus")
-    @classmethod
-    def _finite(cls, v: float | None) -> float | None:
-        if v is not None and not math.isfinite(v):
-            raise ValueError("cpus must be a finite number")
-        return v
-
-    @field_validator("memory", "shm_size", mode="before")
-    @classmethod
-    def _memory(cls, v: object) -> object:
-        return v if v is None else parse_size(v)  # type: ignore[arg-type]
-
-
-class Mount(_Model):
-    """A host path bound into the container; the worker's policy decides which are allowed."""
-
-    source: Annotated[str, StringConstraints(min_length=1)]
-    target: Annotated[str, StringConstraints(min_length=1)]
-    read_only: bool = True
-
-    @field_validator("source", "target")
-    @classmethod
-    def _absolute(cls, v: str) -> str:
-        if not v.startswith("/"):
-            raise ValueError("must be an absolute path")
-        if ":" in v:  # Docker's bind syntax is source:target:mode
-            raise ValueError("must not contain ':'")
-        return _no_nul(v, "mount paths")
 
 
 class ExecutionRequest(_Model):
@@ -344,6 +193,22 @@ class ExecutionRequest(_Model):
         clash = overlapping(v)
         if clash is not None:
             raise ValueError(f"{clash[1]!r} is {clash[0]!r} or inside it")
+        return v
+
+    # Where inputs and outputs land against tmpfs, bind mounts and read_only (schemas/placement.py).
+    # Those fields come first in the model, so they are in ``info.data`` once valid.
+    @field_validator("inputs")
+    @classmethod
+    def _inputs_placement(cls, v: InputsSpec | None, info: ValidationInfo) -> InputsSpec | None:
+        if v is not None and {"tmpfs", "mounts", "read_only"} <= info.data.keys():
+            check_inputs_placement(v.paths, info.data["tmpfs"], info.data["mounts"], info.data["read_only"])
+        return v
+
+    @field_validator("outputs")
+    @classmethod
+    def _outputs_placement(cls, v: list[str], info: ValidationInfo) -> list[str]:
+        if v and {"tmpfs", "mounts"} <= info.data.keys():
+            check_outputs_placement(v, info.data["tmpfs"], info.data["mounts"])
         return v
 
     @model_serializer(mode="wrap")

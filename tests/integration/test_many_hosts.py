@@ -127,10 +127,9 @@ def test_waiters_end_when_redis_loses_its_data(spawn_worker, tmp_path, unique, d
     server.start()
     try:
         spawn_worker(redis_url=server.url, env=FAST_REAP_ENV)
-        # Free while the first is busy; its reaper leaves the first one's container alone (a long
-        # orphan grace): removing it as forgotten would end the execution, and write its outcome,
-        # in a race with the waiter's give-up that this test is not about.
-        spawn_worker(redis_url=server.url, env={**FAST_REAP_ENV, "DOCKRQ_ORPHAN_GRACE_SECONDS": "600"})
+        # Free while the first is busy; its reaper leaves the first one's forgotten container to its
+        # live owner (worker.faults.owner), so nothing ends the execution before the waiter gives up.
+        spawn_worker(redis_url=server.url, env=FAST_REAP_ENV)
         producer = Producer(server.url, queue=spawn_worker.queue, prefix=spawn_worker.prefix)
         # Runs well past the waiter's give-up (a few seconds): had it ended first, the worker would
         # have written its outcome to the empty Redis and the waiter would have that instead.

@@ -9,7 +9,7 @@ chunks of memory. The format is the wire contract's (``schemas/files.py``).
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Iterator
+from collections.abc import Collection, Iterator
 from typing import BinaryIO
 
 from schemas import InputsSpec, entry_name
@@ -130,12 +130,25 @@ class InputArchive:
         self._dirs: set[str] = set()
         self._files: set[str] = set()
 
-    def stream(self, source: BinaryIO) -> Iterator[bytes]:
+    def stream(self, source: BinaryIO, only: Collection[str] | None = None, base: str = "/") -> Iterator[bytes]:
+        """The checked archive for a ``PUT /containers/ID/archive?path=base``: every entry is
+        checked, but only those of the container paths in ``only`` (all when None) are written,
+        named relative to the directory ``base`` (itself one of them or above them; its own
+        directory entry, which the mount already is, is left out)."""
         out = Coalesce()
+        prefix = entry_name(base)
         try:
             with tarfile.open(fileobj=source, mode="r|", bufsize=STREAM_BUFFER) as tar:
                 for member in tar:
                     info = self._check(member)
+                    if only is not None and self._target_of(info.name) not in only:
+                        continue
+                    if prefix:
+                        if info.name == prefix:
+                            continue
+                        info.name = info.name[len(prefix) + 1:]
+                        if info.islnk() and info.linkname.startswith(prefix + "/"):
+                            info.linkname = info.linkname[len(prefix) + 1:]  # Docker joins it to the extraction dir
                     piece = out.add(header(info))
                     if piece:
                         yield piece
@@ -153,6 +166,9 @@ class InputArchive:
             raise InputsRejected("inputs: the archive has no entries")
         out.add(END_OF_ARCHIVE)
         yield out.flush() or b""
+
+    def _target_of(self, name: str) -> str:
+        return "/" + next(t for t in self.targets if name == t or name.startswith(t + "/"))
 
     def _check(self, member: tarfile.TarInfo) -> tarfile.TarInfo:
         name = member.name.rstrip("/") if member.isdir() else member.name

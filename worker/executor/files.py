@@ -22,9 +22,10 @@ from dataclasses import dataclass, field
 from typing import Any, BinaryIO, Protocol
 
 import requests
-from docker.errors import NotFound
+from docker.errors import APIError, NotFound
 
 from schemas import MAX_OUTPUT_ENTRIES, ChunkReader, ExecutionRequest, OutputFile, entry_name
+from schemas.placement import input_extraction_dir
 from schemas.text import quoted_name
 
 from .archive import (
@@ -42,6 +43,7 @@ from .archive import (
 )
 from .client import DockerClient
 from .errors import DAEMON_ERRORS, DaemonError, StartError
+from .refusals import explain_put_refusal
 
 log = logging.getLogger(__name__)
 
@@ -95,12 +97,25 @@ class ExecutionFiles:
         if self.open_inputs is None:
             raise InputsRejected("inputs: the request announces inputs but no input archive was given")
         uid, gid = container_user(client, container_id)
-        checker = InputArchive(request.inputs, uid, gid)
+        # Docker checks the extraction directory, not the entries: a read-only container takes
+        # inputs only put *at* a writable bind mount (schemas/placement.py), one PUT per mount.
+        groups: dict[str, list[str]] = {}
+        for path in request.inputs.paths:
+            where = input_extraction_dir(path, request.tmpfs, request.mounts, request.read_only)
+            groups.setdefault(where, []).append(path)
+        for base, paths in sorted(groups.items()):
+            only = None if len(groups) == 1 else frozenset(paths)
+            self._put(client, container_id, InputArchive(request.inputs, uid, gid), only, base)
+
+    def _put(self, client: DockerClient, container_id: str, checker: InputArchive,
+             only: frozenset[str] | None, base: str) -> None:
+        """One ``PUT /containers/ID/archive?path=base`` of the checked archive's entries of ``only``."""
+        assert self.open_inputs is not None
         failed: list[StartError] = []  # what cut the upload short, seen from inside the body
 
         def body() -> Iterator[bytes]:
             try:
-                yield from checker.stream(source)
+                yield from checker.stream(source, only, base)
             except InputsRejected as exc:
                 failed.append(exc)
                 raise
@@ -116,9 +131,13 @@ class ExecutionFiles:
             raise InputsUnavailable(f"inputs: reading the input archive failed: {exc}") from None
         try:
             url = client.api._url("/containers/{0}/archive", container_id)
-            response = client.api._put(url, params={"path": "/"}, data=body())
+            response = client.api._put(url, params={"path": base}, data=body())
             client.api._raise_for_status(response)
         except Exception as exc:  # noqa: BLE001 - sorted out below, outside this handler
+            if not failed and isinstance(exc, APIError):
+                refusal = explain_put_refusal(exc, checker.spec.paths)  # refusals.py: input_path_*
+                if refusal is not None:
+                    failed.append(refusal)
             if not failed and isinstance(exc, DAEMON_ERRORS):
                 raise DaemonError(f"putting the inputs into the container failed: {exc}") from exc
             if not failed:

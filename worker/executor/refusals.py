@@ -16,13 +16,33 @@ caller can fix in its request; dockrq names them instead of a generic
   permission denied``); ``docker run`` (and ``dockrq``) exit 126.
 
 Anything else stays ``container_create`` (or ``gpu_unavailable``).
+
+``PUT /containers/ID/archive`` (putting the request's inputs, after create and
+before start) is refused for paths the image cannot take; the execution ends
+``error`` with one of these instead of ``daemon_error`` and the daemon's HTTP 500:
+
+- ``input_path_invalid``: an input's target cannot be made in the container's
+  filesystem: a directory on its way is missing because a symlink in the image
+  points where nothing is before start (``/etc/mtab`` -> ``/proc/mounts``; dockerd:
+  ``Error processing tar file(exit status 1): open /etc/mtab/x: no such file or
+  directory``), a directory on its way is a file (``not a directory``), a name is
+  too long, or the extraction point is not a directory.
+- ``input_path_read_only``: the target is read-only: ``container rootfs is marked
+  read-only`` (``--read-only``), ``mounted volume is marked read-only`` or
+  ``read-only file system`` (a read-only bind mount). The request's validation
+  refuses those it can foresee (``schemas/placement.py``); a volume of the image
+  (its ``VOLUME``) is not known before the worker has it.
+
+Other failures (no space left, the container gone) stay ``daemon_error``.
 """
 
 from __future__ import annotations
 
 import re
 
-from .errors import ContainerCreateError
+from docker.errors import APIError
+
+from .errors import ContainerCreateError, StartError
 
 _USER = re.compile(r"unable to find (user|group) (.+?): no matching entries in (?:passwd|group) file")
 _EXEC = re.compile(
@@ -69,3 +89,53 @@ def explain_refusal(text: str) -> ContainerCreateError | None:
         where = "in $PATH in the image" if "$PATH" in reason else "in the image (no such file or directory)"
         return CommandNotFound(f"engine.entrypoint/cmd: the executable {path!r} was not found {where}")
     return None
+
+
+class InputPathInvalid(StartError):
+    """An input's container path cannot be made in the container's filesystem (``PUT /archive``)."""
+
+    code = "input_path_invalid"
+
+
+class InputPathReadOnly(StartError):
+    """An input's container path is on a read-only filesystem (rootfs or bind mount)."""
+
+    code = "input_path_read_only"
+
+
+_PUT_READ_ONLY = re.compile(r"container rootfs is marked read-only|mounted volume is marked read-only")
+_PUT_ERRNO = re.compile(
+    r"(?:\w+ )?(/[^:]*): (no such file or directory|not a directory|is a directory|file exists"
+    r"|too many levels of symbolic links|file name too long|read-only file system)"
+)
+_WHY = {
+    "no such file or directory": "a directory on its way is not there (e.g. a symlink of the image into /proc "
+    "or /sys, which are mounted only at start)",
+    "not a directory": "a directory on its way is a file (or a symlink to one) in the image",
+    "is a directory": "a directory of the image is where a file would go",
+    "file exists": "something of the image is in the way",
+    "too many levels of symbolic links": "symlinks of the image on its way loop",
+    "file name too long": "a name on its way is too long",
+}
+
+
+def explain_put_refusal(error: APIError, paths: list[str]) -> StartError | None:
+    """The error naming the input path that the daemon's refusal of ``PUT /containers/ID/archive``
+    (``error``) is about, or None when it is none of the reasons above (module doc)."""
+    text = str(error.explanation or error)
+    if error.status_code is None or error.status_code == 404 and "No such container" in text:
+        return None
+    if _PUT_READ_ONLY.search(text):
+        return InputPathReadOnly(f"inputs: {', '.join(paths)}: read-only in the container (docker: {text})")
+    found = _PUT_ERRNO.search(text)
+    if found is None:
+        if "extraction point is not a directory" in text:
+            return InputPathInvalid(f"inputs: {', '.join(paths)}: the directory they go into is not a directory (docker: {text})")
+        return None
+    where, reason = found.group(1), found.group(2)
+    named = [p for p in paths if where == p or where.startswith(p + "/") or p.startswith(where + "/")] or paths
+    if reason == "read-only file system":
+        return InputPathReadOnly(f"inputs: {', '.join(named)}: {where} is on a read-only file system (docker: {text})")
+    return InputPathInvalid(
+        f"inputs: {', '.join(named)} cannot be put into the container: {where}: {reason}: {_WHY[reason]} (docker: {text})"
+    )

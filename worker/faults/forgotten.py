@@ -6,9 +6,15 @@ knows neither the rq job nor the outcome. The orphans sweep leaves containers
 unknown to Redis alone, since they may be another deployment's (another prefix
 or Redis on the same daemon) or a standalone executor's. This sweep removes the
 ones labelled with *this* deployment's id (``dockrq.deployment``,
-worker.config.deployment) once they are older than ``orphan_grace_seconds``,
-re-checking Redis under the execution's reap lock first; containers of another
-deployment are never touched.
+worker.config.deployment) once they are older than ``orphan_grace_seconds``
+and their owner worker is not alive, re-checking Redis under the execution's
+reap lock first; containers of another deployment are never touched.
+
+The owner is the worker process named by the container's owner labels
+(``worker.faults.owner``): on this host and PID namespace it is judged by its
+PID (alive: the container is left to it, it writes the outcome or notices the
+loss itself), elsewhere by its rq worker hash's heartbeat as the orphans sweep
+judges a started job's owner; a container without owner labels has none alive.
 """
 
 from __future__ import annotations
@@ -22,6 +28,7 @@ from rq.job import Job
 from schemas import Keys
 from worker.config.deployment import LABEL_DEPLOYMENT
 from worker.executor import DAEMON_ERRORS, OwnedContainer
+from worker.faults.owner import ContainerOwner, owner_alive
 from worker.faults.sweep import Pass, SweepContext
 
 log = logging.getLogger(__name__)
@@ -36,7 +43,8 @@ def forgotten(connection: Any, keys: Keys, execution_id: str) -> bool:
 
 class ForgottenContainersSweep:
     """``run(p)``: remove this deployment's containers (past the orphan grace) whose executions
-    Redis no longer knows. Only while this worker's daemon answers (``p.docker``)."""
+    Redis no longer knows and whose owner worker is not alive (``worker.faults.owner``). Only
+    while this worker's daemon answers (``p.docker``)."""
 
     def __init__(self, ctx: SweepContext) -> None:
         self.ctx = ctx
@@ -52,9 +60,12 @@ class ForgottenContainersSweep:
             for c in ours:
                 pipe.exists(Job.key_for(c.execution_id), ctx.keys.outcome(c.execution_id))
             known = pipe.execute()
-        for c, count in zip(ours, known, strict=True):
-            if count:
-                continue  # Redis knows it: the orphans sweep's business
+        unknown = [c for c, count in zip(ours, known, strict=True) if not count]  # known: the orphans sweep's
+        owners = {c.id: ContainerOwner.from_labels(c.labels) for c in unknown}
+        states = ctx.liveness.states([o.worker for o in owners.values() if o is not None and o.worker])
+        for c in unknown:
+            if owner_alive(owners[c.id], c.created, ctx.liveness, states, lambda: (p.now, p.uptime)):
+                continue  # its owner runs it: it writes the outcome (or notices the loss) and removes it
             with ctx.locked(c.execution_id) as got:
                 if not got or not forgotten(ctx.connection, ctx.keys, c.execution_id):
                     continue  # someone else acts on it, or it was just submitted again

@@ -27,6 +27,7 @@ from worker.execution.channels import ExecutionChannels
 from worker.execution.replicated import ReplicaAcks
 from worker.config.deployment import LABEL_DEPLOYMENT
 from worker.config.settings import WorkerSettings
+from worker.faults.owner import owner_labels
 from worker.observe import metrics
 
 if TYPE_CHECKING:
@@ -40,10 +41,11 @@ log = logging.getLogger(__name__)
 def build_executor(settings: WorkerSettings) -> DockerExecutor:
     """The Docker executor of a worker with ``settings``: its executor id, the executor's part of
     its policy (mounts, network), its stop grace, its pull timeout, and the deployment label on every
-    container (``dockrq.deployment``, worker.config.deployment). Raises DockerUnavailableError."""
+    container (``dockrq.deployment``, worker.config.deployment) with this process's owner labels
+    (``dockrq.host``, ``dockrq.pid``, ``dockrq.pid_ns``: worker.faults.owner). Raises DockerUnavailableError."""
     return new_executor(
         settings.executor_id, policy=settings.policy.executor_policy, stop_grace_seconds=settings.stop_grace_seconds,
-        pull_timeout_seconds=settings.pull_timeout_seconds, labels={LABEL_DEPLOYMENT: settings.deployment_id},
+        pull_timeout_seconds=settings.pull_timeout_seconds, labels={LABEL_DEPLOYMENT: settings.deployment_id, **owner_labels()},
     )
 
 

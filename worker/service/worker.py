@@ -47,6 +47,7 @@ from rq.worker.base import WorkerStatus
 
 from schemas.connections import REDIS_DOWN, ride_out_outage
 from worker.faults.liveness import identity, rq_heartbeat_ttl
+from worker.faults.owner import owner_labels
 from worker.faults.outage import settle_after_outage, wait_for_docker
 from worker.faults.reaper import Reaper
 from worker.observe import logformat, metrics
@@ -117,6 +118,8 @@ class DockrqWorker(FewerCommands, SimpleWorker):
         runtime = runtime_module.current()
         runtime.executor  # noqa: B018 - fail before registering if Docker is unreachable
         runtime.worker = self
+        if isinstance(getattr(runtime.executor, "labels", None), dict):  # dockrq.worker on its containers
+            runtime.executor.labels.update(owner_labels(self.name))
         super().bootstrap(*args, **kwargs)
         self._reaper = Reaper(self, runtime)
         self._beats = Heartbeat(
