@@ -4,6 +4,7 @@ follow their logs, cancel them. Depends on ``schemas`` only, never on ``worker``
 from .client import DEFAULT_REDIS_URL, CancelResult, Producer, parse_request
 from .describe import describe
 from .errors import (
+    CopyRefused,
     DuplicateExecution,
     ExecutionAlreadyFinished,
     ExecutionNotFound,
@@ -15,14 +16,16 @@ from .errors import (
 )
 from .aio import AsyncProducer
 from .extract import ArchiveRefused, ExtractReport
-from .files import InputsTooLarge, OutputsUnavailable
+from .files import FollowLink, InputsTooLarge, OutputsUnavailable
 from .many import WaitTimeout
 from .status import ExecutionStatusView
 
 __all__ = [
     "ArchiveRefused",
     "AsyncProducer",
+    "CopyRefused",
     "ExtractReport",
+    "FollowLink",
     "InputsTooLarge",
     "OutputsUnavailable",
     "DEFAULT_REDIS_URL",

@@ -12,7 +12,8 @@ Exit codes (``submit`` attached and ``wait``; the other commands return 0 or 1):
      unreachable (as ``docker run``)
 130  the execution was cancelled (Ctrl-C on an attached submit cancels it)
  75  ``wait --timeout`` elapsed while the execution still runs (EX_TEMPFAIL)
-  1  any error of ``logs``, ``cancel``, ``status``, ``ls``
+  1  any error of ``logs``, ``cancel``, ``status``, ``ls``, ``cp`` (also: an entry
+     skipped, or nothing written)
 125  bad command line: unknown flag, missing argument (as ``docker``)
 141  the output pipe was closed (``dockrq logs ID | head``)
 ===  =====================================================================

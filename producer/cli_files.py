@@ -19,11 +19,14 @@ import click
 
 from schemas import DEFAULT_MAX_INPUT_BYTES, Outcome, parse_size
 
-from .cli import EXIT_DOCKRQ_FAILED, Settings, cli, fail, json_option, pass_settings
+from .cli import EXIT_DOCKRQ_FAILED, EXIT_ERROR, Settings, cli, fail, json_option, pass_settings
 from .client import Producer
 from .errors import InvalidRequest, ProducerError
-from .extract import ExtractReport
+from .extract import ArchiveRefused, ExtractReport
+from .copy_dest import truncation_reason
+from .files import FollowLink
 from .params import COPY_SOURCE
+from .usage import EXIT_USAGE
 
 
 def file_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -31,7 +34,11 @@ def file_options(fn: Callable[..., Any]) -> Callable[..., Any]:
     for decorator in reversed(
         [
             click.option("--input", "inputs", multiple=True, metavar="LOCAL_PATH:CONTAINER_PATH",
-                         help="Put a local file or directory into the container before it starts; repeatable."),
+                         help="Put a local file or directory into the container before it starts; repeatable. "
+                         "A LOCAL_PATH that is a symlink goes in as that symlink (as docker cp), unless -L."),
+            click.option("-L", "--follow-link", is_flag=True,
+                         help="Follow each --input LOCAL_PATH that is itself a symlink (docker cp -L); "
+                         "symlinks inside a directory are never followed."),
             click.option("--output", "outputs", multiple=True, metavar="CONTAINER_PATH",
                          help="Collect this path once the container has ended; repeatable (get them with dockrq cp)."),
             click.option("--output-files-limit", help="File bytes collected at most, e.g. 64m (default 16m; "
@@ -49,7 +56,7 @@ def file_options(fn: Callable[..., Any]) -> Callable[..., Any]:
 
 @dataclass
 class FileOptions:
-    inputs: dict[str, str] | None
+    inputs: dict[str, str | FollowLink] | None
     outputs: list[str]
     output_files_limit: int | None
     output_dir: Path | None
@@ -58,14 +65,15 @@ class FileOptions:
     @classmethod
     def take(cls, options: dict[str, Any], detach: bool) -> FileOptions:
         """Remove the file options from ``submit``'s options; InvalidRequest names a bad one."""
-        inputs: dict[str, str] = {}
+        inputs: dict[str, str | FollowLink] = {}
+        follow = options.pop("follow_link")
         for item in options.pop("inputs"):
             local, sep, target = item.rpartition(":")
             if not sep or not local or not target:
                 raise InvalidRequest(f"inputs: {item!r} is not LOCAL_PATH:CONTAINER_PATH")
             if target in inputs:
                 raise InvalidRequest(f"inputs: {target} is given twice")
-            inputs[target] = local
+            inputs[target] = FollowLink(local) if follow else local
         limit = options.pop("output_files_limit")
         output_dir = options.pop("output_dir")
         max_input = options.pop("max_input")
@@ -99,18 +107,20 @@ def report_outputs(producer: Producer, outcome: Outcome, options: FileOptions, a
     for path in result.outputs_missing:
         _warn(f"output {path} did not exist in the container", quiet)
     if result.outputs_truncated:
-        _warn("output files over the limit were left out (output_files_limit_bytes)", quiet)
+        _warn(f"output files were left out: {truncation_reason(result)}", quiet)
     if options.output_dir is None:
         if result.output_files and not quiet:
             _warn(f"{len(result.output_files)} output entries kept; get them with "
                   f"dockrq cp {outcome.execution_id}:PATH DEST", quiet)
         return True
     try:
-        report = producer.outputs(outcome.execution_id, options.output_dir)
+        report = producer.outputs(outcome.execution_id, options.output_dir, on_skip=_skip_line)
     except (ProducerError, OSError) as exc:
         click.echo(f"dockrq: output files not written to {options.output_dir}: {exc}", err=True)
         return False
-    _skipped(report, quiet)
+    if report.skipped:  # each said above; the files are not all delivered
+        click.echo(f"dockrq: {len(report.skipped)} output entries not written to {options.output_dir}", err=True)
+        return False
     return True
 
 
@@ -119,7 +129,7 @@ def describe_outputs(result: Any) -> str:
     files = [f for f in result.output_files if f.type == "file"]
     text = f"{len(result.output_files)} entries, {len(files)} files, {sum(f.size for f in files)} bytes"
     if result.outputs_truncated:
-        text += ", some left out (over the limit)"
+        text += f", some left out ({truncation_reason(result)})"
     if result.outputs_missing:
         text += f"; missing: {', '.join(result.outputs_missing)}"
     return text
@@ -130,33 +140,62 @@ def _warn(message: str, quiet: bool) -> None:
         click.echo(f"dockrq: {message}", err=True)
 
 
-def _skipped(report: ExtractReport, quiet: bool = False) -> None:
-    for message in report.skipped:
-        click.echo(f"dockrq: skipped {message}", err=True)
+def _skip_line(message: str) -> None:
+    """One skipped entry, said on stderr as it happens (also when the copy fails later)."""
+    click.echo(f"dockrq: skipped {message}", err=True)
 
 
 @cli.command()
 @json_option
 @click.argument("source", metavar="ID:CONTAINER_PATH", type=COPY_SOURCE)
-@click.argument("dest", metavar="LOCAL_DEST", type=click.Path(path_type=Path))
+@click.argument("dest", metavar="LOCAL_DEST|-", type=click.Path())  # a str: a trailing '/' means a directory
 @pass_settings
-def cp(settings: Settings, source: tuple[str, str], dest: Path) -> None:
+def cp(settings: Settings, source: tuple[str, str], dest: str) -> None:
     """Copy an ended execution's output files to the local disk, like docker cp.
 
     CONTAINER_PATH is one of the execution's --output paths, a path below one, or /
-    for all of them. Into an existing directory LOCAL_DEST it keeps its own name;
-    otherwise it becomes LOCAL_DEST. Entries that would leave LOCAL_DEST (absolute
-    names, '..', symlinks pointing outside, devices) are skipped with a message.
+    for all of them. docker cp's destination rules: into an existing directory
+    LOCAL_DEST it keeps its own name; a file replaces an existing file; otherwise it
+    becomes LOCAL_DEST, whose directory must exist. A directory onto a file, or a
+    file onto a missing LOCAL_DEST/, is refused with nothing written. LOCAL_DEST '-'
+    writes a tar stream of CONTAINER_PATH to stdout. Entries that would leave
+    LOCAL_DEST (absolute names, '..', symlinks pointing outside, devices), replace a
+    directory or a file of the other kind, or fail on the local disk are skipped with
+    a message and the rest written; the exit code is then 1.
     """
     execution_id, path = source  # params.COPY_SOURCE: a malformed one is a usage error (125)
-    try:
-        report = settings.producer().copy_out(execution_id, path, dest)
-    except OSError as exc:
-        fail(f"writing to {dest} failed: {exc}", 1)
-    if settings.as_json:
-        click.echo(json.dumps({"written": [str(p) for p in report.written], "skipped": report.skipped}))
+    if dest == "-":
+        _cp_to_stdout(settings, execution_id, path)
         return
-    _skipped(report)
+    live = None if settings.as_json else _skip_line
+    try:
+        report = settings.producer().copy_out(execution_id, path, dest, on_skip=live)
+    except ArchiveRefused as exc:
+        fail(str(exc), EXIT_ERROR, **_json_report(exc.report, settings))
+    except OSError as exc:
+        fail(f"writing to {dest} failed: {exc}", EXIT_ERROR)
+    if not report.complete:
+        why = f"{len(report.skipped)} entries skipped" if report.skipped else "nothing was written"
+        fail(f"{why}; {len(report.written)} written to {dest}", EXIT_ERROR, **_json_report(report, settings))
+    if settings.as_json:
+        click.echo(json.dumps(_json_report(report, settings)))
+
+
+def _json_report(report: ExtractReport, settings: Settings) -> dict[str, Any]:
+    if not settings.as_json:
+        return {}
+    return {"written": [str(p) for p in report.written], "skipped": report.skipped}
+
+
+def _cp_to_stdout(settings: Settings, execution_id: str, path: str) -> None:
+    """``dockrq cp ID:PATH -``: the tar stream on stdout, nothing else there (messages on stderr)."""
+    if settings.as_json:
+        fail("--json cannot be used with LOCAL_DEST '-': stdout is the tar stream", EXIT_USAGE)
+    out = click.get_binary_stream("stdout")
+    entries = settings.producer().copy_out_archive(execution_id, path, out)
+    out.flush()
+    if entries == 0:
+        fail(f"{execution_id}:{path}: nothing was written", EXIT_ERROR)
 
 
 __all__ = ["EXIT_DOCKRQ_FAILED", "FileOptions", "cp", "describe_outputs", "file_options", "report_outputs"]

@@ -97,3 +97,10 @@ class ExecutionAlreadyFinished(ProducerError):
         self.execution_id = execution_id
         self.status = status
         super().__init__(f"execution {execution_id} already ended: {status}")
+
+
+class CopyRefused(ProducerError):
+    """``Producer.copy_out`` / ``dockrq cp``: ``docker cp``'s destination rules refuse this copy,
+    and nothing was written: a directory onto an existing file ("cannot copy a directory to a
+    file"), a file onto a path ending in ``/`` that does not exist ("the destination directory
+    must exist"), a destination whose parent directory does not exist or is not a directory."""

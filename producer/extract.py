@@ -15,14 +15,23 @@ skipped with a message (``ExtractReport.skipped``) while the rest is extracted:
   escaping targets are skipped;
 * a hard link is kept only if it names a regular file this extraction wrote;
 * devices, fifos and other special files are skipped;
+* a directory never replaces a non-directory already there (a file, a symlink),
+  and a non-directory never replaces a directory (``docker cp``'s
+  ``NoOverwriteDirNonDir``): the entry, and everything under a directory so
+  refused, is skipped with one message; a file replaces a file (as ``docker cp``);
 * modes lose setuid/setgid/sticky and group/other write bits; owners are not set.
 
-More entries, or more file bytes, than the outcome announces stop the extraction
-with ``ArchiveRefused`` (what was written so far stays, and is listed).
+An error of the local filesystem on one entry (``ENAMETOOLONG``, ``EACCES``,
+``ENOSPC``...) skips that entry too (no partial file is left) and the
+extraction goes on. Names in messages are quoted by ``schemas.text.quoted_name``
+(``'caf\\xe9'`` is byte 0xE9, ``'a\\\\b'`` a backslash). More entries, or more file
+bytes, than the outcome announces stop the extraction with ``ArchiveRefused``
+(what was written so far stays; its ``report`` lists it and the skips so far).
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
 import stat
 import tarfile
@@ -31,21 +40,34 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import BinaryIO
 
+from schemas.text import quoted_name
+
 from .errors import ProducerError
 
 CHUNK = 256 * 1024
 
 
-class ArchiveRefused(ProducerError):
-    """The archive is damaged or holds more entries or bytes than announced; extraction stopped."""
-
-
 @dataclass
 class ExtractReport:
-    """What an extraction did: local paths written (files, directories, links) and entries skipped, with why."""
+    """What an extraction did: ``written``, the local paths written (files, directories, links),
+    in archive order; ``skipped``, one line per entry not written, ``'NAME': why`` (the name
+    quoted by ``schemas.text.quoted_name``). ``complete``: something was written, nothing skipped."""
 
     written: list[Path] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
+
+    @property
+    def complete(self) -> bool:
+        return bool(self.written) and not self.skipped
+
+
+class ArchiveRefused(ProducerError):
+    """The archive is damaged or holds more entries or bytes than announced; extraction stopped.
+    ``report``: what was written and skipped before it stopped."""
+
+    def __init__(self, message: str, report: ExtractReport | None = None) -> None:
+        super().__init__(message)
+        self.report = report if report is not None else ExtractReport()
 
 
 def plain(name: str) -> bool:
@@ -82,24 +104,37 @@ def safe_extract(
     rename: Callable[[str], str | None] = lambda name: name,
     max_entries: int,
     max_file_bytes: int,
+    on_skip: Callable[[str], None] | None = None,
+    link_root: str | None = None,
 ) -> ExtractReport:
     """Extract the tar stream ``source`` into ``dest`` (created if missing) by the rules above.
 
     ``rename`` maps each entry name to its path relative to ``dest`` (None: not
     wanted, passed over silently). ``max_entries`` and ``max_file_bytes`` are what
-    the archive was announced to hold. Raises ArchiveRefused.
+    the archive was announced to hold. ``on_skip`` is called with each skip line as
+    it happens (so a caller can show it even if the extraction fails later).
+    ``link_root``: the entry (relative to ``dest``) that is the destination the user
+    named, when ``dest`` is only its parent (``dockrq cp ID:/out new``): symlinks below
+    it must stay inside it, not merely inside ``dest``. Raises
+    ArchiveRefused (with the report so far), or OSError when ``dest`` cannot be made.
     """
-    return _Extraction(Path(dest), rename).run(source, max_entries, max_file_bytes)
+    return _Extraction(Path(dest), rename, on_skip, link_root).run(source, max_entries, max_file_bytes)
 
 
 class _Extraction:
-    def __init__(self, dest: Path, rename: Callable[[str], str | None]) -> None:
+    def __init__(
+        self, dest: Path, rename: Callable[[str], str | None], on_skip: Callable[[str], None] | None,
+        link_root: str | None = None,
+    ) -> None:
         dest.mkdir(parents=True, exist_ok=True)
         self.root = Path(os.path.realpath(dest))
         self.rename = rename
+        self.on_skip = on_skip
+        self.link_root = link_root
         self.report = ExtractReport()
         self._files: dict[str, str] = {}  # archive name -> local rel of the regular files written
         self._dirs: list[tuple[Path, int, float]] = []
+        self._refused_dirs: list[str] = []  # local rels of directories not made: what is under them is dropped
 
     def run(self, source: BinaryIO, max_entries: int, max_file_bytes: int) -> ExtractReport:
         entries = file_bytes = 0
@@ -108,22 +143,40 @@ class _Extraction:
                 for member in tar:
                     entries += 1
                     if entries > max_entries:
-                        raise ArchiveRefused(f"the archive holds more entries than the {max_entries} announced; stopped")
+                        raise ArchiveRefused(
+                            f"the archive holds more entries than the {max_entries} announced; stopped", self.report
+                        )
                     if member.isreg():
                         file_bytes += member.size
                         if file_bytes > max_file_bytes:
                             raise ArchiveRefused(
-                                f"the archive holds more file bytes than the {max_file_bytes} announced; stopped"
+                                f"the archive holds more file bytes than the {max_file_bytes} announced; stopped",
+                                self.report,
                             )
-                    self._entry(tar, member)
+                    self._guarded_entry(tar, member)
         except (tarfile.TarError, EOFError) as exc:
-            raise ArchiveRefused(f"the archive is damaged: {exc}") from None
+            raise ArchiveRefused(f"the archive is damaged: {exc}", self.report) from None
         finally:
             self._set_dir_modes()
         return self.report
 
     def _skip(self, name: str, why: str) -> None:
-        self.report.skipped.append(f"{name[:200]!r}: {why}")
+        line = f"{quoted_name(name[:200])}{'...' if len(name) > 200 else ''}: {why}"
+        self.report.skipped.append(line)
+        if self.on_skip is not None:
+            self.on_skip(line)
+
+    def _guarded_entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
+        """One entry; an error of the local filesystem skips it (the tar stream reads past its data)."""
+        try:
+            self._entry(tar, member)
+        except OSError as exc:
+            name = member.name.rstrip("/")
+            if member.isdir():  # not made: what is under it is dropped with this one message
+                rel = self.rename(name) if plain(name) else None
+                if rel is not None and plain(rel):
+                    self._refused_dirs.append(rel)
+            self._skip(name, f"not written: {exc.strerror or exc}{' (nothing under it copied)' if member.isdir() else ''}")
 
     def _entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         name = member.name.rstrip("/") if member.isdir() else member.name
@@ -136,6 +189,8 @@ class _Extraction:
         if not plain(rel):
             self._skip(name, "not a plain relative path (absolute, '..' or empty parts)")
             return
+        if any(rel.startswith(top + "/") for top in self._refused_dirs):
+            return  # under a directory refused with its own message
         if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
             self._skip(name, "a device or special file")
             return
@@ -153,11 +208,17 @@ class _Extraction:
                 return
             self._skip(name, "would replace a directory")
             return
-        if member.issym() and not link_stays_inside(rel, member.linkname):
-            self._skip(name, f"a symlink to {member.linkname[:200]!r}, outside the destination")
+        if existing is not None and member.isdir():
+            kind = "symlink" if stat.S_ISLNK(existing.st_mode) else "file"
+            self._skip(name, f"a directory, and {target} is a {kind}: not replaced (nothing under it copied)")
+            self._refused_dirs.append(rel)
+            return
+        inside = rel[len(self.link_root) + 1:] if self.link_root and rel.startswith(self.link_root + "/") else rel
+        if member.issym() and not link_stays_inside(inside, member.linkname):
+            self._skip(name, f"a symlink to {quoted_name(member.linkname[:200])}, outside the destination")
             return
         if member.islnk() and member.linkname not in self._files:
-            self._skip(name, f"a hard link to {member.linkname[:200]!r}, not a file extracted here")
+            self._skip(name, f"a hard link to {quoted_name(member.linkname[:200])}, not a file extracted here")
             return
         if existing is not None:
             os.unlink(target)
@@ -189,18 +250,24 @@ class _Extraction:
         return here
 
     def _write(self, tar: tarfile.TarFile, member: tarfile.TarInfo, target: Path) -> None:
+        """Write one regular file whole; on any failure it is removed (never a partial file)."""
         fd = os.open(target, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
-        with os.fdopen(fd, "wb") as out:
-            data = tar.extractfile(member)
-            left = member.size
-            while left > 0 and data is not None:
-                chunk = data.read(min(CHUNK, left))
-                if not chunk:
-                    raise tarfile.ReadError(f"{member.name}: the archive ends inside the file")
-                out.write(chunk)
-                left -= len(chunk)
-            os.fchmod(out.fileno(), (member.mode & 0o755) | 0o600)
-        os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
+        try:
+            with os.fdopen(fd, "wb") as out:
+                data = tar.extractfile(member)
+                left = member.size
+                while left > 0 and data is not None:
+                    chunk = data.read(min(CHUNK, left))
+                    if not chunk:
+                        raise tarfile.ReadError(f"{member.name}: the archive ends inside the file")
+                    out.write(chunk)
+                    left -= len(chunk)
+                os.fchmod(out.fileno(), (member.mode & 0o755) | 0o600)
+            os.utime(target, (member.mtime, member.mtime), follow_symlinks=False)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(target)
+            raise
 
     def _forget(self, rel: str) -> None:
         for name, local in list(self._files.items()):

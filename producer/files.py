@@ -38,7 +38,7 @@ from schemas.files import MAX_FILE_PATHS, MAX_PATH_BYTES, archive_chunks, overla
 from .errors import InvalidRequest, ProducerError
 from .extract import ExtractReport, safe_extract
 
-InputValue = Union[str, os.PathLike, bytes, bytearray, memoryview]
+InputValue = Union[str, os.PathLike, "FollowLink", bytes, bytearray, memoryview]
 
 
 class InputsTooLarge(InvalidRequest):
@@ -79,6 +79,7 @@ class _Builder:
         self.limit = limit
         self.entries = 0
         self.bytes = 0
+        self._fds: dict[int, int] = {}  # open directory -> its subdirectories not yet opened (close() ends all)
 
     def _count(self, name: str, size: int = 0) -> None:
         if len(name.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
@@ -104,55 +105,109 @@ class _Builder:
         self._count(name, len(data))
         self.tar.addfile(self._info(name, tarfile.REGTYPE, 0o644, time.time(), len(data)), io.BytesIO(data))
 
-    def add_path(self, name: str, local: Path) -> None:
+    def add_path(self, name: str, local: Path, follow_link: bool = False) -> None:
+        """A local file, directory or symlink as ``name``. ``local`` itself, if a symlink, is
+        put in as a symlink unless ``follow_link`` (``docker cp`` and its ``-L``)."""
         try:
-            info = os.stat(local)  # the source itself may be a symlink: it is followed
+            info = os.stat(local) if follow_link else os.lstat(local)
         except OSError as exc:
             raise InvalidRequest(f"inputs: {local}: {exc.strerror or exc}") from None
         if stat.S_ISDIR(info.st_mode):
-            self._add_tree(name, local, info)
+            self._add_tree(name, local, info, follow_link)
         elif stat.S_ISREG(info.st_mode):
-            self._add_file(name, local, info)
+            self._add_file(name, local, info, follow_link)
+        elif stat.S_ISLNK(info.st_mode):
+            self._add_link(name, local, info)
         else:
             raise InvalidRequest(f"inputs: {local} is not a regular file or a directory")
 
-    def _add_file(self, name: str, local: Path, info: os.stat_result) -> None:
-        self._count(name, info.st_size)
+    def _add_link(self, name: str, local: Path, info: os.stat_result, dir_fd: int | None = None) -> None:
         try:
-            with open(local, "rb") as source:
+            link = os.readlink(local.name if dir_fd is not None else local, dir_fd=dir_fd)
+        except OSError as exc:
+            raise InvalidRequest(f"inputs: reading {local} failed: {exc.strerror or exc}") from None
+        if len(link.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+            raise InvalidRequest(f"inputs: the target of symlink {local} is longer than {MAX_PATH_BYTES} bytes")
+        self._count(name)
+        self.tar.addfile(self._info(name, tarfile.SYMTYPE, 0o777, info.st_mtime, link=link))
+
+    def _add_file(
+        self, name: str, local: Path, info: os.stat_result, follow: bool = False, dir_fd: int | None = None
+    ) -> None:
+        """Read a regular file; inside a directory (``dir_fd``) it is opened without following a
+        symlink and must still be the file listed, so a file swapped for a symlink meanwhile is
+        refused, never read through."""
+        self._count(name, info.st_size)
+        flags = os.O_RDONLY | (0 if follow else os.O_NOFOLLOW)
+        try:
+            fd = os.open(local.name if dir_fd is not None else local, flags, dir_fd=dir_fd)
+            with open(fd, "rb") as source:
+                now = os.fstat(fd)
+                if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino):
+                    raise InvalidRequest(f"inputs: {local} changed while it was read")
                 self.tar.addfile(self._info(name, tarfile.REGTYPE, info.st_mode, info.st_mtime, info.st_size), source)
         except OSError as exc:
-            raise InvalidRequest(f"inputs: reading {local} failed: {exc}") from None
+            raise InvalidRequest(f"inputs: reading {local} failed: {exc.strerror or exc}") from None
 
-    def _add_tree(self, name: str, top: Path, info: os.stat_result) -> None:
+    def _add_tree(self, name: str, top: Path, info: os.stat_result, follow: bool = False) -> None:
         """Pre-order: each directory before what it holds, as the worker requires. Symlinks
-        inside are kept as symlinks (never followed); special files are refused."""
-        stack = [(name, top, info)]
+        inside are kept as symlinks (never followed); special files are refused. Every
+        directory is opened without following a symlink (``O_NOFOLLOW``, only ``top`` may be
+        one, with ``follow``) and read through its descriptor, so nothing outside ``top``
+        is read even if the tree changes meanwhile."""
+        stack: list[tuple[str, Path, os.stat_result, int | None]] = [(name, top, info, None)]
         while stack:
-            name, path, info = stack.pop()
+            name, path, info, parent_fd = stack.pop()
             self._count(name)
             self.tar.addfile(self._info(name, tarfile.DIRTYPE, info.st_mode, info.st_mtime))
+            flags = os.O_RDONLY | os.O_DIRECTORY | (0 if follow and parent_fd is None else os.O_NOFOLLOW)
             try:
-                children = sorted(os.scandir(path), key=lambda e: e.name)
+                fd = os.open(path.name if parent_fd is not None else path, flags, dir_fd=parent_fd)
+            except OSError as exc:
+                raise InvalidRequest(f"inputs: reading {path} failed: {exc.strerror or exc}") from None
+            self._fds[fd] = 0
+            if parent_fd is not None:
+                self._release(parent_fd)
+            try:
+                children = sorted(os.scandir(fd), key=lambda e: e.name)
             except OSError as exc:
                 raise InvalidRequest(f"inputs: reading {path} failed: {exc.strerror or exc}") from None
             later = []
             for entry in children:
-                child, local = f"{name}/{entry.name}", Path(entry.path)
+                child, local = f"{name}/{entry.name}", path / entry.name
                 child_info = entry.stat(follow_symlinks=False)
                 if stat.S_ISDIR(child_info.st_mode):
-                    later.append((child, local, child_info))
+                    later.append((child, local, child_info, fd))
                 elif stat.S_ISREG(child_info.st_mode):
-                    self._add_file(child, local, child_info)
+                    self._add_file(child, local, child_info, dir_fd=fd)
                 elif stat.S_ISLNK(child_info.st_mode):
-                    link = os.readlink(local)
-                    if len(link.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
-                        raise InvalidRequest(f"inputs: the target of symlink {local} is longer than {MAX_PATH_BYTES} bytes")
-                    self._count(child)
-                    self.tar.addfile(self._info(child, tarfile.SYMTYPE, 0o777, child_info.st_mtime, link=link))
+                    self._add_link(child, local, child_info, dir_fd=fd)
                 else:
                     raise InvalidRequest(f"inputs: {local} is not a regular file, directory or symlink")
+            self._fds[fd] = len(later) + 1
+            self._release(fd)  # open only while a subdirectory still has to be opened through it
             stack.extend(reversed(later))  # popped in name order
+
+    def _release(self, fd: int) -> None:
+        self._fds[fd] -= 1
+        if self._fds[fd] <= 0:
+            del self._fds[fd]
+            os.close(fd)
+
+    def close(self) -> None:
+        for fd in self._fds:
+            os.close(fd)
+        self._fds.clear()
+
+
+@dataclass(frozen=True)
+class FollowLink:
+    """An input value (``submit(inputs={"/in": FollowLink("data")})``): the local path, followed
+    if it is itself a symlink, as ``docker cp -L`` does (``dockrq submit -L``). A plain path
+    that is a symlink is put into the container as that symlink. Symlinks inside a
+    directory are never followed either way."""
+
+    path: str | os.PathLike[str]
 
 
 def build_input_archive(inputs: Mapping[str, InputValue], max_input_bytes: int) -> InputArchive:
@@ -178,14 +233,21 @@ def build_input_archive(inputs: Mapping[str, InputValue], max_input_bytes: int) 
     try:
         with tarfile.open(fileobj=spool, mode="w", format=tarfile.PAX_FORMAT, copybufsize=ARCHIVE_CHUNK_BYTES) as tar:
             builder = _Builder(tar, max_input_bytes)
-            for target in sorted(inputs):
-                value = inputs[target]
-                if isinstance(value, (bytes, bytearray, memoryview)):
-                    builder.add_bytes(entry_name(target), bytes(value))
-                elif isinstance(value, (str, os.PathLike)):
-                    builder.add_path(entry_name(target), Path(value))
-                else:
-                    raise InvalidRequest(f"inputs: {target}: give a local path or bytes, not {type(value).__name__}")
+            try:
+                for target in sorted(inputs):
+                    value = inputs[target]
+                    if isinstance(value, (bytes, bytearray, memoryview)):
+                        builder.add_bytes(entry_name(target), bytes(value))
+                    elif isinstance(value, FollowLink):
+                        builder.add_path(entry_name(target), Path(value.path), follow_link=True)
+                    elif isinstance(value, (str, os.PathLike)):
+                        builder.add_path(entry_name(target), Path(value))
+                    else:
+                        raise InvalidRequest(
+                            f"inputs: {target}: give a local path or bytes, not {type(value).__name__}"
+                        )
+            finally:
+                builder.close()
         spec = InputsSpec(paths=sorted(inputs), entries=builder.entries, bytes=builder.bytes, archive_bytes=spool.tell())
     except BaseException:
         spool.close()
@@ -278,49 +340,9 @@ def archive_reader(client: redis.Redis, key: str, size: int) -> BinaryIO:
     return ChunkReader(archive_chunks(client, key, size))  # type: ignore[return-value]
 
 
-def copy_selection(outcome: Outcome, container_path: str, dest: Path) -> tuple[Path, Callable[[str], str | None]]:
-    """Where ``dockrq cp ID:container_path dest`` extracts, and how entry names map there.
-
-    As ``docker cp``: into an existing directory ``dest`` the path keeps its own
-    name (``dest/out``); otherwise it becomes ``dest`` itself. ``/`` copies
-    everything into the directory ``dest``. Raises OutputsUnavailable when the path
-    was not collected.
-    """
-    result = outcome.result
-    if result is None:  # rejected, cancelled before it started, lost: no container, no outputs
-        status = outcome.status.value
-        raise OutputsUnavailable(f"{outcome.execution_id} ended {status} without running a container: it has no output files")
-    if container_path != "/":
-        try:
-            check_container_path(container_path)
-        except ValueError as exc:
-            raise OutputsUnavailable(f"{container_path[:200]!r}: {exc}") from None
-        collected = any(f.path == container_path or f.path.startswith(container_path + "/") for f in result.output_files)
-        if not collected:
-            if container_path in result.outputs_missing:
-                raise OutputsUnavailable(f"{container_path} did not exist in the container of {outcome.execution_id}")
-            why = " (left out: over the output files limit)" if result.outputs_truncated else ""
-            raise OutputsUnavailable(f"{container_path} is not among the output files of {outcome.execution_id}{why}")
-    if container_path == "/":
-        return dest, lambda name: name
-    prefix = entry_name(container_path)
-    if dest.is_dir():
-        root, top = dest, posixpath.basename(container_path)
-    else:
-        root, top = dest.parent, dest.name
-
-    def rename(name: str) -> str | None:
-        if name == prefix:
-            return top
-        if name.startswith(prefix + "/"):
-            return top + name[len(prefix):]
-        return None
-
-    return root, rename
-
-
 def extract_outputs(
-    client: redis.Redis, key: str, outcome: Outcome, dest: Path, rename: Callable[[str], str | None] | None = None
+    client: redis.Redis, key: str, outcome: Outcome, dest: Path, rename: Callable[[str], str | None] | None = None,
+    on_skip: Callable[[str], None] | None = None, link_root: str | None = None,
 ) -> ExtractReport:
     """Extract the output archive at ``key`` into ``dest`` with ``extract.safe_extract``."""
     size, entries, file_bytes = announced(outcome)
@@ -332,7 +354,8 @@ def extract_outputs(
     reader = archive_reader(client, key, size)
     try:
         return safe_extract(
-            reader, dest, rename=rename or (lambda name: name), max_entries=entries, max_file_bytes=file_bytes
+            reader, dest, rename=rename or (lambda name: name), max_entries=entries, max_file_bytes=file_bytes,
+            on_skip=on_skip, link_root=link_root,
         )
     finally:
         reader.close()

@@ -6,13 +6,18 @@ archive handling itself is in ``files.py`` and ``extract.py``.
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, BinaryIO
 
 from schemas import Outcome
 
+from .cp_tar import write_path_tar
+from .errors import CopyRefused
 from .extract import ExtractReport
-from .files import OutputsUnavailable, announced, archive_reader, copy_selection, extract_outputs
+from .copy_dest import collected_kind, copy_selection
+from .files import OutputsUnavailable, announced, archive_reader, extract_outputs
 
 if TYPE_CHECKING:
     import redis
@@ -42,25 +47,64 @@ class OutputsMixin:
             raise OutputsUnavailable(f"execution {execution_id} has not ended yet")
         return outcome
 
-    def outputs(self, execution_id: str, dest_dir: str | Path) -> ExtractReport:
+    def outputs(
+        self, execution_id: str, dest_dir: str | Path, *, on_skip: Callable[[str], None] | None = None
+    ) -> ExtractReport:
         """Extract an ended execution's output files into ``dest_dir`` (created if missing),
         each under its container path (``/out/r.json`` -> ``dest_dir/out/r.json``).
 
         Safe against hostile archives (``producer/extract.py``): what would leave
-        ``dest_dir`` is skipped and listed in the report's ``skipped``. Raises
-        OutputsUnavailable (not ended, none collected, expired), ArchiveRefused or
+        ``dest_dir``, replace a directory by a file or a file by a directory, or fails on
+        the local disk (name too long, permission) is skipped and the rest written. The
+        returned ``ExtractReport`` lists ``written`` paths and ``skipped`` lines (one per
+        entry not written; ``report.complete`` is False if any); ``on_skip`` gets each
+        skip line as it happens. Raises CopyRefused when ``dest_dir`` is there and is not a
+        directory (nothing written), OutputsUnavailable (not ended, none collected,
+        expired), ArchiveRefused (its ``report`` has what was done before it stopped) or
         ExecutionNotFound.
         """
         outcome = self._ended(execution_id)
-        return extract_outputs(self._client, self.keys.outputs(execution_id), outcome, Path(dest_dir))
+        if os.path.lexists(dest_dir) and not os.path.isdir(dest_dir):
+            raise CopyRefused(f"{dest_dir}: not a directory; nothing copied")
+        return extract_outputs(self._client, self.keys.outputs(execution_id), outcome, Path(dest_dir), on_skip=on_skip)
 
-    def copy_out(self, execution_id: str, container_path: str, dest: str | Path) -> ExtractReport:
-        """``dockrq cp ID:CONTAINER_PATH DEST``: one collected path (or ``/`` for all), placed as
-        ``docker cp`` places it: into an existing directory ``dest`` under its own name,
-        otherwise as ``dest``. Raises as ``outputs``."""
+    def copy_out(
+        self, execution_id: str, container_path: str, dest: str | Path, *, on_skip: Callable[[str], None] | None = None
+    ) -> ExtractReport:
+        """``dockrq cp ID:CONTAINER_PATH DEST``: one collected path (or ``/`` for all), placed by
+        ``docker cp``'s destination rules (``producer/copy_dest.py``): into an existing
+        directory ``dest`` under its own name; over an existing file ``dest`` (a file only);
+        otherwise as ``dest``, whose parent directory must exist. Raises CopyRefused, with
+        nothing written, for a directory onto a file, a file onto a missing ``dest/``, or a
+        missing parent; otherwise returns and raises as ``outputs`` (skips are in the
+        report, never silent)."""
         outcome = self._ended(execution_id)
-        root, rename = copy_selection(outcome, container_path, Path(dest))
-        return extract_outputs(self._client, self.keys.outputs(execution_id), outcome, root, rename)
+        root, rename, link_root = copy_selection(outcome, container_path, dest)  # a str keeps its trailing '/'
+        return extract_outputs(
+            self._client, self.keys.outputs(execution_id), outcome, root, rename, on_skip=on_skip, link_root=link_root
+        )
+
+    def copy_out_archive(self, execution_id: str, container_path: str, out: BinaryIO) -> int:
+        """``dockrq cp ID:CONTAINER_PATH -``: write to the binary file object ``out`` a tar of one
+        collected path as ``docker cp CONTAINER:PATH -`` does (entries named from the path's last
+        component: ``/work/out`` gives ``out``, ``out/...``; ``/`` gives the archive as stored),
+        streamed. Returns the number of entries written. Raises as ``copy_out`` (not CopyRefused)."""
+        outcome = self._ended(execution_id)
+        collected_kind(outcome, container_path)  # OutputsUnavailable unless it was collected
+        size, _, _ = announced(outcome)
+        key = self.keys.outputs(execution_id)
+        if int(self._client.strlen(key)) != size:
+            raise OutputsUnavailable(f"execution {execution_id}: {key} is gone or not the {size} bytes announced")
+        reader = archive_reader(self._client, key, size)
+        try:
+            if container_path == "/":
+                entries = len(outcome.result.output_files) if outcome.result else 0
+                while chunk := reader.read(1024 * 1024):
+                    out.write(chunk)
+                return entries
+            return write_path_tar(reader, out, container_path)
+        finally:
+            reader.close()
 
     def outputs_archive(self, execution_id: str, out: Any = None) -> bytes | int:
         """The output archive as stored (a tar; format in the README): its bytes, or with a binary

@@ -2,14 +2,15 @@
 
 # Claims ids for one submit, atomically. KEYS: per id its claim, rq job and outcome
 # keys; ARGV: queue name, claim TTL. An id is taken when its claim is held or an rq
-# job or outcome exists for it; if any is, the claims this call won for free ids are
-# given back (a claim won for an id whose job or outcome exists stays: it names that
-# execution). Returns the 1-based positions of the taken ids.
+# job or outcome exists for it; if any is, every claim this call won is given back
+# (also one won for an id whose job or outcome exists: that key keeps the id taken),
+# so a refused submit leaves no key behind. Returns the 1-based positions of the taken ids.
 CLAIM_LUA = """
 local taken, won = {}, {}
 for i = 1, #KEYS, 3 do
   local claimed = redis.call('SET', KEYS[i], ARGV[1], 'NX', 'EX', ARGV[2])
   local exists = redis.call('EXISTS', KEYS[i + 1], KEYS[i + 2])
+  if claimed and exists > 0 then redis.call('DEL', KEYS[i]) end
   if not claimed or exists > 0 then
     taken[#taken + 1] = (i + 2) / 3
   else

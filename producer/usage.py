@@ -4,7 +4,8 @@ click exits 2 on a usage error (an unknown flag, a missing image, a bad value);
 ``docker`` exits 125, the code scripts already read as "the tool itself failed,
 the container never ran". dockrq's commands exit 125 too, and with ``--json``
 the error is one JSON object on stdout (``{"error": message, "exit_code": 125}``)
-instead of click's usage text on stderr.
+instead of click's usage text on stderr. ``dockrq-worker`` uses the same classes
+(``usage_prog``, ``usage_json``: its name, and no ``--json``).
 """
 
 from __future__ import annotations
@@ -35,32 +36,44 @@ def _wants_json(ctx: click.Context, args: list[str]) -> bool:
     return "--json" in head
 
 
-def usage_failure(exc: click.UsageError, ctx: click.Context, args: list[str]) -> click.ClickException | click.exceptions.Exit:
+def usage_failure(
+    exc: click.UsageError, ctx: click.Context, args: list[str], *, prog: str = "dockrq", json_errors: bool = True
+) -> click.ClickException | click.exceptions.Exit:
     """What to raise for ``exc``, once it is printed: an Exit with docker's exit code. The error is
     one line on stderr naming the argument or option, with where to read more, as docker puts it
-    (``dockrq: Invalid value for '--timeout': ... See 'dockrq wait --help'.``), or (``--json``)
-    the JSON error on stdout. ``dockrq`` alone is no error: its help, on stdout, exit 0 (as ``docker``)."""
+    (``dockrq: Invalid value for '--timeout': ... See 'dockrq wait --help'.``; ``prog`` starts
+    it), or (``--json``, when ``json_errors``) the JSON error on stdout. ``dockrq`` alone is no
+    error: its help, on stdout, exit 0 (as ``docker``)."""
     if isinstance(exc, _NO_ARGS_IS_HELP):
         click.echo(ctx.get_help())
         return click.exceptions.Exit(0)
-    if _wants_json(ctx, args):
+    if json_errors and _wants_json(ctx, args):
         json_error(exc.format_message(), EXIT_USAGE)
     else:
         message = exc.format_message().rstrip()
         where = (exc.ctx or ctx).command_path
-        click.echo(f"dockrq: {message}{'' if message.endswith('.') else '.'} See '{where} --help'.", err=True)
+        click.echo(f"{prog}: {message}{'' if message.endswith(('.', '?')) else '.'} See '{where} --help'.", err=True)
     return click.exceptions.Exit(EXIT_USAGE)
 
 
 class DockerUsageErrors:
-    """Mixin for click commands and groups: usage errors exit 125 (``--json``: JSON on stdout)."""
+    """Mixin for click commands and groups: usage errors exit 125 (``--json``: JSON on stdout).
+
+    ``usage_prog`` starts the error line; ``usage_json`` False: the command has no ``--json``."""
+
+    usage_prog = "dockrq"
+    usage_json = True
 
     def parse_args(self, ctx: click.Context, args: list[str]) -> list[str]:
         original = list(args)
         try:
             return super().parse_args(ctx, args)  # type: ignore[misc]
         except click.UsageError as exc:
-            raise usage_failure(exc, ctx, original) from None
+            raise self.usage_failure(exc, ctx, original) from None
+
+    def usage_failure(self, exc: click.UsageError, ctx: click.Context, args: list[str]) -> Exception:
+        """``usage_failure`` with this command's ``usage_prog`` and ``usage_json``."""
+        return usage_failure(exc, ctx, args, prog=self.usage_prog, json_errors=self.usage_json)
 
 
 class DockrqGroup(DockerUsageErrors, click.Group):
@@ -70,4 +83,4 @@ class DockrqGroup(DockerUsageErrors, click.Group):
         try:
             return super().resolve_command(ctx, args)
         except click.UsageError as exc:
-            raise usage_failure(exc, ctx, list(args)) from None
+            raise self.usage_failure(exc, ctx, list(args)) from None

@@ -302,6 +302,10 @@ class ExecutionResult(BaseModel):
     output_files: list[OutputFile] = Field(default_factory=list)
     outputs_missing: list[str] = Field(default_factory=list)
     outputs_truncated: bool = False
+    # Why (when outputs_truncated): "entries" (MAX_OUTPUT_ENTRIES, 10 000, reached), "bytes"
+    # (output_files_limit_bytes reached), "error" (collecting failed: nothing kept). Empty from
+    # workers before this field; in the order they happened, each once.
+    outputs_truncated_by: list[Literal["entries", "bytes", "error"]] = Field(default_factory=list)
     outputs_archive_bytes: int | None = None
 
     @property

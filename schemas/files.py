@@ -28,7 +28,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
-from .text import escaped_text
+from .text import escaped_name, utf8_problem
 
 MiB = 1024 * 1024
 DEFAULT_MAX_INPUT_BYTES = 16 * MiB  # producer's and worker's bound on input file contents
@@ -132,7 +132,13 @@ class InputsSpec(_Model):
 
 class OutputFile(BaseModel):
     """One entry of the output archive: its container path, size in bytes (files only)
-    and type; ``link`` is a symlink's target or a hard link's container path."""
+    and type; ``link`` is a symlink's target or a hard link's container path.
+
+    ``escaped``: the container chose these names, and a ``path`` or ``link`` that is not
+    UTF-8 cannot be stored as it is; then both are listed escaped (``schemas.text.escaped_name``:
+    ``\\xNN`` a byte that is not UTF-8, ``\\\\`` a backslash) and ``escaped`` is true, so
+    ``/o/a\\xff`` with ``escaped`` is the byte 0xFF and without it four characters. The
+    archive keeps the raw bytes."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
@@ -140,12 +146,17 @@ class OutputFile(BaseModel):
     size: int = 0
     type: FileType
     link: str | None = None
+    escaped: bool = False
 
-    @field_validator("path", "link")
+    @model_validator(mode="before")
     @classmethod
-    def _storable(cls, value: str | None) -> str | None:
-        # The container chose these names: one that is not UTF-8 is listed escaped, not refused.
-        return None if value is None else escaped_text(value)
+    def _storable(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("escaped"):
+            names = [data.get("path"), data.get("link")]
+            if any(isinstance(n, str) and utf8_problem(n) for n in names):
+                escape = {k: escaped_name(data[k]) for k in ("path", "link") if isinstance(data.get(k), str)}
+                data = {**data, **escape, "escaped": True}
+        return data
 
 
 # The request fields of this module with their defaults. A request that leaves them

@@ -11,6 +11,7 @@ instead, naming the field and the offending byte.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Iterator
 from typing import Any
 
@@ -87,3 +88,68 @@ def escaped_text(value: str) -> str:
     if utf8_problem(value) is None:
         return value
     return value.encode("utf-8", "surrogateescape").decode("utf-8", "backslashreplace")
+
+
+def escaped_name(value: str) -> str:
+    """A name the container made, made storable without ambiguity (``OutputFile.escaped``):
+    each byte that is not UTF-8 becomes ``\\xNN`` and each backslash ``\\\\``; the rest as is.
+    ``unescaped_name`` reverses it."""
+    out = []
+    for char in value:
+        code = ord(char)
+        if char == "\\":
+            out.append("\\\\")
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif 0xD800 <= code <= 0xDFFF:  # a lone surrogate that is no escaped byte: not storable either
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(char)
+    return "".join(out)
+
+
+def unescaped_name(value: str) -> str:
+    """The name ``escaped_name`` made ``value`` from (bytes that are not UTF-8 as surrogateescape)."""
+    return re.sub(r"\\(\\|x[0-9a-f]{2}|u[0-9a-f]{4})", _unescape_one, value)
+
+
+def _unescape_one(match: re.Match[str]) -> str:
+    code = match.group(1)
+    if code == "\\":
+        return "\\"
+    if code[0] == "x":
+        return chr(0xDC00 + int(code[1:], 16))
+    return chr(int(code[1:], 16))
+
+
+def quoted_name(name: str) -> str:
+    """A container path (or symlink target) from an archive, quoted for one line of output so
+    that every name reads back as exactly one byte string.
+
+    Always in single quotes, as Python writes a bytes literal: a backslash is ``\\\\``, a quote
+    ``\\'``, a byte that is not UTF-8 (``surrogateescape``: U+DCE9) ``\\xe9``, control characters
+    ``\\n``, ``\\t``, ``\\r`` or ``\\xNN``, other unprintable characters ``\\uNNNN``; printable text,
+    non-ASCII included, as it is. So ``'caf\\xe9'`` (byte 0xE9) and ``'caf\\\\xe9'`` (a
+    backslash, then ``xe9``) differ, as ``ls --quoting-style=shell-escape`` keeps them apart.
+    """
+    out = []
+    for char in name:
+        code = ord(char)
+        if char == "\\":
+            out.append("\\\\")
+        elif char == "'":
+            out.append("\\'")
+        elif char in _CONTROL_ESCAPES:
+            out.append(_CONTROL_ESCAPES[char])
+        elif 0xDC80 <= code <= 0xDCFF:
+            out.append(f"\\x{code - 0xDC00:02x}")
+        elif code < 0x20 or code == 0x7F:
+            out.append(f"\\x{code:02x}")
+        elif not char.isprintable():
+            out.append(f"\\u{code:04x}" if code <= 0xFFFF else f"\\U{code:08x}")
+        else:
+            out.append(char)
+    return "'" + "".join(out) + "'"
+
+
+_CONTROL_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}

@@ -308,6 +308,15 @@ def _loc_part(part: Any) -> str:
     return _short(text if isinstance(part, int) or _PLAIN_NAME.match(text) else repr(text), MAX_LOC_PART)
 
 
+def _own_words(message: str) -> str:
+    """A validator's message without the prefix pydantic puts before a ValueError's or
+    AssertionError's text ("Value error, must be ..." -> "must be ...")."""
+    for prefix in ("Value error, ", "Assertion failed, "):
+        if message.startswith(prefix):
+            return message[len(prefix):]
+    return message
+
+
 def describe_validation_error(exc: ValidationError) -> str:
     """One readable line naming each bad field, e.g. ``engine.image: Field required``."""
     parts = []
@@ -316,7 +325,7 @@ def describe_validation_error(exc: ValidationError) -> str:
         loc = ".".join(_loc_part(p) for p in err.get("loc", ())) or "request"
         if err.get("type") == NOT_UTF8:  # found below the model's own location (schemas.text)
             loc = _short(err.get("ctx", {}).get("at", loc), MAX_LOC_PART * 4)
-        parts.append(f"{loc}: {_short(err.get('msg', 'invalid'), MAX_MESSAGE)}")
+        parts.append(f"{loc}: {_short(_own_words(err.get('msg', 'invalid')), MAX_MESSAGE)}")
     if len(errors) > MAX_DESCRIBED_ERRORS:
         parts.append(f"{len(errors) - MAX_DESCRIBED_ERRORS} more errors: not listed")
     return "; ".join(parts)

@@ -221,3 +221,63 @@ def test_the_dashboard_tells_endings_apart_and_its_buttons_are_safe(
     answer = post(f"{dashboard}/job/{ids['lost']}/requeue")
     assert answer["status"] == "ERROR" and "runs at most once" in answer["message"]
     assert len(redis_client.lrange(Keys(spawn_worker.prefix).outcome(ids["lost"]), 0, -1)) == 1
+
+
+def status_of(url: str, method: str = "GET") -> int:
+    """The HTTP status of one request (4xx/5xx included)."""
+    try:
+        return urllib.request.urlopen(urllib.request.Request(url, method=method), timeout=10).status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+
+
+def test_a_deleted_or_unknown_job_page_answers_from_the_outcome_or_404(
+    dashboard, browser, spawn_worker, producer, redis_client, test_image
+):
+    """Issue 14 trial: rq-dashboard answered 500 (NoSuchJobError) on the page of a job the
+    dashboard's own Delete removed, and on any unknown id."""
+    spawn_worker()
+    request = {"engine": {"image": test_image, "cmd": ["sh", "-c", 'echo "token=$TOKEN"; echo bad >&2; exit 3'],
+                          "env": {"TOKEN": SECRET}}}
+    deleted_here, deleted_elsewhere = producer.submit(request), producer.submit(request)
+    for eid in (deleted_here, deleted_elsewhere):
+        assert producer.wait(eid, timeout=60).status.value == "failed"
+
+    # An id with neither an rq job nor an outcome: 404 from the page and every JSON endpoint.
+    unknown = "no-such-execution-42"
+    assert status_of(f"{dashboard}/0/view/job/{unknown}") == 404
+    assert status_of(f"{dashboard}/0/data/job/{unknown}.json") == 404
+    for action in ("delete", "requeue", "cancel"):
+        assert status_of(f"{dashboard}/job/{unknown}/{action}", "POST") == 404, action
+    browser.get(f"{dashboard}/0/view/job/{unknown}")
+    assert "No such job" in wait_for(browser, "#dockrq-not-found")[0].text
+
+    # The dashboard's Delete: the rq job goes; its page still shows the execution, secret masked.
+    assert post(f"{dashboard}/job/{deleted_here}/delete")["status"] == "OK"
+    assert not Job.exists(deleted_here, connection=redis_client)
+    assert status_of(f"{dashboard}/0/view/job/{deleted_here}") == 200
+    assert status_of(f"{dashboard}/0/data/job/{deleted_here}.json") == 200
+    assert post(f"{dashboard}/job/{deleted_here}/requeue")["status"] == "ERROR"  # runs at most once
+    assert post(f"{dashboard}/job/{deleted_here}/delete")["status"] == "OK"  # nothing more to delete
+    facts = pairs("#dockrq-facts td", "data-field")
+    output = ("return [document.getElementById('dockrq-stdout').textContent,"
+              " document.getElementById('dockrq-stderr').textContent, document.documentElement.outerHTML];")
+    browser.get(f"{dashboard}/0/view/job/{deleted_here}")
+    fact = dict(wait_js(browser, facts, lambda v: len(v) == 10))
+    assert (fact["status"], fact["exit_code"], fact["image"]) == ("failed", "3", test_image)
+    assert fact["worker"].startswith(spawn_worker.executor_id) and fact["node"] == spawn_worker.executor_id
+    assert fact["run"].endswith(("ms", " s"))
+    stdout, stderr, html = browser.execute_script(output)
+    assert (stdout, stderr) == ("token=***\n", "bad\n")
+    assert SECRET not in html and "rq job deleted" in html
+
+    # Deleted some other way (rq's own Job.delete): the page from the outcome alone; the
+    # output, whose secrets can no longer be told, is not shown.
+    Job.fetch(deleted_elsewhere, connection=redis_client, serializer=JSONSerializer).delete()
+    assert status_of(f"{dashboard}/0/data/job/{deleted_elsewhere}.json") == 200
+    browser.get(f"{dashboard}/0/view/job/{deleted_elsewhere}")
+    fact = dict(wait_js(browser, facts, lambda v: len(v) == 10))
+    assert (fact["status"], fact["exit_code"]) == ("failed", "3")
+    assert fact["run"].endswith(("ms", " s"))
+    stdout, stderr, html = browser.execute_script(output)
+    assert stdout.startswith("(not shown") and SECRET not in html

@@ -167,12 +167,14 @@ def test_hostile_output_archives_never_leave_the_destination(producer, redis_cli
         "sub", "sub/dest", "sub/dest/out", "sub/dest/out/l", "sub/dest/out/l/passwd", "sub/dest/out/ok", "sub/dest/out/self",
     ]
 
-    # The CLI says what it skipped, one line each, and exits 0 with the safe part copied.
+    # The CLI says what it skipped, one line each, and exits 1 with the safe part copied.
     runner = CliRunner()
     monkeypatch.chdir(tmp_path)
     got = runner.invoke(cli, ["--redis-url", producer.redis_url, "--prefix", prefix, "cp", f"{eid}:/", "viacli"])
-    assert got.exit_code == 0, got.output
+    assert got.exit_code == 1, got.output
     assert got.stderr.count("dockrq: skipped ") == 8 and "Traceback" not in got.output
+    assert got.stderr.splitlines()[-1] == "dockrq: 8 entries skipped; 4 written to viacli"
+    assert not (tmp_path / "up").exists() and not os.path.lexists(tmp_path / "viacli/out/up")  # ../../up: out of viacli
     assert (tmp_path / "viacli/out/ok").read_text() == "fine"
 
     # More entries, or more file bytes, than the outcome announces: refused, with what was written listed.

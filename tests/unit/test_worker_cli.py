@@ -69,13 +69,6 @@ def test_cli_refuses_to_run_without_docker(monkeypatch):
     assert (result.exit_code, result.output.strip()) == (1, "Error: docker: no daemon at unix:///x")
 
 
-def test_pool_and_name_do_not_mix(monkeypatch):
-    monkeypatch.setattr(doctor, "check_redis", lambda s: doctor.Check("redis", True, "fake"))
-    monkeypatch.setattr(doctor, "check_docker", lambda s: doctor.Check("docker", True, "fake"))
-    result = CliRunner().invoke(cli.main, ["run", "--pool", "2", "--name", "w"])
-    assert result.exit_code == 2 and "--name cannot be used with --pool" in result.output
-
-
 def test_doctor_reports_each_check_and_fails(monkeypatch):
     monkeypatch.setattr(doctor, "check_docker", lambda s: doctor.Check("docker", False, "daemon does not answer"))
     result = CliRunner().invoke(cli.main, ["doctor", "--redis-url", "redis://127.0.0.1:1/0"])

@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 from schemas import InputsSpec, entry_name
 from schemas.files import MAX_PATH_BYTES
+from schemas.text import quoted_name
 
 from .errors import StartError
 
@@ -171,7 +172,7 @@ class InputArchive:
 
     def _check(self, member: tarfile.TarInfo) -> tarfile.TarInfo:
         name = member.name.rstrip("/") if member.isdir() else member.name
-        where = f"inputs: entry {name[:200]!r}"
+        where = f"inputs: entry {quoted_name(name[:200])}"
         if plain_name(name) is None:
             raise InputsRejected(f"{where}: not a plain relative path (absolute, '..', '.' or empty parts)")
         target = next((t for t in self.targets if name == t or name.startswith(t + "/")), None)
@@ -200,7 +201,7 @@ class InputArchive:
         elif member.islnk():
             kind = tarfile.LNKTYPE
             if member.linkname not in self._files:
-                raise InputsRejected(f"{where}: hard link to {member.linkname[:200]!r}, not an earlier file of the archive")
+                raise InputsRejected(f"{where}: hard link to {quoted_name(member.linkname[:200])}, not an earlier file of the archive")
         else:
             raise InputsRejected(f"{where}: not a regular file, directory, symlink or hard link")
         self._seen.add(name)

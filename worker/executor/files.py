@@ -26,6 +26,7 @@ from docker.errors import APIError, NotFound
 
 from schemas import MAX_OUTPUT_ENTRIES, ChunkReader, ExecutionRequest, OutputFile, entry_name
 from schemas.placement import input_extraction_dir
+from schemas.text import quoted_name
 
 from .archive import (
     END_OF_ARCHIVE,
@@ -170,11 +171,13 @@ class ExecutionFiles:
                 self.outputs.abort()
             except Exception as abort_exc:  # noqa: BLE001
                 log.warning("execution %s: dropping the partial output archive failed: %s", request.execution_id, abort_exc)
-            return {"output_files": [], "outputs_missing": [], "outputs_truncated": True, "outputs_archive_bytes": None}
+            return {"output_files": [], "outputs_missing": [], "outputs_truncated": True,
+                    "outputs_truncated_by": ["error"], "outputs_archive_bytes": None}
         return {
             "output_files": collector.files,
             "outputs_missing": collector.missing,
             "outputs_truncated": collector.truncated,
+            "outputs_truncated_by": collector.truncated_by,
             "outputs_archive_bytes": archive_bytes,
         }
 
@@ -190,15 +193,24 @@ class _Collector:
     files: list[OutputFile] = field(default_factory=list)
     missing: list[str] = field(default_factory=list)
     truncated: bool = False
+    truncated_by: list[str] = field(default_factory=list)  # "entries" / "bytes": which limit left things out
     used: int = 0
     skipped: int = 0
     written: int = 0
     _names: set[str] = field(default_factory=set)
     _out: Coalesce = field(default_factory=Coalesce)
 
+    def _left_out(self, limit: str) -> None:
+        self.truncated = True
+        if limit not in self.truncated_by:
+            self.truncated_by.append(limit)
+
     def collect(self, path: str) -> None:
-        if self.skipped > MAX_SKIPPED_BYTES or len(self.files) >= MAX_OUTPUT_ENTRIES:
-            self.truncated = True
+        if len(self.files) >= MAX_OUTPUT_ENTRIES:
+            self._left_out("entries")
+            return
+        if self.skipped > MAX_SKIPPED_BYTES:
+            self._left_out("bytes")
             return
         response = archive_stream(self.client, self.container_id, path)
         if response is None:
@@ -209,7 +221,6 @@ class _Collector:
             with tarfile.open(fileobj=ChunkReader(response.iter_content(READ_CHUNK)), mode="r|", bufsize=STREAM_BUFFER) as tar:
                 for member in tar:
                     if not self._take(tar, member, posixpath.dirname(path), relinked):
-                        self.truncated = True
                         return  # past the skip bound: drop the rest of this stream
         finally:
             response.close()
@@ -235,7 +246,7 @@ class _Collector:
         on ``relinked``, to be collected as files once this stream is done."""
         name = _rebased(parent, member.name)
         if name is None:
-            log.warning("output entry %r skipped: not a plain path", member.name[:200])
+            log.warning("output entry %s skipped: not a plain path", quoted_name(member.name[:200]))
             return True
         if member.isreg():
             kind, size, link = tarfile.REGTYPE, member.size, ""
@@ -249,7 +260,7 @@ class _Collector:
         else:
             return True  # devices, fifos, sockets are not collected
         if len(self.files) >= MAX_OUTPUT_ENTRIES or self.used + size > self.limit:
-            self.truncated = True
+            self._left_out("entries" if len(self.files) >= MAX_OUTPUT_ENTRIES else "bytes")
             self.skipped += size
             return self.skipped <= MAX_SKIPPED_BYTES
         info = new_info(name, kind, size=size, mode=member.mode, mtime=member.mtime, linkname=link)

@@ -46,6 +46,8 @@ from producer import Producer
 from producer.errors import ExecutionAlreadyFinished, ExecutionNotFound, ProducerError
 
 from worker.observe import dashboard_data as data
+from worker.observe import dashboard_gone as gone
+from worker.observe.dashboard_gone import NoSuchExecution
 from worker.observe.dashboard_data import PSEUDO_REGISTRIES, STATUSES, DashboardSettings
 
 SETTINGS = DashboardSettings.from_env()
@@ -122,12 +124,31 @@ def get_queue_registry_jobs_count(
     return total, rows
 
 
-@web.jsonify
+@gone.json_view
 def job_info(instance_number: int, job_id: str) -> dict[str, Any]:
+    """rq-dashboard's job data plus ``dockrq``; rq job gone: what is kept of the execution
+    (``dashboard_gone.gone_info``); neither: 404."""
+    if not Job.exists(job_id, connection=_connection()):
+        return _gone_or_404(job_id)
     info = web.job_info.__wrapped__(instance_number, job_id)
     job = _fetch(job_id)
     info["dockrq"] = data.execution(job, _connection(), SETTINGS) if job is not None else None
     return info
+
+
+def _gone_or_404(job_id: str) -> dict[str, Any]:
+    info = gone.gone_info(_connection(), SETTINGS, job_id)
+    if info is None:
+        raise NoSuchExecution(job_id)
+    return info
+
+
+def job_view(instance_number: int, job_id: str) -> Any:
+    """An execution's page; its rq job deleted, from what is kept of it; an unknown id: 404."""
+    try:
+        return web.job_view(instance_number, job_id)
+    except NoSuchJobError:
+        return gone.job_page(instance_number, job_id, SETTINGS)
 
 
 # -- pages ---------------------------------------------------------------------------------------
@@ -155,27 +176,39 @@ def _cancel(job_id: str) -> str:
 def _delete(job_id: str) -> dict[str, Any]:
     job = _fetch(job_id)
     if job is None:
-        return {"status": "ERROR", "message": f"no rq job {job_id}"}
+        _gone_or_404(job_id)
+        return {"status": "OK", "message": f"the rq job of {job_id} is already deleted; its outcome is kept for the retention"}
     if data.is_execution(job) and data.read_outcome(_connection(), SETTINGS, job_id) is None:
         if _cancel(job_id) == "signalled":
             return {"status": "CANCELLING", "message": f"execution {job_id} is being cancelled; delete it once it ended"}
         job = _fetch(job_id)
         if job is None:
             return {"status": "OK"}
+    if data.is_execution(job):  # its page stays readable while the outcome is kept
+        gone.keep_view(_connection(), SETTINGS, job, _job_data(job))
     job.delete()
     return {"status": "OK"}
 
 
+def _job_data(job: Job) -> dict[str, Any]:
+    info = web.job_info.__wrapped__(0, job.id)  # the connection is the request's instance's
+    info["dockrq"] = data.execution(job, _connection(), SETTINGS)
+    return info
+
+
 @web.check_delete_enable
-@web.jsonify
+@gone.json_view
 def delete_job_view(job_id: str, registry: Any = None) -> dict[str, Any]:
     return _delete(job_id)
 
 
-@web.jsonify
+@gone.json_view
 def cancel_job_view(job_id: str) -> dict[str, Any]:
     job = _fetch(job_id)
-    if job is None or not data.is_execution(job):
+    if job is None:
+        _gone_or_404(job_id)
+        return {"status": "OK", "result": "ended"}
+    if not data.is_execution(job):
         return {"status": "ERROR", "message": f"{job_id} is not a dockrq execution"}
     try:
         result = _cancel(job_id)
@@ -186,12 +219,15 @@ def cancel_job_view(job_id: str) -> dict[str, Any]:
 
 def _refuse_requeue(job_id: str) -> str | None:
     job = _fetch(job_id)
+    if job is None:
+        _gone_or_404(job_id)
+        return f"execution {job_id} has ended and runs at most once; submit a new execution to run it again"
     if job is not None and data.is_execution(job) and data.read_outcome(_connection(), SETTINGS, job_id) is not None:
         return f"execution {job_id} has ended and runs at most once; submit a new execution to run it again"
     return None
 
 
-@web.jsonify
+@gone.json_view
 def requeue_job_view(job_id: str) -> dict[str, Any]:
     refused = _refuse_requeue(job_id)
     if refused:
@@ -204,12 +240,21 @@ def requeue_all(queue_name: str) -> dict[str, Any]:
     registry = Queue(queue_name, serializer=web.config.serializer, connection=_connection()).failed_job_registry
     requeued = refused = 0
     for job_id in registry.get_job_ids(cleanup=False):
+        if not Job.exists(job_id, connection=_connection()):
+            continue  # rq's requeue_job would raise NoSuchJobError
         if _refuse_requeue(job_id):
             refused += 1
             continue
         web.requeue_job(job_id, connection=_connection())
         requeued += 1
     return {"status": "OK", "count": requeued, "refused": refused}
+
+
+def _delete_quietly(job_id: str) -> str:
+    try:
+        return str(_delete(job_id)["status"])
+    except NoSuchExecution:  # gone between the listing and now
+        return "OK"
 
 
 @web.check_delete_enable
@@ -225,7 +270,7 @@ def empty_queue(queue_name: str, registry_name: str) -> dict[str, Any]:
         job_ids = getattr(queue, f"{registry_name}_job_registry").get_job_ids(cleanup=False)
     else:
         return {"status": "ERROR", "message": f"unknown registry {registry_name}"}
-    answers = [_delete(job_id)["status"] for job_id in job_ids]
+    answers = [_delete_quietly(job_id) for job_id in job_ids]
     return {"status": "OK", "deleted": answers.count("OK"), "cancelling": answers.count("CANCELLING")}
 
 
@@ -233,6 +278,7 @@ def empty_queue(queue_name: str, registry_name: str) -> dict[str, Any]:
 
 _VIEWS = {
     "jobs_overview": jobs_overview,
+    "job_view": job_view,
     "job_info": job_info,
     "delete_job_view": delete_job_view,
     "requeue_job_view": requeue_job_view,

@@ -13,14 +13,12 @@ import os
 import signal
 import sys
 import threading
-import uuid
 from collections.abc import Callable
 from typing import Any
 
 import click
 import redis
 from rq.serializers import JSONSerializer
-from rq.worker_pool import WorkerPool
 
 from schemas import format_size
 from schemas.connections import client_from_url, describe_redis_error
@@ -28,6 +26,8 @@ from worker.executor import CleanupError, DockerUnavailableError, ExecutorError
 
 from worker.service import doctor
 from worker.config.policy import DEFAULT_MAX_GPUS, PULL_POLICIES, WorkerPolicy
+from worker.service.pool import DockrqWorkerPool, worker_name
+from worker.service.usage import WorkerGroup
 from worker.service.worker import DockrqWorker
 from worker.service.runtime import WorkerRuntime, build_executor, install
 from worker.config.settings import SETTING_ENV, SettingsError, WorkerSettings
@@ -100,7 +100,12 @@ _METRICS_OPTIONS = [
 
 
 def _metrics_options(fn: Callable[..., Any]) -> Callable[..., Any]:
-    for decorator in reversed(_METRICS_OPTIONS[:2]):  # the exporter serves queue metrics anyway
+    """``dockrq-worker metrics``'s port and address: its port has a default, DEFAULT_EXPORTER_PORT."""
+    port = click.option(
+        "--metrics-port", type=click.IntRange(1, 65535),
+        help=f"Serve the metrics on this port, /metrics ({_setting('metrics_port', default=str(DEFAULT_EXPORTER_PORT))}).",
+    )
+    for decorator in reversed([port, _METRICS_OPTIONS[1]]):  # the exporter serves queue metrics anyway
         fn = decorator(fn)
     return fn
 
@@ -116,7 +121,10 @@ def _run_options(fn: Callable[..., Any]) -> Callable[..., Any]:
                 help="Queue to work on; repeat for several, highest priority first "
                 f"({_setting('queues', default='', comma_list=True)}).",
             ),
-            click.option("--name", help="rq worker name (default <executor id>.<pid>.<random>)."),
+            click.option(
+                "--name", help="rq worker name (default <executor id>.<pid>.<random>); with --pool, "
+                "each member's is it plus -1, -2, ...",
+            ),
             click.option("--burst", is_flag=True, default=None, help="Quit once the queues are empty."),
             click.option("--pool", type=click.IntRange(min=1), help="Run N workers with rq's WorkerPool."),
             click.option(
@@ -246,7 +254,7 @@ def _setup_logging(level: str | None, log_format: str = "text") -> str:
     return level
 
 
-@click.group(invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=WorkerGroup, invoke_without_command=True, context_settings={"help_option_names": ["-h", "--help"]})
 @_settings_options
 @_run_options
 @click.pass_context
@@ -278,16 +286,14 @@ def run(ctx: click.Context, **given: Any) -> None:
     logging.getLogger(__name__).info("policy: %s", settings.policy.describe())
     pool = opts.get("pool") or 1
     exporter.serve_worker_metrics(settings, pool=pool)  # before the pool forks: one endpoint for all
-    if pool > 1:
-        if opts.get("name"):
-            raise click.UsageError("--name cannot be used with --pool (rq names pool workers)")
+    name = opts.get("name") or worker_name(settings.executor_id)
+    if pool > 1:  # members named <name>-1, <name>-2, ... (worker.service.pool)
         # Each pool process makes its own executor (Docker client) after the fork.
-        WorkerPool(
+        DockrqWorkerPool(
             list(settings.queues), connection=connection, num_workers=pool,
-            worker_class=DockrqWorker, serializer=JSONSerializer,
+            worker_class=DockrqWorker, serializer=JSONSerializer, name=name,
         ).start(burst=bool(opts.get("burst")), logging_level=level)
         return
-    name = opts.get("name") or f"{settings.executor_id}.{os.getpid()}.{uuid.uuid4().hex[:6]}"
     worker = DockrqWorker(list(settings.queues), name=name, connection=connection)
     worker.work(burst=bool(opts.get("burst")), with_scheduler=True, logging_level=level)
 
