@@ -16,7 +16,7 @@ from pathlib import Path
 import redis
 
 MAIN_DOCKERD_PIDFILE = "/var/run/docker.pid"  # dockerd's default --pidfile
-DOCKERD_START = "nohup dockerd >/var/log/dockrq-dockerd.log 2>&1 </dev/null &"  # as scripts/setup.sh
+DOCKERD_START = "setsid nohup dockerd >/var/log/dockrq-dockerd.log 2>&1 </dev/null &"  # as scripts/setup.sh
 
 # Worker settings under which a dead worker is noticed and reaped in seconds, not the
 # production defaults' half minute: for fault tests that kill workers.

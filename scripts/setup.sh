@@ -44,7 +44,9 @@ fi
 if ! docker info >/dev/null 2>&1; then
   log "starting dockerd"
   mkdir -p /var/log
-  nohup dockerd >/var/log/dockrq-dockerd.log 2>&1 </dev/null &
+  # its own session: killing the shell, job or process group that ran setup.sh must not take
+  # the machine's daemon with it (nohup only ignores SIGHUP)
+  setsid nohup dockerd >/var/log/dockrq-dockerd.log 2>&1 </dev/null &
   for _ in $(seq 1 120); do docker info >/dev/null 2>&1 && break; sleep 0.5; done
   docker info >/dev/null 2>&1 || { log "dockerd did not come up; see /var/log/dockrq-dockerd.log"; exit 1; }
 fi
