@@ -119,3 +119,33 @@ def test_a_duplicate_signal_rq_ignores_is_no_cold_shutdown(worker):
     worker._shutdown_requested_date = now()  # a pool and the terminal both signal on Ctrl-C
     worker.request_force_stop(signal.SIGTERM, None)  # ignored by rq: within a second of the first
     assert not worker.cold_shutdown
+
+
+def test_a_stop_while_the_success_transaction_is_built_waits_for_it(worker, fake_redis):
+    """The worker goes idle in its job's success transaction (worker.service.bookkeeping), but
+    for itself only once that ran: a pool's SIGINT landing in between asked for a stop that
+    rq's ``_shutdown`` raised inside redis-py's reply parsing, breaking the transaction and
+    hanging the pool (test_worker_service's pool test, 1 run in 10)."""
+    worker.set_state("busy")
+    with fake_redis.pipeline() as pipe:
+        worker.increment_successful_job_count(pipeline=pipe)
+        worker.request_stop(signal.SIGINT, None)  # raised StopRequested here before the fix
+        pipe.execute()
+    assert worker._stop_requested and worker.get_state() == "busy"
+    assert fake_redis.hget(worker.key, "state") == b"idle"  # what Redis shows is the queued idle
+
+
+def test_the_worker_is_idle_once_its_success_transaction_ran(worker, monkeypatch):
+    from rq.worker.base import BaseWorker
+
+    def rq_success(self, job, queue, started_job_registry, execution):  # its part that matters here
+        with self.connection.pipeline() as pipe:
+            self.increment_successful_job_count(pipeline=pipe)
+            states.append(self.get_state())
+            pipe.execute()
+
+    states: list[str] = []
+    monkeypatch.setattr(BaseWorker, "handle_job_success", rq_success)
+    worker.set_state("busy")
+    worker.handle_job_success(None, None, None, None)
+    assert states == ["busy"] and worker.get_state() == "idle"

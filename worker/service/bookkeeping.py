@@ -62,6 +62,7 @@ class FewerCommands:
     _beat_at = float("-inf")  # monotonic time of the last heartbeat sent (or queued on a pipeline)
     _beat_ttl = 0
     _state_written: str | None = None
+    _idle_queued = False  # the success transaction being built sets the worker idle
     _state_written_at = float("-inf")
     _job_taken = False  # a job was just dequeued: its start transaction carries the heartbeat
     _prepared_job_id: str | None = None  # the job whose start prepare_execution wrote whole
@@ -108,20 +109,24 @@ class FewerCommands:
         self._prepared_job_id = job.id
         return execution
 
-    def _state_beat(self, state: str, ttl: int, pipe: Pipeline) -> None:
+    def _state_beat(self, state: str, ttl: int, pipe: Pipeline, *, now_local: bool = True) -> None:
         """rq's ``set_state(state)`` and ``heartbeat(ttl)`` as one ``HSET`` and ``EXPIRE``s.
 
         rq's heartbeat also sets the TTL of the worker's executions set: at a job's start
         that brings it back from ``Execution.create``'s ``ttl + 60`` to the execution
         record's ``ttl`` (a set that outlived the record of a worker killed mid-job made
         rq's ``Worker.get_current_job`` raise KeyError); at its end the same transaction
-        removes the set's one member, which deletes it."""
+        removes the set's one member, which deletes it.
+
+        ``now_local=False``: the worker's own state (``get_state``, which rq's signal handler
+        reads) changes only when the caller says the pipeline ran (``_idle_after``)."""
         stamp = now()
         pipe.hset(self.key, mapping={"state": state, "last_heartbeat": utcformat(stamp)})  # type: ignore[attr-defined]
         pipe.expire(self.key, ttl)  # type: ignore[attr-defined]
         if state == WorkerStatus.BUSY:  # as rq's heartbeat: the index lives no longer than the record
             pipe.expire(self.executions_key, ttl)  # type: ignore[attr-defined]
-        self._state = state  # what rq's set_state and heartbeat keep
+        if now_local:
+            self._state = state  # what rq's set_state and heartbeat keep
         self.last_heartbeat = stamp
         self._state_written, self._state_written_at = state, time.monotonic()
         self._beat_at, self._beat_ttl = time.monotonic(), ttl
@@ -131,7 +136,21 @@ class FewerCommands:
         return to ``idle``, and its idle heartbeat, go in that transaction too."""
         super().increment_successful_job_count(pipeline=pipeline)  # type: ignore[misc]
         if pipeline is not None and len(self.executions) <= 1:  # type: ignore[attr-defined]
-            self._state_beat(WorkerStatus.IDLE, self.worker_ttl + 60, pipeline)  # type: ignore[attr-defined]
+            self._state_beat(WorkerStatus.IDLE, self.worker_ttl + 60, pipeline, now_local=False)  # type: ignore[attr-defined]
+            self._idle_queued = True
+
+    def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Any) -> None:
+        """rq's success transaction; the worker is ``idle`` for itself only once it has run.
+
+        The worker stays ``busy`` while the transaction runs, as under rq (whose worker goes
+        idle after it): a stop signal then arriving (a pool's SIGINT, rq's ``_shutdown``) asks
+        for a stop after the job instead of raising ``StopRequested`` inside redis-py's reply
+        parsing, which broke the transaction and hung the worker."""
+        self._idle_queued = False
+        super().handle_job_success(job, queue, started_job_registry, execution)  # type: ignore[misc]
+        if self._idle_queued:
+            self._idle_queued = False
+            self._state = WorkerStatus.IDLE  # type: ignore[attr-defined]
 
     def prepare_job_execution(self, job: Job, remove_from_intermediate_queue: bool = False) -> None:
         if self._prepared_job_id == job.id:  # written with the execution record
