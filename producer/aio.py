@@ -41,6 +41,7 @@ from .many import outcome_reads, unique_ids
 from .steps import adrive, arun
 from .planning import Submission, parse_request, with_inputs
 from .scripts import CLAIM_AND_WRITE_LUA, CLAIM_LUA
+from . import kept
 from .status import ExecutionStatusView, build_view
 
 log = logging.getLogger(__name__)
@@ -240,6 +241,12 @@ class AsyncProducer:
         outcome, job, claimed = await self._read(execution_id)
         if outcome is None and job is None and not claimed:
             raise ExecutionNotFound(execution_id)
+        if job is None and outcome is not None:  # its rq job deleted (the dashboard's Delete): what is kept
+            queues = kept.queue_names(await self._client.smembers(kept.QUEUES_KEY))
+            async with self._client.pipeline(transaction=False) as pipe:
+                kept.kept_commands(pipe, self.keys, execution_id, outcome, queues)
+                replies = await pipe.execute()
+            return build_view(execution_id, None, outcome, kept.kept_from_replies(outcome, queues, replies))
         return build_view(execution_id, job, outcome)
 
     async def wait(self, execution_id: str, timeout: float | None = None) -> Outcome:

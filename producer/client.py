@@ -57,6 +57,7 @@ from .errors import DuplicateExecution, ExecutionNotFound, InvalidRequest
 from .files import InputValue, build_input_archive, write_input_archive
 from .replicas import ProducerAcks
 from .jobhash import JobWriter
+from .kept import kept_job
 from .logs import LogReader
 from .many import DEFAULT_RECHECK_SECONDS
 from .outputs import OutputsMixin
@@ -364,6 +365,9 @@ class Producer(SubmitPlanner, OutputsMixin):
         job = self._fetch_job(execution_id)
         if outcome is None and job is None and not self._client.exists(self.keys.claim(execution_id)):
             raise ExecutionNotFound(execution_id)
+        if job is None and outcome is not None:  # its rq job deleted (the dashboard's Delete): what is kept
+            kept = kept_job(self._client, self.keys, execution_id, outcome)
+            return build_view(execution_id, None, outcome, kept)
         return build_view(execution_id, job, outcome)
 
     def list_recent(
@@ -373,7 +377,9 @@ class Producer(SubmitPlanner, OutputsMixin):
         for every queue), newest first; with ``states`` only those in one of them.
 
         Reads rq's queue and registries (queued, scheduled, started, finished,
-        failed, canceled) without cleaning them: listing must not change state.
+        failed, canceled) without cleaning them: listing must not change state; and
+        dockrq's status index (``P:ended:QUEUE:STATUS``): an ended execution whose rq job
+        was deleted is listed while its outcome is kept (``producer.kept``).
         Jobs that are not dockrq executions are left out. Raises ValueError for an
         unknown state.
         """

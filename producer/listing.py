@@ -5,7 +5,10 @@ scheduled, deferred, finished, failed, canceled) and the executions waiting for 
 concurrency slot (rq's rate-limit sets), read without rq's cleanup so listing
 never changes state. Every queue of the Redis database is known to rq (the
 ``rq:queues`` set); jobs that are not dockrq executions (another application's
-queue on the same Redis) are left out. A filter by state may drop most of the
+queue on the same Redis) are left out. Executions whose rq job was deleted
+(the dashboard's Delete) while their outcome is kept are listed too, from dockrq's
+status index ``P:ended:QUEUE:STATUS`` and what is kept of the job (``producer.kept``),
+as ``status`` shows them. A filter by state may drop most of the
 newest jobs, so the sources are read deeper until enough rows match or they
 hold no more.
 """
@@ -21,7 +24,9 @@ from rq.job import Job
 from rq.rate_limit import RateLimitRegistry
 from rq.serializers import JSONSerializer
 
-from schemas import JOB_FUNCTION, ExecutionState, Keys, Outcome
+from schemas import JOB_FUNCTION, ExecutionState, ExecutionStatus, Keys, Outcome
+
+from .kept import kept_from_replies
 
 from .status import ExecutionStatusView, build_view
 
@@ -50,9 +55,12 @@ def list_recent(
         ids, deeper = _candidates(queues, depth)
         waiting, more = _rate_limited(connection, depth)
         ids, deeper = ids + [i for i in waiting if i not in set(ids)], deeper or more
+        ended, more = _ended(connection, keys, queues, depth)
+        deeper = deeper or more
         origins = {q.name for q in queues}
         views = [
-            v for v in _views(connection, keys, ids, origins) if wanted is None or v.state in wanted
+            v for v in _views(connection, keys, ids + [i for i in ended if i not in set(ids)], origins, ended)
+            if wanted is None or v.state in wanted
         ]
         if len(views) >= limit or not deeper or depth >= MAX_DEPTH:
             epoch = datetime.min.replace(tzinfo=timezone.utc)
@@ -103,16 +111,37 @@ def _rate_limited(connection: redis.Redis, depth: int) -> tuple[list[str], bool]
     return ids, deeper
 
 
-def _views(connection: redis.Redis, keys: Keys, ids: list[str], origins: Collection[str]) -> list[ExecutionStatusView]:
-    jobs = [
-        j for j in Job.fetch_many(ids, connection=connection, serializer=JSONSerializer)
-        if j and _is_execution(j) and j.origin in origins
-    ]
+def _ended(connection: redis.Redis, keys: Keys, queues: list[Queue], depth: int) -> tuple[dict[str, str], bool]:
+    """``{id: queue}`` of the newest ``depth`` executions of each status index of ``queues``
+    (``P:ended:QUEUE:STATUS``); and whether any index may hold more."""
+    sources = [(q.name, keys.ended(q.name, s.value)) for q in queues for s in ExecutionStatus]
     with connection.pipeline(transaction=False) as pipe:
-        for job in jobs:
-            pipe.lindex(keys.outcome(job.id), 0)
-        raw_outcomes = pipe.execute()
-    return [
-        build_view(job.id, job, Outcome.model_validate_json(raw) if raw else None)
-        for job, raw in zip(jobs, raw_outcomes, strict=True)
-    ]
+        for _, key in sources:
+            pipe.zrevrange(key, 0, depth - 1)
+        replies = pipe.execute()
+    found: dict[str, str] = {}
+    for (queue, _), ids in zip(sources, replies, strict=True):
+        found.update((i.decode() if isinstance(i, bytes) else i, queue) for i in ids)
+    return found, any(len(ids) >= depth for ids in replies)
+
+
+def _views(
+    connection: redis.Redis, keys: Keys, ids: list[str], origins: Collection[str], ended: dict[str, str]
+) -> list[ExecutionStatusView]:
+    fetched = Job.fetch_many(ids, connection=connection, serializer=JSONSerializer)
+    jobs = [j for j in fetched if j and _is_execution(j) and j.origin in origins]
+    gone = [i for i, j in zip(ids, fetched, strict=True) if j is None and i in ended]  # rq job deleted
+    with connection.pipeline(transaction=False) as pipe:
+        for execution_id in [j.id for j in jobs] + gone:
+            pipe.lindex(keys.outcome(execution_id), 0)
+        for execution_id in gone:
+            pipe.get(keys.dashboard_view(execution_id))
+        replies = pipe.execute()
+    outcomes = [Outcome.model_validate_json(raw) if raw else None for raw in replies[: len(jobs) + len(gone)]]
+    views = [build_view(job.id, job, outcome) for job, outcome in zip(jobs, outcomes, strict=False)]
+    for execution_id, outcome, raw_kept in zip(gone, outcomes[len(jobs):], replies[len(jobs) + len(gone):], strict=True):
+        if outcome is None:  # expired since the index was read (or the index entry outlived it)
+            continue
+        kept = kept_from_replies(outcome, [ended[execution_id]], [raw_kept, 1])
+        views.append(build_view(execution_id, None, outcome, kept))
+    return views

@@ -17,6 +17,8 @@ from rq.job import Job, JobStatus
 
 from schemas import ExecutionState, Outcome, attempts_from_meta
 
+from .kept import KeptJob
+
 # States the producer itself writes into meta at submit; anything else came from a worker.
 _SUBMIT_STATES = {ExecutionState.QUEUED, ExecutionState.SCHEDULED}
 
@@ -106,9 +108,14 @@ def _times(
     return queued, pulling, running
 
 
-def build_view(execution_id: str, job: Job | None, outcome: Outcome | None) -> ExecutionStatusView:
-    """Merge the rq job (if still stored) and the outcome (if ended) of one execution."""
+def build_view(
+    execution_id: str, job: Job | None, outcome: Outcome | None, kept: KeptJob | None = None
+) -> ExecutionStatusView:
+    """Merge the rq job (if still stored) and the outcome (if ended) of one execution; ``kept``:
+    what is kept of an rq job that is gone (``producer.kept``: queue, image, worker, node)."""
     meta: dict[str, Any] = dict(job.meta) if job is not None else {}
+    if job is None and kept is not None:
+        meta = {"image": kept.image, "worker": kept.worker, "node": kept.node}
     result = outcome.result if outcome else None
     if outcome is not None:
         state = ExecutionState(outcome.status.value)
@@ -130,12 +137,12 @@ def build_view(execution_id: str, job: Job | None, outcome: Outcome | None) -> E
         pull_seconds=pulling,
         run_seconds=running,
         state=state,
-        queue=job.origin if job is not None else None,
+        queue=job.origin if job is not None else kept.queue if kept is not None else None,
         image=meta.get("image"),
         worker=meta.get("worker"),
         node=meta.get("node"),
         container_id=(result.container_id if result and result.container_id else meta.get("container_id")),
-        enqueued_at=(job.enqueued_at or job.created_at) if job is not None else None,
+        enqueued_at=(job.enqueued_at or job.created_at) if job is not None else kept.enqueued_at if kept else None,
         started_at=(result.started_at if result and result.started_at else job.started_at if job else None),
         ended_at=(result.finished_at if result and result.finished_at else job.ended_at if job else None),
         outcome=outcome,

@@ -109,6 +109,10 @@ class Keys:
         """SET NX PX by the worker that reaps or adopts the execution of a dead worker."""
         return f"{self.prefix}:exec:{execution_id}:reaping"
 
+    def dashboard_view(self, execution_id: str) -> str:
+        """What the dashboard's Delete kept of an ended execution's rq job (JSON; worker/observe/dashboard_gone.py)."""
+        return f"{self.prefix}:exec:{execution_id}:dashboard"
+
     def ended(self, queue: str, status: str) -> str:
         """Sorted set of the executions of rq queue ``queue`` that ended with ``status`` within
         the retention, scored by end time (Unix seconds); written with the outcome."""

@@ -177,3 +177,56 @@ def test_a_genuine_server_error_answers_500_and_is_logged(app, monkeypatch, capl
     assert response.status_code == 500 and response.get_json()["status"] == "ERROR"
     assert "Traceback" not in response.get_data(as_text=True)
     assert any("a bug in the dashboard" in (r.exc_text or "") + r.getMessage() for r in caplog.records)
+
+
+def _cli(spawn_worker, redis_url, *args: str) -> str:
+    import json
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    env = {**os.environ, "DOCKRQ_REDIS_URL": redis_url, "DOCKRQ_PREFIX": spawn_worker.prefix, "DOCKRQ_QUEUE": spawn_worker.queue}
+    done = subprocess.run([str(Path(sys.executable).with_name("dockrq")), "--json", *args], capture_output=True,
+                          timeout=60, env=env, text=True)
+    assert done.returncode == 0, done.stderr
+    return json.loads(done.stdout)
+
+
+def test_status_and_ls_after_the_dashboards_delete(app, spawn_worker, producer, redis_client, redis_url, test_image):
+    """Issue 14 trial: after Delete, `dockrq status` showed queue and image as `-` and `dockrq ls`
+    no longer listed the execution although its outcome is kept for the retention."""
+    import asyncio
+
+    from producer import AsyncProducer
+
+    spawn_worker()
+    quick = {"engine": {"image": test_image, "cmd": ["true"]}}
+    by_dashboard, by_rq = producer.submit(quick), producer.submit(quick)
+    for eid in (by_dashboard, by_rq):
+        assert producer.wait(eid, timeout=60).status.value == "succeeded"
+    assert app.post(f"/job/{by_dashboard}/delete").get_json()["status"] == "OK"
+    Job.fetch(by_rq, connection=redis_client, serializer=JSONSerializer).delete()  # no P:exec:ID:dashboard
+    assert not Job.exists(by_dashboard, connection=redis_client) and not Job.exists(by_rq, connection=redis_client)
+
+    view = producer.status(by_dashboard)  # from P:exec:ID:dashboard
+    assert (view.state.value, view.queue, view.image) == ("succeeded", spawn_worker.queue, test_image)
+    assert view.worker.startswith(spawn_worker.executor_id) and view.node == spawn_worker.executor_id
+    assert view.enqueued_at is not None
+    other = producer.status(by_rq)  # from the status index and the outcome alone
+    digest = producer.wait(by_rq, timeout=5).result.image_digest
+    assert (other.state.value, other.queue, other.image) == ("succeeded", spawn_worker.queue, digest) and digest
+
+    async def aio_view():
+        async with AsyncProducer(redis_url, queue=spawn_worker.queue, prefix=spawn_worker.prefix) as ap:
+            return await ap.status(by_dashboard)
+
+    assert asyncio.run(aio_view()).model_dump() == view.model_dump()
+
+    shown = _cli(spawn_worker, redis_url, "status", by_dashboard)
+    assert (shown["queue"], shown["image"]) == (spawn_worker.queue, test_image)
+    listed = {row["execution_id"]: row for row in _cli(spawn_worker, redis_url, "ls", "--queue", spawn_worker.queue)}
+    assert {by_dashboard, by_rq} <= set(listed), listed
+    assert (listed[by_dashboard]["state"], listed[by_dashboard]["image"]) == ("succeeded", test_image)
+    ids = _cli(spawn_worker, redis_url, "ls", "--queue", spawn_worker.queue, "--status", "succeeded", "-q")
+    assert {by_dashboard, by_rq} <= set(ids)

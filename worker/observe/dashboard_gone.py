@@ -42,7 +42,7 @@ OUTPUT_NOT_SHOWN = "(not shown: the rq job, which held the environment values to
 
 def view_key(settings: DashboardSettings, execution_id: str) -> str:
     """``P:exec:ID:dashboard``: what the dashboard's Delete kept of an execution's page."""
-    return f"{settings.prefix}:exec:{execution_id}:dashboard"
+    return settings.keys.dashboard_view(execution_id)
 
 
 def keep_view(connection: redis.Redis, settings: DashboardSettings, job: Job, info: dict[str, Any]) -> None:
