@@ -95,7 +95,8 @@ def cancel_commands(
         execution_id, ExecutionStatus.CANCELLED, "cancelled", f"cancelled while {rq_status.value}, before it started"
     ).with_attempts(*attempts_from_meta(job.meta))  # a retry waiting for its turn: the earlier attempts
     pipe.eval(  # with the id in the queue's status index, P:ended:QUEUE:cancelled (Keys.ended)
-        WRITE_OUTCOME_LUA, 2, keys.outcome(execution_id), keys.ended(job.origin, ExecutionStatus.CANCELLED.value),
+        WRITE_OUTCOME_LUA, 3, keys.outcome(execution_id), keys.ended(job.origin, ExecutionStatus.CANCELLED.value),
+        keys.inputs(execution_id),  # never to run: its input archive goes with the outcome's write
         cancelled.model_dump_json(), retention_seconds, execution_id, time.time(),
     )
     pipe.publish(keys.events, Event(execution_id=execution_id, status=ExecutionState.CANCELLED).model_dump_json())

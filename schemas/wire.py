@@ -29,14 +29,20 @@ CANCEL_MESSAGE = "cancel"
 # KEYS[1] outcome list; ARGV[1] outcome JSON; ARGV[2] retention seconds. Returns 1 if written.
 # Optional: KEYS[2] the status index ``P:ended:QUEUE:STATUS`` (``Keys.ended``), ARGV[3] the
 # execution id, ARGV[4] the end time (Unix seconds): the id is added to the index with that
-# score, and entries older than the retention leave it, in the same atomic step.
+# score, and entries older than the retention leave it, in the same atomic step (an empty
+# KEYS[2] means none). Optional: KEYS[3] the input archive ``P:exec:ID:inputs`` (``Keys.inputs``)
+# of an execution whose container was never created (rejected, cancelled before it started...):
+# deleted with the outcome's write, since the outcome is final and no attempt will read it.
 WRITE_OUTCOME_LUA = """
 if redis.call('EXISTS', KEYS[1]) == 1 then return 0 end
 redis.call('RPUSH', KEYS[1], ARGV[1])
 redis.call('EXPIRE', KEYS[1], tonumber(ARGV[2]))
-if KEYS[2] then
+if KEYS[2] and KEYS[2] ~= '' then
   redis.call('ZADD', KEYS[2], ARGV[4], ARGV[3])
   redis.call('ZREMRANGEBYSCORE', KEYS[2], '-inf', '(' .. (tonumber(ARGV[4]) - tonumber(ARGV[2])))
+end
+if KEYS[3] then
+  redis.call('DEL', KEYS[3])
 end
 return 1
 """

@@ -48,6 +48,14 @@ log = logging.getLogger(__name__)
 # Redis is back (worker.faults.outage).
 
 
+def never_created(outcome: Outcome) -> bool:
+    """Whether ``outcome`` (final: written once, no attempt after it) ends an execution with no
+    container result: rejected, cancelled or failed before its container was created, lost. Its
+    input archive (``P:exec:ID:inputs``) is then deleted by the outcome's write (WRITE_OUTCOME_LUA's
+    KEYS[3]) instead of staying for the retention."""
+    return outcome.result is None or outcome.result.container_id is None
+
+
 class ExecutionChannels:
     """Writes one execution's events, logs and outcome.
 
@@ -90,6 +98,7 @@ class ExecutionChannels:
         self._logs_stalled = False
         self._eof = False
         self._ending_status: str | None = None
+        self._never_ran = False
 
     # -- start-of-run checks -------------------------------------------------
 
@@ -256,6 +265,7 @@ class ExecutionChannels:
             outcome = outcome.with_attempts(*attempts_from_meta(self.job.meta))
         payload = outcome.model_dump_json()
         self._ending_status = outcome.status.value  # which status index _store_outcome adds the id to
+        self._never_ran = never_created(outcome)  # its input archive is deleted with the write
         written = within_budget(
             lambda: self._store_outcome(payload),
             self.budget,
@@ -288,6 +298,11 @@ class ExecutionChannels:
         if isinstance(origin, str) and origin and status:  # the status index of the job's queue (P:ended:QUEUE:STATUS), written by the same script
             keys.append(self.keys.ended(origin, status))
             args += [self.execution_id, time.time()]
+        if self._never_ran:  # KEYS[3]: the input archive no attempt will read (an empty KEYS[2]: no index)
+            if len(keys) == 1:
+                keys.append("")
+                args += ["", 0]
+            keys.append(self.keys.inputs(self.execution_id))
         if self._write_outcome(keys=keys, args=args):
             return True
         # Lost the race -- or won it on an attempt whose reply a dropped connection ate.
