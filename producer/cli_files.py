@@ -46,7 +46,8 @@ def file_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--output-files-limit", help="File bytes collected at most, e.g. 64m (default 16m; "
                          "the worker may cap it). What does not fit is left out whole."),
             click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
-                         help="Attached: write the collected files into this directory when the execution ends."),
+                         help="Attached, with --output: write the collected files into this directory when the execution ends "
+                         "(also after Ctrl-C/SIGTERM/SIGHUP cancelled it)."),
             click.option("--max-input", envvar="DOCKRQ_MAX_INPUT_BYTES",
                          help="Refuse more input file bytes than this, before writing anything "
                          "(env DOCKRQ_MAX_INPUT_BYTES; default 16m)."),
