@@ -26,7 +26,12 @@ What each button does to an execution (README, Operations):
   first, then deleted. Running: cancelled; the record stays until the worker has
   written the outcome (answer ``CANCELLING``). **Empty** does the same to each job.
 * **Requeue** / **Requeue All**: refused for an execution that has an outcome (an
-  execution runs at most once: submit a new one); other failed rq jobs as rq does.
+  execution runs at most once: submit a new one) and for any job not in rq's failed
+  registry (queued, deferred, scheduled, started: it runs once as it is); other failed rq
+  jobs as rq does. A refusal is ``{"status": "ERROR", "message"}`` (HTTP 200), never a 500.
+
+Malformed URLs and impossible buttons answer 4xx with a short message
+(``worker.observe.dashboard_errors``).
 """
 
 from __future__ import annotations
@@ -38,7 +43,7 @@ from typing import Any
 from flask import current_app, redirect, url_for
 from jinja2 import ChoiceLoader, FileSystemLoader, PrefixLoader
 from rq import Queue
-from rq.exceptions import NoSuchJobError
+from rq.exceptions import InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq_dashboard import web
 
@@ -46,6 +51,7 @@ from producer import Producer
 from producer.errors import ExecutionAlreadyFinished, ExecutionNotFound, ProducerError
 
 from worker.observe import dashboard_data as data
+from worker.observe import dashboard_errors as errors
 from worker.observe import dashboard_gone as gone
 from worker.observe.dashboard_gone import NoSuchExecution
 from worker.observe.dashboard_data import PSEUDO_REGISTRIES, STATUSES, DashboardSettings
@@ -103,6 +109,7 @@ def _list_url(instance_number: int, queue: str, registry: str) -> str:
 def get_queue_registry_jobs_count(
     queue_name: str, registry_name: str, offset: int, per_page: int, order: str, connection: Any
 ) -> tuple[int, list[dict[str, Any]]]:
+    errors.check_registry(registry_name)
     if registry_name not in PSEUDO_REGISTRIES:
         return _original["get_queue_registry_jobs_count"](queue_name, registry_name, offset, per_page, order, connection)
     total, entries = data.ended_page(
@@ -130,9 +137,11 @@ def job_info(instance_number: int, job_id: str) -> dict[str, Any]:
     (``dashboard_gone.gone_info``); neither: 404."""
     if not Job.exists(job_id, connection=_connection()):
         return _gone_or_404(job_id)
-    info = web.job_info.__wrapped__(instance_number, job_id)
     job = _fetch(job_id)
-    info["dockrq"] = data.execution(job, _connection(), SETTINGS) if job is not None else None
+    if job is None:
+        return _gone_or_404(job_id)
+    info = errors.rq_job_info(job)
+    info["dockrq"] = data.execution(job, _connection(), SETTINGS)
     return info
 
 
@@ -191,7 +200,7 @@ def _delete(job_id: str) -> dict[str, Any]:
 
 
 def _job_data(job: Job) -> dict[str, Any]:
-    info = web.job_info.__wrapped__(0, job.id)  # the connection is the request's instance's
+    info = errors.rq_job_info(job)
     info["dockrq"] = data.execution(job, _connection(), SETTINGS)
     return info
 
@@ -222,8 +231,11 @@ def _refuse_requeue(job_id: str) -> str | None:
     if job is None:
         _gone_or_404(job_id)
         return f"execution {job_id} has ended and runs at most once; submit a new execution to run it again"
-    if job is not None and data.is_execution(job) and data.read_outcome(_connection(), SETTINGS, job_id) is not None:
+    if data.is_execution(job) and data.read_outcome(_connection(), SETTINGS, job_id) is not None:
         return f"execution {job_id} has ended and runs at most once; submit a new execution to run it again"
+    if job_id not in job.failed_job_registry:  # rq's requeue is for failed jobs only (InvalidJobOperation)
+        status = job.get_status(refresh=False)
+        return f"{job_id} is {getattr(status, 'value', status)}: only a failed rq job can be requeued; it runs once as it is"
     return None
 
 
@@ -232,7 +244,10 @@ def requeue_job_view(job_id: str) -> dict[str, Any]:
     refused = _refuse_requeue(job_id)
     if refused:
         return {"status": "ERROR", "message": refused}
-    return web.requeue_job_view.__wrapped__(job_id)
+    try:
+        return web.requeue_job_view.__wrapped__(job_id)
+    except InvalidJobOperation as exc:  # it left the failed registry a moment ago
+        return {"status": "ERROR", "message": f"{job_id}: {exc}"}
 
 
 @web.jsonify
@@ -245,7 +260,11 @@ def requeue_all(queue_name: str) -> dict[str, Any]:
         if _refuse_requeue(job_id):
             refused += 1
             continue
-        web.requeue_job(job_id, connection=_connection())
+        try:
+            web.requeue_job(job_id, connection=_connection())
+        except (InvalidJobOperation, NoSuchJobError):  # it left the registry a moment ago
+            refused += 1
+            continue
         requeued += 1
     return {"status": "OK", "count": requeued, "refused": refused}
 
@@ -269,6 +288,7 @@ def empty_queue(queue_name: str, registry_name: str) -> dict[str, Any]:
     elif registry_name in ("scheduled", "deferred", "started", "finished", "failed", "canceled"):
         job_ids = getattr(queue, f"{registry_name}_job_registry").get_job_ids(cleanup=False)
     else:
+        errors.check_registry(registry_name)  # 404
         return {"status": "ERROR", "message": f"unknown registry {registry_name}"}
     answers = [_delete_quietly(job_id) for job_id in job_ids]
     return {"status": "OK", "deleted": answers.count("OK"), "cancelling": answers.count("CANCELLING")}
@@ -277,7 +297,9 @@ def empty_queue(queue_name: str, registry_name: str) -> dict[str, Any]:
 # -- installation ---------------------------------------------------------------------------------
 
 _VIEWS = {
-    "jobs_overview": jobs_overview,
+    "jobs_overview": errors.checked_listing(jobs_overview),
+    "list_jobs": errors.checked_listing(web.list_jobs),
+    "compact_queue": errors.compact_queue,
     "job_view": job_view,
     "job_info": job_info,
     "delete_job_view": delete_job_view,
@@ -308,3 +330,4 @@ web.get_queue_registry_jobs_count = get_queue_registry_jobs_count
 web.blueprint.add_url_rule("/job/<job_id>/cancel", "cancel_job", cancel_job_view, methods=["POST"])
 web.blueprint.context_processor(_context)
 web.blueprint.record(_install)
+errors.install(web.blueprint)

@@ -1,0 +1,179 @@
+"""Every rq-dashboard button against every state an execution's rq job can be in, and the
+malformed URLs rq-dashboard 0.9 alone answers 500 to (issue 14, a new user's trial).
+
+The dashboard runs in process (its Flask test client, built as ``rq-dashboard --json
+--config worker.dashboard`` builds it) on the real Redis, against a real worker running
+real containers. No button answers 500, none writes a second outcome; a refusal is rq-dashboard's
+JSON ``{"status": "ERROR", "message": ...}``; a malformed URL answers 4xx with a short message.
+"""
+
+from __future__ import annotations
+
+import time
+from datetime import timedelta
+
+import pytest
+from rq import Queue
+from rq.job import Job
+from rq.registry import ScheduledJobRegistry
+from rq.serializers import JSONSerializer
+
+from schemas import Keys
+
+pytestmark = pytest.mark.integration
+
+STATES = ("queued", "deferred", "scheduled", "started", "finished", "failed", "canceled", "gone")
+BUTTONS = ("requeue", "delete", "cancel", "requeue_all", "empty", "compact", "delete_queue")
+REGISTRY_OF = {"gone": "ended"}  # the registry Empty is pressed on; rq's own name otherwise
+
+
+@pytest.fixture
+def app(redis_url, spawn_worker, monkeypatch):
+    """rq-dashboard's Flask app on this test's prefix and queue; yields its test client."""
+    from rq_dashboard import web
+    from rq_dashboard.cli import make_flask_app
+
+    saved = web.config.serializer
+    flask_app = make_flask_app("worker.dashboard", None, None, "")
+    from worker.observe import dashboard_views
+    from worker.observe.dashboard_data import DashboardSettings
+
+    monkeypatch.setattr(dashboard_views, "SETTINGS", DashboardSettings(prefix=spawn_worker.prefix, queue=spawn_worker.queue))
+    flask_app.config["RQ_DASHBOARD_REDIS_URL"] = redis_url
+    web.config.serializer = JSONSerializer
+    web.setup_rq_connection(flask_app)
+    yield flask_app.test_client()
+    web.config.serializer = saved
+
+
+def _running(redis_client, eid: str) -> bool:
+    job = Job.fetch(eid, connection=redis_client, serializer=JSONSerializer)
+    return job.get_status() == "started" and job.meta.get("status") == "running"
+
+
+def make_state(state: str, spawn_worker, producer, redis_client, test_image) -> str:
+    """An execution whose rq job is in ``state`` ("gone": rq job deleted, outcome kept)."""
+    later = timedelta(hours=1)
+    quick = {"engine": {"image": test_image, "cmd": ["true"]}}
+    if state == "queued":  # no worker listens on the test's queue yet
+        return producer.submit(quick)
+    if state == "scheduled":
+        return producer.submit(quick, delay=later)
+    if state == "deferred":
+        return producer.submit(quick, depends_on=[producer.submit(quick, delay=later)])
+    if state == "canceled":
+        eid = producer.submit(quick, delay=later)
+        assert producer.cancel(eid) == "cancelled"
+        return eid
+    if state == "failed":  # an rq job rq itself failed (no outcome): what rq-dashboard's Requeue is for
+        eid = producer.submit(quick, delay=later)
+        job = Job.fetch(eid, connection=redis_client, serializer=JSONSerializer)
+        with redis_client.pipeline() as pipe:
+            ScheduledJobRegistry(job.origin, connection=redis_client).remove(job, pipeline=pipe)
+            job.set_status("failed", pipeline=pipe)
+            job.failed_job_registry.add(job, ttl=600, exc_string="Traceback: test", pipeline=pipe)
+            pipe.execute()
+        return eid
+    spawn_worker()
+    if state == "started":
+        eid = producer.submit({"engine": {"image": test_image, "cmd": ["sleep", "60"]}})
+        deadline = time.monotonic() + 30
+        while not _running(redis_client, eid):
+            assert time.monotonic() < deadline, "the execution never ran"
+            time.sleep(0.1)
+        return eid
+    eid = producer.submit(quick)
+    assert producer.wait(eid, timeout=60).status.value == "succeeded"
+    if state == "gone":
+        Job.fetch(eid, connection=redis_client, serializer=JSONSerializer).delete()
+    return eid
+
+
+def press(client, button: str, state: str, eid: str, queue: str):
+    """POST the button's endpoint, as rq-dashboard's scripts do."""
+    path = {
+        "requeue": f"/job/{eid}/requeue",
+        "delete": f"/job/{eid}/delete",
+        "cancel": f"/job/{eid}/cancel",
+        "requeue_all": f"/requeue/{queue}",
+        "empty": f"/queue/{queue}/{REGISTRY_OF.get(state, state)}/empty",
+        "compact": f"/queue/{queue}/compact",
+        "delete_queue": f"/queue/{queue}/delete",  # rq-dashboard 0.9 has no such button: 404
+    }[button]
+    return client.post(path)
+
+
+@pytest.mark.parametrize("button", BUTTONS)
+@pytest.mark.parametrize("state", STATES)
+def test_no_button_answers_500_in_any_state(app, button, state, spawn_worker, producer, redis_client, test_image):
+    eid = make_state(state, spawn_worker, producer, redis_client, test_image)
+    response = press(app, button, state, eid, spawn_worker.queue)
+    assert response.status_code < 500, (response.status_code, response.data[-3000:])
+    if button == "delete_queue":
+        assert response.status_code == 404
+        return
+    body = response.get_json()
+    assert body is not None and body["status"] in ("OK", "ERROR", "CANCELLING"), body
+    if body["status"] == "ERROR":
+        assert body["message"], body
+    if button == "requeue" and state != "failed":  # only rq's failed jobs are requeued
+        assert body["status"] == "ERROR" and eid in body["message"], body
+    if button == "requeue" and state in ("queued", "deferred", "scheduled", "started"):
+        assert f"is {state}" in body["message"], body
+    if button == "requeue" and state == "failed":
+        assert body["status"] == "OK"
+    # never a second outcome for one execution
+    assert redis_client.llen(Keys(spawn_worker.prefix).outcome(eid)) <= 1
+    if state == "started":  # end it: cancel, and the worker writes its one outcome
+        if button not in ("cancel", "delete", "empty"):
+            producer.cancel(eid)
+        assert producer.wait(eid, timeout=60).status.value == "cancelled"
+
+
+MALFORMED = [
+    # (method, path, status, words of the message)
+    ("GET", "/0/data/jobs/{q}/bogusreg/8/dsc/1.json", 404, "bogusreg"),
+    ("GET", "/0/view/jobs/{q}/bogusreg/8/dsc/1", 404, "bogusreg"),
+    ("GET", "/0/data/jobs/{q}/ended/abc/dsc/1.json", 400, "abc"),
+    ("GET", "/0/data/jobs/{q}/ended/8/dsc/x.json", 400, "page"),
+    ("GET", "/0/data/jobs/{q}/ended/0/dsc/1.json", 400, "per_page"),
+    ("GET", "/0/data/jobs/{q}/ended/8/sideways/1.json", 400, "sideways"),
+    ("GET", "/0/view/jobs/{q}/ended/8/sideways/1", 400, "sideways"),
+    ("GET", "/5/view/queues", 404, "instance 5"),
+    ("GET", "/5/data/queues.json", 404, "instance 5"),
+    ("POST", "/queue/no-such-queue-{u}/compact", 404, "no-such-queue"),
+    ("POST", "/queue/{q}/bogusreg/empty", 404, "bogusreg"),
+]
+
+
+@pytest.mark.parametrize(("method", "path", "status", "words"), MALFORMED)
+def test_malformed_urls_answer_4xx_with_a_short_message(app, method, path, status, words, spawn_worker, unique):
+    response = app.open(path.format(q=spawn_worker.queue, u=unique), method=method)
+    assert response.status_code == status, (response.status_code, response.data[-3000:])
+    text = response.get_data(as_text=True)
+    assert words in text and "Traceback" not in text and len(text) < 500, text
+
+
+def test_compact_on_an_empty_known_queue_is_a_no_op(app, spawn_worker, producer, redis_client, test_image):
+    eid = producer.submit({"engine": {"image": test_image, "cmd": ["true"]}}, delay=timedelta(hours=1))
+    producer.cancel(eid)  # the queue is known to rq (rq:queues) and its list is empty
+    assert Queue(spawn_worker.queue, connection=redis_client).count == 0
+    response = app.post(f"/queue/{spawn_worker.queue}/compact")
+    assert response.status_code == 200 and response.get_json()["status"] == "OK", response.data
+
+
+def test_a_genuine_server_error_answers_500_and_is_logged(app, monkeypatch, caplog, producer, test_image):
+    """The error handler turns only client mistakes into 4xx: a bug still answers 500, logged."""
+    from worker.observe import dashboard_data
+
+    producer.submit({"engine": {"image": test_image, "cmd": ["true"]}}, delay=timedelta(hours=1))  # one queue to count
+
+    def broken(*_args, **_kwargs):
+        raise RuntimeError("a bug in the dashboard")
+
+    monkeypatch.setattr(dashboard_data, "status_counts", broken)
+    with caplog.at_level("ERROR"):
+        response = app.get("/0/data/queues.json")
+    assert response.status_code == 500 and response.get_json()["status"] == "ERROR"
+    assert "Traceback" not in response.get_data(as_text=True)
+    assert any("a bug in the dashboard" in (r.exc_text or "") + r.getMessage() for r in caplog.records)
