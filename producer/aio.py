@@ -39,7 +39,7 @@ from .files import InputArchive, InputValue, build_input_archive, write_input_ar
 from .many import DEFAULT_RECHECK_SECONDS, SLICE_SECONDS, FollowState, ReadOutcomes, WaitTimeout, follow_steps, is_outcome
 from .many import outcome_reads, unique_ids
 from .steps import adrive, arun
-from .planning import Submission, parse_request, with_inputs
+from .planning import Submission, caller_request, with_inputs
 from .scripts import CLAIM_AND_WRITE_LUA, CLAIM_LUA
 from .status import ExecutionStatusView, build_view
 
@@ -132,7 +132,7 @@ class AsyncProducer:
         """As ``Producer.submit``, ``inputs`` included: the archive is built in a thread (it reads
         local files) and written before the enqueue, with ``producer.files``' writes."""
         await self._ready(queue)
-        req = parse_request(request)
+        req = caller_request(request)  # an inputs manifest only from inputs= (planning.py)
         archive = None
         if inputs is not None:
             archive = await asyncio.to_thread(build_input_archive, inputs, self.planner.max_input_bytes)

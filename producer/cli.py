@@ -10,7 +10,8 @@ Exit codes (``submit`` attached and ``wait``; the other commands return 0 or 1):
 125  dockrq itself failed: request rejected, image pull/create/daemon
      error, worker lost, invalid request, unknown or duplicate id, Redis
      unreachable (as ``docker run``)
-130  the execution was cancelled (Ctrl-C on an attached submit cancels it)
+130  the execution was cancelled (Ctrl-C on an attached submit cancels it;
+     SIGTERM and SIGHUP do the same and exit 143 and 129: 128 + the signal)
  75  ``wait --timeout`` elapsed while the execution still runs (EX_TEMPFAIL)
   1  any error of ``logs``, ``cancel``, ``status``, ``ls``, ``cp`` (also: an entry
      skipped, or nothing written)
@@ -50,16 +51,16 @@ from .command import (  # the exit codes are re-exported: producer.cli names the
     global_options,
     json_option,
 )
+from .attach_signals import cancel_and_wait, outcome_bound, signal_of, signals_interrupt
 from .client import Producer
 from .flags import build_request, scheduling_options
 from .params import EXECUTION_ID, Seconds
-from .errors import ExecutionAlreadyFinished
 from .logs import AttemptStart
 from .progress import SubmitProgress
 from .run_flags import apply_run_flags, run_flag_options
 from .status import ExecutionStatusView
 from .usage import DockrqGroup
-from .waitcli import one_line_reporter, wait_several
+from .waitcli import not_ended_state, one_line_reporter, wait_several
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_ERROR", "Producer", "cli", "exit_code_for", "main"]
 
@@ -212,29 +213,36 @@ def submit(
             click.echo(json.dumps({"execution_id": execution_id}) if settings.as_json else execution_id)
             return
         try:
-            if progress is not None:  # not --json: the container's output
-                for entry in producer.logs(execution_id, tail=True, follow=True):
+            with signals_interrupt():  # SIGTERM and SIGHUP as Ctrl-C (producer/attach_signals.py)
+                if progress is not None:  # not --json: the container's output
+                    for entry in producer.logs(execution_id, tail=True, follow=True):
+                        progress.close()
+                        _write_entry(entry, as_json=False)
                     progress.close()
-                    _write_entry(entry, as_json=False)
-                progress.close()
-            outcome = producer.wait(execution_id)
-        except KeyboardInterrupt:
+                outcome = producer.wait(execution_id)
+        except KeyboardInterrupt as exc:
             if progress is not None:
                 progress.close()
-            _cancel_after_interrupt(producer, execution_id)
+            _cancel_after_interrupt(producer, execution_id, request, files, settings, signal_of(exc))
     code = _report(outcome, settings, summary=False)
     if not report_outputs(producer, outcome, files, settings.as_json):  # --output-dir (cli_files.py)
         code = EXIT_DOCKRQ_FAILED
     raise click.exceptions.Exit(code)
 
 
-def _cancel_after_interrupt(producer: Producer, execution_id: str) -> NoReturn:
-    try:
-        producer.cancel(execution_id)
-        message = f"cancelled execution {execution_id}"
-    except ExecutionAlreadyFinished as exc:
-        message = f"interrupted; {exc}"
-    fail(message, EXIT_CANCELLED)
+def _cancel_after_interrupt(
+    producer: Producer, execution_id: str, request: dict[str, Any], files: FileOptions, settings: Settings, signum: int
+) -> NoReturn:
+    """Cancel, wait (bounded; a second signal stops it) for the outcome, write the outputs as for
+    any ending, exit 128 + ``signum`` (producer/attach_signals.py)."""
+    with signals_interrupt():
+        message, outcome = cancel_and_wait(producer, execution_id, outcome_bound(request))
+        if outcome is not None:
+            report_outputs(producer, outcome, files, settings.as_json)  # --output-dir (cli_files.py)
+        elif files.outputs and not settings.as_json:
+            click.echo(f"dockrq: stopped waiting for the outcome; once it has ended get the outputs with "
+                       f"dockrq cp {execution_id}:PATH DEST", err=True)
+    fail(message, 128 + signum)
 
 
 @cli.command(failure_code=EXIT_DOCKRQ_FAILED)
@@ -249,7 +257,8 @@ def wait(settings: Settings, execution_ids: tuple[str, ...], timeout: float | No
         try:
             outcome = settings.producer().wait(execution_id, timeout=timeout)
         except TimeoutError:
-            fail(f"execution {execution_id} still running after {timeout:g}s", EXIT_WAIT_TIMEOUT, pending=[execution_id])
+            state = not_ended_state(settings.producer(), execution_id)  # queued, running...: what it really is
+            fail(f"execution {execution_id} still {state} after {timeout:g}s", EXIT_WAIT_TIMEOUT, pending=[execution_id])
         raise click.exceptions.Exit(_report(outcome, settings, summary=True))
     report = one_line_reporter(settings.as_json, exit_code_for)
     raise click.exceptions.Exit(

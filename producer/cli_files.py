@@ -18,13 +18,14 @@ from typing import Any
 import click
 
 from schemas import DEFAULT_MAX_INPUT_BYTES, Outcome, parse_size
-from schemas.text import quoted_name
+from schemas.text import quoted_name, shown_path
 
 from .cli import EXIT_DOCKRQ_FAILED, EXIT_ERROR, Settings, cli, fail, json_option, pass_settings
 from .client import Producer
 from .errors import InvalidRequest, ProducerError
 from .extract import ArchiveRefused, ExtractReport
 from .copy_dest import skipped_reason, truncation_reason
+from .cp_paths import given_path
 from .files import FollowLink
 from .params import COPY_SOURCE
 from .usage import EXIT_USAGE
@@ -45,7 +46,8 @@ def file_options(fn: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--output-files-limit", help="File bytes collected at most, e.g. 64m (default 16m; "
                          "the worker may cap it). What does not fit is left out whole."),
             click.option("--output-dir", type=click.Path(file_okay=False, path_type=Path),
-                         help="Attached: write the collected files into this directory when the execution ends."),
+                         help="Attached, with --output: write the collected files into this directory when the execution ends "
+                         "(also after Ctrl-C/SIGTERM/SIGHUP cancelled it)."),
             click.option("--max-input", envvar="DOCKRQ_MAX_INPUT_BYTES",
                          help="Refuse more input file bytes than this, before writing anything "
                          "(env DOCKRQ_MAX_INPUT_BYTES; default 16m)."),
@@ -69,15 +71,19 @@ class FileOptions:
         inputs: dict[str, str | FollowLink] = {}
         follow = options.pop("follow_link")
         for item in options.pop("inputs"):
-            local, sep, target = item.rpartition(":")
+            local, sep, target = item.rpartition(":")  # a container path never holds ':' (wire contract)
             if not sep or not local or not target:
-                raise InvalidRequest(f"inputs: {item!r} is not LOCAL_PATH:CONTAINER_PATH")
+                raise InvalidRequest(f"inputs: {quoted_name(item)} is not LOCAL_PATH:CONTAINER_PATH")
+            target = _given(target, "inputs")
             if target in inputs:
                 raise InvalidRequest(f"inputs: {target} is given twice")
             inputs[target] = FollowLink(local) if follow else local
         limit = options.pop("output_files_limit")
         output_dir = options.pop("output_dir")
         max_input = options.pop("max_input")
+        outputs = [_given(path, "outputs") for path in options.pop("outputs")]
+        if output_dir is not None and not outputs:
+            raise InvalidRequest("--output-dir: needs at least one --output CONTAINER_PATH to collect")
         if output_dir is not None and detach:
             raise InvalidRequest("--output-dir: needs an attached submit (without -d); use dockrq cp ID:PATH DEST later")
         try:
@@ -88,7 +94,7 @@ class FileOptions:
             max_input_bytes = parse_size(max_input) if max_input else DEFAULT_MAX_INPUT_BYTES
         except ValueError as exc:
             raise InvalidRequest(f"--max-input (DOCKRQ_MAX_INPUT_BYTES): {exc}") from None
-        return cls(inputs or None, list(options.pop("outputs")), limit_bytes, output_dir, max_input_bytes)
+        return cls(inputs or None, outputs, limit_bytes, output_dir, max_input_bytes)
 
     def apply(self, request: dict[str, Any], producer: Producer) -> None:
         if self.outputs:
@@ -96,6 +102,14 @@ class FileOptions:
         if self.output_files_limit is not None:
             request["output_files_limit_bytes"] = self.output_files_limit
         producer.max_input_bytes = self.max_input_bytes
+
+
+def _given(path: str, option: str) -> str:
+    """A container path of ``--input``/``--output``, normalised (``producer.cp_paths.given_path``)."""
+    try:
+        return given_path(path)
+    except ValueError as exc:
+        raise InvalidRequest(f"{option}: {exc}") from None
 
 
 def report_outputs(producer: Producer, outcome: Outcome, options: FileOptions, as_json: bool) -> bool:
@@ -119,10 +133,10 @@ def report_outputs(producer: Producer, outcome: Outcome, options: FileOptions, a
     try:
         report = producer.outputs(outcome.execution_id, options.output_dir, on_skip=_skip_line)
     except (ProducerError, OSError) as exc:
-        click.echo(f"dockrq: output files not written to {options.output_dir}: {exc}", err=True)
+        click.echo(f"dockrq: output files not written to {shown_path(options.output_dir)}: {_reason(exc)}", err=True)
         return False
     if report.skipped:  # each said above; the files are not all delivered
-        click.echo(f"dockrq: {len(report.skipped)} output entries not written to {options.output_dir}", err=True)
+        click.echo(f"dockrq: {len(report.skipped)} output entries not written to {shown_path(options.output_dir)}", err=True)
         return False
     return True
 
@@ -138,6 +152,11 @@ def describe_outputs(result: Any) -> str:
     if result.outputs_skipped:
         text += f"; not collectable: {', '.join(quoted_name(e.path[:200]) for e in result.outputs_skipped)}"
     return text
+
+
+def _reason(exc: BaseException) -> str:
+    """An error's words without the repr of a local path (OSError's str has one): its strerror."""
+    return str(exc.strerror or exc) if isinstance(exc, OSError) else str(exc)
 
 
 def _warn(message: str, quiet: bool) -> None:
@@ -178,10 +197,10 @@ def cp(settings: Settings, source: tuple[str, str], dest: str) -> None:
     except ArchiveRefused as exc:
         fail(str(exc), EXIT_ERROR, **_json_report(exc.report, settings))
     except OSError as exc:
-        fail(f"writing to {dest} failed: {exc}", EXIT_ERROR)
+        fail(f"writing to {shown_path(dest)} failed: {exc.strerror or exc}", EXIT_ERROR)
     if not report.complete:
         why = f"{len(report.skipped)} entries skipped" if report.skipped else "nothing was written"
-        fail(f"{why}; {len(report.written)} written to {dest}", EXIT_ERROR, **_json_report(report, settings))
+        fail(f"{why}; {len(report.written)} written to {shown_path(dest)}", EXIT_ERROR, **_json_report(report, settings))
     if settings.as_json:
         click.echo(json.dumps(_json_report(report, settings)))
 

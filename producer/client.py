@@ -65,6 +65,7 @@ from .planning import (  # noqa: F401 - re-exported: submit planning lived here 
     NO_RQ_TIMEOUT,
     Submission,
     SubmitPlanner,
+    caller_request,
     parse_request,
     with_inputs,
 )
@@ -177,7 +178,7 @@ class Producer(SubmitPlanner, OutputsMixin):
         InvalidRequest (nothing enqueued; RequestTooLarge above ``max_request_bytes``,
         InputsTooLarge above ``max_input_bytes``; an unknown dependency) or DuplicateExecution.
         """
-        req = parse_request(request)
+        req = caller_request(request)  # an inputs manifest only from inputs= (planning.py)
         archive = build_input_archive(inputs, self.max_input_bytes) if inputs is not None else None
         try:
             if archive is not None:

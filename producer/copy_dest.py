@@ -33,7 +33,7 @@ from typing import Any
 from schemas import MAX_OUTPUT_ENTRIES, Outcome, check_container_path, entry_name
 from schemas.engine import format_size
 from schemas.files import MAX_OUTPUT_PATH_BYTES
-from schemas.text import quoted_name, unescaped_name
+from schemas.text import quoted_name, shown_path, unescaped_name
 
 from .errors import CopyRefused
 from .files import OutputsUnavailable
@@ -56,7 +56,7 @@ def _lstat(path: str, shown: str) -> os.stat_result | None:
     except FileNotFoundError:
         return None
     except OSError as exc:  # "file/": ENOTDIR; ENAMETOOLONG, EACCES...
-        raise CopyRefused(f"{shown}: {exc.strerror or exc}; nothing copied") from None
+        raise CopyRefused(f"{shown_path(shown)}: {exc.strerror or exc}; nothing copied") from None
 
 
 def place(dest: str | os.PathLike[str], source_is_dir: bool) -> CopyPlacement:
@@ -72,7 +72,7 @@ def place(dest: str | os.PathLike[str], source_is_dir: bool) -> CopyPlacement:
     while info is not None and stat.S_ISLNK(info.st_mode):
         hops += 1
         if hops > MAX_SYMLINKS:
-            raise CopyRefused(f"{shown}: too many symlinks; nothing copied")
+            raise CopyRefused(f"{shown_path(shown)}: too many symlinks; nothing copied")
         target = os.readlink(path)
         path = target if os.path.isabs(target) else os.path.join(os.path.dirname(os.path.normpath(path)), target)
         info = _lstat(path, shown)
@@ -83,16 +83,16 @@ def place(dest: str | os.PathLike[str], source_is_dir: bool) -> CopyPlacement:
         return CopyPlacement(Path(path), None)
     if info is not None:
         if source_is_dir:
-            raise CopyRefused(f"{shown}: cannot copy a directory to a file; nothing copied")
+            raise CopyRefused(f"{shown_path(shown)}: cannot copy a directory to a file; nothing copied")
         return CopyPlacement(Path(parent), base)
     try:
         parent_info = os.stat(parent)
     except OSError as exc:
-        raise CopyRefused(f"{shown}: its directory {parent}: {exc.strerror or exc}; nothing copied") from None
+        raise CopyRefused(f"{shown_path(shown)}: its directory {shown_path(parent)}: {exc.strerror or exc}; nothing copied") from None
     if not stat.S_ISDIR(parent_info.st_mode):
-        raise CopyRefused(f"{shown}: {parent} is not a directory; nothing copied")
+        raise CopyRefused(f"{shown_path(shown)}: {shown_path(parent)} is not a directory; nothing copied")
     if not source_is_dir and asserts_dir:
-        raise CopyRefused(f"{shown}: the destination directory must exist (a file cannot create it); nothing copied")
+        raise CopyRefused(f"{shown_path(shown)}: the destination directory must exist (a file cannot create it); nothing copied")
     return CopyPlacement(Path(parent), base)
 
 

@@ -23,7 +23,10 @@ skipped with a message (``ExtractReport.skipped``) while the rest is extracted:
 
 An error of the local filesystem on one entry (``ENAMETOOLONG``, ``EACCES``,
 ``ENOSPC``...) skips that entry too (no partial file is left) and the
-extraction goes on. Names in messages are quoted by ``schemas.text.quoted_name``
+extraction goes on. A skip line names the local path the entry would have had
+(the destination as given joined with its name there: ``'o1/pw'``), or, for an
+absolute or ``..`` name that has none, the archive name. Names in messages are
+quoted by ``schemas.text.quoted_name``
 (``'caf\\xe9'`` is byte 0xE9, ``'a\\\\b'`` a backslash). More entries, or more file
 bytes, than the outcome announces stop the extraction with ``ArchiveRefused``
 (what was written so far stays; its ``report`` lists it and the skips so far).
@@ -127,6 +130,7 @@ class _Extraction:
         link_root: str | None = None,
     ) -> None:
         dest.mkdir(parents=True, exist_ok=True)
+        self.shown_root = os.fspath(dest)  # as given: skip lines name the local path an entry would have had
         self.root = Path(os.path.realpath(dest))
         self.rename = rename
         self.on_skip = on_skip
@@ -160,8 +164,12 @@ class _Extraction:
             self._set_dir_modes()
         return self.report
 
-    def _skip(self, name: str, why: str) -> None:
-        line = f"{quoted_name(name[:200])}{'...' if len(name) > 200 else ''}: {why}"
+    def _skip(self, name: str, why: str, rel: str | None = None) -> None:
+        """Say a skipped entry: by the local path it would have had (``rel`` below the destination),
+        else (no such path: absolute, ``..``) by its archive name."""
+        tail = rel if rel is not None else name
+        shown = tail[:200] if rel is None or self.shown_root == "." else os.path.join(self.shown_root, tail[:200])
+        line = f"{quoted_name(shown)}{'...' if len(tail) > 200 else ''}: {why}"
         self.report.skipped.append(line)
         if self.on_skip is not None:
             self.on_skip(line)
@@ -172,11 +180,12 @@ class _Extraction:
             self._entry(tar, member)
         except OSError as exc:
             name = member.name.rstrip("/")
-            if member.isdir():  # not made: what is under it is dropped with this one message
-                rel = self.rename(name) if plain(name) else None
-                if rel is not None and plain(rel):
-                    self._refused_dirs.append(rel)
-            self._skip(name, f"not written: {exc.strerror or exc}{' (nothing under it copied)' if member.isdir() else ''}")
+            rel = self.rename(name) if plain(name) else None
+            rel = rel if rel is not None and plain(rel) else None
+            if member.isdir() and rel is not None:  # not made: what is under it is dropped with this one message
+                self._refused_dirs.append(rel)
+            why = f"not written: {exc.strerror or exc}{' (nothing under it copied)' if member.isdir() else ''}"
+            self._skip(name, why, rel)
 
     def _entry(self, tar: tarfile.TarFile, member: tarfile.TarInfo) -> None:
         name = member.name.rstrip("/") if member.isdir() else member.name
@@ -192,11 +201,11 @@ class _Extraction:
         if any(rel.startswith(top + "/") for top in self._refused_dirs):
             return  # under a directory refused with its own message
         if not (member.isreg() or member.isdir() or member.issym() or member.islnk()):
-            self._skip(name, "a device or special file")
+            self._skip(name, "a device or special file", rel)
             return
         parent = self._parent(rel)
         if parent is None:
-            self._skip(name, "a directory on its way is a symlink or a file")
+            self._skip(name, "a directory on its way is a symlink or a file", rel)
             return
         target = parent / rel.rsplit("/", 1)[-1]
         try:
@@ -206,19 +215,19 @@ class _Extraction:
         if existing is not None and stat.S_ISDIR(existing.st_mode):
             if member.isdir():
                 return
-            self._skip(name, "would replace a directory")
+            self._skip(name, "would replace a directory", rel)
             return
         if existing is not None and member.isdir():
             kind = "symlink" if stat.S_ISLNK(existing.st_mode) else "file"
-            self._skip(name, f"a directory, and {target} is a {kind}: not replaced (nothing under it copied)")
+            self._skip(name, f"a directory, and a {kind} is there: not replaced (nothing under it copied)", rel)
             self._refused_dirs.append(rel)
             return
         inside = rel[len(self.link_root) + 1:] if self.link_root and rel.startswith(self.link_root + "/") else rel
         if member.issym() and not link_stays_inside(inside, member.linkname):
-            self._skip(name, f"a symlink to {quoted_name(member.linkname[:200])}, outside the destination")
+            self._skip(name, f"a symlink to {quoted_name(member.linkname[:200])}, outside the destination", rel)
             return
         if member.islnk() and member.linkname not in self._files:
-            self._skip(name, f"a hard link to {quoted_name(member.linkname[:200])}, not a file extracted here")
+            self._skip(name, f"a hard link to {quoted_name(member.linkname[:200])}, not a file extracted here", rel)
             return
         if existing is not None:
             os.unlink(target)

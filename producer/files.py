@@ -34,6 +34,7 @@ from schemas import (
     entry_name,
 )
 from schemas.files import MAX_FILE_PATHS, MAX_PATH_BYTES, archive_chunks, overlapping
+from schemas.text import shown_path
 
 from .errors import InvalidRequest, ProducerError
 from .extract import ExtractReport, safe_extract
@@ -111,7 +112,7 @@ class _Builder:
         try:
             info = os.stat(local) if follow_link else os.lstat(local)
         except OSError as exc:
-            raise InvalidRequest(f"inputs: {local}: {exc.strerror or exc}") from None
+            raise InvalidRequest(f"inputs: {shown_path(local)}: {exc.strerror or exc}") from None
         if stat.S_ISDIR(info.st_mode):
             self._add_tree(name, local, info, follow_link)
         elif stat.S_ISREG(info.st_mode):
@@ -119,15 +120,15 @@ class _Builder:
         elif stat.S_ISLNK(info.st_mode):
             self._add_link(name, local, info)
         else:
-            raise InvalidRequest(f"inputs: {local} is not a regular file or a directory")
+            raise InvalidRequest(f"inputs: {shown_path(local)} is not a regular file or a directory")
 
     def _add_link(self, name: str, local: Path, info: os.stat_result, dir_fd: int | None = None) -> None:
         try:
             link = os.readlink(local.name if dir_fd is not None else local, dir_fd=dir_fd)
         except OSError as exc:
-            raise InvalidRequest(f"inputs: reading {local} failed: {exc.strerror or exc}") from None
+            raise InvalidRequest(f"inputs: reading {shown_path(local)} failed: {exc.strerror or exc}") from None
         if len(link.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
-            raise InvalidRequest(f"inputs: the target of symlink {local} is longer than {MAX_PATH_BYTES} bytes")
+            raise InvalidRequest(f"inputs: the target of symlink {shown_path(local)} is longer than {MAX_PATH_BYTES} bytes")
         self._count(name)
         self.tar.addfile(self._info(name, tarfile.SYMTYPE, 0o777, info.st_mtime, link=link))
 
@@ -144,10 +145,10 @@ class _Builder:
             with open(fd, "rb") as source:
                 now = os.fstat(fd)
                 if not stat.S_ISREG(now.st_mode) or (now.st_dev, now.st_ino) != (info.st_dev, info.st_ino):
-                    raise InvalidRequest(f"inputs: {local} changed while it was read")
+                    raise InvalidRequest(f"inputs: {shown_path(local)} changed while it was read")
                 self.tar.addfile(self._info(name, tarfile.REGTYPE, info.st_mode, info.st_mtime, info.st_size), source)
         except OSError as exc:
-            raise InvalidRequest(f"inputs: reading {local} failed: {exc.strerror or exc}") from None
+            raise InvalidRequest(f"inputs: reading {shown_path(local)} failed: {exc.strerror or exc}") from None
 
     def _add_tree(self, name: str, top: Path, info: os.stat_result, follow: bool = False) -> None:
         """Pre-order: each directory before what it holds, as the worker requires. Symlinks
@@ -164,14 +165,14 @@ class _Builder:
             try:
                 fd = os.open(path.name if parent_fd is not None else path, flags, dir_fd=parent_fd)
             except OSError as exc:
-                raise InvalidRequest(f"inputs: reading {path} failed: {exc.strerror or exc}") from None
+                raise InvalidRequest(f"inputs: reading {shown_path(path)} failed: {exc.strerror or exc}") from None
             self._fds[fd] = 0
             if parent_fd is not None:
                 self._release(parent_fd)
             try:
                 children = sorted(os.scandir(fd), key=lambda e: e.name)
             except OSError as exc:
-                raise InvalidRequest(f"inputs: reading {path} failed: {exc.strerror or exc}") from None
+                raise InvalidRequest(f"inputs: reading {shown_path(path)} failed: {exc.strerror or exc}") from None
             later = []
             for entry in children:
                 child, local = f"{name}/{entry.name}", path / entry.name
@@ -183,7 +184,7 @@ class _Builder:
                 elif stat.S_ISLNK(child_info.st_mode):
                     self._add_link(child, local, child_info, dir_fd=fd)
                 else:
-                    raise InvalidRequest(f"inputs: {local} is not a regular file, directory or symlink")
+                    raise InvalidRequest(f"inputs: {shown_path(local)} is not a regular file, directory or symlink")
             self._fds[fd] = len(later) + 1
             self._release(fd)  # open only while a subdirectory still has to be opened through it
             stack.extend(reversed(later))  # popped in name order

@@ -12,7 +12,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
 from schemas import Outcome
+from schemas.text import quoted_name
 
+from .cp_paths import cp_source
 from .cp_tar import write_path_tar
 from .errors import CopyRefused
 from .extract import ExtractReport
@@ -79,6 +81,7 @@ class OutputsMixin:
         missing parent; otherwise returns and raises as ``outputs`` (skips are in the
         report, never silent)."""
         outcome = self._ended(execution_id)
+        container_path = _collected_path(outcome, container_path)
         root, rename, link_root = copy_selection(outcome, container_path, dest)  # a str keeps its trailing '/'
         return extract_outputs(
             self._client, self.keys.outputs(execution_id), outcome, root, rename, on_skip=on_skip, link_root=link_root
@@ -90,7 +93,7 @@ class OutputsMixin:
         component: ``/work/out`` gives ``out``, ``out/...``; ``/`` gives the archive as stored),
         streamed. Returns the number of entries written. Raises as ``copy_out`` (not CopyRefused)."""
         outcome = self._ended(execution_id)
-        collected_kind(outcome, container_path)  # OutputsUnavailable unless it was collected
+        container_path = _collected_path(outcome, container_path)  # OutputsUnavailable unless collected
         size, _, _ = announced(outcome)
         key = self.keys.outputs(execution_id)
         if int(self._client.strlen(key)) != size:
@@ -123,3 +126,16 @@ class OutputsMixin:
             written += len(chunk)
         return written
 
+
+
+def _collected_path(outcome: Outcome, given: str) -> str:
+    """``given`` in one of docker cp's forms (``producer/cp_paths.py``: relative to ``/``, a trailing
+    ``/`` asserting a directory), normalised; OutputsUnavailable when malformed, not collected, or
+    a file named with a trailing ``/``."""
+    try:
+        path, wants_dir = cp_source(given)
+    except ValueError as exc:
+        raise OutputsUnavailable(str(exc)) from None
+    if not collected_kind(outcome, path) and wants_dir:
+        raise OutputsUnavailable(f"{quoted_name(given[:200])}: not a directory (a trailing '/' names one)")
+    return path

@@ -16,7 +16,9 @@ from typing import Any
 import click
 
 from schemas import EXECUTION_ID_PATTERN
+from schemas.text import quoted_name
 
+from .cp_paths import cp_source
 from .groups import GROUP_PATTERN
 
 _ID_RE = re.compile(EXECUTION_ID_PATTERN)
@@ -24,7 +26,7 @@ _GROUP_RE = re.compile(GROUP_PATTERN)
 
 
 def _shown(value: str) -> str:
-    return repr(value[:80] + ("..." if len(value) > 80 else ""))
+    return quoted_name(value[:80]) + ("..." if len(value) > 80 else "")
 
 
 class ExecutionIdType(click.ParamType):
@@ -50,7 +52,9 @@ class GroupNameType(click.ParamType):
 
 
 class CopySourceType(click.ParamType):
-    """``dockrq cp``'s ``ID:CONTAINER_PATH``: an execution id and a non-empty path; ``(id, path)``."""
+    """``dockrq cp``'s ``ID:CONTAINER_PATH``: an execution id and a path in one of docker cp's
+    forms (``producer.cp_paths``); ``(id, path)``, the path normalised but for a trailing ``/``
+    (a directory asserted), which ``Producer.copy_out`` checks."""
 
     name = "ID:CONTAINER_PATH"
 
@@ -60,7 +64,12 @@ class CopySourceType(click.ParamType):
         execution_id, sep, path = str(value).partition(":")
         if not sep or not execution_id or not path:
             self.fail(f"{_shown(str(value))} is not ID:CONTAINER_PATH", param, ctx)
-        return ExecutionIdType().convert(execution_id, param, ctx), path
+        execution_id = ExecutionIdType().convert(execution_id, param, ctx)
+        try:  # docker cp's forms: relative to '/', a trailing '/' for a directory (producer/cp_paths.py)
+            clean, asserts_dir = cp_source(path)
+        except ValueError as exc:
+            self.fail(str(exc), param, ctx)
+        return execution_id, clean + "/" if asserts_dir and clean != "/" else clean
 
 
 class Seconds(click.FloatRange):

@@ -85,6 +85,20 @@ def parse_request(request: ExecutionRequest | dict[str, Any] | str | bytes) -> E
         raise InvalidRequest(f"request: not a JSON document: {exc}") from None
 
 
+def caller_request(request: ExecutionRequest | dict[str, Any] | str | bytes, where: str = "request") -> ExecutionRequest:
+    """``parse_request`` for a request a caller hands to ``submit``/``submit_many``: its ``inputs``
+    manifest must be absent, since only the producer writes it, from ``submit(inputs=)``, next to
+    the archive it describes (a manifest without its archive is rejected by the worker later:
+    ``invalid_inputs``). InvalidRequest naming the field, before anything is written."""
+    req = parse_request(request)
+    if req.inputs is not None:
+        raise InvalidRequest(
+            f"{where}.inputs: set by the producer from submit(inputs={{CONTAINER_PATH: local path or bytes}}); "
+            "remove it from the request"
+        )
+    return req
+
+
 def with_inputs(request: ExecutionRequest, spec: InputsSpec) -> ExecutionRequest:
     """``request`` announcing the input archive ``spec``, validated again as a whole (where its
     paths land against tmpfs, mounts and read_only: schemas/placement.py), or InvalidRequest."""
@@ -159,7 +173,7 @@ class SubmitPlanner:
         reqs = []
         for index, request in enumerate(requests):
             try:
-                reqs.append(parse_request(request))
+                reqs.append(caller_request(request))
             except InvalidRequest as exc:
                 raise InvalidRequest(f"requests[{index}]: {exc}") from None
         ids = [r.execution_id for r in reqs]

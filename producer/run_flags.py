@@ -35,6 +35,7 @@ from typing import IO, Any
 import click
 
 from schemas import MAX_STDIN_BYTES
+from schemas.text import quoted_name
 
 from .errors import InvalidRequest
 
@@ -131,18 +132,18 @@ def read_env_files(paths: tuple[str, ...] | list[str]) -> dict[str, str]:
             with open(path, "rb") as fh:
                 raw = fh.read()
         except OSError as exc:
-            raise InvalidRequest(f"engine.env: cannot read --env-file {path!r}: {exc.strerror or exc}") from None
+            raise InvalidRequest(f"engine.env: cannot read --env-file {quoted_name(path)}: {exc.strerror or exc}") from None
         try:
             text = raw.decode("utf-8-sig")
         except UnicodeDecodeError:
-            raise InvalidRequest(f"engine.env: --env-file {path!r} is not UTF-8 text") from None
+            raise InvalidRequest(f"engine.env: --env-file {quoted_name(path)} is not UTF-8 text") from None
         for number, line in enumerate(text.splitlines(), 1):
             line = line.lstrip()
             if not line or line.startswith("#"):
                 continue
             name, sep, value = line.partition("=")
             if not name or any(c.isspace() for c in name):
-                raise InvalidRequest(f"engine.env: --env-file {path!r} line {number}: {name!r} is not a variable name")
+                raise InvalidRequest(f"engine.env: --env-file {quoted_name(path)} line {number}: {name!r} is not a variable name")
             if sep:
                 env[name] = value
             elif name in os.environ:

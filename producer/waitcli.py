@@ -8,22 +8,32 @@ Worst, from best to worst (the exit code of the worst one is the command's):
 4. cancelled: 130
 5. ``--timeout`` ran out with some still running: 75 (those are named on stderr; with ``--json``
    a last line ``{"error", "exit_code": 75, "pending": [ids]}`` on stdout)
-6. rejected, error, lost, or an unknown id: 125 (an unknown id is refused before waiting)
+6. rejected, error, lost, or an unknown id: 125
+
+An unknown id (never submitted, or expired) gets one error line, ``dockrq: no such execution:
+ID`` on stderr (``--json``: ``{"error", "exit_code": 125, "execution_id"}`` on stdout), and the
+others are waited for and reported all the same, as ``docker wait a nosuch`` prints a's code
+and an error for nosuch; the exit code is then 125 (the worst).
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
 
+import time
+
 import click
+import redis
 
 from schemas import ExecutionStatus, Outcome
 
 from .client import Producer
+from .errors import ExecutionNotFound, ExecutionVanished, ProducerError
 from .many import WaitTimeout
 from .usage import json_error
 
 EXIT_WAIT_TIMEOUT = 75
+EXIT_DOCKRQ_FAILED = 125
 _RANK = {
     ExecutionStatus.SUCCEEDED: 0,
     ExecutionStatus.FAILED: 1,
@@ -50,10 +60,26 @@ def wait_several(
     "pending": [ids]}`` on stdout, the form of every ``--json`` error.
     """
     worst: tuple[tuple[int, int], int] = ((-1, 0), 0)
+    deadline = None if timeout is None else time.monotonic() + timeout
+    ids = list(dict.fromkeys(execution_ids))
     try:
-        for outcome in producer.as_completed(execution_ids, timeout=timeout):
-            code = report(outcome)
-            worst = max(worst, (rank(outcome), code))
+        while ids:
+            left = None if deadline is None else max(0.0, deadline - time.monotonic())
+            try:
+                for outcome in producer.as_completed(ids, timeout=left):
+                    code = report(outcome)
+                    worst = max(worst, (rank(outcome), code))
+                break
+            except ExecutionNotFound as exc:  # unknown ids come listed before any outcome is yielded
+                if isinstance(exc, ExecutionVanished):
+                    raise
+                unknown = [i for i in exc.execution_id.split(", ") if i in ids]
+                if not unknown:
+                    raise
+                for execution_id in unknown:
+                    _no_such(execution_id, as_json)
+                    ids.remove(execution_id)
+                worst = max(worst, ((_RANK_DOCKRQ_FAILED, 0), EXIT_DOCKRQ_FAILED))
     except WaitTimeout as exc:
         if as_json:
             json_error(str(exc), EXIT_WAIT_TIMEOUT, pending=exc.pending)
@@ -61,6 +87,22 @@ def wait_several(
             click.echo(f"dockrq: {exc}", err=True)
         worst = max(worst, ((_RANK_WAIT_TIMEOUT, 0), EXIT_WAIT_TIMEOUT))
     return worst[1]
+
+
+def _no_such(execution_id: str, as_json: bool) -> None:
+    if as_json:
+        json_error(f"no such execution: {execution_id}", EXIT_DOCKRQ_FAILED, execution_id=execution_id)
+    else:
+        click.echo(f"dockrq: no such execution: {execution_id}", err=True)
+
+
+def not_ended_state(producer: Producer, execution_id: str) -> str:
+    """What a not yet ended execution is doing, for ``wait --timeout``'s message: ``queued``,
+    ``scheduled``, ``pulling``, ``running`` ... (``producer.status``), or ``not ended``."""
+    try:
+        return producer.status(execution_id).state.value
+    except (ProducerError, redis.RedisError):  # only words for a message; the timeout is the error
+        return "not ended"
 
 
 def outcome_shown(outcome: Outcome) -> str:

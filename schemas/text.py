@@ -11,6 +11,7 @@ instead, naming the field and the offending byte.
 
 from __future__ import annotations
 
+import os
 import re
 from collections.abc import Iterator
 from typing import Any
@@ -153,3 +154,12 @@ def quoted_name(name: str) -> str:
 
 
 _CONTROL_ESCAPES = {"\n": "\\n", "\t": "\\t", "\r": "\\r"}
+
+
+def shown_path(path: str | bytes | os.PathLike[str] | os.PathLike[bytes]) -> str:
+    """A local path for one line of output: as it is when it reads back as exactly itself
+    (printable UTF-8 text without quotes, backslashes or control characters), else quoted as
+    ``quoted_name`` quotes archive names (``'app\\xe9'`` for a name whose last byte is 0xE9)."""
+    text = os.fsdecode(path)
+    quoted = quoted_name(text)
+    return text if quoted == f"'{text}'" else quoted

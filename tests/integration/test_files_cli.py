@@ -69,7 +69,7 @@ def test_submit_with_inputs_and_outputs_then_cp(redis_url, spawn_worker, test_im
         (("submit", "-d", "--output", "/o", "--output-dir", "d", test_image, "true"), 125,
          "dockrq: invalid request: --output-dir: needs an attached submit (without -d); use dockrq cp ID:PATH DEST later\n"),
         (("submit", "--output", "o", test_image, "true"), 125,
-         "dockrq: invalid request: outputs.0: must be an absolute container path\n"),
+         "dockrq: invalid request: outputs: must be an absolute container path: 'o'\n"),
     ):
         got = dockrq(redis_url, spawn_worker, *args, cwd=tmp_path)
         assert (got.returncode, got.stderr) == (code, message), args

@@ -105,7 +105,7 @@ def test_output_dir_never_replaces_a_file_by_a_directory(spawn_worker, redis_url
                  "mkdir -p /work/out /work/more && echo x > /work/out/f && echo y > /work/more/g")
     assert got.returncode == 125, got.stderr
     assert got.stderr.splitlines() == [
-        f"dockrq: skipped 'work/out': a directory, and {results}/work/out is a file: not replaced (nothing under it copied)",
+        f"dockrq: skipped '{results}/work/out': a directory, and a file is there: not replaced (nothing under it copied)",
         f"dockrq: 1 output entries not written to {results}",
     ]
     assert state(results) == {"work": "dir", "work/more": "dir", "work/more/g": b"y\n", "work/out": b"precious"}
@@ -116,7 +116,7 @@ def test_cp_of_skipped_entries_exits_1_and_says_each_quoted(producer, spawn_work
     got = dockrq(redis_url, spawn_worker, "cp", f"{ended}:/work/out/l\\xe9", "x", cwd=here)
     assert got.returncode == 1
     assert got.stderr.splitlines() == [
-        "dockrq: skipped 'work/out/l\\\\xe9': a symlink to '/etc/passwd', outside the destination",
+        "dockrq: skipped 'x': a symlink to '/etc/passwd', outside the destination",  # where it would have gone
         "dockrq: 1 entries skipped; 0 written to x",
     ]
     assert not (here / "x").exists()
@@ -124,7 +124,7 @@ def test_cp_of_skipped_entries_exits_1_and_says_each_quoted(producer, spawn_work
     got = dockrq(redis_url, spawn_worker, "cp", f"{ended}:/work/out/l".encode() + b"\xe9", "y", cwd=here)
     assert got.returncode == 1
     assert got.stderr.splitlines()[0] == (
-        "dockrq: skipped 'work/out/l\\xe9': a symlink to '/etc/passwd', outside the destination")
+        "dockrq: skipped 'y': a symlink to '/etc/passwd', outside the destination")
     listed = [(f.path, f.escaped) for f in producer.wait(ended).result.output_files if "/l" in f.path]
     assert sorted(listed) == [("/work/out/l\\xe9", False), ("/work/out/l\\xe9", True)]  # the flag tells them apart
     # A directory with two skipped links: the rest is written, each skip said, names told apart.
@@ -132,8 +132,8 @@ def test_cp_of_skipped_entries_exits_1_and_says_each_quoted(producer, spawn_work
     assert got.returncode == 1
     assert sorted(got.stderr.splitlines()) == [
         "dockrq: 2 entries skipped; 4 written to copy",
-        "dockrq: skipped 'work/out/l\\\\xe9': a symlink to '/etc/passwd', outside the destination",
-        "dockrq: skipped 'work/out/l\\xe9': a symlink to '/etc/passwd', outside the destination",
+        "dockrq: skipped 'copy/l\\\\xe9': a symlink to '/etc/passwd', outside the destination",
+        "dockrq: skipped 'copy/l\\xe9': a symlink to '/etc/passwd', outside the destination",
     ]
     assert state(here / "copy") == {"a.txt": b"a\n", "sub": "dir", "sub/b.txt": b"b\n"}
     got = dockrq(redis_url, spawn_worker, "--json", "cp", f"{ended}:/work/out", "json", cwd=here)
@@ -192,7 +192,7 @@ def test_a_name_too_long_here_is_skipped_and_the_copy_goes_on(producer, spawn_wo
     got = dockrq(redis_url, spawn_worker, "cp", f"{eid}:/out", "dest", cwd=here)
     assert got.returncode == 1
     assert got.stderr.splitlines() == [
-        f"dockrq: skipped 'out/{long[:196]}'...: not written: File name too long",
+        f"dockrq: skipped 'dest/{long[:195]}'...: not written: File name too long",
         "dockrq: 1 entries skipped; 2 written to dest",
     ]
     assert state(here / "dest") == {"z": b"z"}
@@ -204,7 +204,7 @@ def test_a_name_too_long_here_is_skipped_and_the_copy_goes_on(producer, spawn_wo
     got = dockrq(redis_url, spawn_worker, "cp", f"{bad}:/out", "dest2", cwd=here)
     assert got.returncode == 1
     assert got.stderr.splitlines() == [
-        f"dockrq: skipped 'out/{long[:196]}'...: not written: File name too long",
+        f"dockrq: skipped 'dest2/{long[:194]}'...: not written: File name too long",
         "dockrq: the archive holds more entries than the 2 announced; stopped",
     ]
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from producer import ArchiveRefused
+from producer import ArchiveRefused, parse_request
 from producer.cli import cli
 from schemas import WRITE_OUTCOME_LUA, ExecutionResult, ExecutionStatus, Outcome, OutputFile
 
@@ -66,7 +66,10 @@ def test_hostile_input_archives_are_rejected_before_the_container_starts(
         if archive is not None:
             redis_client.set(f"{worker.prefix}:exec:{eid}:inputs", archive, ex=600)
         inputs = {"paths": ["/data/in"], "entries": 10, "bytes": 10, "archive_bytes": len(archive or b"x" * 10240), **spec}
-        producer.submit({"execution_id": eid, "engine": {"image": test_image, "cmd": ["sh", "-c", script]}, "inputs": inputs})
+        # A manifest written as another language's scheduler would (Producer.submit refuses one
+        # given inside the request: it writes it only from inputs=), enqueued by the same writes.
+        request = parse_request({"execution_id": eid, "engine": {"image": test_image, "cmd": ["sh", "-c", script]}, "inputs": inputs})
+        producer._run(producer._prepare_submit(request, queue=None, at=None, delay=None, at_front=False))
         cases[eid] = name
 
     for name, members in HOSTILE_INPUTS.items():

@@ -221,7 +221,7 @@ def test_wait_timeout_exit_code(fake_producer):
     run("submit", "-d", "--id", "w2", "busybox")
     result = run("wait", "--timeout", "0.2", "w2")
     assert result.exit_code == 75
-    assert result.stderr == "dockrq: execution w2 still running after 0.2s\n"
+    assert result.stderr == "dockrq: execution w2 still queued after 0.2s\n"  # its real state
 
 
 def test_unknown_id_is_one_line_and_non_zero(fake_producer):

@@ -16,21 +16,21 @@ are collected, and what is left out and flagged, is ``collect.py``'s.
 from __future__ import annotations
 
 import logging
-import tarfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from typing import Any, BinaryIO
 
 from docker.errors import APIError
 
-from schemas import ChunkReader, ExecutionRequest
+from schemas import ExecutionRequest
 from schemas.placement import input_extraction_dir
 
-from .archive import TAR_ERRORS, InputArchive, InputsRejected, member_data
+from .archive import InputArchive, InputsRejected
 from .client import DockerClient
-from .collect import READ_CHUNK, Collector, OutputSink, archive_stream
+from .collect import Collector, OutputSink, archive_stream
 from .errors import DAEMON_ERRORS, DaemonError, StartError
 from .refusals import explain_put_refusal
+from .userdb import container_user
 
 log = logging.getLogger(__name__)
 
@@ -39,9 +39,6 @@ class InputsUnavailable(StartError):
     """The input archive could not be read from where it is kept: the execution ends ``error``."""
 
     code = "inputs_unavailable"
-
-
-USER_DB_MAX_BYTES = 1024 * 1024
 
 
 @dataclass
@@ -63,14 +60,17 @@ class ExecutionFiles:
     def put_inputs(self, client: DockerClient, container_id: str, request: ExecutionRequest) -> None:
         """Stream the checked input archive into the created container, owned by its user.
 
-        Raises InputsRejected (archive missing or breaking a rule: see
+        Raises UserNotFound (the user or group is in neither the image's nor an input's
+        /etc/passwd, /etc/group: ``userdb.container_user``), InputsRejected (archive missing or breaking a rule: see
         ``archive.InputArchive``), InputsUnavailable (its store failed) or DaemonError.
         """
         if request.inputs is None:
             return
         if self.open_inputs is None:
             raise InputsRejected("inputs: the request announces inputs but no input archive was given")
-        uid, gid = container_user(client, container_id)
+        # who owns them: the user resolved against the /etc/passwd and /etc/group the container
+        # will have at start, an input's over the image's; an unknown name is user_not_found (userdb.py)
+        uid, gid = container_user(client, container_id, request.inputs, self.open_inputs)
         # Docker checks the extraction directory, not the entries: a read-only container takes
         # inputs only put *at* a writable bind mount (schemas/placement.py), one PUT per mount.
         groups: dict[str, list[str]] = {}
@@ -159,56 +159,6 @@ class ExecutionFiles:
             "outputs_archive_bytes": archive_bytes,
             **applied,
         }
-
-
-def container_user(client: DockerClient, container_id: str) -> tuple[int, int]:
-    """The uid and gid the container's processes run as: its ``Config.User`` (the
-    request's user or the image's ``USER``), names looked up in the container's own
-    ``/etc/passwd`` and ``/etc/group``. Unknown names give root (the start then fails
-    as Docker's would)."""
-    user = (client.inspect(container_id).get("Config") or {}).get("User") or ""
-    name, _, group = user.partition(":")
-    uid = gid = 0
-    if name:
-        uid = int(name) if name.isdigit() else 0
-        entry = _lookup(client, container_id, "/etc/passwd", name, column=2 if name.isdigit() else 0, ids=2)
-        if entry is not None:
-            uid, gid = int(entry[2]), int(entry[3])
-    if group:
-        if group.isdigit():
-            gid = int(group)
-        else:
-            entry = _lookup(client, container_id, "/etc/group", group, column=0, ids=1)
-            if entry is not None:
-                gid = int(entry[2])
-    return uid, gid
-
-
-def _lookup(client: DockerClient, container_id: str, db: str, key: str, *, column: int, ids: int) -> list[str] | None:
-    """The line of ``db`` (split on ':') whose ``column`` is ``key`` and whose ``ids``
-    numeric fields from the third on are numbers, read from the container's filesystem."""
-    try:
-        response = archive_stream(client, container_id, db)
-    except DAEMON_ERRORS as exc:
-        log.warning("reading %s from the container failed: %s", db, exc)
-        return None
-    if response is None:
-        return None
-    try:
-        with tarfile.open(fileobj=ChunkReader(response.iter_content(READ_CHUNK)), mode="r|") as tar:
-            member = tar.next()
-            if member is None or not member.isreg() or member.size > USER_DB_MAX_BYTES:
-                return None
-            text = b"".join(member_data(tar, member)).decode("utf-8", "replace")
-    except TAR_ERRORS:
-        return None
-    finally:
-        response.close()
-    for line in text.splitlines():
-        fields = line.split(":")
-        if len(fields) >= 2 + ids + 1 and fields[column] == key and all(f.isdigit() for f in fields[2 : 2 + ids]):
-            return fields
-    return None
 
 
 __all__ = ["ExecutionFiles", "InputsRejected", "InputsUnavailable", "OutputSink", "archive_stream", "container_user"]

@@ -1,0 +1,52 @@
+"""``dockrq cp`` with the container path forms ``docker cp`` takes, on a real worker, Redis and
+dockerd: relative to ``/``, a trailing ``/`` for a directory, ``--output /o/`` collected as ``/o``;
+malformed ones are usage errors (125, one line)."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import uuid
+from pathlib import Path
+
+import pytest
+
+from schemas import ExecutionStatus
+
+pytestmark = pytest.mark.integration
+
+
+def dockrq(redis_url, worker, *args, cwd=None, text=True):
+    entry = Path(sys.executable).with_name("dockrq")
+    base = [str(entry)] if entry.exists() else [sys.executable, "-m", "producer.cli"]
+    return subprocess.run(
+        [*base, "--redis-url", redis_url, "--queue", worker.queue, "--prefix", worker.prefix, *args],
+        capture_output=True, text=text, timeout=120, cwd=cwd,
+    )
+
+
+def state(root: Path) -> dict[str, bytes]:
+    return {p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()}
+
+
+def test_cp_accepts_docker_cp_path_forms(producer, spawn_worker, redis_url, test_image, tmp_path):
+    spawn_worker()
+    eid = f"forms-{uuid.uuid4().hex[:8]}"
+    got = dockrq(redis_url, spawn_worker, "submit", "--id", eid, "--output", "/work/out/", test_image, "sh", "-c",
+                 "mkdir -p /work/out && echo a > /work/out/a.txt")
+    assert got.returncode == 0, got.stderr
+    outcome = producer.wait(eid, timeout=10)
+    assert outcome.status is ExecutionStatus.SUCCEEDED
+    assert [f.path for f in outcome.result.output_files] == ["/work/out", "/work/out/a.txt"]
+    for n, source in enumerate(("work/out", "/work/out/", "work//./out/")):
+        got = dockrq(redis_url, spawn_worker, "cp", f"{eid}:{source}", f"o{n}", cwd=tmp_path)
+        assert (got.returncode, got.stderr) == (0, ""), source
+        assert state(tmp_path / f"o{n}") == {"a.txt": b"a\n"}, source
+    got = dockrq(redis_url, spawn_worker, "cp", f"{eid}:work/out/a.txt", "-", text=False)
+    assert got.returncode == 0 and got.stdout  # the tar stream of the file
+    got = dockrq(redis_url, spawn_worker, "cp", f"{eid}:/work/out/a.txt/", "f", cwd=tmp_path)
+    assert (got.returncode, got.stderr) == (1, "dockrq: '/work/out/a.txt/': not a directory (a trailing '/' names one)\n")
+    for source in ("/work/../out", "/work/out/.", "/a:b"):
+        got = dockrq(redis_url, spawn_worker, "cp", f"{eid}:{source}", "x", cwd=tmp_path)
+        assert got.returncode == 125 and len(got.stderr.splitlines()) == 1, (source, got.stderr)
+    assert not (tmp_path / "x").exists() and not (tmp_path / "f").exists()
