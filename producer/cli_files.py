@@ -24,7 +24,7 @@ from .cli import EXIT_DOCKRQ_FAILED, EXIT_ERROR, Settings, cli, fail, json_optio
 from .client import Producer
 from .errors import InvalidRequest, ProducerError
 from .extract import ArchiveRefused, ExtractReport
-from .copy_dest import truncation_reason
+from .copy_dest import skipped_reason, truncation_reason
 from .cp_paths import given_path
 from .files import FollowLink
 from .params import COPY_SOURCE
@@ -121,6 +121,8 @@ def report_outputs(producer: Producer, outcome: Outcome, options: FileOptions, a
     quiet = as_json
     for path in result.outputs_missing:
         _warn(f"output {path} did not exist in the container", quiet)
+    for entry in result.outputs_skipped:
+        _warn(f"output {quoted_name(entry.path[:200])} left out: {skipped_reason(entry)}", quiet)
     if result.outputs_truncated:
         _warn(f"output files were left out: {truncation_reason(result)}", quiet)
     if options.output_dir is None:
@@ -147,6 +149,8 @@ def describe_outputs(result: Any) -> str:
         text += f", some left out ({truncation_reason(result)})"
     if result.outputs_missing:
         text += f"; missing: {', '.join(result.outputs_missing)}"
+    if result.outputs_skipped:
+        text += f"; not collectable: {', '.join(quoted_name(e.path[:200]) for e in result.outputs_skipped)}"
     return text
 
 

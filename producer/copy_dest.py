@@ -31,6 +31,8 @@ from pathlib import Path
 from typing import Any
 
 from schemas import MAX_OUTPUT_ENTRIES, Outcome, check_container_path, entry_name
+from schemas.engine import format_size
+from schemas.files import MAX_OUTPUT_PATH_BYTES
 from schemas.text import quoted_name, shown_path, unescaped_name
 
 from .errors import CopyRefused
@@ -104,7 +106,7 @@ def collected_kind(outcome: Outcome, container_path: str) -> bool:
     if container_path == "/":
         return True
     try:
-        check_container_path(container_path)
+        check_container_path(container_path, MAX_OUTPUT_PATH_BYTES)
     except ValueError as exc:
         raise OutputsUnavailable(f"{quoted_name(container_path[:200])}: {exc}") from None
     # Listed names the container made that are not UTF-8 are escaped (OutputFile.escaped): compared
@@ -114,6 +116,9 @@ def collected_kind(outcome: Outcome, container_path: str) -> bool:
     if not below:
         if container_path in result.outputs_missing:
             raise OutputsUnavailable(f"{container_path} did not exist in the container of {outcome.execution_id}")
+        for entry in getattr(result, "outputs_skipped", None) or []:
+            if not entry.escaped and entry.path == container_path:
+                raise OutputsUnavailable(f"{container_path} was not collected: {skipped_reason(entry)}")
         why = f" (left out: {truncation_reason(result)})" if result.outputs_truncated else ""
         raise OutputsUnavailable(f"{container_path} is not among the output files of {outcome.execution_id}{why}")
     return any(f.type == "dir" or raw != container_path for raw, f in below)
@@ -152,13 +157,37 @@ def copy_selection(
 
 
 def truncation_reason(result: Any) -> str:
-    """Which limit left output files out (``result.outputs_truncated_by``), as words for a message."""
+    """Why output files were left out (``result.outputs_truncated_by``), as words for a message;
+    the limit named with the value the worker applied (``output_files_limit_bytes``) and, when
+    the worker's DOCKRQ_MAX_OUTPUT_FILES_BYTES lowered the request's, saying so."""
     reasons = getattr(result, "outputs_truncated_by", None) or []
     words = {
         "entries": f"over the {MAX_OUTPUT_ENTRIES} entries kept per execution",
-        "bytes": "over the output files limit (output_files_limit_bytes)",
+        "bytes": _limit_words(result),
+        "read_limit": "more than 256 MiB of files over the limit were read past, so the rest of that output "
+                      "path was left unread (ask for its other files as --output paths of their own)",
+        "unsupported": "entries dockrq cannot store (a path over 4096 bytes, or not a plain path)",
+        "special": "devices, fifos, sockets or runtime paths (/dev, /proc, /sys), which are never collected",
         "error": "collecting them failed",
     }
     if not reasons:
         return "over the output files limit"
     return "; ".join(words.get(r, r) for r in reasons)
+
+
+def _limit_words(result: Any) -> str:
+    limit = getattr(result, "output_files_limit_bytes", None)
+    if limit is None:  # a worker from before the field
+        return "over the output files limit (output_files_limit_bytes)"
+    if getattr(result, "output_files_limit_capped", False):
+        return (f"over the output files limit of {format_size(limit)} set by the worker's policy "
+                "(DOCKRQ_MAX_OUTPUT_FILES_BYTES), lower than the request's output_files_limit_bytes")
+    return f"over the output files limit of {format_size(limit)} (output_files_limit_bytes)"
+
+
+def skipped_reason(entry: Any) -> str:
+    """Why one existing output entry (``result.outputs_skipped``) was not collected, as words."""
+    if entry.reason == "special":
+        what = "a runtime path, there only while the container ran" if entry.type == "runtime" else f"a {entry.type}"
+        return f"{what}: not collected"
+    return "a path dockrq cannot store (over 4096 bytes, or not a plain path): not collected"

@@ -25,15 +25,19 @@ from __future__ import annotations
 import posixpath
 
 from schemas import check_container_path
+from schemas.files import MAX_OUTPUT_PATH_BYTES, MAX_PATH_BYTES
 from schemas.text import quoted_name
 
 
-def container_path(value: str, *, relative_to_root: bool, root_ok: bool = False) -> tuple[str, bool]:
+def container_path(
+    value: str, *, relative_to_root: bool, root_ok: bool = False, max_bytes: int = MAX_PATH_BYTES
+) -> tuple[str, bool]:
     """``value`` normalised (module doc) and whether it asserted a directory (a trailing ``/``).
 
     ``relative_to_root``: a relative path is taken from ``/`` (``dockrq cp``); else refused.
     ``root_ok``: ``/`` itself is allowed (cp: all the outputs). Raises ValueError with a
-    one-line reason."""
+    one-line reason. ``max_bytes``: the length bound (a request's paths: 1 KiB; a collected
+    output's, for cp: Linux's PATH_MAX, 4096)."""
     if not isinstance(value, str) or not value:
         raise ValueError("the container path is empty")
     if "\x00" in value or ":" in value:
@@ -55,14 +59,14 @@ def container_path(value: str, *, relative_to_root: bool, root_ok: bool = False)
         if not root_ok:
             raise ValueError("must name a path below '/', not the whole filesystem")
         return clean, True
-    check_container_path(clean)  # the length bound
+    check_container_path(clean, max_bytes)  # the length bound
     return clean, asserts_dir
 
 
 def cp_source(value: str) -> tuple[str, bool]:
     """``dockrq cp``'s ``PATH`` (relative to ``/``; ``/`` for all the outputs): the normalised
     path and whether a trailing ``/`` asserted a directory. ValueError for a malformed one."""
-    return container_path(value, relative_to_root=True, root_ok=True)
+    return container_path(value, relative_to_root=True, root_ok=True, max_bytes=MAX_OUTPUT_PATH_BYTES)
 
 
 def given_path(value: str) -> str:

@@ -29,7 +29,9 @@ _FROM_RQ = {
     JobStatus.READY_TO_ENQUEUE: ExecutionState.QUEUED,
     JobStatus.RATE_LIMITED: ExecutionState.QUEUED,
     JobStatus.SCHEDULED: ExecutionState.SCHEDULED,
-    JobStatus.STARTED: ExecutionState.RUNNING,
+    # A worker took it; until it says otherwise (meta ``status``: pulling, then running once
+    # the container started) it is preparing: never "running" before a container runs.
+    JobStatus.STARTED: ExecutionState.PULLING,
     JobStatus.CANCELED: ExecutionState.CANCELLED,
     # The job function returned or died without an outcome on record: the worker
     # (or its reaper) owes one, and "lost" is what the reaper will write.

@@ -37,6 +37,7 @@ from .files import (
     ContainerPath,
     InputsSpec,
     OutputFile,
+    OutputSkipped,
     drop_default_file_fields,
     overlapping,
 )
@@ -302,11 +303,21 @@ class ExecutionResult(BaseModel):
     output_files: list[OutputFile] = Field(default_factory=list)
     outputs_missing: list[str] = Field(default_factory=list)
     outputs_truncated: bool = False
-    # Why (when outputs_truncated): "entries" (MAX_OUTPUT_ENTRIES, 10 000, reached), "bytes"
-    # (output_files_limit_bytes reached), "error" (collecting failed: nothing kept). Empty from
-    # workers before this field; in the order they happened, each once.
-    outputs_truncated_by: list[Literal["entries", "bytes", "error"]] = Field(default_factory=list)
+    # Why (when outputs_truncated): schemas.files.TRUNCATION_REASONS: "entries" (MAX_OUTPUT_ENTRIES,
+    # 10 000, reached), "bytes" (output_files_limit_bytes reached), "read_limit" (256 MiB of files
+    # over the limit read past: the rest of that path left unread), "unsupported" (a path over 4096
+    # bytes or not plain), "special" (a device, fifo or socket), "error" (collecting failed: nothing
+    # kept). Empty from workers before this field; in the order they happened, each once. Strings,
+    # so a reason added later does not break a reader.
+    outputs_truncated_by: list[str] = Field(default_factory=list)
+    # Entries left out for what they are ("special", "unsupported"), the first 100.
+    outputs_skipped: list[OutputSkipped] = Field(default_factory=list)
     outputs_archive_bytes: int | None = None
+    # The output files limit the worker applied (the request's output_files_limit_bytes, or the
+    # worker's DOCKRQ_MAX_OUTPUT_FILES_BYTES when lower: then output_files_limit_capped). None:
+    # no outputs, or a worker from before these fields.
+    output_files_limit_bytes: int | None = None
+    output_files_limit_capped: bool = False
 
     @property
     def duration_seconds(self) -> float | None:

@@ -37,7 +37,22 @@ MAX_OUTPUT_FILES_LIMIT = 1024 * MiB
 MAX_INPUT_ENTRIES = 10_000  # entries of one input archive
 MAX_OUTPUT_ENTRIES = 10_000  # entries collected (and listed in the result) per execution
 MAX_FILE_PATHS = 64  # container paths per request, inputs and outputs each
-MAX_PATH_BYTES = 1024  # a container path, an entry name or a symlink target
+MAX_PATH_BYTES = 1024  # a container path of a request, an input entry name or symlink target
+# An output entry's container path (with its leading '/'), as long as Linux lets a path be
+# (PATH_MAX, 4096 bytes with its NUL): deeper entries are left out and flagged "unsupported".
+MAX_OUTPUT_PATH_BYTES = 4096
+# Entries left out for what they are (OutputSkipped), listed per execution; more are only counted
+# in ``outputs_truncated_by``.
+MAX_OUTPUTS_SKIPPED_LISTED = 100
+# Why output entries were left out (ExecutionResult.outputs_truncated_by), each once, in order:
+TRUNCATION_REASONS = {
+    "entries": "MAX_OUTPUT_ENTRIES (10 000) entries were kept",
+    "bytes": "a file did not fit in the output files limit (output_files_limit_bytes)",
+    "read_limit": "256 MiB of files over the limit were read past: the rest of that path was left unread",
+    "unsupported": "an entry dockrq cannot store (a path over 4096 bytes, a name that is not a plain path)",
+    "special": "a device, fifo or socket (never collected)",
+    "error": "collecting failed: nothing kept",
+}
 # Per entry, an archive may add this much to its file contents (header, padding, a pax
 # header for a long name), plus the end-of-archive blocks and tarfile's record padding.
 ENTRY_FRAMING_BYTES = 3 * 1024
@@ -62,15 +77,16 @@ def archive_chunks(client: Any, key: str, size: int, chunk: int = ARCHIVE_CHUNK_
         yield data
 
 
-def check_container_path(value: str) -> str:
+def check_container_path(value: str, max_bytes: int = MAX_PATH_BYTES) -> str:
     """An absolute, normalised container path other than ``/``: ``/data/in``, not
-    ``data``, ``/data/``, ``/a/../b``, ``/a//b`` or ``/``. Raises ValueError."""
+    ``data``, ``/data/``, ``/a/../b``, ``/a//b`` or ``/``, of at most ``max_bytes`` bytes
+    (a request's paths: MAX_PATH_BYTES; a collected output's: MAX_OUTPUT_PATH_BYTES). Raises ValueError."""
     if not isinstance(value, str) or not value.startswith("/"):
         raise ValueError("must be an absolute container path")
     if "\x00" in value or ":" in value:
         raise ValueError("must not contain NUL or ':'")
-    if len(value.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
-        raise ValueError(f"must be at most {MAX_PATH_BYTES} bytes")
+    if len(value.encode("utf-8", "surrogateescape")) > max_bytes:
+        raise ValueError(f"must be at most {max_bytes} bytes")
     if value == "/":
         raise ValueError("must name a path below '/', not the whole filesystem")
     if posixpath.normpath(value) != value or value.startswith("//") or any(p in (".", "..") for p in value.split("/")):
@@ -156,6 +172,30 @@ class OutputFile(BaseModel):
             if any(isinstance(n, str) and utf8_problem(n) for n in names):
                 escape = {k: escaped_name(data[k]) for k in ("path", "link") if isinstance(data.get(k), str)}
                 data = {**data, **escape, "escaped": True}
+        return data
+
+
+class OutputSkipped(BaseModel):
+    """An existing output entry that was not collected for what it is (not for a limit): its
+    container path, its ``type`` as the archive said (``"device"``, ``"fifo"``, ``"socket"``,
+    ``"file"``, ``"dir"``, ``"symlink"``, ``"hardlink"``) and ``reason``, one of
+    ``outputs_truncated_by``'s: ``"special"`` (devices, fifos, sockets are never collected) or
+    ``"unsupported"`` (a path over MAX_OUTPUT_PATH_BYTES, or not a plain path). ``path`` is
+    escaped as OutputFile's is (``escaped``)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    path: str
+    type: str
+    reason: str
+    escaped: bool = False
+
+    @model_validator(mode="before")
+    @classmethod
+    def _storable(cls, data: Any) -> Any:
+        if isinstance(data, dict) and not data.get("escaped") and isinstance(data.get("path"), str):
+            if utf8_problem(data["path"]):
+                data = {**data, "path": escaped_name(data["path"]), "escaped": True}
         return data
 
 

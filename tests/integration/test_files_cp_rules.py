@@ -228,7 +228,7 @@ def test_which_limit_left_outputs_out_is_said(producer, spawn_worker, redis_url,
                  "sh", "-c", "mkdir /out && echo more-than-ten-bytes > /out/f")
     assert got.returncode == 0
     assert got.stderr.splitlines()[0] == (
-        "dockrq: output files were left out: over the output files limit (output_files_limit_bytes)")
+        "dockrq: output files were left out: over the output files limit of 10 (output_files_limit_bytes)")
 
 
 def test_inputs_that_are_symlinks_go_in_as_symlinks_unless_followed(producer, spawn_worker, redis_url, redis_client,

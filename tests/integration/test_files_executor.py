@@ -82,5 +82,6 @@ def test_outputs_of_a_container_that_is_gone_are_not_called_missing(executor, te
     request = ExecutionRequest.model_validate({"engine": {"image": test_image}, "outputs": ["/out"]})
     fields = ExecutionFiles(outputs=sink).collect_outputs(executor.client, container.id, request)
     assert fields == {"output_files": [], "outputs_missing": [], "outputs_truncated": True,
-                      "outputs_truncated_by": ["error"], "outputs_archive_bytes": None}
+                      "outputs_truncated_by": ["error"], "outputs_skipped": [], "outputs_archive_bytes": None,
+                      "output_files_limit_bytes": 16 * 2**20, "output_files_limit_capped": False}
     assert sink.aborted and not sink.committed

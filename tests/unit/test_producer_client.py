@@ -399,6 +399,19 @@ def test_status_follows_the_worker_meta_then_the_outcome(producer, fake_redis):
     assert view.outcome.exit_code == 1
 
 
+def test_a_taken_execution_is_not_running_before_its_worker_says_so(producer):
+    """rq marks the job started before the worker's first meta write: that is the worker
+    preparing (pulling), not a running container (a test that killed Redis on "running"
+    hit the worker before its container existed)."""
+    producer.submit(_request("st3"))
+    job = _job(producer, "st3")
+    job.set_status(JobStatus.STARTED)
+    assert producer.status("st3").state is ExecutionState.PULLING
+    job.meta.update(status="running")
+    job.save_meta()
+    assert producer.status("st3").state is ExecutionState.RUNNING
+
+
 def test_status_unknown(producer):
     with pytest.raises(ExecutionNotFound):
         producer.status("nobody")

@@ -119,15 +119,20 @@ class RedisArchiveSink:
         self.connection.delete(self.partial)
 
 
-def execution_files(connection: Redis, keys: Keys, request: ExecutionRequest, retention_seconds: int) -> ExecutionFiles | None:
+def execution_files(
+    connection: Redis, keys: Keys, request: ExecutionRequest, retention_seconds: int,
+    requested_output_limit: int | None = None,
+) -> ExecutionFiles | None:
     """What the executor needs to move ``request``'s files through Redis; None when it has none.
+    ``requested_output_limit``: the request's output_files_limit_bytes before the worker's
+    policy capped it (the result then says ``output_files_limit_capped``).
 
     Raises InputsMissing (before anything reaches Docker) when the announced input
     archive is not in Redis or not of the announced size.
     """
     if request.inputs is None and not request.outputs:
         return None
-    files = ExecutionFiles()
+    files = ExecutionFiles(requested_output_limit=requested_output_limit)
     if request.inputs is not None:
         key = keys.inputs(request.execution_id)
         size = int(connection.strlen(key))

@@ -113,6 +113,7 @@ class ExecutionRun:
         self._shipper: LogShipper | None = None
         self._taken_at = pulls.now()  # when this worker took the job: the end of its queued time
         self._stop_timeout: int | None = None  # the request's --stop-timeout: its grace instead of the worker's
+        self._requested_output_limit: int | None = None  # before the policy's cap (the result says if it capped)
 
     # -- entry -----------------------------------------------------------------
 
@@ -139,6 +140,7 @@ class ExecutionRun:
         blocked = dependencies.blocking_outcome(self.channels.connection, self.runtime.keys, self.job, execution_id)
         if blocked is not None:  # a dependency did not succeed (worker.execution.dependencies)
             return self._end(blocked)
+        self._requested_output_limit = request.output_files_limit_bytes
         try:  # the operator's limits (worker.config.policy); fills in the default caps
             request = self.runtime.settings.policy.check(request)
         except RequestRejected as exc:
@@ -189,7 +191,8 @@ class ExecutionRun:
         assert self.channels is not None
         try:  # files in and out through Redis (files.py); a missing input archive is refused here
             files = execution_files(
-                self.channels.connection, self.runtime.keys, request, self.runtime.settings.retention_seconds
+                self.channels.connection, self.runtime.keys, request, self.runtime.settings.retention_seconds,
+                requested_output_limit=self._requested_output_limit,
             )
         except RequestRejected as exc:
             self._started.set()

@@ -70,10 +70,10 @@ def member_data(tar: tarfile.TarFile, member: tarfile.TarInfo, chunk: int = DATA
         yield data
 
 
-def plain_name(name: str) -> str | None:
+def plain_name(name: str, max_bytes: int = MAX_PATH_BYTES) -> str | None:
     """``name`` if it is a plain relative entry name (``a/b``), else None: empty,
-    absolute, NUL, ``.``/``..``/empty components or longer than the path limit."""
-    if not name or name.startswith("/") or "\x00" in name or len(name.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
+    absolute, NUL, ``.``/``..``/empty components or longer than ``max_bytes``."""
+    if not name or name.startswith("/") or "\x00" in name or len(name.encode("utf-8", "surrogateescape")) > max_bytes:
         return None
     if any(part in ("", ".", "..") for part in name.split("/")):
         return None
