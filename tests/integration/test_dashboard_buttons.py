@@ -85,7 +85,14 @@ def make_state(state: str, spawn_worker, producer, redis_client, test_image) -> 
     eid = producer.submit(quick)
     assert producer.wait(eid, timeout=60).status.value == "succeeded"
     if state == "gone":
-        Job.fetch(eid, connection=redis_client, serializer=JSONSerializer).delete()
+        # the outcome comes before rq's success transaction: deleting the job between the two
+        # races rq's own Job.delete (its execution record vanishes under it)
+        job = Job.fetch(eid, connection=redis_client, serializer=JSONSerializer)
+        deadline = time.monotonic() + 30
+        while job.get_status(refresh=True) != "finished":
+            assert time.monotonic() < deadline, "rq never recorded the job finished"
+            time.sleep(0.05)
+        job.delete()
     return eid
 
 
@@ -143,6 +150,13 @@ MALFORMED = [
     ("GET", "/5/data/queues.json", 404, "instance 5"),
     ("POST", "/queue/no-such-queue-{u}/compact", 404, "no-such-queue"),
     ("POST", "/queue/{q}/bogusreg/empty", 404, "bogusreg"),
+    # ids rq refuses (rq.job.validate_job_id raised ValueError: 500 on the page and the buttons)
+    ("GET", "/0/view/job/a%20b", 404, "not an rq job id"),
+    ("GET", "/0/view/job/%c3%a9", 404, "not an rq job id"),
+    ("GET", "/0/data/job/%ff.json", 404, "not an rq job id"),
+    ("POST", "/job/%ff/delete", 404, "not an rq job id"),
+    ("POST", "/job/%ff/cancel", 404, "not an rq job id"),
+    ("POST", "/job/a%20b/requeue", 404, "not an rq job id"),
 ]
 
 

@@ -29,7 +29,7 @@ import redis
 from flask import current_app, jsonify, make_response, request
 from rq import Queue
 from rq.exceptions import InvalidJobOperation, NoSuchJobError
-from rq.job import Job
+from rq.job import Job, validate_job_id
 from rq_dashboard import web
 from werkzeug.exceptions import BadRequest, HTTPException, NotFound
 
@@ -51,11 +51,19 @@ def _instance_count() -> int:
 
 def check_instance() -> None:
     """Blueprint ``before_request``, run before rq-dashboard's ``push_rq_connection``: an
-    instance number in the URL beyond the configured Redis URLs is a 404, not its LookupError."""
-    number = (request.view_args or {}).get("instance_number")
+    instance number in the URL beyond the configured Redis URLs is a 404, not its LookupError;
+    so is a job id rq refuses (``rq.job.validate_job_id``: a ValueError in every job view)."""
+    args = request.view_args or {}
+    number = args.get("instance_number")
     if number is not None and number >= _instance_count():
         count = _instance_count()
         raise NotFound(f"no Redis instance {number}: this dashboard has {count} (0 to {count - 1})")
+    job_id = args.get("job_id")
+    if job_id is not None:
+        try:
+            validate_job_id(job_id)
+        except (TypeError, ValueError):
+            raise NotFound(f"no such job: {job_id!r} is not an rq job id (letters, digits, _ and -)") from None
 
 
 def check_registry(registry_name: str) -> None:
