@@ -20,7 +20,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from typing import Any
 
-from schemas import Outcome
+from schemas import ExecutionStatus, Outcome
 
 from .client import Producer
 from .errors import ExecutionAlreadyFinished
@@ -74,15 +74,23 @@ def outcome_bound(request: dict[str, Any]) -> float:
 def cancel_and_wait(producer: Producer, execution_id: str, bound: float) -> tuple[str, Outcome | None]:
     """Cancel ``execution_id`` and wait up to ``bound`` seconds for its outcome.
 
-    Returns the line to say (``cancelled execution ID`` or, when it had ended already,
-    ``interrupted; ...``) and the outcome, or None when the wait ran out or a second
-    interrupt stopped it."""
+    Returns the line to say and the outcome, or None when the wait ran out or a second
+    interrupt stopped it. The line says what is known: ``cancelled execution ID`` once its
+    outcome says so, ``cancel requested ...`` while it has not ended, ``interrupted; ...``
+    when it had ended (or ended otherwise) before the cancel."""
     try:
         producer.cancel(execution_id)
-        message = f"cancelled execution {execution_id}"
+        message = None
     except ExecutionAlreadyFinished as exc:
         message = f"interrupted; {exc}"
     try:
-        return message, producer.wait(execution_id, timeout=bound)
+        outcome: Outcome | None = producer.wait(execution_id, timeout=bound)
     except (TimeoutError, KeyboardInterrupt):  # Interrupted is a KeyboardInterrupt
-        return message, None
+        outcome = None
+    if message is not None:
+        return message, outcome
+    if outcome is None:
+        return f"cancel requested for execution {execution_id}; it has not ended yet", None
+    if outcome.status is ExecutionStatus.CANCELLED:
+        return f"cancelled execution {execution_id}", outcome
+    return f"interrupted; execution {execution_id} ended {outcome.status.value} before the cancel", outcome

@@ -81,12 +81,20 @@ def wait_several(
                     ids.remove(execution_id)
                 worst = max(worst, ((_RANK_DOCKRQ_FAILED, 0), EXIT_DOCKRQ_FAILED))
     except WaitTimeout as exc:
+        # each id with what it is doing, after the --timeout given (not the slice left of it)
+        states = [f"{i} {not_ended_state(producer, i)}" for i in exc.pending[:_SHOWN_PENDING]]
+        more = f" and {len(exc.pending) - _SHOWN_PENDING} more" if len(exc.pending) > _SHOWN_PENDING else ""
+        after = f" after {timeout:g}s" if timeout is not None else ""
+        message = f"{len(exc.pending)} execution(s) not ended{after}: {', '.join(states)}{more}"
         if as_json:
-            json_error(str(exc), EXIT_WAIT_TIMEOUT, pending=exc.pending)
+            json_error(message, EXIT_WAIT_TIMEOUT, pending=exc.pending)
         else:
-            click.echo(f"dockrq: {exc}", err=True)
+            click.echo(f"dockrq: {message}", err=True)
         worst = max(worst, ((_RANK_WAIT_TIMEOUT, 0), EXIT_WAIT_TIMEOUT))
     return worst[1]
+
+
+_SHOWN_PENDING = 10  # ids named in the timeout line (all are in --json's "pending")
 
 
 def _no_such(execution_id: str, as_json: bool) -> None:

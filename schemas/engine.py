@@ -34,10 +34,18 @@ _SIZE_RE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]?)(i?b?)\s*$", re.IGNORECAS
 _SIZE_UNITS = {"": 1, "k": 1024, "m": 1024**2, "g": 1024**3, "t": 1024**4}
 
 
+def _not_a_size(value: object) -> ValueError:
+    shown = repr(value)[:40]
+    if isinstance(value, str) and value.strip().startswith("-"):
+        return ValueError(f"size must be 0 or more, not {shown}")
+    return ValueError(f"size must be a number of bytes or a string like '256m', not {shown}")
+
+
 def parse_size(value: int | str) -> int:
-    """Bytes from an int or a docker-style size string (``256m``, ``1g``, ``512KiB``)."""
+    """Bytes from an int or a docker-style size string (``256m``, ``1g``, ``512KiB``).
+    ValueError naming the value given otherwise (a negative string: "must be 0 or more")."""
     if isinstance(value, bool):
-        raise ValueError("size must be a number of bytes or a string like '256m'")
+        raise _not_a_size(value)
     if isinstance(value, int):
         return value
     if isinstance(value, float) and value.is_integer():
@@ -46,7 +54,7 @@ def parse_size(value: int | str) -> int:
         m = _SIZE_RE.match(value)
         if m:
             return int(float(m.group(1)) * _SIZE_UNITS[m.group(2).lower()])
-    raise ValueError("size must be a number of bytes or a string like '256m'")
+    raise _not_a_size(value)
 
 
 def format_size(size: int) -> str:

@@ -79,6 +79,10 @@ def test_wait_several_json_names_the_ids_that_timed_out(fake_producer):
     lines = [json.loads(line) for line in result.stdout.splitlines()]
     assert lines[0]["execution_id"] == "w-done"
     assert lines[-1]["exit_code"] == 75 and lines[-1]["pending"] == ["w-slow", "w-slower"]
+    # the --timeout as given (not the slice left of it when the last wait began), each id's state
+    assert lines[-1]["error"] == "2 execution(s) not ended after 0.3s: w-slow queued, w-slower queued"
+    plain = run("wait", "--timeout", "0.3", "w-done", "w-slow")
+    assert plain.stderr == "dockrq: 1 execution(s) not ended after 0.3s: w-slow queued\n"
     single = run("--json", "wait", "--timeout", "0.1", "w-slow")
     assert single.exit_code == 75 and json.loads(single.stdout)["pending"] == ["w-slow"]
 

@@ -664,3 +664,12 @@ def test_any_json_validates_or_raises_validation_error(data):
     if req.resources.memory is not None:
         assert req.resources.memory >= 6 * MiB
     assert ExecutionRequest.model_validate_json(req.model_dump_json()) == req
+
+
+@pytest.mark.parametrize(
+    ("value", "words"),
+    [("-1", "must be 0 or more, not '-1'"), (" -5m", "must be 0 or more"), ("lots", "not 'lots'"), (True, "not True")],
+)
+def test_a_bad_size_names_the_value_and_what_is_wrong(value, words):
+    with pytest.raises(ValueError, match=re.escape(words)):
+        parse_size(value)
