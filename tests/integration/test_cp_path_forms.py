@@ -4,8 +4,6 @@ malformed ones are usage errors (125, one line)."""
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
 from pathlib import Path
 
@@ -13,16 +11,9 @@ import pytest
 
 from schemas import ExecutionStatus
 
+from dockrq_cli import dockrq
+
 pytestmark = pytest.mark.integration
-
-
-def dockrq(redis_url, worker, *args, cwd=None, text=True):
-    entry = Path(sys.executable).with_name("dockrq")
-    base = [str(entry)] if entry.exists() else [sys.executable, "-m", "producer.cli"]
-    return subprocess.run(
-        [*base, "--redis-url", redis_url, "--queue", worker.queue, "--prefix", worker.prefix, *args],
-        capture_output=True, text=text, timeout=120, cwd=cwd,
-    )
 
 
 def state(root: Path) -> dict[str, bytes]:

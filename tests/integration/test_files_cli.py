@@ -4,23 +4,13 @@ and ``dockrq cp`` as subprocesses against a real dockrq-worker, Redis and docker
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
+from dockrq_cli import dockrq
+
 pytestmark = pytest.mark.integration
-
-
-def dockrq(redis_url, worker, *args, cwd=None, env=None):
-    entry = Path(sys.executable).with_name("dockrq")
-    base = [str(entry)] if entry.exists() else [sys.executable, "-m", "producer.cli"]
-    return subprocess.run(
-        [*base, "--redis-url", redis_url, "--queue", worker.queue, "--prefix", worker.prefix, *args],
-        capture_output=True, text=True, timeout=120, cwd=cwd, env=env,
-    )
 
 
 def test_submit_with_inputs_and_outputs_then_cp(redis_url, spawn_worker, test_image, tmp_path):

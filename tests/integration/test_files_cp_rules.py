@@ -8,8 +8,6 @@ from __future__ import annotations
 import io
 import json
 import os
-import subprocess
-import sys
 import tarfile
 import uuid
 from pathlib import Path
@@ -19,21 +17,14 @@ import pytest
 from producer import CopyRefused, FollowLink
 from schemas import WRITE_OUTCOME_LUA, ExecutionResult, ExecutionStatus, Outcome, OutputFile
 
+from dockrq_cli import dockrq
+
 pytestmark = pytest.mark.integration
 
 MAKE_OUT = (
     "mkdir -p /work/out/sub && echo a > /work/out/a.txt && echo b > /work/out/sub/b.txt "
     "&& ln -s /etc/passwd \"/work/out/l$(printf '\\351')\" && ln -s /etc/passwd '/work/out/l\\xe9' && echo ran"
 )
-
-
-def dockrq(redis_url, worker, *args, cwd=None, text=True):
-    entry = Path(sys.executable).with_name("dockrq")
-    base = [str(entry)] if entry.exists() else [sys.executable, "-m", "producer.cli"]
-    return subprocess.run(
-        [*base, "--redis-url", redis_url, "--queue", worker.queue, "--prefix", worker.prefix, *args],
-        capture_output=True, text=text, timeout=120, cwd=cwd,
-    )
 
 
 def state(root: Path) -> dict[str, object]:

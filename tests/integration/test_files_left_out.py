@@ -8,12 +8,13 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
-from pathlib import Path
 
 import pytest
 
 from producer import OutputsUnavailable
 from schemas import ExecutionStatus, OutputSkipped
+
+from dockrq_cli import dockrq
 
 pytestmark = pytest.mark.integration
 
@@ -23,15 +24,6 @@ SEGMENT = "0" * 199 + "1"  # printf "%0200d" 1
 def req(image, name, script, **fields):
     eid = f"{name}-{uuid.uuid4().hex[:8]}"
     return {"execution_id": eid, "engine": {"image": image, "cmd": ["sh", "-c", script]}, **fields}
-
-
-def dockrq(redis_url, worker, *args):
-    entry = Path(sys.executable).with_name("dockrq")
-    base = [str(entry)] if entry.exists() else [sys.executable, "-m", "producer.cli"]
-    return subprocess.run(
-        [*base, "--redis-url", redis_url, "--queue", worker.queue, "--prefix", worker.prefix, *args],
-        capture_output=True, text=True, timeout=120,
-    )
 
 
 def test_paths_longer_than_1024_bytes_are_collected_listed_and_copied(

@@ -5,10 +5,7 @@ inputs into a writable bind mount) runs; the daemon's put-archive refusals end w
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import uuid
-from pathlib import Path
 
 import pytest
 import redis
@@ -18,21 +15,14 @@ from rq.serializers import JSONSerializer
 from producer import InvalidRequest
 from schemas import JOB_FUNCTION, ExecutionStatus
 
+from dockrq_cli import dockrq
+
 pytestmark = pytest.mark.integration
 
 
 def req(image, name, script, **fields):
     eid = f"{name}-{uuid.uuid4().hex[:8]}"
     return {"execution_id": eid, "engine": {"image": image, "cmd": ["sh", "-c", script]}, **fields}
-
-
-def dockrq(redis_url, worker, *args):
-    entry = Path(sys.executable).with_name("dockrq")
-    base = [str(entry)] if entry.exists() else [sys.executable, "-m", "producer.cli"]
-    return subprocess.run(
-        [*base, "--redis-url", redis_url, "--queue", worker.queue, "--prefix", worker.prefix, *args],
-        capture_output=True, text=True, timeout=60,
-    )
 
 
 def test_cli_refuses_inputs_and_outputs_under_a_tmpfs_before_writing(redis_url, spawn_worker, test_image, tmp_path):
