@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import threading
+
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
@@ -48,6 +50,40 @@ def test_stop_requests_answers():
     failed = StopRequests()
     failed.send(lambda: None)
     assert failed.ended_it(5) is None
+
+
+def test_ended_it_waits_for_a_stop_whose_thread_has_not_begun(monkeypatch):
+    """A loaded machine starts the stop's thread late; the supervisor asking meanwhile must wait
+    for the answer, not fail (it ended a late cancel of a succeeded container as error)."""
+    import worker.executor.classify as classify_module
+    from worker.executor.threads import ThreadReuse
+
+    monkeypatch.setattr(classify_module, "REUSE", ThreadReuse(), raising=False)  # no idle thread to reuse
+    real_start, late = threading.Thread.start, []
+
+    def late_start(thread):
+        if thread.name != "dockrq-stop":
+            return real_start(thread)
+        late.append(thread)  # begun below, once ended_it waits
+
+    monkeypatch.setattr(threading.Thread, "start", late_start)
+    stops = StopRequests()
+    stops.send(lambda: False)
+    answer: dict[str, object] = {}
+
+    def ask() -> None:
+        try:
+            answer["ended_it"] = stops.ended_it(5)
+        except BaseException as exc:  # noqa: BLE001 - recorded for the assert
+            answer["ended_it"] = exc
+
+    asking = threading.Thread(target=ask, name="asking")
+    asking.start()
+    asking.join(0.2)
+    assert asking.is_alive() and late, "ended_it answered before the stop ran"
+    real_start(late[0])
+    asking.join(5)
+    assert answer == {"ended_it": False}
 
 
 def test_result_without_oom_kills_reads_as_zero():

@@ -26,6 +26,8 @@ from dataclasses import dataclass
 
 from schemas import ExecutionStatus
 
+from .threads import REUSE, Ran
+
 SIGKILL_EXIT = 128 + 9
 
 
@@ -68,36 +70,42 @@ def classify(ending: Ending) -> Verdict:
 
 
 class StopRequests:
-    """The stop requests sent for one container, each in its own thread (a cancel returns
-    at once), and what the daemon answered: did the stop end the container?"""
+    """The stop requests sent for one container, each on its own thread (a cancel returns
+    at once), and what the daemon answered: did the stop end the container?
+
+    The threads are ``worker.executor.threads.REUSE``'s: what ``send`` keeps is a handle
+    whose ``join`` waits on an event, so ``ended_it`` may wait for a stop whose thread
+    has not begun yet (a ``threading.Thread`` raises RuntimeError there; that race
+    turned a late cancel's ``succeeded`` into a supervisor ``error``)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._threads: list[threading.Thread] = []
+        self._sent: list[Ran] = []
         self._answers: list[bool | None] = []
 
     def send(self, stop: Callable[[], bool | None]) -> None:
         """Run ``stop`` (True: it ended the container, False: it had exited, None: failed)
-        in a new thread; ``ended_it`` waits for it."""
+        on a thread of its own; ``ended_it`` waits for it."""
 
         def run() -> None:
-            answer = stop()
-            with self._lock:
-                self._answers.append(answer)
+            answer = None
+            try:
+                answer = stop()
+            finally:
+                with self._lock:
+                    self._answers.append(answer)
 
-        thread = threading.Thread(target=run, name="dockrq-stop", daemon=True)
         with self._lock:
-            self._threads.append(thread)
-        thread.start()
+            self._sent.append(REUSE.run(run, "dockrq-stop"))
 
     def ended_it(self, timeout: float) -> bool | None:
         """``Ending.stop_ended_it`` once the requests sent so far are answered (each waited
         for at most ``timeout`` s): True if one ended it, False if every one found it
         exited, None if none was sent or none could tell."""
         with self._lock:
-            threads = list(self._threads)
-        for thread in threads:
-            thread.join(timeout)
+            sent = list(self._sent)
+        for ran in sent:
+            ran.join(timeout)
         with self._lock:
             answers = list(self._answers)
         if any(a is True for a in answers):
