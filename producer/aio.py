@@ -343,7 +343,7 @@ class AsyncProducer:
         async def is_over() -> bool:
             async with self._client.pipeline(transaction=False) as pipe:
                 pipe.exists(self.keys.outcome(execution_id))
-                pipe.exists(Job.key_for(execution_id))
+                pipe.hexists(Job.key_for(execution_id), "created_at")  # as Producer._presence
                 has_outcome, has_job = await pipe.execute()
             return bool(has_outcome) or not has_job
 

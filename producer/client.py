@@ -290,10 +290,15 @@ class Producer(SubmitPlanner, OutputsMixin):
         return Job.fetch_many([execution_id], connection=self._client, serializer=JSONSerializer)[0]
 
     def _presence(self, execution_id: str) -> tuple[bool, bool, bool]:
-        """Whether an outcome, an rq job and a claim exist for the id, in one round trip."""
+        """Whether an outcome, an rq job and a claim exist for the id, in one round trip.
+
+        An rq job is a hash with ``created_at`` (every ``Job.save`` writes it): a running
+        worker's single-field writes into a job Redis has lost (its state in ``meta``,
+        rq's ``last_heartbeat`` until rq deletes it again, an adopter's ``worker_name``)
+        recreate the hash without it, and must not keep a waiter from seeing the loss."""
         with self._client.pipeline(transaction=False) as pipe:
             pipe.exists(self.keys.outcome(execution_id))
-            pipe.exists(Job.key_for(execution_id))
+            pipe.hexists(Job.key_for(execution_id), "created_at")
             pipe.exists(self.keys.claim(execution_id))
             outcome, job, claim = (bool(n) for n in pipe.execute())
         return outcome, job, claim

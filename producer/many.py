@@ -217,20 +217,21 @@ def follow_steps(state: FollowState) -> Generator[Outcome | ReadOutcomes | str, 
 def outcome_reads(keys: Keys, ids: list[str], full: bool) -> Generator[list[tuple[str, tuple[Any, ...]]], list[Any], tuple[list[Any], list[Any] | None]]:
     """The pipelines (``(command, args)`` lists, sent with ``transaction=False``; answered with their
     replies) that read ``ids``' outcome keys in chunks of CHUNK: LINDEX of each outcome key and, with
-    ``full``, EXISTS of its rq job and claim. Returns ``(raws, exists)`` (``exists`` None unless ``full``)."""
+    ``full``, whether its rq job (HEXISTS created_at) or its claim exists. Returns ``(raws, exists)`` (``exists`` None unless ``full``)."""
     raws: list[Any] = []
     exists: list[Any] | None = [] if full else None
     for start in range(0, len(ids), CHUNK):
         commands: list[tuple[str, tuple[Any, ...]]] = []
         for execution_id in ids[start : start + CHUNK]:
             commands.append(("lindex", (keys.outcome(execution_id), 0)))
-            if full:
-                commands.append(("exists", (Job.key_for(execution_id), keys.claim(execution_id))))
+            if full:  # a job as Producer._presence counts one: a hash with created_at
+                commands.append(("hexists", (Job.key_for(execution_id), "created_at")))
+                commands.append(("exists", (keys.claim(execution_id),)))
         replies = yield commands
-        step = 2 if full else 1
+        step = 3 if full else 1
         raws.extend(replies[0::step])
         if exists is not None:
-            exists.extend(replies[1::step])
+            exists.extend(job or claim for job, claim in zip(replies[1::step], replies[2::step], strict=True))
     return raws, exists
 
 

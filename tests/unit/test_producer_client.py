@@ -322,12 +322,27 @@ def test_wait_times_out(producer):
     assert time.monotonic() - started > 0.25  # not before its time
 
 
-def test_wait_notices_a_job_that_vanishes(producer, fake_redis, monkeypatch):
+# What a worker still running an execution writes into its job after Redis lost it: its state
+# (worker.execution.channels.set_state), rq's last_heartbeat (until rq deletes the key again),
+# an adopter's worker_name (worker.faults.settle.adopt). None of them makes it a job again.
+PHANTOM_FIELDS = [None, "meta", "last_heartbeat", "worker_name"]
+
+
+@pytest.mark.parametrize("phantom", PHANTOM_FIELDS)
+def test_wait_notices_a_job_that_vanishes(producer, fake_redis, monkeypatch, phantom):
     monkeypatch.setattr(waiting_module, "VANISH_GRACE_SECONDS", 0.2)
     producer.submit(_request("doomed"))
-    threading.Timer(0.2, fake_redis.delete, ("rq:job:doomed",)).start()
+
+    def lose_it() -> None:
+        fake_redis.delete("rq:job:doomed")
+        if phantom:
+            fake_redis.hset("rq:job:doomed", phantom, "x")
+
+    threading.Timer(0.2, lose_it).start()
     with pytest.raises(ExecutionNotFound, match="vanished"):
         producer.wait("doomed", timeout=5)
+    if phantom:  # a follower ends too (with nothing left at all, logs() refuses the id at once)
+        assert list(producer.logs("doomed", follow=True)) == []
 
 
 def test_wait_retries_when_redis_drops(producer, fake_redis, monkeypatch):

@@ -76,7 +76,9 @@ def test_unknown_ids_are_refused_before_anything_is_yielded(prod):
         prod.wait_many(["a:b"])
 
 
-def test_vanished_execution_is_not_waited_for_forever(prod, fake_redis, monkeypatch):
+@pytest.mark.parametrize("phantom", [None, "meta", "last_heartbeat"])
+def test_vanished_execution_is_not_waited_for_forever(prod, fake_redis, monkeypatch, phantom):
+    """Also when a worker's later write recreated the job hash with one field (no created_at)."""
     import producer.many as many
 
     monkeypatch.setattr(many, "VANISH_GRACE_SECONDS", 0.2)
@@ -85,6 +87,8 @@ def test_vanished_execution_is_not_waited_for_forever(prod, fake_redis, monkeypa
     def vanish():
         time.sleep(0.2)
         fake_redis.delete("rq:job:gone1", KEYS.claim("gone1"))
+        if phantom:
+            fake_redis.hset("rq:job:gone1", phantom, "x")
 
     threading.Thread(target=vanish).start()
     with pytest.raises(ExecutionNotFound, match="vanished"):
