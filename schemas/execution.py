@@ -319,11 +319,30 @@ class ExecutionResult(BaseModel):
     output_files_limit_bytes: int | None = None
     output_files_limit_capped: bool = False
 
+    @model_serializer(mode="wrap")
+    def _drop_unused_output_fields(self, handler: SerializerFunctionWrapHandler) -> dict[str, Any]:
+        """An execution without output files leaves the output fields out of its JSON (readers
+        take their defaults, as for outcomes written before the fields existed): about 130
+        bytes of every retained outcome (BENCHMARKS.md, "Check after session 5's changes")."""
+        data = handler(self)
+        if isinstance(data, dict) and all(data.get(name, default) == default for name, default in _OUTPUT_DEFAULTS):
+            for name, _ in _OUTPUT_DEFAULTS:
+                data.pop(name, None)
+        return data
+
     @property
     def duration_seconds(self) -> float | None:
         if self.started_at and self.finished_at:
             return (self.finished_at - self.started_at).total_seconds()
         return None
+
+
+# The output-file fields of ExecutionResult and their defaults: all at default means no outputs.
+_OUTPUT_DEFAULTS = tuple(
+    (name, field.get_default(call_default_factory=True))
+    for name, field in ExecutionResult.model_fields.items()
+    if name.startswith("output")
+)
 
 
 class LogStreamRequest(_Model):

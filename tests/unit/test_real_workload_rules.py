@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import threading
 
 import pytest
@@ -174,3 +175,15 @@ def test_the_leftover_followed_is_the_running_one_then_the_newest():
 def test_skipping_drops_what_the_attach_already_delivered_per_stream():
     frames = [("stdout", b"abc"), ("stderr", b"xy"), ("stdout", b"def"), ("stderr", b"z")]
     assert list(skipping(iter(frames), {"stdout": 4, "stderr": 2})) == [("stdout", b"ef"), ("stderr", b"z")]
+
+
+def test_a_result_without_outputs_leaves_the_output_fields_out_of_its_json():
+    """About 130 bytes of every retained outcome; a reader gets the same defaults back."""
+    plain = ExecutionResult(execution_id="x", status=ExecutionStatus.SUCCEEDED, exit_code=0, stdout="hi\n")
+    wire = json.loads(plain.model_dump_json())
+    assert not [k for k in wire if k.startswith("output")] and wire["stdout"] == "hi\n"
+    assert ExecutionResult.model_validate(wire) == plain
+    missing = plain.model_copy(update={"outputs_missing": ["/out"], "output_files_limit_bytes": 1024})
+    wire = json.loads(missing.model_dump_json())
+    assert wire["outputs_missing"] == ["/out"] and wire["output_files"] == [] and wire["outputs_truncated"] is False
+    assert ExecutionResult.model_validate(wire) == missing
