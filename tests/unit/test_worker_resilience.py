@@ -134,3 +134,37 @@ def test_the_kept_outcome_stays_kept_while_redis_is_still_away(fake_redis, insta
     with pytest.raises(redis.ConnectionError):
         rt.write_unwritten(job)
     assert rt.take_unwritten("k2") == kept
+
+
+@pytest.mark.parametrize("failures", [2, 50])
+def test_redis_away_as_a_job_is_taken_delays_its_start_within_the_budget(fake_redis, installed, monkeypatch, failures):
+    """The start-of-run reads ride out an outage shorter than outcome_retry_seconds and the
+    execution runs; a longer one is not run and rq fails the job (the reaper's failed-jobs
+    sweep, worker.faults.failed, then gives it its one outcome)."""
+    from schemas import ExecutionStatus, Keys, Outcome
+    from test_worker_jobs import PREFIX
+
+    from worker.execution.channels import ExecutionChannels
+
+    ex = FakeExecutor(exit_code=0)
+    rt = installed(ex)
+    rt.settings = rt.settings.model_copy(update={"outcome_retry_seconds": 1.0})
+    job = _job(fake_redis, request("s1"), "s1")
+    real = ExecutionChannels.ended_or_cancelled
+    calls = []
+
+    def flaky(self):
+        calls.append(1)
+        if len(calls) <= failures:
+            raise redis.ConnectionError("Connection refused")
+        return real(self)
+
+    monkeypatch.setattr(ExecutionChannels, "ended_or_cancelled", flaky)
+    DockrqWorker(["q"], connection=fake_redis).work(burst=True)
+
+    raw = fake_redis.lrange(Keys(PREFIX).outcome("s1"), 0, -1)
+    if failures == 2:
+        got = Outcome.model_validate_json(raw[0])
+        assert len(raw) == 1 and ex.started() == ["s1"] and (got.status, got.exit_code) == (ExecutionStatus.SUCCEEDED, 0)
+    else:
+        assert raw == [] and ex.started() == [] and job.get_status(refresh=True) == JobStatus.FAILED

@@ -13,8 +13,8 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Sequence
-from typing import TYPE_CHECKING, Any
+from collections.abc import Callable, Sequence
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from redis.exceptions import RedisError
 
@@ -41,6 +41,8 @@ if TYPE_CHECKING:
     from rq.job import Job
 
 log = logging.getLogger(__name__)
+
+T = TypeVar("T")
 
 # Redis hiccups (restart, failover) are retried with capped, jittered backoff (WRITE_BACKOFF) until
 # Redis has been unreachable for ``outcome_retry_seconds`` (DOCKRQ_OUTCOME_RETRY_SECONDS):
@@ -101,6 +103,17 @@ class ExecutionChannels:
         self._never_ran = False
 
     # -- start-of-run checks -------------------------------------------------
+
+    def through_outage(self, read: Callable[[], T]) -> T:
+        """``read()``, retried while Redis is away, within the execution's outage budget
+        (``DOCKRQ_OUTCOME_RETRY_SECONDS``, shared with its writes): a restart or failover
+        just as a worker takes a job delays its start instead of ending it ``error``.
+        Raises the last of REDIS_DOWN once the budget is spent."""
+
+        def away(exc: Exception) -> None:
+            log.warning("execution %s: Redis unreachable before the start (%s); retrying", self.execution_id, exc)
+
+        return within_budget(read, self.budget, away, backoff=WRITE_BACKOFF)
 
     def ended_or_cancelled(self) -> tuple[Outcome | None, bool]:
         """(the outcome if one was already written, whether cancel was asked): one ``EXISTS`` of

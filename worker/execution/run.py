@@ -128,7 +128,7 @@ class ExecutionRun:
             assert problem is not None
             return self._end(Outcome.failure(execution_id, ExecutionStatus.REJECTED, "invalid_request", problem))
 
-        existing, cancelled = self.channels.ended_or_cancelled()
+        existing, cancelled = self.channels.through_outage(self.channels.ended_or_cancelled)
         if existing is not None:
             log.info("execution %s already ended (%s); not running it again", execution_id, existing.status.value)
             return existing.summary()
@@ -137,7 +137,9 @@ class ExecutionRun:
             return self._end(
                 Outcome.failure(execution_id, ExecutionStatus.CANCELLED, "cancelled", "cancelled before it started")
             )
-        blocked = dependencies.blocking_outcome(self.channels.connection, self.runtime.keys, self.job, execution_id)
+        blocked = self.channels.through_outage(
+            lambda: dependencies.blocking_outcome(self.channels.connection, self.runtime.keys, self.job, execution_id)
+        )
         if blocked is not None:  # a dependency did not succeed (worker.execution.dependencies)
             return self._end(blocked)
         self._requested_output_limit = request.output_files_limit_bytes
