@@ -299,7 +299,7 @@ class Session:
         label = f"chaos-{self.token}-"
         while not self.stop_monitor.wait(0.5):
             try:
-                running = self.docker.containers.list(filters={"label": "dockrq.execution"})
+                running = self.docker.containers.list(ignore_removed=True, filters={"label": "dockrq.execution"})
             except Exception:  # noqa: BLE001 - the daemon may be restarting
                 continue
             seen = Counter(
@@ -499,7 +499,7 @@ class Session:
     def session_containers(self) -> list[Any]:
         label = f"chaos-{self.token}-"
         try:
-            everything = self.docker.containers.list(all=True, filters={"label": "dockrq.execution"})
+            everything = self.docker.containers.list(ignore_removed=True, all=True, filters={"label": "dockrq.execution"})
         except Exception:  # noqa: BLE001
             return []
         return [c for c in everything if c.labels.get("dockrq.executor", "").startswith(label)]

@@ -165,7 +165,7 @@ class FleetSession(Session):
         found = []
         for client in self._daemons():
             try:
-                everything = client.containers.list(all=True, filters={"label": "dockrq.execution"})
+                everything = client.containers.list(ignore_removed=True, all=True, filters={"label": "dockrq.execution"})
             except Exception:  # noqa: BLE001
                 continue
             found += [c for c in everything if c.labels.get("dockrq.executor", "").startswith(label)]

@@ -264,7 +264,7 @@ def spawn_worker(redis_url, unique, docker_client, tmp_path):
         proc.kill()
     client.close()
     for executor in executor_ids:  # on the default daemon; a docker_node removes its own
-        for container in docker_client.containers.list(all=True, filters={"label": f"dockrq.executor={executor}"}):
+        for container in docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.executor={executor}"}):
             container.remove(force=True)
 
 

@@ -78,7 +78,7 @@ def test_quick_bench_reports_every_figure_and_cleans_up(tmp_path, redis_url, red
     token = result["run"]["token"]
     assert not [p for p in psutil.process_iter(["cmdline"]) if f"bench-{token}" in " ".join(p.info["cmdline"] or [])]
     for label in (f"dockrq.bench={token}", f"dockrq.executor=bench-{token}"):
-        assert not docker_client.containers.list(all=True, filters={"label": label})
+        assert not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": label})
     assert not list(redis_client.scan_iter(match=f"*{token}*"))
     assert not [m for m in redis_client.smembers("rq:workers") if token.encode() in m]
     # ... nor the loopback registry of its pull figure (scripts/bench_pull.py starts and stops it)

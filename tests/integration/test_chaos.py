@@ -41,5 +41,5 @@ def test_chaos_session_on_tiny_sizes(docker_client):
     assert figures["worker_kills"] >= 1
     assert figures["recover_seconds"]["redis_restart"] is None or figures["recover_seconds"]["redis_restart"] < 60
     # It cleaned up after itself: no container of the session is left.
-    left = docker_client.containers.list(all=True, filters={"label": "dockrq.execution"})
+    left = docker_client.containers.list(ignore_removed=True, all=True, filters={"label": "dockrq.execution"})
     assert not [c for c in left if c.labels.get("dockrq.executor", "").startswith("chaos-")]

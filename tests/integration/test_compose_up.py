@@ -133,11 +133,11 @@ def stack(docker_client):
         yield s
     finally:
         workers = docker_client.containers.list(
-            all=True, filters={"label": f"com.docker.compose.project={s.env['COMPOSE_PROJECT_NAME']}"}
+            ignore_removed=True, all=True, filters={"label": f"com.docker.compose.project={s.env['COMPOSE_PROJECT_NAME']}"}
         )
         executors = {c.attrs["Config"]["Hostname"] for c in workers}
         s.compose("down", "-v", "-t", "10", "--remove-orphans", check=False)
-        for container in docker_client.containers.list(all=True, filters={"label": "dockrq.executor"}):
+        for container in docker_client.containers.list(ignore_removed=True, all=True, filters={"label": "dockrq.executor"}):
             if container.labels.get("dockrq.executor") in executors:
                 container.remove(force=True)
         try:

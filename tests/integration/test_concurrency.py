@@ -145,7 +145,7 @@ def test_a_killed_workers_slot_is_freed_when_its_execution_is_reaped(
     assert (outcomes[first].status, outcomes[first].error.code) == (ExecutionStatus.LOST, "worker_lost")
     assert [outcomes[e].status for e in rest] == [ExecutionStatus.SUCCEEDED] * 2
     assert watch.started == [first, *rest] and watch.most == 1
-    assert not docker_client.containers.list(all=True, filters={"label": f"dockrq.execution={first}"})
+    assert not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.execution={first}"})
     wait_until(lambda: RateLimitRegistry(key, redis_client).get_allowed_job_count() == 0, 10, "slots freed")
 
 

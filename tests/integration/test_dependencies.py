@@ -89,4 +89,4 @@ def test_worker_killed_mid_dependency(producer, spawn_worker, test_image, unique
     assert outcomes[dep].status == ExecutionStatus.LOST
     assert outcomes[child].status == ExecutionStatus.CANCELLED
     assert outcomes[child].error.message == f"dependency {dep} ended lost"
-    assert not docker_client.containers.list(all=True, filters={"label": f"dockrq.execution={child}"})
+    assert not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.execution={child}"})

@@ -110,7 +110,7 @@ def test_stop_signal_trap_labels_and_stop_timeout_on_cancel(producer, worker, te
     for entry in producer.logs(eid, follow=True):
         if entry.data == "ready\n":
             break
-    (container,) = docker_client.containers.list(filters={"label": f"dockrq.execution={eid}"})
+    (container,) = docker_client.containers.list(ignore_removed=True, filters={"label": f"dockrq.execution={eid}"})
     config = container.attrs["Config"]
     assert (config["StopSignal"], config["StopTimeout"]) == ("SIGUSR1", 2)
     assert config["Labels"]["team"] == "ml" and config["Labels"]["run"] == "7"
@@ -154,9 +154,9 @@ def test_a_dead_workers_container_is_stopped_with_its_own_stop_timeout(spawn_wor
         # this wait would time out; with the request's 1 s the lost outcome comes in seconds.
         outcome = producer.wait(eid, timeout=60)
         assert (outcome.status, outcome.error.code) == (ExecutionStatus.LOST, "worker_lost")
-        assert not docker_client.containers.list(all=True, filters={"label": f"dockrq.execution={eid}"})
+        assert not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.execution={eid}"})
     finally:
-        for c in docker_client.containers.list(all=True, filters={"label": f"dockrq.executor={other}"}):
+        for c in docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.executor={other}"}):
             c.remove(force=True)
 
 

@@ -37,7 +37,7 @@ def executor(docker_client, unique):
     ex = new_executor(f"test-{unique}", stop_grace_seconds=GRACE)
     yield ex
     ex.cleanup()
-    assert not docker_client.containers.list(all=True, filters={"label": f"{LABEL_EXECUTOR}={ex.executor_id}"})
+    assert not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"{LABEL_EXECUTOR}={ex.executor_id}"})
     ex.close()
 
 
@@ -53,7 +53,7 @@ def labelled(docker_client, ex, eid=None):
     labels = [f"{LABEL_EXECUTOR}={ex.executor_id}"]
     if eid:
         labels.append(f"{LABEL_EXECUTION}={eid}")
-    return docker_client.containers.list(all=True, filters={"label": labels})
+    return docker_client.containers.list(ignore_removed=True, all=True, filters={"label": labels})
 
 
 # -- 1. construction ---------------------------------------------------------------
@@ -158,7 +158,7 @@ def test_missing_image_offline_is_a_clear_pull_error_not_a_hang(docker_client, u
     finally:
         executor.cleanup()
         executor.close()
-    assert not docker_client.containers.list(all=True, filters={"label": f"{LABEL_EXECUTOR}={executor.executor_id}"})
+    assert not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"{LABEL_EXECUTOR}={executor.executor_id}"})
 
 
 def test_pull_policy_never_refuses_missing_image(executor):

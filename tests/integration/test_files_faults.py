@@ -48,5 +48,5 @@ def test_a_rerun_after_a_lost_worker_gets_its_inputs_again(spawn_worker, produce
         assert (outcome.status, outcome.result.stdout) == (ExecutionStatus.SUCCEEDED, "input\n"), outcome
         assert [f.path for f in outcome.result.output_files] == ["/out", "/out/r"]
     finally:
-        for c in docker_client.containers.list(all=True, filters={"label": f"dockrq.executor={spawn_worker.executor_id}-b"}):
+        for c in docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.executor={spawn_worker.executor_id}-b"}):
             c.remove(force=True)

@@ -86,7 +86,7 @@ def test_hostile_input_archives_are_rejected_before_the_container_starts(
         assert outcome.error.message.startswith("inputs: "), (name, outcome.error.message)
         if outcome.result is not None:  # refused on the way in: the container never started
             assert (outcome.result.started_at, outcome.result.exit_code, outcome.result.stdout) == (None, None, ""), name
-    assert not docker_client.containers.list(all=True, filters={"label": f"dockrq.executor={worker.executor_id}"})
+    assert not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.executor={worker.executor_id}"})
 
     # The same worker goes on running good inputs.
     ok = producer.submit({"execution_id": f"good-{uuid.uuid4().hex[:6]}", "engine": {"image": test_image, "cmd": ["cat", "/data/in/f"]}},

@@ -43,7 +43,7 @@ def test_forgotten_container_is_left_to_its_live_owner_and_removed_once_the_owne
     server.start()
 
     def containers(eid):
-        return docker_client.containers.list(all=True, filters={"label": f"dockrq.execution={eid}"})
+        return docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.execution={eid}"})
 
     try:
         owner = spawn_worker(redis_url=server.url, env=env)

@@ -96,4 +96,4 @@ def test_an_input_path_the_image_cannot_take_ends_input_path_invalid(
     message = outcome.error.message
     assert message.startswith(f"inputs: {path} cannot be put into the container: {why}") and "\n" not in message
     assert outcome.result is None or outcome.result.stdout == ""  # never started
-    assert docker_client.containers.list(all=True, filters={"label": f"dockrq.execution={eid}"}) == []
+    assert docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.execution={eid}"}) == []

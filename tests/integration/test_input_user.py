@@ -71,7 +71,7 @@ def test_an_unknown_user_ends_user_not_found_with_or_without_inputs(
     outcome = producer.wait(eid, timeout=60)
     assert outcome.status == ExecutionStatus.ERROR and outcome.error.code == "user_not_found", outcome
     assert words in outcome.error.message
-    assert not docker_client.containers.list(all=True, filters={"label": f"dockrq.execution={eid}"})
+    assert not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.execution={eid}"})
 
 
 def test_an_input_passwd_that_is_not_a_file_is_refused_not_guessed(producer, spawn_worker, test_image, tmp_path):

@@ -91,7 +91,7 @@ def test_executions_spread_over_two_nodes_and_ls_shows_the_node(
     shown = json.loads(subprocess.run([*base, "--json", "status", ids[0]], capture_output=True, text=True, timeout=60).stdout)
     assert shown["node"] in (a, b)
     # Nothing left on either daemon.
-    assert not client_b.containers.list(all=True)
+    assert not client_b.containers.list(ignore_removed=True, all=True)
     client_b.close()
 
 
@@ -109,7 +109,7 @@ def test_forgotten_containers_of_this_deployment_are_removed_and_another_deploym
         made.append(ex)
 
     def present(deployment):
-        return docker_client.containers.list(all=True, filters={"label": f"{LABEL_DEPLOYMENT}={deployment}"})
+        return docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"{LABEL_DEPLOYMENT}={deployment}"})
 
     try:
         wait_until(lambda: not present(ours), 60, "this deployment's forgotten container to be removed")
@@ -241,7 +241,7 @@ def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_
     on_a = producer.submit(_request(f"on-a-{unique}", "sh", "-c", "sleep 6; echo fine"))
     wait_until(lambda: producer.status(on_a).state.value == "running", 60, "A's execution to run")
     node_b.start()  # dockerd's restore stops the containers its shims kept running
-    old = client_b.containers.list(all=True, filters={"label": "dockrq.execution"})
+    old = client_b.containers.list(ignore_removed=True, all=True, filters={"label": "dockrq.execution"})
     assert {c.labels["dockrq.execution"] for c in old} >= {again, once, f"stranger-{unique}"}
     spawn_worker(executor_id=b, env=env_b)
     wait_until(

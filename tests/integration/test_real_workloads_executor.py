@@ -155,7 +155,7 @@ def test_leftover_under_another_name_is_adopted_not_doubled(make_executor, test_
     result = ex.wait(eid).result(timeout=30)
     assert (result.status, result.container_id) == (ExecutionStatus.SUCCEEDED, leftover)
     assert result.stdout == leftover[:12] + "\n"  # its hostname: the leftover ran it, nothing else
-    assert not docker_client.containers.list(all=True, filters={"label": f"{LABEL_EXECUTION}={eid}"})
+    assert not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"{LABEL_EXECUTION}={eid}"})
 
 
 # -- 7. every start error leaves a finished execution -----------------------------------------------

@@ -50,7 +50,7 @@ def dockrq(redis_url, spawn_worker):
 
 
 def _container(docker_client, execution_id):
-    found = docker_client.containers.list(all=True, filters={"label": f"dockrq.execution={execution_id}"})
+    found = docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.execution={execution_id}"})
     return found[0] if found else None
 
 

@@ -126,7 +126,7 @@ def test_redis_away_beyond_the_outcome_retry_budget(own_redis, spawn_worker, uni
     own_redis.kill()  # the container ends 2 s later, with Redis away for good (as far as the budget goes)
     wait_until(lambda: "settling it once Redis is back" in worker.output(), 30, "the worker giving up on the outcome")
     label = f"dockrq.execution={eid}"
-    wait_until(lambda: not docker_client.containers.list(all=True, filters={"label": label}), 10, "the container removed")
+    wait_until(lambda: not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": label}), 10, "the container removed")
     assert waited == [] and worker.popen.poll() is None
     own_redis.start()
 

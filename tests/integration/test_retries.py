@@ -109,7 +109,7 @@ def test_failed_attempts_are_retried_until_one_succeeds(
     job = Job.fetch(eid, connection=redis_client, serializer=JSONSerializer)
     wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 10, "rq job finished")
     assert job.get_meta(refresh=True)["attempts"] == 3
-    assert not docker_client.containers.list(all=True, filters={"label": f"dockrq.execution={eid}"})
+    assert not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.execution={eid}"})
 
 
 def test_retry_on_decides_and_the_last_attempt_is_the_outcome(producer, spawn_worker, test_image, unique, tmp_path):
@@ -168,7 +168,7 @@ def test_worker_killed_mid_attempt_is_retried_once_and_never_twice_at_once(
     deadline = time.monotonic() + 90
     while producer.status(eid).outcome is None:
         assert time.monotonic() < deadline
-        seen.append(len(docker_client.containers.list(filters={"label": f"dockrq.execution={eid}"})))
+        seen.append(len(docker_client.containers.list(ignore_removed=True, filters={"label": f"dockrq.execution={eid}"})))
         time.sleep(0.2)
     outcome = producer.wait(eid, timeout=5)
     assert (outcome.status, outcome.result.stdout, outcome.attempts) == (ExecutionStatus.SUCCEEDED, "run 3\n", 3)
@@ -177,7 +177,7 @@ def test_worker_killed_mid_attempt_is_retried_once_and_never_twice_at_once(
     ]
     assert max(seen) <= 1  # the lost attempt's container was gone before the next one started
     assert _runs(data_dir) == 3
-    assert not docker_client.containers.list(all=True, filters={"label": f"dockrq.execution={eid}"})
+    assert not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.execution={eid}"})
 
 
 def test_adopted_attempt_that_fails_is_retried(producer, spawn_worker, test_image, unique, data_dir):

@@ -23,7 +23,7 @@ def executor(docker_client, unique):
     ex = new_executor(f"test-{unique}", stop_grace_seconds=1.0)
     yield ex
     ex.cleanup()
-    assert not docker_client.containers.list(all=True, filters={"label": f"{LABEL_EXECUTOR}={ex.executor_id}"})
+    assert not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"{LABEL_EXECUTOR}={ex.executor_id}"})
     ex.close()
 
 
@@ -46,7 +46,7 @@ def test_the_reason_is_named_not_container_create(executor, test_image, docker_c
     result = executor.wait(eid).result(10)
     assert (result.status, result.error_code) == (ExecutionStatus.ERROR, code)
     assert says in result.error_msg, result.error_msg
-    assert not docker_client.containers.list(all=True, filters={"label": f"dockrq.execution={eid}"})
+    assert not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.execution={eid}"})
 
 
 def test_dockrq_submit_says_so_and_exits_as_docker_run(spawn_worker, redis_url, test_image):

@@ -40,7 +40,7 @@ def other_node(spawn_worker, docker_client):
 
     yield spawn
     for node in ids:
-        for c in docker_client.containers.list(all=True, filters={"label": f"dockrq.executor={node}"}):
+        for c in docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.executor={node}"}):
             c.remove(force=True)
 
 
@@ -53,7 +53,7 @@ def _request(unique, name, *cmd, **fields):
 
 
 def _containers(docker_client, execution_id):
-    return docker_client.containers.list(all=True, filters={"label": f"dockrq.execution={execution_id}"})
+    return docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.execution={execution_id}"})
 
 
 def _replay(redis_client, prefix, execution_id) -> list[LogBatch]:

@@ -89,7 +89,7 @@ class Wire:
 
 
 def containers(docker_client, executor_id):
-    return docker_client.containers.list(all=True, filters={"label": f"dockrq.executor={executor_id}"})
+    return docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.executor={executor_id}"})
 
 
 def test_submit_live_logs_outcome_events_meta(wire, spawn_worker, redis_client, docker_client):

@@ -35,7 +35,7 @@ def test_logs_follow_live_then_outcome(producer, spawn_worker, test_image, docke
     for entry in producer.logs(eid, follow=True):
         seen.append(entry.data)
         if entry.data == "1\n":
-            (running,) = docker_client.containers.list(filters={"label": f"dockrq.execution={eid}"})
+            (running,) = docker_client.containers.list(ignore_removed=True, filters={"label": f"dockrq.execution={eid}"})
             assert running.exec_run(["touch", "/tmp/go"]).exit_code == 0
     assert "".join(seen) == "1\n2\n3\n"
     outcome = producer.wait(eid, timeout=60)
@@ -56,7 +56,7 @@ def test_producer_cancels_running_and_queued(producer, spawn_worker, test_image,
     producer.cancel(running)
     assert producer.wait(running, timeout=10).status == ExecutionStatus.CANCELLED
     assert producer.wait(queued, timeout=1).result is None  # never reached a container
-    assert not docker_client.containers.list(all=True, filters={"label": f"dockrq.executor={worker.executor_id}"})
+    assert not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.executor={worker.executor_id}"})
 
 
 def test_scheduled_execution_runs_at_its_time(producer, spawn_worker, test_image):
