@@ -29,6 +29,8 @@ from rq import Queue
 from rq.job import Job, JobStatus
 from rq.utils import now, utcformat
 
+from schemas.connections import REDIS_DOWN
+
 log = logging.getLogger(__name__)
 
 # The fields of rq's job hash that differ from one of our jobs to the next.
@@ -76,6 +78,8 @@ class JobWriter:
             # Compared as the bytes redis-py would send.
             if [_encoded(writer._encode, c) for c in commands] != [_encoded(writer._encode, c) for c in expected]:
                 raise ValueError("rq's enqueue_many writes other commands than expected")
+        except REDIS_DOWN:
+            raise  # Redis is away, not a mismatch: the caller says so once (and checks again next time)
         except Exception as exc:  # noqa: BLE001 - anything unexpected: rq's own path is always right
             log.warning("enqueueing through rq's enqueue_many (batched job hashes not usable: %s)", exc)
             return None

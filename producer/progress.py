@@ -31,6 +31,7 @@ from rich.console import Console
 from rich.progress import BarColumn, DownloadColumn, Progress, SpinnerColumn, TaskID, TextColumn, TimeElapsedColumn
 
 from schemas import Event, ExecutionState, Keys, PullReport, new_execution_id
+from schemas.connections import REDIS_DOWN
 
 from .waiting_for import waiting_for
 
@@ -78,9 +79,14 @@ class SubmitProgress:
         self._task: TaskID | None = None
 
     def start(self) -> SubmitProgress:
-        """Subscribe (before the submit) and start watching; a Redis failure just means no display."""
+        """Subscribe (before the submit) and start watching; a Redis refusal just means no display.
+        Redis away (:data:`REDIS_DOWN`, after the client's own retries) is raised: the submit would
+        only wait out the same outage again before saying so."""
         try:
             self._pubsub.subscribe(self._channel)
+        except REDIS_DOWN:
+            self._pubsub.close()
+            raise
         except redis.RedisError:
             self._closed.set()
             return self

@@ -28,6 +28,7 @@ times out in the middle of a legitimate wait yet still notices a dead connection
 
 from __future__ import annotations
 
+import ssl
 import time
 from collections.abc import Awaitable, Callable
 from typing import Any, TypeVar
@@ -77,10 +78,43 @@ _POOL_INTERNALS = frozenset(
 )
 
 
+def refused_not_away(exc: BaseException) -> bool:
+    """True for the :data:`REDIS_DOWN` errors that are Redis's (or TLS's) answer, not an outage:
+    a wrong user or password (redis-py's ``AuthenticationError``, a ``ConnectionError``) and a
+    server certificate the client does not trust (``ssl.SSLCertVerificationError`` under
+    redis-py's ``ConnectionError``). Retrying them only gets the same answer later."""
+    if isinstance(exc, redis.AuthenticationError):
+        return True
+    seen: set[int] = set()
+    cause: BaseException | None = exc
+    while cause is not None and id(cause) not in seen:
+        if isinstance(cause, ssl.SSLCertVerificationError):
+            return True
+        seen.add(id(cause))
+        cause = cause.__cause__ or cause.__context__
+    return False
+
+
+class CommandRetry(Retry):
+    """redis-py's ``Retry``, except that :func:`refused_not_away` errors are raised at once
+    (a wrong password or an untrusted certificate is said in well under a second, not after
+    the retries meant for a Redis restart)."""
+
+    def call_with_retry(
+        self, do: Callable[[], T], fail: Callable[..., Any], is_retryable: Callable[[Exception], bool] | None = None,
+        with_failure_count: bool = False,
+    ) -> T:
+        def retryable(exc: Exception) -> bool:
+            return not refused_not_away(exc) and (is_retryable is None or is_retryable(exc))
+
+        return super().call_with_retry(do, fail, retryable, with_failure_count)
+
+
 def command_retry() -> Retry:
     """The retry every client's pool gets: redis-py's defaults (10 tries, 10 ms doubling to
-    1 s, jittered) on :data:`REDIS_DOWN`, spelled out so it is dockrq's choice, not an accident."""
-    return Retry(
+    1 s, jittered) on :data:`REDIS_DOWN`, spelled out so it is dockrq's choice, not an accident;
+    a :class:`CommandRetry`, so a wrong password or certificate is not retried."""
+    return CommandRetry(
         ExponentialWithJitterBackoff(base=DEFAULT_RETRY_BASE, cap=DEFAULT_RETRY_CAP),
         DEFAULT_RETRY_COUNT,
         supported_errors=REDIS_DOWN,

@@ -2,8 +2,9 @@
 
 The worker's policy rejects what is over the operator's limits before any
 container exists; its defaults cap memory and processes and keep the network
-and GPUs off, and a worker can be kept off registries; a 1 GiB output flood
-leaves the worker's memory and Redis flat; a fork bomb stops at the pids
+and GPUs off, and a worker can be kept off registries; an output flood of 256 MiB
+(256 times the output cap, well over the memory bounds asserted) leaves the
+worker's memory and Redis flat; a fork bomb stops at the pids
 limit; nothing on the wire is a pickle; environment values reach the container
 and nowhere else (descriptions, meta, events, outcome, logs, worker output,
 dashboard); containers are never privileged.
@@ -32,6 +33,8 @@ pytestmark = pytest.mark.integration
 
 SECRET = "s3cr3t-value-9b1e"
 MiB = 1024 * 1024
+#: The flood: 256 times the default 1 MiB output cap, and over twice each memory bound it is held to.
+FLOOD = 256 * MiB
 
 
 def request(image, name, *cmd, **fields):
@@ -155,7 +158,7 @@ def test_containers_run_capped_unprivileged_and_offline_by_default(spawn_worker,
 # -- floods --------------------------------------------------------------------------------
 
 
-def test_a_1gib_output_flood_leaves_worker_memory_and_redis_flat(spawn_worker, producer, redis_client, test_image, unique):
+def test_a_256mib_output_flood_leaves_worker_memory_and_redis_flat(spawn_worker, producer, redis_client, test_image, unique):
     worker = spawn_worker()
     proc = psutil.Process(worker.pid)
     warm = producer.submit(request(test_image, f"warm-{unique}", "sh", "-c", "seq 1 20000"))
@@ -164,7 +167,7 @@ def test_a_1gib_output_flood_leaves_worker_memory_and_redis_flat(spawn_worker, p
     baseline_redis = redis_client.info("memory")["used_memory"]
 
     eid = producer.submit(request(
-        test_image, f"flood-{unique}", "sh", "-c", "head -c 1073741824 /dev/zero | tr '\\0' x; echo done >&2",
+        test_image, f"flood-{unique}", "sh", "-c", f"head -c {FLOOD} /dev/zero | tr '\\0' x; echo done >&2",
         timeout_seconds=600,
     ))
     peak_rss, peak_redis, samples = baseline_rss, baseline_redis, 0
