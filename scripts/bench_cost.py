@@ -201,8 +201,10 @@ def measure_cost(bench: Bench, executions: int, idle_seconds: float, tick: Calla
         idle_calls["info"] -= 1
         idle_calls = +idle_calls
 
-    # -- bytes again, on a Redis with the hash setting of docker-compose.yml --
-    with _cost_setup(bench, *LISTPACK_ARGS) as (client, producer, _worker):
+        # -- bytes again, with the hash setting of docker-compose.yml: set on the same private Redis
+        # (CONFIG SET takes it for every hash written from now on, as the server argument would)
+        # rather than on a second server, with a second worker to start and warm up --
+        client.config_set(LISTPACK_ARGS[0].removeprefix("--"), LISTPACK_ARGS[1])
         before_lp = command_counts(client)[1]
         for _ in range(executions):
             last_lp = _run_one(producer, _request(bench))

@@ -15,3 +15,13 @@ def dockrq(redis_url, worker, *args, cwd=None, env=None, text=True, timeout: flo
         [*base, "--redis-url", redis_url, "--queue", worker.queue, "--prefix", worker.prefix, *args],
         capture_output=True, text=text, timeout=timeout, cwd=cwd, env=env,
     )
+
+
+def dockrq_at_once(redis_url, worker, *calls: tuple[tuple, dict]) -> list[subprocess.CompletedProcess]:
+    """Independent ``dockrq`` calls ``(args, keywords)`` run at the same time (each its own
+    process, as :func:`dockrq` runs it); their results in the order given."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(len(calls)) as pool:
+        futures = [pool.submit(dockrq, redis_url, worker, *args, **kwargs) for args, kwargs in calls]
+        return [f.result() for f in futures]

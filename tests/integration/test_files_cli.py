@@ -8,7 +8,7 @@ import uuid
 
 import pytest
 
-from dockrq_cli import dockrq
+from dockrq_cli import dockrq, dockrq_at_once
 
 pytestmark = pytest.mark.integration
 
@@ -29,25 +29,10 @@ def test_submit_with_inputs_and_outputs_then_cp(redis_url, spawn_worker, test_im
     assert got.stderr == "dockrq: output /work/missing did not exist in the container\n"
     assert (tmp_path / "results/work/out/sorted.txt").read_text() == "1\n2\n3\n"
 
-    # Later, like docker cp: into an existing directory, or as a new name.
+    # Everything below reads the ended execution (or refuses a bad command line) independently:
+    # the CLI calls run at the same time.
     (tmp_path / "here").mkdir()
-    got = dockrq(redis_url, spawn_worker, "cp", f"{eid}:/work/out", str(tmp_path / "here"))
-    assert (got.returncode, got.stderr) == (0, "")
-    assert (tmp_path / "here/out/sorted.txt").read_text() == "1\n2\n3\n"
-    got = dockrq(redis_url, spawn_worker, "cp", f"{eid}:/work/out/sorted.txt", "copy.txt", cwd=tmp_path)
-    assert got.returncode == 0 and (tmp_path / "copy.txt").read_text() == "1\n2\n3\n"
-    got = dockrq(redis_url, spawn_worker, "--json", "cp", f"{eid}:/work/out", str(tmp_path / "j"))
-    assert json.loads(got.stdout) == {"written": [str(tmp_path / "j"), str(tmp_path / "j/sorted.txt")], "skipped": []}
-
-    # The outcome lists what was collected.
-    status = json.loads(dockrq(redis_url, spawn_worker, "--json", "wait", eid).stdout)
-    assert [f["path"] for f in status["result"]["output_files"]] == ["/work/out", "/work/out/sorted.txt"]
-    assert status["result"]["outputs_missing"] == ["/work/missing"]
-    shown = dockrq(redis_url, spawn_worker, "status", eid).stdout
-    assert "outputs    2 entries, 1 files, 6 bytes; missing: /work/missing" in shown
-
-    # One-line errors, never a traceback.
-    for args, code, message in (
+    errors = (
         (("cp", f"{eid}:/work/missing", "x"), 1, f"dockrq: /work/missing did not exist in the container of {eid}\n"),
         (("cp", "nocolon", "x"), 125,  # a bad command line: docker's usage exit code
          "dockrq: Invalid value for 'ID:CONTAINER_PATH': 'nocolon' is not ID:CONTAINER_PATH. See 'dockrq cp --help'.\n"),
@@ -60,8 +45,31 @@ def test_submit_with_inputs_and_outputs_then_cp(redis_url, spawn_worker, test_im
          "dockrq: invalid request: --output-dir: needs an attached submit (without -d); use dockrq cp ID:PATH DEST later\n"),
         (("submit", "--output", "o", test_image, "true"), 125,
          "dockrq: invalid request: outputs: must be an absolute container path: 'o'\n"),
-    ):
-        got = dockrq(redis_url, spawn_worker, *args, cwd=tmp_path)
+    )
+    into_dir, as_name, as_json, waited, shown, *refused = dockrq_at_once(
+        redis_url, spawn_worker,
+        (("cp", f"{eid}:/work/out", str(tmp_path / "here")), {}),
+        (("cp", f"{eid}:/work/out/sorted.txt", "copy.txt"), {"cwd": tmp_path}),
+        (("--json", "cp", f"{eid}:/work/out", str(tmp_path / "j")), {}),
+        (("--json", "wait", eid), {}),
+        (("status", eid), {}),
+        *((args, {"cwd": tmp_path}) for args, _, _ in errors),
+    )
+
+    # Later, like docker cp: into an existing directory, or as a new name.
+    assert (into_dir.returncode, into_dir.stderr) == (0, "")
+    assert (tmp_path / "here/out/sorted.txt").read_text() == "1\n2\n3\n"
+    assert as_name.returncode == 0 and (tmp_path / "copy.txt").read_text() == "1\n2\n3\n"
+    assert json.loads(as_json.stdout) == {"written": [str(tmp_path / "j"), str(tmp_path / "j/sorted.txt")], "skipped": []}
+
+    # The outcome lists what was collected.
+    status = json.loads(waited.stdout)
+    assert [f["path"] for f in status["result"]["output_files"]] == ["/work/out", "/work/out/sorted.txt"]
+    assert status["result"]["outputs_missing"] == ["/work/missing"]
+    assert "outputs    2 entries, 1 files, 6 bytes; missing: /work/missing" in shown.stdout
+
+    # One-line errors, never a traceback.
+    for (args, code, message), got in zip(errors, refused, strict=True):
         assert (got.returncode, got.stderr) == (code, message), args
 
 

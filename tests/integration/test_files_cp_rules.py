@@ -17,7 +17,7 @@ import pytest
 from producer import CopyRefused, FollowLink
 from schemas import WRITE_OUTCOME_LUA, ExecutionResult, ExecutionStatus, Outcome, OutputFile
 
-from dockrq_cli import dockrq
+from dockrq_cli import dockrq, dockrq_at_once
 
 pytestmark = pytest.mark.integration
 
@@ -202,21 +202,27 @@ def test_a_name_too_long_here_is_skipped_and_the_copy_goes_on(producer, spawn_wo
 
 def test_which_limit_left_outputs_out_is_said(producer, spawn_worker, redis_url, test_image, here):
     spawn_worker()
-    many = "mkdir /out && cd /out && i=0; while [ $i -lt 10005 ]; do : > f$i; i=$((i+1)); done"
+    # 10005 empty files f0..f10004 (touch through xargs: a shell loop takes seconds longer)
+    many = "mkdir /out && cd /out && seq 0 10004 | sed 's/^/f/' | xargs touch"
     got = dockrq(redis_url, spawn_worker, "--json", "submit", "--output", "/out", "--output", "/other",
                  test_image, "sh", "-c", many + "; mkdir /other")
     result = json.loads(got.stdout)["result"]
     assert (len(result["output_files"]), result["outputs_truncated"], result["outputs_truncated_by"]) == (
         10000, True, ["entries"])
     eid = json.loads(got.stdout)["execution_id"]
-    shown = dockrq(redis_url, spawn_worker, "status", eid).stdout
-    assert "some left out (over the 10000 entries kept per execution)" in shown
-    got = dockrq(redis_url, spawn_worker, "cp", f"{eid}:/other", "x", cwd=here)
+    # three independent CLI calls, run at the same time
+    shown, got, bytes_limit = dockrq_at_once(
+        redis_url, spawn_worker,
+        (("status", eid), {}),
+        (("cp", f"{eid}:/other", "x"), {"cwd": here}),
+        (("submit", "--output", "/out", "--output-files-limit", "10", test_image,
+          "sh", "-c", "mkdir /out && echo more-than-ten-bytes > /out/f"), {}),
+    )
+    assert "some left out (over the 10000 entries kept per execution)" in shown.stdout
     assert got.stderr == (f"dockrq: /other is not among the output files of {eid} "
                           "(left out: over the 10000 entries kept per execution)\n")
 
-    got = dockrq(redis_url, spawn_worker, "submit", "--output", "/out", "--output-files-limit", "10", test_image,
-                 "sh", "-c", "mkdir /out && echo more-than-ten-bytes > /out/f")
+    got = bytes_limit
     assert got.returncode == 0
     assert got.stderr.splitlines()[0] == (
         "dockrq: output files were left out: over the output files limit of 10 (output_files_limit_bytes)")

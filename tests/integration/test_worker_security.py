@@ -203,7 +203,7 @@ def test_a_fork_bomb_stops_at_the_pids_limit(spawn_worker, producer, docker_clie
     spawn_worker()
     bomb = producer.submit(request(
         test_image, f"bomb-{unique}", "sh", "-c", "bomb() { while :; do bomb | bomb; done; }; bomb & while :; do :; done",
-        resources={"pids": 64, "cpus": 0.5}, timeout_seconds=6,
+        resources={"pids": 64, "cpus": 0.5}, timeout_seconds=3,
     ))
     deadline = time.monotonic() + 30
     while (view := producer.status(bomb)).state.value != "running":
