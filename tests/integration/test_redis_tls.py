@@ -17,11 +17,14 @@ import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from urllib.parse import quote
 
 import pytest
 import redis
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 from rq import Queue, Worker
 
 from producer import Producer
@@ -130,14 +133,21 @@ def _run(*args: str, timeout: float = 120) -> subprocess.CompletedProcess:
     return subprocess.run([*args], capture_output=True, text=True, timeout=timeout, stdin=subprocess.DEVNULL)
 
 
+def _run_at_once(*commands: list[str], timeout: float = 120) -> list[subprocess.CompletedProcess]:
+    """:func:`_run` of each of ``commands``, all at the same time; the results in their order."""
+    with ThreadPoolExecutor(len(commands)) as pool:
+        return list(pool.map(lambda command: _run(*command, timeout=timeout), commands))
+
+
 def test_worker_producer_cli_and_dashboard_over_tls_with_an_acl_user(
     tls_redis, tls_worker, spawn_worker, test_image, unique, dashboard_json
 ):
     url = tls_redis.url()
     assert len(url) > 160
-    # the server really is TLS-only and password-protected
+    # the server really is TLS-only and password-protected (said at the first try: redis-py's default
+    # retries of this plain client would only get the same reset connection)
     with pytest.raises(redis.ConnectionError):
-        redis.Redis(port=tls_redis.port, socket_timeout=2).ping()
+        redis.Redis(port=tls_redis.port, socket_timeout=2, retry=Retry(NoBackoff(), 0)).ping()
 
     # the producer (Python API)
     with Producer(url, queue=spawn_worker.queue, prefix=spawn_worker.prefix) as producer:
@@ -161,13 +171,16 @@ def test_worker_producer_cli_and_dashboard_over_tls_with_an_acl_user(
     cli = [str(BIN / "dockrq"), "--redis-url", url, "--prefix", spawn_worker.prefix, "--queue", spawn_worker.queue]
     attached = _run(*cli, "submit", "--id", f"tls-cli-{unique}", test_image, "sh", "-c", "echo from cli; exit 3")
     assert (attached.returncode, attached.stdout) == (3, "from cli\n"), attached.stderr
-    status = _run(*cli, "--json", "status", f"tls-cli-{unique}")
+    # status, ls and the worker's own checks (doctor): three processes at the same time
+    status, listed, doctor = _run_at_once(
+        [*cli, "--json", "status", f"tls-cli-{unique}"],
+        [*cli, "ls"],
+        [str(BIN / "dockrq-worker"), "doctor", "--redis-url", url, "--prefix", spawn_worker.prefix],
+    )
     assert status.returncode == 0 and json.loads(status.stdout)["state"] == "failed"
-    listed = _run(*cli, "ls")
     assert f"tls-cli-{unique}" in listed.stdout and f"tls-py-{unique}" in listed.stdout
 
     # the worker's own checks
-    doctor = _run(str(BIN / "dockrq-worker"), "doctor", "--redis-url", url, "--prefix", spawn_worker.prefix)
     assert doctor.stdout.startswith(f"ok    redis     rediss://127.0.0.1:{tls_redis.port}/0: Redis "), doctor.stdout
     assert PASSWORD not in doctor.stdout + doctor.stderr
 
@@ -185,15 +198,27 @@ def test_worker_producer_cli_and_dashboard_over_tls_with_an_acl_user(
 def test_wrong_credentials_or_certificate_are_one_clear_line(tls_redis, spawn_worker):
     wrong_password = tls_redis.url(password="not-the-password")
     no_ca = tls_redis.url(ca=False)
-    for url, says in ((wrong_password, "invalid username-password pair"), (no_ca, "certificate verify failed")):
-        out = _run(str(BIN / "dockrq"), "--redis-url", url, "status", "some-id", timeout=60)
+    # a user whose ACL lacks the control channels' pattern (its worker is checked last)
+    admin = redis.Redis.from_url(tls_redis.url(user="", password=ADMIN_PASSWORD))
+    admin.execute_command("ACL", "SETUSER", "nocancel", "on", ">nocancel-pw", "~rq:*", "~p-*", "&rq:*", "&p-*", "+@all")
+    admin.close()
+    nocancel_url = tls_redis.url(user="nocancel", password="nocancel-pw")
+    cases = ((wrong_password, "invalid username-password pair"), (no_ca, "certificate verify failed"))
+    # each case's CLI and worker, and the nocancel user's worker: the five processes at the same time
+    runs = iter(_run_at_once(*(
+        command for url, _ in cases for command in (
+            [str(BIN / "dockrq"), "--redis-url", url, "status", "some-id"],
+            [str(BIN / "dockrq-worker"), "--redis-url", url, "--executor-id", spawn_worker.executor_id, "--burst"],
+        )
+    ), [str(BIN / "dockrq-worker"), "--redis-url", nocancel_url, "--prefix", spawn_worker.prefix, "--burst"], timeout=60))
+    for url, says in cases:
+        out = next(runs)
         assert out.returncode == 1, out
         assert out.stdout == "" and out.stderr.count("\n") == 1, out.stderr
         assert out.stderr.startswith(f"dockrq: cannot reach Redis at rediss://{USER}:***@127.0.0.1:{tls_redis.port}/0")
         assert says in out.stderr and "not-the-password" not in out.stderr and "Traceback" not in out.stderr
 
-        worker = _run(str(BIN / "dockrq-worker"), "--redis-url", url, "--executor-id", spawn_worker.executor_id,
-                      "--burst", timeout=60)
+        worker = next(runs)
         assert worker.returncode == 1 and worker.stderr.count("\n") == 1, worker.stderr
         assert worker.stderr.startswith(f"Error: redis: rediss://127.0.0.1:{tls_redis.port}/0: ")
         assert says in worker.stderr and "not-the-password" not in worker.stderr
@@ -202,12 +227,8 @@ def test_wrong_credentials_or_certificate_are_one_clear_line(tls_redis, spawn_wo
     with pytest.raises(redis.exceptions.NoPermissionError):
         tls_redis.client().set("elsewhere", 1)
 
-    # a user whose ACL lacks the control channels' pattern: the worker says so instead of missing cancels
-    admin = redis.Redis.from_url(tls_redis.url(user="", password=ADMIN_PASSWORD))
-    admin.execute_command("ACL", "SETUSER", "nocancel", "on", ">nocancel-pw", "~rq:*", "~p-*", "&rq:*", "&p-*", "+@all")
-    admin.close()
-    url = tls_redis.url(user="nocancel", password="nocancel-pw")
-    worker = _run(str(BIN / "dockrq-worker"), "--redis-url", url, "--prefix", spawn_worker.prefix, "--burst", timeout=60)
+    # the user whose ACL lacks the control channels' pattern: the worker says so instead of missing cancels
+    worker = next(runs)
     pattern = f"{spawn_worker.prefix}:exec:*:control"
     assert worker.returncode == 1 and worker.stderr.count("\n") == 1, worker.stderr
     assert f"the Redis user may not PSUBSCRIBE {pattern}" in worker.stderr and f"add '&{pattern}' to its ACL" in worker.stderr

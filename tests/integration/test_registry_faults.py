@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -90,6 +91,7 @@ def test_pull_failures_end_image_pull_with_one_line(
         "unauthorized": f"{auth_registry}/dockrq-test/busybox:latest",
         "pull timed out": stalled_image.replace(registry, proxy.address, 1),
     }
+    said: dict[str, str] = {}
     for reason, image in cases.items():
         eid = producer.submit({"engine": {"image": image, "cmd": ["true"]}, "pull_policy": "always"})
         outcome = producer.wait(eid, timeout=30)
@@ -97,9 +99,14 @@ def test_pull_failures_end_image_pull_with_one_line(
         message = outcome.error.message
         assert message.startswith(f"image {image}: {reason}"), message
         assert "\n" not in message and "http+docker" not in message and "Server Error" not in message, message
-        waited = _dockrq_wait(redis_url, spawn_worker, eid)
-        assert (waited.returncode, waited.stderr) == (125, f"dockrq: execution {eid} error: image_pull: {message}\n")
+        said[eid] = message
         _still_works(producer, test_image)
+    # what `dockrq wait` says of each (the four CLI processes at the same time)
+    with ThreadPoolExecutor(len(said)) as pool:
+        waits = dict(zip(said, pool.map(lambda eid: _dockrq_wait(redis_url, spawn_worker, eid), said)))
+    for eid, message in said.items():
+        waited = waits[eid]
+        assert (waited.returncode, waited.stderr) == (125, f"dockrq: execution {eid} error: image_pull: {message}\n")
     assert proxy.stalled.is_set()
     log = worker.output()
     assert "Traceback" not in log, log[-4000:]
