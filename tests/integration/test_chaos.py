@@ -21,8 +21,9 @@ SCRIPT = Path(__file__).resolve().parents[2] / "scripts" / "chaos.py"
 def test_chaos_session_on_tiny_sizes(docker_client):
     run = subprocess.run(
         [
-            sys.executable, str(SCRIPT), "--executions", "10", "--workers", "2", "--no-restart-dockerd",
-            "--kill-every", "2", "4", "--seed", "7", "--hang-after", "150", "--json",
+            # three workers drain the ten executions sooner than two; Redis stays down 1 s (not 3)
+            sys.executable, str(SCRIPT), "--executions", "10", "--workers", "3", "--no-restart-dockerd",
+            "--kill-every", "2", "4", "--redis-down", "1", "--seed", "7", "--hang-after", "150", "--json",
         ],
         capture_output=True, text=True, timeout=280,
     )

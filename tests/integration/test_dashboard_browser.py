@@ -132,7 +132,7 @@ def test_the_dashboard_tells_endings_apart_and_its_buttons_are_safe(
 
     from worker.execution.channels import ExecutionChannels
 
-    spawn_worker("--max-memory", "64m")
+    spawn_worker("--max-memory", "64m", stop_grace=0.2)  # the timed-out and cancelled containers stop sooner
     image = {"image": test_image}
     ids = {
         "succeeded": producer.submit({"engine": {**image, "cmd": ["echo", "hello"]}}),
