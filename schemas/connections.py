@@ -12,7 +12,8 @@ a Redis restart is).
 The client carries redis-py's own ``Retry`` (``ExponentialWithJitterBackoff``,
 retried on :data:`REDIS_DOWN`), handed to the connection pool the way arq's
 ``connections.py`` does: a dropped connection is reconnected and the command
-sent again a few times within about a second, invisibly to the caller.
+sent again a few times within a few seconds (about 4 s in all), invisibly to the caller;
+a wrong password or an untrusted certificate (:class:`CommandRetry`) is not retried.
 
 Outages longer than that reach the caller as one of :data:`REDIS_DOWN`. Code
 that must ride them out waits with :func:`ride_out_outage` (with
