@@ -182,7 +182,8 @@ class Bench:
         self.producer = Producer(
             redis_url=args.redis_url, queue=self.queue, prefix=self.prefix, retention_seconds=RETENTION
         )
-        self.workers: list[subprocess.Popen[bytes]] = []
+        self.workers: list[subprocess.Popen[bytes]] = []  # every worker started (stopped at cleanup)
+        self.pool: list[subprocess.Popen[bytes]] = []  # those on the bench queue (the concurrency figures)
         self._raw_clients: list[docker.APIClient] = []
         self.log_dir = Path(args.log_dir) if args.log_dir else None
         self._seq = 0
@@ -259,12 +260,16 @@ class Bench:
 
     # -- workers ---------------------------------------------------------------
 
+    def spawn_workers(self, total: int) -> None:
+        """Start dockrq-worker processes on the bench queue up to ``total`` (not waiting for them)."""
+        for n in range(len(self.pool), total):
+            self.pool.append(self._spawn(self.queue, f"w{n}"))
+            self.workers.append(self.pool[-1])
+
     def start_workers(self, total: int) -> None:
         """Grow the pool on the bench queue to ``total`` dockrq-worker processes, listening."""
-        first = len(self.workers)
-        for n in range(first, total):
-            self.workers.append(self._spawn(self.queue, f"w{n}"))
-        self._wait_listening(self.queue, total, self.workers[first:])
+        self.spawn_workers(total)
+        self._wait_listening(self.queue, total, self.pool)
 
     def _spawn(self, queue: str, name: str, *, redis_url: str | None = None,
                retention: int = RETENTION) -> subprocess.Popen[bytes]:
@@ -319,6 +324,8 @@ class Bench:
             p.wait(5)
             if p in self.workers:
                 self.workers.remove(p)
+            if p in self.pool:
+                self.pool.remove(p)
 
     # -- submit_many -------------------------------------------------------------
 
@@ -560,6 +567,8 @@ def run(args: argparse.Namespace, console: Console) -> dict[str, Any]:
     load_before = os.getloadavg()
     try:
         with progress:
+            # the first worker of the pool starts meanwhile (on the shared Redis: nothing the cost counts)
+            bench.spawn_workers(1)
             # -- cost per execution on a private Redis (first: the machine is quietest) --
             task = progress.add_task("cost: Redis commands, bytes, CPU", total=3 * args.cost_executions)
             cost = measure_cost(bench, args.cost_executions, args.idle_seconds, lambda: progress.advance(task))
