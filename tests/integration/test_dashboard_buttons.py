@@ -167,6 +167,9 @@ MALFORMED = [
     ("GET", "/5/view/queues", 404, "instance 5"),
     ("GET", "/5/data/queues.json", 404, "instance 5"),
     ("POST", "/queue/no-such-queue-{u}/compact", 404, "no-such-queue"),
+    ("POST", "/requeue/no-such-queue-{u}", 404, "no-such-queue"),
+    ("POST", "/queue/no-such-queue-{u}/failed/empty", 404, "no-such-queue"),
+    ("POST", "/queue/no-such-queue-{u}/ended/empty", 404, "no-such-queue"),
     ("POST", "/queue/{q}/bogusreg/empty", 404, "bogusreg"),
     # ids rq refuses (rq.job.validate_job_id raised ValueError: 500 on the page and the buttons)
     ("GET", "/0/view/job/a%20b", 404, "not an rq job id"),
