@@ -68,8 +68,9 @@ def test_executions_spread_over_two_nodes_and_ls_shows_the_node(
 ):
     node_b = docker_node()
     a, b = f"a-{unique}", f"b-{unique}"
-    spawn_worker(executor_id=a)
-    spawn_worker(executor_id=b, env={"DOCKER_HOST": node_b.docker_host})
+    started = [spawn_worker(executor_id=a, ready=False),
+               spawn_worker(executor_id=b, env={"DOCKER_HOST": node_b.docker_host}, ready=False)]
+    spawn_worker.ready(2, started)
     client_b = docker.DockerClient(base_url=node_b.docker_host)
     ids = [f"spread{i}-{unique}" for i in range(8)]
     with Producer(redis_url, queue=spawn_worker.queue, prefix=spawn_worker.prefix) as producer, Sightings(
@@ -127,10 +128,9 @@ def test_waiters_end_when_redis_loses_its_data(spawn_worker, tmp_path, unique, d
     server = RedisServer(tmp_path, durable=False)
     server.start()
     try:
-        spawn_worker(redis_url=server.url, env=FAST_REAP_ENV)
-        # Free while the first is busy; its reaper leaves the first one's forgotten container to its
-        # live owner (worker.faults.owner), so nothing ends the execution before the waiter gives up.
-        spawn_worker(redis_url=server.url, env=FAST_REAP_ENV)
+        # Two: one is free while the other is busy; its reaper leaves the busy one's forgotten container
+        # to its live owner (worker.faults.owner), so nothing ends the execution before the waiter gives up.
+        spawn_worker.many(2, redis_url=server.url, env=FAST_REAP_ENV)
         producer = Producer(server.url, queue=spawn_worker.queue, prefix=spawn_worker.prefix)
         # Runs well past the waiter's give-up (a few seconds): had it ended first, the worker would
         # have written its outcome to the empty Redis and the waiter would have that instead.
@@ -182,7 +182,7 @@ def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_
     a, b = f"a-{unique}", f"b-{unique}"
     env_b = {**FAST_REAP_ENV, "DOCKER_HOST": node_b.docker_host}
     grace = float(FAST_REAP_ENV["DOCKRQ_ORPHAN_GRACE_SECONDS"])
-    b_workers = [spawn_worker(executor_id=b, env=env_b) for _ in range(2)]
+    b_workers = spawn_worker.many(2, executor_id=b, env=env_b)
     client_b = docker.DockerClient(base_url=node_b.docker_host)
     stranger = client_b.containers.run(  # another deployment's, on B: never to be touched
         "dockrq-test/busybox:latest", ["sleep", "300"], detach=True, network_mode="none",
@@ -196,8 +196,7 @@ def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_
     producer.submit(_request(once, *cmd, retries=0))
     wait_until(lambda: all(producer.status(e).state.value == "running" for e in (again, once)), 60, "both running on B")
     assert {producer.status(e).node for e in (again, once)} == {b}
-    for _ in range(2):
-        spawn_worker(executor_id=a, env=FAST_REAP_ENV)
+    spawn_worker.many(2, executor_id=a, env=FAST_REAP_ENV)
 
     results: dict[str, object] = {}
 
