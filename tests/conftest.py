@@ -202,7 +202,7 @@ def spawn_worker(redis_url, unique, docker_client, tmp_path):
     ``spawn(*extra_args, ready=True)`` returns a WorkerProcess once rq lists it
     on the queue; ``spawn.many(n, *extra_args, **kw)`` starts n at once and returns them once rq
     lists them all; ``spawn.ready(count, procs)`` waits for ``count`` workers when ``procs`` were
-    spawned with ``ready=False``. At teardown every process group is SIGKILLed and every
+    spawned with ``ready=False``; ``spawn.runner(execution_id, procs)`` is the one running it. At teardown every process group is SIGKILLed and every
     container labelled with the test's executor id is removed, whatever the test did.
     """
     import subprocess
@@ -292,8 +292,18 @@ def spawn_worker(redis_url, unique, docker_client, tmp_path):
         ready(before + count, procs, redis_url=redis_url)
         return procs
 
+    def runner(execution_id: str, procs: list[WorkerProcess]) -> WorkerProcess:
+        """The one of ``procs`` that rq's job meta names as running ``execution_id`` now
+        (``meta["worker"]``: a worker name, ``EXECUTOR.PID.SUFFIX``)."""
+        from rq.job import Job
+        from rq.serializers import JSONSerializer
+
+        name = Job.fetch(execution_id, connection=client, serializer=JSONSerializer).get_meta(refresh=True)["worker"]
+        (proc,) = [p for p in procs if f".{p.pid}." in name]
+        return proc
+
     spawn.queue, spawn.prefix, spawn.executor_id = queue, prefix, executor_id
-    spawn.many, spawn.ready = many, ready
+    spawn.many, spawn.ready, spawn.runner = many, ready, runner
     yield spawn
 
     for proc in started:

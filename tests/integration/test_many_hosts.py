@@ -102,12 +102,13 @@ def test_forgotten_containers_of_this_deployment_are_removed_and_another_deploym
     """A container labelled with this deployment whose execution Redis does not know (data lost)
     is removed after the orphan grace; one of another deployment on the same daemon never is."""
     ours, theirs = f"dep-{unique}", f"other-{unique}"
-    spawn_worker(env={**FAST_REAP_ENV, "DOCKRQ_DEPLOYMENT": ours})
+    worker = spawn_worker(env={**FAST_REAP_ENV, "DOCKRQ_DEPLOYMENT": ours}, ready=False)  # comes up meanwhile
     made = []
     for deployment in (ours, theirs):
         ex = new_executor(f"gone-{unique}", labels={LABEL_DEPLOYMENT: deployment}, stop_grace_seconds=0)
         ex.start(_request(f"{deployment}-x", "sleep", "120"))
         made.append(ex)
+    spawn_worker.ready(1, [worker])
 
     def present(deployment):
         return docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"{LABEL_DEPLOYMENT}={deployment}"})

@@ -73,14 +73,6 @@ def _started_ids(redis_client, queue):
     return StartedJobRegistry(queue, connection=redis_client).get_job_ids(cleanup=False)
 
 
-def _runner(redis_client, execution_id, workers):
-    """The one of ``workers`` that rq's job meta names as running ``execution_id`` (worker names
-    carry the PID: ``EXECUTOR.PID.SUFFIX``)."""
-    name = _meta(redis_client, execution_id)["worker"]
-    (runner,) = [w for w in workers if f".{w.pid}." in name]
-    return runner
-
-
 # -- SIGKILL mid-execution, same node: the restarted worker adopts ---------------------------------
 
 
@@ -141,7 +133,7 @@ def test_reaper_stops_the_container_and_writes_lost(spawn_worker, other_node, pr
     eid = producer.submit(_request(unique, "lost", "sleep", "300"))
     wait_until(lambda: producer.status(eid).state == "running", 20, "running")
 
-    _runner(redis_client, eid, workers).kill()
+    spawn_worker.runner(eid, workers).kill()
     # Left alone the container sleeps 300 s and nobody writes an outcome: one within a minute
     # saying the worker was lost is the other node's reaper at work.
     got = producer.wait(eid, timeout=60)
@@ -162,7 +154,7 @@ def test_reaper_reenqueues_when_the_request_allows_retries(
     eid = producer.submit(_request(unique, "retry", "sh", "-c", "sleep 5; echo finished", retries=1))
     wait_until(lambda: producer.status(eid).state == "running" and _containers(docker_client, eid), 20, "running")
     (first_container,) = _containers(docker_client, eid)
-    doomed = _runner(redis_client, eid, workers)
+    doomed = spawn_worker.runner(eid, workers)
 
     doomed.kill()
     got = producer.wait(eid, timeout=60)
@@ -183,11 +175,11 @@ def test_reaper_writes_lost_once_retries_are_used_up(
     spawn_worker.ready(3, workers)
     eid = producer.submit(_request(unique, "twice", "sleep", "300", retries=1))
     wait_until(lambda: producer.status(eid).state == "running", 20, "running")
-    doomed = _runner(redis_client, eid, workers)
+    doomed = spawn_worker.runner(eid, workers)
     doomed.kill()  # a survivor reaps it and puts it back on the queue, and one of them runs the retry...
     wait_until(lambda: (_meta(redis_client, eid).get("attempts") == 2
                    and producer.status(eid).state == "running"), 40, "second attempt running")
-    second = _runner(redis_client, eid, workers)
+    second = spawn_worker.runner(eid, workers)
     assert second is not doomed
     second.kill()  # ...and dies too: no retry left
     (third,) = [w for w in workers if w not in (doomed, second)]
