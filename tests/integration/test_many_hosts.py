@@ -173,7 +173,7 @@ def test_waiters_end_when_redis_loses_its_data(spawn_worker, tmp_path, unique, d
         server.kill()
 
 
-def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_client, docker_client, unique):
+def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_client, docker_client, unique, tmp_path):
     """SIGKILL node B (its workers and its dockerd) while it runs two executions: each gets exactly
     one outcome -- re-run on node A when its retries allow, ``lost`` otherwise -- and their waiters
     and log followers end. B comes back (dockerd and a worker): its old containers are removed by
@@ -183,7 +183,10 @@ def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_
     a, b = f"a-{unique}", f"b-{unique}"
     env_b = {**FAST_REAP_ENV, "DOCKER_HOST": node_b.docker_host}
     grace = float(FAST_REAP_ENV["DOCKRQ_ORPHAN_GRACE_SECONDS"])
-    b_workers = spawn_worker.many(2, executor_id=b, env=env_b)
+    shared = tmp_path / "shared"  # a host directory both daemons bind-mount: what the first run leaves
+    shared.mkdir()
+    mount_root = ("--allow-mount-root", str(shared))
+    b_workers = spawn_worker.many(2, *mount_root, executor_id=b, env=env_b)
     client_b = docker.DockerClient(base_url=node_b.docker_host)
     stranger = client_b.containers.run(  # another deployment's, on B: never to be touched
         "dockrq-test/busybox:latest", ["sleep", "300"], detach=True, network_mode="none",
@@ -191,13 +194,17 @@ def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_
                 "dockrq.created": "1"},
     )
     producer = Producer(redis_url, queue=spawn_worker.queue, prefix=spawn_worker.prefix)
-    cmd = ["sh", "-c", "echo begin; sleep 10; echo end"]  # still running when B dies
+    # The first run of each marks /data/NAME and is still running when B dies; a re-run finds the mark and ends at once.
+    def cmd(name):
+        return ["sh", "-c", f"if [ -e /data/{name} ]; then echo end; else touch /data/{name}; echo begin; sleep 300; fi"]
+
+    mounts = [{"source": str(shared), "target": "/data", "read_only": False}]
     again, once = f"again-{unique}", f"once-{unique}"
-    producer.submit(_request(again, *cmd, retries=1))
-    producer.submit(_request(once, *cmd, retries=0))
+    producer.submit(_request(again, *cmd("again"), retries=1, mounts=mounts))
+    producer.submit(_request(once, *cmd("once"), retries=0, mounts=mounts))
     wait_until(lambda: all(producer.status(e).state.value == "running" for e in (again, once)), 60, "both running on B")
     assert {producer.status(e).node for e in (again, once)} == {b}
-    spawn_worker.many(2, executor_id=a, env=FAST_REAP_ENV)
+    spawn_worker.many(2, *mount_root, executor_id=a, env=FAST_REAP_ENV)
 
     results: dict[str, object] = {}
 
@@ -230,7 +237,7 @@ def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_
     assert results[f"wait-{once}"].status == ExecutionStatus.LOST, results[f"wait-{once}"]
     assert results[f"wait-{once}"].error.code == "worker_lost"
     rerun = results[f"wait-{again}"]
-    assert rerun.status == ExecutionStatus.SUCCEEDED, rerun
+    assert (rerun.status, rerun.result.stdout) == (ExecutionStatus.SUCCEEDED, "end\n"), rerun  # after B's first run
     assert producer.status(again).node == a, "re-run on the surviving node"
     for e in (again, once):
         assert not isinstance(results[f"logs-{e}"], BaseException), results[f"logs-{e}"]
@@ -243,7 +250,7 @@ def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_
     node_b.start()  # dockerd's restore stops the containers its shims kept running
     old = client_b.containers.list(ignore_removed=True, all=True, filters={"label": "dockrq.execution"})
     assert {c.labels["dockrq.execution"] for c in old} >= {again, once, f"stranger-{unique}"}
-    spawn_worker(executor_id=b, env=env_b)
+    spawn_worker(*mount_root, executor_id=b, env=env_b)
     wait_until(
         lambda: {c["Labels"]["dockrq.execution"] for c in client_b.api.containers(all=True)} == {f"stranger-{unique}"},
         60 + grace, "B's worker to remove its old containers",
