@@ -130,16 +130,12 @@ def test_a_killed_workers_slot_is_freed_when_its_execution_is_reaped(
     producer, spawn_worker, test_image, unique, redis_client, docker_client
 ):
     key = f"gpu-{unique}"
-    # Two nodes (executor ids of their own), started at once: one runs the first, the other stays
-    # idle (the key is full) and reaps it once its worker is killed.
-    workers = [spawn_worker(env=FAST_REAP_ENV, ready=False),
-               spawn_worker("--executor-id", f"{spawn_worker.executor_id}-b", env=FAST_REAP_ENV, ready=False)]
-    spawn_worker.ready(2, workers)
+    doomed = spawn_worker(env=FAST_REAP_ENV)
     watch = Running(redis_client, producer.keys.events)
     first = producer.submit(_req(test_image, f"first-{unique}", key, 1, "sleep", "300"))
     wait_until(lambda: producer.status(first).state.value == "running", 60, "first running")
-    doomed = spawn_worker.runner(first, workers)
     rest = [producer.submit(_req(test_image, f"rest-{i}-{unique}", key, 1, "sleep", "1")) for i in range(2)]
+    spawn_worker("--executor-id", f"{spawn_worker.executor_id}-b", env=FAST_REAP_ENV)  # idle: the key is full
     time.sleep(1)
     assert [producer.status(e).state.value for e in rest] == ["queued", "queued"] and watch.started == [first]
     doomed.kill()
@@ -155,13 +151,12 @@ def test_a_killed_workers_slot_is_freed_when_its_execution_is_reaped(
 def test_retries_keep_their_slot_and_a_killed_retry_is_reaped(producer, spawn_worker, test_image, unique, redis_client):
     """Concurrency and retries together: an immediate retry keeps the slot; a lost attempt is retried."""
     key = f"mix-{unique}"
-    workers = [spawn_worker(env=FAST_REAP_ENV, ready=False),  # two nodes: one dies, the other reaps
-               spawn_worker("--executor-id", f"{spawn_worker.executor_id}-b", env=FAST_REAP_ENV, ready=False)]
-    spawn_worker.ready(2, workers)
+    doomed = spawn_worker(env=FAST_REAP_ENV)
     eid = producer.submit(_req(test_image, f"mix-{unique}", key, 1, "sleep", "300", retries=1))
     other = producer.submit(_req(test_image, f"other-{unique}", key, 1))
     wait_until(lambda: producer.status(eid).state.value == "running", 60, "running")
-    spawn_worker.runner(eid, workers).kill()
+    doomed.kill()
+    spawn_worker("--executor-id", f"{spawn_worker.executor_id}-b", env=FAST_REAP_ENV)
     wait_until(lambda: Job.fetch(eid, connection=redis_client, serializer=JSONSerializer).meta.get("attempts") == 2
           and producer.status(eid).state.value == "running", 60, "second attempt running")
     assert producer.status(other).state.value == "queued"  # the retry kept the slot

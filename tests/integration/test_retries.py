@@ -71,8 +71,8 @@ def data_dir(tmp_path):
     return d
 
 
-def _mounting_worker(spawn_worker, data_dir, *extra, env=None, ready=True):
-    return spawn_worker("--allow-mount-root", str(data_dir), *extra, env=env or FAST_REAP_ENV, ready=ready)
+def _mounting_worker(spawn_worker, data_dir, *extra, env=None):
+    return spawn_worker("--allow-mount-root", str(data_dir), *extra, env=env or FAST_REAP_ENV)
 
 
 def test_failed_attempts_are_retried_until_one_succeeds(
@@ -156,15 +156,14 @@ def test_cancel_during_the_backoff_ends_it_with_the_history(
 def test_worker_killed_mid_attempt_is_retried_once_and_never_twice_at_once(
     producer, spawn_worker, test_image, unique, data_dir, docker_client
 ):
-    workers = [_mounting_worker(spawn_worker, data_dir, ready=False),  # two nodes: one dies, the other reaps
-               _mounting_worker(spawn_worker, data_dir, "--executor-id", f"{spawn_worker.executor_id}-b", ready=False)]
-    spawn_worker.ready(2, workers)
+    doomed = _mounting_worker(spawn_worker, data_dir)
     eid = producer.submit(_counting_request(
         test_image, f"killed-{unique}", data_dir, 'case $n in 1) exit 7;; 2) sleep 300;; esac',
         retries=3, retry_on=["failed", "lost"],
     ))
     wait_until(lambda: _runs(data_dir) == 2 and producer.status(eid).state.value == "running", 60, "attempt 2 running")
-    spawn_worker.runner(eid, workers).kill()
+    doomed.kill()
+    _mounting_worker(spawn_worker, data_dir, "--executor-id", f"{spawn_worker.executor_id}-b")
     seen = []
     deadline = time.monotonic() + 90
     while producer.status(eid).outcome is None:

@@ -281,9 +281,10 @@ def test_second_sigterm_while_pulling_writes_outcome_and_leaves_nothing(
 
 
 def test_shutdown_of_an_adopter_ends_what_it_adopted(spawn_worker, producer, redis_client, docker_client, unique):
-    first, second = spawn_worker.many(2, env=FAST)  # each takes one of the two executions
+    first = spawn_worker(env=FAST)
     finishing = producer.submit(_request(unique, "adopted-finish", "sh", "-c", "sleep 8; echo done"))
     stuck = producer.submit(_request(unique, "adopted-stuck", "sleep", "300"))
+    second = spawn_worker(env=FAST)  # takes the second execution while the first worker has the first
     wait_until(lambda: all(producer.status(e).state == "running" and producer.status(e).container_id
                       for e in (finishing, stuck)), 20, "both running")  # announced by their workers, not only rq
     owners = {_meta(redis_client, e)["worker"] for e in (finishing, stuck)}
