@@ -59,7 +59,8 @@ from .replicas import ProducerAcks
 from .jobhash import JobWriter
 from .kept import kept_job
 from .logs import LogReader
-from .many import DEFAULT_RECHECK_SECONDS
+from .many import DEFAULT_RECHECK_SECONDS, pipelined
+from .presence import presence_commands
 from .outputs import OutputsMixin
 from .planning import (  # noqa: F401 - re-exported: submit planning lived here before producer.planning
     JOB_TIMEOUT_MARGIN_SECONDS,
@@ -290,17 +291,8 @@ class Producer(SubmitPlanner, OutputsMixin):
         return Job.fetch_many([execution_id], connection=self._client, serializer=JSONSerializer)[0]
 
     def _presence(self, execution_id: str) -> tuple[bool, bool, bool]:
-        """Whether an outcome, an rq job and a claim exist for the id, in one round trip.
-
-        An rq job is a hash with ``created_at`` (every ``Job.save`` writes it): a running
-        worker's single-field writes into a job Redis has lost (its state in ``meta``,
-        rq's ``last_heartbeat`` until rq deletes it again, an adopter's ``worker_name``)
-        recreate the hash without it, and must not keep a waiter from seeing the loss."""
-        with self._client.pipeline(transaction=False) as pipe:
-            pipe.exists(self.keys.outcome(execution_id))
-            pipe.hexists(Job.key_for(execution_id), "created_at")
-            pipe.exists(self.keys.claim(execution_id))
-            outcome, job, claim = (bool(n) for n in pipe.execute())
+        """(outcome exists, rq job exists, claim exists) in one round trip (producer.presence)."""
+        outcome, job, claim = (bool(n) for n in pipelined(self._client, presence_commands(self.keys, execution_id)))
         return outcome, job, claim
 
     def _require_known(self, execution_id: str) -> None:

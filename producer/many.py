@@ -31,12 +31,12 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
 import redis
-from rq.job import Job
 
 from schemas import EXECUTION_ID_PATTERN, ExecutionStatus, Keys, Outcome
 from schemas.connections import ride_out_outage
 
 from .errors import ExecutionNotFound
+from .presence import presence_commands
 from .steps import drive, run
 
 if TYPE_CHECKING:
@@ -217,16 +217,15 @@ def follow_steps(state: FollowState) -> Generator[Outcome | ReadOutcomes | str, 
 def outcome_reads(keys: Keys, ids: list[str], full: bool) -> Generator[list[tuple[str, tuple[Any, ...]]], list[Any], tuple[list[Any], list[Any] | None]]:
     """The pipelines (``(command, args)`` lists, sent with ``transaction=False``; answered with their
     replies) that read ``ids``' outcome keys in chunks of CHUNK: LINDEX of each outcome key and, with
-    ``full``, whether its rq job (HEXISTS created_at) or its claim exists. Returns ``(raws, exists)`` (``exists`` None unless ``full``)."""
+    ``full``, whether its rq job or its claim exists (producer.presence). Returns ``(raws, exists)`` (``exists`` None unless ``full``)."""
     raws: list[Any] = []
     exists: list[Any] | None = [] if full else None
     for start in range(0, len(ids), CHUNK):
         commands: list[tuple[str, tuple[Any, ...]]] = []
         for execution_id in ids[start : start + CHUNK]:
             commands.append(("lindex", (keys.outcome(execution_id), 0)))
-            if full:  # a job as Producer._presence counts one: a hash with created_at
-                commands.append(("hexists", (Job.key_for(execution_id), "created_at")))
-                commands.append(("exists", (keys.claim(execution_id),)))
+            if full:  # (producer.presence) its rq job, its claim
+                commands.extend(presence_commands(keys, execution_id)[1:])
         replies = yield commands
         step = 3 if full else 1
         raws.extend(replies[0::step])

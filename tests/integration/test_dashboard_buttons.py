@@ -52,10 +52,11 @@ def _running(redis_client, eid: str) -> bool:
 
 
 def make_state(state: str, spawn_worker, producer, redis_client, test_image) -> str:
-    """An execution whose rq job is in ``state`` ("gone": rq job deleted, outcome kept)."""
+    """An execution whose rq job is in ``state`` ("gone": rq job deleted, outcome kept).
+    The states of RAN need the test's worker running (started by the caller)."""
     later = timedelta(hours=1)
     quick = {"engine": {"image": test_image, "cmd": ["true"]}}
-    if state == "queued":  # no worker listens on the test's queue yet
+    if state == "queued":  # no worker listens on the test's queue
         return producer.submit(quick)
     if state == "scheduled":
         return producer.submit(quick, delay=later)
@@ -74,7 +75,6 @@ def make_state(state: str, spawn_worker, producer, redis_client, test_image) -> 
             job.failed_job_registry.add(job, ttl=600, exc_string="Traceback: test", pipeline=pipe)
             pipe.execute()
         return eid
-    spawn_worker()
     if state == "started":
         eid = producer.submit({"engine": {"image": test_image, "cmd": ["sleep", "60"]}})
         deadline = time.monotonic() + 30
@@ -110,31 +110,49 @@ def press(client, button: str, state: str, eid: str, queue: str):
     return client.post(path)
 
 
-@pytest.mark.parametrize("button", BUTTONS)
-@pytest.mark.parametrize("state", STATES)
-def test_no_button_answers_500_in_any_state(app, button, state, spawn_worker, producer, redis_client, test_image):
+def check_button(app, button, state, spawn_worker, producer, redis_client, test_image) -> None:
+    """Make an execution in ``state``, press ``button`` on it, check the answer and that it has
+    at most one outcome; a started one is then ended (its one outcome: cancelled)."""
     eid = make_state(state, spawn_worker, producer, redis_client, test_image)
     response = press(app, button, state, eid, spawn_worker.queue)
-    assert response.status_code < 500, (response.status_code, response.data[-3000:])
+    where = (state, button, response.status_code, response.data[-3000:])
+    assert response.status_code < 500, where
     if button == "delete_queue":
-        assert response.status_code == 404
+        assert response.status_code == 404, where
         return
     body = response.get_json()
-    assert body is not None and body["status"] in ("OK", "ERROR", "CANCELLING"), body
+    assert body is not None and body["status"] in ("OK", "ERROR", "CANCELLING"), where
     if body["status"] == "ERROR":
-        assert body["message"], body
+        assert body["message"], where
     if button == "requeue" and state != "failed":  # only rq's failed jobs are requeued
-        assert body["status"] == "ERROR" and eid in body["message"], body
+        assert body["status"] == "ERROR" and eid in body["message"], where
     if button == "requeue" and state in ("queued", "deferred", "scheduled", "started"):
-        assert f"is {state}" in body["message"], body
+        assert f"is {state}" in body["message"], where
     if button == "requeue" and state == "failed":
-        assert body["status"] == "OK"
+        assert body["status"] == "OK", where
     # never a second outcome for one execution
-    assert redis_client.llen(Keys(spawn_worker.prefix).outcome(eid)) <= 1
+    assert redis_client.llen(Keys(spawn_worker.prefix).outcome(eid)) <= 1, where
     if state == "started":  # end it: cancel, and the worker writes its one outcome
         if button not in ("cancel", "delete", "empty"):
             producer.cancel(eid)
-        assert producer.wait(eid, timeout=60).status.value == "cancelled"
+        assert producer.wait(eid, timeout=60).status.value == "cancelled", where
+
+
+RAN = ("started", "finished", "gone")  # states a worker brings the job to
+
+
+@pytest.mark.parametrize("button", BUTTONS)
+@pytest.mark.parametrize("state", [s for s in STATES if s not in RAN])
+def test_no_button_answers_500_before_a_worker_took_the_job(app, button, state, spawn_worker, producer, redis_client, test_image):
+    check_button(app, button, state, spawn_worker, producer, redis_client, test_image)
+
+
+@pytest.mark.parametrize("state", RAN)
+def test_no_button_answers_500_once_a_worker_took_the_job(app, state, spawn_worker, producer, redis_client, test_image):
+    """Each button on its own execution, one after the other, on one worker."""
+    spawn_worker()
+    for button in BUTTONS:
+        check_button(app, button, state, spawn_worker, producer, redis_client, test_image)
 
 
 MALFORMED = [
@@ -149,6 +167,9 @@ MALFORMED = [
     ("GET", "/5/view/queues", 404, "instance 5"),
     ("GET", "/5/data/queues.json", 404, "instance 5"),
     ("POST", "/queue/no-such-queue-{u}/compact", 404, "no-such-queue"),
+    ("POST", "/requeue/no-such-queue-{u}", 404, "no-such-queue"),
+    ("POST", "/queue/no-such-queue-{u}/failed/empty", 404, "no-such-queue"),
+    ("POST", "/queue/no-such-queue-{u}/ended/empty", 404, "no-such-queue"),
     ("POST", "/queue/{q}/bogusreg/empty", 404, "bogusreg"),
     # ids rq refuses (rq.job.validate_job_id raised ValueError: 500 on the page and the buttons)
     ("GET", "/0/view/job/a%20b", 404, "not an rq job id"),

@@ -17,18 +17,16 @@ from concurrent.futures import Future
 from datetime import datetime, timezone
 from typing import Any
 
-import requests
-
 from schemas import ExecutionRequest, ExecutionResult, ExecutionState, ExecutionStatus
 
 from .classify import Ending, StopRequests, classify
+from .daemon_away import DAEMON_RECOVERY_SECONDS, lost_connection, wait_surviving_daemon
 from .deadlines import DEADLINES, Deadline
 from .threads import REUSE, Ran
 from .client import Attached, DockerClient, ImageMissing, PullHandle
 from .errors import (
     DAEMON_ERRORS,
     DaemonError,
-    DaemonRestarted,
     ExecutionAlreadyFinished,
     ImagePullError,
     StartError,
@@ -43,23 +41,9 @@ from .spec import ContainerSpec
 
 log = logging.getLogger(__name__)
 
-# How long a supervisor waits for dockerd to come back before giving up on an
-# execution whose wait was cut by a daemon restart.
-DAEMON_RECOVERY_SECONDS = 60.0
 # After the container stops, its output is drained within this time at most.
 DRAIN_SECONDS = 30.0
 OOM_EVENT_WAIT = 3.0
-
-
-def _lost_connection(exc: BaseException | None) -> bool:
-    """Whether ``exc`` (or what caused it) is the daemon's connection failing, not a refusal."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, (requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError)):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
 
 
 def _now() -> datetime:
@@ -147,7 +131,7 @@ class ExecutionHandler:
 
     def _daemon_came_back(self, exc: BaseException, give_up: float) -> bool:
         """After a failed start: was it the daemon's connection, and is the daemon back (in time)?"""
-        if self._stop_reason is not None or time.monotonic() > give_up or not _lost_connection(exc):
+        if self._stop_reason is not None or time.monotonic() > give_up or not lost_connection(exc):
             return False
         self._waiting_for_daemon = True
         try:
@@ -271,7 +255,9 @@ class ExecutionHandler:
 
     def _supervise(self) -> None:
         try:
-            exit_code, error = self._wait_surviving_daemon()
+            exit_code, error = wait_surviving_daemon(
+                self._client, self.container_id, self.execution_id, lambda: self._stop_reason
+            )
             self._drain()
             result = self._classify(exit_code, error)
         except Exception as exc:  # never leave a waiter hanging
@@ -281,42 +267,6 @@ class ExecutionHandler:
         result = self._with_outputs(result)
         self._remove_container()
         self._finish(result)
-
-    def _wait_surviving_daemon(self) -> tuple[int | None, DaemonError | None]:
-        """Exit code of the container. If dockerd restarts meanwhile, wait for it to
-        return and follow the container if it survived (live-restore)."""
-        while True:
-            try:
-                exit_code = self._client.wait(self.container_id)
-                if not self._stopped_by_daemon_shutdown(exit_code):
-                    return exit_code, None
-                log.warning("execution %s: the Docker daemon is shutting down and stopped the container", self.execution_id)
-            except DAEMON_ERRORS as exc:
-                log.warning("execution %s: lost the daemon while waiting: %s", self.execution_id, exc)
-            deadline = time.monotonic() + DAEMON_RECOVERY_SECONDS
-            while not self._client.ping():
-                if time.monotonic() > deadline:
-                    return None, DaemonError("the Docker daemon did not come back")
-                time.sleep(0.5)
-            try:
-                state = self._client.inspect(self.container_id)["State"]
-            except DAEMON_ERRORS:
-                state = None
-            if state is None:
-                return None, DaemonRestarted("the Docker daemon restarted and the container is gone")
-            if not state.get("Running"):
-                if self._stop_reason is None and state.get("ExitCode") in (None, 255, 137, 143):
-                    # killed by the restart, not by its own doing
-                    return None, DaemonRestarted("the Docker daemon restarted and stopped the container")
-                return int(state.get("ExitCode", -1)), None
-
-    def _stopped_by_daemon_shutdown(self, exit_code: int) -> bool:
-        """A signal death nobody here asked for, while the daemon stops taking connections:
-        dockerd is going down (without live-restore it stops every container first)."""
-        if exit_code < 128 or self._stop_reason is not None:
-            return False
-        accepts = getattr(self._client, "accepts_connections", None)
-        return accepts is not None and not accepts()
 
     def _drain(self) -> None:
         if self._reader is not None:

@@ -72,6 +72,16 @@ def check_registry(registry_name: str) -> None:
         raise NotFound(f"no registry {registry_name!r}: one of {', '.join(registries())}")
 
 
+def check_queue(queue: Queue) -> None:
+    """404 for a queue rq has no trace of: not in ``rq:queues``, no job list, no registry
+    of its own (a queue with only scheduled jobs is known: rq's ``schedule_job`` does not
+    add it to ``rq:queues``). Compact, Requeue All and Empty answer the same for a typo."""
+    conn = queue.connection
+    registries = [getattr(queue, f"{name}_job_registry").key for name in RQ_REGISTRIES if name != "queued"]
+    if not (conn.sismember(Queue.redis_queues_keys, queue.key) or conn.exists(queue.key, *registries)):
+        raise NotFound(f"no queue {queue.name!r}")
+
+
 def _positive(name: str, value: Any) -> int:
     try:
         number = int(value)
@@ -106,11 +116,9 @@ def checked_listing(view: Any) -> Any:
 @web.jsonify
 def compact_queue(queue_name: str) -> dict[str, Any]:
     """rq's ``Queue.compact`` (drop ids of deleted jobs from the queue's list, FIFO kept).
-    A queue rq does not know: 404; a known queue with an empty list: nothing to do (OK)."""
+    A queue rq does not know (``check_queue``): 404; a known queue with an empty list: nothing to do (OK)."""
     queue = Queue(queue_name, serializer=web.config.serializer, connection=current_app.redis_conn)
-    known = queue.connection.sismember(Queue.redis_queues_keys, queue.key) or queue.connection.exists(queue.key)
-    if not known:
-        raise NotFound(f"no queue {queue_name!r}")
+    check_queue(queue)
     try:
         queue.compact()
     except redis.ResponseError as exc:
