@@ -200,7 +200,9 @@ def spawn_worker(redis_url, unique, docker_client, tmp_path):
     """Start ``dockrq-worker`` subprocesses on this test's own queue, prefix and executor id.
 
     ``spawn(*extra_args, ready=True)`` returns a WorkerProcess once rq lists it
-    on the queue. At teardown every process group is SIGKILLed and every
+    on the queue; ``spawn.many(n, *extra_args, **kw)`` starts n at once and returns them once rq
+    lists them all; ``spawn.ready(count, procs)`` waits for ``count`` workers when ``procs`` were
+    spawned with ``ready=False``; ``spawn.runner(execution_id, procs)`` is the one running it. At teardown every process group is SIGKILLed and every
     container labelled with the test's executor id is removed, whatever the test did.
     """
     import subprocess
@@ -257,7 +259,51 @@ def spawn_worker(redis_url, unique, docker_client, tmp_path):
                 connection.close()
         return proc
 
+    def ready(count: int, procs: list[WorkerProcess], *, redis_url: str = redis_url, timeout: float = 30) -> None:
+        """Wait until rq lists ``count`` workers on the queue, ``procs`` being the ones spawned with
+        ``ready=False`` (so that their starts overlap); fails with the logs of those of ``procs``
+        that died or, after ``timeout`` seconds, of all of them."""
+        from schemas.connections import client_from_url
+
+        connection = client if redis_url == spawn_redis_url else client_from_url(redis_url)
+        try:
+            deadline = time.monotonic() + timeout
+            while listening(connection) < count:
+                dead = [p for p in procs if p.popen.poll() is not None]
+                if dead or time.monotonic() > deadline:
+                    pytest.fail("dockrq-worker did not start:\n" + "\n".join(p.output() for p in dead or procs))
+                time.sleep(0.05)
+        finally:
+            if connection is not client:
+                connection.close()
+
+    def many(count: int, *extra: str, redis_url: str = redis_url, **kw) -> list[WorkerProcess]:
+        """``count`` workers started at once (their imports overlap instead of queueing one after
+        the other); returns them once rq lists all of them on the queue."""
+        from schemas.connections import client_from_url
+
+        connection = client if redis_url == spawn_redis_url else client_from_url(redis_url)
+        try:
+            before = listening(connection)
+        finally:
+            if connection is not client:
+                connection.close()
+        procs = [spawn(*extra, ready=False, redis_url=redis_url, **kw) for _ in range(count)]
+        ready(before + count, procs, redis_url=redis_url)
+        return procs
+
+    def runner(execution_id: str, procs: list[WorkerProcess]) -> WorkerProcess:
+        """The one of ``procs`` that rq's job meta names as running ``execution_id`` now
+        (``meta["worker"]``: a worker name, ``EXECUTOR.PID.SUFFIX``)."""
+        from rq.job import Job
+        from rq.serializers import JSONSerializer
+
+        name = Job.fetch(execution_id, connection=client, serializer=JSONSerializer).get_meta(refresh=True)["worker"]
+        (proc,) = [p for p in procs if f".{p.pid}." in name]
+        return proc
+
     spawn.queue, spawn.prefix, spawn.executor_id = queue, prefix, executor_id
+    spawn.many, spawn.ready, spawn.runner = many, ready, runner
     yield spawn
 
     for proc in started:

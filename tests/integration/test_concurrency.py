@@ -72,8 +72,7 @@ class Running:
 
 
 def test_at_most_n_run_at_once_fleet_wide_in_order(producer, spawn_worker, test_image, unique, redis_client, redis_url):
-    for _ in range(3):
-        spawn_worker()
+    spawn_worker.many(3)
     key = f"tenant-{unique}"
     watch = Running(redis_client, producer.keys.events, ignore={f"free-{unique}"})
     ids = [producer.submit(_req(test_image, f"one-{i}-{unique}", key, 2, "sleep", "1")) for i in range(2)]

@@ -46,15 +46,18 @@ def test_forgotten_container_is_left_to_its_live_owner_and_removed_once_the_owne
         return docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.execution={eid}"})
 
     try:
-        owner = spawn_worker(redis_url=server.url, env=env)
+        # Two workers, started at once: one runs the execution (its owner), the other stays idle and
+        # its reaper sweeps the owner's container.
+        workers = [spawn_worker(redis_url=server.url, env=env, ready=False) for _ in range(2)]
+        spawn_worker.ready(2, workers, redis_url=server.url)
         with Producer(server.url, queue=spawn_worker.queue, prefix=spawn_worker.prefix) as producer:
             eid = producer.submit(_request(f"owned-{unique}", "sleep", "120"))
             wait_until(lambda: producer.status(eid).state.value == "running", 60, "the execution to run")
         (container,) = containers(eid)
         labels = container.labels
-        assert labels[LABEL_PID] == str(owner.pid) and labels[LABEL_HOST] == socket.gethostname()
+        (owner,) = [w for w in workers if labels[LABEL_PID] == str(w.pid)]  # the owner label names one of them
+        assert labels[LABEL_HOST] == socket.gethostname()
         assert labels[LABEL_WORKER] and labels[LABEL_DEPLOYMENT] == deployment
-        spawn_worker(redis_url=server.url, env=env)  # idle: its reaper sweeps the owner's container
 
         server.kill()
         server.start()  # same port, empty: Redis forgot the execution, its rq job and every worker

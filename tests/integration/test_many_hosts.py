@@ -68,8 +68,9 @@ def test_executions_spread_over_two_nodes_and_ls_shows_the_node(
 ):
     node_b = docker_node()
     a, b = f"a-{unique}", f"b-{unique}"
-    spawn_worker(executor_id=a)
-    spawn_worker(executor_id=b, env={"DOCKER_HOST": node_b.docker_host})
+    started = [spawn_worker(executor_id=a, ready=False),
+               spawn_worker(executor_id=b, env={"DOCKER_HOST": node_b.docker_host}, ready=False)]
+    spawn_worker.ready(2, started)
     client_b = docker.DockerClient(base_url=node_b.docker_host)
     ids = [f"spread{i}-{unique}" for i in range(8)]
     with Producer(redis_url, queue=spawn_worker.queue, prefix=spawn_worker.prefix) as producer, Sightings(
@@ -101,12 +102,13 @@ def test_forgotten_containers_of_this_deployment_are_removed_and_another_deploym
     """A container labelled with this deployment whose execution Redis does not know (data lost)
     is removed after the orphan grace; one of another deployment on the same daemon never is."""
     ours, theirs = f"dep-{unique}", f"other-{unique}"
-    spawn_worker(env={**FAST_REAP_ENV, "DOCKRQ_DEPLOYMENT": ours})
+    worker = spawn_worker(env={**FAST_REAP_ENV, "DOCKRQ_DEPLOYMENT": ours}, ready=False)  # comes up meanwhile
     made = []
     for deployment in (ours, theirs):
         ex = new_executor(f"gone-{unique}", labels={LABEL_DEPLOYMENT: deployment}, stop_grace_seconds=0)
         ex.start(_request(f"{deployment}-x", "sleep", "120"))
         made.append(ex)
+    spawn_worker.ready(1, [worker])
 
     def present(deployment):
         return docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"{LABEL_DEPLOYMENT}={deployment}"})
@@ -127,10 +129,9 @@ def test_waiters_end_when_redis_loses_its_data(spawn_worker, tmp_path, unique, d
     server = RedisServer(tmp_path, durable=False)
     server.start()
     try:
-        spawn_worker(redis_url=server.url, env=FAST_REAP_ENV)
-        # Free while the first is busy; its reaper leaves the first one's forgotten container to its
-        # live owner (worker.faults.owner), so nothing ends the execution before the waiter gives up.
-        spawn_worker(redis_url=server.url, env=FAST_REAP_ENV)
+        # Two: one is free while the other is busy; its reaper leaves the busy one's forgotten container
+        # to its live owner (worker.faults.owner), so nothing ends the execution before the waiter gives up.
+        spawn_worker.many(2, redis_url=server.url, env=FAST_REAP_ENV)
         producer = Producer(server.url, queue=spawn_worker.queue, prefix=spawn_worker.prefix)
         # Runs well past the waiter's give-up (a few seconds): had it ended first, the worker would
         # have written its outcome to the empty Redis and the waiter would have that instead.
@@ -172,7 +173,7 @@ def test_waiters_end_when_redis_loses_its_data(spawn_worker, tmp_path, unique, d
         server.kill()
 
 
-def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_client, docker_client, unique):
+def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_client, docker_client, unique, tmp_path):
     """SIGKILL node B (its workers and its dockerd) while it runs two executions: each gets exactly
     one outcome -- re-run on node A when its retries allow, ``lost`` otherwise -- and their waiters
     and log followers end. B comes back (dockerd and a worker): its old containers are removed by
@@ -182,7 +183,10 @@ def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_
     a, b = f"a-{unique}", f"b-{unique}"
     env_b = {**FAST_REAP_ENV, "DOCKER_HOST": node_b.docker_host}
     grace = float(FAST_REAP_ENV["DOCKRQ_ORPHAN_GRACE_SECONDS"])
-    b_workers = [spawn_worker(executor_id=b, env=env_b) for _ in range(2)]
+    shared = tmp_path / "shared"  # a host directory both daemons bind-mount: what the first run leaves
+    shared.mkdir()
+    mount_root = ("--allow-mount-root", str(shared))
+    b_workers = spawn_worker.many(2, *mount_root, executor_id=b, env=env_b)
     client_b = docker.DockerClient(base_url=node_b.docker_host)
     stranger = client_b.containers.run(  # another deployment's, on B: never to be touched
         "dockrq-test/busybox:latest", ["sleep", "300"], detach=True, network_mode="none",
@@ -190,14 +194,17 @@ def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_
                 "dockrq.created": "1"},
     )
     producer = Producer(redis_url, queue=spawn_worker.queue, prefix=spawn_worker.prefix)
-    cmd = ["sh", "-c", "echo begin; sleep 10; echo end"]  # still running when B dies
+    # The first run of each marks /data/NAME and is still running when B dies; a re-run finds the mark and ends at once.
+    def cmd(name):
+        return ["sh", "-c", f"if [ -e /data/{name} ]; then echo end; else touch /data/{name}; echo begin; sleep 300; fi"]
+
+    mounts = [{"source": str(shared), "target": "/data", "read_only": False}]
     again, once = f"again-{unique}", f"once-{unique}"
-    producer.submit(_request(again, *cmd, retries=1))
-    producer.submit(_request(once, *cmd, retries=0))
+    producer.submit(_request(again, *cmd("again"), retries=1, mounts=mounts))
+    producer.submit(_request(once, *cmd("once"), retries=0, mounts=mounts))
     wait_until(lambda: all(producer.status(e).state.value == "running" for e in (again, once)), 60, "both running on B")
     assert {producer.status(e).node for e in (again, once)} == {b}
-    for _ in range(2):
-        spawn_worker(executor_id=a, env=FAST_REAP_ENV)
+    spawn_worker.many(2, *mount_root, executor_id=a, env=FAST_REAP_ENV)
 
     results: dict[str, object] = {}
 
@@ -230,7 +237,7 @@ def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_
     assert results[f"wait-{once}"].status == ExecutionStatus.LOST, results[f"wait-{once}"]
     assert results[f"wait-{once}"].error.code == "worker_lost"
     rerun = results[f"wait-{again}"]
-    assert rerun.status == ExecutionStatus.SUCCEEDED, rerun
+    assert (rerun.status, rerun.result.stdout) == (ExecutionStatus.SUCCEEDED, "end\n"), rerun  # after B's first run
     assert producer.status(again).node == a, "re-run on the surviving node"
     for e in (again, once):
         assert not isinstance(results[f"logs-{e}"], BaseException), results[f"logs-{e}"]
@@ -243,7 +250,7 @@ def test_a_whole_node_lost_and_back(docker_node, spawn_worker, redis_url, redis_
     node_b.start()  # dockerd's restore stops the containers its shims kept running
     old = client_b.containers.list(ignore_removed=True, all=True, filters={"label": "dockrq.execution"})
     assert {c.labels["dockrq.execution"] for c in old} >= {again, once, f"stranger-{unique}"}
-    spawn_worker(executor_id=b, env=env_b)
+    spawn_worker(*mount_root, executor_id=b, env=env_b)
     wait_until(
         lambda: {c["Labels"]["dockrq.execution"] for c in client_b.api.containers(all=True)} == {f"stranger-{unique}"},
         60 + grace, "B's worker to remove its old containers",

@@ -48,7 +48,7 @@ def _request(eid, *cmd, **fields):
 def test_sentinel_failover_mid_run(sentinel_group, spawn_worker, unique, dashboard_json):
     url = sentinel_group.url
     env = {**FAST_REAP_ENV, "DOCKRQ_REPLICA_ACKS": "1"}
-    workers = [spawn_worker(redis_url=url, env=env) for _ in range(2)]
+    workers = spawn_worker.many(2, redis_url=url, env=env)
     doctor = subprocess.run([str(BIN / "dockrq-worker"), "doctor", "--redis-url", url], capture_output=True, text=True, timeout=60)
     assert doctor.returncode == 0 and f"/{sentinel_group.service}/0" in doctor.stdout, doctor.stdout + doctor.stderr
 

@@ -126,12 +126,14 @@ def test_restarted_worker_adopts_the_running_container(
 
 
 def test_reaper_stops_the_container_and_writes_lost(spawn_worker, other_node, producer, redis_client, docker_client, unique):
-    doomed = spawn_worker(env=FAST)
+    # Two nodes on one daemon, started at once: whichever runs the execution is killed; the other
+    # shares the daemon, not the executor id: it must not adopt, it reaps.
+    workers = [spawn_worker(env=FAST, ready=False), other_node(ready=False)]
+    spawn_worker.ready(2, workers)
     eid = producer.submit(_request(unique, "lost", "sleep", "300"))
     wait_until(lambda: producer.status(eid).state == "running", 20, "running")
-    other_node()  # shares the daemon, not the executor id: it must not adopt, it reaps
 
-    doomed.kill()
+    spawn_worker.runner(eid, workers).kill()
     # Left alone the container sleeps 300 s and nobody writes an outcome: one within a minute
     # saying the worker was lost is the other node's reaper at work.
     got = producer.wait(eid, timeout=60)
@@ -146,11 +148,13 @@ def test_reaper_stops_the_container_and_writes_lost(spawn_worker, other_node, pr
 def test_reaper_reenqueues_when_the_request_allows_retries(
     spawn_worker, other_node, producer, redis_client, docker_client, unique
 ):
-    doomed = spawn_worker(env=FAST)
-    eid = producer.submit(_request(unique, "retry", "sh", "-c", "sleep 8; echo finished", retries=1))
+    workers = [spawn_worker(env=FAST, ready=False), other_node(ready=False)]  # as above: one dies, one reaps
+    spawn_worker.ready(2, workers)
+    # Still running when its worker is killed (right after it is seen running), a few seconds of margin.
+    eid = producer.submit(_request(unique, "retry", "sh", "-c", "sleep 5; echo finished", retries=1))
     wait_until(lambda: producer.status(eid).state == "running" and _containers(docker_client, eid), 20, "running")
     (first_container,) = _containers(docker_client, eid)
-    other_node()
+    doomed = spawn_worker.runner(eid, workers)
 
     doomed.kill()
     got = producer.wait(eid, timeout=60)
@@ -159,21 +163,26 @@ def test_reaper_reenqueues_when_the_request_allows_retries(
     wait_until(lambda: _rq_status(redis_client, eid) == JobStatus.FINISHED.value, 10, "rq job finished")
     meta = _meta(redis_client, eid)
     assert meta["attempts"] == 2 and meta["lost_worker"].startswith(spawn_worker.executor_id)
+    assert f".{doomed.pid}." in meta["lost_worker"]
     assert not _containers(docker_client, eid)
 
 
 def test_reaper_writes_lost_once_retries_are_used_up(
     spawn_worker, other_node, producer, redis_client, docker_client, unique
 ):
-    doomed = spawn_worker(env=FAST)
+    # Three nodes on one daemon (executor ids of their own), started at once.
+    workers = [spawn_worker(env=FAST, ready=False), other_node(ready=False), other_node(ready=False)]
+    spawn_worker.ready(3, workers)
     eid = producer.submit(_request(unique, "twice", "sleep", "300", retries=1))
     wait_until(lambda: producer.status(eid).state == "running", 20, "running")
-    second = other_node()  # reaps it, puts it back on the queue, and runs the retry itself...
-    doomed.kill()
+    doomed = spawn_worker.runner(eid, workers)
+    doomed.kill()  # a survivor reaps it and puts it back on the queue, and one of them runs the retry...
     wait_until(lambda: (_meta(redis_client, eid).get("attempts") == 2
                    and producer.status(eid).state == "running"), 40, "second attempt running")
-    third = other_node()
+    second = spawn_worker.runner(eid, workers)
+    assert second is not doomed
     second.kill()  # ...and dies too: no retry left
+    (third,) = [w for w in workers if w not in (doomed, second)]
     got = producer.wait(eid, timeout=40)
     assert (got.status, got.error.code) == (ExecutionStatus.LOST, "worker_lost")
     wait_until(lambda: not _containers(docker_client, eid), 10, "container removed")
