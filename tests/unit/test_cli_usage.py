@@ -122,3 +122,20 @@ def test_worker_settings_refuse_the_url():
 
     with pytest.raises(ValueError, match="database must be a number"):
         WorkerSettings.load({"DOCKRQ_REDIS_URL": "redis://127.0.0.1:6379/abc"})
+
+
+def test_the_producer_package_imports_its_names_on_first_use():
+    """A worker needs producer.usage only: the package must not import its whole client for it
+    (PEP 562); every public name still resolves, to the class its module defines."""
+    import subprocess
+    import sys
+
+    probe = "import sys, producer.usage; print('producer.client' in sys.modules)"
+    assert subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout == "False\n"
+    import producer
+
+    for name in producer.__all__:
+        assert getattr(producer, name) is not None, name
+    assert producer.Producer.__module__ == "producer.client" and "Producer" in dir(producer)
+    with pytest.raises(AttributeError, match="no attribute 'Nope'"):
+        producer.Nope  # noqa: B018
