@@ -39,11 +39,12 @@ def until_started(proc) -> None:
 
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
 def test_a_signal_cancels_waits_and_writes_the_outputs(producer, spawn_worker, redis_url, test_image, tmp_path, signum):
-    spawn_worker()
+    worker = spawn_worker(ready=False)  # the client and the worker start at the same time
     eid = f"sig-{uuid.uuid4().hex[:8]}"
     proc = attached(redis_url, spawn_worker, "--id", eid, "--output", "/o/", "--output-dir", "ci",
                     "--stop-timeout", "1", test_image, "sh", "-c", SCRIPT, cwd=tmp_path)
     try:
+        spawn_worker.ready(1, [worker])
         until_started(proc)
         proc.send_signal(signum)
         _, err = proc.communicate(timeout=90)
@@ -59,11 +60,12 @@ def test_a_signal_cancels_waits_and_writes_the_outputs(producer, spawn_worker, r
 def test_a_second_signal_stops_waiting_and_says_how_to_get_the_outputs(
     producer, spawn_worker, redis_url, test_image, tmp_path
 ):
-    worker = spawn_worker()
+    worker = spawn_worker(ready=False)  # the client and the worker start at the same time
     eid = f"sig2-{uuid.uuid4().hex[:8]}"
     proc = attached(redis_url, spawn_worker, "--id", eid, "--output", "/o", "--output-dir", "ci",
                     test_image, "sh", "-c", SCRIPT, cwd=tmp_path)
     try:
+        spawn_worker.ready(1, [worker])
         until_started(proc)
         worker.kill()  # nobody left to stop the container and write the outcome: the wait would run on
         proc.send_signal(signal.SIGTERM)

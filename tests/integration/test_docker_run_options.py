@@ -8,11 +8,14 @@ import subprocess
 import sys
 import time
 import uuid
+from functools import partial
 from pathlib import Path
 
 import pytest
 
 from schemas import ExecutionStatus
+
+from dockrq_cli import at_once
 
 pytestmark = pytest.mark.integration
 
@@ -148,7 +151,8 @@ def test_a_dead_workers_container_is_stopped_with_its_own_stop_timeout(spawn_wor
             break
     other = f"{spawn_worker.executor_id}-b"
     try:
-        spawn_worker("--executor-id", other, stop_grace=600.0, env=FAST_REAP_ENV)
+        # the other node starts while the dead one's heartbeat grows stale (its job is taken already)
+        spawn_worker("--executor-id", other, stop_grace=600.0, env=FAST_REAP_ENV, ready=False)
         doomed.kill()
         # The reaper stops the container before it writes the outcome: with its own 600 s grace
         # this wait would time out; with the request's 1 s the lost outcome comes in seconds.
@@ -173,35 +177,40 @@ def dockrq(spawn_worker, redis_url, *args, input: bytes | None = None, env: dict
 
 
 def test_cli_interactive_env_file_and_usage_errors(spawn_worker, worker, redis_url, test_image, tmp_path):
-    # echo piped | dockrq submit -i IMAGE cat
-    piped = dockrq(spawn_worker, redis_url, "submit", "-i", test_image, "cat", input=b"piped\n")
-    assert (piped.returncode, piped.stdout) == (0, b"piped\n"), piped.stderr
-    binary = bytes(range(256)) * 4
-    echoed = dockrq(spawn_worker, redis_url, "submit", "--rm", "-i", test_image, "sh", "-c", "cat; echo end", input=binary)
-    assert echoed.stdout.endswith(b"end\n") and echoed.returncode == 0
-    counted = dockrq(spawn_worker, redis_url, "submit", "-i", test_image, "wc", "-c", input=binary)
-    assert counted.stdout.strip() == b"1024"
-    # without -i the container's stdin is empty, whatever is piped to dockrq
-    assert dockrq(spawn_worker, redis_url, "submit", test_image, "cat", input=b"dropped").stdout == b""
-
-    too_much = dockrq(spawn_worker, redis_url, "submit", "-i", test_image, "cat", input=b"x" * (512 * 1024 + 1))
-    assert too_much.returncode == 125 and b"stdin_base64: more than 524288 bytes" in too_much.stderr
-
     env_file = tmp_path / "app.env"
     env_file.write_text("GREETING=hello from a file\n# comment\nNAME=file\n")
     name = f"envf-{uuid.uuid4().hex[:8]}"
-    out = dockrq(
-        spawn_worker, redis_url, "submit", "--name", name, "--env-file", str(env_file), "-e", "NAME=flag",
-        "-m", "64m", "-u", "1000", test_image, "sh", "-c", 'echo "$GREETING $NAME $(id -u)"; cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes',
+    binary = bytes(range(256)) * 4
+    call = partial(dockrq, spawn_worker, redis_url)
+    # independent calls (each its own execution, or none), run at the same time
+    piped, echoed, counted, dropped, too_much, out, bogus, as_json = at_once(
+        # echo piped | dockrq submit -i IMAGE cat
+        partial(call, "submit", "-i", test_image, "cat", input=b"piped\n"),
+        partial(call, "submit", "--rm", "-i", test_image, "sh", "-c", "cat; echo end", input=binary),
+        partial(call, "submit", "-i", test_image, "wc", "-c", input=binary),
+        partial(call, "submit", test_image, "cat", input=b"dropped"),
+        partial(call, "submit", "-i", test_image, "cat", input=b"x" * (512 * 1024 + 1)),
+        partial(
+            call, "submit", "--name", name, "--env-file", str(env_file), "-e", "NAME=flag",
+            "-m", "64m", "-u", "1000", test_image, "sh", "-c", 'echo "$GREETING $NAME $(id -u)"; cat /sys/fs/cgroup/memory.max 2>/dev/null || cat /sys/fs/cgroup/memory/memory.limit_in_bytes',
+        ),
+        partial(call, "submit", "--bogus", test_image),
+        partial(call, "--json", "submit", "--bogus", test_image),
     )
+    assert (piped.returncode, piped.stdout) == (0, b"piped\n"), piped.stderr
+    assert echoed.stdout.endswith(b"end\n") and echoed.returncode == 0
+    assert counted.stdout.strip() == b"1024"
+    # without -i the container's stdin is empty, whatever is piped to dockrq
+    assert dropped.stdout == b""
+
+    assert too_much.returncode == 125 and b"stdin_base64: more than 524288 bytes" in too_much.stderr
+
     assert out.returncode == 0, out.stderr
     assert out.stdout.decode().splitlines() == ["hello from a file flag 1000", str(64 * 1024**2)]
     status = dockrq(spawn_worker, redis_url, "status", name)
     assert status.returncode == 0 and b"succeeded" in status.stdout  # --name is the execution id
 
-    bogus = dockrq(spawn_worker, redis_url, "submit", "--bogus", test_image)
     assert bogus.returncode == 125 and b"No such option" in bogus.stderr and b"--bogus" in bogus.stderr
-    as_json = dockrq(spawn_worker, redis_url, "--json", "submit", "--bogus", test_image)
     assert as_json.returncode == 125 and b'"exit_code": 125' in as_json.stdout
 
 

@@ -8,13 +8,14 @@ from __future__ import annotations
 import subprocess
 import sys
 import uuid
+from functools import partial
 
 import pytest
 
 from producer import OutputsUnavailable
 from schemas import ExecutionStatus, OutputSkipped
 
-from dockrq_cli import dockrq
+from dockrq_cli import at_once, dockrq, dockrq_at_once
 
 pytestmark = pytest.mark.integration
 
@@ -40,12 +41,17 @@ def test_paths_longer_than_1024_bytes_are_collected_listed_and_copied(
     files = {f.path: f for f in result.output_files}
     assert (files[deep].size, files[far].size) == (5, 4)
     assert (result.outputs_truncated, result.outputs_truncated_by, result.outputs_skipped) == (False, [], [])
-    producer.copy_out(eid, deep, tmp_path / "deep.txt")  # cp takes a path over 1024 bytes
+
+    def copied_by_the_producer():
+        producer.copy_out(eid, deep, tmp_path / "deep.txt")  # cp takes a path over 1024 bytes
+        return producer.outputs(eid, tmp_path / "all")
+
+    # the CLI's cp runs while the Producer copies (each into its own destination)
+    got, report = at_once(partial(dockrq, redis_url, spawn_worker, "cp", f"{eid}:{deep}", str(tmp_path / "cli.txt")),
+                          copied_by_the_producer)
     assert (tmp_path / "deep.txt").read_text() == "deep\n"
-    report = producer.outputs(eid, tmp_path / "all")
     assert (tmp_path / ("all" + deep)).read_text() == "deep\n"
     assert all("File name too long" in line for line in report.skipped)  # only the local disk's PATH_MAX
-    got = dockrq(redis_url, spawn_worker, "cp", f"{eid}:{deep}", str(tmp_path / "cli.txt"))
     assert (got.returncode, got.stderr) == (0, "")
     assert (tmp_path / "cli.txt").read_text() == "deep\n"
 
@@ -70,10 +76,11 @@ def test_a_limit_lowered_by_the_workers_policy_is_named_with_its_value(producer,
         result = producer.wait(eid, timeout=60).result
         assert (result.output_files_limit_bytes, result.output_files_limit_capped) == (limit, by_policy)
         assert result.outputs_truncated_by == ["bytes"]
-    shown = dockrq(redis_url, spawn_worker, "status", capped).stdout
+    capped_shown, own_shown = dockrq_at_once(redis_url, spawn_worker, (("status", capped), {}), (("status", own), {}))
+    shown = capped_shown.stdout
     assert ("over the output files limit of 1k set by the worker's policy (DOCKRQ_MAX_OUTPUT_FILES_BYTES), "
             "lower than the request's output_files_limit_bytes") in shown, shown
-    shown = dockrq(redis_url, spawn_worker, "status", own).stdout
+    shown = own_shown.stdout
     assert "over the output files limit of 512 (output_files_limit_bytes)" in shown, shown
 
 

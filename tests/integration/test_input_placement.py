@@ -15,7 +15,7 @@ from rq.serializers import JSONSerializer
 from producer import InvalidRequest
 from schemas import JOB_FUNCTION, ExecutionStatus
 
-from dockrq_cli import dockrq
+from dockrq_cli import dockrq, dockrq_at_once
 
 pytestmark = pytest.mark.integration
 
@@ -26,19 +26,21 @@ def req(image, name, script, **fields):
 
 
 def test_cli_refuses_inputs_and_outputs_under_a_tmpfs_before_writing(redis_url, spawn_worker, test_image, tmp_path):
-    spawn_worker()
+    worker = spawn_worker(ready=False)  # it starts while the CLI refuses
     (tmp_path / "x").write_text("x\n")
     client = redis.Redis.from_url(redis_url)
-    for args, field in (
+    refusals = (
         (["--tmpfs", "/scratch/", "--input", f"{tmp_path / 'x'}:/scratch/x"], "inputs"),
         (["--tmpfs", "/scratch", "--output", "/scratch"], "outputs"),
         (["--read-only", "--input", f"{tmp_path / 'x'}:/in/x"], "inputs"),
-    ):
-        got = dockrq(redis_url, spawn_worker, "submit", *args, test_image, "true")
+    )
+    refused = dockrq_at_once(redis_url, spawn_worker, *((("submit", *args, test_image, "true"), {}) for args, _ in refusals))
+    for (args, field), got in zip(refusals, refused, strict=True):
         assert got.returncode != 0 and got.stdout == ""
         assert got.stderr.count("\n") == 1 and f"{field}: " in got.stderr, got.stderr
         assert "Traceback" not in got.stderr
     assert client.keys(f"{spawn_worker.prefix}:*") == [] and client.llen(f"rq:queue:{spawn_worker.queue}") == 0
+    spawn_worker.ready(1, [worker])
     # Beside the tmpfs (/scratch2 is not under /scratch) the input arrives and the tmpfs is there.
     got = dockrq(redis_url, spawn_worker, "submit", "--tmpfs", "/scratch", "--input", f"{tmp_path / 'x'}:/scratch2/x",
                  test_image, "sh", "-c", "cat /scratch2/x && grep -c ' /scratch tmpfs' /proc/mounts")

@@ -9,6 +9,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from rq.serializers import JSONSerializer
 from producer import InvalidRequest, Producer
 from scripts.faults import FAST_REAP_ENV
 from schemas import ExecutionStatus, Keys
+
+from dockrq_cli import at_once
 
 pytestmark = pytest.mark.integration
 
@@ -82,19 +85,23 @@ def test_child_oom_kill_submit_exits_0_and_outcome_succeeded(spawn_worker, produ
 
 
 def test_logs_tail_counts_lines_of_the_combined_output(spawn_worker, producer, dockrq, unique):
-    spawn_worker()
-    eid = producer.submit(_request(unique, "seq", "seq", "1", "10"))
-    producer.wait(eid, timeout=60)
-    assert dockrq("logs", "--tail", "2", eid).stdout == b"9\n10\n"
-    assert dockrq("logs", "-n", "3", eid).stdout == b"8\n9\n10\n"
-    assert "".join(e.data for e in producer.logs(eid, tail=2, follow=False)) == "9\n10\n"
     # chunked every which way: lines split over entries, two streams, an unfinished last line
     script = "echo a; echo b >&2; printf 'c'; sleep 0.3; printf 'd\\n'; sleep 0.3; echo e >&2; sleep 0.3; printf f"
+    eid = producer.submit(_request(unique, "seq", "seq", "1", "10"))
     mixed = producer.submit(_request(unique, "mixed", "sh", "-c", script))
+    spawn_worker()
+    producer.wait(eid, timeout=60)
     producer.wait(mixed, timeout=60)
+    # reads of ended logs, run at the same time
+    two, three, tail = at_once(
+        partial(dockrq, "logs", "--tail", "2", eid), partial(dockrq, "logs", "-n", "3", eid),
+        partial(dockrq, "logs", "--tail", "3", mixed),
+    )
+    assert two.stdout == b"9\n10\n"
+    assert three.stdout == b"8\n9\n10\n"
+    assert "".join(e.data for e in producer.logs(eid, tail=2, follow=False)) == "9\n10\n"
     entries = list(producer.logs(mixed, tail=3, follow=False))
     assert [(e.stream, e.data) for e in entries] == [("stdout", "c"), ("stdout", "d\n"), ("stderr", "e\n"), ("stdout", "f")]
-    tail = dockrq("logs", "--tail", "3", mixed)
     assert (tail.stdout, tail.stderr) == (b"cd\nf", b"e\n")
 
 
@@ -103,19 +110,23 @@ def test_logs_tail_counts_lines_of_the_combined_output(spawn_worker, producer, d
 
 def test_non_utf8_argument_is_refused_in_one_line(spawn_worker, dockrq, redis_client, unique):
     before = redis_client.llen(f"rq:queue:{spawn_worker.queue}")
-    run = dockrq("submit", "--id", f"bad-{unique}", "dockrq-test/busybox:latest", "echo", b"caf\xe9")
+    fields = [
+        (["-e", b"K=\xff", "dockrq-test/busybox:latest"], b"engine.env.K"),
+        (["-w", b"/d\xe9", "dockrq-test/busybox:latest"], b"engine.working_dir"),
+        (["--queue", b"q\xe9", "dockrq-test/busybox:latest"], b"queue"),
+        ([b"busybox\xe9"], b"engine.image"),
+    ]
+    # every one is refused before anything is written: they run at the same time
+    run, *others = at_once(
+        partial(dockrq, "submit", "--id", f"bad-{unique}", "dockrq-test/busybox:latest", "echo", b"caf\xe9"),
+        *(partial(dockrq, "submit", *args) for args, _ in fields),
+    )
     assert run.returncode == 125
     assert run.stderr.count(b"\n") == 1 and b"Traceback" not in run.stderr
     assert b"engine.cmd.1: not valid UTF-8 (byte 0xe9" in run.stderr
     assert redis_client.llen(f"rq:queue:{spawn_worker.queue}") == before
     assert not redis_client.exists(Keys(spawn_worker.prefix).claim(f"bad-{unique}"))
-    for args, field in [
-        (["-e", b"K=\xff", "dockrq-test/busybox:latest"], b"engine.env.K"),
-        (["-w", b"/d\xe9", "dockrq-test/busybox:latest"], b"engine.working_dir"),
-        (["--queue", b"q\xe9", "dockrq-test/busybox:latest"], b"queue"),
-        ([b"busybox\xe9"], b"engine.image"),
-    ]:
-        run = dockrq("submit", *args)
+    for (args, field), run in zip(fields, others, strict=True):
         assert (run.returncode, run.stderr.count(b"\n")) == (125, 1), run.stderr
         assert field in run.stderr and b"Traceback" not in run.stderr
 
@@ -199,15 +210,22 @@ def test_ls_lists_every_queue_and_filters(producer, dockrq, redis_client, unique
     gone = producer.submit(_request(unique, "ls-gone", "true"), queue=other_queue)
     producer.cancel(gone)
     try:
-        everything = dockrq("ls", "-q", "--limit", "1000").stdout.decode().split()
-        assert {here, there, gone} <= set(everything)
-        table = dockrq("ls", "--limit", "1000").stdout.decode()
+        # read-only listings, run at the same time
+        everything, table, there_and_gone, cancelled, queued, here_only = at_once(
+            partial(dockrq, "ls", "-q", "--limit", "1000"),
+            partial(dockrq, "ls", "--limit", "1000"),
+            partial(dockrq, "ls", "-q", "--queue", other_queue),
+            partial(dockrq, "ls", "-q", "--queue", other_queue, "--status", "cancelled"),
+            partial(dockrq, "ls", "-q", "--queue", other_queue, "--queue", producer.queue, "--status", "queued"),
+            partial(dockrq, "--queue", producer.queue, "ls", "-q"),
+        )
+        assert {here, there, gone} <= set(everything.stdout.decode().split())
+        table = table.stdout.decode()
         assert there in table and other_queue in table
-        assert set(dockrq("ls", "-q", "--queue", other_queue).stdout.decode().split()) == {there, gone}
-        assert dockrq("ls", "-q", "--queue", other_queue, "--status", "cancelled").stdout.decode().split() == [gone]
-        queued = dockrq("ls", "-q", "--queue", other_queue, "--queue", producer.queue, "--status", "queued").stdout
-        assert set(queued.decode().split()) == {here, there}
-        assert dockrq("--queue", producer.queue, "ls", "-q").stdout.decode().split() == [here]
+        assert set(there_and_gone.stdout.decode().split()) == {there, gone}
+        assert cancelled.stdout.decode().split() == [gone]
+        assert set(queued.stdout.decode().split()) == {here, there}
+        assert here_only.stdout.decode().split() == [here]
         assert [v.execution_id for v in producer.list_recent(10, [other_queue], states=["queued"])] == [there]
     finally:
         for eid in (here, there):

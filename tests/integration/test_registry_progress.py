@@ -30,8 +30,9 @@ def _dockrq(redis_url: str, spawn_worker, *args: str, **popen) -> subprocess.Pop
 
 
 def test_progress_events_and_the_worker_log(spawn_worker, producer, registry, registry_images, redis_client):
-    image, _ = registry_images(registry, random_layers=2, layer_bytes=6 * MB)
-    worker = spawn_worker()
+    worker = spawn_worker(ready=False)
+    image, _ = registry_images(registry, random_layers=2, layer_bytes=6 * MB)  # while the worker starts
+    spawn_worker.ready(1, [worker])
     pubsub = redis_client.pubsub(ignore_subscribe_messages=True)
     pubsub.subscribe(f"{spawn_worker.prefix}:events")
     try:
@@ -62,10 +63,17 @@ def test_progress_events_and_the_worker_log(spawn_worker, producer, registry, re
 
 
 def test_attached_submit_shows_the_pull_on_stderr_only(spawn_worker, registry, registry_images, redis_url):
+    workers = [spawn_worker(ready=False) for _ in range(2)]  # one for each submit; they start meanwhile
     image, _ = registry_images(registry, random_layers=1, layer_bytes=4 * MB)
-    spawn_worker()
+    image2, _ = registry_images(registry, "img2", random_layers=1, layer_bytes=2 * MB)
+    spawn_worker.ready(2, workers)
+    # two attached submits at the same time (each pulls its own image on its own worker)
     run = _dockrq(redis_url, spawn_worker, "submit", image, "sh", "-c", "echo out; echo err >&2")
+    # --json: stdout is the outcome's JSON alone, and stderr has no progress either
+    run2 = _dockrq(redis_url, spawn_worker, "--json", "submit", image2, "echo", "hi")
     stdout, stderr = run.communicate(timeout=60)
+    stdout2, stderr2 = run2.communicate(timeout=60)
+
     assert (run.returncode, stdout) == (0, "out\n"), stderr
     # (a loaded machine may leave it queued past the notice's second: that line is allowed)
     lines = [line for line in stderr.splitlines() if not line.startswith("dockrq: waiting for a worker on queue ")]
@@ -73,12 +81,8 @@ def test_attached_submit_shows_the_pull_on_stderr_only(spawn_worker, registry, r
     assert lines[0].startswith(f"dockrq: pulled {image}: ") and lines[0].endswith("s"), stderr
     assert " MB in " in lines[0]
 
-    # --json: stdout is the outcome's JSON alone, and stderr has no progress either
-    image2, _ = registry_images(registry, "img2", random_layers=1, layer_bytes=2 * MB)
-    run = _dockrq(redis_url, spawn_worker, "--json", "submit", image2, "echo", "hi")
-    stdout, stderr = run.communicate(timeout=60)
-    assert run.returncode == 0 and stderr == "", stderr
-    outcome = Outcome.model_validate_json(stdout)
+    assert run2.returncode == 0 and stderr2 == "", stderr2
+    outcome = Outcome.model_validate_json(stdout2)
     assert outcome.result.stdout == "hi\n" and outcome.result.pull_seconds is not None
 
 
@@ -105,11 +109,13 @@ def test_status_and_ls_keep_queued_pulling_and_running_times(
     assert result.queued_seconds >= 0.3 and result.pull_seconds > 0 and result.duration_seconds >= 0.5
 
     Job.fetch(eid, connection=redis_client).delete()  # rq's record expired: the outcome alone remains
+    # two reads of the same ended execution, run at the same time
     status = _dockrq(redis_url, spawn_worker, "--json", "status", eid)
+    shown = _dockrq(redis_url, spawn_worker, "status", eid)
     view = json.loads(status.communicate(timeout=30)[0])
+    shown = shown.communicate(timeout=30)[0]
     assert (view["queued_seconds"], view["pull_seconds"]) == (result.queued_seconds, result.pull_seconds)
     assert view["run_seconds"] == result.duration_seconds
 
-    shown = _dockrq(redis_url, spawn_worker, "status", eid).communicate(timeout=30)[0]
     rows = dict(line.split(None, 1) for line in shown.splitlines() if line.strip())
     assert rows["queued"].strip().endswith("s") and rows["pulling"].strip() != "-" and rows["running"].strip() != "-"

@@ -69,6 +69,8 @@ def prometheus(tmp_path):
 
     def start(target_port: int):
         port = free_port()
+        while port == target_port:  # the target may not listen yet
+            port = free_port()
         config = tmp_path / "prometheus.yml"
         config.write_text(
             "global:\n  scrape_interval: 1s\n  scrape_timeout: 1s\n"
@@ -116,8 +118,9 @@ def prometheus(tmp_path):
 
 def test_prometheus_scrapes_a_worker_and_sees_its_executions(spawn_worker, producer, prometheus, test_image, tmp_path):
     port = free_port()
-    spawn_worker("--metrics-port", str(port), "--metrics-addr", "127.0.0.1", "--queue-metrics")
-    query = prometheus(port)
+    worker = spawn_worker("--metrics-port", str(port), "--metrics-addr", "127.0.0.1", "--queue-metrics", ready=False)
+    query = prometheus(port)  # Prometheus and the worker start at the same time
+    spawn_worker.ready(1, [worker])
     run_executions(producer, test_image)
 
     exposition = scrape(port)
@@ -240,9 +243,10 @@ def test_json_logs_carry_the_execution_id(spawn_worker, producer, test_image):
 def test_image_pull_seconds_observes_real_pulls(spawn_worker, producer, registry, registry_images, unique):
     """dockrq_image_pull_seconds observes each execution's pull from the loopback registry (its
     ``result.pull_seconds``), a failed pull too; an execution whose image is present adds none."""
-    image, _ = registry_images(registry, files={"/version": b"one\n"})
     port = free_port()
-    spawn_worker("--metrics-port", str(port), "--metrics-addr", "127.0.0.1")
+    worker = spawn_worker("--metrics-port", str(port), "--metrics-addr", "127.0.0.1", ready=False)
+    image, _ = registry_images(registry, files={"/version": b"one\n"})  # while the worker starts
+    spawn_worker.ready(1, [worker])
 
     def run(ref: str):
         eid = producer.submit({"engine": {"image": ref, "cmd": ["cat", "/version"]}, "pull_policy": "if_not_present"})

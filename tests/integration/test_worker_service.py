@@ -8,6 +8,7 @@ import subprocess
 import sys
 import threading
 import time
+from functools import partial
 from pathlib import Path
 
 import pytest
@@ -18,6 +19,8 @@ from rq.serializers import JSONSerializer
 
 from schemas.compact_log import log_batches
 from schemas import CANCEL_MESSAGE, JOB_FUNCTION, Event, ExecutionStatus, Keys, LogBatch, Outcome
+
+from dockrq_cli import at_once
 
 pytestmark = pytest.mark.integration
 
@@ -132,7 +135,7 @@ def test_submit_live_logs_outcome_events_meta(wire, spawn_worker, redis_client, 
 
 
 def test_twenty_executions_over_two_workers_each_run_once(wire, spawn_worker, docker_client):
-    workers = [spawn_worker(), spawn_worker()]
+    workers = spawn_worker.many(2)
     ids = [f"many-{i}" for i in range(20)]
     for i, eid in enumerate(ids):
         wire.submit(eid, "sh", "-c", f"echo {i}; sleep 0.1")
@@ -240,10 +243,13 @@ def test_cleanup_removes_this_nodes_containers(spawn_worker, docker_client, test
 
 
 def test_doctor_says_what_is_wrong(redis_url, test_image):
-    ok = _cli("doctor", "--redis-url", redis_url, "--image", test_image)
+    # two independent checks (the unreachable Redis is retried for seconds), run at the same time
+    ok, bad = at_once(
+        partial(_cli, "doctor", "--redis-url", redis_url, "--image", test_image),
+        partial(_cli, "doctor", "--redis-url", "redis://127.0.0.1:1/0"),
+    )
     assert ok.returncode == 0, ok.stdout + ok.stderr
     assert [line.split()[:2] for line in ok.stdout.splitlines()] == [["ok", "redis"], ["ok", "docker"], ["ok", "container"]]
-    bad = _cli("doctor", "--redis-url", "redis://127.0.0.1:1/0")
     assert bad.returncode == 1
     assert "FAIL  redis" in bad.stdout and "Traceback" not in bad.stdout + bad.stderr
 
