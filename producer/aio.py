@@ -38,7 +38,7 @@ from .errors import DuplicateExecution, ExecutionNotFound
 from .files import InputArchive, InputValue, build_input_archive, write_input_archive_async
 from .many import DEFAULT_RECHECK_SECONDS, SLICE_SECONDS, FollowState, ReadOutcomes, WaitTimeout, follow_steps, is_outcome
 from .many import outcome_reads, unique_ids
-from .presence import presence_commands
+from .presence import follow_is_over, presence_commands
 from .steps import adrive, arun
 from .planning import Submission, caller_request, with_inputs
 from .scripts import CLAIM_AND_WRITE_LUA, CLAIM_LUA
@@ -342,8 +342,7 @@ class AsyncProducer:
                 raise ExecutionNotFound(execution_id)
 
         async def is_over() -> bool:
-            has_outcome, has_job, _ = await self._pipelined(presence_commands(self.keys, execution_id))
-            return bool(has_outcome) or not has_job
+            return follow_is_over(execution_id, *await self._pipelined(presence_commands(self.keys, execution_id)))
 
         reader = AsyncLogReader(
             self._client, self.keys.log_stream(execution_id), self.keys.logs_channel(execution_id),

@@ -60,7 +60,7 @@ from .jobhash import JobWriter
 from .kept import kept_job
 from .logs import LogReader
 from .many import DEFAULT_RECHECK_SECONDS, pipelined
-from .presence import presence_commands
+from .presence import follow_is_over, presence_commands
 from .outputs import OutputsMixin
 from .planning import (  # noqa: F401 - re-exported: submit planning lived here before producer.planning
     JOB_TIMEOUT_MARGIN_SECONDS,
@@ -352,9 +352,8 @@ class Producer(SubmitPlanner, OutputsMixin):
         return iter(reader)
 
     def _is_over(self, execution_id: str) -> bool:
-        """Ended, or gone: a follower asks only after an idle second, long after enqueueing."""
-        outcome, job, _ = self._presence(execution_id)
-        return outcome or not job
+        """Ended, or gone (producer.presence.follow_is_over): a follower asks only after an idle second."""
+        return follow_is_over(execution_id, *self._presence(execution_id))
 
     def status(self, execution_id: str) -> ExecutionStatusView:
         """Where the execution is: the outcome if it ended, else what rq and the worker's meta say."""

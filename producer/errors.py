@@ -71,12 +71,15 @@ class ExecutionNotFound(ProducerError, LookupError):
 class ExecutionVanished(ExecutionNotFound):
     """The execution was known (a waiter or follower saw it) and Redis no longer knows it: no rq
     job and no outcome, e.g. Redis restarted without persistence, or a failover lost the
-    unreplicated writes. It will get no outcome; submit it again (the same id is free)."""
+    unreplicated writes. A worker still running it writes its outcome when it ends (into the
+    Redis that lost it: ``dockrq status`` shows it then); else it gets none: submit it again
+    (the same id is free)."""
 
     def __init__(self, execution_id: str) -> None:
         super().__init__(
             execution_id,
-            "execution vanished: Redis no longer knows it (no rq job, no outcome; its data was lost or expired)",
+            "execution vanished: Redis no longer knows it (no rq job, no outcome: its data was lost or "
+            "expired); a worker still running it may write its outcome later",
         )
 
 

@@ -35,7 +35,7 @@ import redis
 from schemas import EXECUTION_ID_PATTERN, ExecutionStatus, Keys, Outcome
 from schemas.connections import ride_out_outage
 
-from .errors import ExecutionNotFound
+from .errors import ExecutionNotFound, ExecutionVanished
 from .presence import presence_commands
 from .steps import drive, run
 
@@ -177,7 +177,7 @@ class FollowState:
             elif not self._first_full_done:
                 unknown.append(execution_id)
             elif now - self._missing_since.setdefault(execution_id, now) > VANISH_GRACE_SECONDS:
-                raise ExecutionNotFound(execution_id, "execution vanished (no rq job and no outcome)")
+                raise ExecutionVanished(execution_id)
         if unknown:
             raise ExecutionNotFound(", ".join(unknown))
         return ended

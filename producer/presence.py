@@ -17,6 +17,8 @@ from rq.job import Job
 
 from schemas import Keys
 
+from .errors import ExecutionVanished
+
 #: The field only a saved rq job hash has.
 JOB_FIELD = "created_at"
 
@@ -28,3 +30,13 @@ def presence_commands(keys: Keys, execution_id: str) -> list[tuple[str, tuple[An
         ("hexists", (Job.key_for(execution_id), JOB_FIELD)),
         ("exists", (keys.claim(execution_id),)),
     ]
+
+
+def follow_is_over(execution_id: str, outcome: bool, job: bool, claim: bool) -> bool:
+    """Whether a log follower is done, from :func:`presence_commands`' replies: the outcome
+    exists, or the rq job went (its outcome kept elsewhere or not). Raises ExecutionVanished
+    when Redis knows nothing of it any more: a follow cut short must say so, not end as if
+    the log were whole."""
+    if not (outcome or job or claim):
+        raise ExecutionVanished(execution_id)
+    return bool(outcome) or not job

@@ -87,6 +87,27 @@ def input_extraction_dir(path: str, tmpfs: Sequence[TmpfsMount], mounts: Sequenc
     return "/" if layer is None else layer.target
 
 
+# What Docker itself mounts when a container starts, over whatever the container's filesystem
+# held there before (moby oci_linux.go's default mounts; daemon/container_operations_unix.go
+# bind-mounts the three files it writes for --hostname, --add-host and --dns).
+RUNTIME_MOUNTS = ("/proc", "/sys", "/dev")
+RUNTIME_FILES = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
+
+
+def _runtime_problem(path: str) -> str | None:
+    """Why an input at ``path`` (cleaned) would be lost to Docker's own mounts, or None."""
+    cleaned = mount_target(path)
+    mount = next((m for m in RUNTIME_MOUNTS if _within(cleaned, m)), None)
+    if mount is not None:
+        return (
+            f"{path} is at or under {mount}, which Docker mounts when the container starts, after inputs "
+            f"are put, and hides them (put it elsewhere)"
+        )
+    if cleaned in RUNTIME_FILES:
+        return f"{path} is written by Docker when the container starts (--hostname, --add-host, --dns set it), over any input"
+    return None
+
+
 def check_inputs_placement(
     paths: Sequence[str], tmpfs: Sequence[TmpfsMount], mounts: Sequence[Mount], read_only: bool
 ) -> None:
@@ -94,6 +115,8 @@ def check_inputs_placement(
     each. Mirrors the daemon (moby ``daemon/archive.go`` ``containerExtractToDir`` and
     ``archive_unix.go`` ``checkIfPathIsInAVolume``):
 
+    * at or under what Docker mounts at start (``/proc``, ``/sys``, ``/dev``) or one of the
+      files it writes then (``/etc/hostname``, ``/etc/hosts``, ``/etc/resolv.conf``): lost;
     * at or under a ``tmpfs`` target: the worker puts inputs after create and before start,
       into the directory the tmpfs mounted at start then hides (lost without an error);
     * inside a read-only bind mount: ``mounted volume is marked read-only`` / EROFS;
@@ -105,7 +128,10 @@ def check_inputs_placement(
     problems = []
     for path in paths:
         layer = _innermost(path, layers)
-        if layer is not None and layer.kind == "tmpfs":
+        runtime = _runtime_problem(path)
+        if runtime is not None:
+            problems.append(runtime)
+        elif layer is not None and layer.kind == "tmpfs":
             problems.append(
                 f"{path} is at or under {layer.field}: the tmpfs is mounted when the container starts, "
                 f"after inputs are put, and hides them (put it outside the tmpfs)"

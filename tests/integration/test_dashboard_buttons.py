@@ -265,3 +265,32 @@ def test_status_and_ls_after_the_dashboards_delete(app, spawn_worker, producer, 
     assert (listed[by_dashboard]["state"], listed[by_dashboard]["image"]) == ("succeeded", test_image)
     ids = _cli(spawn_worker, redis_url, "ls", "--queue", spawn_worker.queue, "--status", "succeeded", "-q")
     assert {by_dashboard, by_rq} <= set(ids)
+
+
+def test_redis_unreachable_answers_503_in_one_line_without_a_traceback(caplog):
+    """A new user's trial: with Redis down every page and button answered 500 and logged a
+    traceback per request, as for a bug."""
+    import socket
+
+    from rq_dashboard import web
+    from rq_dashboard.cli import make_flask_app
+
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    saved = web.config.serializer
+    flask_app = make_flask_app("worker.dashboard", None, None, "")
+    flask_app.config["RQ_DASHBOARD_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    web.config.serializer = JSONSerializer
+    try:
+        web.setup_rq_connection(flask_app)
+        client = flask_app.test_client()
+        with caplog.at_level("WARNING"):
+            for method, path in (("GET", "/0/view/job/x1"), ("POST", "/job/x1/delete")):  # a page, a button
+                response = client.open(path, method=method)
+                text = response.get_data(as_text=True)
+                assert response.status_code == 503, (path, response.status_code, text[-500:])
+                assert "Redis unreachable" in text and "Traceback" not in text and text.count("\n") <= 1, text
+        assert not any(r.exc_info for r in caplog.records), [r.getMessage() for r in caplog.records if r.exc_info]
+    finally:
+        web.config.serializer = saved

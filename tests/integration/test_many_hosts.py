@@ -19,7 +19,7 @@ import docker
 import pytest
 import redis
 
-from producer import ExecutionNotFound, ExecutionVanished, Producer
+from producer import ExecutionVanished, Producer
 from schemas import ExecutionStatus
 from scripts.faults import FAST_REAP_ENV, RedisServer
 from worker.config.deployment import LABEL_DEPLOYMENT
@@ -164,7 +164,7 @@ def test_waiters_end_when_redis_loses_its_data(spawn_worker, tmp_path, unique, d
         left = sorted(k for k in redis.Redis.from_url(server.url).keys(f"*{eid}*"))
         assert isinstance(ended["wait"], ExecutionVanished), (ended["wait"], left)
         assert "Redis no longer knows it" in str(ended["wait"])
-        assert not isinstance(ended["logs"], BaseException) or isinstance(ended["logs"], ExecutionNotFound), ended["logs"]
+        assert isinstance(ended["logs"], ExecutionVanished), ended["logs"]  # a follow cut short says so
         # The worker carries on against the empty Redis.
         again = producer.submit(_request(f"after-{unique}", "echo", "again"))
         assert producer.wait(again, timeout=120).status == ExecutionStatus.SUCCEEDED

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import threading
 import time
+from datetime import timedelta
 
 import pytest
 import redis
@@ -147,3 +148,25 @@ def test_redis_away_beyond_the_outcome_retry_budget(own_redis, spawn_worker, uni
     assert producer.wait(after, timeout=30).status == ExecutionStatus.SUCCEEDED
     producer.close()
     client.close()
+
+
+def test_a_delayed_execution_runs_after_a_redis_restart(own_redis, spawn_worker, unique, test_image):
+    """rq's scheduler process (every worker forks one) rides out an outage longer than the
+    clients' own retries: an execution submitted with a delay once Redis is back runs when it
+    is due. Before, the scheduler died at the first ConnectionError (a traceback on stderr) and
+    rq starts a new one only at its 10-minute maintenance."""
+    worker = spawn_worker(redis_url=own_redis.url, env=FAST)
+    wait_until(lambda: "Scheduler for" in worker.output(), 20, "the scheduler started")
+    own_redis.kill()
+    time.sleep(7)  # past the ~4 s a command retries on its own: the scheduler's loop sees the error
+    own_redis.start()
+    producer = Producer(own_redis.url, queue=spawn_worker.queue, prefix=spawn_worker.prefix)
+    eid = producer.submit(
+        {"execution_id": f"later-{unique}", "engine": {"image": test_image, "cmd": ["echo", "due"]}},
+        delay=timedelta(seconds=1),
+    )
+    outcome = producer.wait(eid, timeout=60)
+    assert (outcome.status, outcome.result.stdout) == (ExecutionStatus.SUCCEEDED, "due\n")
+    assert "raised an exception" not in worker.output() and "Traceback" not in worker.output()
+    assert worker.popen.poll() is None
+    producer.close()

@@ -52,6 +52,21 @@ def test_inputs_and_outputs_at_or_under_a_tmpfs_are_refused_naming_the_field(tar
     assert text.startswith("outputs: ") and f"{path} is at or under tmpfs /scratch" in text and "stops" in text
 
 
+@pytest.mark.parametrize(
+    ("path", "why"),
+    [
+        ("/proc/x", "at or under /proc"), ("/sys", "at or under /sys"), ("/dev/x", "at or under /dev"),
+        ("/dev/shm/x", "at or under /dev"), ("/etc/hostname", "written by Docker"), ("/etc/hosts", "written by Docker"),
+        ("/etc/resolv.conf", "written by Docker"),
+    ],
+)
+def test_inputs_where_docker_mounts_its_own_at_start_are_refused(path, why):
+    """A new user's trial: accepted, then silently hidden by the runtime's mounts."""
+    text = refusal(inputs=inputs(path))
+    assert text.startswith("inputs: ") and path in text and why in text and "\n" not in text
+    accepted(inputs=inputs("/devices/x", "/etc/hosts.d/x", "/system/x", "/etc/hostname2"))
+
+
 def test_paths_beside_a_tmpfs_or_in_a_bind_mount_inside_it_are_taken():
     accepted(tmpfs=[{"target": "/scratch"}], inputs=inputs("/scratch2/x", "/scratc"), outputs=["/scratch2", "/s"])
     accepted(tmpfs=[{"target": "/scratch/tmp"}], inputs=inputs("/scratch/x"), outputs=["/scratch/y"])

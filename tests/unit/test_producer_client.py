@@ -24,6 +24,7 @@ from producer import (
     DuplicateExecution,
     ExecutionAlreadyFinished,
     ExecutionNotFound,
+    ExecutionVanished,
     InvalidRequest,
     Producer,
     ProducerError,
@@ -341,8 +342,9 @@ def test_wait_notices_a_job_that_vanishes(producer, fake_redis, monkeypatch, pha
     threading.Timer(0.2, lose_it).start()
     with pytest.raises(ExecutionNotFound, match="vanished"):
         producer.wait("doomed", timeout=5)
-    if phantom:  # a follower ends too (with nothing left at all, logs() refuses the id at once)
-        assert list(producer.logs("doomed", follow=True)) == []
+    if phantom:  # a follower ends too, saying so (with nothing left at all, logs() refuses the id at once)
+        with pytest.raises(ExecutionVanished):
+            list(producer.logs("doomed", follow=True))
 
 
 def test_wait_retries_when_redis_drops(producer, fake_redis, monkeypatch):

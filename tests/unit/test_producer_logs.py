@@ -240,10 +240,25 @@ def test_follow_stops_when_the_outcome_exists_without_eof(producer, running, fak
     assert _ended(producer.logs("ex")) == ["partial\n"]
 
 
-def test_follow_stops_when_the_job_disappears(producer, running, fake_redis):
+def test_follow_of_a_job_that_disappears_without_an_outcome_says_it_vanished(producer, running, fake_redis):
+    """Its log is not whole: the follower says so (ExecutionVanished), not ends as if it were."""
+    from producer import ExecutionVanished
+
     running.batch("partial\n")
     fake_redis.delete("rq:job:ex")
-    assert _data(producer.logs("ex")) == ["partial\n"]
+    got = []
+    with pytest.raises(ExecutionVanished):
+        for entry in producer.logs("ex"):
+            got.append(entry.data)
+    assert got == ["partial\n"]
+
+
+def test_follow_whose_job_is_deleted_after_the_outcome_ends_normally(producer, running, fake_redis):
+    """The dashboard's Delete of an ended execution removes the rq job, keeps the outcome."""
+    running.batch("done\n")
+    fake_redis.rpush(KEYS.outcome("ex"), '{"execution_id": "ex", "status": "succeeded"}')
+    fake_redis.delete("rq:job:ex")
+    assert _data(producer.logs("ex")) == ["done\n"]
 
 
 def test_follow_survives_a_dropped_connection(producer, running, monkeypatch):
@@ -300,3 +315,16 @@ def test_cursor_yields_every_entry_once_whatever_is_repeated(sizes, repeats):
         out += [e.data for e in fresh]
     assert out == [str(i) for i in range(seq)]
     assert cursor.next_seq == seq
+
+
+def test_follow_cut_short_by_redis_losing_the_execution_says_so(producer, running, fake_redis):
+    """A new user's trial: after a Redis restart without persistence `logs -f` ended with exit 0
+    and a log cut short, as if whole."""
+    from producer import ExecutionVanished
+
+    running.batch("partial\n")
+    follow = producer.logs("ex")
+    assert next(follow).data == "partial\n"
+    fake_redis.flushall()  # outcome, rq job, claim and stream gone
+    with pytest.raises(ExecutionVanished, match="no longer knows"):
+        next(follow)

@@ -20,6 +20,8 @@ from rq.job import Job, JobStatus, Retry
 from rq.serializers import JSONSerializer
 from rq.utils import now
 
+from worker.service.job import DockrqJob
+
 if TYPE_CHECKING:
     from redis import Redis
     from rq.queue import Queue
@@ -29,8 +31,10 @@ log = logging.getLogger(__name__)
 
 
 def fetch_job(connection: Redis, job_id: str) -> Job | None:
+    """The rq job ``job_id`` as a dockrq worker's ``DockrqJob`` (its success recorded without
+    rq's results stream), or None if it is gone."""
     try:
-        return Job.fetch(job_id, connection=connection, serializer=JSONSerializer)
+        return DockrqJob.fetch(job_id, connection=connection, serializer=JSONSerializer)
     except NoSuchJobError:
         return None
 

@@ -13,7 +13,8 @@ dependencies (it decodes rq 3's ``str`` dependency ids). Imported by
   registry) or ``BadRequest`` (400: a page size, page or order that is not one);
 * registers an error handler on rq-dashboard's blueprint (``handle``): an HTTP error answers its
   code with ``{"status": "ERROR", "message"}`` (JSON endpoints and buttons) or the message
-  as text (pages); rq's ``NoSuchJobError`` answers 404, rq's ``InvalidJobOperation`` 409; any
+  as text (pages); rq's ``NoSuchJobError`` answers 404, rq's ``InvalidJobOperation`` 409, Redis
+  unreachable 503 (a warning line in the log, no traceback); any
   other exception is a genuine server error: logged with its traceback
   (``current_app.logger``) and answered 500 with a one-line message, never hidden as a 4xx;
 * serves Compact (``compact_queue``) and a job's rq data (``rq_job_info``) without those 500s.
@@ -33,6 +34,7 @@ from rq.job import Job, validate_job_id
 from rq_dashboard import web
 from werkzeug.exceptions import BadRequest, HTTPException, NotFound
 
+from schemas.connections import REDIS_DOWN, describe_redis_error
 from worker.observe.dashboard_data import PSEUDO_REGISTRIES
 
 RQ_REGISTRIES = ("queued", "failed", "deferred", "started", "finished", "scheduled", "canceled")
@@ -168,6 +170,9 @@ def handle(exc: Exception) -> Any:
         return _answer(404, f"no such job: {exc}")
     if isinstance(exc, InvalidJobOperation):
         return _answer(409, str(exc))
+    if isinstance(exc, REDIS_DOWN):  # an outage, not a bug: one line in the log, no traceback
+        current_app.logger.warning("dashboard: %s %s: Redis unreachable: %s", request.method, request.path, exc)
+        return _answer(503, f"Redis unreachable ({describe_redis_error(exc)}); try again once it is back")
     current_app.logger.error("dashboard: %s %s failed", request.method, request.path, exc_info=exc)
     return _answer(500, f"internal error ({type(exc).__name__}); the dashboard's log has the traceback")
 

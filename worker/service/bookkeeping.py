@@ -47,6 +47,8 @@ from rq.worker.base import WorkerStatus
 from rq.scheduler import RQScheduler
 from rq.suspension import WORKERS_SUSPENDED
 
+from schemas.connections import REDIS_DOWN, ride_out_outage
+
 if TYPE_CHECKING:
     from redis.client import Pipeline
     from rq.job import Job
@@ -229,8 +231,22 @@ class LeanScheduler(RQScheduler):
         return super().start()
 
     def work(self) -> None:
+        """rq's loop, ridden through Redis outages: rq's own ``run`` lets the first
+        ConnectionError end the process (a traceback on stderr), and its worker starts a
+        new scheduler only at its next maintenance (every 10 minutes), so executions
+        submitted with a delay or a retry backoff would wait that long after any Redis
+        restart. Redis away: one warning, retried with backoff (redis-py's ``Retry``); rq's
+        heartbeat re-acquires a lock a restart without persistence lost."""
         _end_with_parent(self._worker_pid)
-        super().work()
+
+        def away(exc: Exception, failures: int) -> None:
+            if failures == 1:
+                self.log.warning("scheduler: Redis unreachable (%s); retrying", exc)
+
+        try:
+            ride_out_outage(lambda: RQScheduler.work(self), away, keep_trying=lambda: not self._stop_requested)
+        except REDIS_DOWN:  # asked to stop while Redis is away: its locks expire on their own
+            self.log.info("scheduler: stopping while Redis is unreachable")
 
     def heartbeat(self) -> None:
         now = time.monotonic()

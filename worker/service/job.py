@@ -26,6 +26,7 @@ from typing import Any
 
 from rq.exceptions import DeserializationError
 from rq.job import Job
+from rq.utils import import_job_class
 
 from schemas import EXECUTION_ID_PATTERN, JOB_FRAMING_BYTES, JOB_FUNCTION, ExecutionStatus, Outcome
 
@@ -124,6 +125,34 @@ class DockrqJob(Job):
     @property
     def stopped_callback(self) -> None:
         return None
+
+
+def dockrq_job_class(job_class: type[Job] | str | None) -> type[DockrqJob]:
+    """The job class a dockrq worker runs with, given the ``job_class`` it was built with.
+
+    A subclass of :class:`DockrqJob` (class or rq's dotted import path) is kept; anything
+    else, ``None`` and rq's own ``Job`` included, is :class:`DockrqJob`. rq's
+    ``WorkerPool`` passes ``job_class=Job`` to every member (``rq.worker_pool.run_worker``,
+    rq 3.0) and plain ``rq worker`` its ``--job-class`` default: a worker built that way ran
+    rq's ``Job``, which neither refuses non-dockrq jobs nor skips rq's results stream."""
+    if isinstance(job_class, str):
+        job_class = import_job_class(job_class)
+    if isinstance(job_class, type) and issubclass(job_class, DockrqJob):
+        return job_class
+    return DockrqJob
+
+
+def as_dockrq_job(job: Job) -> DockrqJob:
+    """``job`` as a :class:`DockrqJob` (the same object), for its success bookkeeping.
+
+    A job fetched as rq's ``Job`` (by a reaper, an adopter, other code) would record its
+    success with rq's ``Job._handle_success``, whose ``Result.create`` writes the results
+    stream ``rq:results:ID`` (~4.7 KB for the retention). ``DockrqJob`` adds no instance
+    state of its own (``_oversized`` defaults to None on the class), so the object's class
+    is switched in place; a ``DockrqJob`` (or subclass), or what is no rq ``Job``, is returned as it is."""
+    if isinstance(job, Job) and not isinstance(job, DockrqJob):
+        job.__class__ = DockrqJob
+    return job  # type: ignore[return-value] - its class is DockrqJob now
 
 
 def _larger_than(stored: bytes, limit: int) -> bool:

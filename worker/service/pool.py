@@ -17,6 +17,8 @@ from typing import Any
 
 from rq.worker_pool import WorkerData, WorkerPool
 
+from worker.service.job import dockrq_job_class
+
 
 def worker_name(executor_id: str) -> str:
     """``<executor id>.<pid>.<6 hex>``: a worker's rq name, unique across hosts (the executor
@@ -25,12 +27,15 @@ def worker_name(executor_id: str) -> str:
 
 
 class DockrqWorkerPool(WorkerPool):
-    """rq's WorkerPool whose members are named ``<name>-<n>`` (see the module's docstring).
+    """rq's WorkerPool whose members are named ``<name>-<n>`` (see the module's docstring)
+    and run ``DockrqJob`` (``worker.service.job.dockrq_job_class``), not rq's default ``Job``.
 
     ``name``: the pool's name (``worker_name`` by default, or ``--name``); rq's own
     ``WorkerPool.name`` (in its log lines) is set to it too."""
 
     def __init__(self, *args: Any, name: str, **kwargs: Any) -> None:
+        # rq's WorkerPool defaults job_class to rq's Job and hands it to every member.
+        kwargs["job_class"] = dockrq_job_class(kwargs.get("job_class"))
         super().__init__(*args, **kwargs)
         self.name = name
         self._members = itertools.count(1)

@@ -54,7 +54,7 @@ from worker.observe import logformat, metrics
 from worker.service import runtime as runtime_module
 from worker.service.bookkeeping import FewerCommands
 from worker.service.heartbeat import Heartbeat
-from worker.service.job import DockrqJob
+from worker.service.job import DockrqJob, as_dockrq_job, dockrq_job_class
 
 if TYPE_CHECKING:
     from rq.job import Job
@@ -79,7 +79,7 @@ class DockrqWorker(FewerCommands, SimpleWorker):
     """SimpleWorker (with fewer bookkeeping commands, ``worker.service.bookkeeping``) + the dockrq runtime, the heartbeat thread, the reaper (adoption of a dead
     predecessor's containers included) and outage handling; JSON serializer unless told otherwise."""
 
-    job_class = DockrqJob  # runs worker.jobs.execute(request) and nothing else
+    job_class = DockrqJob  # runs worker.jobs.execute(request) and nothing else (whatever job_class is passed)
 
     _reaper: Reaper | None = None
     _beats: Heartbeat | None = None
@@ -91,6 +91,7 @@ class DockrqWorker(FewerCommands, SimpleWorker):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         if kwargs.get("serializer") is None:
             kwargs["serializer"] = JSONSerializer
+        kwargs["job_class"] = dockrq_job_class(kwargs.get("job_class"))
         settings = runtime_module.current().settings
         # rq's worker-hash TTL while busy is job_monitoring_interval + 60.
         kwargs.setdefault("job_monitoring_interval", max(1, int(settings.heartbeat_seconds)))
@@ -265,7 +266,12 @@ class DockrqWorker(FewerCommands, SimpleWorker):
 
     def handle_job_success(self, job: Job, queue: Queue, started_job_registry: Any, execution: Any) -> None:
         """rq's success bookkeeping, retried once Redis is back (rq would otherwise fail a job
-        whose outcome says it succeeded, or leave it started)."""
+        whose outcome says it succeeded, or leave it started).
+
+        Every finished execution's rq job is recorded here (the worker's own, and those
+        ``worker.faults.settle.finish`` ends: after an outage, adopted, reaped), always
+        through ``DockrqJob._handle_success``: no rq Result (``rq:results:ID``)."""
+        job = as_dockrq_job(job)
 
         def away(exc: Exception, failures: int) -> None:
             self.log.warning("Worker %s: recording job %s as finished failed (%s); retrying", self.name, job.id, exc)
