@@ -256,7 +256,7 @@ class AsyncProducer:
         try:
             return (await self.wait_many([execution_id], timeout=timeout))[execution_id]
         except WaitTimeout:
-            raise TimeoutError(f"execution {execution_id} still running after {timeout}s") from None
+            raise TimeoutError(f"execution {execution_id} has not ended after {timeout}s") from None
 
     async def wait_many(
         self, execution_ids: Iterable[str], timeout: float | None = None, *, recheck_seconds: float = DEFAULT_RECHECK_SECONDS
@@ -291,7 +291,8 @@ class AsyncProducer:
             if pubsub is not None:  # a fresh subscription (and with it a full check) once Redis is back
                 await _close(pubsub)
                 pubsub = None
-            log.warning("following %d execution(s): Redis error (%s); retrying", len(state.pending), exc)
+            if failures == 1:  # once per outage
+                log.warning("following %d execution(s): Redis unreachable (%s); retrying until it is back", len(state.pending), exc)
 
         def in_time() -> bool:
             state.remaining(time.monotonic())  # raises WaitTimeout once the deadline has passed

@@ -124,4 +124,5 @@ class AsyncLogReader:
 
 
 async def _follow_interrupted(exc: Exception, failures: int) -> None:
-    log.warning("log follow: Redis error (%s); retrying", exc)
+    if failures == 1:  # once per outage
+        log.warning("log follow: Redis unreachable (%s); retrying until it is back", exc)

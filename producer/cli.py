@@ -27,6 +27,7 @@ included (``{"error", "exit_code"}`` on stdout).
 from __future__ import annotations
 
 import json
+import logging
 import sys
 from contextlib import nullcontext
 from datetime import datetime, timezone
@@ -364,6 +365,11 @@ from .cli_files import FileOptions, describe_outputs, report_outputs  # noqa: E4
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point of the ``dockrq`` script."""
+    """Entry point of the ``dockrq`` script. The library's warnings (a Redis outage ridden out
+    while waiting or following) go to stderr as ``dockrq: ...`` lines, as its errors do."""
+    handler = logging.StreamHandler()
+    handler.setFormatter(logging.Formatter("dockrq: %(message)s"))
+    logging.getLogger("producer").addHandler(handler)
+    logging.getLogger("producer").setLevel(logging.WARNING)
     cli.main(args=argv, prog_name="dockrq")
 

@@ -145,4 +145,5 @@ class LogReader:
 
 
 def _follow_interrupted(exc: Exception, failures: int) -> None:
-    log.warning("log follow: Redis error (%s); retrying", exc)
+    if failures == 1:  # once per outage
+        log.warning("log follow: Redis unreachable (%s); retrying until it is back", exc)

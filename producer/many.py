@@ -284,7 +284,8 @@ def follow(
         if pubsub is not None:  # a fresh subscription (and with it a full check) once Redis is back
             _close(pubsub)
             pubsub = None
-        log.warning("following %d execution(s): Redis error (%s); retrying", len(state.pending), exc)
+        if failures == 1:  # once per outage
+            log.warning("following %d execution(s): Redis unreachable (%s); retrying until it is back", len(state.pending), exc)
 
     def in_time() -> bool:
         state.remaining(time.monotonic())  # raises WaitTimeout once the deadline has passed

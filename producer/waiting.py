@@ -50,7 +50,8 @@ class OutcomeWaiter:
         missing_since: float | None = None
 
         def redis_away(exc: Exception, failures: int) -> None:
-            log.warning("waiting for %s: Redis error (%s); retrying", execution_id, exc)
+            if failures == 1:  # once per outage
+                log.warning("waiting for %s: Redis unreachable (%s); retrying until it is back", execution_id, exc)
 
         def in_time() -> bool:
             return deadline is None or time.monotonic() < deadline
@@ -67,7 +68,7 @@ class OutcomeWaiter:
             if raw is not None and self.acks.outcome_confirmed(self.client, execution_id):
                 return Outcome.model_validate_json(raw)
             if not in_time():
-                raise TimeoutError(f"execution {execution_id} still running after {timeout}s")
+                raise TimeoutError(f"execution {execution_id} has not ended after {timeout}s")
             if has_outcome or has_job:
                 missing_since = None
             elif missing_since is None:
