@@ -73,6 +73,9 @@ if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; th
   fi
   echo "$want" > "$stamp"
 fi
+# Every worker and CLI process imports the project's modules: compiled once here, read from
+# __pycache__ after (with PYTHONDONTWRITEBYTECODE set, each process would compile them again).
+.venv/bin/python -m compileall -q producer schemas worker >/dev/null
 
 # --- local test image (no registry needed) ---------------------------------
 IMAGE=${DOCKRQ_TEST_IMAGE:-dockrq-test/busybox:latest}
