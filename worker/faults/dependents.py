@@ -61,7 +61,13 @@ class DeferredDependentsSweep:
                     self._release(queue, job)
 
     def _release(self, queue: Queue, job: Job) -> None:
-        """deferred -> ready -> queued, as rq's own release does (skipped if rq got there first)."""
+        """deferred -> ready -> queued, as rq's own release does (skipped if rq got there first).
+
+        In the same transaction the job leaves its dependencies' dependents sets: a
+        dependency's outcome is written before rq's success transaction, whose
+        ``Queue.enqueue_dependents`` moves every dependent in that set to ready without
+        looking at its status (rq 3.0), and would enqueue this one a second time (run
+        twice: the second run's container-name conflict ended it ``error``)."""
         conn = self.ctx.connection
         ready = ReadyJobRegistry(queue.name, connection=conn, serializer=queue.serializer)
         try:
@@ -70,6 +76,8 @@ class DeferredDependentsSweep:
                 if as_text(pipe.hget(job.key, "status") or b"") != JobStatus.DEFERRED.value:
                     return
                 pipe.multi()
+                for dependency_id in job._dependency_ids:
+                    pipe.srem(Job.dependents_key_for(dependency_id), job.id)
                 ready.register_jobs([job], pipeline=pipe)
                 pipe.execute()
         except WatchError:
