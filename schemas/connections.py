@@ -43,6 +43,7 @@ from redis.backoff import AbstractBackoff, ExponentialWithJitterBackoff
 from redis.retry import Retry
 from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool, SentinelManagedConnection
 
+from schemas.causes import caused_by
 from schemas.redis_url import check_db, is_sentinel_url, parse_sentinel_url
 
 from .packing import command_packer
@@ -84,16 +85,7 @@ def refused_not_away(exc: BaseException) -> bool:
     a wrong user or password (redis-py's ``AuthenticationError``, a ``ConnectionError``) and a
     server certificate the client does not trust (``ssl.SSLCertVerificationError`` under
     redis-py's ``ConnectionError``). Retrying them only gets the same answer later."""
-    if isinstance(exc, redis.AuthenticationError):
-        return True
-    seen: set[int] = set()
-    cause: BaseException | None = exc
-    while cause is not None and id(cause) not in seen:
-        if isinstance(cause, ssl.SSLCertVerificationError):
-            return True
-        seen.add(id(cause))
-        cause = cause.__cause__ or cause.__context__
-    return False
+    return isinstance(exc, redis.AuthenticationError) or caused_by(exc, ssl.SSLCertVerificationError)
 
 
 class CommandRetry(Retry):

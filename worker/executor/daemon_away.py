@@ -17,6 +17,7 @@ from collections.abc import Callable
 import requests
 
 from schemas import ExecutionStatus
+from schemas.causes import caused_by
 
 from .client import DockerClient
 from .errors import DAEMON_ERRORS, DaemonError, DaemonRestarted
@@ -29,13 +30,7 @@ DAEMON_RECOVERY_SECONDS = 60.0
 
 def lost_connection(exc: BaseException | None) -> bool:
     """Whether ``exc`` (or what caused it) is the daemon's connection failing, not a refusal."""
-    seen: set[int] = set()
-    while exc is not None and id(exc) not in seen:
-        seen.add(id(exc))
-        if isinstance(exc, (requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError)):
-            return True
-        exc = exc.__cause__ or exc.__context__
-    return False
+    return caused_by(exc, requests.exceptions.ConnectionError, ConnectionError, FileNotFoundError)
 
 
 def wait_surviving_daemon(
