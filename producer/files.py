@@ -34,6 +34,7 @@ from schemas import (
     entry_name,
 )
 from schemas.files import MAX_FILE_PATHS, MAX_PATH_BYTES, archive_chunks, overlapping
+from schemas.placement import runtime_problem
 from schemas.text import shown_path
 
 from .errors import InvalidRequest, ProducerError
@@ -82,9 +83,13 @@ class _Builder:
         self.bytes = 0
         self._fds: dict[int, int] = {}  # open directory -> its subdirectories not yet opened (close() ends all)
 
-    def _count(self, name: str, size: int = 0) -> None:
+    def _count(self, name: str, size: int = 0, local: Path | None = None) -> None:
         if len(name.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
             raise InvalidRequest(f"inputs: container path /{name[:80]}... is longer than {MAX_PATH_BYTES} bytes")
+        problem = runtime_problem("/" + name)  # also an entry of a directory put at /etc or /
+        if problem is not None:
+            source = f" (from {shown_path(local)})" if local is not None else ""
+            raise InvalidRequest(f"inputs: {problem}{source}")
         self.entries += 1
         self.bytes += size
         if self.entries > MAX_INPUT_ENTRIES:
@@ -129,7 +134,7 @@ class _Builder:
             raise InvalidRequest(f"inputs: reading {shown_path(local)} failed: {exc.strerror or exc}") from None
         if len(link.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
             raise InvalidRequest(f"inputs: the target of symlink {shown_path(local)} is longer than {MAX_PATH_BYTES} bytes")
-        self._count(name)
+        self._count(name, local=local)
         self.tar.addfile(self._info(name, tarfile.SYMTYPE, 0o777, info.st_mtime, link=link))
 
     def _add_file(
@@ -138,7 +143,7 @@ class _Builder:
         """Read a regular file; inside a directory (``dir_fd``) it is opened without following a
         symlink and must still be the file listed, so a file swapped for a symlink meanwhile is
         refused, never read through."""
-        self._count(name, info.st_size)
+        self._count(name, info.st_size, local)
         flags = os.O_RDONLY | (0 if follow else os.O_NOFOLLOW)
         try:
             fd = os.open(local.name if dir_fd is not None else local, flags, dir_fd=dir_fd)
@@ -159,7 +164,7 @@ class _Builder:
         stack: list[tuple[str, Path, os.stat_result, int | None]] = [(name, top, info, None)]
         while stack:
             name, path, info, parent_fd = stack.pop()
-            self._count(name)
+            self._count(name, local=path)
             self.tar.addfile(self._info(name, tarfile.DIRTYPE, info.st_mode, info.st_mtime))
             flags = os.O_RDONLY | os.O_DIRECTORY | (0 if follow and parent_fd is None else os.O_NOFOLLOW)
             try:

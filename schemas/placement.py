@@ -94,8 +94,11 @@ RUNTIME_MOUNTS = ("/proc", "/sys", "/dev")
 RUNTIME_FILES = ("/etc/hostname", "/etc/hosts", "/etc/resolv.conf")
 
 
-def _runtime_problem(path: str) -> str | None:
-    """Why an input at ``path`` (cleaned) would be lost to Docker's own mounts, or None."""
+def runtime_problem(path: str) -> str | None:
+    """Why a file put at the container path ``path`` before start would be lost to what Docker
+    mounts or writes at start, or None. Checked for every input path and, because a directory's
+    entries land there too (an input directory ``/etc`` holding ``hosts``), for every entry of an
+    input archive: by the producer as it builds one, by the worker as it puts one in."""
     cleaned = mount_target(path)
     mount = next((m for m in RUNTIME_MOUNTS if _within(cleaned, m)), None)
     if mount is not None:
@@ -128,7 +131,7 @@ def check_inputs_placement(
     problems = []
     for path in paths:
         layer = _innermost(path, layers)
-        runtime = _runtime_problem(path)
+        runtime = runtime_problem(path)
         if runtime is not None:
             problems.append(runtime)
         elif layer is not None and layer.kind == "tmpfs":

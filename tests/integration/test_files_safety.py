@@ -79,6 +79,8 @@ def test_hostile_input_archives_are_rejected_before_the_container_starts(
     submit("not-a-tar", b"\x01" * 10240)
     submit("missing", None)
     submit("wrong-size", tar_of(IN), archive_bytes=20480)
+    # Docker writes /etc/hosts at start: an entry of a directory put at /etc would be lost.
+    submit("runtime-file", tar_of(member("etc", tarfile.DIRTYPE), member("etc/hosts", data=b"x")), paths=["/etc"])
 
     for eid, name in cases.items():
         outcome = producer.wait(eid, timeout=60)

@@ -28,8 +28,11 @@ def req(image, name, script, **fields):
 def test_cli_refuses_inputs_and_outputs_under_a_tmpfs_before_writing(redis_url, spawn_worker, test_image, tmp_path):
     worker = spawn_worker(ready=False)  # it starts while the CLI refuses
     (tmp_path / "x").write_text("x\n")
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "resolv.conf").write_text("nameserver 127.0.0.1\n")
     client = redis.Redis.from_url(redis_url)
     refusals = (
+        (["--input", f"{tmp_path / 'etc'}:/etc"], "inputs"),  # Docker writes /etc/resolv.conf at start
         (["--tmpfs", "/scratch/", "--input", f"{tmp_path / 'x'}:/scratch/x"], "inputs"),
         (["--tmpfs", "/scratch", "--output", "/scratch"], "outputs"),
         (["--read-only", "--input", f"{tmp_path / 'x'}:/in/x"], "inputs"),

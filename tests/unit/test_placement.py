@@ -16,7 +16,7 @@ from producer import InvalidRequest, Producer
 from schemas import ExecutionRequest, InputsSpec, describe_validation_error
 from schemas.execution import EngineSpec, Mount, Resources, format_size, parse_size  # the old import path
 from schemas.placement import input_extraction_dir, mount_target
-from worker.executor.archive import InputArchive
+from worker.executor.archive import InputArchive, InputsRejected
 from worker.executor.refusals import InputPathInvalid, InputPathReadOnly, explain_put_refusal
 
 
@@ -65,6 +65,27 @@ def test_inputs_where_docker_mounts_its_own_at_start_are_refused(path, why):
     text = refusal(inputs=inputs(path))
     assert text.startswith("inputs: ") and path in text and why in text and "\n" not in text
     accepted(inputs=inputs("/devices/x", "/etc/hosts.d/x", "/system/x", "/etc/hostname2"))
+
+
+def test_entries_of_an_input_directory_where_docker_writes_at_start_are_refused(tmp_path):
+    """A second new user's trial: an input directory put at /etc lost its hosts file unsaid."""
+    producer = Producer(connection=fakeredis.FakeRedis(), prefix="p", queue="jobs")
+    request = {"engine": {"image": "busybox"}}
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "etc" / "app.conf").write_text("a\n")
+    (tmp_path / "etc" / "hosts").write_text("127.0.0.1 db\n")
+    with pytest.raises(InvalidRequest, match=r"^inputs: /etc/hosts is written by Docker when the container starts.*etc/hosts\)$"):
+        producer.submit(request, inputs={"/etc": tmp_path / "etc"})
+    assert producer.connection.keys("*") == []
+    (tmp_path / "etc" / "hosts").unlink()  # the rest of /etc, and hosts elsewhere, are taken
+    producer.submit(request, inputs={"/etc": tmp_path / "etc", "/srv/etc/hosts": b"x"})
+
+    # The worker checks each entry too, for archives written by another language's scheduler.
+    spec = InputsSpec(paths=["/etc"], entries=3, bytes=2, archive_bytes=10240)
+    for bad in ("etc/hosts", "etc/hostname", "etc/resolv.conf"):
+        with pytest.raises(InputsRejected, match=f"^inputs: /{bad} is written by Docker"):
+            b"".join(InputArchive(spec).stream(io.BytesIO(_tar("etc/", "etc/app.conf", bad))))
+    assert b"".join(InputArchive(spec).stream(io.BytesIO(_tar("etc/", "etc/app.conf", "etc/hosts.allow"))))
 
 
 def test_paths_beside_a_tmpfs_or_in_a_bind_mount_inside_it_are_taken():

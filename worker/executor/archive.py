@@ -14,6 +14,7 @@ from typing import BinaryIO
 
 from schemas import InputsSpec, entry_name
 from schemas.files import MAX_PATH_BYTES
+from schemas.placement import runtime_problem
 from schemas.text import quoted_name
 
 from .errors import StartError
@@ -110,7 +111,8 @@ class InputArchive:
     breaks a rule, so the upload is cut there and the container never starts:
 
     * names are plain relative paths (no ``/`` at the start, no ``..``, ``.`` or
-      empty components) equal to one of ``spec.paths`` or below one;
+      empty components) equal to one of ``spec.paths`` or below one, and not where
+      Docker mounts or writes its own at start (``schemas.placement.runtime_problem``);
     * every entry below a target comes after a directory entry for its parent, so
       each level is a directory this archive made (Docker replaces a symlink the
       image had there by that directory) and nothing is written through a symlink;
@@ -178,6 +180,9 @@ class InputArchive:
         target = next((t for t in self.targets if name == t or name.startswith(t + "/")), None)
         if target is None:
             raise InputsRejected(f"{where}: outside the announced paths ({', '.join(self.spec.paths)})")
+        problem = runtime_problem("/" + name)  # an entry of a directory put at /etc or /
+        if problem is not None:
+            raise InputsRejected(f"inputs: {problem}")
         if name in self._seen:
             raise InputsRejected(f"{where}: appears twice")
         if name != target and name.rsplit("/", 1)[0] not in self._dirs:
