@@ -31,11 +31,9 @@ import logging
 import sys
 from contextlib import nullcontext
 from datetime import datetime, timezone
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-from rich.console import Console
-from rich.table import Table
 
 from schemas import ExecutionStatus, LogEntry, Outcome
 
@@ -52,18 +50,32 @@ from .command import (  # the exit codes are re-exported: producer.cli names the
     global_options,
     json_option,
 )
-from .attach_signals import cancel_and_wait, outcome_bound, signal_of, signals_interrupt
-from .client import Producer
 from .flags import build_request, scheduling_options
 from .params import EXECUTION_ID, Seconds
-from .logs import AttemptStart
-from .progress import SubmitProgress
 from .run_flags import apply_run_flags, run_flag_options
-from .status import ExecutionStatusView
 from .usage import DockrqGroup
-from .waitcli import not_ended_state, one_line_reporter, wait_several
+
+# Start-up (README, "Start-up"): this module imports what defining the commands needs. What
+# running one needs (the Producer and redis-py, rq, rich) is imported in the function that
+# runs it, so that ``dockrq --help`` and a refused command line load none of it.
+if TYPE_CHECKING:
+    from rich.console import Console
+
+    from .client import Producer
+    from .status import ExecutionStatusView
 
 __all__ = ["EXIT_BROKEN_PIPE", "EXIT_ERROR", "Producer", "cli", "exit_code_for", "main"]
+
+
+def __getattr__(name: str) -> Any:
+    """``Producer``, the factory ``Settings.producer`` calls (the one name tests replace),
+    imported on first use (PEP 562)."""
+    if name != "Producer":
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    from .client import Producer
+
+    globals()["Producer"] = Producer
+    return Producer
 
 
 def exit_code_for(outcome: Outcome) -> int:
@@ -104,6 +116,8 @@ pass_settings = click.make_pass_decorator(Settings)
 
 def _write_entry(entry: LogEntry, as_json: bool) -> None:
     """Container output verbatim (stdout to stdout, stderr to stderr), or one JSON line per entry."""
+    from .logs import AttemptStart
+
     if as_json:
         sys.stdout.write(entry.model_dump_json() + "\n")
         stream = sys.stdout
@@ -141,6 +155,8 @@ def _report(outcome: Outcome, settings: Settings, *, summary: bool) -> int:
 
 def _console() -> Console:
     """Rich output; unbounded width when piped, so scripts and ``grep`` see whole ids and images."""
+    from rich.console import Console
+
     return Console() if sys.stdout.isatty() else Console(width=10_000)
 
 
@@ -200,10 +216,15 @@ def submit(
     depends_on: tuple[str, ...], **options: Any,
 ) -> None:
     """Run IMAGE [CMD...] on a worker; stay attached to its output and exit with its exit code."""
+    from .attach_signals import signal_of, signals_interrupt
+    from .planning import caller_request
+
     producer = settings.producer()
     files = FileOptions.take(options, detach)
     request = apply_run_flags(build_request(image, cmd, options), options)
     files.apply(request, producer)
+    caller_request(request)  # InvalidRequest before the progress display below subscribes to Redis
+    from .progress import SubmitProgress  # rich: for a valid request only
     # While attached: waiting for a worker and the image pull, on stderr (producer/progress.py).
     progress = None if detach or settings.as_json else SubmitProgress.before_submit(producer, request, queue_name)
     with progress or nullcontext():
@@ -236,6 +257,8 @@ def _cancel_after_interrupt(
 ) -> NoReturn:
     """Cancel, wait (bounded; a second signal stops it) for the outcome, write the outputs as for
     any ending, exit 128 + ``signum`` (producer/attach_signals.py)."""
+    from .attach_signals import cancel_and_wait, outcome_bound, signals_interrupt
+
     with signals_interrupt():
         message, outcome = cancel_and_wait(producer, execution_id, outcome_bound(request))
         if outcome is not None:
@@ -253,6 +276,8 @@ def _cancel_after_interrupt(
 @pass_settings
 def wait(settings: Settings, execution_ids: tuple[str, ...], timeout: float | None) -> None:
     """Wait for executions to end; exit with the exit code of the worst (see ``worst_exit_code``)."""
+    from .waitcli import not_ended_state, one_line_reporter, wait_several
+
     if len(execution_ids) == 1:
         (execution_id,) = execution_ids
         try:
@@ -320,6 +345,8 @@ def status(settings: Settings, execution_id: str) -> None:
     if settings.as_json:
         click.echo(view.model_dump_json())
         return
+    from rich.table import Table
+
     table = Table.grid(padding=(0, 2))
     for name, value in _status_rows(view):
         table.add_row(f"[bold]{name}[/]", value)

@@ -13,7 +13,7 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import click
 
@@ -21,14 +21,16 @@ from schemas import DEFAULT_MAX_INPUT_BYTES, Outcome, parse_size
 from schemas.text import quoted_name, shown_path
 
 from .cli import EXIT_DOCKRQ_FAILED, EXIT_ERROR, Settings, cli, fail, json_option, pass_settings
-from .client import Producer
 from .errors import InvalidRequest, ProducerError
-from .extract import ArchiveRefused, ExtractReport
-from .copy_dest import skipped_reason, truncation_reason
 from .cp_paths import given_path
-from .files import FollowLink
 from .params import COPY_SOURCE
 from .usage import EXIT_USAGE
+
+# The copying machinery (tarfile, redis-py) is imported where a command uses it (producer.cli).
+if TYPE_CHECKING:
+    from .client import Producer
+    from .extract import ExtractReport
+    from .files import FollowLink
 
 
 def file_options(fn: Callable[..., Any]) -> Callable[..., Any]:
@@ -68,6 +70,8 @@ class FileOptions:
     @classmethod
     def take(cls, options: dict[str, Any], detach: bool) -> FileOptions:
         """Remove the file options from ``submit``'s options; InvalidRequest names a bad one."""
+        from .files import FollowLink
+
         inputs: dict[str, str | FollowLink] = {}
         follow = options.pop("follow_link")
         for item in options.pop("inputs"):
@@ -115,6 +119,8 @@ def _given(path: str, option: str) -> str:
 def report_outputs(producer: Producer, outcome: Outcome, options: FileOptions, as_json: bool) -> bool:
     """After an attached submit: say what was collected and write it to ``--output-dir``.
     Returns False when the files could not be delivered to ``--output-dir``."""
+    from .copy_dest import skipped_reason, truncation_reason
+
     result = outcome.result
     if not options.outputs or result is None:
         return True
@@ -143,6 +149,8 @@ def report_outputs(producer: Producer, outcome: Outcome, options: FileOptions, a
 
 def describe_outputs(result: Any) -> str:
     """One line for ``dockrq status``: what the output archive holds."""
+    from .copy_dest import truncation_reason
+
     files = [f for f in result.output_files if f.type == "file"]
     text = f"{len(result.output_files)} entries, {len(files)} files, {sum(f.size for f in files)} bytes"
     if result.outputs_truncated:
@@ -187,6 +195,8 @@ def cp(settings: Settings, source: tuple[str, str], dest: str) -> None:
     directory or a file of the other kind, or fail on the local disk are skipped with
     a message and the rest written; the exit code is then 1.
     """
+    from .extract import ArchiveRefused
+
     execution_id, path = source  # params.COPY_SOURCE: a malformed one is a usage error (125)
     if dest == "-":
         _cp_to_stdout(settings, execution_id, path)

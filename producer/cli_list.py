@@ -12,15 +12,17 @@ from __future__ import annotations
 
 import json
 
+from typing import TYPE_CHECKING
+
 import click
-from rich.table import Table
 
 from schemas import ExecutionState
 
 from .cli import DockrqCommand, Settings, _ago, _console, _span, json_option, pass_settings
 from .params import GROUP_NAME
-from .status import ExecutionStatusView
-from .waitcli import outcome_shown
+
+if TYPE_CHECKING:  # rich and the status view: imported when the list is shown (producer.cli)
+    from .status import ExecutionStatusView
 
 
 @click.command(name="ls", cls=DockrqCommand)
@@ -52,6 +54,8 @@ def list_executions(
     if settings.as_json:
         click.echo("[" + ",".join(v.model_dump_json() for v in views) + "]")
         return
+    from rich.table import Table
+
     table = Table(box=None, header_style="bold")
     for column in ("ID", "STATUS", "IMAGE", "NODE", "WORKER", "QUEUED", "PULL", "RUN", "AGE", "QUEUE"):
         table.add_column(column, no_wrap=column in ("ID", "STATUS"))
@@ -71,4 +75,6 @@ def _given_on_command_line(name: str) -> bool:
 
 def _state_shown(view: ExecutionStatusView) -> str:
     """The state, with what an operator scanning the list asks next (``waitcli.outcome_shown``)."""
+    from .waitcli import outcome_shown
+
     return view.state.value if view.outcome is None else outcome_shown(view.outcome)

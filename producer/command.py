@@ -12,10 +12,8 @@ from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
-import redis
 
-from schemas import DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_RETENTION_SECONDS
-from schemas.connections import DEFAULT_REDIS_URL, REDIS_DOWN, describe_redis_error, redact_url
+from schemas.defaults import DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_REDIS_URL, DEFAULT_RETENTION_SECONDS
 from schemas.replication import DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS
 
 from .errors import InvalidRequest, ProducerError
@@ -52,6 +50,8 @@ class Settings:
                 {"replica_acks": self.replica_acks, "replica_ack_timeout": self.replica_ack_timeout}
                 if self.replica_acks else {}
             )
+            from schemas.connections import redact_url
+
             from . import cli  # its ``Producer`` is the factory: the one name tests replace
 
             try:
@@ -90,6 +90,10 @@ class DockrqCommand(DockerUsageErrors, click.Command):
         self.failure_code = failure_code
 
     def invoke(self, ctx: click.Context) -> Any:
+        import redis  # here, not at the top: ``dockrq --help`` never talks to Redis (producer.cli)
+
+        from schemas.connections import REDIS_DOWN, describe_redis_error, redact_url
+
         try:
             return super().invoke(ctx)
         except InvalidRequest as exc:

@@ -15,16 +15,15 @@ import re
 from datetime import datetime, timezone
 from typing import TYPE_CHECKING, Any
 
-from rq.group import Group
-from rq.job import Job
-
-from schemas import Outcome
-
 from .errors import InvalidRequest
-from .status import ExecutionStatusView, build_view
 
+# rq and the status view are imported where they are used: ``dockrq``'s command line
+# checks a group name with GROUP_PATTERN without loading them (README, "Start-up").
 if TYPE_CHECKING:
     from redis.client import Pipeline
+    from rq.job import Job
+
+    from .status import ExecutionStatusView
 
 GROUP_PATTERN = r"^[A-Za-z0-9_.-]{1,128}$"
 _GROUP_RE = re.compile(GROUP_PATTERN)
@@ -39,17 +38,25 @@ def check_group_name(name: str) -> str:
 
 def group_key(name: str) -> str:
     """rq's set of the group's job ids."""
+    from rq.group import Group
+
     return Group.get_key(name)
 
 
 def write_group(pipe: Pipeline, name: str, ids: list[str]) -> None:
     """Add ``ids`` to rq's group ``name`` inside the caller's transaction."""
+    from rq.group import Group
+
     pipe.sadd(Group.get_key(name), *ids)
     pipe.sadd(Group.REDIS_GROUP_KEY, name)
 
 
 def views(jobs: list[Job | None], ids: list[str], raw_outcomes: list[Any]) -> list[ExecutionStatusView]:
     """One view per id still known (its job or its outcome exists), oldest first."""
+    from schemas import Outcome
+
+    from .status import build_view
+
     out = []
     for execution_id, job, raw in zip(ids, jobs, raw_outcomes, strict=True):
         outcome = Outcome.model_validate_json(raw) if raw else None

@@ -12,7 +12,7 @@ import time
 from datetime import datetime, timezone
 from typing import Any
 
-from pydantic import BaseModel
+from pydantic import BaseModel, ConfigDict
 from rq.job import Job, JobStatus
 
 from schemas import ExecutionState, Outcome, attempts_from_meta
@@ -43,6 +43,8 @@ _FROM_RQ = {
 
 class ExecutionStatusView(BaseModel):
     """One execution as ``dockrq status`` shows it. Times are UTC."""
+
+    model_config = ConfigDict(defer_build=True)  # built when first shown (README, "Start-up")
 
     execution_id: str
     state: ExecutionState

@@ -46,11 +46,10 @@ from redis.sentinel import MasterNotFoundError, Sentinel, SentinelConnectionPool
 from schemas.causes import caused_by
 from schemas.redis_url import check_db, is_sentinel_url, parse_sentinel_url
 
+from .defaults import DEFAULT_REDIS_URL
 from .packing import command_packer
 
 T = TypeVar("T")
-
-DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
 
 #: Redis is away (restarting, failing over, unreachable): what is worth waiting out.
 #: Any other ``redis.RedisError`` is an answer (a refusal, a script error) and is not retried.

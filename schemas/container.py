@@ -18,9 +18,8 @@ from typing import Annotated
 
 from pydantic import BaseModel, ConfigDict, Field, StrictInt, StringConstraints, field_validator, model_validator
 
-# Input given to the container on its stdin (``docker run -i``), at most this many bytes: it
-# travels inside the request, which is at most 1 MiB of JSON by default (base64 adds a third).
-MAX_STDIN_BYTES = 512 * 1024
+from .defaults import MAX_STDIN_BYTES
+
 
 # The labels dockrq sets itself (``dockrq.executor``, ``dockrq.execution``, ...) are how
 # workers find, adopt and reap containers: a request must never set or fake one.
@@ -54,7 +53,7 @@ _USER = re.compile(r"^[A-Za-z0-9_][A-Za-z0-9_.-]{0,63}(:[A-Za-z0-9_][A-Za-z0-9_.
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
 
 def normalize_capability(name: str) -> str:

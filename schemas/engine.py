@@ -19,7 +19,7 @@ from .reference import check_image_reference
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
 
 def _no_nul(value: str, what: str) -> str:

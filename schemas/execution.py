@@ -64,6 +64,7 @@ from .scheduling import (
     check_concurrency_pair,
     compact_scheduling,
 )
+from .defaults import EXECUTION_ID_PATTERN
 from .engine import EngineSpec, GpuRequest, Resources, format_size, parse_size
 from .placement import Mount, check_inputs_placement, check_outputs_placement
 from .text import check_storable
@@ -76,7 +77,6 @@ __all__ = [
     "LogStreamRequest", "Mount", "Resources", "format_size", "new_execution_id", "parse_size",
 ]
 
-EXECUTION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 DEFAULT_OUTPUT_LIMIT = 1024 * 1024  # bytes per stream
 MAX_OUTPUT_LIMIT = 1024 * 1024 * 1024
 
@@ -88,7 +88,7 @@ def new_execution_id() -> str:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
 
 class ExecutionRequest(_Model):
@@ -269,7 +269,7 @@ _FINAL = {s.value for s in ExecutionStatus}
 class ExecutionResult(BaseModel):
     """What an execution produced. A non-zero exit is a result, not an executor error."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     execution_id: str
     status: ExecutionStatus
@@ -354,7 +354,7 @@ class LogStreamRequest(_Model):
 class LogEntry(BaseModel):
     """One chunk of output (normally one line, newline kept) from one stream."""
 
-    model_config = ConfigDict(frozen=True)
+    model_config = ConfigDict(defer_build=True, frozen=True)
 
     stream: Literal["stdout", "stderr"]
     ts: float

@@ -28,10 +28,10 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, StrictInt, field_validator, model_validator
 
+from .defaults import DEFAULT_MAX_INPUT_BYTES
 from .text import escaped_name, utf8_problem
 
 MiB = 1024 * 1024
-DEFAULT_MAX_INPUT_BYTES = 16 * MiB  # producer's and worker's bound on input file contents
 DEFAULT_OUTPUT_FILES_LIMIT = 16 * MiB  # request default of output_files_limit_bytes
 MAX_OUTPUT_FILES_LIMIT = 1024 * MiB
 MAX_INPUT_ENTRIES = 10_000  # entries of one input archive
@@ -117,7 +117,7 @@ def archive_bound(file_bytes: int, entries: int) -> int:
 
 
 class _Model(BaseModel):
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="forbid", frozen=True)
 
 
 class InputsSpec(_Model):
@@ -156,7 +156,7 @@ class OutputFile(BaseModel):
     ``/o/a\\xff`` with ``escaped`` is the byte 0xFF and without it four characters. The
     archive keeps the raw bytes."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", frozen=True)
 
     path: str
     size: int = 0
@@ -183,7 +183,7 @@ class OutputSkipped(BaseModel):
     ``"unsupported"`` (a path over MAX_OUTPUT_PATH_BYTES, or not a plain path). ``path`` is
     escaped as OutputFile's is (``escaped``)."""
 
-    model_config = ConfigDict(extra="ignore", frozen=True)
+    model_config = ConfigDict(defer_build=True, extra="ignore", frozen=True)
 
     path: str
     type: str

@@ -14,11 +14,10 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, SerializerFunctionWrapHandler, ValidationError, model_serializer
 
+from .defaults import DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_RETENTION_SECONDS
 from .execution import ExecutionResult, ExecutionState, ExecutionStatus, LogEntry
 from .text import NOT_UTF8
 
-DEFAULT_PREFIX = "dockrq"
-DEFAULT_QUEUE = "dockrq"
 JOB_FUNCTION = "worker.jobs.execute"
 # The field of each ``P:exec:ID:log`` stream entry that holds one LogBatch's JSON.
 LOG_STREAM_FIELD = "batch"
@@ -46,7 +45,6 @@ if KEYS[3] then
 end
 return 1
 """
-DEFAULT_RETENTION_SECONDS = 24 * 3600
 
 # A request is copied whole into Redis and into every worker that takes it, so it
 # is bounded: a producer refuses a larger one (``Producer(max_request_bytes=)``)
@@ -129,6 +127,8 @@ class Keys:
 
 
 class OutcomeError(BaseModel):
+    model_config = ConfigDict(defer_build=True)
+
     code: str
     message: str
 
@@ -136,7 +136,7 @@ class OutcomeError(BaseModel):
 class AttemptRecord(BaseModel):
     """How one earlier attempt of a retried execution ended (``Outcome.previous_attempts``)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     attempt: int = Field(ge=1)
     status: ExecutionStatus
@@ -159,7 +159,7 @@ class Outcome(BaseModel):
     the JSON for an execution that ran once, as outcomes were before retries existed.
     """
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     execution_id: str
     status: ExecutionStatus
@@ -240,6 +240,8 @@ class LogBatch(BaseModel):
     below N. The last batch has ``eof`` true, no entries and ``seq`` = total.
     """
 
+    model_config = ConfigDict(defer_build=True)
+
     seq: int = Field(ge=0)
     entries: list[LogEntry] = Field(default_factory=list)
     eof: bool = False
@@ -272,7 +274,7 @@ class PullReport(BaseModel):
     layer's size is known once its download starts); ``done`` on the last one.
     """
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     image: str
     layers_done: int = Field(ge=0)
@@ -285,7 +287,7 @@ class PullReport(BaseModel):
 class Event(BaseModel):
     """A state change on ``P:events``; ``pulling`` events may repeat with ``progress``."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(defer_build=True, extra="ignore")
 
     execution_id: str
     status: ExecutionState

@@ -1,0 +1,61 @@
+"""Start-up: what a ``dockrq`` command loads (README, "Start-up"). Each case runs in a fresh
+interpreter and lists the heavy libraries it imported; no timing is asserted."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+
+HEAVY = ("redis", "rq", "rich", "docker", "tarfile")
+
+_PROBE = """
+import json, sys
+from producer.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as exc:
+    code = exc.code
+else:
+    code = 0
+loaded = [m for m in {heavy!r} if m in sys.modules]
+print(json.dumps({{"code": code, "loaded": loaded}}), file=sys.__stderr__)
+"""
+
+
+def _run(*args: str) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("DOCKRQ_")}
+    proc = subprocess.run(
+        [sys.executable, "-c", _PROBE.format(heavy=HEAVY), *args], capture_output=True, text=True, timeout=60, env=env,
+    )
+    return json.loads(proc.stderr.strip().splitlines()[-1])
+
+
+@pytest.mark.parametrize("args", [["--help"], ["submit", "--help"], ["status", "bad id!"], ["ls", "--bogus"]])
+def test_help_and_usage_errors_load_no_client_library(args):
+    seen = _run(*args)
+    assert seen["code"] in (0, 125)
+    assert seen["loaded"] == []
+
+
+def test_status_of_an_unreachable_execution_loads_no_rendering_or_docker():
+    # Redis unreachable on purpose (port 1): the command fails before anything is shown.
+    seen = _run("--redis-url", "redis://127.0.0.1:1/0", "status", "nosuch")
+    assert seen["code"] == 1
+    assert "rich" not in seen["loaded"] and "docker" not in seen["loaded"]
+    assert "redis" in seen["loaded"]
+
+
+def test_a_refused_submit_loads_no_rendering():
+    seen = _run("--redis-url", "redis://127.0.0.1:1/0", "submit", "--memory", "5zz", "busybox", "true")
+    assert seen["code"] == 125
+    assert "rich" not in seen["loaded"] and "docker" not in seen["loaded"]
+
+
+def test_the_worker_entry_point_loads_no_rendering():
+    code = "import sys, worker.service.cli; print(sorted(m for m in ('rich', 'producer.client') if m in sys.modules))"
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
+    assert out.strip() == "[]"
