@@ -35,7 +35,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 
 import click
 
-from schemas import ExecutionStatus, LogEntry, Outcome
+from schemas.states import ExecutionStatus
 
 from .command import (  # the exit codes are re-exported: producer.cli names them in its docstring
     EXIT_BROKEN_PIPE,
@@ -60,6 +60,8 @@ from .usage import DockrqGroup
 # runs it, so that ``dockrq --help`` and a refused command line load none of it.
 if TYPE_CHECKING:
     from rich.console import Console
+
+    from schemas import LogEntry, Outcome
 
     from .client import Producer
     from .status import ExecutionStatusView

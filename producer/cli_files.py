@@ -17,17 +17,19 @@ from typing import TYPE_CHECKING, Any
 
 import click
 
-from schemas import DEFAULT_MAX_INPUT_BYTES, Outcome, parse_size
+from schemas.defaults import DEFAULT_MAX_INPUT_BYTES
 from schemas.text import quoted_name, shown_path
 
 from .cli import EXIT_DOCKRQ_FAILED, EXIT_ERROR, Settings, cli, fail, json_option, pass_settings
 from .errors import InvalidRequest, ProducerError
-from .cp_paths import given_path
 from .params import COPY_SOURCE
 from .usage import EXIT_USAGE
 
-# The copying machinery (tarfile, redis-py) is imported where a command uses it (producer.cli).
+# The copying machinery (tarfile, redis-py) and the models are imported where a command
+# uses them (producer.cli).
 if TYPE_CHECKING:
+    from schemas import Outcome
+
     from .client import Producer
     from .extract import ExtractReport
     from .files import FollowLink
@@ -70,6 +72,8 @@ class FileOptions:
     @classmethod
     def take(cls, options: dict[str, Any], detach: bool) -> FileOptions:
         """Remove the file options from ``submit``'s options; InvalidRequest names a bad one."""
+        from schemas import parse_size
+
         from .files import FollowLink
 
         inputs: dict[str, str | FollowLink] = {}
@@ -110,6 +114,8 @@ class FileOptions:
 
 def _given(path: str, option: str) -> str:
     """A container path of ``--input``/``--output``, normalised (``producer.cp_paths.given_path``)."""
+    from .cp_paths import given_path
+
     try:
         return given_path(path)
     except ValueError as exc:

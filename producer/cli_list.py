@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING
 
 import click
 
-from schemas import ExecutionState
+from schemas.states import ExecutionState
 
 from .cli import DockrqCommand, Settings, _ago, _console, _span, json_option, pass_settings
 from .params import GROUP_NAME

@@ -7,10 +7,12 @@ left as redis-py raises them: callers already know how to handle those.
 
 from __future__ import annotations
 
-from pydantic import ValidationError
+from typing import TYPE_CHECKING
 
-from schemas import describe_validation_error
 from schemas.text import storable_name
+
+if TYPE_CHECKING:  # pydantic: only once a request is validated (README, "Start-up")
+    from pydantic import ValidationError
 
 
 class ProducerError(Exception):
@@ -25,6 +27,8 @@ class InvalidRequest(ProducerError, ValueError):
 
     @classmethod
     def from_validation_error(cls, exc: ValidationError) -> InvalidRequest:
+        from schemas import describe_validation_error
+
         return cls(describe_validation_error(exc))
 
     @classmethod

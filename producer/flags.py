@@ -19,8 +19,6 @@ from typing import Any
 
 import click
 
-from schemas import parse_size
-
 from .errors import InvalidRequest
 
 
@@ -91,6 +89,8 @@ def build_request(image: str, cmd: tuple[str, ...], options: dict[str, Any]) -> 
     request.update({field: options[opt] for opt, field in plain.items() if options[opt] is not None})
     request.update(scheduling_fields(options))  # --retries, --retry-on, --retry-backoff, --concurrency-*
     if options["output_limit"] is not None:
+        from schemas import parse_size  # the models' module: not needed for --help (producer.cli)
+
         try:
             request["output_limit_bytes"] = parse_size(options["output_limit"])
         except ValueError as exc:

@@ -15,10 +15,9 @@ from typing import Any
 
 import click
 
-from schemas import EXECUTION_ID_PATTERN
+from schemas.defaults import EXECUTION_ID_PATTERN
 from schemas.text import quoted_name
 
-from .cp_paths import cp_source
 from .groups import GROUP_PATTERN
 
 _ID_RE = re.compile(EXECUTION_ID_PATTERN)
@@ -65,6 +64,8 @@ class CopySourceType(click.ParamType):
         if not sep or not execution_id or not path:
             self.fail(f"{_shown(str(value))} is not ID:CONTAINER_PATH", param, ctx)
         execution_id = ExecutionIdType().convert(execution_id, param, ctx)
+        from .cp_paths import cp_source  # the models' limits: not needed for --help (producer.cli)
+
         try:  # docker cp's forms: relative to '/', a trailing '/' for a directory (producer/cp_paths.py)
             clean, asserts_dir = cp_source(path)
         except ValueError as exc:

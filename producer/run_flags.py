@@ -34,7 +34,7 @@ from typing import IO, Any
 
 import click
 
-from schemas import MAX_STDIN_BYTES
+from schemas.defaults import MAX_STDIN_BYTES
 from schemas.text import quoted_name
 
 from .errors import InvalidRequest

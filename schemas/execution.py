@@ -10,7 +10,6 @@ must not quietly run a job without a time limit.
 from __future__ import annotations
 
 import base64
-import enum
 import math
 import uuid
 from datetime import datetime
@@ -65,6 +64,7 @@ from .scheduling import (
     compact_scheduling,
 )
 from .defaults import EXECUTION_ID_PATTERN
+from .states import ExecutionState, ExecutionStatus
 from .engine import EngineSpec, GpuRequest, Resources, format_size, parse_size
 from .placement import Mount, check_inputs_placement, check_outputs_placement
 from .text import check_storable
@@ -227,43 +227,6 @@ class ExecutionRequest(_Model):
     def _storable(self) -> ExecutionRequest:
         check_storable(self)  # every string, whichever field: UTF-8 or refused, naming the field
         return self
-
-
-class ExecutionStatus(str, enum.Enum):
-    """How an execution ended. Exactly one per accepted execution."""
-
-    SUCCEEDED = "succeeded"
-    FAILED = "failed"
-    TIMED_OUT = "timed_out"
-    CANCELLED = "cancelled"
-    REJECTED = "rejected"
-    ERROR = "error"
-    LOST = "lost"
-
-
-class ExecutionState(str, enum.Enum):
-    """Every state an execution passes through, as published on the events topic:
-    the four before the end, then every ``ExecutionStatus`` (same names, same values).
-
-    The final members are copied from ``ExecutionStatus`` with the enum module's
-    documented ``_ignore_`` pattern, so a new status cannot be forgotten here.
-    """
-
-    _ignore_ = "namespace status"
-    SCHEDULED = "scheduled"
-    QUEUED = "queued"
-    PULLING = "pulling"
-    RUNNING = "running"
-    namespace = vars()
-    for status in ExecutionStatus:
-        namespace[status.name] = status.value
-
-    @property
-    def final(self) -> bool:
-        return self.value in _FINAL
-
-
-_FINAL = {s.value for s in ExecutionStatus}
 
 
 class ExecutionResult(BaseModel):

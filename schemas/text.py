@@ -14,10 +14,10 @@ from __future__ import annotations
 import os
 import re
 from collections.abc import Iterator
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from pydantic import BaseModel
-from pydantic_core import PydanticCustomError
+if TYPE_CHECKING:  # pydantic is imported by check_storable: the CLI's messages use the rest without it
+    from pydantic import BaseModel
 
 # The pydantic error type of an unstorable string; its ``ctx["at"]`` is the field's path,
 # which describe_validation_error reports as the error's location.
@@ -44,28 +44,33 @@ def utf8_problem(text: str) -> str | None:
     return None
 
 
-def _walk(value: Any, path: tuple[str | int, ...]) -> Iterator[tuple[tuple[str | int, ...], str]]:
+def _walk(
+    value: Any, path: tuple[str | int, ...], model_class: type[BaseModel]
+) -> Iterator[tuple[tuple[str | int, ...], str]]:
     if isinstance(value, str):
         problem = utf8_problem(value)
         if problem:
             yield path, problem
-    elif isinstance(value, BaseModel):
+    elif isinstance(value, model_class):
         for name in type(value).model_fields:
-            yield from _walk(getattr(value, name), (*path, name))
+            yield from _walk(getattr(value, name), (*path, name), model_class)
     elif isinstance(value, dict):
         for key, item in value.items():
             if isinstance(key, str) and (problem := utf8_problem(key)):
                 yield (*path, key), problem  # the path shows the name, escaped
-            yield from _walk(item, (*path, key))
+            yield from _walk(item, (*path, key), model_class)
     elif isinstance(value, (list, tuple)):
         for index, item in enumerate(value):
-            yield from _walk(item, (*path, index))
+            yield from _walk(item, (*path, index), model_class)
 
 
 def check_storable(model: BaseModel) -> None:
     """Raise a validation error naming the first string field of ``model`` (at any depth:
     lists, dict keys and values, nested models) that is not valid UTF-8."""
-    for path, problem in _walk(model, ()):
+    from pydantic import BaseModel
+    from pydantic_core import PydanticCustomError
+
+    for path, problem in _walk(model, (), BaseModel):
         # a dict key may be the unstorable string itself: shown escaped (\udce9), never raw
         at = ".".join(str(p) if utf8_problem(str(p)) is None else repr(p)[1:-1] for p in path) or "request"
         raise PydanticCustomError(NOT_UTF8, "{problem}", {"at": at, "problem": problem})

@@ -59,3 +59,50 @@ def test_the_worker_entry_point_loads_no_rendering():
     code = "import sys, worker.service.cli; print(sorted(m for m in ('rich', 'producer.client') if m in sys.modules))"
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True).stdout
     assert out.strip() == "[]"
+
+
+def _deferred_models() -> list[type]:
+    import importlib
+    import pkgutil
+
+    import schemas
+    from pydantic import BaseModel
+
+    from producer.status import ExecutionStatusView
+
+    found = {ExecutionStatusView}
+    for info in pkgutil.iter_modules(schemas.__path__):
+        module = importlib.import_module(f"schemas.{info.name}")
+        found |= {v for v in vars(module).values() if isinstance(v, type) and issubclass(v, BaseModel) and v is not BaseModel}
+    return sorted((m for m in found if m.model_config.get("defer_build")), key=lambda m: m.__qualname__)
+
+
+def test_every_deferred_model_builds():
+    """defer_build moves a schema error from import to first use: build each one here instead."""
+    models = _deferred_models()
+    assert {m.__name__ for m in models} >= {"ExecutionRequest", "Outcome", "LogBatch", "ExecutionStatusView"}
+    for model in models:
+        model.model_rebuild()
+        assert model.__pydantic_complete__, model
+
+
+def test_deferred_models_built_by_many_threads_at_once_validate_alike():
+    """A deferred model's first use may come from several threads (a worker's, a Producer shared by
+    threads): pydantic serialises the build (its rebuild lock, pyproject's pydantic floor)."""
+    code = """
+import threading
+from schemas import ExecutionRequest, Outcome
+barrier, results = threading.Barrier(8), []
+def use():
+    barrier.wait()
+    request = ExecutionRequest.model_validate({"engine": {"image": "busybox", "cmd": ["true"]}, "execution_id": "x1"})
+    outcome = Outcome.model_validate_json('{"execution_id": "x1", "status": "succeeded", "exit_code": 0}')
+    results.append((request.model_dump_json(), outcome.model_dump_json()))
+threads = [threading.Thread(target=use) for _ in range(8)]
+for t in threads: t.start()
+for t in threads: t.join()
+assert len(results) == 8 and len(set(results)) == 1, results
+print("ok")
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
+    assert out.stdout.strip() == "ok", out.stderr
