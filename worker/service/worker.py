@@ -304,7 +304,7 @@ class DockrqWorker(FewerCommands, SimpleWorker):
         if not isinstance(exc_info[1], RefusedJob):
             return super().handle_exception(job, *exc_info)
         self.log.warning(
-            "Worker %s: job %s refused, nothing run (function %.120r): %s", self.name, job.id, job.func_name, exc_info[1]
+            "Worker %s: job %s (function %.120r) refused, nothing run: %s", self.name, job.id, job.func_name, exc_info[1]
         )
         call_exception_handlers(self._exc_handlers, job, *exc_info)
 
