@@ -32,6 +32,7 @@ from schemas.connections import DEFAULT_REDIS_URL, async_client_from_url, ride_o
 from . import cancel as cancelling
 from . import dependencies, groups
 from .aio_logs import AsyncLogReader
+from .aio_outputs import AsyncOutputsMixin
 from .cancel import CancelResult
 from .client import Producer
 from .errors import DuplicateExecution, ExecutionNotFound
@@ -67,8 +68,8 @@ class _RestoredJob(Job):
         return self._status
 
 
-class AsyncProducer:
-    """Submit, wait for, follow and cancel executions from asyncio code.
+class AsyncProducer(AsyncOutputsMixin):
+    """Submit, wait for, follow and cancel executions, and get their output files, from asyncio code.
 
     ``connection`` is a ``redis.asyncio.Redis`` (else one is made from ``redis_url``);
     its socket timeout must exceed ``producer.many.SLICE_SECONDS`` (the default 5 s does).
