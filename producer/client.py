@@ -344,7 +344,9 @@ class Producer(SubmitPlanner, OutputsMixin):
         out (producer.reaching; once it answered, a follow waits until it is back).
         """
         self._check_id(execution_id)
-        first_reads(lambda: self._require_log(execution_id), self.redis_retry_seconds, f"logs of {execution_id}")
+        logs = (self.keys.log_stream(execution_id), self.keys.log_compact(execution_id))  # else it must be known
+        first_reads(lambda: self._client.exists(*logs) or self._require_known(execution_id), self.redis_retry_seconds,
+                    f"logs of {execution_id}")
         reader = LogReader(
             self._client,
             self._blocking,
@@ -357,10 +359,6 @@ class Producer(SubmitPlanner, OutputsMixin):
             retry_seconds=self.redis_retry_seconds,
         )
         return iter(reader)
-
-    def _require_log(self, execution_id: str) -> None:
-        if not self._client.exists(self.keys.log_stream(execution_id), self.keys.log_compact(execution_id)):
-            self._require_known(execution_id)
 
     def _is_over(self, execution_id: str) -> bool:
         """Ended, or gone (producer.presence.follow_is_over): a follower asks only after an idle second."""
