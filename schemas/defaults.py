@@ -10,6 +10,9 @@ DEFAULT_PREFIX = "dockrq"  # the key prefix P of every key (README, Redis contra
 DEFAULT_QUEUE = "dockrq"  # the rq queue name
 DEFAULT_RETENTION_SECONDS = 24 * 3600  # how long outcomes, flags and claims are kept
 DEFAULT_REDIS_URL = "redis://127.0.0.1:6379/0"
+#: Seconds the first reads of a call keep retrying a Redis that has not answered yet
+#: (DOCKRQ_REDIS_RETRY_SECONDS; producer.reaching).
+DEFAULT_REDIS_RETRY_SECONDS = 30.0
 EXECUTION_ID_PATTERN = r"^[A-Za-z0-9_-]{1,64}$"
 
 # Input given to the container on its stdin (``docker run -i``), at most this many bytes: it
