@@ -43,8 +43,8 @@ def test_help_and_usage_errors_load_no_client_library(args):
 
 def test_status_of_an_unreachable_execution_loads_no_rendering_or_docker():
     # Redis unreachable on purpose (port 1): the command fails before anything is shown.
-    seen = _run("--redis-url", "redis://127.0.0.1:1/0", "status", "nosuch")
-    assert seen["code"] == 1
+    seen = _run("--redis-url", "redis://127.0.0.1:1/0", "--redis-retry", "0.1", "status", "nosuch")
+    assert seen["code"] == 69  # EXIT_REDIS_UNREACHABLE
     assert "rich" not in seen["loaded"] and "docker" not in seen["loaded"]
     assert "redis" in seen["loaded"]
 
