@@ -4,8 +4,8 @@ Inputs (``Producer.submit(..., inputs={CONTAINER_PATH: local path or bytes})``)
 become one tar archive, built into a spooled temporary file (memory up to one
 chunk, the rest on disk), checked against ``max_input_bytes`` *before* anything
 is written, then copied to ``P:exec:ID:inputs`` in chunks (``SET``, then
-``APPEND``) ahead of the enqueue. Outputs are read back from
-``P:exec:ID:outputs`` in ``GETRANGE`` chunks and extracted with
+``APPEND``, each reply checked: InputsLost) ahead of the enqueue. Outputs are
+read back from ``P:exec:ID:outputs`` in ``GETRANGE`` chunks and extracted with
 ``extract.safe_extract``. The format is the wire contract's (``schemas/files.py``).
 """
 
@@ -33,7 +33,7 @@ from schemas import (
     check_container_path,
     entry_name,
 )
-from schemas.files import MAX_FILE_PATHS, MAX_PATH_BYTES, archive_chunks, overlapping
+from schemas.files import MAX_FILE_PATHS, MAX_PATH_BYTES, ArchiveGone, archive_chunks, overlapping
 from schemas.placement import runtime_problem
 from schemas.text import shown_path
 
@@ -56,7 +56,21 @@ class InputsTooLarge(InvalidRequest):
 
 
 class OutputsUnavailable(ProducerError):
-    """The execution has no output archive to read: not ended, asked for none, or expired."""
+    """The execution has no output archive to read: not ended, asked for none, or expired
+    (also while it is read: it vanished from Redis meanwhile)."""
+
+
+class InputsLost(ProducerError):
+    """Redis lost the input archive while the producer wrote it (restarted without persistence,
+    or the key was deleted): an ``APPEND`` found fewer (or more) bytes than were written. The
+    submit is given up: nothing is enqueued and the key is removed."""
+
+    def __init__(self, key: str, held: int, written: int, size: int) -> None:
+        self.key, self.held, self.written, self.size = key, held, written, size
+        super().__init__(
+            f"inputs: Redis lost the input archive while it was written ({key} holds {held} bytes after "
+            f"{written} of {size} were written; restarted without persistence?): nothing enqueued"
+        )
 
 
 @dataclass
@@ -305,22 +319,28 @@ def _archive_writes(
     """The Redis commands that copy the archive to ``key``, batch by batch (no I/O of its own): a
     driver sends each batch (one round trip) and sends its replies back in.
 
-    The string is made at its full length first (``SETRANGE`` of its last byte) and
-    then filled in with ``SETRANGE``: Redis grows a string by ``APPEND`` a megabyte at
-    a time, reallocating and copying as it goes, several times slower at 16 MiB. It is
-    written before the rq job exists, so nobody reads it half-filled. Raises ProducerError
-    when the key does not hold the whole archive afterwards.
+    The first chunk is ``SET`` (with the retention as its expiry), each next one ``APPEND``ed;
+    Redis replies to ``APPEND`` with the string's length, which must be the bytes written so
+    far: a key lost meanwhile (a Redis restart without persistence: the next ``APPEND`` makes
+    a new, shorter string) or written twice (a command retried after a cut connection) raises
+    InputsLost, so a corrupt archive is never enqueued. (A string grown in place, as
+    ``SETRANGE`` at a fixed length does, has the same length whatever was lost, so it could not
+    tell.) It is written before the rq job exists, so nobody reads it half-filled.
     """
     size = archive.spec.archive_bytes
-    yield [("DEL", key), ("SETRANGE", key, size - 1, b"\0"), ("EXPIRE", key, retention_seconds)]
-    offset = 0
+    written = 0
     for chunk in archive.chunks():
-        yield [("SETRANGE", key, offset, chunk)]
-        offset += len(chunk)
-    replies = yield [("STRLEN", key)]
-    written = int(replies[0]) if replies else -1
-    if offset != size or written != size:
-        raise ProducerError(f"inputs: {key} holds {written} bytes after writing {offset} of {size}")
+        if written == 0:
+            yield [("SET", key, chunk, "EX", retention_seconds)]
+            written = len(chunk)
+            continue
+        replies = yield [("APPEND", key, chunk)]
+        written += len(chunk)
+        held = int(replies[0]) if replies else -1
+        if held != written:
+            raise InputsLost(key, held, written, size)
+    if written != size:
+        raise ProducerError(f"inputs: the archive built is {written} bytes, {size} were announced")
 
 
 # -- outputs -----------------------------------------------------------------------
@@ -342,9 +362,17 @@ def announced(outcome: Outcome) -> tuple[int, int, int]:
 
 
 def archive_reader(client: redis.Redis, key: str, size: int) -> BinaryIO:
-    """A file object over the first ``size`` bytes at ``key``, read in ``GETRANGE`` chunks."""
+    """A file object over the first ``size`` bytes at ``key``, read in ``GETRANGE`` chunks;
+    reading raises OutputsUnavailable if the key ends before ``size`` meanwhile."""
 
-    return ChunkReader(archive_chunks(client, key, size))  # type: ignore[return-value]
+    return ChunkReader(_output_chunks(client, key, size))  # type: ignore[return-value]
+
+
+def _output_chunks(client: redis.Redis, key: str, size: int) -> Iterator[bytes]:
+    try:
+        yield from archive_chunks(client, key, size)
+    except ArchiveGone as exc:
+        raise OutputsUnavailable(f"outputs: {exc}") from None
 
 
 def extract_outputs(
