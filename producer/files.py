@@ -3,8 +3,8 @@
 Inputs (``Producer.submit(..., inputs={CONTAINER_PATH: local path or bytes})``)
 become one tar archive, built into a spooled temporary file (memory up to one
 chunk, the rest on disk), checked against ``max_input_bytes`` *before* anything
-is written, then copied to ``P:exec:ID:inputs`` in chunks (``SET``, then
-``APPEND``, each reply checked: InputsLost) ahead of the enqueue. Outputs are
+is written, then copied to ``P:exec:ID:inputs`` in chunks (``SETRANGE``, last
+chunk first, each reply and a counter checked: InputsLost) ahead of the enqueue. Outputs are
 read back from ``P:exec:ID:outputs`` in ``GETRANGE`` chunks and extracted with
 ``extract.safe_extract``. The format is the wire contract's (``schemas/files.py``).
 """
@@ -16,13 +16,12 @@ import posixpath
 import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Union
+from typing import IO, BinaryIO, Union
 
 import redis
-import redis.asyncio as aioredis
 
 from schemas import (
     ARCHIVE_CHUNK_BYTES,
@@ -39,6 +38,7 @@ from schemas.text import shown_path
 
 from .errors import InvalidRequest, ProducerError
 from .extract import ExtractReport, safe_extract
+from .input_writes import InputsLost, write_input_archive, write_input_archive_async
 
 InputValue = Union[str, os.PathLike, "FollowLink", bytes, bytearray, memoryview]
 
@@ -60,19 +60,6 @@ class OutputsUnavailable(ProducerError):
     (also while it is read: it vanished from Redis meanwhile)."""
 
 
-class InputsLost(ProducerError):
-    """Redis lost the input archive while the producer wrote it (restarted without persistence,
-    or the key was deleted): an ``APPEND`` found fewer (or more) bytes than were written. The
-    submit is given up: nothing is enqueued and the key is removed."""
-
-    def __init__(self, key: str, held: int, written: int, size: int) -> None:
-        self.key, self.held, self.written, self.size = key, held, written, size
-        super().__init__(
-            f"inputs: Redis lost the input archive while it was written ({key} holds {held} bytes after "
-            f"{written} of {size} were written; restarted without persistence?): nothing enqueued"
-        )
-
-
 @dataclass
 class InputArchive:
     """A built input archive: the spooled tar and its announcement (``InputsSpec``)."""
@@ -84,6 +71,13 @@ class InputArchive:
         self.file.seek(0)
         while chunk := self.file.read(size):
             yield chunk
+
+    def chunks_last_first(self, size: int = ARCHIVE_CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
+        """``(offset, chunk)`` of the archive, its last chunk first, then each one before it."""
+        total = self.spec.archive_bytes
+        for offset in range((total - 1) // size * size, -1, -size):
+            self.file.seek(offset)
+            yield offset, self.file.read(min(size, total - offset))
 
     def close(self) -> None:
         self.file.close()
@@ -273,74 +267,6 @@ def build_input_archive(inputs: Mapping[str, InputValue], max_input_bytes: int) 
         spool.close()
         raise
     return InputArchive(spool, spec)
-
-
-def write_input_archive(client: redis.Redis, key: str, archive: InputArchive, retention_seconds: int) -> None:
-    """Copy the archive to ``key`` in chunks, expiring with the retention (:func:`_archive_writes`)."""
-    writes = _archive_writes(key, archive, retention_seconds)
-    replies: list[Any] | None = None
-    while True:
-        try:
-            batch = writes.send(replies)
-        except StopIteration:
-            return
-        if len(batch) == 1:
-            replies = [client.execute_command(*batch[0])]
-        else:
-            with client.pipeline(transaction=False) as pipe:
-                for command in batch:
-                    pipe.execute_command(*command)
-                replies = pipe.execute()
-
-
-async def write_input_archive_async(
-    client: aioredis.Redis, key: str, archive: InputArchive, retention_seconds: int
-) -> None:
-    """:func:`write_input_archive` on ``redis.asyncio`` (``AsyncProducer.submit(inputs=)``): the same writes."""
-    writes = _archive_writes(key, archive, retention_seconds)
-    replies: list[Any] | None = None
-    while True:
-        try:
-            batch = writes.send(replies)
-        except StopIteration:
-            return
-        if len(batch) == 1:
-            replies = [await client.execute_command(*batch[0])]
-        else:
-            async with client.pipeline(transaction=False) as pipe:
-                for command in batch:
-                    pipe.execute_command(*command)
-                replies = await pipe.execute()
-
-
-def _archive_writes(
-    key: str, archive: InputArchive, retention_seconds: int
-) -> Generator[list[tuple[Any, ...]], list[Any] | None, None]:
-    """The Redis commands that copy the archive to ``key``, batch by batch (no I/O of its own): a
-    driver sends each batch (one round trip) and sends its replies back in.
-
-    The first chunk is ``SET`` (with the retention as its expiry), each next one ``APPEND``ed;
-    Redis replies to ``APPEND`` with the string's length, which must be the bytes written so
-    far: a key lost meanwhile (a Redis restart without persistence: the next ``APPEND`` makes
-    a new, shorter string) or written twice (a command retried after a cut connection) raises
-    InputsLost, so a corrupt archive is never enqueued. (A string grown in place, as
-    ``SETRANGE`` at a fixed length does, has the same length whatever was lost, so it could not
-    tell.) It is written before the rq job exists, so nobody reads it half-filled.
-    """
-    size = archive.spec.archive_bytes
-    written = 0
-    for chunk in archive.chunks():
-        if written == 0:
-            yield [("SET", key, chunk, "EX", retention_seconds)]
-            written = len(chunk)
-            continue
-        replies = yield [("APPEND", key, chunk)]
-        written += len(chunk)
-        held = int(replies[0]) if replies else -1
-        if held != written:
-            raise InputsLost(key, held, written, size)
-    if written != size:
-        raise ProducerError(f"inputs: the archive built is {written} bytes, {size} were announced")
 
 
 # -- outputs -----------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Archives that Redis loses half-way (a restart without persistence, a delete), on fakeredis:
 the key is deleted between two chunks of a write or a read.
 
-* the producer's input archive (``SET``, then ``APPEND``): the submit fails with InputsLost,
-  nothing is enqueued and no key is left;
+* the producer's input archive (``SETRANGE``, last chunk first, each with an ``INCRBY`` of its
+  counter, then a ``STRLEN``): the submit fails with InputsLost, nothing is enqueued and no
+  key is left, also when a restart brings back an older copy;
 * the worker's output archive (``APPEND`` to ``outputs:partial``, then the checked rename):
   collecting fails (``outputs_truncated_by: ["error"]``), nothing is kept;
 * the worker's read of the input archive: ``error``/``inputs_unavailable``, not the request's
@@ -34,40 +35,43 @@ MiB = 1024 * 1024
 
 
 def _big_inputs() -> dict:
-    return {"/in/a": b"a" * (2 * MiB), "/in/b": b"b" * MiB}  # four 1 MiB chunks of archive
+    return {"/in/a": b"a" * (2 * MiB), "/in/b": b"b" * MiB}  # four chunks of archive (the last one small)
 
 
-class _LosesKeyOnce:
-    """Mixin for a fake client: before the ``nth`` write of data to a key matching ``suffix``
-    (SET, SETRANGE or APPEND sent on its own, as archive writes are), that key is deleted: a
-    Redis that restarted without persistence between two chunks."""
+def lose_inputs(monkeypatch, server: fakeredis.FakeServer, before: int, restore: bool = False) -> list:
+    """Redis loses the input archive being written, once: just before its chunk number
+    ``before`` is written (in the order written; 4: after the last one), every key goes (a
+    restart without persistence), or with ``restore`` every key goes back to what it was after
+    the first chunk (a restart from an older snapshot or AOF). The hook sits on the archive's
+    chunk source, which the writer reads only once the previous chunk's replies are checked."""
+    events: list = []
+    client = fakeredis.FakeRedis(server=server)
+    snapshot: dict = {}
 
-    suffix = ":inputs"
-    nth = 2
+    def hooked(method):
+        def chunks(self, *args, **kwargs):
+            for n, item in enumerate(method(self, *args, **kwargs)):
+                if n == 1:
+                    snapshot.update({k: client.dump(k) for k in client.keys("*")})
+                if n == before:
+                    lose()
+                yield item
+            if before >= n + 1:
+                lose()
+        return chunks
 
-    def execute_command(self, *args, **options):
-        if args and str(args[0]).upper() in ("SET", "SETRANGE", "APPEND"):
-            key = args[1].decode() if isinstance(args[1], bytes) else str(args[1])
-            if key.endswith(self.suffix):
-                self.writes = getattr(self, "writes", 0) + 1
-                if self.writes == self.nth:
-                    super().execute_command("DEL", key)
-        return super().execute_command(*args, **options)
+    def lose():
+        events.append(before)
+        client.flushall()
+        if restore:
+            for key, value in snapshot.items():
+                client.restore(key, 0, value)
 
+    from producer.files import InputArchive
 
-class LosingRedis(_LosesKeyOnce, fakeredis.FakeRedis):
-    pass
-
-
-class LosingAsyncRedis(_LosesKeyOnce, fakeredis.FakeAsyncRedis):
-    async def execute_command(self, *args, **options):
-        if args and str(args[0]).upper() in ("SET", "SETRANGE", "APPEND"):
-            key = args[1].decode() if isinstance(args[1], bytes) else str(args[1])
-            if key.endswith(self.suffix):
-                self.writes = getattr(self, "writes", 0) + 1
-                if self.writes == self.nth:
-                    await fakeredis.FakeAsyncRedis.execute_command(self, "DEL", key)
-        return await fakeredis.FakeAsyncRedis.execute_command(self, *args, **options)
+    monkeypatch.setattr(InputArchive, "chunks_last_first", hooked(InputArchive.chunks_last_first))
+    monkeypatch.setattr(InputArchive, "chunks", hooked(InputArchive.chunks))  # what writers before this one read
+    return events
 
 
 def _request(eid: str = "e1", **fields) -> dict:
@@ -77,55 +81,83 @@ def _request(eid: str = "e1", **fields) -> dict:
 # -- the producer's writes -----------------------------------------------------------------
 
 
-@pytest.mark.parametrize("nth", [2, 3, 4])
-def test_an_input_archive_lost_between_chunks_is_never_enqueued(nth):
-    client = LosingRedis(server=fakeredis.FakeServer())
-    client.nth = nth
+LOST = (r"^inputs: Redis lost the input archive while it was written \(p:exec:e1:inputs holds \d+ bytes after \d+ of "
+        r"\d+ were written(, \d+ counted in p:exec:e1:inputs:written)?; Redis restarted\?\): nothing enqueued$")
+
+
+@pytest.mark.parametrize("before", [1, 2, 3, 4])  # after the 1st, 2nd, 3rd chunk, or after the last
+def test_an_input_archive_lost_between_chunks_is_never_enqueued(monkeypatch, before):
+    server = fakeredis.FakeServer()
+    lost = lose_inputs(monkeypatch, server, before)
+    client = fakeredis.FakeRedis(server=server)
     with Producer(connection=client, queue="q", prefix="p") as producer:
-        with pytest.raises(InputsLost, match=r"^inputs: Redis lost the input archive while it was written "
-                                             r"\(p:exec:e1:inputs holds \d+ bytes after \d+ of \d+ were written; "
-                                             r".*\): nothing enqueued$"):
+        with pytest.raises(InputsLost, match=LOST):
             producer.submit(_request(), inputs=_big_inputs())
-    # Given back: no archive (the APPEND made a new string, without expiry), no claim, no job.
+    assert lost == [before]
+    # Given back: no archive (the SETRANGE made a new string, without expiry), no counter, no claim, no job.
     assert client.keys("*") == []
 
 
-def test_a_write_repeated_after_a_cut_connection_is_caught():
+@pytest.mark.parametrize("before", [2, 3])
+def test_an_input_archive_restored_from_an_older_copy_is_never_enqueued(monkeypatch, before):
+    """A restart that brings back the archive as it was after its first chunk (full length,
+    the chunks written since then gone): the length alone cannot tell, the counter does."""
+    server = fakeredis.FakeServer()
+    lost = lose_inputs(monkeypatch, server, before, restore=True)
+    client = fakeredis.FakeRedis(server=server)
+    with Producer(connection=client, queue="q", prefix="p") as producer:
+        with pytest.raises(InputsLost, match=r"holds 3153920 bytes after \d+ of 3153920 were written, \d+ counted in "
+                                             r"p:exec:e1:inputs:written"):
+            producer.submit(_request(), inputs=_big_inputs())
+    assert lost == [before]
+    assert client.keys("*") == []
+
+
+def test_a_write_repeated_after_a_cut_connection_is_harmless_to_the_archive():
     archive = build_input_archive(_big_inputs(), max_input_bytes=10 * MiB)
     client = fakeredis.FakeRedis()
-    real = client.execute_command
-    sent = []
-
-    def twice(*args, **options):  # the second chunk arrives twice (a retried APPEND)
-        sent.append(args[0])
-        if len(sent) == 2:
-            real(*args, **options)
-        return real(*args, **options)
-
-    client.execute_command = twice
-    with pytest.raises(InputsLost, match=r"holds 3145728 bytes after 2097152 of"):
-        write_input_archive(client, "k", archive, 60)
-    archive.close()
-
-
-def test_an_intact_input_archive_costs_one_command_a_chunk():
-    archive = build_input_archive(_big_inputs(), max_input_bytes=10 * MiB)
-    client = fakeredis.FakeRedis()
-    real = client.execute_command
-    sent = []
-    client.execute_command = lambda *args, **options: sent.append(args[0]) or real(*args, **options)
     write_input_archive(client, "k", archive, 60)
-    assert sent == ["SET", "APPEND", "APPEND", "APPEND"]
-    assert client.get("k") == b"".join(archive.chunks()) and 0 < client.ttl("k") <= 60
+    client.setrange("k", MiB, b"".join(archive.chunks())[MiB:2 * MiB])  # the same bytes again
+    assert client.get("k") == b"".join(archive.chunks())
     archive.close()
 
 
-def test_the_async_producer_gives_up_a_lost_input_archive_too():
+def test_an_intact_input_archive_costs_one_round_trip_a_chunk_and_one_check():
+    archive = build_input_archive(_big_inputs(), max_input_bytes=10 * MiB)
+    client = fakeredis.FakeRedis()
+    trips = []
+    pipeline = client.pipeline
+
+    def counted(*args, **kwargs):
+        pipe = pipeline(*args, **kwargs)
+        execute = pipe.execute
+        pipe.execute = lambda *a, **k: trips.append([c[0][:3] for c in pipe.command_stack]) or execute(*a, **k)
+        return pipe
+
+    client.pipeline = counted
+    write_input_archive(client, "k", archive, 60)
+    size = archive.spec.archive_bytes
+    assert trips == [
+        [("DEL", "k", "k:written"), ("SETRANGE", "k", 3 * MiB), ("INCRBY", "k:written", size - 3 * MiB),
+         ("EXPIRE", "k", 60), ("EXPIRE", "k:written", 60)],
+        [("SETRANGE", "k", 2 * MiB), ("INCRBY", "k:written", MiB)],
+        [("SETRANGE", "k", MiB), ("INCRBY", "k:written", MiB)],
+        [("SETRANGE", "k", 0), ("INCRBY", "k:written", MiB)],
+        [("STRLEN", "k"), ("DEL", "k:written")],
+    ]
+    assert client.keys("*") == [b"k"] and client.get("k") == b"".join(archive.chunks()) and 0 < client.ttl("k") <= 60
+    archive.close()
+
+
+def test_the_async_producer_gives_up_a_lost_input_archive_too(monkeypatch):
+    server = fakeredis.FakeServer()
+    lose_inputs(monkeypatch, server, 2)
+
     async def run() -> list:
-        client = LosingAsyncRedis(server=fakeredis.FakeServer())
+        client = fakeredis.FakeAsyncRedis(server=server)
         async with AsyncProducer(connection=client, queue="q", prefix="p") as producer:
             producer._server_version = (7, 2, 0)  # fakeredis has no INFO; AsyncProducer reads it once for rq
-            with pytest.raises(InputsLost, match="nothing enqueued"):
+            with pytest.raises(InputsLost, match=LOST):
                 await producer.submit(_request(), inputs=_big_inputs())
         return await client.keys("*")
 
@@ -292,3 +324,21 @@ def test_an_output_archive_that_vanishes_while_the_producer_reads_it_is_unavaila
     reader = archive_reader(fake_redis, "k", 3 * MiB)
     with pytest.raises(OutputsUnavailable, match=r"^outputs: the archive at k vanished from Redis while it was read"):
         reader.read()
+
+
+def test_dockrq_submit_says_in_one_line_that_redis_lost_the_input_archive(monkeypatch, tmp_path):
+    from click.testing import CliRunner
+
+    from producer import cli as cli_module
+
+    server = fakeredis.FakeServer()
+    lose_inputs(monkeypatch, server, 2)
+    client = fakeredis.FakeRedis(server=server)
+    monkeypatch.setattr(cli_module, "Producer", lambda url, *, queue, prefix, retention_seconds: Producer(
+        connection=client, queue=queue, prefix="p", retention_seconds=retention_seconds))
+    (tmp_path / "big").write_bytes(b"x" * (3 * MiB))
+    result = CliRunner().invoke(cli_module.cli, ["submit", "-d", "--id", "e1", "--input", f"{tmp_path / 'big'}:/in",
+                                                 "busybox", "true"], catch_exceptions=False)
+    assert result.exit_code == 125, result.stderr  # as docker run for an error of its own: not "invalid request"
+    assert re.fullmatch("dockrq: " + LOST[1:-1] + "\n", result.stderr), result.stderr
+    assert client.keys("*") == []
