@@ -23,6 +23,7 @@ from worker.executor import new_executor
 from worker.executor.spec import build_container_spec
 from worker.faults.liveness import pid_namespace
 from worker.faults.owner import LABEL_HOST, LABEL_PID, LABEL_PID_NS, LABEL_WORKER
+from scripts.faults import FAST_REAP_ENV
 from polling import wait_until
 
 pytestmark = pytest.mark.integration
@@ -104,7 +105,7 @@ def test_a_name_conflict_on_create_leaves_the_container_alone(monkeypatch, uniqu
     labels = {LABEL_HOST: socket.gethostname(), LABEL_PID: str(os.getpid()), LABEL_WORKER: owner_name}
     other = new_executor(f"node-{unique}", labels=labels)
     ex = new_executor(f"node-{unique}")
-    ex.owner_alive = lambda c: c.labels.get(LABEL_WORKER) == owner_name
+    ex.owner_alive = lambda c: owner_name if c.labels.get(LABEL_WORKER) == owner_name else None
     eid = f"conflict-{unique}"
     request = _request(eid, test_image, "echo", "hi")
     try:
@@ -125,3 +126,30 @@ def test_a_name_conflict_on_create_leaves_the_container_alone(monkeypatch, uniqu
             c.remove(force=True)
         ex.close()
         other.close()
+
+
+def test_an_adopted_execution_taken_again_is_left_to_the_adopter(spawn_worker, producer, redis_client, unique, test_image):
+    """The owner labels of an adopted execution's container still name the dead worker; the live
+    one running it is the adopter (rq's execution record names it). A worker taking the job again
+    (requeued while the adopter follows it) steps back in favour of the adopter."""
+    first = spawn_worker(env=FAST_REAP_ENV)
+    eid = producer.submit(_request(f"adopted-{unique}", test_image, "sh", "-c", "echo start; sleep 12; echo end"))
+    wait_until(lambda: producer.status(eid).state == "running", 30, "the execution running")
+    first.kill()  # SIGKILL: its container keeps running, labelled with this dead worker
+    adopter = spawn_worker(env=FAST_REAP_ENV)
+    wait_until(lambda: "adopting container" in adopter.output(), 20, "the adoption")
+    # Taken again while adopted, by a worker of the same node (on a queue only it listens to, so that
+    # the adopter, idle on the job's queue, does not take it first).
+    late = spawn_worker("-q", f"late-{unique}", env=FAST_REAP_ENV)
+    Queue(f"late-{unique}", connection=redis_client).push_job_id(eid)
+    wait_until(lambda: STEPPED_BACK in late.output(), 20, "the late worker stepping back")
+    outcome = producer.wait(eid, timeout=30)
+    assert (outcome.status, outcome.result.stdout) == (ExecutionStatus.SUCCEEDED, "start\nend\n")
+    assert redis_client.llen(f"{spawn_worker.prefix}:exec:{eid}:outcome") == 1
+    job = Job.fetch(eid, connection=redis_client, serializer=JSONSerializer)
+    wait_until(lambda: job.get_status(refresh=True) == JobStatus.FINISHED, 20, "the rq job finished")
+    logs = late.output() + adopter.output()
+    assert logs.count(STEPPED_BACK) == 1 and "container_create" not in logs and "Traceback" not in logs
+    stepped = next(line for line in late.output().splitlines() if STEPPED_BACK in line)
+    assert f".{adopter.pid}." in stepped and f".{first.pid}." not in stepped  # the live runner named, not the dead one
+    assert job.worker_name is not None and f".{adopter.pid}." in job.worker_name

@@ -24,19 +24,19 @@ def _here(pid: int, worker: str) -> dict[str, str]:
 
 def test_a_live_process_of_this_host_owns_it(fake_redis):
     check = owner_check(fake_redis, reap_after=30, worker_name="me")
-    assert check(_container(**_here(os.getppid(), "other")))  # a live process started before the container
+    assert check(_container(**_here(os.getppid(), "other"))) == "other"  # a live process started before the container
 
 
 def test_a_dead_owner_this_worker_or_no_owner_labels_do_not(fake_redis):
     check = owner_check(fake_redis, reap_after=30, worker_name="me")
     gone = subprocess.Popen(["true"])
     gone.wait()
-    assert not check(_container(**_here(gone.pid, "other")))
-    assert not check(_container(**_here(os.getppid(), "me")))  # this worker's own: followed as before
-    assert not check(_container())
+    assert check(_container(**_here(gone.pid, "other"))) is None
+    assert check(_container(**_here(os.getppid(), "me"))) is None  # this worker's own: followed as before
+    assert check(_container()) is None
 
 
 def test_an_owner_elsewhere_is_judged_by_its_rq_heartbeat(fake_redis):
     check = owner_check(fake_redis, reap_after=30, worker_name="me")
     labels = {LABEL_HOST: "another-host", LABEL_PID: "12345", LABEL_WORKER: "w-elsewhere"}
-    assert not check(_container(**labels))  # no rq worker hash: not known alive
+    assert check(_container(**labels)) is None  # no rq worker hash: not known alive

@@ -24,9 +24,10 @@ LABEL_OWNER_WORKER = "dockrq.worker"
 if TYPE_CHECKING:
     from .client import DockerClient
 
-#: Whether another live worker process owns a container (``worker.faults.contested``): given to
-#: ``DockerExecutor.owner_alive`` by the worker; None (a standalone executor) follows any leftover.
-OwnerCheck = Callable[["OwnedContainer"], bool]
+#: The other live worker that runs a container's execution: its name ("" if unnamed), or None when
+#: there is none (``worker.faults.contested``). Given to ``DockerExecutor.owner_alive`` by the
+#: worker; without one (a standalone executor) any leftover is followed.
+OwnerCheck = Callable[["OwnedContainer"], "str | None"]
 
 #: Docker container states in which a container still holds an execution's process or result.
 LIVE_STATES = frozenset({"created", "running", "paused", "restarting", "exited"})
@@ -99,8 +100,9 @@ def check_not_owned_elsewhere(inspected: Mapping[str, Any], owner_alive: OwnerCh
     if owner_alive is None:
         return
     container = OwnedContainer.from_inspect(inspected)
-    if owner_alive(container):
-        owner = container.labels.get(LABEL_OWNER_WORKER)
+    runner = owner_alive(container)
+    if runner is not None:
+        owner = runner or container.labels.get(LABEL_OWNER_WORKER)
         raise ExecutionOwnedElsewhere(
             f"its container {container.short_id} ({container.state}) belongs to live worker {owner or '(unnamed)'}",
             container_id=container.id, owner=owner, state=container.state,

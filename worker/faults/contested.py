@@ -26,16 +26,19 @@ import logging
 from typing import TYPE_CHECKING, Any
 
 from redis.exceptions import RedisError
+from rq.executions import Execution
+from rq.job import Job
+from rq.registry import StartedJobRegistry
+from rq.utils import as_text, parse_composite_key
 
 from schemas.connections import REDIS_DOWN, ride_out_outage
 from worker.executor import ExecutionOwnedElsewhere, OwnedContainer
+from worker.executor.owned import OwnerCheck
 from worker.faults.liveness import Liveness
 from worker.faults.owner import ContainerOwner, owner_alive
 
 if TYPE_CHECKING:
     from redis import Redis
-    from rq.executions import Execution
-    from rq.job import Job
     from rq.queue import Queue
 
     from worker.execution.run import ExecutionRun
@@ -49,25 +52,50 @@ _META_WRITTEN = ("status", "worker", "image", "pulling_at", "node", "execution_i
 _STEP_BACK_TRIES = 30
 
 
-def owner_check(connection: Redis, *, reap_after: float, worker_name: str | None):
-    """The executor's ``owner_alive``: whether the worker process a container's owner labels name
-    lives and is not this one (``owner.owner_alive``: by PID on this host and PID namespace, else
-    by its rq heartbeat in Redis). Unlabelled, or Redis failing for a remote owner: False
-    (the container is followed, as before)."""
+def owner_check(connection: Redis, *, reap_after: float, worker_name: str | None) -> OwnerCheck:
+    """The executor's ``owner_alive``: the name of another live worker that runs the container's
+    execution ("" if unnamed), else None. That is the worker process its owner labels name, when
+    it lives and is not this one (``owner.owner_alive``: by PID on this host and PID namespace,
+    else by its rq heartbeat), or else a live rq worker whose rq execution of the job is in its
+    StartedJobRegistry (an adopter: the labels still name the dead worker it took over from).
+    Unlabelled and unadopted, or Redis failing: None (the container is followed, as before)."""
     liveness = Liveness(connection, reap_after=reap_after, worker_name=worker_name)
 
-    def alive(container: OwnedContainer) -> bool:
+    def alive(container: OwnedContainer) -> str | None:
         owner = ContainerOwner.from_labels(container.labels)
-        if owner is None or (worker_name is not None and owner.worker == worker_name):
-            return False
         try:
-            states = liveness.states([owner.worker] if owner.worker else [])
-            return owner_alive(owner, container.created, liveness, states, liveness.clock)
+            if owner is not None and (owner.worker is None or owner.worker != worker_name):
+                states = liveness.states([owner.worker] if owner.worker else [])
+                if owner_alive(owner, container.created, liveness, states, liveness.clock):
+                    return owner.worker or ""
+            return _adopted_by(connection, liveness, container.execution_id, worker_name)
         except RedisError as exc:  # away, or an answer it cannot give: not known alive
-            log.warning("execution %s: cannot tell whether worker %s lives (%s)", container.execution_id, owner.worker, exc)
-            return False
+            log.warning("execution %s: cannot tell whether its container's owner lives (%s)", container.execution_id, exc)
+            return None
 
     return alive
+
+
+def _adopted_by(connection: Redis, liveness: Liveness, job_id: str, worker_name: str | None) -> str | None:
+    """Another live rq worker that runs ``job_id`` now by rq's own records (its execution in the
+    job's StartedJobRegistry names it): an adopter following a dead worker's container, whose
+    owner labels still name the dead one (``worker.faults.settle.adopt``)."""
+    origin = connection.hget(Job.key_for(job_id), "origin")
+    if not origin:
+        return None
+    registry = StartedJobRegistry(as_text(origin), connection=connection)
+    names = []
+    for entry in connection.zrange(registry.key, 0, -1):
+        entry_job, execution_id = parse_composite_key(as_text(entry))
+        if entry_job == job_id:
+            name = as_text(connection.hget(Execution(execution_id, job_id, connection).key, "worker_name") or b"")
+            if name and name != worker_name:
+                names.append(name)
+    if not names:
+        return None
+    now, uptime = liveness.clock()
+    states = liveness.states(names)
+    return next((n for n in names if n in states and not liveness.is_dead(states[n], now, uptime)), None)
 
 
 def leave_to_owner(run: ExecutionRun, exc: ExecutionOwnedElsewhere, meta_before: dict[str, Any] | None) -> Any:
