@@ -100,13 +100,13 @@ def collected_kind(outcome: Outcome, container_path: str) -> bool:
     """Whether ``container_path`` (collected, or ``/``) is a directory; OutputsUnavailable when
     the execution has no such output (no container, missing, not collected, left out)."""
     result = outcome.result
-    if result is None:  # rejected, cancelled before it started, lost: no container, no outputs
+    if result is None or result.container_id is None:  # rejected, cancelled before it started, no image, lost
         status = outcome.status.value
-        raise OutputsUnavailable(f"{outcome.execution_id} ended {status} without running a container: it has no output files")
+        raise OutputsUnavailable(f"{outcome.execution_id} ended {status} without a container: it has no output files")
     if container_path == "/":
         return True
     try:
-        check_container_path(container_path, MAX_OUTPUT_PATH_BYTES)
+        check_container_path(container_path, MAX_OUTPUT_PATH_BYTES, colon_ok=True)
     except ValueError as exc:
         raise OutputsUnavailable(f"{quoted_name(container_path[:200])}: {exc}") from None
     # Listed names the container made that are not UTF-8 are escaped (OutputFile.escaped): compared

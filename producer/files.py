@@ -328,14 +328,15 @@ def _archive_writes(
 
 def announced(outcome: Outcome) -> tuple[int, int, int]:
     """(archive bytes, entries, file bytes) the outcome announces, or OutputsUnavailable."""
-    result = outcome.result
-    if result is None or result.outputs_archive_bytes is None:
-        if result is not None and result.outputs_truncated:
-            raise OutputsUnavailable(f"execution {outcome.execution_id}: its output files could not be collected")
-        raise OutputsUnavailable(
-            f"execution {outcome.execution_id} has no output files (it named none, or ended {outcome.status.value} "
-            "before its container existed)"
-        )
+    result, eid = outcome.result, outcome.execution_id
+    if result is None or result.container_id is None:  # rejected, cancelled before it started, no image
+        raise OutputsUnavailable(f"execution {eid} ended {outcome.status.value} without a container: it has no output files")
+    if result.outputs_archive_bytes is None:
+        if result.outputs_truncated:
+            raise OutputsUnavailable(f"execution {eid}: its output files could not be collected")
+        if result.output_files_limit_bytes is None:  # set whenever a worker collected outputs
+            raise OutputsUnavailable(f"execution {eid} has no output files: it named no outputs (--output, the request's outputs)")
+        raise OutputsUnavailable(f"execution {eid} has no output files")
     files = sum(f.size for f in result.output_files if f.type == "file")
     return result.outputs_archive_bytes, len(result.output_files), files
 

@@ -173,9 +173,14 @@ def test_the_dashboard_tells_endings_apart_and_its_buttons_are_safe(
     assert not browser.find_elements(By.CSS_SELECTOR, "[data-role=requeue-job-btn]")  # ended: never run again
 
     # One status's list (a pseudo-registry of the select).
-    browser.get(f"{dashboard}/0/view/jobs/{spawn_worker.queue}/failed/8/dsc/1")
+    browser.get(f"{dashboard}/0/view/jobs/{spawn_worker.queue}/failed-outcome/8/dsc/1")
     rows = wait_js(browser, pairs("table#jobs tr[data-role=job]", "data-job-id"), lambda v: len(v) == 1)
     assert rows[0][0] == ids["failed"]
+    # Its menu entry is selected; rq-dashboard's own "failed" entry is rq's failed registry, a different list.
+    chosen, options = browser.execute_script(
+        "var s = document.getElementById('select-registry');"
+        " return [s.value, Array.from(s.options).map(function(o) { return [o.value, o.textContent]; })];")
+    assert chosen == "failed-outcome" and ["failed", "failed (rq registry)"] in options, options
 
     # The failed execution's page.
     facts = pairs("#dockrq-facts td", "data-field")

@@ -90,7 +90,7 @@ def _running(producer, eid):
         time.sleep(0.05)
 
 
-def test_outputs_are_collected_whatever_the_status(producer, spawn_worker, test_image):
+def test_outputs_are_collected_whatever_the_status(producer, spawn_worker, test_image, tmp_path):
     spawn_worker()
     write = "mkdir -p /out && echo partial > /out/f && "
     failed = producer.submit(req(test_image, "failed", write + "exit 3", outputs=["/out"]))
@@ -111,8 +111,9 @@ def test_outputs_are_collected_whatever_the_status(producer, spawn_worker, test_
     never = producer.submit(req("dockrq-test/not-there:none", "nopull", "true", outputs=["/out"], pull_policy="never"))
     outcome = producer.wait(never, timeout=60)
     assert outcome.status == ExecutionStatus.ERROR and outcome.result.outputs_archive_bytes is None
-    with pytest.raises(OutputsUnavailable, match="has no output files"):
-        producer.outputs(never, "/nonexistent-dest")
+    for read in (lambda: producer.outputs(never, "/nonexistent-dest"), lambda: producer.copy_out(never, "/out", tmp_path)):
+        with pytest.raises(OutputsUnavailable, match=f"{never} ended error without a container: it has no output files"):
+            read()
 
 
 def test_files_over_the_limit_are_left_out_whole(producer, spawn_worker, test_image, tmp_path):
@@ -161,5 +162,5 @@ def test_copying_from_an_execution_that_ran_no_container_says_so(producer, tmp_p
     eid = producer.submit({"engine": {"image": "x", "cmd": ["true"]}, "outputs": ["/o"]})
     producer.cancel(eid)  # nobody serves this queue: it ends cancelled before it starts
     assert producer.wait(eid, timeout=10).result is None
-    with pytest.raises(OutputsUnavailable, match="without running a container"):
+    with pytest.raises(OutputsUnavailable, match="ended cancelled without a container: it has no output files"):
         producer.copy_out(eid, "/o", tmp_path / "x")

@@ -240,8 +240,9 @@ def test_an_idle_worker_heartbeats_every_idle_interval(monkeypatch):
     class Idle:
         executions: dict = {}
         last = float("-inf")
+        registration = None
 
-        def heartbeat(self, raise_errors=False):
+        def heartbeat(self, raise_errors=False, check_registration=False):
             beats.append(time.monotonic())
             self.last = time.monotonic()
 

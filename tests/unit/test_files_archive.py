@@ -206,3 +206,25 @@ def test_prefetched_reads_ahead_passes_errors_and_stops_when_closed():
     next(reader)
     reader.close()  # stops its thread
     assert threading.active_count() == before and len(produced) < 10
+
+
+def test_reading_outputs_that_were_never_collected_says_why():
+    from producer.files import OutputsUnavailable, announced
+    from schemas import ExecutionResult, ExecutionStatus, Outcome
+
+    def outcome(status: str, **result) -> Outcome:
+        ran = ExecutionResult(execution_id="e1", status=status, **result) if result else None
+        return Outcome(execution_id="e1", status=ExecutionStatus(status), result=ran)
+
+    def why(status: str, **result) -> str:
+        with pytest.raises(OutputsUnavailable) as caught:
+            announced(outcome(status, **result))
+        return str(caught.value)
+
+    assert why("rejected") == "execution e1 ended rejected without a container: it has no output files"
+    assert why("error", exit_code=None) == "execution e1 ended error without a container: it has no output files"
+    assert why("succeeded", container_id="c1", exit_code=0) == (
+        "execution e1 has no output files: it named no outputs (--output, the request's outputs)")
+    assert why("failed", container_id="c1", outputs_truncated=True, output_files_limit_bytes=10) == (
+        "execution e1: its output files could not be collected")
+    assert announced(outcome("failed", container_id="c1", outputs_archive_bytes=1024, output_files_limit_bytes=10)) == (1024, 0, 0)

@@ -130,3 +130,7 @@ def test_the_dashboard_reads_an_ended_execution_with_its_secrets_masked(fake_red
     assert data.status_counts(fake_redis, settings, "q")["failed"] == 1
     total, page = data.ended_page(fake_redis, settings, "q", data.ALL_ENDED, 0, 10, newest_first=True)
     assert total == 1 and page[0][:2] == ("e2", "failed")
+    # the failed status's list is "failed-outcome": rq-dashboard's "failed" is rq's FailedJobRegistry
+    assert data.ended_page(fake_redis, settings, "q", data.FAILED_OUTCOME, 0, 10, newest_first=True) == (total, page)
+    assert "failed" not in data.PSEUDO_REGISTRIES and data.REGISTRY_OF_STATUS["failed"] == "failed-outcome"
+    assert data.ended_page(fake_redis, settings, "q", "timed_out", 0, 10, newest_first=True) == (0, [])

@@ -26,7 +26,14 @@ from schemas import DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_RETENTION_SECONDS, Ex
 
 STATUSES: tuple[str, ...] = tuple(s.value for s in ExecutionStatus)
 ALL_ENDED = "ended"  # the pseudo-registry listing every status, newest first
-PSEUDO_REGISTRIES = (ALL_ENDED, *STATUSES)
+# The list of the outcome status "failed" (the container exited non-zero): rq-dashboard's own
+# registry "failed" is rq's FailedJobRegistry, a different list (jobs rq itself failed).
+FAILED_OUTCOME = "failed-outcome"
+# {pseudo-registry name in the dashboard's URLs: the outcome status it lists}; every other
+# status is listed under its own name (none is an rq registry name).
+STATUS_OF_REGISTRY: dict[str, str] = {FAILED_OUTCOME if s == "failed" else s: s for s in STATUSES}
+REGISTRY_OF_STATUS: dict[str, str] = {s: r for r, s in STATUS_OF_REGISTRY.items()}
+PSEUDO_REGISTRIES = (ALL_ENDED, *STATUS_OF_REGISTRY)
 # Output shown on an execution's page: the last lines of each stream, within a byte budget.
 TAIL_LINES = 40
 TAIL_BYTES = 8192
@@ -87,8 +94,9 @@ def ended_page(
     connection: redis.Redis, settings: DashboardSettings, queue: str, registry: str, offset: int, count: int, newest_first: bool
 ) -> tuple[int, list[tuple[str, str, float]]]:
     """(total, [(execution id, status, end time)]) of one page of a pseudo-registry
-    (``ended`` or one status), from the status index."""
-    statuses = STATUSES if registry == ALL_ENDED else (registry,)
+    (``ended``, or one status's list: ``PSEUDO_REGISTRIES``), from the status index.
+    Raises KeyError for any other name (rq's registries are not read here)."""
+    statuses = STATUSES if registry == ALL_ENDED else (STATUS_OF_REGISTRY[registry],)
     since = time.time() - settings.retention_seconds
     keys = [settings.keys.ended(queue, s) for s in statuses]
     try:

@@ -8,8 +8,10 @@ rq-dashboard imports before it registers the blueprint), this module:
 * adds ``dockrq`` fields to the JSON the pages already load (a job's row and page,
   a queue's counts) by wrapping the module-level helpers the views call
   (``serialize_job``, ``serialize_queues``, ``get_queue_registry_jobs_count``);
-* serves the pseudo-registries ``ended`` and one per outcome status
-  (``/view/jobs/<queue>/failed/...``) from the status index ``P:ended:QUEUE:STATUS``;
+* serves the pseudo-registries ``ended`` and one per outcome status from the status index
+  ``P:ended:QUEUE:STATUS``, each under the status's name but ``failed``, whose list is
+  ``failed-outcome`` (``/view/jobs/<queue>/failed-outcome/...``): rq-dashboard's ``failed`` stays
+  rq's FailedJobRegistry (jobs rq itself failed), with its own count, list, Empty and Requeue All;
 * puts its templates (``worker/observe/dashboard_templates``) before rq-dashboard's in the
   app's Jinja loader; each one extends the original (reachable as
   ``rq_dashboard_base/...``) and reuses its scripts;
@@ -24,7 +26,8 @@ What each button does to an execution (README, Operations):
 * **Delete**: ended: the rq job record goes, the outcome and log stay for the
   retention (waiters and ``dockrq status`` still answer). Not started: cancelled
   first, then deleted. Running: cancelled; the record stays until the worker has
-  written the outcome (answer ``CANCELLING``). **Empty** does the same to each job.
+  written the outcome (answer ``CANCELLING``). **Empty** does the same to each job of the
+  list shown: rq's queue or registry (``failed``: rq's FailedJobRegistry), or an outcome list.
 * **Requeue** / **Requeue All**: refused for an execution that has an outcome (an
   execution runs at most once: submit a new one) and for any job not in rq's failed
   registry (queued, deferred, scheduled, started: it runs once as it is); other failed rq
@@ -92,7 +95,8 @@ def serialize_queues(instance_number: int, queues: list[Queue]) -> list[dict[str
         row["dockrq"] = {
             "ended_url": _list_url(instance_number, queue.name, data.ALL_ENDED),
             "statuses": [
-                {"status": s, "count": counts[s], "badge": data.BADGES[s], "url": _list_url(instance_number, queue.name, s)}
+                {"status": s, "count": counts[s], "badge": data.BADGES[s],
+                 "url": _list_url(instance_number, queue.name, data.REGISTRY_OF_STATUS[s])}
                 for s in STATUSES
             ],
         }
@@ -281,19 +285,29 @@ def _delete_quietly(job_id: str) -> str:
 @web.check_delete_enable
 @web.jsonify
 def empty_queue(queue_name: str, registry_name: str) -> dict[str, Any]:
+    """Delete (as the Delete button) every job of the list ``registry_name`` names: rq's queue or
+    one of rq's registries (``failed`` is rq's FailedJobRegistry), or a pseudo-registry (each
+    execution listed within the retention; ``failed-outcome`` for the status ``failed``).
+    ``{"status": "OK", "deleted": n, "cancelling": n}``; 404 for an unknown registry or queue."""
     queue = Queue(queue_name, serializer=web.config.serializer, connection=_connection())
     errors.check_registry(registry_name)  # 404
     errors.check_queue(queue)  # 404, as Compact
+    registry = None
     if registry_name == "queued":
         job_ids = queue.get_job_ids()
     elif registry_name in PSEUDO_REGISTRIES:
         _, entries = data.ended_page(_connection(), SETTINGS, queue_name, registry_name, 0, 10**9, newest_first=True)
         job_ids = [e[0] for e in entries]
     elif registry_name in ("scheduled", "deferred", "started", "finished", "failed", "canceled"):
-        job_ids = getattr(queue, f"{registry_name}_job_registry").get_job_ids(cleanup=False)
+        registry = getattr(queue, f"{registry_name}_job_registry")
+        job_ids = registry.get_job_ids(cleanup=False)
     else:  # check_registry let it through: a registry added to rq without support here
         return {"status": "ERROR", "message": f"unknown registry {registry_name}"}
     answers = [_delete_quietly(job_id) for job_id in job_ids]
+    if registry is not None:  # ids whose job is gone leave the registry too, as rq-dashboard's Empty does
+        for job_id in job_ids:
+            if not Job.exists(job_id, connection=_connection()):
+                registry.remove(job_id)
     return {"status": "OK", "deleted": answers.count("OK"), "cancelling": answers.count("CANCELLING")}
 
 
@@ -324,7 +338,8 @@ def _install(state: Any) -> None:
 
 
 def _context() -> dict[str, Any]:
-    return {"dockrq_registries": PSEUDO_REGISTRIES, "dockrq_queue": SETTINGS.queue}
+    return {"dockrq_registries": PSEUDO_REGISTRIES, "dockrq_statuses": STATUSES,
+            "dockrq_failed_outcome": data.FAILED_OUTCOME, "dockrq_queue": SETTINGS.queue}
 
 
 web.serialize_job = serialize_job

@@ -10,6 +10,10 @@ Idle (no execution of its own, none adopted) it heartbeats only every
 ``idle_interval`` (DOCKRQ_IDLE_HEARTBEAT_SECONDS), counting rq's own heartbeats
 (``worker.service.bookkeeping``): nothing judges an idle worker by its heartbeat,
 and taking a job heartbeats at once.
+
+Every ``idle_interval`` at least it also checks that Redis still has the worker
+registered (``worker.service.registration``): in the idle beat's own round trip,
+in one of its own otherwise (rq's busy heartbeat pipeline, or no beat due).
 """
 
 from __future__ import annotations
@@ -45,7 +49,9 @@ class Heartbeat(threading.Thread):
                 if self.worker.executions:
                     self.worker.heartbeat_current_job()
                 elif self.adoptions.active() or self.worker.beat_is_older_than(self.idle_interval - self.interval / 2):
-                    self.worker.heartbeat(raise_errors=True)
+                    self.worker.heartbeat(raise_errors=True, check_registration=True)
+                if self.worker.registration is not None:  # when no beat above checked it (busy: rq's pipeline)
+                    self.worker.registration.check_if_due()
                 self.adoptions.keep_alive()
                 failing = False
             except REDIS_DOWN as exc:

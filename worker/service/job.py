@@ -39,7 +39,8 @@ _ID_RE = re.compile(EXECUTION_ID_PATTERN)
 
 
 class RefusedJob(Exception):
-    """The rq job is not a dockrq execution; it was not run."""
+    """The rq job is not a dockrq execution; it was not run (raised by ``DockrqJob._execute``;
+    ``DockrqWorker.handle_exception`` logs it as one line, no traceback)."""
 
 
 class DockrqJob(Job):
@@ -169,11 +170,12 @@ def _larger_than(stored: bytes, limit: int) -> bool:
 
 
 def write_rejected(job: Job, message: str) -> None:
-    """The ``rejected`` outcome of a refused job, when its id can be an execution id."""
+    """The ``rejected`` outcome of a refused job, when its id can be an execution id. Logged at
+    DEBUG only: the worker logs the refusal in one line (``DockrqWorker.handle_exception``)."""
     if not isinstance(job.id, str) or not _ID_RE.match(job.id):
-        log.error("refused rq job with an id that is no execution id: %s", message)
+        log.debug("refused rq job with an id that is no execution id: %s", message)
         return
-    log.error("execution %s: %s", job.id, message)
+    log.debug("execution %s: %s", job.id, message)
     channels = runtime_module.current().channels(job.id, job)
     channels.send_eof()
     channels.finish(Outcome.failure(job.id, ExecutionStatus.REJECTED, "invalid_request", message))

@@ -40,6 +40,7 @@ from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from rq.exceptions import StopRequested
+from rq.job_lifecycle import call_exception_handlers
 from rq.serializers import JSONSerializer
 from rq.utils import now
 from rq.worker import SimpleWorker
@@ -56,7 +57,8 @@ from worker.observe import logformat, metrics
 from worker.service import runtime as runtime_module
 from worker.service.bookkeeping import FewerCommands
 from worker.service.heartbeat import Heartbeat
-from worker.service.job import DockrqJob, as_dockrq_job, dockrq_job_class
+from worker.service.job import DockrqJob, RefusedJob, as_dockrq_job, dockrq_job_class
+from worker.service.registration import Registration
 
 if TYPE_CHECKING:
     from rq.job import Job
@@ -85,6 +87,7 @@ class DockrqWorker(FewerCommands, SimpleWorker):
 
     _reaper: Reaper | None = None
     _beats: Heartbeat | None = None
+    registration: Registration | None = None  # registers the worker again after Redis lost its data
     _performed_job_id: str | None = None
     _shielded = 0  # depth of main-thread sections a stop request must not interrupt
     _stop_held = False  # a stop request arrived in one of them
@@ -128,6 +131,7 @@ class DockrqWorker(FewerCommands, SimpleWorker):
                 self.connection, reap_after=runtime.settings.reap_after_seconds, worker_name=self.name
             )
         super().bootstrap(*args, **kwargs)
+        self.registration = Registration(self, max(runtime.settings.heartbeat_seconds, runtime.settings.idle_heartbeat_seconds))
         self._reaper = Reaper(self, runtime)
         self._beats = Heartbeat(
             self, self._reaper.adoptions, runtime.settings.heartbeat_seconds, runtime.settings.idle_heartbeat_seconds
@@ -138,6 +142,8 @@ class DockrqWorker(FewerCommands, SimpleWorker):
     def teardown(self) -> None:
         runtime = runtime_module.current()
         try:
+            if self.registration is not None:  # stopping: rq's register_death has the last word
+                self.registration.close()
             interrupted = self._finish_adopted()
             if self._beats is not None:
                 self._beats.stop()
@@ -177,16 +183,25 @@ class DockrqWorker(FewerCommands, SimpleWorker):
 
     # -- heartbeats --------------------------------------------------------------------
 
-    def heartbeat(self, timeout: int | None = None, pipeline: Any = None, raise_errors: bool = False) -> None:
+    def heartbeat(
+        self, timeout: int | None = None, pipeline: Any = None, raise_errors: bool = False, check_registration: bool = False
+    ) -> None:
         """rq's heartbeat is three commands (HSET, EXPIRE, EXPIRE) sent one by one, and rq
         heartbeats three times between two jobs: here each is one pipeline, one round trip.
-        A Redis outage is ridden out (raised only with ``raise_errors``)."""
+        A Redis outage is ridden out (raised only with ``raise_errors``). ``check_registration``
+        (the heartbeat thread): the same round trip checks that the worker is still registered,
+        and registers it again if Redis lost it (``worker.service.registration``)."""
         if pipeline is not None:
             return super().heartbeat(timeout, pipeline=pipeline)
+        registration = self.registration if check_registration else None
         with self.connection.pipeline() as pipe:
             super().heartbeat(timeout, pipeline=pipe)
+            if registration is not None:
+                registration.queue_check(pipe)
             try:
-                pipe.execute()
+                replies = pipe.execute()
+                if registration is not None:
+                    registration.repair(replies)
             except REDIS_DOWN as exc:
                 if raise_errors:
                     raise
@@ -295,6 +310,18 @@ class DockrqWorker(FewerCommands, SimpleWorker):
             contested.step_back(self, job, queue, execution, exc_info[1])
             return
         super()._finalize_failure(job, queue, execution, exc_info)
+
+    def handle_exception(self, job: Job, *exc_info: Any) -> None:
+        """rq logs a job's exception as a traceback at ERROR (``BaseWorker.handle_exception``); a job
+        ``DockrqJob`` refused (``RefusedJob``: not a dockrq execution, nothing ran) is one warning
+        line instead. rq's exception handlers still run; rq's failure bookkeeping (status
+        ``failed``, FailedJobRegistry, the traceback as the job's ``exc_info``) is unchanged."""
+        if not isinstance(exc_info[1], RefusedJob):
+            return super().handle_exception(job, *exc_info)
+        self.log.warning(
+            "Worker %s: job %s (function %.120r) refused, nothing run: %s", self.name, job.id, job.func_name, exc_info[1]
+        )
+        call_exception_handlers(self._exc_handlers, job, *exc_info)
 
     def perform_job(self, job: Job, queue: Queue, execution: Any) -> bool:
         self._performed_job_id = job.id
