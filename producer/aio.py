@@ -32,6 +32,7 @@ from schemas.connections import DEFAULT_REDIS_URL, async_client_from_url, ride_o
 from . import cancel as cancelling
 from . import dependencies, groups
 from .aio_logs import AsyncLogReader
+from .aio_outputs import AsyncOutputsMixin
 from .cancel import CancelResult
 from .client import Producer
 from .errors import DuplicateExecution, ExecutionNotFound
@@ -39,6 +40,7 @@ from .files import InputArchive, InputValue, build_input_archive, write_input_ar
 from .many import DEFAULT_RECHECK_SECONDS, SLICE_SECONDS, FollowState, ReadOutcomes, WaitTimeout, follow_steps, is_outcome
 from .many import outcome_reads, unique_ids
 from .presence import follow_is_over, presence_commands
+from .reaching import DEFAULT_REDIS_RETRY_SECONDS, UntilAnswered, first_reads_async
 from .steps import adrive, arun
 from .planning import Submission, caller_request, with_inputs
 from .scripts import CLAIM_AND_WRITE_LUA, CLAIM_LUA
@@ -67,8 +69,8 @@ class _RestoredJob(Job):
         return self._status
 
 
-class AsyncProducer:
-    """Submit, wait for, follow and cancel executions from asyncio code.
+class AsyncProducer(AsyncOutputsMixin):
+    """Submit, wait for, follow and cancel executions, and get their output files, from asyncio code.
 
     ``connection`` is a ``redis.asyncio.Redis`` (else one is made from ``redis_url``);
     its socket timeout must exceed ``producer.many.SLICE_SECONDS`` (the default 5 s does).
@@ -86,6 +88,7 @@ class AsyncProducer:
         retention_seconds: int = DEFAULT_RETENTION_SECONDS,
         max_request_bytes: int = DEFAULT_MAX_REQUEST_BYTES,
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
+        redis_retry_seconds: float = DEFAULT_REDIS_RETRY_SECONDS,
     ) -> None:
         self._client = connection if connection is not None else async_client_from_url(redis_url)
         self._owns_client = connection is None
@@ -100,6 +103,7 @@ class AsyncProducer:
         self.queue = queue
         self.keys = self.planner.keys
         self.retention_seconds = self.planner.retention_seconds
+        self.redis_retry_seconds = float(redis_retry_seconds)  # as Producer's (producer.reaching)
         self._claim_script = self._client.register_script(CLAIM_LUA)
         self._claim_and_write_script = self._client.register_script(CLAIM_AND_WRITE_LUA)
         self._server_version: tuple[int, ...] | None = None
@@ -237,8 +241,11 @@ class AsyncProducer:
         return job
 
     async def status(self, execution_id: str) -> ExecutionStatusView:
-        """As ``Producer.status``."""
+        """As ``Producer.status`` (Redis away ridden out for ``redis_retry_seconds``)."""
         Producer._check_id(execution_id)
+        return await first_reads_async(lambda: self._status(execution_id), self.redis_retry_seconds, f"status of {execution_id}")
+
+    async def _status(self, execution_id: str) -> ExecutionStatusView:
         outcome, job, claimed = await self._read(execution_id)
         if outcome is None and job is None and not claimed:
             raise ExecutionNotFound(execution_id)
@@ -276,6 +283,7 @@ class AsyncProducer:
     ) -> AsyncIterator[Outcome]:
         """As ``Producer.as_completed``: each Outcome once as it ends, on two connections."""
         state = FollowState(unique_ids(execution_ids), timeout, recheck_seconds)
+        reach = UntilAnswered(self.redis_retry_seconds)  # Redis never answered: ridden out that long only
         pubsub: aioredis.client.PubSub | None = None
 
         async def listen() -> None:
@@ -296,13 +304,16 @@ class AsyncProducer:
 
         def in_time() -> bool:
             state.remaining(time.monotonic())  # raises WaitTimeout once the deadline has passed
-            return True
+            return reach.keep_trying()
 
         async def do(request: ReadOutcomes | str) -> Any:  # producer.many.follow_steps' requests
             if isinstance(request, ReadOutcomes):
-                reads = lambda: arun(outcome_reads(self.keys, request.ids, request.full), self._pipelined)  # noqa: E731
-                return await ride_out_outage_async(reads, away, keep_trying=in_time)
-            return await ride_out_outage_async(listen, away, keep_trying=in_time)  # LISTEN
+                read: Any = lambda: arun(outcome_reads(self.keys, request.ids, request.full), self._pipelined)  # noqa: E731
+            else:  # LISTEN
+                read = listen
+            result = await ride_out_outage_async(read, away, keep_trying=in_time)
+            reach.answered()
+            return result
 
         try:
             async with aclosing(adrive(follow_steps(state), do, is_outcome)) as outcomes:
@@ -337,10 +348,7 @@ class AsyncProducer:
     async def logs(self, execution_id: str, tail: bool | int = True, follow: bool = True) -> AsyncIterator[LogEntry]:
         """As ``Producer.logs``: history then live, no gap, no duplicate."""
         Producer._check_id(execution_id)
-        if not await self._client.exists(self.keys.log_stream(execution_id)):
-            outcome, job, claimed = await self._read(execution_id)
-            if outcome is None and job is None and not claimed:
-                raise ExecutionNotFound(execution_id)
+        await first_reads_async(lambda: self._require_log(execution_id), self.redis_retry_seconds, f"logs of {execution_id}")
 
         async def is_over() -> bool:
             return follow_is_over(execution_id, *await self._pipelined(presence_commands(self.keys, execution_id)))
@@ -348,9 +356,16 @@ class AsyncProducer:
         reader = AsyncLogReader(
             self._client, self.keys.log_stream(execution_id), self.keys.logs_channel(execution_id),
             tail=tail, follow=follow, is_over=is_over, compact_key=self.keys.log_compact(execution_id),
+            retry_seconds=self.redis_retry_seconds,
         )
         async for entry in reader:
             yield entry
+
+    async def _require_log(self, execution_id: str) -> None:
+        if not await self._client.exists(self.keys.log_stream(execution_id), self.keys.log_compact(execution_id)):
+            outcome, job, claimed = await self._read(execution_id)
+            if outcome is None and job is None and not claimed:
+                raise ExecutionNotFound(execution_id)
 
     # -- cancel --------------------------------------------------------------
 

@@ -5,7 +5,7 @@ stream, then live batches. The steps are ``producer.log_steps``' (without I/O,
 shared with the sync ``LogReader``: ``LogCursor`` turns the overlap into exact
 deduplication by ``seq`` and tells when a batch starts past what was seen,
 which is then read back from the stream); this reader carries their requests
-out on ``redis.asyncio``.
+out on ``redis.asyncio``. Redis away is ridden out from the first read on, as ``LogReader`` does.
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import asyncio
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import replace
-from typing import Any
+from typing import Any, TypeVar
 
 import redis
 import redis.asyncio as aioredis
@@ -35,9 +35,11 @@ from .log_steps import (
     is_entry,
     next_live,
 )
+from .reaching import DEFAULT_REDIS_RETRY_SECONDS, first_reads_async
 from .steps import acollect
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class AsyncLogReader:
@@ -53,6 +55,7 @@ class AsyncLogReader:
         follow: bool = True,
         is_over: Callable[[], Awaitable[bool]],
         compact_key: str | None = None,
+        retry_seconds: float = DEFAULT_REDIS_RETRY_SECONDS,
     ) -> None:
         self._client = client
         self._source = LogSource(stream_key, compact_key)
@@ -60,12 +63,13 @@ class AsyncLogReader:
         self._tail = entries_wanted(tail)
         self._follow = follow
         self._is_over = is_over
+        self._retry_seconds = retry_seconds
         self.cursor = LogCursor()
 
     async def __aiter__(self) -> AsyncIterator[LogEntry]:
-        pubsub = await self._subscribe() if self._follow else None
+        pubsub = await self._ride_out(self._subscribe) if self._follow else None
         try:
-            entries, _ = await acollect(history(self._source, self.cursor, self._tail), self._doer(None), is_entry)
+            entries, _ = await acollect(history(self._source, self.cursor, self._tail), self._doer(None, ride=True), is_entry)
             for entry in entries:
                 yield entry
             if pubsub is not None and not self.cursor.eof:
@@ -75,12 +79,22 @@ class AsyncLogReader:
             if pubsub is not None:
                 await pubsub.aclose()
 
-    def _doer(self, pubsub: aioredis.client.PubSub | None) -> Callable[[Request], Awaitable[Any]]:
-        """What carries out the steps' requests (``producer.log_steps``) on redis.asyncio."""
+    async def _ride_out(self, read: Callable[[], Awaitable[T]]) -> T:
+        """As ``LogReader._ride_out``: until Redis is back when following, else ``retry_seconds``."""
+        if self._follow:
+            return await ride_out_outage_async(read, _follow_interrupted)
+        return await first_reads_async(read, self._retry_seconds, "log read")
+
+    def _doer(self, pubsub: aioredis.client.PubSub | None, *, ride: bool = False) -> Callable[[Request], Awaitable[Any]]:
+        """What carries out the steps' requests (``producer.log_steps``) on redis.asyncio; ``ride``
+        as ``LogReader._doer``'s."""
 
         async def do(request: Request) -> Any:
             if isinstance(request, Command):
-                return await getattr(self._client, request.name)(*request.args, **request.kwargs)
+                command = getattr(self._client, request.name)
+                if ride:
+                    return await self._ride_out(lambda: command(*request.args, **request.kwargs))
+                return await command(*request.args, **request.kwargs)
             if isinstance(request, Pause):
                 await asyncio.sleep(request.seconds)
                 return None
@@ -94,11 +108,15 @@ class AsyncLogReader:
 
     async def _subscribe(self) -> aioredis.client.PubSub:
         pubsub = self._client.pubsub()
-        await pubsub.subscribe(self._channel)
-        for _ in range(30):
-            message = await pubsub.get_message(timeout=BLOCK_SLICE_SECONDS)
-            if message is not None and message["type"] == "subscribe":
-                return pubsub
+        try:
+            await pubsub.subscribe(self._channel)
+            for _ in range(30):
+                message = await pubsub.get_message(timeout=BLOCK_SLICE_SECONDS)
+                if message is not None and message["type"] == "subscribe":
+                    return pubsub
+        except REDIS_DOWN:
+            await pubsub.aclose()
+            raise
         await pubsub.aclose()
         raise redis.TimeoutError(f"no subscribe confirmation for {self._channel}")
 

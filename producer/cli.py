@@ -1,6 +1,7 @@
 """``dockrq``: submit executions and follow them from a shell, like ``docker run``.
 
-Exit codes (``submit`` attached and ``wait``; the other commands return 0 or 1):
+Exit codes (``submit`` attached and ``wait``; the other commands return 0 or 1, ``logs`` and
+``status`` also 69):
 
 ===  =====================================================================
  N   the container's own exit code (succeeded, failed, OOM-killed)
@@ -9,12 +10,15 @@ Exit codes (``submit`` attached and ``wait``; the other commands return 0 or 1):
 126  the container's command cannot be executed (as ``docker run``)
 125  dockrq itself failed: request rejected, image pull/create/daemon
      error, worker lost, invalid request, unknown or duplicate id, Redis
-     unreachable (as ``docker run``)
+     unreachable at ``submit`` (as ``docker run``)
 130  the execution was cancelled (Ctrl-C on an attached submit cancels it;
      SIGTERM and SIGHUP do the same and exit 143 and 129: 128 + the signal)
  75  ``wait --timeout`` elapsed while the execution still runs (EX_TEMPFAIL)
-  1  any error of ``logs``, ``cancel``, ``status``, ``ls``, ``cp`` (also: an entry
-     skipped, or nothing written)
+ 69  ``wait``, ``logs``, ``status``: Redis could not be reached within
+     ``--redis-retry`` seconds (EX_UNAVAILABLE; producer.reaching)
+  1  any other error of ``logs``, ``cancel``, ``status``, ``ls``, ``cp`` (also: an
+     entry skipped, or nothing written; ``logs -f`` on a vanished execution, as
+     for an unknown id)
 125  bad command line: unknown flag, missing argument (as ``docker``)
 141  the output pipe was closed (``dockrq logs ID | head``)
 ===  =====================================================================
@@ -44,6 +48,7 @@ from .command import (  # the exit codes are re-exported: producer.cli names the
     EXIT_CANCELLED,
     EXIT_DOCKRQ_FAILED,
     EXIT_ERROR,
+    EXIT_REDIS_UNREACHABLE,
     EXIT_TIMED_OUT,
     EXIT_WAIT_TIMEOUT,
     DockrqCommand,
@@ -89,10 +94,12 @@ _EXIT_AS_DOCKER_RUN = {"command_not_found": 127, "command_not_executable": 126}
 @click.pass_context
 def cli(
     ctx: click.Context, redis_url: str, prefix: str, queue: str, retention_seconds: int,
-    replica_acks: int, replica_ack_timeout: float, as_json: bool,
+    replica_acks: int, replica_ack_timeout: float, redis_retry_seconds: float, as_json: bool,
 ) -> None:
     """Run containers through a Redis queue of dockrq workers."""
-    ctx.obj = Settings(redis_url, prefix, queue, retention_seconds, as_json, replica_acks, replica_ack_timeout)
+    ctx.obj = Settings(
+        redis_url, prefix, queue, retention_seconds, as_json, replica_acks, replica_ack_timeout, redis_retry_seconds
+    )
 
 
 cli.command_class = DockrqCommand
@@ -246,7 +253,7 @@ def _cancel_after_interrupt(
     fail(message, 128 + signum)
 
 
-@cli.command(failure_code=EXIT_DOCKRQ_FAILED)
+@cli.command(failure_code=EXIT_DOCKRQ_FAILED, unreachable_code=EXIT_REDIS_UNREACHABLE)
 @click.option("--timeout", type=Seconds(), help="Give up after this many seconds (exit 75).")
 @json_option
 @click.argument("execution_ids", nargs=-1, required=True, metavar="ID...", type=EXECUTION_ID)
@@ -282,7 +289,7 @@ class _Tail(click.ParamType):
         return n
 
 
-@cli.command()
+@cli.command(unreachable_code=EXIT_REDIS_UNREACHABLE)
 @click.option("-f", "--follow", is_flag=True, help="Keep streaming until the execution ends.")
 @click.option("-n", "--tail", type=_Tail(), default="all", show_default=True,
               help="Last N lines of the output (both streams, as docker logs --tail), or all.")
@@ -310,7 +317,7 @@ def cancel(settings: Settings, execution_id: str) -> None:
         click.echo(f"cancel requested for {execution_id}; its worker is stopping it")
 
 
-@cli.command()
+@cli.command(unreachable_code=EXIT_REDIS_UNREACHABLE)
 @json_option
 @click.argument("execution_id", type=EXECUTION_ID)
 @pass_settings

@@ -71,6 +71,7 @@ from .planning import (  # noqa: F401 - re-exported: submit planning lived here 
     parse_request,
     with_inputs,
 )
+from .reaching import DEFAULT_REDIS_RETRY_SECONDS, first_reads, first_reads_within
 from .scripts import CLAIM_AND_WRITE_LUA, CLAIM_LUA
 from .status import ExecutionStatusView, build_view
 from .waiting import OutcomeWaiter
@@ -100,6 +101,7 @@ class Producer(SubmitPlanner, OutputsMixin):
         max_input_bytes: int = DEFAULT_MAX_INPUT_BYTES,
         replica_acks: int = 0,
         replica_ack_timeout: float = DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS,
+        redis_retry_seconds: float = DEFAULT_REDIS_RETRY_SECONDS,
     ) -> None:
         if max_request_bytes < MIN_MAX_REQUEST_BYTES:
             raise ValueError(f"max_request_bytes must be at least {MIN_MAX_REQUEST_BYTES}")
@@ -128,6 +130,7 @@ class Producer(SubmitPlanner, OutputsMixin):
         # Submissions return, and outcomes are handed to waiters, only once this many replicas
         # have them (Redis WAIT; fewer when fewer are connected): schemas/replication.py.
         self._acks = ProducerAcks(replica_acks, replica_ack_timeout, marker_key=self.keys.replication_marker)
+        self.redis_retry_seconds = float(redis_retry_seconds)
 
     # -- lifecycle -----------------------------------------------------------
 
@@ -306,11 +309,14 @@ class Producer(SubmitPlanner, OutputsMixin):
         Non-destructive, so any number of waiters get it. Raises TimeoutError
         after ``timeout`` seconds, ExecutionNotFound for an unknown id, and
         ExecutionVanished (an ExecutionNotFound) for one Redis no longer knows
-        (producer.waiting). Redis outages while waiting are retried with backoff.
+        (producer.waiting). Redis outages while waiting are retried with backoff, until ``timeout``;
+        before Redis first answered, for at most ``redis_retry_seconds`` (producer.reaching).
         """
         self._check_id(execution_id)
-        self._require_known(execution_id)  # the waiter's first BLMOVE returns an outcome already there
-        return OutcomeWaiter(self._client, self._blocking, self.keys, self._acks, self._presence).wait(execution_id, timeout)
+        # the waiter's first BLMOVE returns an outcome already there; the rest of ``timeout`` for it
+        spent = first_reads_within(lambda: self._require_known(execution_id), self.redis_retry_seconds, timeout,
+                                   f"waiting for {execution_id}")
+        return OutcomeWaiter(self._client, self._blocking, self.keys, self._acks, self._presence).wait(execution_id, timeout, spent)
 
     def as_completed(
         self, execution_ids: Iterable[str], timeout: float | None = None, *, recheck_seconds: float = DEFAULT_RECHECK_SECONDS
@@ -321,24 +327,26 @@ class Producer(SubmitPlanner, OutputsMixin):
         (unknown ids, before anything is yielded) and WaitTimeout, a TimeoutError
         whose ``pending`` lists the ids not ended after ``timeout`` seconds.
         """
-        return many.follow(self._client, self._blocking, self.keys, execution_ids, timeout, recheck_seconds)
+        return many.follow(self._client, self._blocking, self.keys, execution_ids, timeout, recheck_seconds, self.redis_retry_seconds)
 
     def wait_many(
         self, execution_ids: Iterable[str], timeout: float | None = None, *, recheck_seconds: float = DEFAULT_RECHECK_SECONDS
     ) -> dict[str, Outcome]:
         """All the outcomes as ``{id: Outcome}`` in the order given; errors as ``as_completed``
         (WaitTimeout also carries the ``outcomes`` that had ended)."""
-        return many.wait_many(self._client, self._blocking, self.keys, execution_ids, timeout, recheck_seconds)
+        return many.wait_many(self._client, self._blocking, self.keys, execution_ids, timeout, recheck_seconds, self.redis_retry_seconds)
 
     def logs(self, execution_id: str, tail: bool | int = True, follow: bool = True) -> Iterator[LogEntry]:
         """The execution's log entries: history (all, none or the last ``tail``), then live if ``follow``.
 
         No gap and no duplicate; ends at the final batch, or when the execution
-        has ended without one. Raises ExecutionNotFound for an unknown id.
+        has ended without one. Raises ExecutionNotFound for an unknown id. Redis away is ridden
+        out (producer.reaching; once it answered, a follow waits until it is back).
         """
         self._check_id(execution_id)
-        if not self._client.exists(self.keys.log_stream(execution_id), self.keys.log_compact(execution_id)):
-            self._require_known(execution_id)
+        logs = (self.keys.log_stream(execution_id), self.keys.log_compact(execution_id))  # else it must be known
+        first_reads(lambda: self._client.exists(*logs) or self._require_known(execution_id), self.redis_retry_seconds,
+                    f"logs of {execution_id}")
         reader = LogReader(
             self._client,
             self._blocking,
@@ -348,6 +356,7 @@ class Producer(SubmitPlanner, OutputsMixin):
             follow=follow,
             is_over=lambda: self._is_over(execution_id),
             compact_key=self.keys.log_compact(execution_id),
+            retry_seconds=self.redis_retry_seconds,
         )
         return iter(reader)
 
@@ -356,7 +365,13 @@ class Producer(SubmitPlanner, OutputsMixin):
         return follow_is_over(execution_id, *self._presence(execution_id))
 
     def status(self, execution_id: str) -> ExecutionStatusView:
-        """Where the execution is: the outcome if it ended, else what rq and the worker's meta say."""
+        """Where the execution is: the outcome if it ended, else what rq and the worker's meta say.
+        Redis away is ridden out for ``redis_retry_seconds`` (producer.reaching)."""
+        self._check_id(execution_id)
+        return first_reads(lambda: self.status_once(execution_id), self.redis_retry_seconds, f"status of {execution_id}")
+
+    def status_once(self, execution_id: str) -> ExecutionStatusView:
+        """``status`` with the client's own retry round only (words for a message, not worth a wait)."""
         self._check_id(execution_id)
         outcome = self._outcome(execution_id)
         job = self._fetch_job(execution_id)

@@ -20,12 +20,14 @@ from schemas.replication import DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS
 
 from .errors import InvalidRequest, ProducerError
 from .params import Seconds
+from .reaching import DEFAULT_REDIS_RETRY_SECONDS
 from .usage import EXIT_USAGE, DockerUsageErrors, json_error
 
 if TYPE_CHECKING:
     from .client import Producer
 
 EXIT_ERROR = 1
+EXIT_REDIS_UNREACHABLE = 69  # sysexits' EX_UNAVAILABLE: wait/logs/status could not reach Redis (producer.reaching)
 EXIT_WAIT_TIMEOUT = 75
 EXIT_TIMED_OUT = 124
 EXIT_DOCKRQ_FAILED = 125
@@ -44,6 +46,7 @@ class Settings:
     as_json: bool = False
     replica_acks: int = 0
     replica_ack_timeout: float = DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS
+    redis_retry_seconds: float = DEFAULT_REDIS_RETRY_SECONDS
     _producer: Producer | None = field(default=None, repr=False)
 
     def producer(self) -> Producer:
@@ -52,6 +55,8 @@ class Settings:
                 {"replica_acks": self.replica_acks, "replica_ack_timeout": self.replica_ack_timeout}
                 if self.replica_acks else {}
             )
+            if self.redis_retry_seconds != DEFAULT_REDIS_RETRY_SECONDS:
+                acks["redis_retry_seconds"] = self.redis_retry_seconds
             from . import cli  # its ``Producer`` is the factory: the one name tests replace
 
             try:
@@ -83,11 +88,13 @@ class BadOption(ProducerError):
 class DockrqCommand(DockerUsageErrors, click.Command):
     """Turns expected failures into one line on stderr and the command's failure exit code;
     a value refused by the producer (InvalidRequest, BadOption) is a usage error of every
-    command (125, as ``docker``), whatever the command's own failure code."""
+    command (125, as ``docker``), whatever the command's own failure code. ``unreachable_code``:
+    the exit code when Redis cannot be reached (default: ``failure_code``)."""
 
-    def __init__(self, *args: Any, failure_code: int = EXIT_ERROR, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, failure_code: int = EXIT_ERROR, unreachable_code: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.failure_code = failure_code
+        self.unreachable_code = failure_code if unreachable_code is None else unreachable_code
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
@@ -100,7 +107,7 @@ class DockrqCommand(DockerUsageErrors, click.Command):
             fail(str(exc), self.failure_code)
         except REDIS_DOWN as exc:
             url = redact_url(ctx.find_object(Settings).redis_url)
-            fail(f"cannot reach Redis at {url}: {describe_redis_error(exc)}", self.failure_code)
+            fail(f"cannot reach Redis at {url}: {describe_redis_error(exc)}", self.unreachable_code)
         except redis.RedisError as exc:
             fail(f"Redis error: {exc}", self.failure_code)
         except UnicodeError as exc:  # text no check caught (a host name IDNA refuses...): still one line
@@ -149,4 +156,8 @@ _GLOBAL_OPTIONS = [
     click.option("--replica-ack-timeout", envvar="DOCKRQ_REPLICA_ACK_TIMEOUT_SECONDS", type=Seconds(min=0.001),
                  default=DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS, show_default=True,
                  help="Seconds to wait for those confirmations. Env DOCKRQ_REPLICA_ACK_TIMEOUT_SECONDS."),
+    click.option("--redis-retry", "redis_retry_seconds", envvar="DOCKRQ_REDIS_RETRY_SECONDS", type=Seconds(),
+                 default=DEFAULT_REDIS_RETRY_SECONDS, show_default=True,
+                 help="Seconds wait, logs and status keep retrying a Redis that has not answered them yet "
+                 "(restarting, failing over) before saying it cannot be reached (exit 69). Env DOCKRQ_REDIS_RETRY_SECONDS."),
 ]

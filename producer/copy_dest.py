@@ -106,7 +106,7 @@ def collected_kind(outcome: Outcome, container_path: str) -> bool:
     if container_path == "/":
         return True
     try:
-        check_container_path(container_path, MAX_OUTPUT_PATH_BYTES)
+        check_container_path(container_path, MAX_OUTPUT_PATH_BYTES, colon_ok=True)
     except ValueError as exc:
         raise OutputsUnavailable(f"{quoted_name(container_path[:200])}: {exc}") from None
     # Listed names the container made that are not UTF-8 are escaped (OutputFile.escaped): compared

@@ -14,7 +14,9 @@ relative to the container's ``/`` ("supplying the initial forward slash is optio
 * refused, as usage errors (exit 125): an empty path, ``..`` parts (docker resolves them
   inside the container's filesystem, through its symlinks: not knowable from the archive),
   a trailing ``/.`` (docker cp's "the directory's contents": copy the directory instead),
-  NUL or ``:`` (container paths of the wire contract never hold one), and over-long paths.
+  NUL, ``:`` but in ``dockrq cp``'s path (a request's paths never hold one; a name inside a
+  collected directory may: ``dockrq cp ID:/out/a:b``, split at the first ``:`` as docker cp
+  does), and over-long paths.
 
 ``--output`` and ``--input``'s container paths take the same forms but must be absolute
 (there a relative path could as well mean the ``-w`` working directory).
@@ -30,17 +32,18 @@ from schemas.text import quoted_name
 
 
 def container_path(
-    value: str, *, relative_to_root: bool, root_ok: bool = False, max_bytes: int = MAX_PATH_BYTES
+    value: str, *, relative_to_root: bool, root_ok: bool = False, max_bytes: int = MAX_PATH_BYTES, colon_ok: bool = False
 ) -> tuple[str, bool]:
     """``value`` normalised (module doc) and whether it asserted a directory (a trailing ``/``).
 
     ``relative_to_root``: a relative path is taken from ``/`` (``dockrq cp``); else refused.
     ``root_ok``: ``/`` itself is allowed (cp: all the outputs). Raises ValueError with a
     one-line reason. ``max_bytes``: the length bound (a request's paths: 1 KiB; a collected
-    output's, for cp: Linux's PATH_MAX, 4096)."""
+    output's, for cp: Linux's PATH_MAX, 4096). ``colon_ok``: ``:`` allowed (cp: a collected name
+    may hold one; a request's paths may not)."""
     if not isinstance(value, str) or not value:
         raise ValueError("the container path is empty")
-    if "\x00" in value or ":" in value:
+    if "\x00" in value or (":" in value and not colon_ok):
         raise ValueError("a container path must not contain NUL or ':'")
     if not value.startswith("/"):
         if not relative_to_root:
@@ -59,14 +62,14 @@ def container_path(
         if not root_ok:
             raise ValueError("must name a path below '/', not the whole filesystem")
         return clean, True
-    check_container_path(clean, max_bytes)  # the length bound
+    check_container_path(clean, max_bytes, colon_ok=colon_ok)  # the length bound
     return clean, asserts_dir
 
 
 def cp_source(value: str) -> tuple[str, bool]:
     """``dockrq cp``'s ``PATH`` (relative to ``/``; ``/`` for all the outputs): the normalised
     path and whether a trailing ``/`` asserted a directory. ValueError for a malformed one."""
-    return container_path(value, relative_to_root=True, root_ok=True, max_bytes=MAX_OUTPUT_PATH_BYTES)
+    return container_path(value, relative_to_root=True, root_ok=True, max_bytes=MAX_OUTPUT_PATH_BYTES, colon_ok=True)
 
 
 def given_path(value: str) -> str:

@@ -15,6 +15,10 @@ compact log ``P:exec:ID:logz`` (``schemas.compact_log``): wherever the stream is
 found missing, the reader reads that one string instead (the same batches, by
 ``seq``), so history, follow and catch-up work across the switch.
 
+Redis away is ridden out from the first read on: the subscription and every history read
+until Redis is back when following (as the live part always was), within
+``retry_seconds`` (``producer.reaching``) when only reading the history.
+
 The algorithm is ``producer.log_steps`` (without I/O, shared with the asyncio
 reader ``producer.aio_logs``); ``LogReader`` carries its requests out on redis-py.
 """
@@ -25,6 +29,7 @@ import logging
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import replace
+from typing import TypeVar
 
 import redis
 from redis.client import PubSub
@@ -46,9 +51,11 @@ from .log_steps import (  # noqa: F401 - AttemptStart, LogCursor: importable fro
     is_entry,
     next_live,
 )
+from .reaching import DEFAULT_REDIS_RETRY_SECONDS, first_reads
 from .steps import collect, drive
 
 log = logging.getLogger(__name__)
+T = TypeVar("T")
 
 
 class LogReader:
@@ -72,6 +79,7 @@ class LogReader:
         is_over: Callable[[], bool],
         slice_seconds: float = BLOCK_SLICE_SECONDS,
         compact_key: str | None = None,
+        retry_seconds: float = DEFAULT_REDIS_RETRY_SECONDS,
     ) -> None:
         self._client = client
         self._blocking = blocking
@@ -81,24 +89,35 @@ class LogReader:
         self._follow = follow
         self._is_over = is_over
         self._slice = slice_seconds
+        self._retry_seconds = retry_seconds
         self.cursor = LogCursor()
 
     def __iter__(self) -> Iterator[LogEntry]:
-        pubsub = self._subscribe() if self._follow else None
+        pubsub = self._ride_out(self._subscribe) if self._follow else None
         try:
-            yield from drive(history(self._source, self.cursor, self._tail), self._doer(None), is_entry)
+            yield from drive(history(self._source, self.cursor, self._tail), self._doer(None, ride=True), is_entry)
             if pubsub is not None and not self.cursor.eof:
                 yield from self._live(pubsub)
         finally:
             if pubsub is not None:
                 pubsub.close()
 
-    def _doer(self, pubsub: PubSub | None) -> Callable[[Request], object]:
-        """What carries out the steps' requests (``producer.log_steps``) on redis-py."""
+    def _ride_out(self, read: Callable[[], T]) -> T:
+        """``read()`` (reads only), Redis away ridden out as the module doc says."""
+        if self._follow:
+            return ride_out_outage(read, _follow_interrupted)
+        return first_reads(read, self._retry_seconds, "log read")
+
+    def _doer(self, pubsub: PubSub | None, *, ride: bool = False) -> Callable[[Request], object]:
+        """What carries out the steps' requests (``producer.log_steps``) on redis-py; ``ride``:
+        each Redis command rides an outage out (``_ride_out``; one read, so it may run again)."""
 
         def do(request: Request) -> object:
             if isinstance(request, Command):
-                return getattr(self._client, request.name)(*request.args, **request.kwargs)
+                command = getattr(self._client, request.name)
+                if ride:
+                    return self._ride_out(lambda: command(*request.args, **request.kwargs))
+                return command(*request.args, **request.kwargs)
             if isinstance(request, Pause):
                 time.sleep(request.seconds)
                 return None
@@ -115,12 +134,16 @@ class LogReader:
     def _subscribe(self) -> PubSub:
         """Subscribe and wait for Redis to confirm, so nothing published after the history read is lost."""
         pubsub = self._blocking.pubsub()
-        pubsub.subscribe(self._channel)
-        deadline = time.monotonic() + BLOCKING_SOCKET_TIMEOUT
-        while time.monotonic() < deadline:
-            message = pubsub.get_message(timeout=self._slice)
-            if message is not None and message["type"] == "subscribe":
-                return pubsub
+        try:
+            pubsub.subscribe(self._channel)
+            deadline = time.monotonic() + BLOCKING_SOCKET_TIMEOUT
+            while time.monotonic() < deadline:
+                message = pubsub.get_message(timeout=self._slice)
+                if message is not None and message["type"] == "subscribe":
+                    return pubsub
+        except REDIS_DOWN:
+            pubsub.close()
+            raise
         pubsub.close()
         raise redis.TimeoutError(f"no subscribe confirmation for {self._channel}")
 

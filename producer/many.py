@@ -37,6 +37,7 @@ from schemas.connections import ride_out_outage
 
 from .errors import ExecutionNotFound, ExecutionVanished
 from .presence import presence_commands
+from .reaching import DEFAULT_REDIS_RETRY_SECONDS, UntilAnswered
 from .steps import drive, run
 
 if TYPE_CHECKING:
@@ -259,15 +260,18 @@ def follow(
     ids: Iterable[str],
     timeout: float | None = None,
     recheck_seconds: float = DEFAULT_RECHECK_SECONDS,
+    retry_seconds: float = DEFAULT_REDIS_RETRY_SECONDS,
 ) -> Iterator[Outcome]:
     """Yield each execution's outcome once, as it ends (see the module doc).
 
     ``client`` reads outcome keys, ``blocking`` (socket timeout above SLICE_SECONDS)
     holds the one subscription. Raises ExecutionNotFound (unknown ids, listed,
     before anything is yielded; or an id that vanished) and WaitTimeout.
-    Redis outages are ridden out with backoff, then everything pending is read again.
+    Redis outages are ridden out with backoff, then everything pending is read again; before
+    Redis first answered, for at most ``retry_seconds`` (producer.reaching).
     """
     state = FollowState(unique_ids(ids), timeout, recheck_seconds)
+    reach = UntilAnswered(retry_seconds)
     pubsub: PubSub | None = None
 
     def listen() -> None:
@@ -289,12 +293,16 @@ def follow(
 
     def in_time() -> bool:
         state.remaining(time.monotonic())  # raises WaitTimeout once the deadline has passed
-        return True
+        return reach.keep_trying()
 
     def do(request: ReadOutcomes | str) -> Any:
         if isinstance(request, ReadOutcomes):
-            return ride_out_outage(lambda: read_outcomes(client, keys, request.ids, request.full), away, keep_trying=in_time)
-        return ride_out_outage(listen, away, keep_trying=in_time)  # LISTEN
+            read: Any = lambda: read_outcomes(client, keys, request.ids, request.full)  # noqa: E731
+        else:  # LISTEN
+            read = listen
+        result = ride_out_outage(read, away, keep_trying=in_time)
+        reach.answered()
+        return result
 
     try:
         yield from drive(follow_steps(state), do, is_outcome)
@@ -335,6 +343,7 @@ def wait_many(
     ids: Iterable[str],
     timeout: float | None = None,
     recheck_seconds: float = DEFAULT_RECHECK_SECONDS,
+    retry_seconds: float = DEFAULT_REDIS_RETRY_SECONDS,
 ) -> dict[str, Outcome]:
     """Every outcome, as ``{id: Outcome}`` in the order the ids were given.
 
@@ -343,7 +352,7 @@ def wait_many(
     order = unique_ids(ids)
     got: dict[str, Outcome] = {}
     try:
-        for outcome in follow(client, blocking, keys, order, timeout, recheck_seconds):
+        for outcome in follow(client, blocking, keys, order, timeout, recheck_seconds, retry_seconds):
             got[outcome.execution_id] = outcome
     except WaitTimeout as exc:
         raise WaitTimeout(exc.pending, timeout, {i: got[i] for i in order if i in got}) from None

@@ -108,7 +108,7 @@ def not_ended_state(producer: Producer, execution_id: str) -> str:
     """What a not yet ended execution is doing, for ``wait --timeout``'s message: ``queued``,
     ``scheduled``, ``pulling``, ``running`` ... (``producer.status``), or ``not ended``."""
     try:
-        return producer.status(execution_id).state.value
+        return producer.status_once(execution_id).state.value  # no second wait for Redis
     except (ProducerError, redis.RedisError):  # only words for a message; the timeout is the error
         return "not ended"
 

@@ -42,11 +42,12 @@ class OutcomeWaiter:
         self.acks = acks
         self.presence = presence
 
-    def wait(self, execution_id: str, timeout: float | None) -> Outcome:
+    def wait(self, execution_id: str, timeout: float | None, spent: float = 0.0) -> Outcome:
         """The outcome once it exists. Raises TimeoutError after ``timeout`` seconds (None: no
-        limit), ExecutionVanished when Redis no longer knows the execution."""
+        limit; ``spent`` of them already gone, e.g. riding out Redis before its first answer),
+        ExecutionVanished when Redis no longer knows the execution."""
         key = self.keys.outcome(execution_id)
-        deadline = None if timeout is None else time.monotonic() + timeout
+        deadline = None if timeout is None else time.monotonic() + timeout - spent
         missing_since: float | None = None
 
         def redis_away(exc: Exception, failures: int) -> None:

@@ -77,13 +77,15 @@ def archive_chunks(client: Any, key: str, size: int, chunk: int = ARCHIVE_CHUNK_
         yield data
 
 
-def check_container_path(value: str, max_bytes: int = MAX_PATH_BYTES) -> str:
+def check_container_path(value: str, max_bytes: int = MAX_PATH_BYTES, *, colon_ok: bool = False) -> str:
     """An absolute, normalised container path other than ``/``: ``/data/in``, not
     ``data``, ``/data/``, ``/a/../b``, ``/a//b`` or ``/``, of at most ``max_bytes`` bytes
-    (a request's paths: MAX_PATH_BYTES; a collected output's: MAX_OUTPUT_PATH_BYTES). Raises ValueError."""
+    (a request's paths: MAX_PATH_BYTES; a collected output's: MAX_OUTPUT_PATH_BYTES). A request's
+    paths never hold ``:`` (Docker's ``-v SRC:DST`` syntax); ``colon_ok``: a name found inside a
+    collected directory, which may (``dockrq cp ID:/out/a:b``, as ``docker cp``). Raises ValueError."""
     if not isinstance(value, str) or not value.startswith("/"):
         raise ValueError("must be an absolute container path")
-    if "\x00" in value or ":" in value:
+    if "\x00" in value or (":" in value and not colon_ok):
         raise ValueError("must not contain NUL or ':'")
     if len(value.encode("utf-8", "surrogateescape")) > max_bytes:
         raise ValueError(f"must be at most {max_bytes} bytes")

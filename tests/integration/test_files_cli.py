@@ -18,11 +18,12 @@ def test_submit_with_inputs_and_outputs_then_cp(redis_url, spawn_worker, test_im
     src = tmp_path / "src"
     (src / "nested").mkdir(parents=True)
     (src / "nested" / "numbers.txt").write_text("3\n1\n2\n")
+    (src / "co:lon").write_text("c\n")  # a name with ':' comes back out and cp takes it (as docker cp)
     eid = f"cli-{uuid.uuid4().hex[:8]}"
     got = dockrq(
         redis_url, spawn_worker, "submit", "--id", eid, "--input", f"{src}:/work/in",
         "--output", "/work/out", "--output", "/work/missing", "--output-dir", str(tmp_path / "results"),
-        test_image, "sh", "-c", "mkdir /work/out && sort /work/in/nested/numbers.txt > /work/out/sorted.txt && echo done",
+        test_image, "sh", "-c", "mkdir /work/out && sort /work/in/nested/numbers.txt > /work/out/sorted.txt && cp /work/in/co:lon /work/out/ && echo done",
     )
     assert got.returncode == 0, got.stderr
     assert got.stdout == "done\n"
@@ -46,13 +47,14 @@ def test_submit_with_inputs_and_outputs_then_cp(redis_url, spawn_worker, test_im
         (("submit", "--output", "o", test_image, "true"), 125,
          "dockrq: invalid request: outputs: must be an absolute container path: 'o'\n"),
     )
-    into_dir, as_name, as_json, waited, shown, *refused = dockrq_at_once(
+    into_dir, as_name, as_json, waited, shown, colon, *refused = dockrq_at_once(
         redis_url, spawn_worker,
         (("cp", f"{eid}:/work/out", str(tmp_path / "here")), {}),
         (("cp", f"{eid}:/work/out/sorted.txt", "copy.txt"), {"cwd": tmp_path}),
         (("--json", "cp", f"{eid}:/work/out", str(tmp_path / "j")), {}),
         (("--json", "wait", eid), {}),
         (("status", eid), {}),
+        (("cp", f"{eid}:/work/out/co:lon", "colon.txt"), {"cwd": tmp_path}),
         *((args, {"cwd": tmp_path}) for args, _, _ in errors),
     )
 
@@ -60,13 +62,15 @@ def test_submit_with_inputs_and_outputs_then_cp(redis_url, spawn_worker, test_im
     assert (into_dir.returncode, into_dir.stderr) == (0, "")
     assert (tmp_path / "here/out/sorted.txt").read_text() == "1\n2\n3\n"
     assert as_name.returncode == 0 and (tmp_path / "copy.txt").read_text() == "1\n2\n3\n"
-    assert json.loads(as_json.stdout) == {"written": [str(tmp_path / "j"), str(tmp_path / "j/sorted.txt")], "skipped": []}
+    assert (colon.returncode, colon.stderr, (tmp_path / "colon.txt").read_text()) == (0, "", "c\n")
+    written = [str(tmp_path / "j"), str(tmp_path / "j/co:lon"), str(tmp_path / "j/sorted.txt")]
+    assert json.loads(as_json.stdout) == {"written": written, "skipped": []}
 
     # The outcome lists what was collected.
     status = json.loads(waited.stdout)
-    assert [f["path"] for f in status["result"]["output_files"]] == ["/work/out", "/work/out/sorted.txt"]
+    assert [f["path"] for f in status["result"]["output_files"]] == ["/work/out", "/work/out/co:lon", "/work/out/sorted.txt"]
     assert status["result"]["outputs_missing"] == ["/work/missing"]
-    assert "outputs    2 entries, 1 files, 6 bytes; missing: /work/missing" in shown.stdout
+    assert "outputs    3 entries, 2 files, 8 bytes; missing: /work/missing" in shown.stdout
 
     # One-line errors, never a traceback.
     for (args, code, message), got in zip(errors, refused, strict=True):

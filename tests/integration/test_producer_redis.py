@@ -281,11 +281,12 @@ def _closed_port() -> int:
         return s.getsockname()[1]
 
 
-@pytest.mark.parametrize(("args", "code"), [(["status", "x"], 1), (["submit", "busybox"], 125), (["wait", "x"], 125)])
+# wait, logs and status ride a Redis that never answered out for --redis-retry seconds, then exit 69
+@pytest.mark.parametrize(("args", "code"), [(["status", "x"], 69), (["submit", "busybox"], 125), (["wait", "x"], 69)])
 def test_cli_redis_unreachable_is_one_line_without_the_password(args, code):
     url = f"redis://:hunter2@127.0.0.1:{_closed_port()}/0"
     started = time.monotonic()
-    result = CliRunner().invoke(cli, ["--redis-url", url, *args], catch_exceptions=False)
+    result = CliRunner().invoke(cli, ["--redis-url", url, "--redis-retry", "1", *args], catch_exceptions=False)
     assert result.exit_code == code
     assert result.stderr.startswith(f"dockrq: cannot reach Redis at redis://:***@127.0.0.1:")
     assert result.stderr.count("\n") == 1

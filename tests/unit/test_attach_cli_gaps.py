@@ -78,7 +78,7 @@ def test_output_dir_without_output_is_a_usage_error(fake_producer):
     [
         ("id:/a/../b", "'..'"),
         ("id:/work/out/.", "'/.'"),
-        ("id:/a:b", "':'"),
+        ("id:/a\x00b", "NUL"),
         ("id:/" + "x" * 5000, "bytes"),
     ],
 )
@@ -95,7 +95,10 @@ def test_cp_takes_docker_cp_path_forms():
     assert cp_source("/work/out/") == ("/work/out", True)  # a trailing '/': the directory
     assert cp_source("work//./out/") == ("/work/out", True)
     assert cp_source("/") == ("/", True)
+    assert cp_source("/work/in/co:lon") == ("/work/in/co:lon", False)  # a collected name may hold ':'
     assert given_path("/o/") == "/o"
+    with pytest.raises(ValueError, match="must not contain NUL or ':'"):
+        given_path("/a:b")  # a request's paths may not (Docker's -v SRC:DST)
     with pytest.raises(ValueError, match="must be an absolute container path"):
         given_path("o")  # --output: relative could as well mean -w's directory
 
