@@ -275,7 +275,8 @@ def build_input_archive(inputs: Mapping[str, InputValue], max_input_bytes: int) 
 def announced(outcome: Outcome) -> tuple[int, int, int]:
     """(archive bytes, entries, file bytes) the outcome announces, or OutputsUnavailable."""
     result, eid = outcome.result, outcome.execution_id
-    if result is None or result.container_id is None:  # rejected, cancelled before it started, no image
+    if result is None or (result.outputs_archive_bytes is None and result.container_id is None):
+        # rejected, cancelled before it started, an image it could not have
         raise OutputsUnavailable(f"execution {eid} ended {outcome.status.value} without a container: it has no output files")
     if result.outputs_archive_bytes is None:
         if result.outputs_truncated:
