@@ -15,7 +15,7 @@ _HOME = {
     "NotReplicated": ".errors", "ProducerError": ".errors", "RequestTooLarge": ".errors",
     "AsyncProducer": ".aio",
     "ArchiveRefused": ".extract", "ExtractReport": ".extract",
-    "FollowLink": ".files", "InputsTooLarge": ".files", "OutputsUnavailable": ".files",
+    "FollowLink": ".files", "InputsLost": ".files", "InputsTooLarge": ".files", "OutputsUnavailable": ".files",
     "WaitTimeout": ".many",
     "ExecutionStatusView": ".status",
 }
@@ -36,7 +36,7 @@ if TYPE_CHECKING:
     )
     from .aio import AsyncProducer
     from .extract import ArchiveRefused, ExtractReport
-    from .files import FollowLink, InputsTooLarge, OutputsUnavailable
+    from .files import FollowLink, InputsLost, InputsTooLarge, OutputsUnavailable
     from .many import WaitTimeout
     from .status import ExecutionStatusView
 
@@ -61,6 +61,7 @@ __all__ = [
     "ExtractReport",
     "FollowLink",
     "InputsTooLarge",
+    "InputsLost",
     "OutputsUnavailable",
     "DEFAULT_REDIS_URL",
     "CancelResult",

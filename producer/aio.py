@@ -28,6 +28,7 @@ from rq.utils import as_text
 from schemas import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_RETENTION_SECONDS, ExecutionRequest, LogEntry, Outcome
 
 from schemas.connections import DEFAULT_REDIS_URL, async_client_from_url, ride_out_outage_async
+from schemas.wire import written_key
 
 from . import cancel as cancelling
 from . import dependencies, groups
@@ -211,7 +212,7 @@ class AsyncProducer(AsyncOutputsMixin):
                     pipe.execute_command(*args, **options)
                 await pipe.execute()
         except BaseException:
-            await self._release_claims(submission.ids, *([inputs_key] if inputs_key else []))
+            await self._release_claims(submission.ids, *([inputs_key, written_key(inputs_key)] if inputs_key else []))
             raise
         return submission.ids
 

@@ -274,7 +274,7 @@ class Producer(SubmitPlanner, OutputsMixin):
 
     def _release_inputs(self, execution_id: str) -> None:
         try:
-            self._client.delete(self.keys.inputs(execution_id))
+            self._client.delete(self.keys.inputs(execution_id), self.keys.inputs_written(execution_id))
         except redis.RedisError as exc:  # it expires with the retention time anyway
             log.warning("could not remove the input archive of %s: %s", execution_id, exc)
 

@@ -100,7 +100,7 @@ def collected_kind(outcome: Outcome, container_path: str) -> bool:
     """Whether ``container_path`` (collected, or ``/``) is a directory; OutputsUnavailable when
     the execution has no such output (no container, missing, not collected, left out)."""
     result = outcome.result
-    if result is None or result.container_id is None:  # rejected, cancelled before it started, no image, lost
+    if result is None or (result.outputs_archive_bytes is None and result.container_id is None):  # no container ran
         status = outcome.status.value
         raise OutputsUnavailable(f"{outcome.execution_id} ended {status} without a container: it has no output files")
     if container_path == "/":

@@ -3,9 +3,9 @@
 Inputs (``Producer.submit(..., inputs={CONTAINER_PATH: local path or bytes})``)
 become one tar archive, built into a spooled temporary file (memory up to one
 chunk, the rest on disk), checked against ``max_input_bytes`` *before* anything
-is written, then copied to ``P:exec:ID:inputs`` in chunks (``SET``, then
-``APPEND``) ahead of the enqueue. Outputs are read back from
-``P:exec:ID:outputs`` in ``GETRANGE`` chunks and extracted with
+is written, then copied to ``P:exec:ID:inputs`` in chunks (``SETRANGE``, last
+chunk first, each reply and a counter checked: InputsLost) ahead of the enqueue. Outputs are
+read back from ``P:exec:ID:outputs`` in ``GETRANGE`` chunks and extracted with
 ``extract.safe_extract``. The format is the wire contract's (``schemas/files.py``).
 """
 
@@ -16,13 +16,12 @@ import posixpath
 import stat
 import tarfile
 import tempfile
-from collections.abc import Callable, Generator, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import IO, Any, BinaryIO, Union
+from typing import IO, BinaryIO, Union
 
 import redis
-import redis.asyncio as aioredis
 
 from schemas import (
     ARCHIVE_CHUNK_BYTES,
@@ -33,12 +32,13 @@ from schemas import (
     check_container_path,
     entry_name,
 )
-from schemas.files import MAX_FILE_PATHS, MAX_PATH_BYTES, archive_chunks, overlapping
+from schemas.files import MAX_FILE_PATHS, MAX_PATH_BYTES, ArchiveGone, archive_chunks, overlapping
 from schemas.placement import runtime_problem
 from schemas.text import shown_path
 
 from .errors import InvalidRequest, ProducerError
 from .extract import ExtractReport, safe_extract
+from .input_writes import InputsLost, write_input_archive, write_input_archive_async
 
 InputValue = Union[str, os.PathLike, "FollowLink", bytes, bytearray, memoryview]
 
@@ -56,7 +56,8 @@ class InputsTooLarge(InvalidRequest):
 
 
 class OutputsUnavailable(ProducerError):
-    """The execution has no output archive to read: not ended, asked for none, or expired."""
+    """The execution has no output archive to read: not ended, asked for none, or expired
+    (also while it is read: it vanished from Redis meanwhile)."""
 
 
 @dataclass
@@ -70,6 +71,13 @@ class InputArchive:
         self.file.seek(0)
         while chunk := self.file.read(size):
             yield chunk
+
+    def chunks_last_first(self, size: int = ARCHIVE_CHUNK_BYTES) -> Iterator[tuple[int, bytes]]:
+        """``(offset, chunk)`` of the archive, its last chunk first, then each one before it."""
+        total = self.spec.archive_bytes
+        for offset in range((total - 1) // size * size, -1, -size):
+            self.file.seek(offset)
+            yield offset, self.file.read(min(size, total - offset))
 
     def close(self) -> None:
         self.file.close()
@@ -261,75 +269,14 @@ def build_input_archive(inputs: Mapping[str, InputValue], max_input_bytes: int) 
     return InputArchive(spool, spec)
 
 
-def write_input_archive(client: redis.Redis, key: str, archive: InputArchive, retention_seconds: int) -> None:
-    """Copy the archive to ``key`` in chunks, expiring with the retention (:func:`_archive_writes`)."""
-    writes = _archive_writes(key, archive, retention_seconds)
-    replies: list[Any] | None = None
-    while True:
-        try:
-            batch = writes.send(replies)
-        except StopIteration:
-            return
-        if len(batch) == 1:
-            replies = [client.execute_command(*batch[0])]
-        else:
-            with client.pipeline(transaction=False) as pipe:
-                for command in batch:
-                    pipe.execute_command(*command)
-                replies = pipe.execute()
-
-
-async def write_input_archive_async(
-    client: aioredis.Redis, key: str, archive: InputArchive, retention_seconds: int
-) -> None:
-    """:func:`write_input_archive` on ``redis.asyncio`` (``AsyncProducer.submit(inputs=)``): the same writes."""
-    writes = _archive_writes(key, archive, retention_seconds)
-    replies: list[Any] | None = None
-    while True:
-        try:
-            batch = writes.send(replies)
-        except StopIteration:
-            return
-        if len(batch) == 1:
-            replies = [await client.execute_command(*batch[0])]
-        else:
-            async with client.pipeline(transaction=False) as pipe:
-                for command in batch:
-                    pipe.execute_command(*command)
-                replies = await pipe.execute()
-
-
-def _archive_writes(
-    key: str, archive: InputArchive, retention_seconds: int
-) -> Generator[list[tuple[Any, ...]], list[Any] | None, None]:
-    """The Redis commands that copy the archive to ``key``, batch by batch (no I/O of its own): a
-    driver sends each batch (one round trip) and sends its replies back in.
-
-    The string is made at its full length first (``SETRANGE`` of its last byte) and
-    then filled in with ``SETRANGE``: Redis grows a string by ``APPEND`` a megabyte at
-    a time, reallocating and copying as it goes, several times slower at 16 MiB. It is
-    written before the rq job exists, so nobody reads it half-filled. Raises ProducerError
-    when the key does not hold the whole archive afterwards.
-    """
-    size = archive.spec.archive_bytes
-    yield [("DEL", key), ("SETRANGE", key, size - 1, b"\0"), ("EXPIRE", key, retention_seconds)]
-    offset = 0
-    for chunk in archive.chunks():
-        yield [("SETRANGE", key, offset, chunk)]
-        offset += len(chunk)
-    replies = yield [("STRLEN", key)]
-    written = int(replies[0]) if replies else -1
-    if offset != size or written != size:
-        raise ProducerError(f"inputs: {key} holds {written} bytes after writing {offset} of {size}")
-
-
 # -- outputs -----------------------------------------------------------------------
 
 
 def announced(outcome: Outcome) -> tuple[int, int, int]:
     """(archive bytes, entries, file bytes) the outcome announces, or OutputsUnavailable."""
     result, eid = outcome.result, outcome.execution_id
-    if result is None or result.container_id is None:  # rejected, cancelled before it started, no image
+    if result is None or (result.outputs_archive_bytes is None and result.container_id is None):
+        # rejected, cancelled before it started, an image it could not have
         raise OutputsUnavailable(f"execution {eid} ended {outcome.status.value} without a container: it has no output files")
     if result.outputs_archive_bytes is None:
         if result.outputs_truncated:
@@ -342,9 +289,17 @@ def announced(outcome: Outcome) -> tuple[int, int, int]:
 
 
 def archive_reader(client: redis.Redis, key: str, size: int) -> BinaryIO:
-    """A file object over the first ``size`` bytes at ``key``, read in ``GETRANGE`` chunks."""
+    """A file object over the first ``size`` bytes at ``key``, read in ``GETRANGE`` chunks;
+    reading raises OutputsUnavailable if the key ends before ``size`` meanwhile."""
 
-    return ChunkReader(archive_chunks(client, key, size))  # type: ignore[return-value]
+    return ChunkReader(_output_chunks(client, key, size))  # type: ignore[return-value]
+
+
+def _output_chunks(client: redis.Redis, key: str, size: int) -> Iterator[bytes]:
+    try:
+        yield from archive_chunks(client, key, size)
+    except ArchiveGone as exc:
+        raise OutputsUnavailable(f"outputs: {exc}") from None
 
 
 def extract_outputs(

@@ -20,6 +20,9 @@ that must ride them out waits with :func:`ride_out_outage` (with
 backoff) or, where a documented budget bounds the wait
 (``DOCKRQ_OUTCOME_RETRY_SECONDS``), with :func:`within_budget` and an
 :class:`OutageBudget`: both are redis-py ``Retry`` objects, not hand-written loops.
+Under a budget (:func:`commands_within`, which :func:`within_budget` sets) each
+command's own retry round is capped by what is left of it, so a budget of 2 s is
+2 s, not 2 s plus a 4 s command retry round per write.
 
 redis-py 8 gives every connection a 5 s socket timeout. Blocking reads (BLMOVE,
 pub/sub) wait in slices of at most ``BLOCK_SLICE_SECONDS``, on a client whose
@@ -31,7 +34,9 @@ from __future__ import annotations
 
 import ssl
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Iterator
+from contextlib import contextmanager
+from contextvars import ContextVar
 from typing import Any, TypeVar
 from urllib.parse import urlsplit, urlunsplit
 
@@ -90,16 +95,49 @@ def refused_not_away(exc: BaseException) -> bool:
 class CommandRetry(Retry):
     """redis-py's ``Retry``, except that :func:`refused_not_away` errors are raised at once
     (a wrong password or an untrusted certificate is said in well under a second, not after
-    the retries meant for a Redis restart)."""
+    the retries meant for a Redis restart), and that under :func:`commands_within` a
+    command's retry round (its connect included) ends with the budget in force on this
+    thread: its pauses never run past what is left of it (:class:`BudgetBackoff`), no
+    new try starts once it is spent, and its first failure starts the budget's clock."""
 
     def call_with_retry(
         self, do: Callable[[], T], fail: Callable[..., Any], is_retryable: Callable[[Exception], bool] | None = None,
         with_failure_count: bool = False,
     ) -> T:
-        def retryable(exc: Exception) -> bool:
-            return not refused_not_away(exc) and (is_retryable is None or is_retryable(exc))
+        budget = _COMMAND_BUDGET.get()
 
-        return super().call_with_retry(do, fail, retryable, with_failure_count)
+        def retryable(exc: Exception) -> bool:
+            if refused_not_away(exc) or not (is_retryable is None or is_retryable(exc)):
+                return False
+            if budget is None:
+                return True
+            budget.failed()
+            return not budget.spent
+
+        if budget is None:
+            return super().call_with_retry(do, fail, retryable, with_failure_count)
+        capped = Retry(BudgetBackoff(self._backoff, budget), self._retries, supported_errors=self._supported_errors)
+        return capped.call_with_retry(do, fail, retryable, with_failure_count)
+
+
+#: The budget the Redis commands of this thread (or task) spend their own retry rounds from:
+#: set by :func:`commands_within`, read by :class:`CommandRetry`.
+_COMMAND_BUDGET: ContextVar[OutageBudget | None] = ContextVar("dockrq_command_budget", default=None)
+
+
+@contextmanager
+def commands_within(budget: OutageBudget) -> Iterator[None]:
+    """Within the block, every command this thread sends through a :func:`client_from_url`
+    client retries (redis-py's ``Retry`` on its connection, :class:`CommandRetry`) only
+    within what is left of ``budget``, instead of its own ~4 s round: a sequence of writes
+    sharing one budget (an execution's end: log batches, eof, outcome) gives up when the
+    budget is spent, not a command retry round later per write. Nests; restores the budget
+    in force before on exit."""
+    token = _COMMAND_BUDGET.set(budget)
+    try:
+        yield
+    finally:
+        _COMMAND_BUDGET.reset(token)
 
 
 def command_retry() -> Retry:
@@ -321,13 +359,16 @@ def within_budget(
 ) -> T:
     """``call()``, retried with ``backoff`` while Redis is away and ``budget`` is not spent;
     raises the last of :data:`REDIS_DOWN` once it is. redis-py's ``Retry`` with
-    :class:`BudgetBackoff`, so the last pause ends exactly when the budget does."""
+    :class:`BudgetBackoff`, so the last pause ends exactly when the budget does; the commands
+    ``call`` sends run under :func:`commands_within` ``budget``, so their own retry rounds
+    (redis-py's, about 4 s each) end with it as well."""
 
     def retryable(_exc: Exception) -> bool:
         budget.failed()
         return not budget.spent
 
     retry = Retry(BudgetBackoff(backoff, budget), -1, supported_errors=REDIS_DOWN)
-    result = retry.call_with_retry(call, on_error, is_retryable=retryable)
+    with commands_within(budget):  # each command's own retry round ends with the budget too
+        result = retry.call_with_retry(call, on_error, is_retryable=retryable)
     budget.answered()
     return result

@@ -63,16 +63,32 @@ ARCHIVE_CHUNK_BYTES = 1024 * 1024
 FileType = Literal["file", "dir", "symlink", "hardlink"]
 
 
+class ArchiveGone(Exception):
+    """An archive string in Redis ended before the length it had when its reading began: it
+    vanished while it was read (deleted, expired, or lost when Redis restarted without
+    persistence). A store failure, never a fault of the archive's format: not an EOFError,
+    which ``tarfile`` readers count among an archive's own errors (``key``, ``offset`` where
+    it ended, ``size`` it had)."""
+
+    def __init__(self, key: str, offset: int, size: int) -> None:
+        self.key, self.offset, self.size = key, offset, size
+        super().__init__(
+            f"the archive at {key} vanished from Redis while it was read (it ends at byte {offset} of {size}: "
+            f"deleted, expired, or lost in a Redis restart)"
+        )
+
+
 def archive_chunks(client: Any, key: str, size: int, chunk: int = ARCHIVE_CHUNK_BYTES) -> Iterator[bytes]:
     """The first ``size`` bytes of the archive string at ``key``, one ``GETRANGE`` per ``chunk``
     (producer and worker read archives this way: never a whole archive in memory).
 
-    Raises EOFError if the string ends (or expires) before ``size``."""
+    The caller has checked the string is ``size`` bytes long (``STRLEN``); raises ArchiveGone
+    if it ends before ``size`` while it is read."""
     offset = 0
     while offset < size:
         data = client.getrange(key, offset, min(offset + chunk, size) - 1)
         if not data:
-            raise EOFError(f"{key} ends at byte {offset} of {size}")
+            raise ArchiveGone(key, offset, size)
         offset += len(data)
         yield data
 

@@ -62,6 +62,11 @@ def request_size(request: Any) -> int:
     return len(json.dumps(request))
 
 
+def written_key(archive_key: str) -> str:
+    """The progress counter of the archive at ``archive_key`` while its producer writes it."""
+    return f"{archive_key}:written"
+
+
 @dataclass(frozen=True)
 class Keys:
     """Key and channel names under one prefix; the only place they are spelled."""
@@ -94,6 +99,11 @@ class Keys:
     def inputs(self, execution_id: str) -> str:
         """The input archive (a string holding a tar), written by the producer before the enqueue."""
         return f"{self.prefix}:exec:{execution_id}:inputs"
+
+    def inputs_written(self, execution_id: str) -> str:
+        """While the producer writes the input archive: the bytes it wrote so far (``INCRBY``), so
+        a Redis that lost some of them (a restart) is noticed; deleted once the archive is whole."""
+        return written_key(self.inputs(execution_id))
 
     def outputs(self, execution_id: str) -> str:
         """The output archive (a string holding a tar), renamed into place whole by the worker."""

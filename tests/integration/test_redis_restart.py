@@ -29,6 +29,11 @@ from polling import wait_until
 
 pytestmark = pytest.mark.integration
 
+# The beyond-the-budget test's DOCKRQ_OUTCOME_RETRY_SECONDS, and about how long one command's own
+# retry round lasts (schemas.connections.command_retry: redis-py's 10 tries, jittered backoff to 1 s).
+BUDGET = 2
+COMMAND_RETRY_ROUND = 4
+
 FAST = {
     "DOCKRQ_HEARTBEAT_SECONDS": "0.5",
     "DOCKRQ_REAP_AFTER_SECONDS": "2",
@@ -112,7 +117,7 @@ def test_redis_away_beyond_the_outcome_retry_budget(own_redis, spawn_worker, uni
     then writes the container's own outcome (once), and serves again."""
     client = redis.Redis.from_url(own_redis.url)
     queue = Queue(spawn_worker.queue, connection=client)
-    worker = spawn_worker("--redis-url", own_redis.url, ready=False, env={**FAST, "DOCKRQ_OUTCOME_RETRY_SECONDS": "2"})
+    worker = spawn_worker("--redis-url", own_redis.url, ready=False, env={**FAST, "DOCKRQ_OUTCOME_RETRY_SECONDS": str(BUDGET)})
     wait_until(lambda: len(Worker.all(queue=queue)) == 1, 20, "the worker listening")
     producer = Producer(own_redis.url, queue=spawn_worker.queue, prefix=spawn_worker.prefix)
     eid = producer.submit({
@@ -126,6 +131,7 @@ def test_redis_away_beyond_the_outcome_retry_budget(own_redis, spawn_worker, uni
 
     own_redis.kill()  # the container ends 2 s later, with Redis away for good (as far as the budget goes)
     wait_until(lambda: "settling it once Redis is back" in worker.output(), 30, "the worker giving up on the outcome")
+    gave_up_at = time.time()
     label = f"dockrq.execution={eid}"
     wait_until(lambda: not docker_client.containers.list(ignore_removed=True, all=True, filters={"label": label}), 10, "the container removed")
     assert waited == [] and worker.popen.poll() is None
@@ -136,6 +142,12 @@ def test_redis_away_beyond_the_outcome_retry_budget(own_redis, spawn_worker, uni
     (got,) = waited
     assert (got.status, got.exit_code) == (ExecutionStatus.FAILED, 4)
     assert got.result.stdout == "before\nafter\n"
+    # The budget holds: the job gave up within the budget (2 s, from the first failed write, no
+    # earlier than the container's end) plus at most one command's own redis-py retry round
+    # (about 4 s: the heartbeat the main thread was in when the container ended), with room for
+    # a loaded machine. Before, each step of the end (log batch, eof, outcome) paid a whole
+    # command retry round of its own on top of the budget: about 18 s after the container's end.
+    assert gave_up_at - got.result.finished_at.timestamp() < BUDGET + COMMAND_RETRY_ROUND + 4
     assert client.llen(f"{spawn_worker.prefix}:exec:{eid}:outcome") == 1
     assert producer.wait(eid, timeout=5) == got  # every later waiter gets the same one
     assert "outcome written after the outage" in worker.output()

@@ -228,3 +228,4 @@ def test_reading_outputs_that_were_never_collected_says_why():
     assert why("failed", container_id="c1", outputs_truncated=True, output_files_limit_bytes=10) == (
         "execution e1: its output files could not be collected")
     assert announced(outcome("failed", container_id="c1", outputs_archive_bytes=1024, output_files_limit_bytes=10)) == (1024, 0, 0)
+    assert announced(outcome("succeeded", outputs_archive_bytes=1024)) == (1024, 0, 0)  # an outcome without container_id

@@ -29,7 +29,7 @@ from schemas import (
     Outcome,
     attempts_from_meta,
 )
-from schemas.connections import WRITE_BACKOFF, OutageBudget, ride_out_outage, within_budget
+from schemas.connections import WRITE_BACKOFF, OutageBudget, commands_within, ride_out_outage, within_budget
 from worker.config.settings import DEFAULT_OUTCOME_RETRY_SECONDS
 from worker.execution.log_compaction import LogKeeper
 from worker.execution.replicated import ReplicaAcks, confirm_outcome
@@ -198,12 +198,15 @@ class ExecutionChannels:
                 return False
             batch = LogBatch(seq=self._sent, entries=list(entries))
             try:
-                ride_out_outage(
-                    lambda: self._ship(batch),
-                    self._log_not_shipped,
-                    backoff=WRITE_BACKOFF,
-                    keep_trying=None if keep_trying is None else keep_trying.is_set,
-                )
+                # Each try's own command retry round ends with the budget (so the clock starts at
+                # the first failed command, and a spent budget is seen at once by the end's writes).
+                with commands_within(self.budget):
+                    ride_out_outage(
+                        lambda: self._ship(batch),
+                        self._log_not_shipped,
+                        backoff=WRITE_BACKOFF,
+                        keep_trying=None if keep_trying is None else keep_trying.is_set,
+                    )
             finally:
                 self._logs_stalled = False
             self.budget.answered()

@@ -1,11 +1,14 @@
 """The Redis side of files in and out: where an execution's archives are kept.
 
 The input archive (``P:exec:ID:inputs``) is read in ``GETRANGE`` chunks while it
-streams into the container; the output archive is ``APPEND``ed in chunks to
-``P:exec:ID:outputs:partial`` and renamed to ``P:exec:ID:outputs`` whole once
-complete (``RENAME``, one command), so a reader never sees a partial archive.
-Both expire with the retention. The executor (``worker.executor.files``) does
-the Docker side and knows nothing of this module.
+streams into the container (one that vanishes meanwhile is ``InputsUnavailable``);
+the output archive is ``APPEND``ed in chunks to ``P:exec:ID:outputs:partial``,
+each reply (the string's length) checked against the bytes written so far, and
+renamed to ``P:exec:ID:outputs`` whole once complete, only if it still has them
+all (one script), so a reader never sees a partial archive, even when Redis
+restarted without persistence meanwhile. Both expire with the retention. The
+executor (``worker.executor.files``) does the Docker side and knows nothing of
+this module.
 """
 
 from __future__ import annotations
@@ -16,9 +19,9 @@ from collections.abc import Iterable, Iterator
 from typing import TYPE_CHECKING
 
 from schemas import ARCHIVE_CHUNK_BYTES, ChunkReader, ExecutionRequest, Keys
-from schemas.files import archive_chunks
+from schemas.files import ArchiveGone, archive_chunks
 from worker.executor import RequestRejected
-from worker.executor.files import ExecutionFiles
+from worker.executor.files import ExecutionFiles, InputsUnavailable
 
 if TYPE_CHECKING:
     from redis import Redis
@@ -28,6 +31,35 @@ class InputsMissing(RequestRejected):
     """The input archive the request announces is not in Redis, or not the announced size."""
 
     code = "invalid_inputs"
+
+
+class OutputsLost(RuntimeError):
+    """Redis lost the partial output archive while it was written (a restart without
+    persistence, a delete): it does not hold the bytes appended so far. Collecting fails
+    (``outputs_truncated_by: ["error"]``), nothing is kept."""
+
+
+# KEYS[1] the partial archive, KEYS[2] the final key; ARGV[1] the bytes appended, ARGV[2] the
+# retention. Renamed into place (with its expiry) only if it holds exactly what was appended;
+# else nothing is done and its length is returned.
+COMMIT_OUTPUTS_LUA = """
+local held = redis.call('STRLEN', KEYS[1])
+if held ~= tonumber(ARGV[1]) or held == 0 then
+  return held
+end
+redis.call('RENAME', KEYS[1], KEYS[2])
+redis.call('EXPIRE', KEYS[2], ARGV[2])
+return -1
+"""
+
+
+def vanishing_inputs(chunks: Iterable[bytes]) -> Iterator[bytes]:
+    """``chunks`` of the input archive, an ArchiveGone (the key ended while it was read) raised
+    as InputsUnavailable: the execution ends ``error``/``inputs_unavailable``, not ``rejected``."""
+    try:
+        yield from chunks
+    except ArchiveGone as exc:
+        raise InputsUnavailable(str(exc)) from None
 
 
 def prefetched(chunks: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
@@ -76,6 +108,8 @@ class RedisArchiveSink:
     Implements ``worker.executor.files.OutputSink``. Writes are buffered to
     ``ARCHIVE_CHUNK_BYTES`` and appended to the partial key, which expires with the
     retention from the first write, so an archive a dying worker leaves behind goes too.
+    Each ``APPEND``'s reply (the string's length) must be the bytes appended so far, and
+    ``commit`` renames only a key of that length (COMMIT_OUTPUTS_LUA): else OutputsLost.
     """
 
     def __init__(self, connection: Redis, keys: Keys, execution_id: str, retention_seconds: int) -> None:
@@ -86,6 +120,8 @@ class RedisArchiveSink:
         self._buffer: list[bytes] = []
         self._buffered = 0
         self._started = False
+        self.appended = 0  # bytes appended to the partial key so far
+        self._commit = connection.register_script(COMMIT_OUTPUTS_LUA)
 
     def write(self, data: bytes) -> None:
         self._buffer.append(data)
@@ -104,15 +140,24 @@ class RedisArchiveSink:
             pipe.append(self.partial, data)
             if not self._started:
                 pipe.expire(self.partial, self.retention_seconds)
-            pipe.execute()
+            replies = pipe.execute()
+        held = int(replies[1 if not self._started else 0])
         self._started = True
+        self.appended += len(data)
+        if held != self.appended:
+            raise self._lost(held)
+
+    def _lost(self, held: int) -> OutputsLost:
+        return OutputsLost(
+            f"Redis lost the output archive while it was written: {self.partial} holds {held} bytes, "
+            f"{self.appended} were appended (Redis restarted without persistence?)"
+        )
 
     def commit(self) -> None:
         self._flush()
-        with self.connection.pipeline() as pipe:  # MULTI: renamed and given its expiry together
-            pipe.rename(self.partial, self.final)
-            pipe.expire(self.final, self.retention_seconds)
-            pipe.execute()
+        held = int(self._commit(keys=[self.partial, self.final], args=[self.appended, self.retention_seconds]))
+        if held != -1:
+            raise self._lost(held)
 
     def abort(self) -> None:
         self._buffer, self._buffered = [], 0
@@ -142,7 +187,7 @@ def execution_files(
             raise InputsMissing(
                 f"inputs: the archive at {key} is {size} bytes, the request announces {request.inputs.archive_bytes}"
             )
-        files.open_inputs = lambda: ChunkReader(prefetched(archive_chunks(connection, key, size)))
+        files.open_inputs = lambda: ChunkReader(prefetched(vanishing_inputs(archive_chunks(connection, key, size))))
     if request.outputs:
         files.outputs = RedisArchiveSink(connection, keys, request.execution_id, retention_seconds)
     return files

@@ -43,6 +43,7 @@ from worker.executor import (
     ExecutionAlreadyFinished,
     ExecutionAlreadyStarted,
     ExecutionNotFound,
+    ExecutionOwnedElsewhere,
     ExecutorError,
     RequestRejected,
     StartError,
@@ -158,6 +159,7 @@ class ExecutionRun:
         except DockerUnavailableError as exc:
             return self._end(Outcome.failure(self.execution_id, ExecutionStatus.ERROR, exc.code, str(exc)))
         self._stop_timeout = request.stop_timeout
+        meta_before = dict(self.job.meta) if self.job is not None else None  # put back if it steps back
         self.channels.set_state(
             ExecutionState.PULLING, image=request.engine.image, pulling_at=self._taken_at,
             node=self.runtime.settings.executor_id,
@@ -171,6 +173,10 @@ class ExecutionRun:
                 self._announce_running(executor, future)
                 result = self._explain_cancel(self._wait(future))
                 summary = self._end(Outcome.from_result(result))
+        except ExecutionOwnedElsewhere as exc:  # another live worker runs it (worker.faults.contested)
+            from worker.faults.contested import leave_to_owner
+
+            return leave_to_owner(self, exc, meta_before)
         except BaseException as exc:
             # rq's timeout (SIGALRM), cold shutdown (SystemExit), Ctrl-C, a Redis
             # failure... whatever it is, the container stops and the outcome is written

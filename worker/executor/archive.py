@@ -9,7 +9,7 @@ chunks of memory. The format is the wire contract's (``schemas/files.py``).
 from __future__ import annotations
 
 import tarfile
-from collections.abc import Collection, Iterator
+from collections.abc import Collection, Iterator, Mapping
 from typing import BinaryIO
 
 from schemas import InputsSpec, entry_name
@@ -18,6 +18,8 @@ from schemas.placement import runtime_problem
 from schemas.text import quoted_name
 
 from .errors import StartError
+from .pathstat import Existing
+from .refusals import input_kind_refusal
 
 BLOCK = tarfile.BLOCKSIZE
 END_OF_ARCHIVE = b"\0" * (2 * BLOCK)
@@ -119,12 +121,19 @@ class InputArchive:
     * a hard link names an earlier regular file of the archive; a name appears once;
     * only regular files, directories, symlinks and hard links (no devices, fifos,
       sparse files);
-    * no more entries, file bytes or archive bytes than announced.
+    * no more entries, file bytes or archive bytes than announced;
+    * given ``existing`` (``{container path: what the container has there}``, from
+      ``pathstat.what_is_at``), a path's own entry is of the kind of what is there, else
+      InputPathInvalid (``refusals.input_kind_refusal``) is raised before any byte of that
+      entry is yielded: Docker's untar would remove what is there. The entries before it
+      (other paths, earlier in the archive) are yielded whole first: Docker may write them.
     """
 
-    def __init__(self, spec: InputsSpec, uid: int = 0, gid: int = 0) -> None:
+    def __init__(self, spec: InputsSpec, uid: int = 0, gid: int = 0,
+                 existing: Mapping[str, Existing | None] | None = None) -> None:
         self.spec = spec
         self.uid, self.gid = uid, gid
+        self.existing = {entry_name(path): (path, there) for path, there in (existing or {}).items()}
         self.targets = [entry_name(p) for p in spec.paths]
         self.entries = 0
         self.file_bytes = 0
@@ -143,6 +152,14 @@ class InputArchive:
             with tarfile.open(fileobj=source, mode="r|", bufsize=STREAM_BUFFER) as tar:
                 for member in tar:
                     info = self._check(member)
+                    refusal = self._kind_refusal(info)  # checked in every PUT: refused at the earliest
+                    if refusal is not None:
+                        # Docker writes entries as they arrive: those before this one go whole
+                        # (never a file cut short), nothing of this path goes.
+                        rest = out.flush()
+                        if rest:
+                            yield rest
+                        raise refusal
                     if only is not None and self._target_of(info.name) not in only:
                         continue
                     if prefix:
@@ -168,6 +185,13 @@ class InputArchive:
             raise InputsRejected("inputs: the archive has no entries")
         out.add(END_OF_ARCHIVE)
         yield out.flush() or b""
+
+    def _kind_refusal(self, info: tarfile.TarInfo) -> StartError | None:
+        target = self.existing.get(info.name)
+        if target is None:
+            return None
+        kind = "directory" if info.isdir() else "file" if info.isreg() else "symlink" if info.issym() else "hard link"
+        return input_kind_refusal(target[0], target[1], kind)
 
     def _target_of(self, name: str) -> str:
         return "/" + next(t for t in self.targets if name == t or name.startswith(t + "/"))

@@ -31,6 +31,11 @@ from .transport import LeanRequests
 
 log = logging.getLogger(__name__)
 
+# A create that meets Docker's 409 name conflict while the other create is still in flight
+# (the name is reserved, the container not yet inspectable) waits this long for it to show.
+NAME_CONFLICT_WAIT_SECONDS = 10.0
+NAME_CONFLICT_POLL_SECONDS = 0.1
+
 _STREAM_NAMES = {1: "stdout", 2: "stderr"}
 _HEADER = struct.Struct(">BxxxL")
 _CHUNK = 64 * 1024
@@ -132,35 +137,56 @@ class DockerClient:
 
     # -- containers --------------------------------------------------------------
     def create(self, spec: ContainerSpec) -> tuple[str, bool]:
-        """Container id and whether it was created now (False: it already existed)."""
-        try:
-            host_config = self.api.create_host_config(**spec.host_config)
-            create = dict(spec.create)
-            if create.pop("stdin_once", False):  # docker-py has no argument for it (docker run -i sets it)
-                config = self.api.create_container_config(spec.image, host_config=host_config, **create)
-                config["StdinOnce"] = True
-                created = self.api.create_container_from_config(config, spec.name)
-            else:
-                created = self.api.create_container(spec.image, name=spec.name, host_config=host_config, **create)
-            return created["Id"], True
-        except ImageNotFound as exc:
-            self._present.pop(spec.image, None)
-            raise ImageMissing(f"the daemon refused the container: {_explain(exc)}") from exc
-        except APIError as exc:
-            if exc.status_code == 409:
-                existing = self.find(spec.name)
-                if existing is not None:
-                    labels = existing["Config"].get("Labels") or {}
-                    if all(labels.get(k) == spec.labels[k] for k in (LABEL_EXECUTOR, LABEL_EXECUTION)):
-                        return existing["Id"], False
-                    raise ContainerCreateError(
-                        f"container name {spec.name!r} is taken by another execution's container"
-                    ) from exc
-            raise _create_error(exc) from exc
-        except DockerException as exc:
-            raise ContainerCreateError(f"creating the container failed: {exc}") from exc
-        except DAEMON_ERRORS as exc:
-            raise DaemonError(f"creating the container failed: {_explain(exc)}") from exc
+        """Container id and whether it was created now (False: it already existed).
+
+        On Docker's 409 name conflict the execution's container exists, or another process is
+        creating it right now: the daemon reserves the name before the container can be
+        inspected (``docker inspect NAME`` answers 404 meanwhile). Its id is returned once it
+        can be inspected (within ``NAME_CONFLICT_WAIT_SECONDS``); if the name is freed meanwhile
+        (that create failed), the create is made again. Raises ContainerCreateError (the name
+        is another execution's, or stays taken by a container the daemon does not show),
+        ImageMissing, DaemonError."""
+        give_up = time.monotonic() + NAME_CONFLICT_WAIT_SECONDS
+        while True:
+            try:
+                try:
+                    return self._create_once(spec), True
+                except APIError as exc:
+                    if exc.status_code != 409 or isinstance(exc, ImageNotFound):
+                        raise
+                    existing = self.find(spec.name)
+                    if existing is None and time.monotonic() > give_up:
+                        raise ContainerCreateError(
+                            f"container name {spec.name!r} stays in use by a container the daemon does not show"
+                        ) from exc
+            except ImageNotFound as exc:
+                self._present.pop(spec.image, None)
+                raise ImageMissing(f"the daemon refused the container: {_explain(exc)}") from exc
+            except APIError as exc:
+                raise _create_error(exc) from exc
+            except DockerException as exc:
+                raise ContainerCreateError(f"creating the container failed: {exc}") from exc
+            except DAEMON_ERRORS as exc:
+                raise DaemonError(f"creating the container failed: {_explain(exc)}") from exc
+            if existing is None:  # being created by someone else: it shows in a moment
+                time.sleep(NAME_CONFLICT_POLL_SECONDS)
+                continue
+            labels = existing["Config"].get("Labels") or {}
+            if all(labels.get(k) == spec.labels[k] for k in (LABEL_EXECUTOR, LABEL_EXECUTION)):
+                return existing["Id"], False
+            raise ContainerCreateError(f"container name {spec.name!r} is taken by another execution's container")
+
+    def _create_once(self, spec: ContainerSpec) -> str:
+        """``POST /containers/create?name=...``; the new container's id. Raises docker-py's errors."""
+        host_config = self.api.create_host_config(**spec.host_config)
+        create = dict(spec.create)
+        if create.pop("stdin_once", False):  # docker-py has no argument for it (docker run -i sets it)
+            config = self.api.create_container_config(spec.image, host_config=host_config, **create)
+            config["StdinOnce"] = True
+            created = self.api.create_container_from_config(config, spec.name)
+        else:
+            created = self.api.create_container(spec.image, name=spec.name, host_config=host_config, **create)
+        return created["Id"]
 
     def find(self, name: str) -> dict[str, Any] | None:
         try:

@@ -47,6 +47,24 @@ class ExecutionAlreadyFinished(ExecutorError):
     code = "already_finished"
 
 
+class ExecutionOwnedElsewhere(ExecutorError):
+    """The execution's container exists, or is being created right now (Docker's 409 name
+    conflict: the name derives from the executor and execution ids), and another live worker
+    process owns it (its owner labels, ``worker.faults.owner``). Nothing is recorded and the
+    container is not touched: the caller leaves the execution to its owner.
+
+    ``container_id``: the container's id; ``owner``: the owner's ``dockrq.worker`` label, if any;
+    ``state``: the container's Docker state (``created``, ``running``, ...)."""
+
+    code = "owned_elsewhere"
+
+    def __init__(self, message: str, *, container_id: str, owner: str | None, state: str = "") -> None:
+        super().__init__(message)
+        self.container_id = container_id
+        self.owner = owner
+        self.state = state
+
+
 class RequestRejected(ExecutorError, ValueError):
     """The request is invalid or breaks the executor's policy; it never reached Docker."""
 

@@ -32,6 +32,7 @@ from .errors import (
     ExecutionAlreadyFinished,
     ExecutionAlreadyStarted,
     ExecutionNotFound,
+    ExecutionOwnedElsewhere,
     ExecutorError,
     RequestRejected,
     StartError,
@@ -40,7 +41,7 @@ from .files import ExecutionFiles
 from .handler import ExecutionHandler
 from .oom import OomWatcher
 from .output import LogStream
-from .owned import OwnedContainer, owned_containers
+from .owned import OwnedContainer, OwnerCheck, owned_containers
 from .pull import ProgressCallback
 from .spec import ExecutorPolicy, build_container_spec
 
@@ -102,6 +103,9 @@ class DockerExecutor:
         self.labels = dict(labels or {})
         self._handlers: dict[str, ExecutionHandler] = {}
         self._lock = threading.Lock()
+        # Whether another live worker process owns a container found for an execution (the worker
+        # sets it: worker.faults.contested); then start() raises ExecutionOwnedElsewhere.
+        self.owner_alive: OwnerCheck | None = None
         self._oom = OomWatcher(self.client, executor_id)
 
     # -- seed API -------------------------------------------------------------
@@ -129,7 +133,9 @@ class DockerExecutor:
         and ``request.outputs`` are collected into its sink once the container has ended.
 
         Raises RequestRejected (nothing recorded), ExecutionAlreadyStarted,
-        ExecutionAlreadyFinished, or a StartError, whatever its cause (GPU device
+        ExecutionAlreadyFinished, ExecutionOwnedElsewhere (its container exists or is being
+        created, and ``owner_alive`` says another live worker owns it: nothing recorded, the
+        container untouched), or a StartError, whatever its cause (GPU device
         nodes missing, pull, create, the daemon, anything unexpected: StartFailed):
         then the execution is recorded as finished with status ``error`` and its
         code, so ``wait`` still returns its result.
@@ -152,14 +158,20 @@ class DockerExecutor:
                 raise ExecutionAlreadyStarted(f"execution {request.execution_id} is already started")
             handler = ExecutionHandler(
                 request, self.client, grace=self.stop_grace_seconds, keep=self.keep_containers, oom=self._oom,
-                progress=progress, files=files,
+                progress=progress, files=files, owner_alive=self.owner_alive,
             )
             self._handlers[request.execution_id] = handler
         if refused is not None:
             handler.refuse(refused)
             raise refused
         assert spec is not None
-        handler.launch(spec)
+        try:
+            handler.launch(spec)
+        except ExecutionOwnedElsewhere:  # another live worker runs it: nothing recorded here
+            with self._lock:
+                if self._handlers.get(request.execution_id) is handler:
+                    del self._handlers[request.execution_id]
+            raise
 
     def wait(self, execution_id: str) -> Future[ExecutionResult]:
         """A future of the result. Each caller gets its own future: cancelling it

@@ -29,6 +29,7 @@ from .archive import InputArchive, InputsRejected
 from .client import DockerClient
 from .collect import Collector, OutputSink, archive_stream
 from .errors import DAEMON_ERRORS, DaemonError, StartError
+from .pathstat import what_is_at
 from .refusals import explain_put_refusal
 from .userdb import container_user
 
@@ -62,7 +63,9 @@ class ExecutionFiles:
 
         Raises UserNotFound (the user or group is in neither the image's nor an input's
         /etc/passwd, /etc/group: ``userdb.container_user``), InputsRejected (archive missing or breaking a rule: see
-        ``archive.InputArchive``), InputsUnavailable (its store failed) or DaemonError.
+        ``archive.InputArchive``), InputPathInvalid (an input would replace a directory of the container
+        by a file or a file by a directory: ``refusals.input_kind_refusal``; or the daemon refused its
+        path), InputsUnavailable (its store failed) or DaemonError.
         """
         if request.inputs is None:
             return
@@ -71,6 +74,10 @@ class ExecutionFiles:
         # who owns them: the user resolved against the /etc/passwd and /etc/group the container
         # will have at start, an input's over the image's; an unknown name is user_not_found (userdb.py)
         uid, gid = container_user(client, container_id, request.inputs, self.open_inputs)
+        # What the container has at each input path (bind mounts mounted for it): an input
+        # replacing a directory by a file or a file by a directory is refused in the stream,
+        # before that entry is sent (archive.InputArchive, refusals.input_kind_refusal).
+        existing = {path: what_is_at(client, container_id, path) for path in request.inputs.paths}
         # Docker checks the extraction directory, not the entries: a read-only container takes
         # inputs only put *at* a writable bind mount (schemas/placement.py), one PUT per mount.
         groups: dict[str, list[str]] = {}
@@ -79,7 +86,7 @@ class ExecutionFiles:
             groups.setdefault(where, []).append(path)
         for base, paths in sorted(groups.items()):
             only = None if len(groups) == 1 else frozenset(paths)
-            self._put(client, container_id, InputArchive(request.inputs, uid, gid), only, base)
+            self._put(client, container_id, InputArchive(request.inputs, uid, gid, existing), only, base)
 
     def _put(self, client: DockerClient, container_id: str, checker: InputArchive,
              only: frozenset[str] | None, base: str) -> None:
@@ -90,7 +97,7 @@ class ExecutionFiles:
         def body() -> Iterator[bytes]:
             try:
                 yield from checker.stream(source, only, base)
-            except InputsRejected as exc:
+            except StartError as exc:  # InputsRejected, InputPathInvalid (an input's kind)
                 failed.append(exc)
                 raise
             except Exception as exc:  # the archive's store failed (e.g. Redis away)

@@ -28,6 +28,7 @@ from .errors import (
     DAEMON_ERRORS,
     DaemonError,
     ExecutionAlreadyFinished,
+    ExecutionOwnedElsewhere,
     ImagePullError,
     StartError,
     StartFailed,
@@ -36,6 +37,7 @@ from .leftover import ENDED_STATES, find_leftover, finish_late_attach, open_outp
 from .files import ExecutionFiles
 from .oom import OomWatcher
 from .output import OutputLog
+from .owned import OwnerCheck, check_not_owned_elsewhere
 from .pull import PresentImage, ProgressCallback
 from .spec import ContainerSpec
 
@@ -54,6 +56,7 @@ class ExecutionHandler:
     def __init__(
         self, request: ExecutionRequest, client: DockerClient, *, grace: float, keep: bool, oom: OomWatcher,
         progress: ProgressCallback | None = None, files: ExecutionFiles | None = None,
+        owner_alive: OwnerCheck | None = None,
     ) -> None:
         self.request = request
         self.execution_id = request.execution_id
@@ -71,6 +74,7 @@ class ExecutionHandler:
         self._keep = keep
         self._oom = oom
         self._files = files
+        self._owner_alive = owner_alive  # another live worker owns an existing container (owned.py)
         self._lock = threading.Lock()
         self._running = False
         self._stop_reason: ExecutionStatus | None = None
@@ -108,6 +112,8 @@ class ExecutionHandler:
                 if not self._start_container(spec):
                     return  # cancelled before it ran
                 break
+            except ExecutionOwnedElsewhere:
+                raise  # nothing was made or touched here: no result, the owner's run goes on
             except Exception as exc:  # noqa: BLE001 - every start error leaves a finished execution
                 if not isinstance(exc, (StartError, *DAEMON_ERRORS)):
                     log.exception("execution %s: start failed", self.execution_id)
@@ -158,7 +164,13 @@ class ExecutionHandler:
             except ImageMissing:  # removed since the client last saw it: once more, per the pull policy
                 self._ensure_image()
                 self.container_id, created = self._client.create(spec)
-        status = "created" if created else self._client.inspect(self.container_id)["State"]["Status"]
+        if created:
+            status = "created"
+        else:
+            inspected = self._client.inspect(self.container_id)
+            status = inspected["State"]["Status"]
+            if not self._created_here:  # another live worker's: leave it (and the execution) to it
+                check_not_owned_elsewhere(inspected, self._owner_alive)
         must_start = status == "created"
         if created:
             self._created_here = True

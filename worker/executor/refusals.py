@@ -34,6 +34,15 @@ before start) is refused for paths the image cannot take; the execution ends
   (its ``VOLUME``) is not known before the worker has it.
 
 Other failures (no space left, the container gone) stay ``daemon_error``.
+
+Before that PUT, ``input_kind_refusal`` refuses (``input_path_invalid``) an input that would
+replace what the container has at its path by something of the other kind: Docker's untar
+(moby ``pkg/archive`` ``Unpack``/``createTarFile``) removes (``os.RemoveAll``) whatever is at
+an entry's path unless both are directories, so a file put at ``/tmp`` would delete the
+directory, through a writable bind mount on the host too. As ``docker cp`` (a file copied to
+a directory goes into it; ``cannot copy directory`` onto a file) and dockrq's own output side,
+a file never replaces a directory and a directory never replaces a file; a symlink is judged
+by what it leads to (and is itself replaced, not followed).
 """
 
 from __future__ import annotations
@@ -43,6 +52,7 @@ import re
 from docker.errors import APIError
 
 from .errors import ContainerCreateError, StartError
+from .pathstat import Existing
 
 _USER = re.compile(r"unable to find (user|group) (.+?): no matching entries in (?:passwd|group) file")
 _EXEC = re.compile(
@@ -138,4 +148,36 @@ def explain_put_refusal(error: APIError, paths: list[str]) -> StartError | None:
         return InputPathReadOnly(f"inputs: {', '.join(named)}: {where} is on a read-only file system (docker: {text})")
     return InputPathInvalid(
         f"inputs: {', '.join(named)} cannot be put into the container: {where}: {reason}: {_WHY[reason]} (docker: {text})"
+    )
+
+
+def _described(existing: Existing) -> str:
+    if existing.kind != "symlink":
+        return f"a {existing.kind}"
+    return f"a symlink to a {existing.leads_to} ({existing.path} -> {existing.link})"
+
+
+def input_kind_refusal(path: str, existing: Existing | None, input_kind: str) -> InputPathInvalid | None:
+    """The refusal of the input ``path`` of kind ``input_kind`` (``"directory"``, ``"file"``,
+    ``"symlink"``, ``"hard link"``) put where the container has ``existing`` (None: nothing,
+    or a symlink leading nowhere), or None when it may go there: a directory onto a directory
+    (merged into it, or replacing a symlink to one), anything but a directory onto anything but
+    a directory (replacing it). Refused: a directory onto a file, fifo, socket or device (or a
+    symlink to one), anything else onto a directory (or a symlink to one)."""
+    if existing is None or existing.leads_to is None:
+        return None
+    there_is_dir = existing.leads_to == "directory"
+    if (input_kind == "directory") == there_is_dir:
+        return None
+    there = _described(existing)
+    if input_kind == "directory":
+        return InputPathInvalid(
+            f"inputs: {path}: {there} is there in the container and the input is a directory: a directory never "
+            f"replaces a file (docker cp: cannot copy directory); name a path where no file is, "
+            f"e.g. {path}.d"
+        )
+    return InputPathInvalid(
+        f"inputs: {path}: {there} is there in the container and the input is a {input_kind}: it never replaces "
+        f"a directory (Docker would delete the directory and all in it); to put it into the directory, name the "
+        f"{input_kind}'s own path, e.g. {path.rstrip('/')}/NAME"
     )

@@ -33,8 +33,8 @@ from schemas import ExecutionResult
 from schemas.connections import REDIS_DOWN, ride_out_outage
 from worker.execution.logs import LogResume, LogShipper, ResumedSource
 from worker.execution.run import ExecutionRun
-from worker.executor import DockerExecutor, OwnedContainer
-from worker.faults import settle
+from worker.executor import DockerExecutor, ExecutionOwnedElsewhere, OwnedContainer
+from worker.faults import contested, settle
 
 if TYPE_CHECKING:
     from rq.executions import Execution
@@ -123,6 +123,9 @@ class Adoptions:
         try:
             try:
                 summary = a.run.run()
+            except ExecutionOwnedElsewhere as exc:  # its owner lives after all: the run goes on there
+                contested.step_back(self.worker, a.job, a.queue, a.execution, exc)
+                return
             except BaseException as exc:  # noqa: BLE001 - the rq job must still be settled
                 reason = f"{type(exc).__name__}: {exc}"
                 _with_redis_retry(lambda: settle.fail(self.worker, a.job, a.queue, a.execution, reason), a.job.id)

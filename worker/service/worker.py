@@ -47,6 +47,8 @@ from rq.worker import SimpleWorker
 from rq.worker.base import WorkerStatus
 
 from schemas.connections import REDIS_DOWN, ride_out_outage
+from worker.executor import ExecutionOwnedElsewhere
+from worker.faults import contested
 from worker.faults.liveness import identity, rq_heartbeat_ttl
 from worker.faults.owner import owner_labels
 from worker.faults.outage import settle_after_outage, wait_for_docker
@@ -124,6 +126,10 @@ class DockrqWorker(FewerCommands, SimpleWorker):
         runtime.worker = self
         if isinstance(getattr(runtime.executor, "labels", None), dict):  # dockrq.worker on its containers
             runtime.executor.labels.update(owner_labels(self.name))
+            # a container of this execution owned by another live worker is left to it (worker.faults.contested)
+            runtime.executor.owner_alive = contested.owner_check(
+                self.connection, reap_after=runtime.settings.reap_after_seconds, worker_name=self.name
+            )
         super().bootstrap(*args, **kwargs)
         self.registration = Registration(self, max(runtime.settings.heartbeat_seconds, runtime.settings.idle_heartbeat_seconds))
         self._reaper = Reaper(self, runtime)
@@ -295,6 +301,15 @@ class DockrqWorker(FewerCommands, SimpleWorker):
             lambda: super(DockrqWorker, self).handle_job_success(job, queue, started_job_registry, execution),
             away,
         )
+
+    def _finalize_failure(self, job: Job, queue: Queue, execution: Any, exc_info: Any) -> None:
+        """rq's handling of a job that raised; a run that left the execution to the live worker
+        owning its container is not a failure: only this worker's rq execution is dropped
+        (worker.faults.contested)."""
+        if isinstance(exc_info[1], ExecutionOwnedElsewhere):
+            contested.step_back(self, job, queue, execution, exc_info[1])
+            return
+        super()._finalize_failure(job, queue, execution, exc_info)
 
     def handle_exception(self, job: Job, *exc_info: Any) -> None:
         """rq logs a job's exception as a traceback at ERROR (``BaseWorker.handle_exception``); a job
