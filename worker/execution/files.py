@@ -59,7 +59,7 @@ def vanishing_inputs(chunks: Iterable[bytes]) -> Iterator[bytes]:
     try:
         yield from chunks
     except ArchiveGone as exc:
-        raise InputsUnavailable(str(exc)) from None
+        raise InputsUnavailable(f"inputs: reading the input archive failed: {exc}") from None
 
 
 def prefetched(chunks: Iterable[bytes], depth: int = 2) -> Iterator[bytes]:
