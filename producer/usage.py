@@ -15,6 +15,8 @@ from typing import Any
 
 import click
 
+from schemas.entry import EXIT_INTERRUPTED
+
 EXIT_USAGE = 125  # docker run's "error of the docker command itself"
 _NO_ARGS_IS_HELP: tuple[type, ...] = tuple(
     t for t in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if t is not None
@@ -77,7 +79,15 @@ class DockerUsageErrors:
 
 
 class DockrqGroup(DockerUsageErrors, click.Group):
-    """The ``dockrq`` group: an unknown command is a usage error too (exit 125)."""
+    """The ``dockrq`` group: an unknown command is a usage error too (exit 125); Ctrl-C before a
+    command's own handling starts (its options parsed, its modules imported) exits 130 quietly,
+    as within it, not with click's "Aborted!" and 1."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
     def resolve_command(self, ctx: click.Context, args: list[str]) -> Any:
         try:
