@@ -1,8 +1,9 @@
 """The producer side of dockrq: submit executions to rq, wait for their outcome,
 follow their logs, cancel them. Depends on ``schemas`` only, never on ``worker``."""
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from schemas.lazy import lazy_exports
 
 # Where each public name lives. They are imported on first use (PEP 562), so that a process
 # needing one small module of the package (a worker's ``producer.usage``) does not pay for
@@ -41,19 +42,6 @@ if TYPE_CHECKING:
     from .status import ExecutionStatusView
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
-
 __all__ = [
     "ArchiveRefused",
     "AsyncProducer",
@@ -79,3 +67,5 @@ __all__ = [
     "describe",
     "parse_request",
 ]
+
+__getattr__, __dir__ = lazy_exports(globals(), _HOME)

@@ -4,8 +4,9 @@ Each public name is imported from its module on first use (PEP 562, as ``produce
 does): a process needing one small module (the ``dockrq`` CLI's defaults and id
 patterns, ``schemas.defaults``) does not build every model of the package."""
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from .lazy import lazy_exports
 
 # Where each public name lives.
 _HOME = {
@@ -94,19 +95,6 @@ if TYPE_CHECKING:
     )
 
 
-def __getattr__(name: str) -> Any:
-    home = _HOME.get(name)
-    if home is None:
-        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
-    value = getattr(importlib.import_module(home, __name__), name)
-    globals()[name] = value
-    return value
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
-
-
 __all__ = [
     "AttemptRecord",
     "CONCURRENCY_KEY_PATTERN",
@@ -167,3 +155,5 @@ __all__ = [
     "parse_size",
     "request_size",
 ]
+
+__getattr__, __dir__ = lazy_exports(globals(), _HOME)
