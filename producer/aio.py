@@ -28,6 +28,7 @@ from rq.utils import as_text
 from schemas import DEFAULT_MAX_INPUT_BYTES, DEFAULT_MAX_REQUEST_BYTES, DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_RETENTION_SECONDS, ExecutionRequest, LogEntry, Outcome
 
 from schemas.connections import DEFAULT_REDIS_URL, async_client_from_url, ride_out_outage_async
+from schemas.outages_noticed import noticing_outages
 from schemas.wire import written_key
 
 from . import cancel as cancelling
@@ -312,7 +313,10 @@ class AsyncProducer(AsyncOutputsMixin):
                 read: Any = lambda: arun(outcome_reads(self.keys, request.ids, request.full), self._pipelined)  # noqa: E731
             else:  # LISTEN
                 read = listen
-            result = await ride_out_outage_async(read, away, keep_trying=in_time)
+            with noticing_outages() as noticed:
+                result = await ride_out_outage_async(read, away, keep_trying=in_time)
+            if noticed.seen:  # before the first full check: an unknown id may be lost (producer.reaching)
+                state.outage_met()
             reach.answered()
             return result
 

@@ -77,14 +77,26 @@ class ExecutionVanished(ExecutionNotFound):
     job and no outcome, e.g. Redis restarted without persistence, or a failover lost the
     unreplicated writes. A worker still running it writes its outcome when it ends (into the
     Redis that lost it: ``dockrq status`` shows it then); else it gets none: submit it again
-    (the same id is free)."""
+    (the same id is free).
 
-    def __init__(self, execution_id: str) -> None:
-        super().__init__(
-            execution_id,
-            "execution vanished: Redis no longer knows it (no rq job, no outcome: its data was lost or "
-            "expired); a worker still running it may write its outcome later",
-        )
+    ``after_outage``: the call found neither job nor outcome right after riding out an outage
+    it met before Redis first answered (``producer.reaching``): Redis may have come back
+    without its data, so an execution it accepted may have been lost with it (or the id was
+    never submitted: Redis can no longer tell)."""
+
+    def __init__(self, execution_id: str, *, after_outage: bool = False) -> None:
+        self.after_outage = after_outage
+        if after_outage:
+            detail = (
+                "no such execution now, but Redis was unreachable when this call started and may have lost "
+                "its data (no rq job, no outcome); a worker still running it may write its outcome later"
+            )
+        else:
+            detail = (
+                "execution vanished: Redis no longer knows it (no rq job, no outcome: its data was lost or "
+                "expired); a worker still running it may write its outcome later"
+            )
+        super().__init__(execution_id, detail)
 
 
 class NotReplicated(ProducerError):

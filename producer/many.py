@@ -34,6 +34,7 @@ import redis
 
 from schemas import EXECUTION_ID_PATTERN, ExecutionStatus, Keys, Outcome
 from schemas.connections import ride_out_outage
+from schemas.outages_noticed import noticing_outages
 
 from .errors import ExecutionNotFound, ExecutionVanished
 from .presence import presence_commands
@@ -95,6 +96,7 @@ class FollowState:
     _last_full: float = field(init=False, default=0.0)
     _first_full_done: bool = field(init=False, default=False)
     _missing_since: dict[str, float] = field(init=False, default_factory=dict)
+    _outage_first: bool = field(init=False, default=False)
 
     def __post_init__(self) -> None:
         self.pending = dict.fromkeys(self.ids)
@@ -180,8 +182,15 @@ class FollowState:
             elif now - self._missing_since.setdefault(execution_id, now) > VANISH_GRACE_SECONDS:
                 raise ExecutionVanished(execution_id)
         if unknown:
+            if self._outage_first and len(self.ids) == 1:  # Redis may have come back without it (producer.reaching)
+                raise ExecutionVanished(unknown[0], after_outage=True)
             raise ExecutionNotFound(", ".join(unknown))
         return ended
+
+    def outage_met(self) -> None:
+        """A read met Redis away: before the first full check, an unknown id may have been lost with Redis's data."""
+        if not self._first_full_done:
+            self._outage_first = True
 
     def full_check_done(self) -> None:
         self._first_full_done = True
@@ -300,7 +309,10 @@ def follow(
             read: Any = lambda: read_outcomes(client, keys, request.ids, request.full)  # noqa: E731
         else:  # LISTEN
             read = listen
-        result = ride_out_outage(read, away, keep_trying=in_time)
+        with noticing_outages() as noticed:
+            result = ride_out_outage(read, away, keep_trying=in_time)
+        if noticed.seen:
+            state.outage_met()
         reach.answered()
         return result
 

@@ -12,6 +12,12 @@ budget's clock starts at the first failed read, which has already spent the clie
 round (``schemas.connections.command_retry``, about 4 s). A wrong password or an untrusted
 certificate (``refused_not_away``) is an answer, raised at once.
 
+An id that Redis does not know right after such an outage (one the first reads rode out, or
+only the client's own retry round: ``schemas.outages_noticed``) may have been lost with
+Redis's data (a restart without persistence, a failover), so its ExecutionNotFound becomes
+``ExecutionVanished(after_outage=True)``: "Redis was unreachable when this call started and
+may have lost its data", not a plain "no such execution".
+
 Both are redis-py ``Retry`` objects (sync and asyncio) over ``OutageBudget``/``BudgetBackoff``,
 the budget the workers' writes use (``schemas.connections``), not hand-written loops.
 """
@@ -27,6 +33,7 @@ from redis.asyncio.retry import Retry as AsyncRetry
 from redis.retry import Retry
 
 from schemas import defaults
+from schemas.outages_noticed import Noticed, note_outage, noticing_outages
 from schemas.connections import (
     RECONNECT_BACKOFF,
     REDIS_DOWN,
@@ -35,6 +42,8 @@ from schemas.connections import (
     describe_redis_error,
     refused_not_away,
 )
+
+from .errors import ExecutionNotFound, ExecutionVanished
 
 T = TypeVar("T")
 
@@ -58,6 +67,7 @@ class FirstReads:
         self.budget.failed()
         if refused_not_away(exc) or self.budget.spent:
             return False
+        note_outage()  # Redis away before it answered (schemas.outages_noticed; a client without dockrq's retry too)
         return self.keep_trying is None or self.keep_trying()
 
     def away(self, exc: Exception, failures: int) -> None:
@@ -83,6 +93,7 @@ class UntilAnswered:
     def keep_trying(self) -> bool:
         if self.reached:
             return True
+        note_outage()  # away before the first answer (schemas.outages_noticed)
         self.budget.failed()
         return not self.budget.spent
 
@@ -95,7 +106,19 @@ def first_reads(call: Callable[[], T], seconds: float, what: str, *, keep_trying
     answered for less than ``seconds`` (module doc); raises the last of ``REDIS_DOWN`` then."""
     reads = FirstReads(seconds, what, keep_trying)
     retry = Retry(reads.backoff(), -1, supported_errors=REDIS_DOWN)
-    return retry.call_with_retry(call, reads.away, is_retryable=reads.retryable, with_failure_count=True)
+    with noticing_outages() as noticed:
+        try:
+            return retry.call_with_retry(call, reads.away, is_retryable=reads.retryable, with_failure_count=True)
+        except ExecutionNotFound as exc:
+            raise_if_lost(exc, noticed)
+            raise
+
+
+def raise_if_lost(exc: ExecutionNotFound, noticed: Noticed) -> None:
+    """``ExecutionVanished(after_outage=True)`` for a plain ExecutionNotFound met after an outage
+    (``noticed.seen``: module doc); returns for anything else."""
+    if noticed.seen and type(exc) is ExecutionNotFound and ", " not in exc.execution_id:
+        raise ExecutionVanished(exc.execution_id, after_outage=True) from None
 
 
 def first_reads_within(call: Callable[[], object], seconds: float, timeout: float | None, what: str) -> float:
@@ -116,4 +139,9 @@ async def first_reads_async(
         reads.away(exc, failures)
 
     retry = AsyncRetry(reads.backoff(), -1, supported_errors=REDIS_DOWN)
-    return await retry.call_with_retry(call, away, is_retryable=reads.retryable, with_failure_count=True)
+    with noticing_outages() as noticed:
+        try:
+            return await retry.call_with_retry(call, away, is_retryable=reads.retryable, with_failure_count=True)
+        except ExecutionNotFound as exc:
+            raise_if_lost(exc, noticed)
+            raise

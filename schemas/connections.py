@@ -52,6 +52,7 @@ from schemas.causes import caused_by
 from schemas.redis_url import check_db, is_sentinel_url, parse_sentinel_url
 
 from .defaults import DEFAULT_REDIS_URL
+from .outages_noticed import NoticingAsyncRetry, note_outage
 from .packing import command_packer
 
 T = TypeVar("T")
@@ -109,6 +110,7 @@ class CommandRetry(Retry):
         def retryable(exc: Exception) -> bool:
             if refused_not_away(exc) or not (is_retryable is None or is_retryable(exc)):
                 return False
+            note_outage()  # schemas.outages_noticed
             if budget is None:
                 return True
             budget.failed()
@@ -202,7 +204,7 @@ def async_client_from_url(url: str, **options: Any) -> aioredis.Redis:
     the same :func:`command_retry` policy, as redis-py's asyncio ``Retry``."""
     options.setdefault(
         "retry",
-        AsyncRetry(
+        NoticingAsyncRetry(  # schemas.outages_noticed
             ExponentialWithJitterBackoff(base=DEFAULT_RETRY_BASE, cap=DEFAULT_RETRY_CAP),
             DEFAULT_RETRY_COUNT,
             supported_errors=REDIS_DOWN,

@@ -20,7 +20,7 @@ import producer.cli as cli_module
 import producer.reaching as reaching
 import producer.waiting as waiting_module
 import schemas.connections as connections
-from producer import AsyncProducer, ExecutionVanished, Producer
+from producer import AsyncProducer, ExecutionNotFound, ExecutionVanished, Producer
 from producer.cli import cli
 from schemas import WRITE_OUTCOME_LUA, ExecutionResult, ExecutionStatus, Keys, LogBatch, LogEntry, Outcome
 
@@ -46,12 +46,15 @@ class Outage:
     def __init__(self, server, clock, monkeypatch) -> None:
         self.server, self.clock = server, clock
         self.back_at: float | None = None
+        self.lose_data = False  # back without its data (a restart without persistence)
         slept = redis.retry.sleep
 
         def sleep(seconds: float) -> None:
             slept(seconds)
-            if self.back_at is not None and self.clock.monotonic() >= self.back_at:
+            if self.back_at is not None and self.clock.monotonic() >= self.back_at and not self.server.connected:
                 self.server.connected = True
+                if self.lose_data:
+                    fakeredis.FakeRedis(server=self.server).flushall()
 
         monkeypatch.setattr(redis.retry, "sleep", sleep)
 
@@ -197,3 +200,98 @@ def test_cli_vanished_execution_exits_as_an_unknown_id_of_each_command(cli_produ
     for result in (waited, followed):
         assert result.stderr.startswith(f"dockrq: {vanished}") and result.stderr.count("\n") == 1
     assert followed.stdout == "partial\n"
+
+
+# -- Redis back without its data (restarted without persistence) --------------------------------
+
+LOST_READS = {
+    "wait": lambda p, eid: p.wait(eid, timeout=120),
+    "status": lambda p, eid: p.status(eid),
+    "logs -f": lambda p, eid: list(p.logs(eid, follow=True)),
+    "wait ID...": lambda p, eid: list(p.as_completed([eid], timeout=120)),
+}
+
+
+@pytest.mark.parametrize("read", list(LOST_READS))
+def test_an_id_redis_lost_in_the_outage_the_first_reads_rode_out_is_said_vanished(fake_redis, outage, read):
+    """Accepted, then Redis restarts without its data while the call rides the outage out:
+    not "no such execution" but ExecutionVanished saying Redis may have lost it."""
+    with _producer(fake_redis) as p:
+        eid = p.submit(_request("l1"))
+        outage.lose_data = True
+        outage.start(12.0)
+        with pytest.raises(ExecutionVanished) as raised:
+            LOST_READS[read](p, eid)
+    assert raised.value.after_outage and raised.value.execution_id == eid
+    assert "Redis was unreachable when this call started and may have lost its data" in str(raised.value)
+
+
+@pytest.mark.parametrize("read", list(LOST_READS))
+def test_an_unknown_id_with_redis_answering_at_once_is_still_no_such_execution(fake_redis, outage, read):
+    with _producer(fake_redis) as p:
+        with pytest.raises(ExecutionNotFound) as raised:
+            LOST_READS[read](p, "l2")
+    assert type(raised.value) is ExecutionNotFound and str(raised.value) == "no such execution: l2"
+
+
+def test_a_command_retry_round_that_rode_an_outage_out_is_noticed():
+    """The client's own retry round (about 4 s) may hide the outage from the first reads: it is noted too."""
+    from schemas.outages_noticed import noticing_outages
+
+    tries = iter([redis.ConnectionError("away"), None])
+
+    def do() -> str:
+        exc = next(tries)
+        if exc is not None:
+            raise exc
+        return "answer"
+
+    with noticing_outages() as noticed:
+        assert connections.command_retry().call_with_retry(do, lambda _exc: None) == "answer"
+    assert noticed.seen
+    with noticing_outages() as quiet:
+        assert connections.command_retry().call_with_retry(lambda: "answer", lambda _exc: None) == "answer"
+    assert not quiet.seen
+
+
+def test_async_producer_says_an_id_lost_in_the_outage_vanished(fake_redis):
+    server = fake_redis.connection_pool.connection_kwargs["server"]
+    with _producer(fake_redis) as p:
+        eid = p.submit(_request("l3"))
+
+    def back_without_data() -> None:
+        server.connected = True
+        fake_redis.flushall()
+
+    async def read(call) -> BaseException:
+        async with AsyncProducer(connection=fakeredis.FakeAsyncRedis(server=server), queue="q", prefix="p") as ap:
+            server.connected = False
+            threading.Timer(1.0, back_without_data).start()
+            try:
+                await call(ap)
+            except ExecutionNotFound as exc:
+                return exc
+            raise AssertionError("no error")
+
+    async def logs(ap) -> None:
+        async for _ in ap.logs(eid, follow=True):
+            pass
+
+    for call in (lambda ap: ap.wait(eid, timeout=60), lambda ap: ap.status(eid), logs):
+        if not fake_redis.exists(f"rq:job:{eid}"):  # accepted again after the last read's loss
+            with _producer(fake_redis) as p:
+                p.submit(_request(eid))
+        raised = asyncio.run(read(call))
+        assert isinstance(raised, ExecutionVanished) and raised.after_outage, raised
+
+
+@pytest.mark.parametrize("args,code", [(["wait", "l4"], 125), (["logs", "-f", "l4"], 1), (["status", "l4"], 1)])
+def test_cli_says_an_id_lost_in_the_outage_may_have_been_lost_with_redis_data(cli_producer, outage, args, code):
+    with _producer(cli_producer) as p:
+        p.submit(_request("l4"))
+    outage.lose_data = True
+    outage.start(12.0)
+    result = CliRunner().invoke(cli, args, catch_exceptions=False)
+    assert result.exit_code == code
+    assert result.stderr.startswith("dockrq: no such execution now, but Redis was unreachable when this call started")
+    assert result.stderr.rstrip().endswith(": l4") and result.stderr.count("\n") == 1
