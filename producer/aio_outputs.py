@@ -77,6 +77,9 @@ class _LoopBridge:
     def exists(self, *keys: str) -> int:
         return int(self.on_loop(self._client.exists, *keys))
 
+    def hgetall(self, key: str) -> dict[bytes, bytes]:
+        return dict(self.on_loop(self._client.hgetall, key))
+
     def strlen(self, key: str) -> int:
         return int(self.on_loop(self._client.strlen, key))
 

@@ -94,6 +94,8 @@ class FileOptions:
             raise InvalidRequest("--output-dir: needs at least one --output CONTAINER_PATH to collect")
         if output_dir is not None and detach:
             raise InvalidRequest("--output-dir: needs an attached submit (without -d); use dockrq cp ID:PATH DEST later")
+        if output_dir is not None:
+            _check_output_dir(output_dir)
         try:
             limit_bytes = parse_size(limit) if limit is not None else None
         except ValueError as exc:
@@ -110,6 +112,22 @@ class FileOptions:
         if self.output_files_limit is not None:
             request["output_files_limit_bytes"] = self.output_files_limit
         producer.max_input_bytes = self.max_input_bytes
+
+
+def _check_output_dir(output_dir: Path) -> None:
+    """InvalidRequest naming ``--output-dir`` unless it can be created or written: its nearest
+    existing ancestor (itself if it exists) must be a directory this user may write into."""
+    import os
+
+    existing = output_dir
+    while not os.path.lexists(existing) and existing != existing.parent:
+        existing = existing.parent
+    shown = shown_path(output_dir)
+    if not existing.is_dir():  # a file on the way: mkdir would say "Not a directory" once the job has run
+        raise InvalidRequest(f"--output-dir: cannot create {shown}: {shown_path(existing)} is not a directory")
+    if not os.access(existing, os.W_OK | os.X_OK):
+        verb = "write into" if existing == output_dir else "create"
+        raise InvalidRequest(f"--output-dir: cannot {verb} {shown}: {shown_path(existing)} is not writable")
 
 
 def _given(path: str, option: str) -> str:
@@ -145,7 +163,11 @@ def report_outputs(producer: Producer, outcome: Outcome, options: FileOptions, a
     try:
         report = producer.outputs(outcome.execution_id, options.output_dir, on_skip=_skip_line)
     except (ProducerError, OSError) as exc:
-        click.echo(f"dockrq: output files not written to {shown_path(options.output_dir)}: {_reason(exc)}", err=True)
+        eid = outcome.execution_id
+        # a local failure (disk full, permissions changed): the archive is kept with the execution's retention
+        later = f"; get them with dockrq cp {eid}:PATH DEST (kept with the execution)" if isinstance(exc, OSError) else ""
+        click.echo(f"dockrq: output files of {eid} not written to {shown_path(options.output_dir)}: {_reason(exc)}{later}",
+                   err=True)
         return False
     if report.skipped:  # each said above; the files are not all delivered
         click.echo(f"dockrq: {len(report.skipped)} output entries not written to {shown_path(options.output_dir)}", err=True)

@@ -36,7 +36,7 @@ from schemas.files import MAX_OUTPUT_PATH_BYTES
 from schemas.text import quoted_name, shown_path, unescaped_name
 
 from .errors import CopyRefused
-from .files import OutputsUnavailable
+from .files import OutputsUnavailable, announced
 
 MAX_SYMLINKS = 10  # docker/cli's maxSymlinkIter
 
@@ -96,13 +96,18 @@ def place(dest: str | os.PathLike[str], source_is_dir: bool) -> CopyPlacement:
     return CopyPlacement(Path(parent), base)
 
 
-def collected_kind(outcome: Outcome, container_path: str) -> bool:
+def collected_kind(outcome: Outcome, container_path: str, requested: list[str] | None = None) -> bool:
     """Whether ``container_path`` (collected, or ``/``) is a directory; OutputsUnavailable when
-    the execution has no such output (no container, missing, not collected, left out)."""
+    the execution has no such output (no container, none named or collected, missing, not
+    collected, left out). ``requested``: the request's ``outputs`` (None: not known, its rq job
+    gone); what was left out is named only for a path that could have been among it: under a
+    requested path, else under a collected directory or an entry left out."""
     result = outcome.result
     if result is None or (result.outputs_archive_bytes is None and result.container_id is None):  # no container ran
         status = outcome.status.value
         raise OutputsUnavailable(f"{outcome.execution_id} ended {status} without a container: it has no output files")
+    if result.outputs_archive_bytes is None:  # named no outputs, or none could be collected: as outputs() says
+        announced(outcome)
     if container_path == "/":
         return True
     try:
@@ -119,9 +124,23 @@ def collected_kind(outcome: Outcome, container_path: str) -> bool:
         for entry in getattr(result, "outputs_skipped", None) or []:
             if not entry.escaped and entry.path == container_path:
                 raise OutputsUnavailable(f"{container_path} was not collected: {skipped_reason(entry)}")
-        why = f" (left out: {truncation_reason(result)})" if result.outputs_truncated else ""
+        could = result.outputs_truncated and _could_be_left_out(result, container_path, listed, requested)
+        why = f" (left out: {truncation_reason(result)})" if could else ""
         raise OutputsUnavailable(f"{container_path} is not among the output files of {outcome.execution_id}{why}")
     return any(f.type == "dir" or raw != container_path for raw, f in below)
+
+
+def _could_be_left_out(result: Any, path: str, listed: list[tuple[str, Any]], requested: list[str] | None) -> bool:
+    """Whether ``path`` (not listed) lies where entries were left out: under (or at) a requested
+    output path; not knowing the request, strictly under a collected directory or under a
+    skipped entry."""
+    def under(root: str, strictly: bool = False) -> bool:
+        return root == "/" or path.startswith(root + "/") or (not strictly and path == root)
+
+    if requested is not None:
+        return any(under(root) for root in requested)
+    skipped = [entry.path for entry in getattr(result, "outputs_skipped", None) or [] if not entry.escaped]
+    return any(under(raw, strictly=True) for raw, f in listed if f.type == "dir") or any(under(p) for p in skipped)
 
 
 def copy_selection(

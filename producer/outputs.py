@@ -11,6 +11,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, BinaryIO
 
+import redis
+from rq.job import Job
+from rq.serializers import JSONSerializer
+
 from schemas import Outcome
 from schemas.text import quoted_name
 
@@ -22,8 +26,6 @@ from .copy_dest import collected_kind, copy_selection
 from .files import OutputsUnavailable, announced, archive_reader, extract_outputs
 
 if TYPE_CHECKING:
-    import redis
-
     from schemas import Keys
 
 
@@ -48,6 +50,21 @@ class OutputsMixin:
             self._require_known(execution_id)
             raise OutputsUnavailable(f"execution {execution_id} has not ended yet")
         return outcome
+
+    def _requested_outputs(self, execution_id: str) -> list[str] | None:
+        """The request's ``outputs`` (its rq job's first argument), for ``cp``'s words only;
+        None when the rq job is gone (deleted, expired) or cannot be read."""
+        try:
+            raw = self._client.hgetall(Job.key_for(execution_id))
+            if not raw:
+                return None
+            job = Job(execution_id, connection=redis.Redis(), serializer=JSONSerializer)  # only decodes: never connects
+            job.restore(raw)
+            request = job.args[0] if job.args else None
+            outputs = request.get("outputs") if isinstance(request, dict) else None
+        except Exception:  # noqa: BLE001 - words for a message: an unreadable job is an unknown request
+            return None
+        return [p for p in outputs if isinstance(p, str)] if isinstance(outputs, list) else []
 
     def outputs(
         self, execution_id: str, dest_dir: str | Path, *, on_skip: Callable[[str], None] | None = None
@@ -81,7 +98,7 @@ class OutputsMixin:
         missing parent; otherwise returns and raises as ``outputs`` (skips are in the
         report, never silent)."""
         outcome = self._ended(execution_id)
-        container_path = _collected_path(outcome, container_path)
+        container_path = _collected_path(outcome, container_path, self._requested_outputs(execution_id))
         root, rename, link_root = copy_selection(outcome, container_path, dest)  # a str keeps its trailing '/'
         return extract_outputs(
             self._client, self.keys.outputs(execution_id), outcome, root, rename, on_skip=on_skip, link_root=link_root
@@ -93,7 +110,7 @@ class OutputsMixin:
         component: ``/work/out`` gives ``out``, ``out/...``; ``/`` gives the archive as stored),
         streamed. Returns the number of entries written. Raises as ``copy_out`` (not CopyRefused)."""
         outcome = self._ended(execution_id)
-        container_path = _collected_path(outcome, container_path)  # OutputsUnavailable unless collected
+        container_path = _collected_path(outcome, container_path, self._requested_outputs(execution_id))  # unless collected
         size, _, _ = announced(outcome)
         key = self.keys.outputs(execution_id)
         if int(self._client.strlen(key)) != size:
@@ -128,7 +145,7 @@ class OutputsMixin:
 
 
 
-def _collected_path(outcome: Outcome, given: str) -> str:
+def _collected_path(outcome: Outcome, given: str, requested: list[str] | None = None) -> str:
     """``given`` in one of docker cp's forms (``producer/cp_paths.py``: relative to ``/``, a trailing
     ``/`` asserting a directory), normalised; OutputsUnavailable when malformed, not collected, or
     a file named with a trailing ``/``."""
@@ -136,6 +153,6 @@ def _collected_path(outcome: Outcome, given: str) -> str:
         path, wants_dir = cp_source(given)
     except ValueError as exc:
         raise OutputsUnavailable(str(exc)) from None
-    if not collected_kind(outcome, path) and wants_dir:
+    if not collected_kind(outcome, path, requested) and wants_dir:
         raise OutputsUnavailable(f"{quoted_name(given[:200])}: not a directory (a trailing '/' names one)")
     return path
