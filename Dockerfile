@@ -21,6 +21,7 @@ COPY pyproject.toml README.md ./
 COPY schemas ./schemas
 COPY worker ./worker
 COPY producer ./producer
+COPY dockrq_entry.py ./
 RUN pip install ".[dashboard]" \
  && useradd --system --no-create-home --shell /usr/sbin/nologin dockrq
 

@@ -16,12 +16,11 @@ import click
 from schemas.defaults import (
     DEFAULT_PREFIX, DEFAULT_QUEUE, DEFAULT_REDIS_RETRY_SECONDS, DEFAULT_REDIS_URL, DEFAULT_RETENTION_SECONDS,
 )
-from schemas.entry import EXIT_INTERRUPTED
 from schemas.replication import DEFAULT_REPLICA_ACK_TIMEOUT_SECONDS
 
 from .errors import InvalidRequest, ProducerError
 from .params import Seconds
-from .usage import EXIT_USAGE, DockerUsageErrors, json_error
+from .usage import EXIT_INTERRUPTED, EXIT_USAGE, DockerUsageErrors, json_error
 
 if TYPE_CHECKING:
     from .client import Producer
@@ -31,7 +30,7 @@ EXIT_REDIS_UNREACHABLE = 69  # sysexits' EX_UNAVAILABLE: wait/logs/status could 
 EXIT_WAIT_TIMEOUT = 75
 EXIT_TIMED_OUT = 124
 EXIT_DOCKRQ_FAILED = 125
-EXIT_CANCELLED = EXIT_INTERRUPTED  # 130: Ctrl-C, a cancelled execution (schemas.entry)
+EXIT_CANCELLED = EXIT_INTERRUPTED  # 130: Ctrl-C, a cancelled execution
 EXIT_BROKEN_PIPE = 141  # 128 + SIGPIPE, what a shell reports for a tool killed by it
 
 

@@ -90,6 +90,9 @@ class _Builder:
         self.entries = 0
         self.bytes = 0
         self._fds: dict[int, int] = {}  # open directory -> its subdirectories not yet opened (close() ends all)
+        # (st_dev, st_ino) -> the entry name of the first of its hard links, within one input path
+        # (each path may go in with its own PUT: a link never names another path's entry)
+        self._links: dict[tuple[int, int], str] = {}
 
     def _count(self, name: str, size: int = 0, local: Path | None = None) -> None:
         if len(name.encode("utf-8", "surrogateescape")) > MAX_PATH_BYTES:
@@ -122,6 +125,7 @@ class _Builder:
     def add_path(self, name: str, local: Path, follow_link: bool = False) -> None:
         """A local file, directory or symlink as ``name``. ``local`` itself, if a symlink, is
         put in as a symlink unless ``follow_link`` (``docker cp`` and its ``-L``)."""
+        self._links.clear()
         try:
             info = os.stat(local) if follow_link else os.lstat(local)
         except OSError as exc:
@@ -150,7 +154,17 @@ class _Builder:
     ) -> None:
         """Read a regular file; inside a directory (``dir_fd``) it is opened without following a
         symlink and must still be the file listed, so a file swapped for a symlink meanwhile is
-        refused, never read through."""
+        refused, never read through. A file with more than one link (``st_nlink``) seen before
+        within this input path goes in as a hard link (``LNKTYPE``, no data) to its first entry,
+        as ``docker cp`` (moby pkg/archive) keeps them; it adds an entry, no file bytes (the
+        worker counts regular files' sizes only)."""
+        first = self._links.get((info.st_dev, info.st_ino)) if info.st_nlink > 1 else None
+        if first is not None:
+            self._count(name, 0, local)
+            self.tar.addfile(self._info(name, tarfile.LNKTYPE, info.st_mode, info.st_mtime, link=first))
+            return
+        if info.st_nlink > 1:
+            self._links[(info.st_dev, info.st_ino)] = name
         self._count(name, info.st_size, local)
         flags = os.O_RDONLY | (0 if follow else os.O_NOFOLLOW)
         try:

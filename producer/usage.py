@@ -15,9 +15,8 @@ from typing import Any
 
 import click
 
-from schemas.entry import EXIT_INTERRUPTED
-
 EXIT_USAGE = 125  # docker run's "error of the docker command itself"
+EXIT_INTERRUPTED = 130  # 128 + SIGINT: Ctrl-C (as docker; dockrq_entry.py exits so before a command runs)
 _NO_ARGS_IS_HELP: tuple[type, ...] = tuple(
     t for t in (getattr(click.exceptions, "NoArgsIsHelpError", None),) if t is not None
 )
@@ -80,8 +79,14 @@ class DockerUsageErrors:
 
 class DockrqGroup(DockerUsageErrors, click.Group):
     """The ``dockrq`` group: an unknown command is a usage error too (exit 125); Ctrl-C before a
-    command's own handling starts (its options parsed, its modules imported) exits 130 quietly,
+    command's own handling starts (the options parsed, its modules imported) exits 130 quietly,
     as within it, not with click's "Aborted!" and 1."""
+
+    def make_context(self, *args: Any, **kwargs: Any) -> click.Context:
+        try:
+            return super().make_context(*args, **kwargs)
+        except KeyboardInterrupt:
+            raise click.exceptions.Exit(EXIT_INTERRUPTED) from None
 
     def invoke(self, ctx: click.Context) -> Any:
         try:

@@ -124,8 +124,12 @@ def check_inputs_placement(
       into the directory the tmpfs mounted at start then hides (lost without an error);
     * inside a read-only bind mount: ``mounted volume is marked read-only`` / EROFS;
     * with ``read_only`` (``--read-only``), anywhere but inside a writable bind mount: ``container
-      rootfs is marked read-only``; and inside one that sits within a read-only bind mount (Docker
-      tests the mounts holding the extraction directory in map order: it may pick the read-only one).
+      rootfs is marked read-only``;
+    * inside a writable bind mount that sits within a read-only bind mount, with or without
+      ``read_only``. dockerd 20.10 seen: ``mkdir .../merged/r/w: read-only file system`` when the
+      read-only source lacks the inner mount point, else a 200 and the file nowhere to be seen at
+      start; with ``read_only`` it tests the mounts holding the extraction directory in map order
+      (``mounted volume is marked read-only`` when it picks the read-only one).
     """
     layers = _layers(tmpfs, mounts)
     problems = []
@@ -146,12 +150,12 @@ def check_inputs_placement(
                 f"{path} is on the read-only root filesystem (read_only): Docker puts files into a read-only "
                 f"container only inside a writable bind mount (mounts with read_only false)"
             )
-        elif layer is not None and read_only:
+        elif layer is not None:
             outer = next((o for o in layers if o.kind == "bind" and not o.writable and _within(layer.target, o.target)), None)
             if outer is not None:
                 problems.append(
-                    f"{path} is inside {layer.field}, itself inside the read-only bind mount {outer.field}: with "
-                    f"read_only Docker may refuse it (mounted volume is marked read-only)"
+                    f"{path} is inside {layer.field}, itself inside the read-only bind mount {outer.field}: Docker "
+                    f"cannot put files there (it refuses them, or loses them without an error)"
                 )
     if problems:
         raise ValueError("; ".join(problems))

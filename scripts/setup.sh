@@ -61,13 +61,17 @@ fi
 
 # --- Python venv -----------------------------------------------------------
 stamp=.venv/.setup-stamp
-want=$(sha256sum pyproject.toml | cut -d' ' -f1)
+# compat: a plain path entry in a .pth file. The default editable finder imports pathlib, re and
+# importlib.util inside `site` of every Python process (about 20 ms each, and a Ctrl-C then is
+# CPython's "Fatal Python error: init_import_site", outside any handler of ours).
+editable_mode=compat
+want="$(sha256sum pyproject.toml | cut -d' ' -f1) $editable_mode"
 if [ ! -x .venv/bin/python ] || [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   log "installing the project into .venv"
   python3 -m venv .venv
   .venv/bin/pip install -q --upgrade pip >/dev/null 2>&1 || true
   # pip's output is noise when it works; shown in full when it does not
-  if ! .venv/bin/pip install -q -e '.[test,dashboard]' >.venv/pip-install.log 2>&1; then
+  if ! .venv/bin/pip install -q -e '.[test,dashboard]' --config-settings editable_mode=$editable_mode >.venv/pip-install.log 2>&1; then
     cat .venv/pip-install.log >&2
     exit 1
   fi

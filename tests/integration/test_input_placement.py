@@ -102,3 +102,31 @@ def test_an_input_path_the_image_cannot_take_ends_input_path_invalid(
     assert message.startswith(f"inputs: {path} cannot be put into the container: {why}") and "\n" not in message
     assert outcome.result is None or outcome.result.stdout == ""  # never started
     assert docker_client.containers.list(ignore_removed=True, all=True, filters={"label": f"dockrq.execution={eid}"}) == []
+
+
+def test_a_writable_bind_inside_a_read_only_one_is_refused_at_submit_read_only_or_not(
+    redis_url, spawn_worker, test_image, tmp_path
+):
+    """A new user's trial: without --read-only it was accepted, then ended input_path_read_only naming
+    the daemon's overlay path (dockerd 20.10: mkdir .../merged/r/w: read-only file system), or the
+    file was lost without an error when the read-only source held the mount point."""
+    for name in ("b2", "robind", "robind/w"):
+        (tmp_path / name).mkdir()
+    (tmp_path / "pw.txt").write_text("x\n")
+    worker = spawn_worker(env={"DOCKRQ_ALLOWED_MOUNT_ROOTS": str(tmp_path)}, ready=False)
+    layout = ("-v", f"{tmp_path / 'b2'}:/r/w:rw", "-v", f"{tmp_path / 'robind'}:/r:ro",
+              "--input", f"{tmp_path / 'pw.txt'}:/r/w/z")
+    refused = dockrq_at_once(redis_url, spawn_worker, *((("submit", *flags, *layout, test_image, "true"), {})
+                                                          for flags in ((), ("--read-only",))))
+    for got in refused:
+        assert got.returncode == 125 and got.stdout == "", got
+        assert got.stderr.count("\n") == 1 and "Traceback" not in got.stderr
+        assert "inputs: /r/w/z is inside mounts.0 (/r/w), itself inside the read-only bind mount mounts.1 (/r)" in got.stderr
+    client = redis.Redis.from_url(redis_url)
+    assert client.keys(f"{spawn_worker.prefix}:*") == [] and client.llen(f"rq:queue:{spawn_worker.queue}") == 0
+    spawn_worker.ready(1, [worker])
+    # Beside the read-only one, the same input arrives in the writable bind mount.
+    got = dockrq(redis_url, spawn_worker, "submit", "-v", f"{tmp_path / 'b2'}:/w:rw", "-v",
+                 f"{tmp_path / 'robind'}:/r:ro", "--input", f"{tmp_path / 'pw.txt'}:/w/z", test_image, "cat", "/w/z")
+    assert (got.returncode, got.stdout) == (0, "x\n"), got.stderr
+    assert (tmp_path / "b2" / "z").read_text() == "x\n"

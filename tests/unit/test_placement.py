@@ -115,13 +115,17 @@ def test_read_only_bind_mounts_refuse_inputs_whatever_read_only_says():
     for read_only in (False, True):
         text = refusal(read_only=read_only, mounts=[{"source": "/srv", "target": "/ref/"}], inputs=inputs("/ref/x"))
         assert "/ref/x is inside the read-only bind mount mounts.0 (/ref)" in text
-    # The innermost mount decides: a writable one inside a read-only one takes them ...
-    accepted(mounts=[{"source": "/srv", "target": "/ref"}, rw("/ref/out")], inputs=inputs("/ref/out/x"))
-    # ... except with read_only: Docker checks the mounts holding the extraction directory in map
-    # order (archive_unix.go checkIfPathIsInAVolume) and may pick the read-only one.
-    text = refusal(read_only=True, mounts=[{"source": "/srv", "target": "/ref"}, rw("/ref/out")],
-                   inputs=inputs("/ref/out/x"))
-    assert "inside mounts.1 (/ref/out), itself inside the read-only bind mount mounts.0 (/ref)" in text
+    # A writable one inside a read-only one does not take them either, read_only or not: dockerd
+    # refuses (mkdir of the mount point: read-only file system; with read_only it may pick the
+    # read-only mount, archive_unix.go checkIfPathIsInAVolume) or loses them (a new user's trial).
+    for read_only in (False, True):
+        text = refusal(read_only=read_only, mounts=[{"source": "/srv", "target": "/ref"}, rw("/ref/out")],
+                       inputs=inputs("/ref/out/x"))
+        assert "inside mounts.1 (/ref/out), itself inside the read-only bind mount mounts.0 (/ref)" in text
+        assert text.startswith("inputs: ") and "\n" not in text
+    # ... and a writable one beside it, or a read-only one inside a writable one's sibling, does
+    accepted(mounts=[{"source": "/srv", "target": "/ref"}, rw("/refs/out")], inputs=inputs("/refs/out/x"))
+    accepted(mounts=[rw("/data"), {"source": "/srv", "target": "/data/ref"}], inputs=inputs("/data/x"))
 
 
 def test_extraction_directories_follow_what_docker_checks():

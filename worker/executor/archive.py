@@ -122,6 +122,10 @@ class InputArchive:
     * only regular files, directories, symlinks and hard links (no devices, fifos,
       sparse files);
     * no more entries, file bytes or archive bytes than announced;
+    * an input directory put where the container has a directory (``existing``) merges into
+      it: its own directory entry is left out of the stream, so that directory keeps its owner
+      and mode (its entries still go in; directories deeper down take Docker's untar: the
+      entry's owner and mode, as with ``docker cp``);
     * given ``existing`` (``{container path: what the container has there}``, from
       ``pathstat.what_is_at``), a path's own entry is of the kind of what is there, else
       InputPathInvalid (``refusals.input_kind_refusal``) is raised before any byte of that
@@ -162,6 +166,8 @@ class InputArchive:
                         raise refusal
                     if only is not None and self._target_of(info.name) not in only:
                         continue
+                    if info.isdir() and self._onto_directory(info.name):
+                        continue  # merged into the directory there, which keeps its owner and mode
                     if prefix:
                         if info.name == prefix:
                             continue
@@ -192,6 +198,14 @@ class InputArchive:
             return None
         kind = "directory" if info.isdir() else "file" if info.isreg() else "symlink" if info.issym() else "hard link"
         return input_kind_refusal(target[0], target[1], kind)
+
+    def _onto_directory(self, name: str) -> bool:
+        # An input directory's own entry where the container has a directory: Docker's untar
+        # (moby pkg/archive createTarFile) would chown and chmod that directory to the entry's
+        # owner and mode (the container's user, the local mode), on the host for a bind mount.
+        # Left out, as the extraction directory's own entry is (``stream``): its entries still go in.
+        target = self.existing.get(name)
+        return target is not None and target[1] is not None and target[1].kind == "directory"
 
     def _target_of(self, name: str) -> str:
         return "/" + next(t for t in self.targets if name == t or name.startswith(t + "/"))
