@@ -7,9 +7,10 @@ wrapped it (pydantic-core's ``SchemaError`` while building a deferred model), or
 nothing at all when importlib swallowed it in a lock's callback and the command ran
 on. So the import runs with SIGINT blocked (``pthread_sigmask``): a Ctrl-C meanwhile
 stays pending and is delivered, as KeyboardInterrupt, the moment it is unblocked,
-before the command starts. Whatever a Ctrl-C then raises, or a library makes of it,
-ends the process quietly with exit 130, as ``docker`` does and as the CLIs themselves
-do once a command handles it.
+before the command starts. One that lands later in a callback, where Python would
+only print it and go on, is raised again (``sys.unraisablehook``). Whatever a Ctrl-C
+raises, or a library makes of it, ends the process quietly with exit 130, as
+``docker`` does and as the CLIs themselves do once a command handles it.
 """
 
 from __future__ import annotations
@@ -33,12 +34,28 @@ def _on_sigint(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
+def _unraisable(unraisable: object) -> None:
+    """``sys.unraisablehook``: a Ctrl-C that landed in a callback (importlib's module-lock
+    callback, a weakref's) is not lost there ("Exception ignored in ..." and the command ran
+    on): SIGINT is raised again, to be handled where the command can. Everything else is
+    printed as Python prints it."""
+    if isinstance(getattr(unraisable, "exc_value", None), KeyboardInterrupt):
+        import _thread
+        import os
+
+        # From another thread: raised here, it would run the handler at once, inside the hook.
+        _thread.start_new_thread(os.kill, (os.getpid(), _signal.SIGINT))
+        return
+    sys.__unraisablehook__(unraisable)  # type: ignore[arg-type]
+
+
 def _run(module: str) -> None:
     _signal.pthread_sigmask(_signal.SIG_BLOCK, {_signal.SIGINT})
     try:
         main = importlib.import_module(module).main
         if _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:  # not ignored (nohup, a background job)
             _signal.signal(_signal.SIGINT, _on_sigint)
+            sys.unraisablehook = _unraisable
         _signal.pthread_sigmask(_signal.SIG_UNBLOCK, {_signal.SIGINT})  # a pending Ctrl-C is raised here
         main()
     except KeyboardInterrupt:

@@ -387,8 +387,9 @@ def _status_rows(view: ExecutionStatusView) -> list[tuple[str, str]]:
         rows.append(("oom kills", str(outcome.result.oom_kills)))
     if outcome is not None and outcome.error is not None:
         rows.append(("error", f"{outcome.error.code}: {outcome.error.message}"))
-    if outcome is not None and outcome.result is not None and outcome.result.outputs_archive_bytes is not None:
-        rows.append(("outputs", describe_outputs(outcome.result)))
+    result = outcome.result if outcome is not None else None
+    if result is not None and (result.outputs_archive_bytes is not None or result.outputs_truncated):
+        rows.append(("outputs", describe_outputs(result)))  # also when collecting them failed: none kept
     return rows
 
 

@@ -176,9 +176,11 @@ def report_outputs(producer: Producer, outcome: Outcome, options: FileOptions, a
 
 
 def describe_outputs(result: Any) -> str:
-    """One line for ``dockrq status``: what the output archive holds."""
+    """One line for ``dockrq status``: what the output archive holds, or why there is none."""
     from .copy_dest import truncation_reason
 
+    if result.outputs_archive_bytes is None:  # collecting them failed (outputs_truncated_by "error")
+        return f"none kept: {truncation_reason(result)}"
     files = [f for f in result.output_files if f.type == "file"]
     text = f"{len(result.output_files)} entries, {len(files)} files, {sum(f.size for f in files)} bytes"
     if result.outputs_truncated:

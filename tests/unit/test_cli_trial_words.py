@@ -183,3 +183,20 @@ def test_async_copy_out_names_what_was_left_out_as_the_sync_one(fake_redis, tmp_
 
     assert asyncio.run(aio("/nope")) == "/nope is not among the output files of c3"
     assert "(left out: devices, fifos" in asyncio.run(aio("/o/nope"))
+
+
+def test_status_says_when_collecting_the_outputs_failed():
+    """A third trial: Redis lost the output archive as it was written; the worker kept none and
+    said why (outputs_truncated_by ["error"]), but ``dockrq status`` showed no outputs line."""
+    from producer.cli import _status_rows
+    from producer.status import build_view
+
+    failed = ExecutionResult(execution_id="e1", status="succeeded", exit_code=0, container_id="c1",
+                             outputs_truncated=True, outputs_truncated_by=["error"], output_files_limit_bytes=10)
+    rows = dict(_status_rows(build_view("e1", None, Outcome.from_result(failed))))
+    assert rows["outputs"] == "none kept: collecting them failed"
+    kept = failed.model_copy(update={"outputs_truncated": False, "outputs_truncated_by": [], "outputs_archive_bytes": 1024,
+                                     "output_files": [OutputFile(path="/o", size=0, type="dir")]})
+    assert dict(_status_rows(build_view("e1", None, Outcome.from_result(kept))))["outputs"] == "1 entries, 0 files, 0 bytes"
+    none = failed.model_copy(update={"outputs_truncated": False, "outputs_truncated_by": []})
+    assert "outputs" not in dict(_status_rows(build_view("e1", None, Outcome.from_result(none))))

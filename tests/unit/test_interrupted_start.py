@@ -58,6 +58,12 @@ FAKE_CLIS = {
     "wrapped_interrupt": "import os, signal\ndef main():\n    try:\n        os.kill(os.getpid(), signal.SIGINT)\n"
                          "        import time; time.sleep(5)\n    except KeyboardInterrupt as exc:\n"
                          "        raise RuntimeError('Error building validator: KeyboardInterrupt') from None\n",
+    # A Ctrl-C landing in a callback (importlib's module-lock one, a weakref's), where Python
+    # prints "Exception ignored" and goes on: a third trial's submit then ran to its end.
+    "interrupt_in_callback": "import os, signal, time, weakref\nclass O: pass\n"
+                             "def cb(_):\n    os.kill(os.getpid(), signal.SIGINT)\n    for _ in range(1000): pass\n"
+                             "def main():\n    o = O()\n    r = weakref.ref(o, cb)\n    del o\n"
+                             "    time.sleep(1)\n    print('ran')\n",
     # Without a Ctrl-C, an error is not hidden.
     "plain_error": "def main():\n    raise RuntimeError('a real bug')\n",
 }
