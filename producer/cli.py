@@ -226,6 +226,7 @@ def submit(
 ) -> None:
     """Run IMAGE [CMD...] on a worker; stay attached to its output and exit with its exit code."""
     from .attach_signals import signal_of, signals_interrupt
+    from .errors import ExecutionVanished, ProducerError
     from .planning import caller_request
 
     producer = settings.producer()
@@ -255,6 +256,11 @@ def submit(
             if progress is not None:
                 progress.close()
             _cancel_after_interrupt(producer, execution_id, request, files, settings, signal_of(exc))
+        except ExecutionVanished as exc:
+            if not files.outputs:
+                raise
+            # Its worker may still end it and keep its output files: say how to get them then.
+            raise ProducerError(f"{exc}; once it has ended get the outputs with dockrq cp {execution_id}:PATH DEST") from None
     code = _report(outcome, settings, summary=False)
     if not report_outputs(producer, outcome, files, settings.as_json):  # --output-dir (cli_files.py)
         code = EXIT_DOCKRQ_FAILED

@@ -200,3 +200,21 @@ def test_status_says_when_collecting_the_outputs_failed():
     assert dict(_status_rows(build_view("e1", None, Outcome.from_result(kept))))["outputs"] == "1 entries, 0 files, 0 bytes"
     none = failed.model_copy(update={"outputs_truncated": False, "outputs_truncated_by": []})
     assert "outputs" not in dict(_status_rows(build_view("e1", None, Outcome.from_result(none))))
+
+
+@pytest.mark.parametrize("outputs", [True, False])
+def test_an_attached_submit_whose_execution_vanished_says_how_to_get_its_outputs(fake_producer, tmp_path, monkeypatch, outputs):
+    """A third trial: Redis restarted mid-run; the worker ended it later and kept its files,
+    but the attached submit only said it vanished."""
+    from producer.errors import ExecutionVanished
+
+    def vanished(self, execution_id, *args, **kwargs):
+        raise ExecutionVanished(execution_id)
+
+    monkeypatch.setattr(Producer, "logs", vanished)
+    args = ["--output", "/o", "--output-dir", str(tmp_path / "od")] if outputs else []
+    got = run("submit", "--id", "gone1", *args, "busybox", "true")
+    lines = got.stderr.splitlines()
+    assert got.exit_code == 125 and len(lines) == 1 and lines[0].startswith("dockrq: execution vanished: "), got.stderr
+    hint = "; once it has ended get the outputs with dockrq cp gone1:PATH DEST"
+    assert lines[0].endswith(hint) if outputs else hint not in lines[0]
