@@ -93,6 +93,9 @@ def archive_chunks(client: Any, key: str, size: int, chunk: int = ARCHIVE_CHUNK_
         yield data
 
 
+NAME_MAX = 255  # bytes in one name (path component) on Linux filesystems
+
+
 def check_container_path(value: str, max_bytes: int = MAX_PATH_BYTES, *, colon_ok: bool = False) -> str:
     """An absolute, normalised container path other than ``/``: ``/data/in``, not
     ``data``, ``/data/``, ``/a/../b``, ``/a//b`` or ``/``, of at most ``max_bytes`` bytes
@@ -109,6 +112,9 @@ def check_container_path(value: str, max_bytes: int = MAX_PATH_BYTES, *, colon_o
         raise ValueError("must name a path below '/', not the whole filesystem")
     if posixpath.normpath(value) != value or value.startswith("//") or any(p in (".", "..") for p in value.split("/")):
         raise ValueError(f"must be normalised (no '.', '..', '//' or trailing '/'): {value!r}")
+    long_name = next((p for p in value.split("/") if len(p.encode("utf-8", "surrogateescape")) > NAME_MAX), None)
+    if long_name is not None:  # the daemon's untar would fail with "file name too long"
+        raise ValueError(f"has a name of more than {NAME_MAX} bytes (Linux's NAME_MAX): {long_name[:40]!r}...")
     return value
 
 

@@ -157,3 +157,15 @@ def test_a_local_path_that_is_not_utf8_is_shown_quoted(fake_producer, tmp_path):
     result = run("submit", "--env-file", missing, "busybox", "true")
     assert result.stderr.startswith(f"dockrq: invalid request: engine.env: cannot read --env-file '{shown}': ")
     assert fake_producer.keys("*") == []
+
+
+def test_a_container_path_with_a_name_over_name_max_is_refused_at_submit(fake_producer, tmp_path):
+    """A third trial: accepted, then the daemon's untar failed ('file name too long') in the run."""
+    from schemas import check_container_path
+
+    (tmp_path / "f").write_text("x")
+    assert check_container_path("/x/" + "n" * 255) == "/x/" + "n" * 255
+    got = run("submit", "-d", "--input", f"{tmp_path / 'f'}:/x/{'n' * 300}", "busybox", "true")
+    assert got.exit_code == 125 and "more than 255 bytes (Linux's NAME_MAX)" in got.stderr
+    assert len(got.stderr.splitlines()) == 1 and ("n" * 100) not in got.stderr
+    assert fake_producer.keys("*") == []
