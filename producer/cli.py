@@ -262,8 +262,13 @@ def submit(
             # Its worker may still end it and keep its output files: say how to get them then.
             raise ProducerError(f"{exc}; once it has ended get the outputs with dockrq cp {execution_id}:PATH DEST") from None
     code = _report(outcome, settings, summary=False)
-    if not report_outputs(producer, outcome, files, settings.as_json):  # --output-dir (cli_files.py)
-        code = EXIT_DOCKRQ_FAILED
+    try:
+        if not report_outputs(producer, outcome, files, settings.as_json):  # --output-dir (cli_files.py)
+            code = EXIT_DOCKRQ_FAILED
+    except KeyboardInterrupt:  # the execution has ended: only the local copy is cut short
+        click.echo(f"dockrq: interrupted while writing the output files of {execution_id} (it ended "
+                   f"{outcome.status.value}): not all written; get them with dockrq cp {execution_id}:PATH DEST", err=True)
+        raise click.exceptions.Exit(EXIT_CANCELLED) from None
     raise click.exceptions.Exit(code)
 
 

@@ -218,3 +218,19 @@ def test_an_attached_submit_whose_execution_vanished_says_how_to_get_its_outputs
     assert got.exit_code == 125 and len(lines) == 1 and lines[0].startswith("dockrq: execution vanished: "), got.stderr
     hint = "; once it has ended get the outputs with dockrq cp gone1:PATH DEST"
     assert lines[0].endswith(hint) if outputs else hint not in lines[0]
+
+
+def test_ctrl_c_while_an_attached_submit_writes_its_outputs_says_how_to_get_them(fake_producer, tmp_path, monkeypatch):
+    """A fourth trial: Ctrl-C during --output-dir's copy left 2 of 7 files, exit 130, no word."""
+    ended = Outcome.from_result(ExecutionResult(execution_id="cut1", status="succeeded", exit_code=0))
+    monkeypatch.setattr(Producer, "logs", lambda self, *a, **k: iter(()))
+    monkeypatch.setattr(Producer, "wait", lambda self, *a, **k: ended)
+
+    def interrupted(self, *args, **kwargs):
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(Producer, "outputs", interrupted)
+    got = run("submit", "--id", "cut1", "--output", "/o", "--output-dir", str(tmp_path / "od"), "busybox", "true")
+    assert got.exit_code == 130
+    assert got.stderr == ("dockrq: interrupted while writing the output files of cut1 (it ended succeeded): not all "
+                          "written; get them with dockrq cp cut1:PATH DEST\n")
